@@ -1,0 +1,328 @@
+// Entry points: validate everything, then plan, then dispatch to the reference or an ISA's
+// kernels. Nothing is written before the last check has passed.
+#include <sys/mman.h>
+
+#include <array>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <cstring>
+#include <new>
+#include <utility>
+
+#include "dispatch/dispatch.hpp"
+#include "parallel.hpp"
+#include "plan.hpp"
+#include "reference/reference.hpp"
+#include "validate.hpp"
+
+namespace embag {
+namespace {
+
+using namespace detail;
+
+std::int64_t bytes_of(const index_span& s) { return s.size * (s.type == index_type::i32 ? 4 : 8); }
+
+// The caller's read-only arrays of a call, which no output may overlap.
+struct call_inputs {
+  std::array<byte_range, 5> ranges;
+  int count = 0;
+  call_inputs(const bags& batch, byte_range table_or_grad) {
+    ranges[count++] = table_or_grad;
+    ranges[count++] = {"indices", batch.indices.data, bytes_of(batch.indices)};
+    ranges[count++] = {"offsets/lengths", batch.boundaries.data, bytes_of(batch.boundaries)};
+    ranges[count++] = {"per_sample_weights", batch.per_sample_weights.data(),
+                       static_cast<std::int64_t>(batch.per_sample_weights.size_bytes())};
+  }
+  void add(byte_range r) { ranges[count++] = r; }
+  std::span<const byte_range> span() const { return {ranges.data(), static_cast<std::size_t>(count)}; }
+};
+
+std::int64_t rows_of(const bag_source& bags, mode m) { return m == mode::none ? bags.nnz : bags.num_bags; }
+
+forward_request make_forward_request(const float* table, std::int64_t rows, std::int64_t dim, std::int64_t stride,
+                                     const bag_source& bags, const options& opts, std::int64_t padding) {
+  forward_request req;
+  req.table = table;
+  req.rows = rows;
+  req.dim = dim;
+  req.row_stride = stride;
+  req.bags = bags;
+  req.mode = opts.mode;
+  req.padding_idx = padding;
+  req.clip_max_norm = opts.max_norm.has_value() && opts.max_norm_mode == max_norm_flavour::clip;
+  req.max_norm = opts.max_norm.value_or(0.0f);
+  req.norm_type = opts.norm_type;
+  return req;
+}
+
+void run_forward(isa which, forward_request& req, int max_threads, int prefetch_rows) {
+  if (which == isa::reference) return reference::forward(req);
+  choose_prefetch(req, prefetch_rows);
+  block_list plan;
+  plan_forward_blocks(req.bags, req.mode, req.dim, threads_for(max_threads), plan);
+  const kernel_table& k = kernels_of(which);
+  run_blocks(plan.count, max_threads, [&](std::int64_t i) { k.forward(req, plan.blocks[i]); });
+}
+
+void forward_checked(const float* table, float* mutable_table, std::int64_t rows, std::int64_t dim,
+                     std::int64_t row_stride, const bags& batch, const options& opts, matrix_view<float> out,
+                     std::span<std::int64_t> argmax, workspace* scratch) {
+  const std::int64_t stride = validate_matrix("table", table, rows, dim, row_stride);
+  const std::int64_t padding = validate_options(opts, rows);
+  const bag_source bags = validate_bags(batch, opts, rows);
+  const std::int64_t out_rows = rows_of(bags, opts.mode);
+  const std::int64_t out_stride = validate_output("out", out, out_rows, dim);
+  validate_argmax_size(argmax, opts, out_rows, dim);
+  const bool in_place = opts.max_norm && opts.max_norm_mode == max_norm_flavour::in_place;
+  if (in_place && mutable_table == nullptr && rows > 0)
+    throw error(errc::invalid_option, "max_norm_mode in_place needs a mutable table (a table_view<float>)");
+  const byte_range outputs[] = {matrix_bytes("out", out.data, out_rows, dim, out_stride),
+                                {"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())}};
+  const call_inputs inputs(batch, matrix_bytes("table", table, rows, dim, stride));
+  validate_disjoint(outputs, inputs.span());
+  const isa which = resolve_isa(opts.execution.isa);
+
+  if (in_place) {
+    workspace local;
+    renorm_distinct_rows(mutable_table, stride, dim, bags.indices, bags.index_kind, bags.nnz, *opts.max_norm,
+                         opts.norm_type, (scratch ? *scratch : local).get());
+  }
+  forward_request req = make_forward_request(table, rows, dim, stride, bags, opts, padding);
+  req.out = out.data;
+  req.out_stride = out_stride;
+  req.argmax = argmax.empty() ? nullptr : argmax.data();
+  run_forward(which, req, opts.execution.max_threads, opts.execution.prefetch_rows);
+}
+
+// What backward_dense and backward_sparse share: validation and the request, before any write.
+struct backward_call {
+  backward_request req;
+  isa which = isa::reference;
+};
+
+backward_call prepare_backward(std::int64_t rows, std::int64_t dim, const bags& batch, const options& opts,
+                               matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
+                               call_inputs& inputs) {
+  const std::int64_t padding = validate_options(opts, rows);
+  const bag_source bags = validate_bags(batch, opts, rows);
+  const std::int64_t out_rows = rows_of(bags, opts.mode);
+  const std::int64_t grad_stride = validate_input("grad_output", grad_output, out_rows, dim);
+  if (opts.mode == mode::max) {
+    if (argmax.empty() && out_rows > 0)
+      throw error(errc::size_mismatch, "mode max needs the argmax that forward produced");
+    validate_argmax_size(argmax, opts, out_rows, dim);
+    validate_argmax_values(argmax, bags, padding, dim);
+  } else if (!argmax.empty()) {
+    throw error(errc::invalid_option, "argmax is only defined for mode max");
+  }
+  inputs.add({"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())});
+  backward_call call;
+  call.which = resolve_isa(opts.execution.isa);
+  backward_request& r = call.req;
+  r.bags = bags;
+  r.rows = rows;
+  r.dim = dim;
+  r.mode = opts.mode;
+  r.padding_idx = padding;
+  r.scale_grad_by_freq = opts.scale_grad_by_freq;
+  r.grad_output = grad_output.data;
+  r.grad_output_stride = grad_stride;
+  r.argmax = argmax.empty() ? nullptr : argmax.data();
+  return call;
+}
+
+// The kernels over blocks of unique rows of r.transpose.
+void run_row_kernels(isa which, const backward_request& r, int max_threads) {
+  block_list plan;
+  plan_row_blocks(r.transpose, r.dim, threads_for(max_threads), plan);
+  const kernel_table& k = kernels_of(which);
+  run_blocks(plan.count, max_threads,
+             [&](std::int64_t i) { k.backward_rows(r, plan.blocks[i].bag_begin, plan.blocks[i].bag_end); });
+}
+
+}  // namespace
+
+std::string_view version() noexcept { return EMBAG_VERSION; }
+
+std::string_view to_string(errc code) noexcept {
+  switch (code) {
+    case errc::index_out_of_range: return "index_out_of_range";
+    case errc::bad_offsets: return "bad_offsets";
+    case errc::bad_lengths: return "bad_lengths";
+    case errc::size_mismatch: return "size_mismatch";
+    case errc::null_pointer: return "null_pointer";
+    case errc::invalid_shape: return "invalid_shape";
+    case errc::size_overflow: return "size_overflow";
+    case errc::invalid_option: return "invalid_option";
+    case errc::aliasing: return "aliasing";
+    case errc::unsupported_isa: return "unsupported_isa";
+  }
+  return "unknown";
+}
+
+std::int64_t output_rows(const bags& batch, const options& opts) {
+  if (opts.mode == mode::none) return batch.indices.size;
+  switch (batch.layout) {
+    case bag_layout::offsets: return batch.boundaries.size - (opts.include_last_offset ? 1 : 0);
+    case bag_layout::lengths: return batch.boundaries.size;
+    case bag_layout::fixed_length: return batch.fixed_length > 0 ? batch.indices.size / batch.fixed_length : 0;
+  }
+  return 0;
+}
+
+void forward(table_view<const float> table, const bags& batch, const options& opts, matrix_view<float> out,
+             std::span<std::int64_t> argmax) {
+  forward_checked(table.data, nullptr, table.rows, table.dim, table.row_stride, batch, opts, out, argmax, nullptr);
+}
+
+void forward(table_view<float> table, const bags& batch, const options& opts, matrix_view<float> out,
+             std::span<std::int64_t> argmax, workspace* scratch) {
+  forward_checked(table.data, table.data, table.rows, table.dim, table.row_stride, batch, opts, out, argmax, scratch);
+}
+
+void backward_dense(const bags& batch, const options& opts, matrix_view<const float> grad_output,
+                    matrix_view<float> grad_table, std::span<const std::int64_t> argmax, workspace* scratch) {
+  const std::int64_t stride =
+      validate_matrix("grad_table", grad_table.data, grad_table.rows, grad_table.cols, grad_table.row_stride);
+  call_inputs inputs(batch, matrix_bytes("grad_output", grad_output.data, grad_output.rows, grad_output.cols,
+                                         grad_output.row_stride == 0 ? grad_output.cols : grad_output.row_stride));
+  backward_call call = prepare_backward(grad_table.rows, grad_table.cols, batch, opts, grad_output, argmax, inputs);
+  const byte_range outputs[] = {matrix_bytes("grad_table", grad_table.data, grad_table.rows, grad_table.cols, stride)};
+  validate_disjoint(outputs, inputs.span());
+
+  call.req.grad_table = grad_table.data;
+  call.req.grad_table_stride = stride;
+  if (call.which == isa::reference) return reference::backward(call.req, nullptr);
+  workspace local;
+  backward_request& r = call.req;
+  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, (scratch ? *scratch : local).get());
+  run_row_kernels(call.which, r, opts.execution.max_threads);
+}
+
+void backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
+                     matrix_view<const float> grad_output, sparse_gradient& grad,
+                     std::span<const std::int64_t> argmax, workspace* scratch) {
+  if (table_rows < 0)
+    throw error(errc::invalid_shape, "table_rows = " + std::to_string(table_rows) + " must be >= 0");
+  const std::int64_t dim = grad_output.cols;
+  validate_matrix("grad_output", grad_output.data, grad_output.rows, dim, grad_output.row_stride);
+  call_inputs inputs(batch, matrix_bytes("grad_output", grad_output.data, grad_output.rows, dim,
+                                         grad_output.row_stride == 0 ? dim : grad_output.row_stride));
+  backward_call call = prepare_backward(table_rows, dim, batch, opts, grad_output, argmax, inputs);
+  const byte_range outputs[] = {
+      {"grad.rows", grad.rows.data(), static_cast<std::int64_t>(grad.rows.capacity() * sizeof(std::int64_t))},
+      {"grad.values", grad.values.data(), static_cast<std::int64_t>(grad.values.capacity() * sizeof(float))}};
+  validate_disjoint(outputs, inputs.span());
+
+  if (call.which == isa::reference) return reference::backward(call.req, &grad);
+  workspace local;
+  workspace::impl& ws = (scratch ? *scratch : local).get();
+  backward_request& r = call.req;
+  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, ws);
+  const std::int64_t unique = r.transpose.num_unique;
+  grad.dim = dim;
+  grad.rows.assign(r.transpose.unique_rows, r.transpose.unique_rows + unique);
+  grad.values.resize(static_cast<std::size_t>(unique * dim));
+  r.sparse_values = grad.values.data();
+  run_row_kernels(call.which, r, opts.execution.max_threads);
+}
+
+void per_sample_weights_grad(table_view<const float> table, const bags& batch, const options& opts,
+                             matrix_view<const float> grad_output, std::span<float> grad_weights) {
+  const std::int64_t stride = validate_matrix("table", table.data, table.rows, table.dim, table.row_stride);
+  const std::int64_t padding = validate_options(opts, table.rows);
+  const bag_source bags = validate_bags(batch, opts, table.rows);
+  if (bags.weights == nullptr && bags.nnz > 0)
+    throw error(errc::invalid_option, "per_sample_weights_grad needs per_sample_weights");
+  if (opts.mode != mode::sum && opts.mode != mode::mean)
+    throw error(errc::invalid_option, "per_sample_weights_grad is defined for mode sum and mean only");
+  const std::int64_t grad_stride = validate_input("grad_output", grad_output, bags.num_bags, table.dim);
+  if (static_cast<std::int64_t>(grad_weights.size()) != bags.nnz)
+    throw error(errc::size_mismatch, "grad_weights has " + std::to_string(grad_weights.size()) +
+                                         " entries but indices has " + std::to_string(bags.nnz));
+  if (grad_weights.data() == nullptr && bags.nnz > 0) throw error(errc::null_pointer, "grad_weights is null");
+  call_inputs inputs(batch, matrix_bytes("table", table.data, table.rows, table.dim, stride));
+  inputs.add(matrix_bytes("grad_output", grad_output.data, bags.num_bags, table.dim, grad_stride));
+  const byte_range outputs[] = {
+      {"grad_weights", grad_weights.data(), static_cast<std::int64_t>(grad_weights.size_bytes())}};
+  validate_disjoint(outputs, inputs.span());
+  const isa which = resolve_isa(opts.execution.isa);
+
+  weights_grad_request w;
+  w.forward = make_forward_request(table.data, table.rows, table.dim, stride, bags, opts, padding);
+  w.grad_output = grad_output.data;
+  w.grad_output_stride = grad_stride;
+  w.grad_weights = grad_weights.data();
+  if (which == isa::reference) return reference::weights_grad(w);
+  block_list plan;
+  plan_forward_blocks(bags, opts.mode, table.dim, threads_for(opts.execution.max_threads), plan);
+  const kernel_table& k = kernels_of(which);
+  run_blocks(plan.count, opts.execution.max_threads, [&](std::int64_t i) { k.weights_grad(w, plan.blocks[i]); });
+}
+
+void renorm_rows(table_view<float> table, index_span rows, float max_norm, float norm_type) {
+  const std::int64_t stride = validate_matrix("table", table.data, table.rows, table.dim, table.row_stride);
+  options opts;
+  opts.max_norm = max_norm;
+  opts.norm_type = norm_type;
+  validate_options(opts, table.rows);
+  validate_indices("rows", rows, table.rows);
+  workspace local;
+  renorm_distinct_rows(table.data, stride, table.dim, rows.data, rows.type, rows.size, max_norm, norm_type,
+                       local.get());
+}
+
+// ---------------------------------------------------------------------------------------------
+
+workspace::workspace() : impl_(std::make_unique<impl>()) {}
+workspace::workspace(workspace&&) noexcept = default;
+workspace& workspace::operator=(workspace&&) noexcept = default;
+workspace::~workspace() = default;
+
+table::table(std::int64_t rows, std::int64_t dim) {
+  constexpr std::int64_t line_floats = 16;      // 64-byte rows
+  constexpr std::size_t huge_page = 2u << 20;  // 2 MiB
+  if (rows < 0 || dim <= 0)
+    throw error(errc::invalid_shape, "table(" + std::to_string(rows) + ", " + std::to_string(dim) +
+                                         "): rows must be >= 0 and dim > 0");
+  const std::int64_t stride = (dim + line_floats - 1) / line_floats * line_floats;
+  std::int64_t bytes = 0;
+  if (__builtin_mul_overflow(rows, stride, &bytes) || __builtin_mul_overflow(bytes, std::int64_t{4}, &bytes) ||
+      bytes > std::numeric_limits<std::int64_t>::max() / 2)
+    throw error(errc::size_overflow, "table(" + std::to_string(rows) + ", " + std::to_string(dim) +
+                                         ") overflows the address space");
+  bytes_ = (static_cast<std::size_t>(bytes) + huge_page - 1) / huge_page * huge_page;
+  if (bytes_ == 0) bytes_ = huge_page;
+  void* p = std::aligned_alloc(huge_page, bytes_);
+  if (p == nullptr) throw std::bad_alloc();
+  madvise(p, bytes_, MADV_HUGEPAGE);  // advice only: fine if the kernel declines
+  std::memset(p, 0, bytes_);
+  data_ = static_cast<float*>(p);
+  rows_ = rows;
+  dim_ = dim;
+  row_stride_ = stride;
+}
+
+table::table(table&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      rows_(std::exchange(other.rows_, 0)),
+      dim_(std::exchange(other.dim_, 0)),
+      row_stride_(std::exchange(other.row_stride_, 0)),
+      bytes_(std::exchange(other.bytes_, 0)) {}
+
+table& table::operator=(table&& other) noexcept {
+  if (this != &other) {
+    std::free(data_);
+    data_ = std::exchange(other.data_, nullptr);
+    rows_ = std::exchange(other.rows_, 0);
+    dim_ = std::exchange(other.dim_, 0);
+    row_stride_ = std::exchange(other.row_stride_, 0);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+table::~table() { std::free(data_); }
+
+}  // namespace embag

@@ -1,0 +1,150 @@
+#include "dispatch/dispatch.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#if defined(__AVX__) || defined(__AVX2__) || defined(__AVX512F__)
+#error "baseline sources must not be compiled with AVX flags: only src/kernels/isa_*.cpp get them"
+#endif
+
+namespace embag {
+namespace {
+
+// What this build compiled (meson defines EMBAG_HAVE_<ISA> for each kernel library it built).
+constexpr bool built(isa which) noexcept {
+  switch (which) {
+    case isa::reference: return true;
+#ifdef EMBAG_HAVE_SSE2
+    case isa::sse2: return true;
+#endif
+#ifdef EMBAG_HAVE_AVX2
+    case isa::avx2: return true;
+#endif
+#ifdef EMBAG_HAVE_AVX512
+    case isa::avx512: return true;
+#endif
+#ifdef EMBAG_HAVE_NEON
+    case isa::neon: return true;
+#endif
+    default: return false;
+  }
+}
+
+// What this CPU runs. libgcc's __builtin_cpu_supports checks XCR0 (the OS saves the YMM/ZMM state)
+// as well as CPUID, which xsimd 8.1's own detection skips.
+bool cpu_runs(isa which) noexcept {
+  switch (which) {
+    case isa::reference: return true;
+#if defined(__x86_64__)
+    case isa::sse2: return __builtin_cpu_supports("sse2");
+    case isa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case isa::avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#elif defined(__aarch64__)
+    case isa::neon: return true;  // part of the AArch64 base
+#endif
+    default: return false;
+  }
+}
+
+constexpr isa all_isas[] = {isa::reference, isa::sse2, isa::avx2, isa::avx512, isa::neon};
+
+std::string available_list() {
+  std::string names;
+  for (isa which : available_isas()) names += (names.empty() ? "" : ", ") + std::string(to_string(which));
+  return names;
+}
+
+void require_available(isa which, const char* who) {
+  if (built(which) && cpu_runs(which)) return;
+  throw error(errc::unsupported_isa, std::string(who) + " asks for ISA " + std::string(to_string(which)) +
+                                         ", which this " + (built(which) ? "CPU" : "build") +
+                                         " lacks; available: " + available_list());
+}
+
+isa best_available() noexcept {
+  isa best = isa::reference;
+  for (isa which : all_isas)
+    if (built(which) && cpu_runs(which)) best = which;
+  return best;
+}
+
+// The process-wide choice, read from EMBAG_ISA on first use.
+std::atomic<isa>& active() {
+  static std::atomic<isa> choice = [] {
+    const char* env = std::getenv("EMBAG_ISA");
+    if (env == nullptr || *env == '\0') return best_available();
+    const std::optional<isa> named = isa_from_string(env);
+    if (!named)
+      throw error(errc::unsupported_isa, std::string("EMBAG_ISA = '") + env +
+                                             "' is not an ISA name; available: " + available_list());
+    require_available(*named, "EMBAG_ISA");
+    return *named;
+  }();
+  return choice;
+}
+
+}  // namespace
+
+std::string_view to_string(isa which) noexcept {
+  switch (which) {
+    case isa::reference: return "reference";
+    case isa::sse2: return "sse2";
+    case isa::avx2: return "avx2";
+    case isa::avx512: return "avx512";
+    case isa::neon: return "neon";
+  }
+  return "unknown";
+}
+
+std::optional<isa> isa_from_string(std::string_view name) noexcept {
+  for (isa which : all_isas)
+    if (to_string(which) == name) return which;
+  return std::nullopt;
+}
+
+std::vector<isa> available_isas() {
+  std::vector<isa> list;
+  for (isa which : all_isas)
+    if (built(which) && cpu_runs(which)) list.push_back(which);
+  return list;
+}
+
+isa active_isa() { return active().load(std::memory_order_relaxed); }
+
+void force_isa(isa which) {
+  require_available(which, "force_isa");
+  active().store(which, std::memory_order_relaxed);
+}
+
+namespace detail {
+
+isa resolve_isa(std::optional<isa> requested) {
+  if (!requested) return active_isa();
+  require_available(*requested, "options.execution.isa");
+  return *requested;
+}
+
+const kernel_table& kernels_of(isa which) noexcept {
+  switch (which) {
+#ifdef EMBAG_HAVE_SSE2
+    case isa::sse2: return kernels_sse2();
+#endif
+#ifdef EMBAG_HAVE_AVX2
+    case isa::avx2: return kernels_avx2();
+#endif
+#ifdef EMBAG_HAVE_AVX512
+    case isa::avx512: return kernels_avx512();
+#endif
+#ifdef EMBAG_HAVE_NEON
+    case isa::neon: return kernels_neon();
+#endif
+    default: break;
+  }
+  std::abort();  // resolve_isa admits only built ISAs; reference never reaches the kernels
+}
+
+}  // namespace detail
+}  // namespace embag

@@ -1,0 +1,97 @@
+// THE backward kernels, templated on the xsimd architecture, compiled once per ISA.
+//
+// backward_rows: the plan has transposed the bags into table rows (positions sorted by row, then
+// by position), so each unique row's gradient is a sum over its own positions, in ascending
+// position order: blocks of rows run in parallel without atomics and the result does not depend
+// on the thread count. Per element it is the reference's loop, in the same order:
+//   grad[row] += c_j * dY[bag(j)],   c_j = w_j (/ bag divisor for mean) (/ count(row) by freq)
+// and for max: grad[row][d] += dY[bag][d] (/ count) where argmax[bag][d] == row, once per bag.
+//
+// weights_grad: per index j, <dY[bag(j)], x_j> (x_j clipped as forward saw it); for a weighted
+// mean, (<dY, x_j> - sum_i w_i <dY, x_i> / S) / S. A dot product: the lane-wise summation order
+// differs from the reference's, so this one agrees within rounding, not bit for bit.
+#pragma once
+
+#include "kernels/common.hpp"
+
+namespace embag::detail::EMBAG_ISA_NS {
+
+// The coefficient of position j in row `row`'s gradient; the reference computes the same way.
+inline float row_gradient_coefficient(const backward_request& r, std::int64_t position, std::int64_t bag,
+                                      std::int64_t row_count) noexcept {
+  float c = r.bags.weights ? r.bags.weights[position] : 1.0f;
+  if (r.mode == mode::mean) {
+    const float divisor = r.transpose.bag_divisor[bag];
+    c = divisor == 0.0f ? 0.0f : c / divisor;
+  }
+  if (r.scale_grad_by_freq) c = c / static_cast<float>(row_count);
+  return c;
+}
+
+template <class Arch>
+void backward_rows(const backward_request& r, std::int64_t unique_begin, std::int64_t unique_end) {
+  const row_transpose& t = r.transpose;
+  const std::int64_t dim = r.dim;
+  for (std::int64_t u = unique_begin; u < unique_end; ++u) {
+    const std::int64_t row = t.unique_rows[u];
+    float* grad = r.sparse_values ? r.sparse_values + u * dim : r.grad_table + row * r.grad_table_stride;
+    if (r.sparse_values)
+      for (std::int64_t d = 0; d < dim; ++d) grad[d] = 0.0f;
+    const std::int64_t first = t.segment_begin[u], last = t.segment_begin[u + 1];
+    const std::int64_t count = last - first;
+    std::int64_t previous_bag = -1;
+    for (std::int64_t k = first; k < last; ++k) {
+      const std::int64_t position = t.positions[k];
+      const std::int64_t bag = r.mode == mode::none ? position : t.bag_of_position[position];
+      const float* dy = r.grad_output + bag * r.grad_output_stride;
+      if (r.mode == mode::max) {
+        // a row repeated within a bag won each of its dimensions once
+        if (bag == previous_bag) continue;
+        previous_bag = bag;
+        const std::int64_t* winner = r.argmax + bag * dim;
+        const float c = r.scale_grad_by_freq ? 1.0f / static_cast<float>(count) : 1.0f;
+        for (std::int64_t d = 0; d < dim; ++d)
+          if (winner[d] == row) grad[d] += c * dy[d];
+        continue;
+      }
+      add_scaled<Arch>(grad, dy, row_gradient_coefficient(r, position, bag, count), dim);
+    }
+  }
+}
+
+template <class Arch, class Index>
+void weights_grad_typed(const weights_grad_request& w, const bag_block& block) {
+  const forward_request& r = w.forward;
+  const Index* indices = static_cast<const Index*>(r.bags.indices);
+  const std::int64_t dim = r.dim;
+  for_each_bag(r.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    const float* dy = w.grad_output + bag * w.grad_output_stride;
+    float weighted_sum = 0.0f, weight_sum = 0.0f;
+    for (std::int64_t p = begin; p < end; ++p) {
+      const std::int64_t index = indices[p];
+      if (index == r.padding_idx) {
+        w.grad_weights[p] = 0.0f;
+        continue;
+      }
+      const float* x = r.table + index * r.row_stride;
+      float g = dot<Arch>(dy, x, dim);
+      if (r.clip_max_norm) g *= max_norm_scale(x, dim, r.max_norm, r.norm_type);
+      w.grad_weights[p] = g;
+      weighted_sum += r.bags.weights[p] * g;
+      weight_sum += r.bags.weights[p];
+    }
+    if (r.mode != mode::mean) return;
+    for (std::int64_t p = begin; p < end; ++p) {
+      if (indices[p] == r.padding_idx) continue;
+      w.grad_weights[p] = weight_sum == 0.0f ? 0.0f : (w.grad_weights[p] - weighted_sum / weight_sum) / weight_sum;
+    }
+  });
+}
+
+template <class Arch>
+void weights_grad(const weights_grad_request& w, const bag_block& block) {
+  if (w.forward.bags.index_kind == index_type::i32) weights_grad_typed<Arch, std::int32_t>(w, block);
+  else weights_grad_typed<Arch, std::int64_t>(w, block);
+}
+
+}  // namespace embag::detail::EMBAG_ISA_NS

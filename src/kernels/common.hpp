@@ -1,0 +1,86 @@
+// Helpers shared by the kernels of one ISA. Included only by src/kernels/isa_*.cpp, each of which
+// defines EMBAG_ISA_NS, so every inline function here gets a per-ISA name (no ODR sharing between
+// translation units compiled with different instruction-set flags).
+#pragma once
+
+#include <cstdint>
+
+#include <xsimd/xsimd.hpp>
+
+#include "request.hpp"
+
+#ifndef EMBAG_ISA_NS
+#error "kernels are compiled only through src/kernels/isa_<name>.cpp"
+#endif
+
+namespace embag::detail::EMBAG_ISA_NS {
+
+// The end of bag b, given where it starts. Offsets were validated non-decreasing from 0.
+inline std::int64_t bag_end(const bag_source& bags, std::int64_t b, std::int64_t start) noexcept {
+  switch (bags.layout) {
+    case bag_layout::offsets:
+      if (b + 1 >= bags.num_boundaries) return bags.nnz;
+      return bags.boundary_kind == index_type::i32
+                 ? static_cast<const std::int32_t*>(bags.boundaries)[b + 1]
+                 : static_cast<const std::int64_t*>(bags.boundaries)[b + 1];
+    case bag_layout::lengths:
+      return start + (bags.boundary_kind == index_type::i32
+                          ? static_cast<const std::int32_t*>(bags.boundaries)[b]
+                          : static_cast<const std::int64_t*>(bags.boundaries)[b]);
+    case bag_layout::fixed_length:
+      return start + bags.fixed_length;
+  }
+  return start;
+}
+
+// Calls body(bag, begin, end) for each bag of the block, in order.
+template <class Body>
+inline void for_each_bag(const bag_source& bags, const bag_block& block, Body&& body) {
+  std::int64_t start = block.index_begin;
+  for (std::int64_t b = block.bag_begin; b < block.bag_end; ++b) {
+    const std::int64_t end = bag_end(bags, b, start);
+    body(b, start, end);
+    start = end;
+  }
+}
+
+// Touches every cache line of a row so it is on its way before the loop reaches it.
+template <int Locality>
+inline void prefetch_row(const float* row, std::int64_t bytes) noexcept {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (std::int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, 0, Locality);
+  __builtin_prefetch(p + bytes - 1, 0, Locality);
+}
+
+template <class Index>
+inline std::int64_t index_at(const bag_source& bags, std::int64_t position) noexcept {
+  return static_cast<const Index*>(bags.indices)[position];
+}
+
+// dst[0..n) += scale * src[0..n), vectorised with a scalar tail; the same operations, in the same
+// order per element, as the reference's plain loop.
+template <class Arch>
+inline void add_scaled(float* dst, const float* src, float scale, std::int64_t n) noexcept {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr std::int64_t lanes = batch::size;
+  const batch s(scale);
+  std::int64_t d = 0;
+  for (; d + lanes <= n; d += lanes) {
+    (batch::load_unaligned(dst + d) + s * batch::load_unaligned(src + d)).store_unaligned(dst + d);
+  }
+  for (; d < n; ++d) dst[d] += scale * src[d];
+}
+
+template <class Arch>
+inline float dot(const float* a, const float* b, std::int64_t n) noexcept {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr std::int64_t lanes = batch::size;
+  batch acc(0.0f);
+  std::int64_t d = 0;
+  for (; d + lanes <= n; d += lanes) acc += batch::load_unaligned(a + d) * batch::load_unaligned(b + d);
+  float sum = xsimd::hadd(acc);
+  for (; d < n; ++d) sum += a[d] * b[d];
+  return sum;
+}
+
+}  // namespace embag::detail::EMBAG_ISA_NS

@@ -1,0 +1,293 @@
+// THE forward kernel, written once, templated on the xsimd architecture, compiled once per ISA.
+//
+// Per bag, the same operations in the same order per output element as the reference, so every
+// ISA agrees with it bit for bit (the build disables FMA contraction):
+//   sum:  acc = 0; acc += w_j * x_j (or acc += x_j unweighted)  for each non-padding j in order
+//   mean: the sum, then acc / count (or acc / sum of weights), 0 when that is 0
+//   max:  the first non-padding row, then x_j replaces acc where x_j > acc or x_j is a first NaN
+//   none: one output row per index, a copy of the row (zeros for padding)
+// where x_j is the table row, times max_norm_scale(row) when max_norm clips.
+//
+// Accumulators live in registers for D in {16, 32, 64, 128, 256}; other D accumulate in the
+// output row. Rows are prefetched prefetch_rows positions ahead in the index stream.
+#pragma once
+
+#include "kernels/common.hpp"
+
+namespace embag::detail::EMBAG_ISA_NS {
+
+template <class Arch, class Index>
+struct forward_context {
+  using batch = xsimd::batch<float, Arch>;
+  static constexpr std::int64_t lanes = batch::size;
+
+  const forward_request& req;
+  const Index* indices = static_cast<const Index*>(req.bags.indices);
+  std::int64_t row_bytes = req.dim * static_cast<std::int64_t>(sizeof(float));
+  std::int64_t last_position = req.bags.nnz - 1;
+
+  const float* row(std::int64_t index) const noexcept { return req.table + index * req.row_stride; }
+
+  template <int Locality>
+  void prefetch_ahead(std::int64_t position) const noexcept {
+    std::int64_t ahead = position + req.prefetch_rows;
+    if (ahead > last_position) ahead = last_position;
+    prefetch_row<Locality>(row(indices[ahead]), row_bytes);
+  }
+
+  void prefetch(std::int64_t position) const noexcept {
+    if (req.hint == prefetch_hint::l1) prefetch_ahead<3>(position);
+    else if (req.hint == prefetch_hint::l2) prefetch_ahead<1>(position);
+  }
+
+  // The multiplier of row x_j: its weight times its clip scale (1 when neither applies), and
+  // whether a multiply is needed at all. Kept separate so an unweighted sum stays acc += x.
+  float clip_scale(std::int64_t index) const noexcept {
+    return req.clip_max_norm ? max_norm_scale(row(index), req.dim, req.max_norm, req.norm_type) : 1.0f;
+  }
+
+  float* out_row(std::int64_t bag) const noexcept { return req.out + bag * req.out_stride; }
+};
+
+// A loaded row chunk, clipped the way the reference clips it: x * scale, rounded once.
+template <class Arch>
+inline xsimd::batch<float, Arch> load_row(const float* p, bool clip, float scale) noexcept {
+  auto x = xsimd::batch<float, Arch>::load_unaligned(p);
+  return clip ? x * xsimd::batch<float, Arch>(scale) : x;
+}
+
+// Where x replaces the running max m: x > m, or x is NaN and m is not yet (NaN propagates, the
+// first one wins; ties keep the first occurrence).
+template <class Arch>
+inline xsimd::batch_bool<float, Arch> max_takes(const xsimd::batch<float, Arch>& x,
+                                                const xsimd::batch<float, Arch>& m) noexcept {
+  return (x > m) | ((x != x) & (m == m));
+}
+
+inline bool max_takes_scalar(float x, float m) noexcept { return x > m || (x != x && m == m); }
+
+// Register-resident path: D = Chunks * lanes, accumulators never leave registers within a bag.
+template <class Arch, class Index, std::int64_t Chunks>
+struct fixed_dim_forward {
+  using ctx_t = forward_context<Arch, Index>;
+  using batch = typename ctx_t::batch;
+  static constexpr std::int64_t lanes = ctx_t::lanes;
+
+  static void sum_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    const forward_request& r = c.req;
+    batch acc[Chunks];
+    for (std::int64_t k = 0; k < Chunks; ++k) acc[k] = batch(0.0f);
+    const bool weighted = r.bags.weights != nullptr;
+    std::int64_t count = 0;
+    float weight_sum = 0.0f;
+    for (std::int64_t p = begin; p < end; ++p) {
+      c.prefetch(p);
+      const std::int64_t index = c.indices[p];
+      if (index == r.padding_idx) continue;
+      const float* x = c.row(index);
+      const float scale = c.clip_scale(index);
+      if (weighted) {
+        const float w = r.bags.weights[p];
+        const batch wb(w);
+        for (std::int64_t k = 0; k < Chunks; ++k) acc[k] += wb * load_row<Arch>(x + k * lanes, r.clip_max_norm, scale);
+        weight_sum += w;
+      } else {
+        for (std::int64_t k = 0; k < Chunks; ++k) acc[k] += load_row<Arch>(x + k * lanes, r.clip_max_norm, scale);
+      }
+      ++count;
+    }
+    float* out = c.out_row(bag);
+    if (r.mode == mode::mean) {
+      const float divisor = weighted ? weight_sum : static_cast<float>(count);
+      if (divisor == 0.0f) {
+        for (std::int64_t k = 0; k < Chunks; ++k) acc[k] = batch(0.0f);
+      } else {
+        const batch div(divisor);
+        for (std::int64_t k = 0; k < Chunks; ++k) acc[k] = acc[k] / div;
+      }
+    }
+    for (std::int64_t k = 0; k < Chunks; ++k) acc[k].store_unaligned(out + k * lanes);
+  }
+
+  // Positions within the bag are tracked as floats (exact below 2^24); longer bags with argmax
+  // take the general path.
+  static void max_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    const forward_request& r = c.req;
+    const bool track = r.argmax != nullptr;
+    batch acc[Chunks];
+    batch where[Chunks];
+    for (std::int64_t k = 0; k < Chunks; ++k) acc[k] = where[k] = batch(0.0f);
+    bool started = false;
+    for (std::int64_t p = begin; p < end; ++p) {
+      c.prefetch(p);
+      const std::int64_t index = c.indices[p];
+      if (index == r.padding_idx) continue;
+      const float* x = c.row(index);
+      const float scale = c.clip_scale(index);
+      const batch here(static_cast<float>(p - begin));
+      if (!started) {
+        for (std::int64_t k = 0; k < Chunks; ++k) {
+          acc[k] = load_row<Arch>(x + k * lanes, r.clip_max_norm, scale);
+          where[k] = here;
+        }
+        started = true;
+        continue;
+      }
+      for (std::int64_t k = 0; k < Chunks; ++k) {
+        const batch v = load_row<Arch>(x + k * lanes, r.clip_max_norm, scale);
+        const auto takes = max_takes<Arch>(v, acc[k]);
+        acc[k] = xsimd::select(takes, v, acc[k]);
+        if (track) where[k] = xsimd::select(takes, here, where[k]);
+      }
+    }
+    float* out = c.out_row(bag);
+    std::int64_t* argmax = track ? r.argmax + bag * r.dim : nullptr;
+    if (!started) {
+      for (std::int64_t d = 0; d < Chunks * lanes; ++d) out[d] = 0.0f;
+      if (track)
+        for (std::int64_t d = 0; d < Chunks * lanes; ++d) argmax[d] = -1;
+      return;
+    }
+    for (std::int64_t k = 0; k < Chunks; ++k) acc[k].store_unaligned(out + k * lanes);
+    if (track) {
+      alignas(64) float positions[Chunks * lanes];
+      for (std::int64_t k = 0; k < Chunks; ++k) where[k].store_unaligned(positions + k * lanes);
+      for (std::int64_t d = 0; d < Chunks * lanes; ++d)
+        argmax[d] = c.indices[begin + static_cast<std::int64_t>(positions[d])];
+    }
+  }
+};
+
+// General path, any D: accumulates in the output row itself (it stays in L1 for the bag).
+template <class Arch, class Index>
+struct any_dim_forward {
+  using ctx_t = forward_context<Arch, Index>;
+  using batch = typename ctx_t::batch;
+  static constexpr std::int64_t lanes = ctx_t::lanes;
+
+  static void sum_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    const forward_request& r = c.req;
+    const std::int64_t dim = r.dim;
+    float* out = c.out_row(bag);
+    for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
+    const bool weighted = r.bags.weights != nullptr;
+    std::int64_t count = 0;
+    float weight_sum = 0.0f;
+    for (std::int64_t p = begin; p < end; ++p) {
+      c.prefetch(p);
+      const std::int64_t index = c.indices[p];
+      if (index == r.padding_idx) continue;
+      const float* x = c.row(index);
+      const float scale = c.clip_scale(index);
+      const float w = weighted ? r.bags.weights[p] : 1.0f;
+      const batch wb(w);
+      std::int64_t d = 0;
+      for (; d + lanes <= dim; d += lanes) {
+        const batch v = load_row<Arch>(x + d, r.clip_max_norm, scale);
+        const batch o = batch::load_unaligned(out + d);
+        (weighted ? o + wb * v : o + v).store_unaligned(out + d);
+      }
+      for (; d < dim; ++d) {
+        const float v = r.clip_max_norm ? x[d] * scale : x[d];
+        out[d] = weighted ? out[d] + w * v : out[d] + v;
+      }
+      weight_sum += w;
+      ++count;
+    }
+    if (r.mode == mode::mean) {
+      const float divisor = weighted ? weight_sum : static_cast<float>(count);
+      for (std::int64_t d = 0; d < dim; ++d) out[d] = divisor == 0.0f ? 0.0f : out[d] / divisor;
+    }
+  }
+
+  static void max_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    const forward_request& r = c.req;
+    const std::int64_t dim = r.dim;
+    float* out = c.out_row(bag);
+    std::int64_t* argmax = r.argmax ? r.argmax + bag * dim : nullptr;
+    bool started = false;
+    for (std::int64_t p = begin; p < end; ++p) {
+      c.prefetch(p);
+      const std::int64_t index = c.indices[p];
+      if (index == r.padding_idx) continue;
+      const float* x = c.row(index);
+      const float scale = c.clip_scale(index);
+      for (std::int64_t d = 0; d < dim; ++d) {
+        const float v = r.clip_max_norm ? x[d] * scale : x[d];
+        if (!started || max_takes_scalar(v, out[d])) {
+          out[d] = v;
+          if (argmax) argmax[d] = index;
+        }
+      }
+      started = true;
+    }
+    if (!started) {
+      for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
+      if (argmax)
+        for (std::int64_t d = 0; d < dim; ++d) argmax[d] = -1;
+    }
+  }
+};
+
+template <class Arch, class Index>
+inline void lookup_rows(const forward_context<Arch, Index>& c, const bag_block& block) {
+  using batch = typename forward_context<Arch, Index>::batch;
+  constexpr std::int64_t lanes = batch::size;
+  const forward_request& r = c.req;
+  for (std::int64_t p = block.bag_begin; p < block.bag_end; ++p) {
+    c.prefetch(p);
+    const std::int64_t index = c.indices[p];
+    float* out = c.out_row(p);
+    if (index == r.padding_idx) {
+      for (std::int64_t d = 0; d < r.dim; ++d) out[d] = 0.0f;
+      continue;
+    }
+    const float* x = c.row(index);
+    const float scale = c.clip_scale(index);
+    std::int64_t d = 0;
+    for (; d + lanes <= r.dim; d += lanes) load_row<Arch>(x + d, r.clip_max_norm, scale).store_unaligned(out + d);
+    for (; d < r.dim; ++d) out[d] = r.clip_max_norm ? x[d] * scale : x[d];
+  }
+}
+
+template <class Arch, class Index, class Path>
+inline void pooled_bags(const forward_context<Arch, Index>& c, const bag_block& block) {
+  const bool is_max = c.req.mode == mode::max;
+  for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    if (is_max) {
+      if constexpr (!std::is_same_v<Path, any_dim_forward<Arch, Index>>) {
+        // float-tracked positions are exact only below 2^24
+        if (c.req.argmax != nullptr && end - begin >= (std::int64_t{1} << 24)) {
+          any_dim_forward<Arch, Index>::max_bag(c, bag, begin, end);
+          return;
+        }
+      }
+      Path::max_bag(c, bag, begin, end);
+    } else {
+      Path::sum_bag(c, bag, begin, end);
+    }
+  });
+}
+
+template <class Arch, class Index>
+inline void forward_block_typed(const forward_request& req, const bag_block& block) {
+  const forward_context<Arch, Index> c{req};
+  if (req.mode == mode::none) return lookup_rows(c, block);
+  constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
+  switch (req.dim) {
+    case 16: return pooled_bags<Arch, Index, fixed_dim_forward<Arch, Index, 16 / lanes>>(c, block);
+    case 32: return pooled_bags<Arch, Index, fixed_dim_forward<Arch, Index, 32 / lanes>>(c, block);
+    case 64: return pooled_bags<Arch, Index, fixed_dim_forward<Arch, Index, 64 / lanes>>(c, block);
+    case 128: return pooled_bags<Arch, Index, fixed_dim_forward<Arch, Index, 128 / lanes>>(c, block);
+    case 256: return pooled_bags<Arch, Index, fixed_dim_forward<Arch, Index, 256 / lanes>>(c, block);
+    default: return pooled_bags<Arch, Index, any_dim_forward<Arch, Index>>(c, block);
+  }
+}
+
+template <class Arch>
+void forward_block(const forward_request& req, const bag_block& block) {
+  if (req.bags.index_kind == index_type::i32) forward_block_typed<Arch, std::int32_t>(req, block);
+  else forward_block_typed<Arch, std::int64_t>(req, block);
+}
+
+}  // namespace embag::detail::EMBAG_ISA_NS

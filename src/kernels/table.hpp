@@ -1,0 +1,12 @@
+// The kernel table of one ISA: what src/dispatch reaches through kernels_<isa>().
+#pragma once
+
+#include "kernels/backward.hpp"
+#include "kernels/forward.hpp"
+
+namespace embag::detail::EMBAG_ISA_NS {
+
+template <class Arch>
+inline constexpr kernel_table kernels_for{&forward_block<Arch>, &backward_rows<Arch>, &weights_grad<Arch>};
+
+}  // namespace embag::detail::EMBAG_ISA_NS

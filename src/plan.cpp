@@ -1,0 +1,248 @@
+#include "plan.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+
+namespace embag::detail {
+
+float max_norm_scale(const float* row, std::int64_t dim, float max_norm, float norm_type) noexcept {
+  double norm = 0.0;
+  if (norm_type == 2.0f) {
+    for (std::int64_t d = 0; d < dim; ++d) norm += double(row[d]) * double(row[d]);
+    norm = std::sqrt(norm);
+  } else if (norm_type == 1.0f) {
+    for (std::int64_t d = 0; d < dim; ++d) norm += std::fabs(double(row[d]));
+  } else if (std::isinf(norm_type)) {
+    for (std::int64_t d = 0; d < dim; ++d) norm = std::max(norm, std::fabs(double(row[d])));
+  } else {
+    for (std::int64_t d = 0; d < dim; ++d) norm += std::pow(std::fabs(double(row[d])), double(norm_type));
+    norm = std::pow(norm, 1.0 / double(norm_type));
+  }
+  if (!(norm > double(max_norm))) return 1.0f;
+  return static_cast<float>(double(max_norm) / (norm + 1e-7));
+}
+
+namespace {
+
+template <class T>
+std::int64_t at(const void* data, std::int64_t i) {
+  return static_cast<const T*>(data)[i];
+}
+
+std::int64_t index_at(const bag_source& bags, std::int64_t j) {
+  return bags.index_kind == index_type::i32 ? at<std::int32_t>(bags.indices, j) : at<std::int64_t>(bags.indices, j);
+}
+
+// The end of bag b given its start (the kernels have their own per-ISA copy of this rule).
+std::int64_t end_of_bag(const bag_source& bags, std::int64_t b, std::int64_t start) {
+  const auto boundary = [&](std::int64_t i) {
+    return bags.boundary_kind == index_type::i32 ? at<std::int32_t>(bags.boundaries, i)
+                                                 : at<std::int64_t>(bags.boundaries, i);
+  };
+  switch (bags.layout) {
+    case bag_layout::offsets: return b + 1 < bags.num_boundaries ? boundary(b + 1) : bags.nnz;
+    case bag_layout::lengths: return start + boundary(b);
+    case bag_layout::fixed_length: return start + bags.fixed_length;
+  }
+  return start;
+}
+
+// Work below this many floats per block is not worth a task (about 10 us of row reads).
+constexpr std::int64_t min_block_work = 32 * 1024;
+
+int block_count(std::int64_t work, int threads) {
+  if (threads <= 1) return 1;
+  const std::int64_t wanted = std::min<std::int64_t>(std::int64_t{threads} * 8, max_blocks);
+  return static_cast<int>(std::clamp<std::int64_t>(work / min_block_work, 1, wanted));
+}
+
+std::int64_t cache_bytes(int name, std::int64_t fallback) {
+  const long v = sysconf(name);
+  return v > 0 ? v : fallback;
+}
+
+}  // namespace
+
+void plan_forward_blocks(const bag_source& bags, embag::mode mode, std::int64_t dim, int threads,
+                         block_list& out) {
+  out.count = 0;
+  if (mode == mode::none) {
+    const int k = block_count(bags.nnz * dim, threads);
+    for (int i = 0; i < k; ++i) {
+      const std::int64_t begin = bags.nnz * i / k, end = bags.nnz * (i + 1) / k;
+      if (end > begin) out.blocks[out.count++] = {begin, end, begin};
+    }
+    return;
+  }
+  const std::int64_t total = bags.nnz + bags.num_bags;  // rows read + rows written
+  const int k = block_count(total * dim, threads);
+  if (k == 1) {
+    if (bags.num_bags > 0) out.blocks[out.count++] = {0, bags.num_bags, 0};
+    return;
+  }
+  std::int64_t start = 0, done = 0, block_bag = 0, block_index = 0;
+  for (std::int64_t b = 0; b < bags.num_bags; ++b) {
+    const std::int64_t end = end_of_bag(bags, b, start);
+    done += end - start + 1;
+    start = end;
+    // cut after bag b once this block's share of the total is reached
+    if (done * k >= total * (out.count + 1) || b + 1 == bags.num_bags) {
+      out.blocks[out.count++] = {block_bag, b + 1, block_index};
+      block_bag = b + 1;
+      block_index = end;
+    }
+  }
+}
+
+void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, block_list& out) {
+  out.count = 0;
+  const std::int64_t total = t.segment_begin[t.num_unique] + t.num_unique;  // contributions + rows
+  const int k = block_count(total * dim, threads);
+  std::int64_t done = 0, first = 0;
+  for (std::int64_t u = 0; u < t.num_unique; ++u) {
+    done += t.segment_begin[u + 1] - t.segment_begin[u] + 1;
+    if (done * k >= total * (out.count + 1) || u + 1 == t.num_unique) {
+      out.blocks[out.count++] = {first, u + 1, 0};
+      first = u + 1;
+    }
+  }
+}
+
+void choose_prefetch(forward_request& req, int prefetch_rows_override) {
+  const std::int64_t row_bytes = req.dim * 4;
+  const std::int64_t table_bytes = req.rows * req.row_stride * 4;
+  static const std::int64_t l2 = cache_bytes(_SC_LEVEL2_CACHE_SIZE, 1 << 20);
+  static const std::int64_t llc = cache_bytes(_SC_LEVEL3_CACHE_SIZE, 32 << 20);
+  // Bytes in flight, not rows: a long row needs fewer rows ahead to keep the same number of
+  // cache misses outstanding. Tables past the LLC gain from prefetching into L2 (DESIGN.md 4).
+  std::int64_t in_flight = 8 * 1024;
+  req.hint = prefetch_hint::l1;
+  if (table_bytes <= l2 / 2) {
+    req.hint = prefetch_hint::none;
+  } else if (table_bytes > llc) {
+    req.hint = prefetch_hint::l2;
+    in_flight = 16 * 1024;
+  }
+  req.prefetch_rows = static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
+
+  static const char* forced = std::getenv("EMBAG_PREFETCH");
+  if (forced != nullptr && *forced != '\0') {
+    const std::string f(forced);
+    if (f == "none") req.hint = prefetch_hint::none;
+    else if (f.rfind("l1:", 0) == 0 || f.rfind("l2:", 0) == 0) {
+      req.hint = f[1] == '1' ? prefetch_hint::l1 : prefetch_hint::l2;
+      req.prefetch_rows = std::clamp(std::atoi(f.c_str() + 3), 1, 1024);
+    }
+  }
+  if (prefetch_rows_override == 0) req.hint = prefetch_hint::none;
+  else if (prefetch_rows_override > 0) {
+    req.prefetch_rows = prefetch_rows_override;
+    if (req.hint == prefetch_hint::none) req.hint = prefetch_hint::l1;
+  }
+}
+
+row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
+                                  embag::mode mode, workspace::impl& ws) {
+  const std::int64_t nnz = bags.nnz;
+  if (mode != mode::none) {
+    ws.bag_of_position.resize(static_cast<std::size_t>(nnz));
+    if (mode == mode::mean) ws.bag_divisor.resize(static_cast<std::size_t>(bags.num_bags));
+    std::int64_t start = 0;
+    for (std::int64_t b = 0; b < bags.num_bags; ++b) {
+      const std::int64_t end = end_of_bag(bags, b, start);
+      std::int64_t count = 0;
+      float weight_sum = 0.0f;
+      for (std::int64_t j = start; j < end; ++j) {
+        ws.bag_of_position[j] = b;
+        if (index_at(bags, j) == padding_idx) continue;
+        ++count;
+        if (bags.weights) weight_sum += bags.weights[j];
+      }
+      if (mode == mode::mean) ws.bag_divisor[b] = bags.weights ? weight_sum : static_cast<float>(count);
+      start = end;
+    }
+  }
+
+  // (row, position) of every non-padding index, in position order ...
+  ws.keys.resize(static_cast<std::size_t>(nnz));
+  ws.positions.resize(static_cast<std::size_t>(nnz));
+  std::int64_t m = 0;
+  for (std::int64_t j = 0; j < nnz; ++j) {
+    const std::int64_t row = index_at(bags, j);
+    if (row == padding_idx) continue;
+    ws.keys[m] = row;
+    ws.positions[m] = j;
+    ++m;
+  }
+  // ... sorted by row with a stable LSD radix sort, so each row's positions stay ascending.
+  ws.keys_scratch.resize(static_cast<std::size_t>(m));
+  ws.positions_scratch.resize(static_cast<std::size_t>(m));
+  constexpr int digit_bits = 11;
+  constexpr std::int64_t radix = std::int64_t{1} << digit_bits;
+  ws.histogram.resize(radix);
+  int bits = 0;
+  while (bits < 63 && (std::int64_t{1} << bits) < table_rows) ++bits;
+  std::int64_t* keys = ws.keys.data();
+  std::int64_t* positions = ws.positions.data();
+  std::int64_t* keys_out = ws.keys_scratch.data();
+  std::int64_t* positions_out = ws.positions_scratch.data();
+  for (int shift = 0; shift < bits; shift += digit_bits) {
+    std::int64_t* h = ws.histogram.data();
+    std::fill(h, h + radix, 0);
+    for (std::int64_t i = 0; i < m; ++i) ++h[(keys[i] >> shift) & (radix - 1)];
+    std::int64_t sum = 0;
+    for (std::int64_t d = 0; d < radix; ++d) sum += std::exchange(h[d], sum);
+    for (std::int64_t i = 0; i < m; ++i) {
+      const std::int64_t slot = h[(keys[i] >> shift) & (radix - 1)]++;
+      keys_out[slot] = keys[i];
+      positions_out[slot] = positions[i];
+    }
+    std::swap(keys, keys_out);
+    std::swap(positions, positions_out);
+  }
+
+  ws.unique_rows.resize(static_cast<std::size_t>(m));
+  ws.segment_begin.resize(static_cast<std::size_t>(m) + 1);
+  std::int64_t u = 0;
+  for (std::int64_t i = 0; i < m; ++i) {
+    if (i == 0 || keys[i] != keys[i - 1]) {
+      ws.unique_rows[u] = keys[i];
+      ws.segment_begin[u] = i;
+      ++u;
+    }
+  }
+  ws.segment_begin[u] = m;
+
+  row_transpose t;
+  t.positions = positions;
+  t.unique_rows = ws.unique_rows.data();
+  t.segment_begin = ws.segment_begin.data();
+  t.bag_of_position = mode == mode::none ? nullptr : ws.bag_of_position.data();
+  t.bag_divisor = mode == mode::mean ? ws.bag_divisor.data() : nullptr;
+  t.num_unique = u;
+  return t;
+}
+
+void renorm_distinct_rows(float* table, std::int64_t row_stride, std::int64_t dim, const void* rows,
+                          index_type rows_kind, std::int64_t count, float max_norm, float norm_type,
+                          workspace::impl& ws) {
+  ws.keys.resize(static_cast<std::size_t>(count));
+  for (std::int64_t i = 0; i < count; ++i)
+    ws.keys[i] = rows_kind == index_type::i32 ? at<std::int32_t>(rows, i) : at<std::int64_t>(rows, i);
+  std::sort(ws.keys.begin(), ws.keys.end());
+  const auto last = std::unique(ws.keys.begin(), ws.keys.end());
+  for (auto it = ws.keys.begin(); it != last; ++it) {
+    float* row = table + *it * row_stride;
+    const float scale = max_norm_scale(row, dim, max_norm, norm_type);
+    if (scale != 1.0f)
+      for (std::int64_t d = 0; d < dim; ++d) row[d] *= scale;
+  }
+}
+
+}  // namespace embag::detail

@@ -1,0 +1,57 @@
+// Plan: turns a validated request into work for the kernels. Splits bags (or unique rows) into
+// blocks of about equal work for the parallel loop, picks the prefetch setting for the table's
+// size class, builds the row transpose that backward needs, and applies in-place max_norm.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "request.hpp"
+
+namespace embag {
+
+// The scratch memory behind embag::workspace; vectors only grow, so a reused workspace stops
+// allocating.
+struct workspace::impl {
+  std::vector<std::int64_t> keys, keys_scratch, positions, positions_scratch;
+  std::vector<std::int64_t> unique_rows, segment_begin, bag_of_position;
+  std::vector<float> bag_divisor;
+  std::vector<std::int64_t> histogram;
+};
+
+namespace detail {
+
+// Up to this many blocks per call: enough to balance any thread count we run with, small enough
+// to live on the stack.
+inline constexpr int max_blocks = 512;
+
+struct block_list {
+  std::array<bag_block, max_blocks> blocks;
+  int count = 0;
+};
+
+// Blocks of bags (or, for mode none, of indices) of about equal work: the number of rows read
+// plus the rows written, times dim. One block when the call runs on one thread.
+void plan_forward_blocks(const bag_source& bags, embag::mode mode, std::int64_t dim, int threads,
+                         block_list& out);
+
+// Blocks of unique rows of about equal number of contributions; bag_begin/bag_end hold the rows.
+void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, block_list& out);
+
+// Prefetch distance and hint for this table and row size: by the table's size class against the
+// caches, or as the caller / EMBAG_PREFETCH (e.g. "l2:32", "l1:16", "none") forces.
+void choose_prefetch(forward_request& req, int prefetch_rows_override);
+
+// The bags transposed into rows (see row_transpose), in the workspace's memory.
+row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
+                                  embag::mode mode, workspace::impl& ws);
+
+// torch.embedding_renorm_: each distinct row among `rows` whose norm exceeds max_norm is scaled
+// by max_norm_scale, once.
+void renorm_distinct_rows(float* table, std::int64_t row_stride, std::int64_t dim, const void* rows,
+                          index_type rows_kind, std::int64_t count, float max_norm, float norm_type,
+                          workspace::impl& ws);
+
+}  // namespace detail
+}  // namespace embag

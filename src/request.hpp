@@ -1,0 +1,99 @@
+// The validated form of a call: what validation produces and plan, reference and kernels consume.
+// Plain structs only: this header is included by the per-ISA kernel sources, so it must not define
+// any inline function (one compiled with AVX-512 flags could be linked into baseline code).
+#pragma once
+
+#include <cstdint>
+
+#include "embag/embag.hpp"
+
+namespace embag::detail {
+
+inline constexpr std::int64_t no_padding = -1;  // indices are validated >= 0: never matches
+
+// The bags of a validated call, as read in place from the caller's arrays.
+struct bag_source {
+  const void* indices = nullptr;
+  index_type index_kind = index_type::i64;
+  std::int64_t nnz = 0;                // len(indices)
+  const void* boundaries = nullptr;  // offsets or lengths
+  index_type boundary_kind = index_type::i64;
+  bag_layout layout = bag_layout::offsets;
+  std::int64_t fixed_length = 0;
+  std::int64_t num_boundaries = 0;  // entries of offsets / lengths
+  std::int64_t num_bags = 0;        // B
+  const float* weights = nullptr;   // per-sample weights, or null
+};
+
+// A contiguous run of bags: bags [bag_begin, bag_end) whose first index is at index_begin.
+// With mode none a "bag" is one index: bag_begin == index_begin.
+struct bag_block {
+  std::int64_t bag_begin = 0;
+  std::int64_t bag_end = 0;
+  std::int64_t index_begin = 0;
+};
+
+enum class prefetch_hint : std::uint8_t { none, l1, l2 };
+
+struct forward_request {
+  const float* table = nullptr;
+  std::int64_t rows = 0, dim = 0, row_stride = 0;
+  bag_source bags;
+  embag::mode mode = mode::sum;
+  std::int64_t padding_idx = no_padding;  // normalised to [0, rows) or no_padding
+  bool clip_max_norm = false;              // scale gathered rows whose norm exceeds max_norm
+  float max_norm = 0, norm_type = 2;
+  float* out = nullptr;
+  std::int64_t out_stride = 0;
+  std::int64_t* argmax = nullptr;  // output_rows x dim, or null
+  int prefetch_rows = 0;
+  prefetch_hint hint = prefetch_hint::none;
+};
+
+// The bags transposed into table rows, built by the plan for backward: the non-padding positions
+// j of indices sorted by (indices[j], j), grouped by row.
+struct row_transpose {
+  const std::int64_t* positions = nullptr;        // sorted positions
+  const std::int64_t* unique_rows = nullptr;      // num_unique rows, ascending
+  const std::int64_t* segment_begin = nullptr;    // num_unique + 1: positions of unique_rows[u]
+  const std::int64_t* bag_of_position = nullptr;  // nnz: the bag each position belongs to
+  const float* bag_divisor = nullptr;             // num_bags, mean only: count or sum of weights
+  std::int64_t num_unique = 0;
+};
+
+struct backward_request {
+  bag_source bags;
+  std::int64_t rows = 0, dim = 0;
+  embag::mode mode = mode::sum;
+  std::int64_t padding_idx = no_padding;
+  bool scale_grad_by_freq = false;
+  const float* grad_output = nullptr;
+  std::int64_t grad_output_stride = 0;
+  const std::int64_t* argmax = nullptr;  // mode max
+  // Output: dense rows (grad_table + row * stride, accumulated) or sparse (values + u * dim).
+  float* grad_table = nullptr;
+  std::int64_t grad_table_stride = 0;
+  float* sparse_values = nullptr;
+  row_transpose transpose;
+};
+
+struct weights_grad_request {
+  forward_request forward;  // table, bags, mode, padding, clipping (out and argmax unused)
+  const float* grad_output = nullptr;
+  std::int64_t grad_output_stride = 0;
+  float* grad_weights = nullptr;  // nnz
+};
+
+// One function pointer per kernel, filled by each ISA's source file.
+struct kernel_table {
+  void (*forward)(const forward_request&, const bag_block&);
+  void (*backward_rows)(const backward_request&, std::int64_t unique_begin, std::int64_t unique_end);
+  void (*weights_grad)(const weights_grad_request&, const bag_block&);
+};
+
+// The scale max_norm applies to a row: max_norm / (norm + 1e-7) when its norm exceeds max_norm,
+// else 1. Defined once (src/plan.cpp) and used by the reference and every kernel alike, so clipped
+// values agree bit for bit.
+float max_norm_scale(const float* row, std::int64_t dim, float max_norm, float norm_type) noexcept;
+
+}  // namespace embag::detail

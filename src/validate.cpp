@@ -1,0 +1,285 @@
+#include "validate.hpp"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+namespace embag::detail {
+namespace {
+
+[[noreturn]] void fail(errc code, const std::string& message) { throw error(code, message); }
+
+std::string str(std::int64_t v) { return std::to_string(v); }
+std::string str(double v) {
+  std::string s = std::to_string(v);
+  if (std::isnan(v)) s = "nan";
+  return s;
+}
+
+// Largest byte count we let a single array span: keeps every pointer offset and size_t in range.
+constexpr std::int64_t max_bytes = std::numeric_limits<std::int64_t>::max() / 2;
+
+bool bytes_of(std::int64_t count, std::int64_t element_bytes, std::int64_t& bytes) {
+  return !__builtin_mul_overflow(count, element_bytes, &bytes) && bytes <= max_bytes;
+}
+
+void check_array(const char* name, const void* data, std::int64_t size, std::int64_t element_bytes) {
+  std::int64_t bytes = 0;
+  if (size < 0) fail(errc::invalid_shape, std::string(name) + " has negative size " + str(size));
+  if (!bytes_of(size, element_bytes, bytes))
+    fail(errc::size_overflow, std::string(name) + " of " + str(size) + " elements overflows the address space");
+  if (data == nullptr && size > 0) fail(errc::null_pointer, std::string(name) + " is null but has size " + str(size));
+}
+
+template <class T>
+std::int64_t at(const void* data, std::int64_t i) {
+  return static_cast<const T*>(data)[i];
+}
+
+std::int64_t value_at(const index_span& s, std::int64_t i) {
+  return s.type == index_type::i32 ? at<std::int32_t>(s.data, i) : at<std::int64_t>(s.data, i);
+}
+
+std::int64_t element_bytes(index_type t) { return t == index_type::i32 ? 4 : 8; }
+
+// The fast path scans for the extremes (vectorisable); only a failing batch looks for the culprit.
+template <class T>
+void check_indices_typed(const char* name, const T* indices, std::int64_t n, std::int64_t rows) {
+  T lo = 0, hi = 0;
+  if (n > 0) lo = hi = indices[0];
+  for (std::int64_t j = 0; j < n; ++j) {
+    lo = indices[j] < lo ? indices[j] : lo;
+    hi = indices[j] > hi ? indices[j] : hi;
+  }
+  if (n == 0 || (lo >= 0 && static_cast<std::int64_t>(hi) < rows)) return;
+  for (std::int64_t j = 0; j < n; ++j)
+    if (indices[j] < 0 || static_cast<std::int64_t>(indices[j]) >= rows)
+      fail(errc::index_out_of_range, std::string(name) + "[" + str(j) + "] = " + str(static_cast<std::int64_t>(indices[j])) +
+                                         " is out of range [0, " + str(rows) + ")");
+}
+
+void check_offsets(const index_span& offsets, std::int64_t nnz, bool include_last) {
+  const std::int64_t n = offsets.size;
+  if (n == 0) {
+    if (include_last) fail(errc::bad_offsets, "offsets is empty but include_last_offset needs at least one entry");
+    if (nnz > 0) fail(errc::bad_offsets, "offsets is empty but indices has " + str(nnz) + " entries");
+    return;
+  }
+  if (const std::int64_t first = value_at(offsets, 0); first != 0)
+    fail(errc::bad_offsets, "offsets[0] = " + str(first) + " must be 0");
+  std::int64_t previous = 0;
+  for (std::int64_t b = 1; b < n; ++b) {
+    const std::int64_t o = value_at(offsets, b);
+    if (o < previous)
+      fail(errc::bad_offsets, "offsets[" + str(b) + "] = " + str(o) + " is less than offsets[" + str(b - 1) +
+                                  "] = " + str(previous) + " (offsets must not decrease)");
+    if (o > nnz)
+      fail(errc::bad_offsets, "offsets[" + str(b) + "] = " + str(o) + " is past the end of indices (" + str(nnz) +
+                                  " entries)");
+    previous = o;
+  }
+  if (include_last && previous != nnz)
+    fail(errc::bad_offsets, "offsets[" + str(n - 1) + "] = " + str(previous) +
+                                " must equal len(indices) = " + str(nnz) + " with include_last_offset");
+}
+
+void check_lengths(const index_span& lengths, std::int64_t nnz) {
+  std::int64_t total = 0;
+  for (std::int64_t b = 0; b < lengths.size; ++b) {
+    const std::int64_t len = value_at(lengths, b);
+    if (len < 0) fail(errc::bad_lengths, "lengths[" + str(b) + "] = " + str(len) + " is negative");
+    if (len > nnz - total)
+      fail(errc::bad_lengths, "lengths[0.." + str(b) + "] sum past len(indices) = " + str(nnz) + " at lengths[" +
+                                  str(b) + "] = " + str(len));
+    total += len;
+  }
+  if (total != nnz)
+    fail(errc::bad_lengths, "lengths sum to " + str(total) + " but indices has " + str(nnz) + " entries");
+}
+
+}  // namespace
+
+std::int64_t validate_matrix(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
+                             std::int64_t row_stride) {
+  const std::string n(name);
+  if (rows < 0) fail(errc::invalid_shape, n + " has " + str(rows) + " rows (must be >= 0)");
+  if (cols <= 0) fail(errc::invalid_shape, n + " has dim " + str(cols) + " (must be > 0)");
+  const std::int64_t stride = row_stride == 0 ? cols : row_stride;
+  if (stride < cols)
+    fail(errc::invalid_shape, n + " has row_stride " + str(row_stride) + " smaller than its dim " + str(cols));
+  std::int64_t elements = 0, bytes = 0;
+  if (rows > 0 && (__builtin_mul_overflow(rows - 1, stride, &elements) ||
+                   __builtin_add_overflow(elements, cols, &elements) || !bytes_of(elements, 4, bytes)))
+    fail(errc::size_overflow, n + " of " + str(rows) + " rows x stride " + str(stride) +
+                                  " floats overflows the address space");
+  if (data == nullptr && rows > 0) fail(errc::null_pointer, n + " is null but has " + str(rows) + " rows");
+  return stride;
+}
+
+std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
+  if (opts.max_norm) {
+    const float m = *opts.max_norm;
+    if (!(m > 0.0f)) fail(errc::invalid_option, "max_norm = " + str(double(m)) + " must be > 0");
+    if (!(opts.norm_type > 0.0f))
+      fail(errc::invalid_option, "norm_type = " + str(double(opts.norm_type)) + " must be > 0");
+  }
+  if (opts.execution.max_threads < 0)
+    fail(errc::invalid_option, "execution.max_threads = " + str(std::int64_t{opts.execution.max_threads}) + " must be >= 0");
+  if (!opts.padding_idx) return no_padding;
+  const std::int64_t p = *opts.padding_idx;
+  if (p < -table_rows || p >= table_rows)
+    fail(errc::invalid_option, "padding_idx = " + str(p) + " is out of range [" + str(-table_rows) + ", " +
+                                   str(table_rows) + ")");
+  return p < 0 ? p + table_rows : p;
+}
+
+bag_source validate_bags(const bags& batch, const options& opts, std::int64_t table_rows) {
+  const index_span& ix = batch.indices;
+  check_array("indices", ix.data, ix.size, element_bytes(ix.type));
+  bag_source s;
+  s.indices = ix.data;
+  s.index_kind = ix.type;
+  s.nnz = ix.size;
+  s.layout = batch.layout;
+  s.boundaries = batch.boundaries.data;
+  s.boundary_kind = batch.boundaries.type;
+  s.num_boundaries = batch.boundaries.size;
+
+  if (opts.include_last_offset && batch.layout != bag_layout::offsets)
+    fail(errc::invalid_option, "include_last_offset applies only to bags given by offsets");
+  switch (batch.layout) {
+    case bag_layout::offsets:
+      check_array("offsets", batch.boundaries.data, batch.boundaries.size, element_bytes(batch.boundaries.type));
+      check_offsets(batch.boundaries, s.nnz, opts.include_last_offset);
+      s.num_bags = opts.include_last_offset ? s.num_boundaries - 1 : s.num_boundaries;
+      break;
+    case bag_layout::lengths:
+      check_array("lengths", batch.boundaries.data, batch.boundaries.size, element_bytes(batch.boundaries.type));
+      check_lengths(batch.boundaries, s.nnz);
+      s.num_bags = s.num_boundaries;
+      break;
+    case bag_layout::fixed_length:
+      if (batch.fixed_length <= 0)
+        fail(errc::bad_lengths, "fixed_length = " + str(batch.fixed_length) + " must be > 0");
+      if (s.nnz % batch.fixed_length != 0)
+        fail(errc::bad_lengths, "len(indices) = " + str(s.nnz) + " is not a multiple of fixed_length = " +
+                                    str(batch.fixed_length));
+      s.fixed_length = batch.fixed_length;
+      s.num_boundaries = 0;
+      s.num_bags = s.nnz / batch.fixed_length;
+      break;
+    default: fail(errc::invalid_option, "bags.layout = " + str(std::int64_t(batch.layout)) + " is not a layout");
+  }
+
+  const auto& w = batch.per_sample_weights;
+  if (!w.empty()) {
+    check_array("per_sample_weights", w.data(), static_cast<std::int64_t>(w.size()), 4);
+    if (opts.mode == mode::max) fail(errc::invalid_option, "per_sample_weights cannot be used with mode max");
+    if (opts.mode == mode::none) fail(errc::invalid_option, "per_sample_weights cannot be used with mode none");
+    if (static_cast<std::int64_t>(w.size()) != s.nnz)
+      fail(errc::size_mismatch, "per_sample_weights has " + str(std::int64_t(w.size())) +
+                                    " entries but indices has " + str(s.nnz));
+    s.weights = w.data();
+  }
+
+  validate_indices("indices", ix, table_rows);
+  return s;
+}
+
+void validate_indices(const char* name, const index_span& indices, std::int64_t table_rows) {
+  check_array(name, indices.data, indices.size, element_bytes(indices.type));
+  if (indices.type == index_type::i32)
+    check_indices_typed(name, static_cast<const std::int32_t*>(indices.data), indices.size, table_rows);
+  else
+    check_indices_typed(name, static_cast<const std::int64_t*>(indices.data), indices.size, table_rows);
+}
+
+namespace {
+template <class T>
+std::int64_t validate_matrix_for(const char* name, const matrix_view<T>& m, std::int64_t rows_needed,
+                                 std::int64_t dim) {
+  const std::int64_t stride = validate_matrix(name, m.data, m.rows, m.cols, m.row_stride);
+  if (m.cols != dim)
+    fail(errc::size_mismatch, std::string(name) + " has " + str(m.cols) + " columns but dim is " + str(dim));
+  if (m.rows < rows_needed)
+    fail(errc::size_mismatch, std::string(name) + " has " + str(m.rows) + " rows but the call needs " + str(rows_needed));
+  return stride;
+}
+}  // namespace
+
+std::int64_t validate_output(const char* name, const matrix_view<float>& out, std::int64_t rows_needed,
+                             std::int64_t dim) {
+  return validate_matrix_for(name, out, rows_needed, dim);
+}
+
+std::int64_t validate_input(const char* name, const matrix_view<const float>& in, std::int64_t rows_needed,
+                            std::int64_t dim) {
+  return validate_matrix_for(name, in, rows_needed, dim);
+}
+
+void validate_argmax_size(std::span<const std::int64_t> argmax, const options& opts, std::int64_t rows,
+                          std::int64_t dim) {
+  if (argmax.empty()) return;
+  if (opts.mode != mode::max) fail(errc::invalid_option, "argmax is only defined for mode max");
+  std::int64_t needed = 0;
+  if (__builtin_mul_overflow(rows, dim, &needed) || static_cast<std::int64_t>(argmax.size()) != needed)
+    fail(errc::size_mismatch, "argmax has " + str(std::int64_t(argmax.size())) + " entries but the call needs " +
+                                  str(rows) + " x " + str(dim));
+}
+
+void validate_argmax_values(std::span<const std::int64_t> argmax, const bag_source& bags,
+                            std::int64_t padding_idx, std::int64_t dim) {
+  const auto index = [&](std::int64_t j) {
+    return bags.index_kind == index_type::i32 ? at<std::int32_t>(bags.indices, j) : at<std::int64_t>(bags.indices, j);
+  };
+  const auto boundary = [&](std::int64_t b) {
+    return bags.boundary_kind == index_type::i32 ? at<std::int32_t>(bags.boundaries, b)
+                                                 : at<std::int64_t>(bags.boundaries, b);
+  };
+  std::int64_t begin = 0;
+  for (std::int64_t b = 0; b < bags.num_bags; ++b) {
+    std::int64_t end = begin;
+    switch (bags.layout) {
+      case bag_layout::offsets: end = b + 1 < bags.num_boundaries ? boundary(b + 1) : bags.nnz; break;
+      case bag_layout::lengths: end = begin + boundary(b); break;
+      case bag_layout::fixed_length: end = begin + bags.fixed_length; break;
+    }
+    bool has_rows = false;
+    for (std::int64_t j = begin; j < end && !has_rows; ++j) has_rows = index(j) != padding_idx;
+    for (std::int64_t d = 0; d < dim; ++d) {
+      const std::int64_t winner = argmax[b * dim + d];
+      bool found = winner == -1 && !has_rows;
+      for (std::int64_t j = begin; j < end && !found; ++j) found = winner != padding_idx && index(j) == winner;
+      if (!found)
+        fail(errc::invalid_option,
+             "argmax[" + str(b) + "][" + str(d) + "] = " + str(winner) +
+                 (has_rows ? " is not a non-padding index of bag " + str(b)
+                           : " must be -1: bag " + str(b) + " has no non-padding index"));
+    }
+    begin = end;
+  }
+}
+
+byte_range matrix_bytes(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
+                        std::int64_t row_stride) {
+  const std::int64_t elements = rows == 0 ? 0 : (rows - 1) * row_stride + cols;
+  return {name, data, elements * 4};
+}
+
+void validate_disjoint(std::span<const byte_range> outputs, std::span<const byte_range> inputs) {
+  const auto overlap = [](const byte_range& a, const byte_range& b) {
+    if (a.bytes == 0 || b.bytes == 0 || a.begin == nullptr || b.begin == nullptr) return false;
+    const auto a0 = reinterpret_cast<std::uintptr_t>(a.begin), b0 = reinterpret_cast<std::uintptr_t>(b.begin);
+    return a0 < b0 + static_cast<std::uintptr_t>(b.bytes) && b0 < a0 + static_cast<std::uintptr_t>(a.bytes);
+  };
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    for (const byte_range& in : inputs)
+      if (overlap(outputs[i], in))
+        fail(errc::aliasing, std::string(outputs[i].name) + " overlaps " + in.name);
+    for (std::size_t k = i + 1; k < outputs.size(); ++k)
+      if (overlap(outputs[i], outputs[k]))
+        fail(errc::aliasing, std::string(outputs[i].name) + " overlaps " + outputs[k].name);
+  }
+}
+
+}  // namespace embag::detail

@@ -1,0 +1,50 @@
+// Validation: every check a call needs, run before its first write. Each function throws
+// embag::error naming the argument, the position and the value; none writes anything.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "request.hpp"
+
+namespace embag::detail {
+
+// A matrix or table shape: rows >= 0, cols > 0, stride >= cols (0 means cols), byte size in range,
+// data non-null when it has rows. Returns the effective row stride.
+std::int64_t validate_matrix(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
+                             std::int64_t row_stride);
+
+// The options that do not depend on the bags; returns padding_idx normalised to [0, rows) or
+// no_padding.
+std::int64_t validate_options(const options& opts, std::int64_t table_rows);
+
+// An int32/int64 array whose every value must be in [0, table_rows).
+void validate_indices(const char* name, const index_span& indices, std::int64_t table_rows);
+
+// Indices (each in [0, table_rows)), bag boundaries and per-sample weights, against the options.
+bag_source validate_bags(const bags& batch, const options& opts, std::int64_t table_rows);
+
+// An output (or gradient) matrix for `rows_needed` x `dim`; returns its effective stride.
+std::int64_t validate_output(const char* name, const matrix_view<float>& out, std::int64_t rows_needed,
+                             std::int64_t dim);
+std::int64_t validate_input(const char* name, const matrix_view<const float>& in, std::int64_t rows_needed,
+                            std::int64_t dim);
+
+// argmax of mode max, as forward writes it (size rows x dim) or backward reads it (each value -1 or
+// an index of its own bag, -1 exactly for bags without a non-padding index).
+void validate_argmax_size(std::span<const std::int64_t> argmax, const options& opts, std::int64_t rows,
+                          std::int64_t dim);
+void validate_argmax_values(std::span<const std::int64_t> argmax, const bag_source& bags,
+                            std::int64_t padding_idx, std::int64_t dim);
+
+// No output may overlap an input or another output: byte ranges [begin, end).
+struct byte_range {
+  const char* name;
+  const void* begin;
+  std::int64_t bytes;
+};
+void validate_disjoint(std::span<const byte_range> outputs, std::span<const byte_range> inputs);
+byte_range matrix_bytes(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
+                        std::int64_t row_stride);
+
+}  // namespace embag::detail
