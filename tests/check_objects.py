@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Checks the compiled library for the two ways per-ISA flags leak into baseline code.
+
+1. ODR: a weak (inline/template) symbol defined in a kernel object and also in another object may
+   be linked from the kernel copy, compiled with AVX-512 flags, into baseline code (SIGILL on an
+   older CPU). Kernel objects must share no weak symbol with any other object.
+2. On x86-64, objects outside src/kernels/isa_*.cpp must hold no VEX/EVEX instruction (ymm/zmm
+   registers or v-prefixed SSE forms): the library has to run on any x86-64.
+
+usage: check_objects.py libembag.a
+"""
+import re
+import subprocess
+import sys
+
+
+def members(archive):
+    """{member name: nm lines} for each object in the archive."""
+    out = subprocess.run(["nm", "--defined-only", archive], check=True, capture_output=True, text=True).stdout
+    result, current = {}, None
+    for line in out.splitlines():
+        if line.endswith(":") and line.strip():
+            current = line[:-1]
+            result[current] = []
+        elif current and line.strip():
+            result[current].append(line.split())
+    return result
+
+
+def main(archive):
+    objects = members(archive)
+    kernels = {m for m in objects if re.search(r"isa_\w+\.cpp\.o$", m)}
+    if not kernels:
+        print(f"no kernel objects found in {archive}: {sorted(objects)}")
+        return 1
+    defined = {m: {parts[-1] for parts in lines if len(parts) >= 2} for m, lines in objects.items()}
+    failures = 0
+    for k in sorted(kernels):
+        # DW.ref.* are the exception-personality pointers every C++ object carries: data, not code
+        weak = {parts[-1] for parts in objects[k]
+                if len(parts) >= 3 and parts[1] in ("W", "V", "u") and not parts[-1].startswith("DW.ref.")}
+        for other, symbols in defined.items():
+            if other == k:
+                continue
+            shared = weak & symbols
+            for s in sorted(shared)[:10]:
+                print(f"ODR: weak symbol {s} is defined in {k} and in {other}")
+            failures += len(shared)
+    if subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip() == "x86_64":
+        vex = re.compile(r"%[yz]mm\d|\tv[a-z0-9]+\s")
+        baseline = sorted(set(objects) - kernels)
+        dump = subprocess.run(["objdump", "-d", "--no-show-raw-insn", archive], check=True,
+                              capture_output=True, text=True).stdout
+        current = None
+        for line in dump.splitlines():
+            m = re.match(r"^In archive .*|^(\S+\.o):\s+file format", line)
+            if m and m.group(1):
+                current = m.group(1)
+            elif current in baseline and vex.search(line):
+                print(f"ISA leak: {current}: {line.strip()}")
+                failures += 1
+                if failures > 20:
+                    break
+    print(f"{len(kernels)} kernel objects, {len(objects) - len(kernels)} baseline objects: "
+          f"{'OK' if failures == 0 else str(failures) + ' problems'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

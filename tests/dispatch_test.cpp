@@ -1,0 +1,118 @@
+// Dispatch: the ISA is chosen once, follows EMBAG_ISA, can be forced process-wide or per call,
+// and asking for one the CPU lacks is an error naming what it has.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <sys/wait.h>
+
+#include "embag/embag.hpp"
+
+namespace embag {
+namespace {
+
+constexpr isa every_isa[] = {isa::reference, isa::sse2, isa::avx2, isa::avx512, isa::neon};
+
+bool available(isa which) {
+  for (isa i : available_isas())
+    if (i == which) return true;
+  return false;
+}
+
+TEST(Dispatch, AvailableStartsWithReferenceInOrder) {
+  const std::vector<isa> list = available_isas();
+  ASSERT_FALSE(list.empty());
+  EXPECT_EQ(list.front(), isa::reference);
+  for (std::size_t i = 1; i < list.size(); ++i) EXPECT_LT(list[i - 1], list[i]);
+}
+
+TEST(Dispatch, NamesRoundTrip) {
+  for (isa i : every_isa) EXPECT_EQ(isa_from_string(to_string(i)), i);
+  EXPECT_FALSE(isa_from_string("avx1024").has_value());
+}
+
+TEST(Dispatch, ActiveFollowsEnvironmentOrPicksTheBest) {
+  const char* env = std::getenv("EMBAG_ISA");
+  if (env != nullptr && *env != '\0') {
+    ASSERT_TRUE(isa_from_string(env).has_value()) << env;
+    EXPECT_EQ(active_isa(), *isa_from_string(env));
+  } else {
+    EXPECT_EQ(active_isa(), available_isas().back());
+  }
+}
+
+TEST(Dispatch, ForceIsaSwitchesAndRejectsWhatTheCpuLacks) {
+  const isa before = active_isa();
+  for (isa i : available_isas()) {
+    force_isa(i);
+    EXPECT_EQ(active_isa(), i);
+  }
+  for (isa i : every_isa) {
+    if (available(i)) continue;
+    try {
+      force_isa(i);
+      ADD_FAILURE() << "force_isa(" << to_string(i) << ") should fail";
+    } catch (const error& e) {
+      EXPECT_EQ(e.code(), errc::unsupported_isa);
+      const std::string m = e.what();
+      EXPECT_NE(m.find(std::string(to_string(i))), std::string::npos) << m;
+      EXPECT_NE(m.find("available: reference"), std::string::npos) << m;
+    }
+    EXPECT_EQ(active_isa(), available_isas().back()) << "a failed force_isa changes nothing";
+  }
+  force_isa(before);
+}
+
+TEST(Dispatch, PerCallIsaIsHonouredAndChecked) {
+  std::vector<std::int64_t> indices = {0, 1, 1}, offsets = {0};
+  std::vector<float> table = {1, 2, 3, 4}, out(2, 0.0f);
+  for (isa i : every_isa) {
+    options opts;
+    opts.execution.isa = i;
+    const auto call = [&] {
+      forward(table_view<const float>{table.data(), 2, 2, 2}, bags::from_offsets(indices, offsets), opts,
+              {out.data(), 1, 2, 2});
+    };
+    if (available(i)) {
+      call();
+      EXPECT_EQ(out, (std::vector<float>{7, 10}));
+    } else {
+      EXPECT_THROW(call(), error);
+    }
+  }
+}
+
+// The embag tool, run as a user would, with EMBAG_ISA set.
+std::pair<int, std::string> run_tool(const std::string& isa_env) {
+  const char* tool = std::getenv("EMBAG_TOOL");
+  if (tool == nullptr) return {-1, ""};
+  const std::string command = "EMBAG_ISA=" + isa_env + " '" + tool + "' info 2>&1";
+  FILE* p = popen(command.c_str(), "r");
+  std::string output;
+  char buffer[256];
+  while (p && fgets(buffer, sizeof buffer, p)) output += buffer;
+  const int status = p ? pclose(p) : -1;
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+TEST(Dispatch, ToolHonoursEmbagIsa) {
+  if (std::getenv("EMBAG_TOOL") == nullptr) GTEST_SKIP() << "EMBAG_TOOL not set (meson sets it)";
+  for (isa i : available_isas()) {
+    const auto [status, output] = run_tool(std::string(to_string(i)));
+    EXPECT_EQ(status, 0) << output;
+    EXPECT_NE(output.find("isa active:     " + std::string(to_string(i))), std::string::npos) << output;
+  }
+  const auto [status, output] = run_tool("avx1024");
+  EXPECT_EQ(status, 2) << output;
+  EXPECT_NE(output.find("EMBAG_ISA = 'avx1024' is not an ISA name"), std::string::npos) << output;
+  for (isa i : every_isa) {
+    if (available(i)) continue;
+    const auto [code, text] = run_tool(std::string(to_string(i)));
+    EXPECT_EQ(code, 2) << text;
+    EXPECT_NE(text.find("lacks; available: reference"), std::string::npos) << text;
+  }
+}
+
+}  // namespace
+}  // namespace embag

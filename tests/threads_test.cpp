@@ -1,0 +1,135 @@
+// Threads: results are bitwise identical whatever the thread count; many threads may call on one
+// table at once; calls nest inside the caller's own TBB tasks and arenas.
+#include <gtest/gtest.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <thread>
+
+#include "support/run.hpp"
+
+namespace embag::test {
+namespace {
+
+// Large enough that the plan splits it into many blocks on every thread count above one.
+call_case large_case(std::uint64_t seed) {
+  case_limits limits;
+  limits.max_dim = 130;
+  limits.max_rows = 20000;
+  limits.max_bags = 3000;
+  limits.max_bag_length = 50;
+  return random_case(seed, limits);
+}
+
+class Determinism : public ::testing::TestWithParam<isa> {};
+
+TEST_P(Determinism, SameBitsOnOneTwoAndEightThreads) {
+  for (std::uint64_t seed = 1; seed <= 12; ++seed) {
+    const call_case c = large_case(seed);
+    SCOPED_TRACE(c.describe());
+    const call_results one = run_case(c, GetParam(), 1);
+    for (int threads : {2, 8, 0}) {
+      SCOPED_TRACE("threads=" + std::to_string(threads));
+      const call_results many = run_case(c, GetParam(), threads);
+      ASSERT_TRUE(same_bits(one.out, many.out, c.out_rows(), c.dim, c.out_stride)) << "forward";
+      ASSERT_EQ(one.argmax, many.argmax);
+      ASSERT_TRUE(same_bits(one.table_after, many.table_after, c.rows, c.dim, c.row_stride));
+      ASSERT_TRUE(same_bits(one.dense_grad, many.dense_grad, c.rows, c.dim, c.dim)) << "backward dense";
+      ASSERT_EQ(one.sparse.rows, many.sparse.rows);
+      ASSERT_EQ(one.sparse.values, many.sparse.values) << "backward sparse";
+      ASSERT_EQ(one.weights_grad, many.weights_grad) << "weights gradient";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Available, Determinism, ::testing::ValuesIn(available_isas()),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
+
+// One shared read-only table, a batch per caller thread, and the expected outputs precomputed.
+struct shared_table_calls {
+  call_case table_case;
+  std::vector<call_case> batches;
+  std::vector<std::vector<float>> expected;
+
+  explicit shared_table_calls(int callers) {
+    table_case = large_case(100);
+    for (int t = 0; t < callers; ++t) {
+      call_case c = large_case(200 + t);
+      // the same table for every caller: indices redrawn within its rows
+      c.rows = table_case.rows;
+      c.dim = table_case.dim;
+      c.row_stride = table_case.row_stride;
+      c.table.clear();
+      c.opts.max_norm_mode = max_norm_flavour::clip;  // readers only: the table is never written
+      c.out_stride = c.dim;
+      for (std::size_t j = 0; j < c.indices.size(); ++j) c.indices[j] %= c.rows;
+      c.indices32.assign(c.indices.begin(), c.indices.end());
+      c.indices64 = c.indices;
+      if (c.opts.padding_idx) c.opts.padding_idx = *c.opts.padding_idx % c.rows;
+      batches.push_back(c);
+      expected.push_back(call(t, isa::reference, 1));
+    }
+  }
+
+  std::vector<float> call(int t, isa which, int threads) const {
+    const call_case& c = batches[t];
+    options opts = c.opts;
+    opts.execution.isa = which;
+    opts.execution.max_threads = threads;
+    std::vector<float> out(static_cast<std::size_t>(std::max<std::int64_t>(c.out_rows() * c.dim, 1)));
+    forward(table_case.view(), c.batch(), opts, {out.data(), c.out_rows(), c.dim, c.dim});
+    return out;
+  }
+};
+
+TEST(Concurrency, EightThreadsCallForwardOnOneTable) {
+  constexpr int callers = 8, calls_each = 20;
+  const shared_table_calls work(callers);
+  const std::vector<float> table_before = work.table_case.table;
+  std::vector<int> mismatches(callers, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < callers; ++t)
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < calls_each; ++k)
+        if (work.call(t, active_isa(), k % 3) != work.expected[t]) ++mismatches[t];
+    });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < callers; ++t) EXPECT_EQ(mismatches[t], 0) << "caller " << t;
+  EXPECT_EQ(table_before, work.table_case.table);
+}
+
+TEST(Concurrency, NestedInsideCallerTbbTasksAndArenas) {
+  constexpr int callers = 8;
+  const shared_table_calls work(callers);
+  std::vector<int> mismatches(callers, 0);
+  tbb::parallel_for(0, callers, [&](int t) {
+    if (work.call(t, active_isa(), 0) != work.expected[t]) ++mismatches[t];
+  });
+  tbb::task_arena single(1);
+  single.execute([&] {
+    for (int t = 0; t < callers; ++t)
+      if (work.call(t, active_isa(), 0) != work.expected[t]) ++mismatches[t];
+  });
+  for (int t = 0; t < callers; ++t) EXPECT_EQ(mismatches[t], 0) << "caller " << t;
+}
+
+TEST(Workspace, ReusedAcrossCallsGivesTheSameGradients) {
+  workspace scratch;
+  for (std::uint64_t seed = 300; seed < 310; ++seed) {
+    const call_case c = large_case(seed);
+    SCOPED_TRACE(c.describe());
+    const call_results fresh = run_case(c, active_isa(), 0);
+    options opts = c.opts;
+    std::vector<float> dense = grad_start_for(c);
+    const matrix_view<const float> dy{fresh.grad_output.data(), c.out_rows(), c.dim, c.dim};
+    backward_dense(c.batch(), opts, dy, {dense.data(), c.rows, c.dim, c.dim}, fresh.argmax, &scratch);
+    sparse_gradient sparse;
+    backward_sparse(c.rows, c.batch(), opts, dy, sparse, fresh.argmax, &scratch);
+    ASSERT_EQ(dense, fresh.dense_grad);
+    ASSERT_EQ(sparse.rows, fresh.sparse.rows);
+    ASSERT_EQ(sparse.values, fresh.sparse.values);
+  }
+}
+
+}  // namespace
+}  // namespace embag::test
