@@ -99,11 +99,11 @@ void forward_checked(const float* table, float* mutable_table, std::int64_t rows
 struct backward_call {
   backward_request req;
   isa which = isa::reference;
+  call_inputs inputs;  // what the gradient output must not overlap
 };
 
 backward_call prepare_backward(std::int64_t rows, std::int64_t dim, const bags& batch, const options& opts,
-                               matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
-                               call_inputs& inputs) {
+                               matrix_view<const float> grad_output, std::span<const std::int64_t> argmax) {
   const std::int64_t padding = validate_options(opts, rows);
   const bag_source bags = validate_bags(batch, opts, rows);
   const std::int64_t out_rows = rows_of(bags, opts.mode);
@@ -116,8 +116,8 @@ backward_call prepare_backward(std::int64_t rows, std::int64_t dim, const bags& 
   } else if (!argmax.empty()) {
     throw error(errc::invalid_option, "argmax is only defined for mode max");
   }
-  inputs.add({"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())});
-  backward_call call;
+  backward_call call{{}, isa::reference, call_inputs(batch, matrix_bytes("grad_output", grad_output.data, out_rows, dim, grad_stride))};
+  call.inputs.add({"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())});
   call.which = resolve_isa(opts.execution.isa);
   backward_request& r = call.req;
   r.bags = bags;
@@ -185,11 +185,9 @@ void backward_dense(const bags& batch, const options& opts, matrix_view<const fl
                     matrix_view<float> grad_table, std::span<const std::int64_t> argmax, workspace* scratch) {
   const std::int64_t stride =
       validate_matrix("grad_table", grad_table.data, grad_table.rows, grad_table.cols, grad_table.row_stride);
-  call_inputs inputs(batch, matrix_bytes("grad_output", grad_output.data, grad_output.rows, grad_output.cols,
-                                         grad_output.row_stride == 0 ? grad_output.cols : grad_output.row_stride));
-  backward_call call = prepare_backward(grad_table.rows, grad_table.cols, batch, opts, grad_output, argmax, inputs);
+  backward_call call = prepare_backward(grad_table.rows, grad_table.cols, batch, opts, grad_output, argmax);
   const byte_range outputs[] = {matrix_bytes("grad_table", grad_table.data, grad_table.rows, grad_table.cols, stride)};
-  validate_disjoint(outputs, inputs.span());
+  validate_disjoint(outputs, call.inputs.span());
 
   call.req.grad_table = grad_table.data;
   call.req.grad_table_stride = stride;
@@ -206,14 +204,11 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
   if (table_rows < 0)
     throw error(errc::invalid_shape, "table_rows = " + std::to_string(table_rows) + " must be >= 0");
   const std::int64_t dim = grad_output.cols;
-  validate_matrix("grad_output", grad_output.data, grad_output.rows, dim, grad_output.row_stride);
-  call_inputs inputs(batch, matrix_bytes("grad_output", grad_output.data, grad_output.rows, dim,
-                                         grad_output.row_stride == 0 ? dim : grad_output.row_stride));
-  backward_call call = prepare_backward(table_rows, dim, batch, opts, grad_output, argmax, inputs);
+  backward_call call = prepare_backward(table_rows, dim, batch, opts, grad_output, argmax);
   const byte_range outputs[] = {
       {"grad.rows", grad.rows.data(), static_cast<std::int64_t>(grad.rows.capacity() * sizeof(std::int64_t))},
       {"grad.values", grad.values.data(), static_cast<std::int64_t>(grad.values.capacity() * sizeof(float))}};
-  validate_disjoint(outputs, inputs.span());
+  validate_disjoint(outputs, call.inputs.span());
 
   if (call.which == isa::reference) return reference::backward(call.req, &grad);
   workspace local;
@@ -241,7 +236,8 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
   if (static_cast<std::int64_t>(grad_weights.size()) != bags.nnz)
     throw error(errc::size_mismatch, "grad_weights has " + std::to_string(grad_weights.size()) +
                                          " entries but indices has " + std::to_string(bags.nnz));
-  if (grad_weights.data() == nullptr && bags.nnz > 0) throw error(errc::null_pointer, "grad_weights is null");
+  if (grad_weights.data() == nullptr && bags.nnz > 0)
+    throw error(errc::null_pointer, "grad_weights is null but has size " + std::to_string(bags.nnz));
   call_inputs inputs(batch, matrix_bytes("table", table.data, table.rows, table.dim, stride));
   inputs.add(matrix_bytes("grad_output", grad_output.data, bags.num_bags, table.dim, grad_stride));
   const byte_range outputs[] = {

@@ -40,7 +40,11 @@ std::int64_t value_at(const index_span& s, std::int64_t i) {
   return s.type == index_type::i32 ? at<std::int32_t>(s.data, i) : at<std::int64_t>(s.data, i);
 }
 
-std::int64_t element_bytes(index_type t) { return t == index_type::i32 ? 4 : 8; }
+std::int64_t element_bytes(const char* name, index_type t) {
+  if (t != index_type::i32 && t != index_type::i64)
+    fail(errc::invalid_option, std::string(name) + ".type = " + str(std::int64_t(t)) + " is not int32 or int64");
+  return t == index_type::i32 ? 4 : 8;
+}
 
 // The fast path scans for the extremes (vectorisable); only a failing batch looks for the culprit.
 template <class T>
@@ -117,6 +121,9 @@ std::int64_t validate_matrix(const char* name, const void* data, std::int64_t ro
 }
 
 std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
+  if (opts.mode > mode::none) fail(errc::invalid_option, "mode = " + str(std::int64_t(opts.mode)) + " is not a mode");
+  if (opts.max_norm_mode > max_norm_flavour::in_place)
+    fail(errc::invalid_option, "max_norm_mode = " + str(std::int64_t(opts.max_norm_mode)) + " is not a flavour");
   if (opts.max_norm) {
     const float m = *opts.max_norm;
     if (!(m > 0.0f)) fail(errc::invalid_option, "max_norm = " + str(double(m)) + " must be > 0");
@@ -135,7 +142,7 @@ std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
 
 bag_source validate_bags(const bags& batch, const options& opts, std::int64_t table_rows) {
   const index_span& ix = batch.indices;
-  check_array("indices", ix.data, ix.size, element_bytes(ix.type));
+  check_array("indices", ix.data, ix.size, element_bytes("indices", ix.type));
   bag_source s;
   s.indices = ix.data;
   s.index_kind = ix.type;
@@ -149,12 +156,12 @@ bag_source validate_bags(const bags& batch, const options& opts, std::int64_t ta
     fail(errc::invalid_option, "include_last_offset applies only to bags given by offsets");
   switch (batch.layout) {
     case bag_layout::offsets:
-      check_array("offsets", batch.boundaries.data, batch.boundaries.size, element_bytes(batch.boundaries.type));
+      check_array("offsets", batch.boundaries.data, batch.boundaries.size, element_bytes("offsets", batch.boundaries.type));
       check_offsets(batch.boundaries, s.nnz, opts.include_last_offset);
       s.num_bags = opts.include_last_offset ? s.num_boundaries - 1 : s.num_boundaries;
       break;
     case bag_layout::lengths:
-      check_array("lengths", batch.boundaries.data, batch.boundaries.size, element_bytes(batch.boundaries.type));
+      check_array("lengths", batch.boundaries.data, batch.boundaries.size, element_bytes("lengths", batch.boundaries.type));
       check_lengths(batch.boundaries, s.nnz);
       s.num_bags = s.num_boundaries;
       break;
@@ -187,7 +194,7 @@ bag_source validate_bags(const bags& batch, const options& opts, std::int64_t ta
 }
 
 void validate_indices(const char* name, const index_span& indices, std::int64_t table_rows) {
-  check_array(name, indices.data, indices.size, element_bytes(indices.type));
+  check_array(name, indices.data, indices.size, element_bytes(name, indices.type));
   if (indices.type == index_type::i32)
     check_indices_typed(name, static_cast<const std::int32_t*>(indices.data), indices.size, table_rows);
   else
@@ -220,6 +227,8 @@ std::int64_t validate_input(const char* name, const matrix_view<const float>& in
 void validate_argmax_size(std::span<const std::int64_t> argmax, const options& opts, std::int64_t rows,
                           std::int64_t dim) {
   if (argmax.empty()) return;
+  if (argmax.data() == nullptr)
+    fail(errc::null_pointer, "argmax is null but has size " + str(std::int64_t(argmax.size())));
   if (opts.mode != mode::max) fail(errc::invalid_option, "argmax is only defined for mode max");
   std::int64_t needed = 0;
   if (__builtin_mul_overflow(rows, dim, &needed) || static_cast<std::int64_t>(argmax.size()) != needed)

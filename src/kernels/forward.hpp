@@ -57,11 +57,12 @@ inline xsimd::batch<float, Arch> load_row(const float* p, bool clip, float scale
 }
 
 // Where x replaces the running max m: x > m, or x is NaN and m is not yet (NaN propagates, the
-// first one wins; ties keep the first occurrence).
+// first one wins; ties keep the first occurrence). Not `x != x`: xsimd 8.1 compiles != to an
+// ordered compare on AVX and AVX-512, false for NaN (xsimd issue 805).
 template <class Arch>
 inline xsimd::batch_bool<float, Arch> max_takes(const xsimd::batch<float, Arch>& x,
                                                 const xsimd::batch<float, Arch>& m) noexcept {
-  return (x > m) | ((x != x) & (m == m));
+  return (x > m) | (xsimd::isnan(x) & (m == m));
 }
 
 inline bool max_takes_scalar(float x, float m) noexcept { return x > m || (x != x && m == m); }

@@ -79,6 +79,9 @@ call_case random_case(std::uint64_t seed, const case_limits& limits) {
   for (float& v : c.table) v = normal(rng);
   if (chance(0.2))  // ties for max
     for (float& v : c.table) v = std::round(v * 2.0f);
+  if (limits.allow_nan && chance(0.1))
+    for (float& v : c.table)
+      if (chance(0.05)) v = std::numeric_limits<float>::quiet_NaN();
 
   c.opts.mode = static_cast<mode>(uniform(0, 3));
   c.index32 = chance(0.5);

@@ -45,6 +45,7 @@ struct case_limits {
   std::int64_t max_bags = 12;
   std::int64_t max_bag_length = 24;
   bool allow_max_norm = true;
+  bool allow_nan = false;  // NaN in some table cells (max must propagate it)
 };
 
 // A random valid call drawn from `seed`.
