@@ -71,16 +71,6 @@ std::vector<float> tiled(const matrix& m, std::int64_t tile, std::int64_t stride
   return ::testing::AssertionSuccess();
 }
 
-::testing::AssertionResult gaps_untouched(const std::vector<float>& before, const std::vector<float>& after,
-                                          std::int64_t rows, std::int64_t dim, std::int64_t stride) {
-  for (std::int64_t i = 0; i < std::ssize(after); ++i) {
-    const bool inside = i < rows * stride && i % stride < dim;
-    if (!inside && std::memcmp(&before[i], &after[i], sizeof(float)) != 0)
-      return ::testing::AssertionFailure() << "cell " << i << " outside the " << dim << " columns was written";
-  }
-  return ::testing::AssertionSuccess();
-}
-
 struct encoding {
   const char* name;
   bag_layout layout;

@@ -47,6 +47,18 @@ struct forward_context {
   }
 
   float* out_row(std::int64_t bag) const noexcept { return req.out + bag * req.out_stride; }
+
+  // body(position, index, row, clip scale) for each non-padding index in [begin, end), in order,
+  // prefetching ahead as it goes.
+  template <class Body>
+  void for_each_row(std::int64_t begin, std::int64_t end, Body&& body) const {
+    for (std::int64_t p = begin; p < end; ++p) {
+      prefetch(p);
+      const std::int64_t index = indices[p];
+      if (index == req.padding_idx) continue;
+      body(p, index, row(index), clip_scale(index));
+    }
+  }
 };
 
 // A loaded row chunk, clipped the way the reference clips it: x * scale, rounded once.
@@ -81,12 +93,7 @@ struct fixed_dim_forward {
     const bool weighted = r.bags.weights != nullptr;
     std::int64_t count = 0;
     float weight_sum = 0.0f;
-    for (std::int64_t p = begin; p < end; ++p) {
-      c.prefetch(p);
-      const std::int64_t index = c.indices[p];
-      if (index == r.padding_idx) continue;
-      const float* x = c.row(index);
-      const float scale = c.clip_scale(index);
+    c.for_each_row(begin, end, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
       if (weighted) {
         const float w = r.bags.weights[p];
         const batch wb(w);
@@ -96,7 +103,7 @@ struct fixed_dim_forward {
         for (std::int64_t k = 0; k < Chunks; ++k) acc[k] += load_row<Arch>(x + k * lanes, r.clip_max_norm, scale);
       }
       ++count;
-    }
+    });
     float* out = c.out_row(bag);
     if (r.mode == mode::mean) {
       const float divisor = weighted ? weight_sum : static_cast<float>(count);
@@ -119,12 +126,7 @@ struct fixed_dim_forward {
     batch where[Chunks];
     for (std::int64_t k = 0; k < Chunks; ++k) acc[k] = where[k] = batch(0.0f);
     bool started = false;
-    for (std::int64_t p = begin; p < end; ++p) {
-      c.prefetch(p);
-      const std::int64_t index = c.indices[p];
-      if (index == r.padding_idx) continue;
-      const float* x = c.row(index);
-      const float scale = c.clip_scale(index);
+    c.for_each_row(begin, end, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
       const batch here(static_cast<float>(p - begin));
       if (!started) {
         for (std::int64_t k = 0; k < Chunks; ++k) {
@@ -132,7 +134,7 @@ struct fixed_dim_forward {
           where[k] = here;
         }
         started = true;
-        continue;
+        return;
       }
       for (std::int64_t k = 0; k < Chunks; ++k) {
         const batch v = load_row<Arch>(x + k * lanes, r.clip_max_norm, scale);
@@ -140,7 +142,7 @@ struct fixed_dim_forward {
         acc[k] = xsimd::select(takes, v, acc[k]);
         if (track) where[k] = xsimd::select(takes, here, where[k]);
       }
-    }
+    });
     float* out = c.out_row(bag);
     std::int64_t* argmax = track ? r.argmax + bag * r.dim : nullptr;
     if (!started) {
@@ -174,12 +176,7 @@ struct any_dim_forward {
     const bool weighted = r.bags.weights != nullptr;
     std::int64_t count = 0;
     float weight_sum = 0.0f;
-    for (std::int64_t p = begin; p < end; ++p) {
-      c.prefetch(p);
-      const std::int64_t index = c.indices[p];
-      if (index == r.padding_idx) continue;
-      const float* x = c.row(index);
-      const float scale = c.clip_scale(index);
+    c.for_each_row(begin, end, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
       const float w = weighted ? r.bags.weights[p] : 1.0f;
       const batch wb(w);
       std::int64_t d = 0;
@@ -194,7 +191,7 @@ struct any_dim_forward {
       }
       weight_sum += w;
       ++count;
-    }
+    });
     if (r.mode == mode::mean) {
       const float divisor = weighted ? weight_sum : static_cast<float>(count);
       for (std::int64_t d = 0; d < dim; ++d) out[d] = divisor == 0.0f ? 0.0f : out[d] / divisor;
@@ -207,12 +204,7 @@ struct any_dim_forward {
     float* out = c.out_row(bag);
     std::int64_t* argmax = r.argmax ? r.argmax + bag * dim : nullptr;
     bool started = false;
-    for (std::int64_t p = begin; p < end; ++p) {
-      c.prefetch(p);
-      const std::int64_t index = c.indices[p];
-      if (index == r.padding_idx) continue;
-      const float* x = c.row(index);
-      const float scale = c.clip_scale(index);
+    c.for_each_row(begin, end, [&](std::int64_t, std::int64_t index, const float* x, float scale) {
       for (std::int64_t d = 0; d < dim; ++d) {
         const float v = r.clip_max_norm ? x[d] * scale : x[d];
         if (!started || max_takes_scalar(v, out[d])) {
@@ -221,7 +213,7 @@ struct any_dim_forward {
         }
       }
       started = true;
-    }
+    });
     if (!started) {
       for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
       if (argmax)

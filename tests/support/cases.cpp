@@ -171,4 +171,15 @@ std::vector<float> canary_buffer(std::int64_t rows, std::int64_t stride) {
   return ::testing::AssertionSuccess();
 }
 
+::testing::AssertionResult gaps_untouched(const std::vector<float>& before, const std::vector<float>& after,
+                                          std::int64_t rows, std::int64_t dim, std::int64_t stride) {
+  for (std::int64_t i = 0; i < std::ssize(after); ++i) {
+    const bool inside = i < rows * stride && i % stride < dim;
+    if (!inside && std::memcmp(&before[i], &after[i], sizeof(float)) != 0)
+      return ::testing::AssertionFailure() << "cell " << i << " (row " << i / stride << ", column " << i % stride
+                                           << ") outside the " << dim << " columns was written: " << after[i];
+  }
+  return ::testing::AssertionSuccess();
+}
+
 }  // namespace embag::test

@@ -63,4 +63,9 @@ std::vector<float> canary_buffer(std::int64_t rows, std::int64_t stride);
 ::testing::AssertionResult same_bits(const std::vector<float>& expected, const std::vector<float>& actual,
                                      std::int64_t rows, std::int64_t dim, std::int64_t stride);
 
+// Every cell outside the rows x dim block of a stride (the gaps, and anything past the last row)
+// is bitwise what it was before the call.
+::testing::AssertionResult gaps_untouched(const std::vector<float>& before, const std::vector<float>& after,
+                                          std::int64_t rows, std::int64_t dim, std::int64_t stride);
+
 }  // namespace embag::test
