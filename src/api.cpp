@@ -56,13 +56,13 @@ forward_request make_forward_request(const float* table, std::int64_t rows, std:
   return req;
 }
 
-void run_forward(isa which, forward_request& req, int max_threads, int prefetch_rows) {
+void run_forward(isa which, forward_request& req, const execution& how) {
   if (which == isa::reference) return reference::forward(req);
-  choose_prefetch(req, prefetch_rows);
+  choose_prefetch(req, how.prefetch);
   block_list plan;
-  plan_forward_blocks(req.bags, req.mode, req.dim, threads_for(max_threads), plan);
+  plan_forward_blocks(req.bags, req.mode, req.dim, threads_for(how.max_threads), plan);
   const kernel_table& k = kernels_of(which);
-  run_blocks(plan.count, max_threads, [&](std::int64_t i) { k.forward(req, plan.blocks[i]); });
+  run_blocks(plan.count, how.max_threads, [&](std::int64_t i) { k.forward(req, plan.blocks[i]); });
 }
 
 void forward_checked(const float* table, float* mutable_table, std::int64_t rows, std::int64_t dim,
@@ -92,7 +92,7 @@ void forward_checked(const float* table, float* mutable_table, std::int64_t rows
   req.out = out.data;
   req.out_stride = out_stride;
   req.argmax = argmax.empty() ? nullptr : argmax.data();
-  run_forward(which, req, opts.execution.max_threads, opts.execution.prefetch_rows);
+  run_forward(which, req, opts.execution);
 }
 
 // What backward_dense and backward_sparse share: validation and the request, before any write.
@@ -255,6 +255,28 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
   plan_forward_blocks(bags, opts.mode, table.dim, threads_for(opts.execution.max_threads), plan);
   const kernel_table& k = kernels_of(which);
   run_blocks(plan.count, opts.execution.max_threads, [&](std::int64_t i) { k.weights_grad(w, plan.blocks[i]); });
+}
+
+float read_rows(table_view<const float> table, index_span indices, const execution& how) {
+  const std::int64_t stride = validate_matrix("table", table.data, table.rows, table.dim, table.row_stride);
+  options opts;
+  opts.execution = how;
+  validate_options(opts, table.rows);
+  const bag_source bags = validate_bags(bags::fixed(indices, 1), opts, table.rows);
+  const isa which = resolve_isa(how.isa);
+  if (which == isa::reference)
+    throw error(errc::unsupported_isa, "read_rows measures the memory system: it needs a SIMD ISA, not reference");
+
+  forward_request req = make_forward_request(table.data, table.rows, table.dim, stride, bags, opts, no_padding);
+  choose_prefetch(req, how.prefetch);
+  block_list plan;
+  plan_forward_blocks(bags, mode::none, table.dim, threads_for(how.max_threads), plan);
+  std::array<float, max_blocks> folded{};
+  const kernel_table& k = kernels_of(which);
+  run_blocks(plan.count, how.max_threads, [&](std::int64_t i) { folded[i] = k.read_rows(req, plan.blocks[i]); });
+  float total = 0.0f;
+  for (int i = 0; i < plan.count; ++i) total += folded[i];
+  return total;
 }
 
 void renorm_rows(table_view<float> table, index_span rows, float max_norm, float norm_type) {

@@ -1,7 +1,5 @@
 #include "plan.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -62,10 +60,6 @@ int block_count(std::int64_t work, int threads) {
   return static_cast<int>(std::clamp<std::int64_t>(work / min_block_work, 1, wanted));
 }
 
-std::int64_t cache_bytes(int name, std::int64_t fallback) {
-  const long v = sysconf(name);
-  return v > 0 ? v : fallback;
-}
 
 }  // namespace
 
@@ -114,37 +108,41 @@ void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, bloc
   }
 }
 
-void choose_prefetch(forward_request& req, int prefetch_rows_override) {
+namespace {
+
+// EMBAG_PREFETCH=none|l1:N|l2:N, read once: how a user tunes without recompiling.
+prefetch_setting prefetch_from_environment() {
+  const char* env = std::getenv("EMBAG_PREFETCH");
+  if (env == nullptr || *env == '\0') return {};
+  const std::string text(env);
+  if (text == "none") return {prefetch_level::none, 0};
+  if (text.size() > 3 && (text.rfind("l1:", 0) == 0 || text.rfind("l2:", 0) == 0))
+    return {text[1] == '1' ? prefetch_level::l1 : prefetch_level::l2, std::clamp(std::atoi(text.c_str() + 3), 1, 1024)};
+  return {};
+}
+
+}  // namespace
+
+void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
+  static const prefetch_setting from_environment = prefetch_from_environment();
+  const std::int64_t l2 = caches().l2 > 0 ? caches().l2 : std::int64_t{1} << 20;
+  const std::int64_t llc = caches().llc > 0 ? caches().llc : std::int64_t{32} << 20;
   const std::int64_t row_bytes = req.dim * 4;
   const std::int64_t table_bytes = req.rows * req.row_stride * 4;
-  static const std::int64_t l2 = cache_bytes(_SC_LEVEL2_CACHE_SIZE, 1 << 20);
-  static const std::int64_t llc = cache_bytes(_SC_LEVEL3_CACHE_SIZE, 32 << 20);
-  // Bytes in flight, not rows: a long row needs fewer rows ahead to keep the same number of
-  // cache misses outstanding. Tables past the LLC gain from prefetching into L2 (DESIGN.md 4).
-  std::int64_t in_flight = 8 * 1024;
-  req.hint = prefetch_hint::l1;
-  if (table_bytes <= l2 / 2) {
-    req.hint = prefetch_hint::none;
-  } else if (table_bytes > llc) {
-    req.hint = prefetch_hint::l2;
-    in_flight = 16 * 1024;
-  }
-  req.prefetch_rows = static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
+  const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
 
-  static const char* forced = std::getenv("EMBAG_PREFETCH");
-  if (forced != nullptr && *forced != '\0') {
-    const std::string f(forced);
-    if (f == "none") req.hint = prefetch_hint::none;
-    else if (f.rfind("l1:", 0) == 0 || f.rfind("l2:", 0) == 0) {
-      req.hint = f[1] == '1' ? prefetch_hint::l1 : prefetch_hint::l2;
-      req.prefetch_rows = std::clamp(std::atoi(f.c_str() + 3), 1, 1024);
-    }
-  }
-  if (prefetch_rows_override == 0) req.hint = prefetch_hint::none;
-  else if (prefetch_rows_override > 0) {
-    req.prefetch_rows = prefetch_rows_override;
-    if (req.hint == prefetch_hint::none) req.hint = prefetch_hint::l1;
-  }
+  // By size class: a table within half of L2 needs no prefetch; one past the LLC gains from
+  // prefetching into L2 only (DESIGN.md section 4); in between, into L1.
+  prefetch_level level = table_bytes <= l2 / 2 ? prefetch_level::none
+                         : table_bytes > llc   ? prefetch_level::l2
+                                               : prefetch_level::l1;
+  // Bytes in flight, not rows: a long row needs fewer rows ahead to keep as many misses pending.
+  const std::int64_t in_flight = level == prefetch_level::l2 ? 16 * 1024 : 8 * 1024;
+  int rows = static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
+  if (setting.level != prefetch_level::automatic) level = setting.level;
+  if (setting.rows > 0) rows = setting.rows;
+  req.prefetch = level;
+  req.prefetch_rows = rows;
 }
 
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,

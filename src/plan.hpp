@@ -39,9 +39,9 @@ void plan_forward_blocks(const bag_source& bags, embag::mode mode, std::int64_t 
 // Blocks of unique rows of about equal number of contributions; bag_begin/bag_end hold the rows.
 void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, block_list& out);
 
-// Prefetch distance and hint for this table and row size: by the table's size class against the
-// caches, or as the caller / EMBAG_PREFETCH (e.g. "l2:32", "l1:16", "none") forces.
-void choose_prefetch(forward_request& req, int prefetch_rows_override);
+// Prefetch level and distance for this table and row size: by the table's size class against
+// the caches, or as the caller (or EMBAG_PREFETCH, e.g. "l2:32", "l1:16", "none") forces.
+void choose_prefetch(forward_request& req, const prefetch_setting& asked);
 
 // The bags transposed into rows (see row_transpose), in the workspace's memory.
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,

@@ -33,8 +33,6 @@ struct bag_block {
   std::int64_t index_begin = 0;
 };
 
-enum class prefetch_hint : std::uint8_t { none, l1, l2 };
-
 struct forward_request {
   const float* table = nullptr;
   std::int64_t rows = 0, dim = 0, row_stride = 0;
@@ -47,7 +45,7 @@ struct forward_request {
   std::int64_t out_stride = 0;
   std::int64_t* argmax = nullptr;  // output_rows x dim, or null
   int prefetch_rows = 0;
-  prefetch_hint hint = prefetch_hint::none;
+  prefetch_level prefetch = prefetch_level::none;  // resolved: never automatic here
 };
 
 // The bags transposed into table rows, built by the plan for backward: the non-padding positions
@@ -89,6 +87,8 @@ struct kernel_table {
   void (*forward)(const forward_request&, const bag_block&);
   void (*backward_rows)(const backward_request&, std::int64_t unique_begin, std::int64_t unique_end);
   void (*weights_grad)(const weights_grad_request&, const bag_block&);
+  // The roofline: reads the rows of indices [block.bag_begin, block.bag_end), nothing else.
+  float (*read_rows)(const forward_request&, const bag_block&);
 };
 
 // The scale max_norm applies to a row: max_norm / (norm + 1e-7) when its norm exceeds max_norm,

@@ -130,6 +130,12 @@ std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
     if (!(opts.norm_type > 0.0f))
       fail(errc::invalid_option, "norm_type = " + str(double(opts.norm_type)) + " must be > 0");
   }
+  if (opts.execution.prefetch.level > prefetch_level::l2)
+    fail(errc::invalid_option, "execution.prefetch.level = " + str(std::int64_t(opts.execution.prefetch.level)) +
+                                   " is not a prefetch level");
+  if (opts.execution.prefetch.rows < 0)
+    fail(errc::invalid_option, "execution.prefetch.rows = " + str(std::int64_t{opts.execution.prefetch.rows}) +
+                                   " must be >= 0");
   if (opts.execution.max_threads < 0)
     fail(errc::invalid_option, "execution.max_threads = " + str(std::int64_t{opts.execution.max_threads}) + " must be >= 0");
   if (!opts.padding_idx) return no_padding;

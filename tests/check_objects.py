@@ -6,6 +6,7 @@
    older CPU). Kernel objects must share no weak symbol with any other object.
 2. On x86-64, objects outside src/kernels/isa_*.cpp must hold no VEX/EVEX instruction (ymm/zmm
    registers or v-prefixed SSE forms): the library has to run on any x86-64.
+3. On x86-64, every kernel object holds its software prefetches (L1 and L2 hints).
 
 usage: check_objects.py libembag.a
 """
@@ -52,15 +53,25 @@ def main(archive):
         dump = subprocess.run(["objdump", "-d", "--no-show-raw-insn", archive], check=True,
                               capture_output=True, text=True).stdout
         current = None
+        prefetches = {k: set() for k in kernels}
         for line in dump.splitlines():
             m = re.match(r"^In archive .*|^(\S+\.o):\s+file format", line)
             if m and m.group(1):
                 current = m.group(1)
+            elif current in kernels:
+                p = re.search(r"\t(prefetcht[012])", line)
+                if p:
+                    prefetches[current].add(p.group(1))
             elif current in baseline and vex.search(line):
                 print(f"ISA leak: {current}: {line.strip()}")
                 failures += 1
                 if failures > 20:
                     break
+        # GCC 12 once deleted every prefetch as a side-effect-free call: each kernel must keep both.
+        for k, found in sorted(prefetches.items()):
+            if found != {"prefetcht0", "prefetcht2"}:
+                print(f"prefetch lost: {k} has {sorted(found) or 'no prefetch instructions'}")
+                failures += 1
     print(f"{len(kernels)} kernel objects, {len(objects) - len(kernels)} baseline objects: "
           f"{'OK' if failures == 0 else str(failures) + ' problems'}")
     return 1 if failures else 0

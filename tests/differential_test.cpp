@@ -65,7 +65,9 @@ void check_max_against_table(const call_case& c, const call_results& r) {
       }
       ASSERT_NEAR(y, best, 1e-6 * std::fabs(best)) << "bag " << b << " dim " << d;
       ASSERT_NEAR(w.at(winner, d), best, 1e-6 * std::fabs(best)) << "bag " << b << " dim " << d;
-      if (!c.opts.max_norm) ASSERT_EQ(winner, first_best) << "ties go to the first occurrence; bag " << b;
+      if (!c.opts.max_norm) {
+        ASSERT_EQ(winner, first_best) << "ties go to the first occurrence; bag " << b;
+      }
     }
   }
 }

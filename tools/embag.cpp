@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "commands.hpp"
 #include "embag/embag.hpp"
 
 namespace {
@@ -72,7 +73,7 @@ int demo() {
 }
 
 int usage(FILE* to) {
-  std::fprintf(to, "usage: embag info | embag demo\n");
+  std::fprintf(to, "usage: embag info | embag demo | embag bench [--help]\n");
   return to == stdout ? 0 : 2;
 }
 
@@ -84,6 +85,7 @@ int main(int argc, char** argv) {
     const std::string command = argv[1];
     if (command == "info") return info();
     if (command == "demo") return demo();
+    if (command == "bench") return embag::tool::bench_command(argc - 2, argv + 2);
     if (command == "--help" || command == "-h") return usage(stdout);
     std::fprintf(stderr, "embag: unknown command '%s'\n", argv[1]);
     return usage(stderr);

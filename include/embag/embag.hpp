@@ -184,11 +184,20 @@ enum class isa : std::uint8_t { reference, sse2, avx2, avx512, neon };
 std::string_view to_string(isa which) noexcept;
 std::optional<isa> isa_from_string(std::string_view name) noexcept;
 
+// Software prefetch of the rows a few positions ahead in the index stream: the biggest lever on
+// tables larger than the caches. `automatic` picks the level and distance from the table's size
+// against this machine's caches (or EMBAG_PREFETCH=none|l1:N|l2:N); the others force them.
+enum class prefetch_level : std::uint8_t { automatic, none, l1, l2 };
+struct prefetch_setting {
+  prefetch_level level = prefetch_level::automatic;
+  int rows = 0;  // how far ahead; 0: from the bytes to keep in flight and the row size
+};
+
 // How a call runs. A server that already parallelises across requests should use max_threads = 1.
 struct execution {
   int max_threads = 0;           // 0: every thread of the current TBB arena; 1: inline, no TBB
   std::optional<embag::isa> isa;  // this call only; default: the process-wide choice
-  int prefetch_rows = -1;         // rows to prefetch ahead; -1: chosen by the table's size class
+  prefetch_setting prefetch;
 };
 
 struct options {
@@ -256,6 +265,11 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
 void per_sample_weights_grad(table_view<const float> table, const bags& batch, const options& opts,
                              matrix_view<const float> grad_output, std::span<float> grad_weights);
 
+// The ceiling forward is measured against: reads every row `indices` references, in order, with
+// the prefetch and threads of `how`, and does nothing else (no reduction, no output). Returns a
+// value folded from the rows so the reads cannot be optimised away.
+float read_rows(table_view<const float> table, index_span indices, const execution& how = {});
+
 // Rescales each listed row whose norm_type-norm exceeds max_norm to max_norm / (norm + 1e-7)
 // times itself, once per distinct row (torch.embedding_renorm_).
 void renorm_rows(table_view<float> table, index_span rows, float max_norm, float norm_type = 2.0f);
@@ -271,5 +285,12 @@ isa active_isa();
 void force_isa(isa which);
 // Threads a call with max_threads = 0 may use, as seen from the calling thread.
 int default_threads() noexcept;
+
+// This machine's data caches in bytes (per core for L1 and L2), as the OS reports them; what the
+// prefetch choice classifies tables by. 0 where unknown.
+struct cache_sizes {
+  std::int64_t l1d = 0, l2 = 0, llc = 0;
+};
+cache_sizes caches() noexcept;
 
 }  // namespace embag

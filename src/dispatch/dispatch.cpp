@@ -1,7 +1,10 @@
 #include "dispatch/dispatch.hpp"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #if defined(__AVX__) || defined(__AVX2__) || defined(__AVX512F__)
@@ -117,6 +120,46 @@ isa active_isa() { return active().load(std::memory_order_relaxed); }
 void force_isa(isa which) {
   require_available(which, "force_isa");
   active().store(which, std::memory_order_relaxed);
+}
+
+namespace {
+
+// sysfs first: glibc's sysconf reports a 320 MiB L3 for a 32 MiB Zen 4 guest.
+std::int64_t sysfs_cache_bytes(int level, bool data) noexcept {
+  for (int index = 0; index < 8; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream level_file(dir + "level"), type_file(dir + "type"), size_file(dir + "size");
+    int l = 0;
+    std::string type, size;
+    if (!(level_file >> l) || !(type_file >> type) || !(size_file >> size)) continue;
+    if (l != level || (data && type == "Instruction")) continue;
+    std::int64_t bytes = std::atoll(size.c_str());
+    if (size.back() == 'K') bytes <<= 10;
+    if (size.back() == 'M') bytes <<= 20;
+    return bytes;
+  }
+  return 0;
+}
+
+std::int64_t cache_bytes(int level, int sysconf_name) {
+  const std::int64_t from_sysfs = sysfs_cache_bytes(level, true);
+  if (from_sysfs > 0) return from_sysfs;
+  const long v = sysconf(sysconf_name);
+  return v > 0 ? v : 0;
+}
+
+}  // namespace
+
+cache_sizes caches() noexcept {
+  static const cache_sizes sizes = [] {
+    cache_sizes c;
+    c.l1d = cache_bytes(1, _SC_LEVEL1_DCACHE_SIZE);
+    c.l2 = cache_bytes(2, _SC_LEVEL2_CACHE_SIZE);
+    c.llc = cache_bytes(3, _SC_LEVEL3_CACHE_SIZE);
+    if (c.llc == 0) c.llc = c.l2;
+    return c;
+  }();
+  return sizes;
 }
 
 namespace detail {

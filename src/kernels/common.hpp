@@ -46,7 +46,7 @@ inline void for_each_bag(const bag_source& bags, const bag_block& block, Body&& 
 
 // Touches every cache line of a row so it is on its way before the loop reaches it.
 template <int Locality>
-inline void prefetch_row(const float* row, std::int64_t bytes) noexcept {
+[[gnu::always_inline]] inline void prefetch_row(const float* row, std::int64_t bytes) noexcept {
   const char* p = reinterpret_cast<const char*>(row);
   for (std::int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, 0, Locality);
   __builtin_prefetch(p + bytes - 1, 0, Locality);

@@ -28,16 +28,18 @@ struct forward_context {
 
   const float* row(std::int64_t index) const noexcept { return req.table + index * req.row_stride; }
 
+  // always_inline: GCC 12's mod-ref analysis finds an out-of-line function that only prefetches
+  // free of side effects and deletes its calls, prefetches and all.
   template <int Locality>
-  void prefetch_ahead(std::int64_t position) const noexcept {
+  [[gnu::always_inline]] void prefetch_ahead(std::int64_t position) const noexcept {
     std::int64_t ahead = position + req.prefetch_rows;
     if (ahead > last_position) ahead = last_position;
     prefetch_row<Locality>(row(indices[ahead]), row_bytes);
   }
 
-  void prefetch(std::int64_t position) const noexcept {
-    if (req.hint == prefetch_hint::l1) prefetch_ahead<3>(position);
-    else if (req.hint == prefetch_hint::l2) prefetch_ahead<1>(position);
+  [[gnu::always_inline]] void prefetch(std::int64_t position) const noexcept {
+    if (req.prefetch == prefetch_level::l1) prefetch_ahead<3>(position);
+    else if (req.prefetch == prefetch_level::l2) prefetch_ahead<1>(position);
   }
 
   // The multiplier of row x_j: its weight times its clip scale (1 when neither applies), and
@@ -49,11 +51,11 @@ struct forward_context {
   float* out_row(std::int64_t bag) const noexcept { return req.out + bag * req.out_stride; }
 
   // body(position, index, row, clip scale) for each non-padding index in [begin, end), in order,
-  // prefetching ahead as it goes.
+  // prefetching ahead as it goes when asked.
   template <class Body>
-  void for_each_row(std::int64_t begin, std::int64_t end, Body&& body) const {
+  void for_each_row(std::int64_t begin, std::int64_t end, bool prefetching, Body&& body) const {
     for (std::int64_t p = begin; p < end; ++p) {
-      prefetch(p);
+      if (prefetching) prefetch(p);
       const std::int64_t index = indices[p];
       if (index == req.padding_idx) continue;
       body(p, index, row(index), clip_scale(index));
@@ -69,52 +71,63 @@ inline xsimd::batch<float, Arch> load_row(const float* p, bool clip, float scale
 }
 
 // Where x replaces the running max m: x > m, or x is NaN and m is not yet (NaN propagates, the
-// first one wins; ties keep the first occurrence). Not `x != x`: xsimd 8.1 compiles != to an
-// ordered compare on AVX and AVX-512, false for NaN (xsimd issue 805).
+// first one wins; ties keep the first occurrence). No `x != x`: xsimd 8.1 compiles != to an
+// ordered compare on AVX and AVX-512, false for NaN (xsimd issue 805); <= and == are ordered
+// on every ISA.
 template <class Arch>
 inline xsimd::batch_bool<float, Arch> max_takes(const xsimd::batch<float, Arch>& x,
                                                 const xsimd::batch<float, Arch>& m) noexcept {
-  return (x > m) | (xsimd::isnan(x) & (m == m));
+  return !(x <= m) & (m == m);  // !(x <= m): x > m, or x or m is NaN
 }
 
 inline bool max_takes_scalar(float x, float m) noexcept { return x > m || (x != x && m == m); }
 
-// Register-resident path: D = Chunks * lanes, accumulators never leave registers within a bag.
+// Vector registers the compiler can keep accumulators in: 32 on AVX-512 and NEON, 16 on SSE2/AVX2.
+template <class Arch>
+inline constexpr std::int64_t vector_registers =
+    std::is_base_of_v<xsimd::avx512f, Arch> || std::is_base_of_v<xsimd::neon, Arch> ? 32 : 16;
+
+// Register-resident path: D = Chunks * lanes. The columns are taken in groups small enough that
+// their accumulators stay in registers (spilling them costs more than re-reading the bag's rows,
+// which the first group has brought into L1); only the first group prefetches.
 template <class Arch, class Index, std::int64_t Chunks>
 struct fixed_dim_forward {
   using ctx_t = forward_context<Arch, Index>;
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
+  static constexpr std::int64_t sum_group = Chunks < vector_registers<Arch> / 2 ? Chunks : vector_registers<Arch> / 2;
+  static constexpr std::int64_t max_group = Chunks < vector_registers<Arch> / 4 ? Chunks : vector_registers<Arch> / 4;
+  static_assert(Chunks % sum_group == 0 && Chunks % max_group == 0);
 
   static void sum_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
     const forward_request& r = c.req;
-    batch acc[Chunks];
-    for (std::int64_t k = 0; k < Chunks; ++k) acc[k] = batch(0.0f);
     const bool weighted = r.bags.weights != nullptr;
     std::int64_t count = 0;
     float weight_sum = 0.0f;
-    c.for_each_row(begin, end, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
-      if (weighted) {
-        const float w = r.bags.weights[p];
-        const batch wb(w);
-        for (std::int64_t k = 0; k < Chunks; ++k) acc[k] += wb * load_row<Arch>(x + k * lanes, r.clip_max_norm, scale);
-        weight_sum += w;
-      } else {
-        for (std::int64_t k = 0; k < Chunks; ++k) acc[k] += load_row<Arch>(x + k * lanes, r.clip_max_norm, scale);
-      }
-      ++count;
-    });
     float* out = c.out_row(bag);
-    if (r.mode == mode::mean) {
-      const float divisor = weighted ? weight_sum : static_cast<float>(count);
-      if (divisor == 0.0f) {
-        for (std::int64_t k = 0; k < Chunks; ++k) acc[k] = batch(0.0f);
-      } else {
+    for (std::int64_t first = 0; first < Chunks; first += sum_group) {
+      batch acc[sum_group];
+      for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = batch(0.0f);
+      const float* column = nullptr;
+      c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
+        column = x + first * lanes;
+        if (weighted) {
+          const batch wb(r.bags.weights[p]);
+          for (std::int64_t k = 0; k < sum_group; ++k)
+            acc[k] += wb * load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
+          if (first == 0) weight_sum += r.bags.weights[p];
+        } else {
+          for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
+        }
+        if (first == 0) ++count;
+      });
+      if (r.mode == mode::mean) {
+        const float divisor = weighted ? weight_sum : static_cast<float>(count);
         const batch div(divisor);
-        for (std::int64_t k = 0; k < Chunks; ++k) acc[k] = acc[k] / div;
+        for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : acc[k] / div;
       }
+      for (std::int64_t k = 0; k < sum_group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
     }
-    for (std::int64_t k = 0; k < Chunks; ++k) acc[k].store_unaligned(out + k * lanes);
   }
 
   // Positions within the bag are tracked as floats (exact below 2^24); longer bags with argmax
@@ -122,41 +135,43 @@ struct fixed_dim_forward {
   static void max_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
     const forward_request& r = c.req;
     const bool track = r.argmax != nullptr;
-    batch acc[Chunks];
-    batch where[Chunks];
-    for (std::int64_t k = 0; k < Chunks; ++k) acc[k] = where[k] = batch(0.0f);
-    bool started = false;
-    c.for_each_row(begin, end, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
-      const batch here(static_cast<float>(p - begin));
-      if (!started) {
-        for (std::int64_t k = 0; k < Chunks; ++k) {
-          acc[k] = load_row<Arch>(x + k * lanes, r.clip_max_norm, scale);
-          where[k] = here;
-        }
-        started = true;
-        return;
-      }
-      for (std::int64_t k = 0; k < Chunks; ++k) {
-        const batch v = load_row<Arch>(x + k * lanes, r.clip_max_norm, scale);
-        const auto takes = max_takes<Arch>(v, acc[k]);
-        acc[k] = xsimd::select(takes, v, acc[k]);
-        if (track) where[k] = xsimd::select(takes, here, where[k]);
-      }
-    });
     float* out = c.out_row(bag);
     std::int64_t* argmax = track ? r.argmax + bag * r.dim : nullptr;
-    if (!started) {
-      for (std::int64_t d = 0; d < Chunks * lanes; ++d) out[d] = 0.0f;
-      if (track)
-        for (std::int64_t d = 0; d < Chunks * lanes; ++d) argmax[d] = -1;
-      return;
-    }
-    for (std::int64_t k = 0; k < Chunks; ++k) acc[k].store_unaligned(out + k * lanes);
-    if (track) {
-      alignas(64) float positions[Chunks * lanes];
-      for (std::int64_t k = 0; k < Chunks; ++k) where[k].store_unaligned(positions + k * lanes);
-      for (std::int64_t d = 0; d < Chunks * lanes; ++d)
-        argmax[d] = c.indices[begin + static_cast<std::int64_t>(positions[d])];
+    for (std::int64_t first = 0; first < Chunks; first += max_group) {
+      batch acc[max_group], where[max_group];
+      for (std::int64_t k = 0; k < max_group; ++k) acc[k] = where[k] = batch(0.0f);
+      bool started = false;
+      c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
+        const float* column = x + first * lanes;
+        const batch here(static_cast<float>(p - begin));
+        if (!started) {
+          for (std::int64_t k = 0; k < max_group; ++k) {
+            acc[k] = load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
+            where[k] = here;
+          }
+          started = true;
+          return;
+        }
+        for (std::int64_t k = 0; k < max_group; ++k) {
+          const batch v = load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
+          const auto takes = max_takes<Arch>(v, acc[k]);
+          acc[k] = xsimd::select(takes, v, acc[k]);
+          if (track) where[k] = xsimd::select(takes, here, where[k]);
+        }
+      });
+      if (!started) {  // no row at all: zeros, argmax -1
+        for (std::int64_t d = 0; d < Chunks * lanes; ++d) out[d] = 0.0f;
+        if (track)
+          for (std::int64_t d = 0; d < Chunks * lanes; ++d) argmax[d] = -1;
+        return;
+      }
+      for (std::int64_t k = 0; k < max_group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
+      if (track) {
+        alignas(64) float positions[max_group * lanes];
+        for (std::int64_t k = 0; k < max_group; ++k) where[k].store_unaligned(positions + k * lanes);
+        for (std::int64_t d = 0; d < max_group * lanes; ++d)
+          argmax[first * lanes + d] = c.indices[begin + static_cast<std::int64_t>(positions[d])];
+      }
     }
   }
 };
@@ -176,7 +191,7 @@ struct any_dim_forward {
     const bool weighted = r.bags.weights != nullptr;
     std::int64_t count = 0;
     float weight_sum = 0.0f;
-    c.for_each_row(begin, end, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
+    c.for_each_row(begin, end, true, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
       const float w = weighted ? r.bags.weights[p] : 1.0f;
       const batch wb(w);
       std::int64_t d = 0;
@@ -204,7 +219,7 @@ struct any_dim_forward {
     float* out = c.out_row(bag);
     std::int64_t* argmax = r.argmax ? r.argmax + bag * dim : nullptr;
     bool started = false;
-    c.for_each_row(begin, end, [&](std::int64_t, std::int64_t index, const float* x, float scale) {
+    c.for_each_row(begin, end, true, [&](std::int64_t, std::int64_t index, const float* x, float scale) {
       for (std::int64_t d = 0; d < dim; ++d) {
         const float v = r.clip_max_norm ? x[d] * scale : x[d];
         if (!started || max_takes_scalar(v, out[d])) {

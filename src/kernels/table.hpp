@@ -3,10 +3,12 @@
 
 #include "kernels/backward.hpp"
 #include "kernels/forward.hpp"
+#include "kernels/roofline.hpp"
 
 namespace embag::detail::EMBAG_ISA_NS {
 
 template <class Arch>
-inline constexpr kernel_table kernels_for{&forward_block<Arch>, &backward_rows<Arch>, &weights_grad<Arch>};
+inline constexpr kernel_table kernels_for{&forward_block<Arch>, &backward_rows<Arch>, &weights_grad<Arch>,
+                                             &read_rows<Arch>};
 
 }  // namespace embag::detail::EMBAG_ISA_NS

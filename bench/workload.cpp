@@ -1,0 +1,162 @@
+#include "workload.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <utility>
+
+namespace embag::bench {
+
+std::string workload_spec::name() const {
+  return "R:" + std::to_string(rows) + "/D:" + std::to_string(dim) + "/L:" + std::to_string(pooling) +
+         (variable_length ? "/var" : "") + "/" + (dist == distribution::uniform ? "uniform" : "zipf");
+}
+
+namespace {
+
+// Draws rows by rank from Zipf(s) over R ranks, the hot ranks scattered over the table by a
+// multiplicative bijection so they do not share pages.
+class zipf_rows {
+ public:
+  zipf_rows(std::int64_t rows, double s) : rows_(rows), cdf_(static_cast<std::size_t>(rows)) {
+    double total = 0.0;
+    for (std::int64_t k = 0; k < rows; ++k) cdf_[k] = total += std::pow(double(k + 1), -s);
+    for (double& c : cdf_) c /= total;
+    scatter_ = 2654435761 % rows;
+    while (std::gcd(scatter_, rows) != 1) ++scatter_;
+  }
+  std::int64_t operator()(std::mt19937_64& rng) const {
+    const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+    const auto rank = std::lower_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin();
+    return static_cast<std::int64_t>((static_cast<unsigned __int128>(std::min<std::int64_t>(rank, rows_ - 1)) *
+                                      scatter_) % rows_);
+  }
+
+ private:
+  std::int64_t rows_;
+  std::vector<double> cdf_;
+  std::int64_t scatter_;
+};
+
+}  // namespace
+
+workload::workload(const workload_spec& s) : spec(s), rows_table(s.rows, s.dim) {
+  std::mt19937_64 rng(s.seed);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  for (std::int64_t r = 0; r < s.rows; ++r) {
+    float* row = rows_table.row(r);
+    for (std::int64_t d = 0; d < s.dim; ++d) row[d] = value(rng);
+  }
+  std::uniform_int_distribution<std::int64_t> uniform_row(0, s.rows - 1);
+  std::uniform_int_distribution<std::int64_t> length(1, 2 * s.pooling - 1);
+  const std::optional<zipf_rows> zipf = s.dist == distribution::zipf ? std::optional(zipf_rows(s.rows, s.zipf_exponent))
+                                                                      : std::nullopt;
+  for (int k = 0; k < s.index_sets; ++k) {
+    index_set set;
+    for (std::int64_t b = 0; b < s.bags; ++b) {
+      set.offsets.push_back(static_cast<std::int64_t>(set.indices.size()));
+      const std::int64_t n = s.variable_length ? length(rng) : s.pooling;
+      for (std::int64_t j = 0; j < n; ++j) set.indices.push_back(zipf ? (*zipf)(rng) : uniform_row(rng));
+    }
+    std::uniform_real_distribution<float> weight(1.0f, 2.0f);
+    for (std::size_t j = 0; j < set.indices.size(); ++j) set.weights.push_back(weight(rng));
+    sets.push_back(std::move(set));
+  }
+}
+
+bags workload::batch(int set, bool weighted) const {
+  const index_set& s = sets[set];
+  return bags::from_offsets(s.indices, s.offsets, weighted ? std::span<const float>(s.weights) : std::span<const float>());
+}
+
+const char* operation_name(operation op) {
+  switch (op) {
+    case operation::forward_sum: return "forward/sum";
+    case operation::forward_mean: return "forward/mean";
+    case operation::forward_max: return "forward/max";
+    case operation::forward_weighted_sum: return "forward/weighted_sum";
+    case operation::forward_lookup: return "forward/lookup";
+    case operation::backward_dense: return "backward/dense";
+    case operation::backward_sparse: return "backward/sparse";
+  }
+  return "?";
+}
+
+bool is_forward(operation op) { return op != operation::backward_dense && op != operation::backward_sparse; }
+
+void run_operation(operation op, const workload& w, int set, const execution& how, call_buffers& buffers) {
+  options opts;
+  opts.execution = how;
+  const std::int64_t dim = w.spec.dim;
+  const bool weighted = op == operation::forward_weighted_sum;
+  opts.mode = op == operation::forward_mean     ? mode::mean
+              : op == operation::forward_max    ? mode::max
+              : op == operation::forward_lookup ? mode::none
+                                                : mode::sum;
+  const bags batch = w.batch(set, weighted);
+  const std::int64_t rows_out = output_rows(batch, opts);
+  if (is_forward(op)) {
+    if (buffers.out.size() < static_cast<std::size_t>(rows_out * dim)) buffers.out.resize(rows_out * dim);
+    forward(std::as_const(w.rows_table).view(), batch, opts, {buffers.out.data(), rows_out, dim, dim});
+    return;
+  }
+  if (buffers.grad_output.size() < static_cast<std::size_t>(rows_out * dim)) buffers.grad_output.assign(rows_out * dim, 0.5f);
+  const matrix_view<const float> dy{buffers.grad_output.data(), rows_out, dim, dim};
+  if (op == operation::backward_dense) {
+    if (buffers.dense_grad.size() < static_cast<std::size_t>(w.spec.rows * dim))
+      buffers.dense_grad.assign(w.spec.rows * dim, 0.0f);
+    backward_dense(batch, opts, dy, {buffers.dense_grad.data(), w.spec.rows, dim, dim}, {}, &buffers.scratch);
+  } else {
+    backward_sparse(w.spec.rows, batch, opts, dy, buffers.sparse, {}, &buffers.scratch);
+  }
+}
+
+double row_bytes(const workload& w, int set) { return double(w.lookups(set)) * double(w.spec.dim) * 4.0; }
+
+prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which) {
+  prefetch_setting best{prefetch_level::none, 0};
+  double best_seconds = 1e30;
+  const std::vector<prefetch_setting> sweep = {{prefetch_level::none, 0},  {prefetch_level::l1, 8},
+                                               {prefetch_level::l1, 16},   {prefetch_level::l1, 32},
+                                               {prefetch_level::l2, 16},   {prefetch_level::l2, 32},
+                                               {prefetch_level::l2, 64}};
+  for (const prefetch_setting& p : sweep) {
+    execution how;
+    how.isa = which;
+    how.max_threads = threads;
+    how.prefetch = p;
+    int set = 0;
+    const double s = median_seconds(9, [&] {
+      read_rows(w.rows_table.view(), w.sets[set].indices, how);
+      set = (set + 1) % static_cast<int>(w.sets.size());
+    });
+    if (s < best_seconds) {
+      best_seconds = s;
+      best = p;
+    }
+  }
+  return best;
+}
+
+double sequential_read_bytes_per_second(const workload& w, int threads, isa which) {
+  std::vector<std::int64_t> all(static_cast<std::size_t>(w.spec.rows));
+  std::iota(all.begin(), all.end(), 0);
+  execution how;
+  how.isa = which;
+  how.max_threads = threads;
+  how.prefetch = {prefetch_level::none, 0};  // the hardware prefetcher handles a sequential stream
+  const double s = median_seconds(3, [&] { read_rows(w.rows_table.view(), all, how); });
+  return double(w.spec.rows) * double(w.rows_table.row_stride()) * 4.0 / s;
+}
+
+std::string size_class(std::int64_t table_bytes) {
+  const std::int64_t l2 = caches().l2, llc = caches().llc;
+  if (l2 > 0 && table_bytes < l2) return "cache";
+  if (llc > 0 && table_bytes <= llc) return "LLC";
+  if (llc > 0 && table_bytes < 4 * llc) return "LLC-DRAM";
+  return "DRAM";
+}
+
+}  // namespace embag::bench

@@ -1,0 +1,94 @@
+// Named benchmark workloads shared by the Google Benchmark suite and `embag bench`: a table and
+// several index sets drawn from a distribution, rotated between calls so rows are not re-read
+// from cache, and the timing helpers that compare a kernel with the in-process roofline.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "embag/embag.hpp"
+
+namespace embag::bench {
+
+enum class distribution { uniform, zipf };
+
+struct workload_spec {
+  std::int64_t rows = 1'000'000;
+  std::int64_t dim = 128;
+  std::int64_t bags = 2048;
+  std::int64_t pooling = 40;   // L: mean bag length
+  bool variable_length = false;  // lengths uniform in [1, 2L - 1] instead of all L
+  distribution dist = distribution::uniform;
+  double zipf_exponent = 1.05;
+  int index_sets = 8;
+  std::uint64_t seed = 42;
+
+  // "R:1000000/D:128/L:40/uniform" (with "/var" for variable lengths)
+  std::string name() const;
+  std::int64_t table_bytes() const { return rows * dim * 4; }
+};
+
+// One batch: its own index array, offsets and weights (all 1 < w < 2), plus the workspace and
+// output buffers calls reuse.
+struct index_set {
+  std::vector<std::int64_t> indices, offsets;
+  std::vector<float> weights;
+};
+
+struct workload {
+  workload_spec spec;
+  table rows_table;
+  std::vector<index_set> sets;
+
+  explicit workload(const workload_spec& s);
+  std::int64_t lookups(int set) const { return static_cast<std::int64_t>(sets[set].indices.size()); }
+  bags batch(int set, bool weighted = false) const;
+};
+
+// The operations benchmarked, each one call on one index set.
+enum class operation { forward_sum, forward_mean, forward_max, forward_weighted_sum, forward_lookup,
+                       backward_dense, backward_sparse };
+const char* operation_name(operation op);  // "forward/sum", "backward/sparse", ...
+bool is_forward(operation op);
+
+// Buffers reused across calls of one operation, so timing sees no allocation.
+struct call_buffers {
+  std::vector<float> out, grad_output, dense_grad;
+  std::vector<std::int64_t> argmax;
+  sparse_gradient sparse;
+  workspace scratch;
+};
+
+// Runs `op` once on index set `set`.
+void run_operation(operation op, const workload& w, int set, const execution& how, call_buffers& buffers);
+
+// The bytes of row data an operation reads per call (lookups x D x 4; the plain lookup too).
+double row_bytes(const workload& w, int set);
+
+// Seconds per call of f: the median of `calls` timed calls after one untimed warm-up call.
+template <class F>
+double median_seconds(int calls, F&& f) {
+  std::vector<double> seconds;
+  f();
+  for (int i = 0; i < calls; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    f();
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::nth_element(seconds.begin(), seconds.begin() + calls / 2, seconds.end());
+  return seconds[calls / 2];
+}
+
+// The best prefetch for the roofline on this workload and thread count, found by timing a sweep
+// of levels and distances; and the sequential-read bandwidth of the table in bytes/s.
+prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which);
+double sequential_read_bytes_per_second(const workload& w, int threads, isa which);
+
+// Classifies the table against this machine's caches: "cache" (< L2), "LLC", or "DRAM" (>= 4 x LLC),
+// "LLC-DRAM" in between.
+std::string size_class(std::int64_t table_bytes);
+
+}  // namespace embag::bench

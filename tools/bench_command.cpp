@@ -1,0 +1,315 @@
+// `embag bench`: the cross-ISA benchmark report on a built-in DLRM-like workload (or one given by
+// options). Verifies every kernel against the reference first, then times each operation on each
+// ISA, interleaving every call with a roofline call (the same rows read with the best prefetch),
+// so each result is reported as a fraction of what the memory system delivered in the same run.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "commands.hpp"
+#include "workload.hpp"
+
+namespace embag::tool {
+namespace {
+
+using namespace embag::bench;
+
+struct bench_options {
+  workload_spec spec;
+  std::vector<int> threads;  // thread counts to run
+  std::vector<isa> isas;
+  std::vector<operation> ops = {operation::forward_sum, operation::forward_mean, operation::forward_max,
+                                operation::forward_weighted_sum, operation::backward_dense,
+                                operation::backward_sparse};
+  std::string json_path;
+  double seconds_per_result = 0.3;
+};
+
+struct result {
+  operation op;
+  isa which;
+  int threads;
+  double seconds, roofline_seconds;
+  double reference_seconds = 0;
+  prefetch_setting roofline_prefetch;
+};
+
+[[noreturn]] void bad_usage(const std::string& message) {
+  throw error(errc::invalid_option, "bench: " + message + " (see embag bench --help)");
+}
+
+std::int64_t parse_count(const std::string& flag, const char* text) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text, &end, 10);
+  if (end == text || *end != '\0' || v <= 0) bad_usage(flag + " wants a positive integer, got '" + text + "'");
+  return v;
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> parts;
+  std::stringstream in(s);
+  for (std::string part; std::getline(in, part, ',');) parts.push_back(part);
+  return parts;
+}
+
+const char* bench_help =
+    "usage: embag bench [options]\n"
+    "  --rows R          table rows (default 1000000)\n"
+    "  --dim D           row length (default 128)\n"
+    "  --pooling L       indices per bag (default 40)\n"
+    "  --bags B          bags per call (default 2048)\n"
+    "  --dist uniform|zipf   index distribution (zipf exponent 1.05)\n"
+    "  --variable        bag lengths uniform in [1, 2L-1]\n"
+    "  --threads LIST    comma-separated thread counts (default: 1 and all)\n"
+    "  --isa LIST        comma-separated ISAs (default: every available one and reference)\n"
+    "  --mode LIST       of sum,mean,max,weighted_sum,lookup,backward_dense,backward_sparse\n"
+    "  --seconds S       time budget per result (default 0.3)\n"
+    "  --json FILE       write the results as Google Benchmark JSON\n";
+
+bench_options parse(int argc, char** argv) {
+  bench_options o;
+  const int all = default_threads();
+  o.threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
+  o.isas = available_isas();
+  for (int i = 0; i < argc; ++i) {
+    const std::string flag = argv[i];
+    const auto value = [&]() -> const char* {
+      if (i + 1 >= argc) bad_usage(flag + " needs a value");
+      return argv[++i];
+    };
+    if (flag == "--rows") o.spec.rows = parse_count(flag, value());
+    else if (flag == "--dim") o.spec.dim = parse_count(flag, value());
+    else if (flag == "--pooling") o.spec.pooling = parse_count(flag, value());
+    else if (flag == "--bags") o.spec.bags = parse_count(flag, value());
+    else if (flag == "--variable") o.spec.variable_length = true;
+    else if (flag == "--dist") {
+      const std::string d = value();
+      if (d != "uniform" && d != "zipf") bad_usage("--dist is uniform or zipf, got '" + d + "'");
+      o.spec.dist = d == "zipf" ? distribution::zipf : distribution::uniform;
+    } else if (flag == "--threads") {
+      o.threads.clear();
+      for (const std::string& t : split(value())) o.threads.push_back(t == "all" ? all : static_cast<int>(parse_count(flag, t.c_str())));
+    } else if (flag == "--isa") {
+      o.isas = {isa::reference};
+      for (const std::string& name : split(value())) {
+        const std::optional<isa> which = isa_from_string(name);
+        if (!which) bad_usage("unknown ISA '" + name + "'");
+        if (*which != isa::reference) o.isas.push_back(*which);
+      }
+    } else if (flag == "--mode") {
+      o.ops.clear();
+      const std::map<std::string, operation> names = {
+          {"sum", operation::forward_sum},       {"mean", operation::forward_mean},
+          {"max", operation::forward_max},       {"weighted_sum", operation::forward_weighted_sum},
+          {"lookup", operation::forward_lookup}, {"backward_dense", operation::backward_dense},
+          {"backward_sparse", operation::backward_sparse}};
+      for (const std::string& m : split(value())) {
+        if (!names.count(m)) bad_usage("unknown mode '" + m + "'");
+        o.ops.push_back(names.at(m));
+      }
+    } else if (flag == "--seconds") {
+      o.seconds_per_result = std::atof(value());
+      if (!(o.seconds_per_result > 0)) bad_usage("--seconds wants a positive number");
+    } else if (flag == "--json") {
+      o.json_path = value();
+    } else {
+      bad_usage("unknown option '" + flag + "'");
+    }
+  }
+  return o;
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+execution how(isa which, int threads, prefetch_setting prefetch = {}) {
+  execution e;
+  e.isa = which;
+  e.max_threads = threads;
+  e.prefetch = prefetch;
+  return e;
+}
+
+// Every kernel's result on index set 0 against the reference's, bit for bit.
+int verify(const workload& w, const bench_options& o) {
+  int checked = 0;
+  for (operation op : o.ops) {
+    call_buffers want;
+    want.dense_grad.assign(w.spec.rows * w.spec.dim, 0.0f);
+    run_operation(op, w, 0, how(isa::reference, 1), want);
+    for (isa which : o.isas) {
+      if (which == isa::reference) continue;
+      call_buffers got;
+      got.dense_grad.assign(w.spec.rows * w.spec.dim, 0.0f);
+      run_operation(op, w, 0, how(which, 0), got);
+      const bool same = got.out == want.out && got.dense_grad == want.dense_grad &&
+                        got.sparse.rows == want.sparse.rows && got.sparse.values == want.sparse.values;
+      if (!same) {
+        std::fprintf(stderr, "embag bench: %s on %s DIFFERS from the reference\n", operation_name(op),
+                     std::string(to_string(which)).c_str());
+        return -1;
+      }
+      ++checked;
+    }
+  }
+  return checked;
+}
+
+// Times op on `which`, each call followed by a roofline call on the same index set.
+result measure(operation op, isa which, int threads, const workload& w, prefetch_setting roofline_prefetch,
+               double budget) {
+  call_buffers buffers;
+  const int sets = static_cast<int>(w.sets.size());
+  run_operation(op, w, 0, how(which, threads), buffers);  // warm-up, sizes the buffers
+  std::vector<double> kernel, roofline;
+  const auto start = std::chrono::steady_clock::now();
+  const isa roofline_isa = available_isas().back();
+  for (int call = 0; call < 5 || (call < 2000 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < budget); ++call) {
+    const int set = call % sets;
+    auto t0 = std::chrono::steady_clock::now();
+    run_operation(op, w, set, how(which, threads), buffers);
+    auto t1 = std::chrono::steady_clock::now();
+    read_rows(w.rows_table.view(), w.sets[set].indices, how(roofline_isa, threads, roofline_prefetch));
+    auto t2 = std::chrono::steady_clock::now();
+    kernel.push_back(std::chrono::duration<double>(t1 - t0).count());
+    roofline.push_back(std::chrono::duration<double>(t2 - t1).count());
+  }
+  const auto median = [](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  };
+  return {op, which, threads, median(kernel), median(roofline), 0, roofline_prefetch};
+}
+
+std::string prefetch_name(prefetch_setting p) {
+  if (p.level == prefetch_level::none) return "none";
+  return std::string(p.level == prefetch_level::l1 ? "l1:" : "l2:") + std::to_string(p.rows);
+}
+
+std::string benchmark_name(const result& r, const workload_spec& spec) {
+  return std::string(operation_name(r.op)) + "/" + std::string(to_string(r.which)) + "/f32/" + spec.name() +
+         "/threads:" + std::to_string(r.threads);
+}
+
+void write_json(const std::string& path, const std::vector<result>& results, const workload& w,
+                double sequential_bps) {
+  std::ofstream out(path);
+  if (!out) throw error(errc::invalid_option, "bench: cannot write --json file '" + path + "'");
+  char host[256] = "unknown";
+  gethostname(host, sizeof host - 1);
+  const double bytes = row_bytes(w, 0);
+  out << "{\n  \"context\": {\n"
+      << "    \"executable\": \"embag bench\",\n"
+      << "    \"host_name\": \"" << host << "\",\n"
+      << "    \"cpu_model\": \"" << cpu_model() << "\",\n"
+      << "    \"num_cpus\": " << sysconf(_SC_NPROCESSORS_ONLN) << ",\n"
+      << "    \"caches\": [\n"
+      << "      {\"type\": \"Data\", \"level\": 1, \"size\": " << caches().l1d << "},\n"
+      << "      {\"type\": \"Unified\", \"level\": 2, \"size\": " << caches().l2 << "},\n"
+      << "      {\"type\": \"Unified\", \"level\": 3, \"size\": " << caches().llc << "}\n"
+      << "    ],\n"
+      << "    \"library_build_type\": \"release\",\n"
+      << "    \"embag_version\": \"" << version() << "\",\n"
+      << "    \"workload\": \"" << w.spec.name() << "\",\n"
+      << "    \"table_bytes\": " << w.spec.table_bytes() << ",\n"
+      << "    \"size_class\": \"" << size_class(w.spec.table_bytes()) << "\",\n"
+      << "    \"sequential_read_bytes_per_second\": " << sequential_bps << "\n"
+      << "  },\n  \"benchmarks\": [\n";
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const result& r = results[i];
+    const std::string name = benchmark_name(r, w.spec);
+    out << "    {\"name\": \"" << name << "\", \"run_name\": \"" << name
+        << "\", \"run_type\": \"iteration\", \"iterations\": 1, \"repetitions\": 1,"
+        << " \"real_time\": " << r.seconds * 1e3 << ", \"cpu_time\": " << r.seconds * 1e3
+        << ", \"time_unit\": \"ms\", \"bytes_per_second\": " << bytes / r.seconds
+        << ", \"items_per_second\": " << double(w.lookups(0)) / r.seconds
+        << ", \"roofline_fraction\": " << r.roofline_seconds / r.seconds
+        << ", \"roofline_bytes_per_second\": " << bytes / r.roofline_seconds
+        << ", \"speedup_vs_reference\": " << (r.reference_seconds > 0 ? r.reference_seconds / r.seconds : 0.0)
+        << ", \"roofline_prefetch\": \"" << prefetch_name(r.roofline_prefetch) << "\"}"
+        << (i + 1 < results.size() ? ",\n" : "\n");
+  }
+  out << "  ]\n}\n";
+}
+
+}  // namespace
+
+int bench_command(int argc, char** argv) {
+  for (int i = 0; i < argc; ++i)
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      std::fputs(bench_help, stdout);
+      return 0;
+    }
+  const bench_options o = parse(argc, argv);
+  const workload_spec& spec = o.spec;
+  std::printf("embag %s bench on %s, %d threads, L2 %lld KiB, LLC %lld MiB\n", std::string(version()).c_str(),
+              cpu_model().c_str(), default_threads(), (long long)(caches().l2 >> 10), (long long)(caches().llc >> 20));
+  std::printf("workload %s, B=%lld bags, %d rotating index sets; table %.0f MiB (%s-resident)\n", spec.name().c_str(),
+              (long long)spec.bags, spec.index_sets, double(spec.table_bytes()) / (1 << 20),
+              size_class(spec.table_bytes()).c_str());
+  std::fflush(stdout);
+  std::fprintf(stderr, "building the table and index sets...\n");
+  const workload w(spec);
+
+  const int verified = verify(w, o);
+  if (verified < 0) return 1;
+  std::printf("verified: %d kernel results match the reference bit for bit\n", verified);
+
+  const isa best = available_isas().back();
+  std::vector<result> results;
+  std::map<int, double> sequential;
+  std::map<int, prefetch_setting> roofline_prefetch;
+  const int total = static_cast<int>(o.threads.size() * o.ops.size() * o.isas.size());
+  int done = 0;
+  for (int threads : o.threads) {
+    roofline_prefetch[threads] = best_roofline_prefetch(w, threads, best);
+    sequential[threads] = sequential_read_bytes_per_second(w, threads, best);
+    for (operation op : o.ops)
+      for (isa which : o.isas) {
+        ++done;
+        if (which == isa::reference && threads != 1) continue;  // the reference is single-threaded
+        std::fprintf(stderr, "[%d/%d] %s %s threads:%d\n", done, total, operation_name(op),
+                     std::string(to_string(which)).c_str(), threads);
+        results.push_back(measure(op, which, threads, w, roofline_prefetch[threads],
+                                  which == isa::reference ? o.seconds_per_result / 3 : o.seconds_per_result));
+      }
+  }
+  for (result& r : results)
+    for (const result& ref : results)
+      if (ref.which == isa::reference && ref.op == r.op) r.reference_seconds = ref.seconds;
+
+  const double bytes = row_bytes(w, 0);
+  for (int threads : o.threads) {
+    std::printf("\nthreads: %d   roofline prefetch %s   sequential read %.1f GB/s\n", threads,
+                prefetch_name(roofline_prefetch[threads]).c_str(), sequential[threads] / 1e9);
+    std::printf("%-22s %-10s %9s %8s %11s %8s %9s\n", "operation", "isa", "ms/call", "GB/s", "Mlookups/s",
+                "vs ref", "roofline");
+    for (const result& r : results) {
+      if (r.threads != threads) continue;
+      std::printf("%-22s %-10s %9.3f %8.2f %11.1f %7.1fx %8.2f\n", operation_name(r.op),
+                  std::string(to_string(r.which)).c_str(), r.seconds * 1e3, bytes / r.seconds / 1e9,
+                  double(w.lookups(0)) / r.seconds / 1e6, r.reference_seconds / r.seconds,
+                  r.roofline_seconds / r.seconds);
+    }
+  }
+  if (!o.json_path.empty()) {
+    write_json(o.json_path, results, w, sequential[o.threads.front()]);
+    std::printf("\nwrote %s\n", o.json_path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace embag::tool

@@ -1,0 +1,8 @@
+// The subcommands of the embag tool, each given the arguments after its name.
+#pragma once
+
+namespace embag::tool {
+
+int bench_command(int argc, char** argv);
+
+}  // namespace embag::tool
