@@ -105,9 +105,9 @@ void run_operation(operation op, const workload& w, int set, const execution& ho
   if (buffers.grad_output.size() < static_cast<std::size_t>(rows_out * dim)) buffers.grad_output.assign(rows_out * dim, 0.5f);
   const matrix_view<const float> dy{buffers.grad_output.data(), rows_out, dim, dim};
   if (op == operation::backward_dense) {
-    if (buffers.dense_grad.size() < static_cast<std::size_t>(w.spec.rows * dim))
-      buffers.dense_grad.assign(w.spec.rows * dim, 0.0f);
-    backward_dense(batch, opts, dy, {buffers.dense_grad.data(), w.spec.rows, dim, dim}, {}, &buffers.scratch);
+    if (!buffers.dense_grad) buffers.dense_grad.emplace(w.spec.rows, dim);
+    table& g = *buffers.dense_grad;
+    backward_dense(batch, opts, dy, {g.row(0), g.rows(), g.dim(), g.row_stride()}, {}, &buffers.scratch);
   } else {
     backward_sparse(w.spec.rows, batch, opts, dy, buffers.sparse, {}, &buffers.scratch);
   }

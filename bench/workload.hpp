@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <optional>
 #include <vector>
 
 #include "embag/embag.hpp"
@@ -56,7 +57,8 @@ bool is_forward(operation op);
 
 // Buffers reused across calls of one operation, so timing sees no allocation.
 struct call_buffers {
-  std::vector<float> out, grad_output, dense_grad;
+  std::vector<float> out, grad_output;
+  std::optional<table> dense_grad;  // R x D, huge-page backed like the table itself
   std::vector<std::int64_t> argmax;
   sparse_gradient sparse;
   workspace scratch;

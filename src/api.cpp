@@ -38,6 +38,19 @@ struct call_inputs {
   std::span<const byte_range> span() const { return {ranges.data(), static_cast<std::size_t>(count)}; }
 };
 
+// The caller's workspace, or a fresh one for this call only when it gave none.
+class scratch_or_local {
+ public:
+  explicit scratch_or_local(workspace* scratch) : scratch_(scratch) {
+    if (scratch_ == nullptr) scratch_ = &local_.emplace();
+  }
+  workspace::impl& get() { return scratch_->get(); }
+
+ private:
+  workspace* scratch_;
+  std::optional<workspace> local_;
+};
+
 std::int64_t rows_of(const bag_source& bags, mode m) { return m == mode::none ? bags.nnz : bags.num_bags; }
 
 forward_request make_forward_request(const float* table, std::int64_t rows, std::int64_t dim, std::int64_t stride,
@@ -84,9 +97,9 @@ void forward_checked(const float* table, float* mutable_table, std::int64_t rows
   const isa which = resolve_isa(opts.execution.isa);
 
   if (in_place) {
-    workspace local;
+    scratch_or_local ws(scratch);
     renorm_distinct_rows(mutable_table, stride, dim, bags.indices, bags.index_kind, bags.nnz, *opts.max_norm,
-                         opts.norm_type, (scratch ? *scratch : local).get());
+                         opts.norm_type, ws.get());
   }
   forward_request req = make_forward_request(table, rows, dim, stride, bags, opts, padding);
   req.out = out.data;
@@ -192,9 +205,9 @@ void backward_dense(const bags& batch, const options& opts, matrix_view<const fl
   call.req.grad_table = grad_table.data;
   call.req.grad_table_stride = stride;
   if (call.which == isa::reference) return reference::backward(call.req, nullptr);
-  workspace local;
+  scratch_or_local ws(scratch);
   backward_request& r = call.req;
-  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, (scratch ? *scratch : local).get());
+  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution.max_threads, ws.get());
   run_row_kernels(call.which, r, opts.execution.max_threads);
 }
 
@@ -211,10 +224,9 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
   validate_disjoint(outputs, call.inputs.span());
 
   if (call.which == isa::reference) return reference::backward(call.req, &grad);
-  workspace local;
-  workspace::impl& ws = (scratch ? *scratch : local).get();
+  scratch_or_local ws(scratch);
   backward_request& r = call.req;
-  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, ws);
+  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution.max_threads, ws.get());
   const std::int64_t unique = r.transpose.num_unique;
   grad.dim = dim;
   grad.rows.assign(r.transpose.unique_rows, r.transpose.unique_rows + unique);
@@ -286,9 +298,9 @@ void renorm_rows(table_view<float> table, index_span rows, float max_norm, float
   opts.norm_type = norm_type;
   validate_options(opts, table.rows);
   validate_indices("rows", rows, table.rows);
-  workspace local;
+  scratch_or_local ws(nullptr);
   renorm_distinct_rows(table.data, stride, table.dim, rows.data, rows.type, rows.size, max_norm, norm_type,
-                       local.get());
+                       ws.get());
 }
 
 // ---------------------------------------------------------------------------------------------

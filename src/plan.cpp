@@ -1,5 +1,7 @@
 #include "plan.hpp"
 
+#include "parallel.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -145,45 +147,85 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   req.prefetch_rows = rows;
 }
 
+namespace {
+
+// Calls f with the indices as a typed pointer, so per-element loops do not branch on the type.
+template <class F>
+void with_indices(const bag_source& bags, F&& f) {
+  if (bags.index_kind == index_type::i32) f(static_cast<const std::int32_t*>(bags.indices));
+  else f(static_cast<const std::int64_t*>(bags.indices));
+}
+
+// Splits [0, n) into `chunks` nearly equal runs; chunk c is [n * c / chunks, n * (c + 1) / chunks).
+std::int64_t chunk_begin(std::int64_t n, int chunks, int c) { return n * c / chunks; }
+
+}  // namespace
+
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
-                                  embag::mode mode, workspace::impl& ws) {
+                                  embag::mode mode, int max_threads, workspace::impl& ws) {
   const std::int64_t nnz = bags.nnz;
+  const int threads = threads_for(max_threads);
+  // Chunks of positions for the parallel passes; the result is the same for any chunking.
+  const int chunks = nnz < 16384 || threads <= 1 ? 1 : std::min(threads * 4, 64);
+
+  // The bag of each position, and each bag's mean divisor (count, or sum of weights, in order).
   if (mode != mode::none) {
     ws.bag_of_position.resize(static_cast<std::size_t>(nnz));
     if (mode == mode::mean) ws.bag_divisor.resize(static_cast<std::size_t>(bags.num_bags));
-    std::int64_t start = 0;
-    for (std::int64_t b = 0; b < bags.num_bags; ++b) {
-      const std::int64_t end = end_of_bag(bags, b, start);
-      std::int64_t count = 0;
-      float weight_sum = 0.0f;
-      for (std::int64_t j = start; j < end; ++j) {
-        ws.bag_of_position[j] = b;
-        if (index_at(bags, j) == padding_idx) continue;
-        ++count;
-        if (bags.weights) weight_sum += bags.weights[j];
+    block_list blocks;
+    plan_forward_blocks(bags, mode::sum, 1, threads, blocks);
+    run_blocks(blocks.count, max_threads, [&](std::int64_t i) {
+      const bag_block& block = blocks.blocks[i];
+      std::int64_t start = block.index_begin;
+      for (std::int64_t b = block.bag_begin; b < block.bag_end; ++b) {
+        const std::int64_t end = end_of_bag(bags, b, start);
+        std::int64_t count = 0;
+        float weight_sum = 0.0f;
+        for (std::int64_t j = start; j < end; ++j) {
+          ws.bag_of_position[j] = b;
+          if (index_at(bags, j) == padding_idx) continue;
+          ++count;
+          if (bags.weights) weight_sum += bags.weights[j];
+        }
+        if (mode == mode::mean) ws.bag_divisor[b] = bags.weights ? weight_sum : static_cast<float>(count);
+        start = end;
       }
-      if (mode == mode::mean) ws.bag_divisor[b] = bags.weights ? weight_sum : static_cast<float>(count);
-      start = end;
-    }
+    });
   }
 
-  // (row, position) of every non-padding index, in position order ...
-  ws.keys.resize(static_cast<std::size_t>(nnz));
-  ws.positions.resize(static_cast<std::size_t>(nnz));
-  std::int64_t m = 0;
-  for (std::int64_t j = 0; j < nnz; ++j) {
-    const std::int64_t row = index_at(bags, j);
-    if (row == padding_idx) continue;
-    ws.keys[m] = row;
-    ws.positions[m] = j;
-    ++m;
-  }
-  // ... sorted by row with a stable LSD radix sort, so each row's positions stay ascending.
+  // (row, position) of every non-padding index, in position order: count per chunk, then fill.
+  std::vector<std::int64_t>& chunk_start = ws.chunk_start;
+  chunk_start.assign(static_cast<std::size_t>(chunks) + 1, 0);
+  with_indices(bags, [&](const auto* indices) {
+    run_blocks(chunks, max_threads, [&](std::int64_t c) {
+      std::int64_t n = 0;
+      for (std::int64_t j = chunk_begin(nnz, chunks, int(c)); j < chunk_begin(nnz, chunks, int(c) + 1); ++j)
+        n += indices[j] != padding_idx;
+      chunk_start[c + 1] = n;
+    });
+  });
+  for (int c = 0; c < chunks; ++c) chunk_start[c + 1] += chunk_start[c];
+  const std::int64_t m = chunk_start[chunks];
+  ws.keys.resize(static_cast<std::size_t>(m));
+  ws.positions.resize(static_cast<std::size_t>(m));
+  with_indices(bags, [&](const auto* indices) {
+    run_blocks(chunks, max_threads, [&](std::int64_t c) {
+      std::int64_t out = chunk_start[c];
+      for (std::int64_t j = chunk_begin(nnz, chunks, int(c)); j < chunk_begin(nnz, chunks, int(c) + 1); ++j) {
+        if (indices[j] == padding_idx) continue;
+        ws.keys[out] = indices[j];
+        ws.positions[out++] = j;
+      }
+    });
+  });
+
+  // Sorted by row with a stable LSD radix sort, so each row's positions stay ascending: per pass,
+  // a histogram per chunk, their prefix digit by digit then chunk by chunk, a scatter per chunk.
   ws.keys_scratch.resize(static_cast<std::size_t>(m));
   ws.positions_scratch.resize(static_cast<std::size_t>(m));
   constexpr int digit_bits = 11;
   constexpr std::int64_t radix = std::int64_t{1} << digit_bits;
-  ws.histogram.resize(radix);
+  ws.histogram.resize(static_cast<std::size_t>(radix * chunks));
   int bits = 0;
   while (bits < 63 && (std::int64_t{1} << bits) < table_rows) ++bits;
   std::int64_t* keys = ws.keys.data();
@@ -191,31 +233,49 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   std::int64_t* keys_out = ws.keys_scratch.data();
   std::int64_t* positions_out = ws.positions_scratch.data();
   for (int shift = 0; shift < bits; shift += digit_bits) {
-    std::int64_t* h = ws.histogram.data();
-    std::fill(h, h + radix, 0);
-    for (std::int64_t i = 0; i < m; ++i) ++h[(keys[i] >> shift) & (radix - 1)];
+    std::int64_t* histogram = ws.histogram.data();  // chunk c's counts at histogram[c * radix + digit]
+    run_blocks(chunks, max_threads, [&](std::int64_t c) {
+      std::int64_t* h = histogram + c * radix;
+      std::fill(h, h + radix, 0);
+      for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i)
+        ++h[(keys[i] >> shift) & (radix - 1)];
+    });
     std::int64_t sum = 0;
-    for (std::int64_t d = 0; d < radix; ++d) sum += std::exchange(h[d], sum);
-    for (std::int64_t i = 0; i < m; ++i) {
-      const std::int64_t slot = h[(keys[i] >> shift) & (radix - 1)]++;
-      keys_out[slot] = keys[i];
-      positions_out[slot] = positions[i];
-    }
+    for (std::int64_t d = 0; d < radix; ++d)
+      for (int c = 0; c < chunks; ++c) sum += std::exchange(histogram[c * radix + d], sum);
+    run_blocks(chunks, max_threads, [&](std::int64_t c) {
+      std::int64_t* h = histogram + c * radix;
+      for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) {
+        const std::int64_t slot = h[(keys[i] >> shift) & (radix - 1)]++;
+        keys_out[slot] = keys[i];
+        positions_out[slot] = positions[i];
+      }
+    });
     std::swap(keys, keys_out);
     std::swap(positions, positions_out);
   }
 
-  ws.unique_rows.resize(static_cast<std::size_t>(m));
-  ws.segment_begin.resize(static_cast<std::size_t>(m) + 1);
-  std::int64_t u = 0;
-  for (std::int64_t i = 0; i < m; ++i) {
-    if (i == 0 || keys[i] != keys[i - 1]) {
+  // Unique rows and where their positions start: count per chunk, then fill.
+  const auto starts_row = [&](std::int64_t i) { return i == 0 || keys[i] != keys[i - 1]; };
+  run_blocks(chunks, max_threads, [&](std::int64_t c) {
+    std::int64_t n = 0;
+    for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) n += starts_row(i);
+    chunk_start[c + 1] = n;
+  });
+  chunk_start[0] = 0;
+  for (int c = 0; c < chunks; ++c) chunk_start[c + 1] += chunk_start[c];
+  const std::int64_t unique = chunk_start[chunks];
+  ws.unique_rows.resize(static_cast<std::size_t>(unique));
+  ws.segment_begin.resize(static_cast<std::size_t>(unique) + 1);
+  run_blocks(chunks, max_threads, [&](std::int64_t c) {
+    std::int64_t u = chunk_start[c];
+    for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) {
+      if (!starts_row(i)) continue;
       ws.unique_rows[u] = keys[i];
-      ws.segment_begin[u] = i;
-      ++u;
+      ws.segment_begin[u++] = i;
     }
-  }
-  ws.segment_begin[u] = m;
+  });
+  ws.segment_begin[unique] = m;
 
   row_transpose t;
   t.positions = positions;
@@ -223,7 +283,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   t.segment_begin = ws.segment_begin.data();
   t.bag_of_position = mode == mode::none ? nullptr : ws.bag_of_position.data();
   t.bag_divisor = mode == mode::mean ? ws.bag_divisor.data() : nullptr;
-  t.num_unique = u;
+  t.num_unique = unique;
   return t;
 }
 

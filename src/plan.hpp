@@ -17,7 +17,7 @@ struct workspace::impl {
   std::vector<std::int64_t> keys, keys_scratch, positions, positions_scratch;
   std::vector<std::int64_t> unique_rows, segment_begin, bag_of_position;
   std::vector<float> bag_divisor;
-  std::vector<std::int64_t> histogram;
+  std::vector<std::int64_t> histogram, chunk_start;
 };
 
 namespace detail {
@@ -43,9 +43,10 @@ void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, bloc
 // the caches, or as the caller (or EMBAG_PREFETCH, e.g. "l2:32", "l1:16", "none") forces.
 void choose_prefetch(forward_request& req, const prefetch_setting& asked);
 
-// The bags transposed into rows (see row_transpose), in the workspace's memory.
+// The bags transposed into rows (see row_transpose), in the workspace's memory, built on up to
+// max_threads threads; the result does not depend on the thread count.
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
-                                  embag::mode mode, workspace::impl& ws);
+                                  embag::mode mode, int max_threads, workspace::impl& ws);
 
 // torch.embedding_renorm_: each distinct row among `rows` whose norm exceeds max_norm is scaled
 // by max_norm_scale, once.

@@ -28,14 +28,25 @@ inline float row_gradient_coefficient(const backward_request& r, std::int64_t po
   return c;
 }
 
+// Rows ahead whose gradient destination (dense: a random row of the caller's R x D buffer) and
+// first dY row are prefetched.
+inline constexpr std::int64_t backward_prefetch_rows = 16;
+
 template <class Arch>
 void backward_rows(const backward_request& r, std::int64_t unique_begin, std::int64_t unique_end) {
   const row_transpose& t = r.transpose;
   const std::int64_t dim = r.dim;
+  const std::int64_t row_bytes = dim * static_cast<std::int64_t>(sizeof(float));
   for (std::int64_t u = unique_begin; u < unique_end; ++u) {
+    if (const std::int64_t ahead = u + backward_prefetch_rows; ahead < unique_end) {
+      if (!r.sparse_values) prefetch_row<3, 1>(r.grad_table + t.unique_rows[ahead] * r.grad_table_stride, row_bytes);
+      const std::int64_t position = t.positions[t.segment_begin[ahead]];
+      const std::int64_t bag = r.mode == mode::none ? position : t.bag_of_position[position];
+      prefetch_row<3>(r.grad_output + bag * r.grad_output_stride, row_bytes);
+    }
     const std::int64_t row = t.unique_rows[u];
     float* grad = r.sparse_values ? r.sparse_values + u * dim : r.grad_table + row * r.grad_table_stride;
-    if (r.sparse_values)
+    if (r.sparse_values && r.mode == mode::max)
       for (std::int64_t d = 0; d < dim; ++d) grad[d] = 0.0f;
     const std::int64_t first = t.segment_begin[u], last = t.segment_begin[u + 1];
     const std::int64_t count = last - first;
@@ -54,7 +65,9 @@ void backward_rows(const backward_request& r, std::int64_t unique_begin, std::in
           if (winner[d] == row) grad[d] += c * dy[d];
         continue;
       }
-      add_scaled<Arch>(grad, dy, row_gradient_coefficient(r, position, bag, count), dim);
+      const float c = row_gradient_coefficient(r, position, bag, count);
+      if (r.sparse_values && k == first) add_scaled<Arch, true>(grad, dy, c, dim);  // the row's first write
+      else add_scaled<Arch>(grad, dy, c, dim);
     }
   }
 }

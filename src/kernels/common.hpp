@@ -44,12 +44,14 @@ inline void for_each_bag(const bag_source& bags, const bag_block& block, Body&& 
   }
 }
 
-// Touches every cache line of a row so it is on its way before the loop reaches it.
-template <int Locality>
+// Touches every cache line of a row so it is on its way before the loop reaches it (Write: the
+// loop will store to it). always_inline: GCC 12's mod-ref analysis finds an out-of-line function
+// that only prefetches free of side effects and deletes its calls, prefetches and all.
+template <int Locality, int Write = 0>
 [[gnu::always_inline]] inline void prefetch_row(const float* row, std::int64_t bytes) noexcept {
   const char* p = reinterpret_cast<const char*>(row);
-  for (std::int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, 0, Locality);
-  __builtin_prefetch(p + bytes - 1, 0, Locality);
+  for (std::int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, Write, Locality);
+  __builtin_prefetch(p + bytes - 1, Write, Locality);
 }
 
 template <class Index>
@@ -58,17 +60,17 @@ inline std::int64_t index_at(const bag_source& bags, std::int64_t position) noex
 }
 
 // dst[0..n) += scale * src[0..n), vectorised with a scalar tail; the same operations, in the same
-// order per element, as the reference's plain loop.
-template <class Arch>
+// order per element, as the reference's plain loop. FromZero: dst starts at 0 and is only written
+// (0 + scale * src, so -0 becomes +0 exactly as when adding to a zeroed row).
+template <class Arch, bool FromZero = false>
 inline void add_scaled(float* dst, const float* src, float scale, std::int64_t n) noexcept {
   using batch = xsimd::batch<float, Arch>;
   constexpr std::int64_t lanes = batch::size;
   const batch s(scale);
+  const auto start = [&](std::int64_t d) { return FromZero ? batch(0.0f) : batch::load_unaligned(dst + d); };
   std::int64_t d = 0;
-  for (; d + lanes <= n; d += lanes) {
-    (batch::load_unaligned(dst + d) + s * batch::load_unaligned(src + d)).store_unaligned(dst + d);
-  }
-  for (; d < n; ++d) dst[d] += scale * src[d];
+  for (; d + lanes <= n; d += lanes) (start(d) + s * batch::load_unaligned(src + d)).store_unaligned(dst + d);
+  for (; d < n; ++d) dst[d] = (FromZero ? 0.0f : dst[d]) + scale * src[d];
 }
 
 template <class Arch>

@@ -28,8 +28,6 @@ struct forward_context {
 
   const float* row(std::int64_t index) const noexcept { return req.table + index * req.row_stride; }
 
-  // always_inline: GCC 12's mod-ref analysis finds an out-of-line function that only prefetches
-  // free of side effects and deletes its calls, prefetches and all.
   template <int Locality>
   [[gnu::always_inline]] void prefetch_ahead(std::int64_t position) const noexcept {
     std::int64_t ahead = position + req.prefetch_rows;
@@ -96,8 +94,11 @@ struct fixed_dim_forward {
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
   static constexpr std::int64_t sum_group = Chunks < vector_registers<Arch> / 2 ? Chunks : vector_registers<Arch> / 2;
-  static constexpr std::int64_t max_group = Chunks < vector_registers<Arch> / 4 ? Chunks : vector_registers<Arch> / 4;
-  static_assert(Chunks % sum_group == 0 && Chunks % max_group == 0);
+  // max tracking argmax keeps two registers per column batch
+  template <bool Track>
+  static constexpr std::int64_t max_group = Track ? (Chunks < vector_registers<Arch> / 4 ? Chunks : vector_registers<Arch> / 4)
+                                                  : sum_group;
+  static_assert(Chunks % sum_group == 0 && Chunks % max_group<true> == 0);
 
   static void sum_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
     const forward_request& r = c.req;
@@ -133,30 +134,36 @@ struct fixed_dim_forward {
   // Positions within the bag are tracked as floats (exact below 2^24); longer bags with argmax
   // take the general path.
   static void max_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    if (c.req.argmax != nullptr) max_bag_tracking<true>(c, bag, begin, end);
+    else max_bag_tracking<false>(c, bag, begin, end);
+  }
+
+  template <bool track>
+  static void max_bag_tracking(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    constexpr std::int64_t group = max_group<track>;
     const forward_request& r = c.req;
-    const bool track = r.argmax != nullptr;
     float* out = c.out_row(bag);
     std::int64_t* argmax = track ? r.argmax + bag * r.dim : nullptr;
-    for (std::int64_t first = 0; first < Chunks; first += max_group) {
-      batch acc[max_group], where[max_group];
-      for (std::int64_t k = 0; k < max_group; ++k) acc[k] = where[k] = batch(0.0f);
+    for (std::int64_t first = 0; first < Chunks; first += group) {
+      batch acc[group], where[group];
+      for (std::int64_t k = 0; k < group; ++k) acc[k] = where[k] = batch(0.0f);
       bool started = false;
       c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
         const float* column = x + first * lanes;
         const batch here(static_cast<float>(p - begin));
         if (!started) {
-          for (std::int64_t k = 0; k < max_group; ++k) {
+          for (std::int64_t k = 0; k < group; ++k) {
             acc[k] = load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
             where[k] = here;
           }
           started = true;
           return;
         }
-        for (std::int64_t k = 0; k < max_group; ++k) {
+        for (std::int64_t k = 0; k < group; ++k) {
           const batch v = load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
           const auto takes = max_takes<Arch>(v, acc[k]);
           acc[k] = xsimd::select(takes, v, acc[k]);
-          if (track) where[k] = xsimd::select(takes, here, where[k]);
+          if constexpr (track) where[k] = xsimd::select(takes, here, where[k]);
         }
       });
       if (!started) {  // no row at all: zeros, argmax -1
@@ -165,11 +172,11 @@ struct fixed_dim_forward {
           for (std::int64_t d = 0; d < Chunks * lanes; ++d) argmax[d] = -1;
         return;
       }
-      for (std::int64_t k = 0; k < max_group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
-      if (track) {
-        alignas(64) float positions[max_group * lanes];
-        for (std::int64_t k = 0; k < max_group; ++k) where[k].store_unaligned(positions + k * lanes);
-        for (std::int64_t d = 0; d < max_group * lanes; ++d)
+      for (std::int64_t k = 0; k < group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
+      if constexpr (track) {
+        alignas(64) float positions[group * lanes];
+        for (std::int64_t k = 0; k < group; ++k) where[k].store_unaligned(positions + k * lanes);
+        for (std::int64_t d = 0; d < group * lanes; ++d)
           argmax[first * lanes + d] = c.indices[begin + static_cast<std::int64_t>(positions[d])];
       }
     }

@@ -35,15 +35,17 @@ plain_bags plain(const bag_source& s) {
   return p;
 }
 
-// A table row as forward sees it: clipped by max_norm when asked.
-std::vector<float> row_values(const forward_request& r, std::int64_t index) {
-  const float* x = r.table + index * r.row_stride;
-  const float scale = r.clip_max_norm ? max_norm_scale(x, r.dim, r.max_norm, r.norm_type) : 1.0f;
-  std::vector<float> v(x, x + r.dim);
-  if (r.clip_max_norm)
-    for (float& e : v) e = e * scale;
-  return v;
-}
+// Element d of a table row as forward sees it: clipped by max_norm when asked.
+struct row_reader {
+  const forward_request& r;
+  const float* x;
+  float scale;
+  row_reader(const forward_request& req, std::int64_t index)
+      : r(req),
+        x(req.table + index * req.row_stride),
+        scale(req.clip_max_norm ? max_norm_scale(x, req.dim, req.max_norm, req.norm_type) : 1.0f) {}
+  float operator[](std::int64_t d) const { return r.clip_max_norm ? x[d] * scale : x[d]; }
+};
 
 bool max_takes(float x, float m) { return x > m || (x != x && m == m); }
 
@@ -57,7 +59,11 @@ void forward(const forward_request& r) {
     for (std::int64_t j = 0; j < r.bags.nnz; ++j) {
       float* out = r.out + j * r.out_stride;
       const std::int64_t index = bags.indices[j];
-      const std::vector<float> x = index == r.padding_idx ? std::vector<float>(r.dim, 0.0f) : row_values(r, index);
+      if (index == r.padding_idx) {
+        for (std::int64_t d = 0; d < r.dim; ++d) out[d] = 0.0f;
+        continue;
+      }
+      const row_reader x(r, index);
       for (std::int64_t d = 0; d < r.dim; ++d) out[d] = x[d];
     }
     return;
@@ -71,7 +77,7 @@ void forward(const forward_request& r) {
     for (std::int64_t j = bags.begin[b]; j < bags.begin[b + 1]; ++j) {
       const std::int64_t index = bags.indices[j];
       if (index == r.padding_idx) continue;
-      const std::vector<float> x = row_values(r, index);
+      const row_reader x(r, index);
       const float w = weighted ? r.bags.weights[j] : 1.0f;
       for (std::int64_t d = 0; d < r.dim; ++d) {
         if (r.mode == mode::max) {
@@ -162,7 +168,7 @@ void weights_grad(const weights_grad_request& w) {
         w.grad_weights[j] = 0.0f;
         continue;
       }
-      const std::vector<float> x = row_values(r, index);
+      const row_reader x(r, index);
       float g = 0.0f;
       for (std::int64_t d = 0; d < r.dim; ++d) g += dy[d] * x[d];
       w.grad_weights[j] = g;
