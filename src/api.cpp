@@ -284,8 +284,10 @@ float read_rows(table_view<const float> table, index_span indices, const executi
   block_list plan;
   plan_forward_blocks(bags, mode::none, table.dim, threads_for(how.max_threads), plan);
   std::array<float, max_blocks> folded{};
+  std::vector<float> sinks(static_cast<std::size_t>(plan.count * table.dim));  // not the hot path
   const kernel_table& k = kernels_of(which);
-  run_blocks(plan.count, how.max_threads, [&](std::int64_t i) { folded[i] = k.read_rows(req, plan.blocks[i]); });
+  run_blocks(plan.count, how.max_threads,
+             [&](std::int64_t i) { folded[i] = k.read_rows(req, plan.blocks[i], sinks.data() + i * table.dim); });
   float total = 0.0f;
   for (int i = 0; i < plan.count; ++i) total += folded[i];
   return total;

@@ -87,8 +87,9 @@ struct kernel_table {
   void (*forward)(const forward_request&, const bag_block&);
   void (*backward_rows)(const backward_request&, std::int64_t unique_begin, std::int64_t unique_end);
   void (*weights_grad)(const weights_grad_request&, const bag_block&);
-  // The roofline: reads the rows of indices [block.bag_begin, block.bag_end), nothing else.
-  float (*read_rows)(const forward_request&, const bag_block&);
+  // The roofline: reads the rows of indices [block.bag_begin, block.bag_end) into a scratch row
+  // (dim floats) it never reads back.
+  float (*read_rows)(const forward_request&, const bag_block&, float* sink);
 };
 
 // The scale max_norm applies to a row: max_norm / (norm + 1e-7) when its norm exceeds max_norm,

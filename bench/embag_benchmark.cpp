@@ -1,0 +1,330 @@
+// embag_benchmark: the Google Benchmark suite (Google Benchmark 1.7.1).
+//
+// One family per operation (forward sum, mean, max, weighted sum, plain lookup; backward dense and
+// sparse), each on every ISA of embag::available_isas() (reference included), over the grid
+//   R in {10000, 1000000} x D in {32, 64, 128, 256, 100}, plus R = 2^21 at D = 128 (a 1 GiB table,
+//     registered only when physical memory is at least 4 GiB),
+//   B = 2048 bags, L = 40 fixed or variable (lengths uniform in [1, 79]), uniform or zipf indices,
+//   threads 1 and all (embag::default_threads(); the reference is single-threaded: threads:1 only),
+// plus roofline/read (embag::read_rows on the same index sets with the best prefetch) and
+// roofline/sequential (the whole table read in order) for the raw memory figures. Names are those
+// `embag bench --json` writes, so one plot script and Google Benchmark's compare.py read both:
+//   forward/sum/avx512/f32/R:1000000/D:128/L:40/uniform/threads:1
+//   backward/sparse/avx2/f32/R:10000/D:100/L:40/var/zipf/threads:2
+//   roofline/read/avx512/f32/R:1000000/D:128/L:40/uniform/threads:2
+// Counters: bytes_per_second (lookups x D x 4 per call) and items_per_second (lookups), both per
+// second of wall-clock time; roofline_bytes_per_second and roofline_fraction (the kernel's bytes/s
+// over read_rows' on the same index sets and threads, measured just before the timed loop);
+// speedup_vs_reference when the reference ran earlier in the same process. The label gives the
+// table's size class against this machine's caches (cache, LLC, LLC-DRAM, DRAM).
+//
+// The full grid is about 2,300 benchmarks and holds GiBs of tables: always pick a subset with a
+// regular expression on the name (--benchmark_filter), for example
+//   build/bench/embag_benchmark --benchmark_filter='R:10000/D:128/L:40/uniform/'     (the default of
+//       `meson test -C build --benchmark`, with --benchmark_min_time=0.05)
+//   build/bench/embag_benchmark --benchmark_filter='^forward/sum/.*/R:1000000/D:128/L:40/uniform/'
+//   build/bench/embag_benchmark --benchmark_filter='^(roofline|forward/max)/.*R:1000000/D:(64|128)/L:40/zipf'
+//   build/bench/embag_benchmark --benchmark_filter='threads:1$' --benchmark_list_tests=true
+//   build/bench/embag_benchmark --benchmark_filter=... --benchmark_min_time=0.2
+//       --benchmark_out=results.json --benchmark_out_format=json   (then tools/plot_bench.py results.json)
+// --benchmark_min_time takes a bare number of seconds in 1.7.1 (0.05, not 0.05s).
+//
+// Rates are computed from wall-clock time around the timed loop rather than with
+// SetBytesProcessed: Google Benchmark divides those by the main thread's CPU time, which is wrong
+// for TBB-parallel calls and on a shared machine, and UseRealTime() would append "/real_time" to
+// every name.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "workload.hpp"
+
+namespace {
+
+using namespace embag;
+using namespace embag::bench;
+using clock_type = std::chrono::steady_clock;
+
+std::int64_t physical_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? std::int64_t(pages) * page : 0;
+}
+
+std::int64_t resident_bytes(const workload& w) {
+  std::int64_t bytes = w.rows_table.rows() * w.rows_table.row_stride() * 4;
+  for (const index_set& s : w.sets)
+    bytes += std::int64_t(s.indices.size() * 8 + s.offsets.size() * 8 + s.weights.size() * 4);
+  return bytes;
+}
+
+// Workloads, built on first use and kept (keyed by spec name) so every benchmark of one spec, and
+// every call Google Benchmark makes while it sizes the iteration count, share one table. They are
+// freed only at exit, except that before building a new one that would take the cache past half
+// of physical memory, the cache is emptied (benchmarks are registered spec by spec, so a filtered
+// run never comes back to an evicted spec).
+std::map<std::string, std::unique_ptr<workload>>& workloads() {
+  static std::map<std::string, std::unique_ptr<workload>> cache;
+  return cache;
+}
+
+const workload& get_workload(const workload_spec& spec) {
+  auto& cache = workloads();
+  const std::string key = spec.name();
+  if (auto it = cache.find(key); it != cache.end()) return *it->second;
+  std::int64_t cached = 0;
+  for (const auto& [name, w] : cache) cached += resident_bytes(*w);
+  const std::int64_t memory = physical_memory_bytes();
+  if (memory > 0 && cached + spec.table_bytes() > memory / 2) cache.clear();
+  return *cache.emplace(key, std::make_unique<workload>(spec)).first->second;
+}
+
+// The roofline's best prefetch per (spec, threads): a sweep of 7 settings, found once.
+prefetch_setting roofline_prefetch(const workload& w, int threads) {
+  static std::map<std::pair<std::string, int>, prefetch_setting> cache;
+  const auto key = std::make_pair(w.spec.name(), threads);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  return cache[key] = best_roofline_prefetch(w, threads, available_isas().back());
+}
+
+std::string prefetch_name(prefetch_setting p) {
+  if (p.level == prefetch_level::none) return "none";
+  return std::string(p.level == prefetch_level::l1 ? "l1:" : "l2:") + std::to_string(p.rows);
+}
+
+execution how(isa which, int threads, prefetch_setting prefetch = {}) {
+  execution e;
+  e.isa = which;
+  e.max_threads = threads;
+  e.prefetch = prefetch;
+  return e;
+}
+
+// The roofline's bytes/s on this workload: one read_rows call per index set after a warm-up
+// call, the median of the per-set rates (sets differ in length with variable-length bags).
+double roofline_bytes_per_second(const workload& w, int threads, prefetch_setting prefetch) {
+  const execution e = how(available_isas().back(), threads, prefetch);
+  benchmark::DoNotOptimize(read_rows(w.rows_table.view(), w.sets[0].indices, e));
+  std::vector<double> rates;
+  for (int set = 0; set < static_cast<int>(w.sets.size()); ++set) {
+    const auto t0 = clock_type::now();
+    benchmark::DoNotOptimize(read_rows(w.rows_table.view(), w.sets[set].indices, e));
+    const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
+    rates.push_back(row_bytes(w, set) / seconds);
+  }
+  std::nth_element(rates.begin(), rates.begin() + rates.size() / 2, rates.end());
+  return rates[rates.size() / 2];
+}
+
+// Buffers of the benchmark that runs now, kept across the several runs Google Benchmark makes of
+// one benchmark (so a 1 GiB dense gradient is allocated once), replaced when the next one starts.
+// `fresh` says they were just made: the caller then sizes them on every index set.
+call_buffers& buffers_for(const std::string& benchmark_name, bool& fresh) {
+  static std::string owner;
+  static std::unique_ptr<call_buffers> buffers;
+  fresh = !buffers || owner != benchmark_name;
+  if (fresh) {
+    buffers.reset();
+    buffers = std::make_unique<call_buffers>();
+    owner = benchmark_name;
+  }
+  return *buffers;
+}
+
+// The reference's bytes/s per (operation, spec), for speedup_vs_reference of later benchmarks.
+std::map<std::string, double>& reference_rates() {
+  static std::map<std::string, double> rates;
+  return rates;
+}
+
+std::string benchmark_name(const char* family, isa which, const workload_spec& spec, int threads) {
+  return std::string(family) + "/" + std::string(to_string(which)) + "/f32/" + spec.name() +
+         "/threads:" + std::to_string(threads);
+}
+
+void set_rates(benchmark::State& state, double bytes, double items, double seconds) {
+  state.counters["bytes_per_second"] = benchmark::Counter(bytes / seconds);
+  state.counters["items_per_second"] = benchmark::Counter(items / seconds);
+}
+
+void skip_with(benchmark::State& state, const std::exception& e) {
+  state.SkipWithError(e.what());
+}
+
+// forward/..., backward/...: `op` on `which`, the index sets rotating between iterations.
+void run_kernel(benchmark::State& state, const std::string& name, operation op, isa which,
+                const workload_spec& spec, int threads) {
+  try {
+    const workload& w = get_workload(spec);
+    const int sets = static_cast<int>(w.sets.size());
+    const prefetch_setting prefetch = roofline_prefetch(w, threads);
+    bool fresh = false;
+    call_buffers& buffers = buffers_for(name, fresh);
+    const execution e = how(which, threads);
+    // Warm-up. New buffers are grown on every index set (the sets differ in length with variable
+    // bags), so the timed loop never allocates.
+    for (int set = 0; set < (fresh ? sets : 1); ++set) run_operation(op, w, set, e, buffers);
+    const double roofline = roofline_bytes_per_second(w, threads, prefetch);
+
+    std::int64_t lookups = 0;
+    int set = 0;
+    const auto start = clock_type::now();
+    for (auto _ : state) {
+      run_operation(op, w, set, e, buffers);
+      lookups += w.lookups(set);
+      set = set + 1 == sets ? 0 : set + 1;
+    }
+    const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+
+    const double bytes = double(lookups) * double(spec.dim) * 4.0;
+    set_rates(state, bytes, double(lookups), seconds);
+    const double rate = bytes / seconds;
+    state.counters["roofline_bytes_per_second"] = benchmark::Counter(roofline);
+    state.counters["roofline_fraction"] = benchmark::Counter(rate / roofline);
+    const std::string ref_key = std::string(operation_name(op)) + "/" + spec.name();
+    if (which == isa::reference) {
+      reference_rates()[ref_key] = rate;
+    } else if (auto it = reference_rates().find(ref_key); it != reference_rates().end()) {
+      state.counters["speedup_vs_reference"] = benchmark::Counter(rate / it->second);
+    }
+    state.SetLabel(size_class(spec.table_bytes()) + " roofline:" + prefetch_name(prefetch));
+  } catch (const std::exception& e) {
+    skip_with(state, e);
+  }
+}
+
+// roofline/read: read_rows alone on the same index sets, with the best prefetch for the threads.
+void run_roofline_read(benchmark::State& state, const workload_spec& spec, int threads) {
+  try {
+    const workload& w = get_workload(spec);
+    const int sets = static_cast<int>(w.sets.size());
+    const prefetch_setting prefetch = roofline_prefetch(w, threads);
+    const execution e = how(available_isas().back(), threads, prefetch);
+    benchmark::DoNotOptimize(read_rows(w.rows_table.view(), w.sets[0].indices, e));
+    std::int64_t lookups = 0;
+    int set = 0;
+    const auto start = clock_type::now();
+    for (auto _ : state) {
+      benchmark::DoNotOptimize(read_rows(w.rows_table.view(), w.sets[set].indices, e));
+      lookups += w.lookups(set);
+      set = set + 1 == sets ? 0 : set + 1;
+    }
+    const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+    set_rates(state, double(lookups) * double(spec.dim) * 4.0, double(lookups), seconds);
+    state.SetLabel(size_class(spec.table_bytes()) + " prefetch:" + prefetch_name(prefetch));
+  } catch (const std::exception& e) {
+    skip_with(state, e);
+  }
+}
+
+// roofline/sequential: every row of the table in order, no software prefetch (the hardware
+// prefetcher handles a stream). Bytes are whole padded rows, as sequential_read_bytes_per_second
+// counts them: what the memory system delivers.
+void run_roofline_sequential(benchmark::State& state, const workload_spec& spec, int threads) {
+  try {
+    const workload& w = get_workload(spec);
+    std::vector<std::int64_t> all(static_cast<std::size_t>(spec.rows));
+    std::iota(all.begin(), all.end(), 0);
+    const execution e = how(available_isas().back(), threads, {prefetch_level::none, 0});
+    benchmark::DoNotOptimize(read_rows(w.rows_table.view(), all, e));
+    std::int64_t calls = 0;
+    const auto start = clock_type::now();
+    for (auto _ : state) {
+      benchmark::DoNotOptimize(read_rows(w.rows_table.view(), all, e));
+      ++calls;
+    }
+    const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+    set_rates(state, double(calls) * double(spec.rows) * double(w.rows_table.row_stride()) * 4.0,
+              double(calls) * double(spec.rows), seconds);
+    state.SetLabel(size_class(spec.table_bytes()));
+  } catch (const std::exception& e) {
+    skip_with(state, e);
+  }
+}
+
+void register_all() {
+  const std::vector<isa> isas = available_isas();
+  const isa best = isas.back();
+  const int all = default_threads();
+  const std::vector<int> thread_counts = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
+  const std::vector<operation> ops = {operation::forward_sum,          operation::forward_mean,
+                                      operation::forward_max,          operation::forward_weighted_sum,
+                                      operation::forward_lookup,       operation::backward_dense,
+                                      operation::backward_sparse};
+
+  std::vector<std::pair<std::int64_t, std::int64_t>> tables;  // (R, D)
+  for (std::int64_t rows : {10'000, 1'000'000})
+    for (std::int64_t dim : {32, 64, 128, 256, 100}) tables.emplace_back(rows, dim);
+  const workload_spec big{.rows = std::int64_t(1) << 21, .dim = 128};
+  const std::int64_t memory = physical_memory_bytes();
+  // The table, its dense gradient and headroom.
+  if (memory >= 4 * big.table_bytes()) {
+    tables.emplace_back(big.rows, big.dim);
+  } else {
+    std::fprintf(stderr, "embag_benchmark: skipping the %lld MiB table (R:%lld/D:%lld): %lld MiB of physical memory\n",
+                 (long long)(big.table_bytes() >> 20), (long long)big.rows, (long long)big.dim,
+                 (long long)(memory >> 20));
+  }
+
+  for (const auto& [rows, dim] : tables)
+    for (bool variable : {false, true})
+      for (distribution dist : {distribution::uniform, distribution::zipf}) {
+        workload_spec spec;
+        spec.rows = rows;
+        spec.dim = dim;
+        spec.bags = 2048;
+        spec.pooling = 40;
+        spec.variable_length = variable;
+        spec.dist = dist;
+        for (int threads : thread_counts)
+          benchmark::RegisterBenchmark(benchmark_name("roofline/sequential", best, spec, threads).c_str(),
+                                       [spec, threads](benchmark::State& s) { run_roofline_sequential(s, spec, threads); })
+              ->Unit(benchmark::kMillisecond);
+        for (int threads : thread_counts)
+          benchmark::RegisterBenchmark(benchmark_name("roofline/read", best, spec, threads).c_str(),
+                                       [spec, threads](benchmark::State& s) { run_roofline_read(s, spec, threads); })
+              ->Unit(benchmark::kMillisecond);
+        for (operation op : ops)
+          for (int threads : thread_counts)
+            for (isa which : isas) {
+              if (which == isa::reference && threads != 1) continue;  // the reference is one thread
+              const std::string name = benchmark_name(operation_name(op), which, spec, threads);
+              benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
+                run_kernel(s, name, op, which, spec, threads);
+              })->Unit(benchmark::kMillisecond);
+            }
+      }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("embag_version", std::string(embag::version()));
+  std::string isa_names;
+  for (embag::isa which : embag::available_isas()) {
+    if (!isa_names.empty()) isa_names += ',';
+    isa_names += embag::to_string(which);
+  }
+  benchmark::AddCustomContext("embag_isas", isa_names);
+  benchmark::AddCustomContext("embag_default_threads", std::to_string(embag::default_threads()));
+  const embag::cache_sizes c = embag::caches();
+  benchmark::AddCustomContext("embag_caches", "l1d:" + std::to_string(c.l1d) + " l2:" + std::to_string(c.l2) +
+                                                  " llc:" + std::to_string(c.llc));
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
