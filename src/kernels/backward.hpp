@@ -30,7 +30,7 @@ inline float row_gradient_coefficient(const backward_request& r, std::int64_t po
 
 // Rows ahead whose gradient destination (dense: a random row of the caller's R x D buffer) and
 // first dY row are prefetched.
-inline constexpr std::int64_t backward_prefetch_rows = 16;
+inline constexpr std::int64_t backward_prefetch_rows = 32;
 
 template <class Arch>
 void backward_rows(const backward_request& r, std::int64_t unique_begin, std::int64_t unique_end) {
