@@ -521,6 +521,11 @@ std::vector<bad_case> all_cases() {
       errc::invalid_option, "max_norm_mode in_place needs a mutable table");
   add("negative_max_threads", bag_users, [](scene& s) { s.opts.execution.max_threads = -1; }, errc::invalid_option,
       "execution.max_threads = -1 must be >= 0");
+  add("prefetch_level_out_of_enum", bag_users,
+      [](scene& s) { s.opts.execution.prefetch.level = static_cast<prefetch_level>(9); }, errc::invalid_option,
+      "execution.prefetch.level = 9 is not a prefetch level");
+  add("negative_prefetch_rows", bag_users, [](scene& s) { s.opts.execution.prefetch.rows = -4; },
+      errc::invalid_option, "execution.prefetch.rows = -4 must be >= 0");
   if (const std::optional<isa> missing = missing_isa()) {
     add("unsupported_isa", bag_users, [=](scene& s) { s.opts.execution.isa = *missing; }, errc::unsupported_isa,
         "options.execution.isa asks for ISA " + std::string(to_string(*missing)));

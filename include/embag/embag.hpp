@@ -266,8 +266,8 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
                              matrix_view<const float> grad_output, std::span<float> grad_weights);
 
 // The ceiling forward is measured against: reads every row `indices` references, in order, with
-// the prefetch and threads of `how`, and does nothing else (no reduction, no output). Returns a
-// value folded from the rows so the reads cannot be optimised away.
+// the prefetch and threads of `how`, and does nothing else (no output). Returns the sum of the
+// rows' first elements, so the reads cannot be optimised away.
 float read_rows(table_view<const float> table, index_span indices, const execution& how = {});
 
 // Rescales each listed row whose norm_type-norm exceeds max_norm to max_norm / (norm + 1e-7)

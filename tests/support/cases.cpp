@@ -126,6 +126,10 @@ call_case random_case(std::uint64_t seed, const case_limits& limits) {
     c.opts.max_norm_mode = chance(0.7) ? max_norm_flavour::clip : max_norm_flavour::in_place;
   }
   c.opts.scale_grad_by_freq = chance(0.3);
+  // Prefetch never changes a result: any level, any distance (past the end of the indices too).
+  static const prefetch_level levels[] = {prefetch_level::automatic, prefetch_level::none, prefetch_level::l1,
+                                          prefetch_level::l2};
+  c.opts.execution.prefetch = {levels[uniform(0, 3)], static_cast<int>(chance(0.5) ? 0 : uniform(1, 300))};
   c.out_stride = c.dim + (chance(0.25) ? uniform(1, 5) : 0);
   encode(c);
   return c;
