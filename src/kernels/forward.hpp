@@ -78,6 +78,18 @@ inline xsimd::batch_bool<float, Arch> max_takes(const xsimd::batch<float, Arch>&
   return !(x <= m) & (m == m);  // !(x <= m): x > m, or x or m is NaN
 }
 
+// x > m ? x : m, right for numbers only (NaN is the caller's to detect). x86's max instruction is
+// exactly that, ties and +-0 included (it returns its second operand unless the first is greater);
+// elsewhere a compare and a select.
+template <class Arch>
+inline xsimd::batch<float, Arch> numbers_max(const xsimd::batch<float, Arch>& x,
+                                             const xsimd::batch<float, Arch>& m) noexcept {
+  if constexpr (std::is_base_of_v<xsimd::sse2, Arch> || std::is_base_of_v<xsimd::avx512f, Arch>)
+    return xsimd::max(x, m);
+  else
+    return xsimd::select(x > m, x, m);
+}
+
 inline bool max_takes_scalar(float x, float m) noexcept { return x > m || (x != x && m == m); }
 
 // Vector registers the compiler can keep accumulators in: 32 on AVX-512 and NEON, 16 on SSE2/AVX2.
@@ -133,13 +145,17 @@ struct fixed_dim_forward {
 
   // Positions within the bag are tracked as floats (exact below 2^24); longer bags with argmax
   // take the general path.
+  // Without argmax, the cheap maximum first; a bag holding a NaN is redone exactly.
   static void max_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
-    if (c.req.argmax != nullptr) max_bag_tracking<true>(c, bag, begin, end);
-    else max_bag_tracking<false>(c, bag, begin, end);
+    if (c.req.argmax != nullptr) max_bag_tracking<true, true>(c, bag, begin, end);
+    else if (!max_bag_tracking<false, false>(c, bag, begin, end)) max_bag_tracking<false, true>(c, bag, begin, end);
   }
 
-  template <bool track>
-  static void max_bag_tracking(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+  // Exact: the reference's rule (max_takes) per element. Not exact: numbers_max, and false when a
+  // NaN was seen (the output then needs the exact pass).
+  template <bool track, bool exact>
+  static bool max_bag_tracking(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    static_assert(exact || !track);
     constexpr std::int64_t group = max_group<track>;
     const forward_request& r = c.req;
     float* out = c.out_row(bag);
@@ -147,6 +163,7 @@ struct fixed_dim_forward {
     for (std::int64_t first = 0; first < Chunks; first += group) {
       batch acc[group], where[group];
       for (std::int64_t k = 0; k < group; ++k) acc[k] = where[k] = batch(0.0f);
+      xsimd::batch_bool<float, Arch> saw_nan(false);
       bool started = false;
       c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
         const float* column = x + first * lanes;
@@ -155,23 +172,31 @@ struct fixed_dim_forward {
           for (std::int64_t k = 0; k < group; ++k) {
             acc[k] = load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
             where[k] = here;
+            if constexpr (!exact) saw_nan = saw_nan | xsimd::isnan(acc[k]);
           }
           started = true;
           return;
         }
         for (std::int64_t k = 0; k < group; ++k) {
           const batch v = load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
-          const auto takes = max_takes<Arch>(v, acc[k]);
-          acc[k] = xsimd::select(takes, v, acc[k]);
-          if constexpr (track) where[k] = xsimd::select(takes, here, where[k]);
+          if constexpr (exact) {
+            const auto takes = max_takes<Arch>(v, acc[k]);
+            acc[k] = xsimd::select(takes, v, acc[k]);
+            if constexpr (track) where[k] = xsimd::select(takes, here, where[k]);
+          } else {
+            acc[k] = numbers_max<Arch>(v, acc[k]);
+            saw_nan = saw_nan | xsimd::isnan(v);
+          }
         }
       });
       if (!started) {  // no row at all: zeros, argmax -1
         for (std::int64_t d = 0; d < Chunks * lanes; ++d) out[d] = 0.0f;
         if (track)
           for (std::int64_t d = 0; d < Chunks * lanes; ++d) argmax[d] = -1;
-        return;
+        return true;
       }
+      if constexpr (!exact)
+        if (xsimd::any(saw_nan)) return false;
       for (std::int64_t k = 0; k < group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
       if constexpr (track) {
         alignas(64) float positions[group * lanes];
@@ -180,6 +205,7 @@ struct fixed_dim_forward {
           argmax[first * lanes + d] = c.indices[begin + static_cast<std::int64_t>(positions[d])];
       }
     }
+    return true;
   }
 };
 

@@ -29,6 +29,11 @@ call_results run_case(const call_case& c, isa which, int max_threads) {
   forward(table_view<float>{table.data(), c.rows, c.dim, c.row_stride}, batch, opts,
           {r.out.data(), c.out_rows(), c.dim, c.out_stride}, r.argmax);
   r.table_after = table;
+  if (opts.mode == mode::max && !(opts.max_norm && opts.max_norm_mode == max_norm_flavour::in_place)) {
+    r.out_without_argmax = canary_buffer(c.out_rows(), c.out_stride);  // a separate path in the kernels
+    forward(table_view<const float>{table.data(), c.rows, c.dim, c.row_stride}, batch, opts,
+            {r.out_without_argmax.data(), c.out_rows(), c.dim, c.out_stride});
+  }
 
   // Backward sees the table as forward left it; max_norm does not enter the gradient (as in torch).
   r.grad_output = grad_output_for(c);

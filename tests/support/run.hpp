@@ -8,6 +8,7 @@ namespace embag::test {
 struct call_results {
   std::vector<float> out;              // out_rows x out_stride, canary-filled before the call
   std::vector<std::int64_t> argmax;    // mode max
+  std::vector<float> out_without_argmax;  // mode max: the same forward, not asked for argmax
   std::vector<float> table_after;      // the table after forward (in-place max_norm writes it)
   std::vector<float> grad_output;      // the dY used for backward
   std::vector<float> dense_grad;       // rows x dim, started from grad_start
