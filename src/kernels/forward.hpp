@@ -75,7 +75,7 @@ inline xsimd::batch<float, Arch> load_row(const float* p, bool clip, float scale
 template <class Arch>
 inline xsimd::batch_bool<float, Arch> max_takes(const xsimd::batch<float, Arch>& x,
                                                 const xsimd::batch<float, Arch>& m) noexcept {
-  return !(x <= m) & (m == m);  // !(x <= m): x > m, or x or m is NaN
+  return (!(x <= m)) & (m == m);  // !(x <= m): x > m, or x or m is NaN
 }
 
 // x > m ? x : m, right for numbers only (NaN is the caller's to detect). x86's max instruction is
