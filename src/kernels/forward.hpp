@@ -112,9 +112,16 @@ struct fixed_dim_forward {
                                                   : sum_group;
   static_assert(Chunks % sum_group == 0 && Chunks % max_group<true> == 0);
 
+  // Weights and clipping chosen once per bag, not tested per row and column batch.
   static void sum_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    const bool weighted = c.req.bags.weights != nullptr, clip = c.req.clip_max_norm;
+    if (weighted) clip ? sum_bag_as<true, true>(c, bag, begin, end) : sum_bag_as<true, false>(c, bag, begin, end);
+    else clip ? sum_bag_as<false, true>(c, bag, begin, end) : sum_bag_as<false, false>(c, bag, begin, end);
+  }
+
+  template <bool weighted, bool clip>
+  static void sum_bag_as(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
     const forward_request& r = c.req;
-    const bool weighted = r.bags.weights != nullptr;
     std::int64_t count = 0;
     float weight_sum = 0.0f;
     float* out = c.out_row(bag);
@@ -124,13 +131,12 @@ struct fixed_dim_forward {
       const float* column = nullptr;
       c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
         column = x + first * lanes;
-        if (weighted) {
+        if constexpr (weighted) {
           const batch wb(r.bags.weights[p]);
-          for (std::int64_t k = 0; k < sum_group; ++k)
-            acc[k] += wb * load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
+          for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += wb * load_row<Arch>(column + k * lanes, clip, scale);
           if (first == 0) weight_sum += r.bags.weights[p];
         } else {
-          for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
+          for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += load_row<Arch>(column + k * lanes, clip, scale);
         }
         if (first == 0) ++count;
       });
