@@ -28,9 +28,9 @@ inline float row_gradient_coefficient(const backward_request& r, std::int64_t po
   return c;
 }
 
-// Rows ahead whose gradient destination (dense: a random row of the caller's R x D buffer) and
-// first dY row are prefetched.
-inline constexpr std::int64_t backward_prefetch_rows = 32;
+// Rows ahead whose first dY row and gradient destination (dense: a random row of the caller's
+// R x D buffer) are prefetched into L1; the destination also 4x as far ahead into L2.
+inline constexpr std::int64_t backward_prefetch_rows = 8;
 
 template <class Arch>
 void backward_rows(const backward_request& r, std::int64_t unique_begin, std::int64_t unique_end) {
@@ -38,6 +38,8 @@ void backward_rows(const backward_request& r, std::int64_t unique_begin, std::in
   const std::int64_t dim = r.dim;
   const std::int64_t row_bytes = dim * static_cast<std::int64_t>(sizeof(float));
   for (std::int64_t u = unique_begin; u < unique_end; ++u) {
+    if (const std::int64_t far = u + 4 * backward_prefetch_rows; far < unique_end && !r.sparse_values)
+      prefetch_row<1>(r.grad_table + t.unique_rows[far] * r.grad_table_stride, row_bytes);
     if (const std::int64_t ahead = u + backward_prefetch_rows; ahead < unique_end) {
       if (!r.sparse_values) prefetch_row<3, 1>(r.grad_table + t.unique_rows[ahead] * r.grad_table_stride, row_bytes);
       const std::int64_t position = t.positions[t.segment_begin[ahead]];
