@@ -98,23 +98,12 @@ prefetch_setting roofline_prefetch(const workload& w, int threads) {
   return cache[key] = best_roofline_prefetch(w, threads, available_isas().back());
 }
 
-std::string prefetch_name(prefetch_setting p) {
-  if (p.level == prefetch_level::none) return "none";
-  return std::string(p.level == prefetch_level::l1 ? "l1:" : "l2:") + std::to_string(p.rows);
-}
 
-execution how(isa which, int threads, prefetch_setting prefetch = {}) {
-  execution e;
-  e.isa = which;
-  e.max_threads = threads;
-  e.prefetch = prefetch;
-  return e;
-}
 
 // The roofline's bytes/s on this workload: one read_rows call per index set after a warm-up
 // call, the median of the per-set rates (sets differ in length with variable-length bags).
 double roofline_bytes_per_second(const workload& w, int threads, prefetch_setting prefetch) {
-  const execution e = how(available_isas().back(), threads, prefetch);
+  const execution e = execution_for(available_isas().back(), threads, prefetch);
   benchmark::DoNotOptimize(read_rows(w.rows_table.view(), w.sets[0].indices, e));
   std::vector<double> rates;
   for (int set = 0; set < static_cast<int>(w.sets.size()); ++set) {
@@ -148,10 +137,6 @@ std::map<std::string, double>& reference_rates() {
   return rates;
 }
 
-std::string benchmark_name(const char* family, isa which, const workload_spec& spec, int threads) {
-  return std::string(family) + "/" + std::string(to_string(which)) + "/f32/" + spec.name() +
-         "/threads:" + std::to_string(threads);
-}
 
 void set_rates(benchmark::State& state, double bytes, double items, double seconds) {
   state.counters["bytes_per_second"] = benchmark::Counter(bytes / seconds);
@@ -171,7 +156,7 @@ void run_kernel(benchmark::State& state, const std::string& name, operation op, 
     const prefetch_setting prefetch = roofline_prefetch(w, threads);
     bool fresh = false;
     call_buffers& buffers = buffers_for(name, fresh);
-    const execution e = how(which, threads);
+    const execution e = execution_for(which, threads);
     // Warm-up. New buffers are grown on every index set (the sets differ in length with variable
     // bags), so the timed loop never allocates.
     for (int set = 0; set < (fresh ? sets : 1); ++set) run_operation(op, w, set, e, buffers);
@@ -210,7 +195,7 @@ void run_roofline_read(benchmark::State& state, const workload_spec& spec, int t
     const workload& w = get_workload(spec);
     const int sets = static_cast<int>(w.sets.size());
     const prefetch_setting prefetch = roofline_prefetch(w, threads);
-    const execution e = how(available_isas().back(), threads, prefetch);
+    const execution e = execution_for(available_isas().back(), threads, prefetch);
     benchmark::DoNotOptimize(read_rows(w.rows_table.view(), w.sets[0].indices, e));
     std::int64_t lookups = 0;
     int set = 0;
@@ -236,7 +221,7 @@ void run_roofline_sequential(benchmark::State& state, const workload_spec& spec,
     const workload& w = get_workload(spec);
     std::vector<std::int64_t> all(static_cast<std::size_t>(spec.rows));
     std::iota(all.begin(), all.end(), 0);
-    const execution e = how(available_isas().back(), threads, {prefetch_level::none, 0});
+    const execution e = execution_for(available_isas().back(), threads, {prefetch_level::none, 0});
     benchmark::DoNotOptimize(read_rows(w.rows_table.view(), all, e));
     std::int64_t calls = 0;
     const auto start = clock_type::now();

@@ -113,6 +113,25 @@ void run_operation(operation op, const workload& w, int set, const execution& ho
   }
 }
 
+execution execution_for(isa which, int threads, prefetch_setting prefetch) {
+  execution e;
+  e.isa = which;
+  e.max_threads = threads;
+  e.prefetch = prefetch;
+  return e;
+}
+
+std::string prefetch_name(prefetch_setting p) {
+  if (p.level == prefetch_level::none) return "none";
+  if (p.level == prefetch_level::automatic) return "automatic";
+  return std::string(p.level == prefetch_level::l1 ? "l1:" : "l2:") + std::to_string(p.rows);
+}
+
+std::string benchmark_name(const char* family, isa which, const workload_spec& spec, int threads) {
+  return std::string(family) + "/" + std::string(to_string(which)) + "/f32/" + spec.name() +
+         "/threads:" + std::to_string(threads);
+}
+
 double row_bytes(const workload& w, int set) { return double(w.lookups(set)) * double(w.spec.dim) * 4.0; }
 
 prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which) {
@@ -123,10 +142,7 @@ prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa whic
                                                {prefetch_level::l2, 16},   {prefetch_level::l2, 32},
                                                {prefetch_level::l2, 64}};
   for (const prefetch_setting& p : sweep) {
-    execution how;
-    how.isa = which;
-    how.max_threads = threads;
-    how.prefetch = p;
+    const execution how = execution_for(which, threads, p);
     int set = 0;
     const double s = median_seconds(9, [&] {
       read_rows(w.rows_table.view(), w.sets[set].indices, how);
@@ -143,10 +159,8 @@ prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa whic
 double sequential_read_bytes_per_second(const workload& w, int threads, isa which) {
   std::vector<std::int64_t> all(static_cast<std::size_t>(w.spec.rows));
   std::iota(all.begin(), all.end(), 0);
-  execution how;
-  how.isa = which;
-  how.max_threads = threads;
-  how.prefetch = {prefetch_level::none, 0};  // the hardware prefetcher handles a sequential stream
+  // the hardware prefetcher handles a sequential stream
+  const execution how = execution_for(which, threads, {prefetch_level::none, 0});
   const double s = median_seconds(3, [&] { read_rows(w.rows_table.view(), all, how); });
   return double(w.spec.rows) * double(w.rows_table.row_stride()) * 4.0 / s;
 }

@@ -64,6 +64,13 @@ struct call_buffers {
   workspace scratch;
 };
 
+// How a benchmark call runs: this ISA, this many threads, this prefetch (default: automatic).
+execution execution_for(isa which, int threads, prefetch_setting prefetch = {});
+// "none", "l1:16", "l2:32"
+std::string prefetch_name(prefetch_setting p);
+// The name every benchmark result carries, e.g. forward/sum/avx512/f32/R:1000000/D:128/L:40/uniform/threads:1
+std::string benchmark_name(const char* family, isa which, const workload_spec& spec, int threads);
+
 // Runs `op` once on index set `set`.
 void run_operation(operation op, const workload& w, int set, const execution& how, call_buffers& buffers);
 

@@ -135,24 +135,17 @@ std::string cpu_model() {
   return "unknown CPU";
 }
 
-execution how(isa which, int threads, prefetch_setting prefetch = {}) {
-  execution e;
-  e.isa = which;
-  e.max_threads = threads;
-  e.prefetch = prefetch;
-  return e;
-}
 
 // Every kernel's result on index set 0 against the reference's, bit for bit.
 int verify(const workload& w, const bench_options& o) {
   int checked = 0;
   for (operation op : o.ops) {
     call_buffers want;
-    run_operation(op, w, 0, how(isa::reference, 1), want);
+    run_operation(op, w, 0, execution_for(isa::reference, 1), want);
     for (isa which : o.isas) {
       if (which == isa::reference) continue;
       call_buffers got;
-      run_operation(op, w, 0, how(which, 0), got);
+      run_operation(op, w, 0, execution_for(which, 0), got);
       const bool same_dense = !want.dense_grad ||
           std::memcmp(want.dense_grad->row(0), got.dense_grad->row(0),
                       static_cast<std::size_t>(w.spec.rows * want.dense_grad->row_stride()) * sizeof(float)) == 0;
@@ -174,16 +167,16 @@ result measure(operation op, isa which, int threads, const workload& w, prefetch
                double budget) {
   call_buffers buffers;
   const int sets = static_cast<int>(w.sets.size());
-  run_operation(op, w, 0, how(which, threads), buffers);  // warm-up, sizes the buffers
+  run_operation(op, w, 0, execution_for(which, threads), buffers);  // warm-up, sizes the buffers
   std::vector<double> kernel, roofline;
   const auto start = std::chrono::steady_clock::now();
   const isa roofline_isa = available_isas().back();
   for (int call = 0; call < 5 || (call < 2000 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < budget); ++call) {
     const int set = call % sets;
     auto t0 = std::chrono::steady_clock::now();
-    run_operation(op, w, set, how(which, threads), buffers);
+    run_operation(op, w, set, execution_for(which, threads), buffers);
     auto t1 = std::chrono::steady_clock::now();
-    read_rows(w.rows_table.view(), w.sets[set].indices, how(roofline_isa, threads, roofline_prefetch));
+    read_rows(w.rows_table.view(), w.sets[set].indices, execution_for(roofline_isa, threads, roofline_prefetch));
     auto t2 = std::chrono::steady_clock::now();
     kernel.push_back(std::chrono::duration<double>(t1 - t0).count());
     roofline.push_back(std::chrono::duration<double>(t2 - t1).count());
@@ -195,15 +188,7 @@ result measure(operation op, isa which, int threads, const workload& w, prefetch
   return {op, which, threads, median(kernel), median(roofline), 0, roofline_prefetch};
 }
 
-std::string prefetch_name(prefetch_setting p) {
-  if (p.level == prefetch_level::none) return "none";
-  return std::string(p.level == prefetch_level::l1 ? "l1:" : "l2:") + std::to_string(p.rows);
-}
 
-std::string benchmark_name(const result& r, const workload_spec& spec) {
-  return std::string(operation_name(r.op)) + "/" + std::string(to_string(r.which)) + "/f32/" + spec.name() +
-         "/threads:" + std::to_string(r.threads);
-}
 
 void write_json(const std::string& path, const std::vector<result>& results, const workload& w,
                 double sequential_bps) {
@@ -231,7 +216,7 @@ void write_json(const std::string& path, const std::vector<result>& results, con
       << "  },\n  \"benchmarks\": [\n";
   for (std::size_t i = 0; i < results.size(); ++i) {
     const result& r = results[i];
-    const std::string name = benchmark_name(r, w.spec);
+    const std::string name = benchmark_name(operation_name(r.op), r.which, w.spec, r.threads);
     out << "    {\"name\": \"" << name << "\", \"run_name\": \"" << name
         << "\", \"run_type\": \"iteration\", \"iterations\": 1, \"repetitions\": 1,"
         << " \"real_time\": " << r.seconds * 1e3 << ", \"cpu_time\": " << r.seconds * 1e3
