@@ -193,7 +193,8 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
     });
   }
 
-  // (row, position) of every non-padding index, in position order: count per chunk, then fill.
+  // (row, position, bag) of every non-padding index, in position order: count per chunk, then
+  // fill. The bag travels with the position so the kernels read it in order, not at random.
   std::vector<std::int64_t>& chunk_start = ws.chunk_start;
   chunk_start.assign(static_cast<std::size_t>(chunks) + 1, 0);
   with_indices(bags, [&](const auto* indices) {
@@ -208,12 +209,14 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   const std::int64_t m = chunk_start[chunks];
   ws.keys.resize(static_cast<std::size_t>(m));
   ws.positions.resize(static_cast<std::size_t>(m));
+  ws.bags.resize(static_cast<std::size_t>(m));
   with_indices(bags, [&](const auto* indices) {
     run_blocks(chunks, max_threads, [&](std::int64_t c) {
       std::int64_t out = chunk_start[c];
       for (std::int64_t j = chunk_begin(nnz, chunks, int(c)); j < chunk_begin(nnz, chunks, int(c) + 1); ++j) {
         if (indices[j] == padding_idx) continue;
         ws.keys[out] = indices[j];
+        ws.bags[out] = mode == mode::none ? j : ws.bag_of_position[j];
         ws.positions[out++] = j;
       }
     });
@@ -223,6 +226,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   // a histogram per chunk, their prefix digit by digit then chunk by chunk, a scatter per chunk.
   ws.keys_scratch.resize(static_cast<std::size_t>(m));
   ws.positions_scratch.resize(static_cast<std::size_t>(m));
+  ws.bags_scratch.resize(static_cast<std::size_t>(m));
   constexpr int digit_bits = 11;
   constexpr std::int64_t radix = std::int64_t{1} << digit_bits;
   ws.histogram.resize(static_cast<std::size_t>(radix * chunks));
@@ -230,8 +234,10 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   while (bits < 63 && (std::int64_t{1} << bits) < table_rows) ++bits;
   std::int64_t* keys = ws.keys.data();
   std::int64_t* positions = ws.positions.data();
+  std::int64_t* sorted_bags = ws.bags.data();
   std::int64_t* keys_out = ws.keys_scratch.data();
   std::int64_t* positions_out = ws.positions_scratch.data();
+  std::int64_t* bags_out = ws.bags_scratch.data();
   for (int shift = 0; shift < bits; shift += digit_bits) {
     std::int64_t* histogram = ws.histogram.data();  // chunk c's counts at histogram[c * radix + digit]
     run_blocks(chunks, max_threads, [&](std::int64_t c) {
@@ -249,10 +255,12 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
         const std::int64_t slot = h[(keys[i] >> shift) & (radix - 1)]++;
         keys_out[slot] = keys[i];
         positions_out[slot] = positions[i];
+        bags_out[slot] = sorted_bags[i];
       }
     });
     std::swap(keys, keys_out);
     std::swap(positions, positions_out);
+    std::swap(sorted_bags, bags_out);
   }
 
   // Unique rows and where their positions start: count per chunk, then fill.
@@ -281,7 +289,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   t.positions = positions;
   t.unique_rows = ws.unique_rows.data();
   t.segment_begin = ws.segment_begin.data();
-  t.bag_of_position = mode == mode::none ? nullptr : ws.bag_of_position.data();
+  t.bags = sorted_bags;
   t.bag_divisor = mode == mode::mean ? ws.bag_divisor.data() : nullptr;
   t.num_unique = unique;
   return t;

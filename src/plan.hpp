@@ -14,7 +14,7 @@ namespace embag {
 // The scratch memory behind embag::workspace; vectors only grow, so a reused workspace stops
 // allocating.
 struct workspace::impl {
-  std::vector<std::int64_t> keys, keys_scratch, positions, positions_scratch;
+  std::vector<std::int64_t> keys, keys_scratch, positions, positions_scratch, bags, bags_scratch;
   std::vector<std::int64_t> unique_rows, segment_begin, bag_of_position;
   std::vector<float> bag_divisor;
   std::vector<std::int64_t> histogram, chunk_start;

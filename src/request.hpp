@@ -54,7 +54,7 @@ struct row_transpose {
   const std::int64_t* positions = nullptr;        // sorted positions
   const std::int64_t* unique_rows = nullptr;      // num_unique rows, ascending
   const std::int64_t* segment_begin = nullptr;    // num_unique + 1: positions of unique_rows[u]
-  const std::int64_t* bag_of_position = nullptr;  // nnz: the bag each position belongs to
+  const std::int64_t* bags = nullptr;             // the bag of each sorted position (mode none: itself)
   const float* bag_divisor = nullptr;             // num_bags, mean only: count or sum of weights
   std::int64_t num_unique = 0;
 };

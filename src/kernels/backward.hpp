@@ -42,9 +42,7 @@ void backward_rows(const backward_request& r, std::int64_t unique_begin, std::in
       prefetch_row<1>(r.grad_table + t.unique_rows[far] * r.grad_table_stride, row_bytes);
     if (const std::int64_t ahead = u + backward_prefetch_rows; ahead < unique_end) {
       if (!r.sparse_values) prefetch_row<3, 1>(r.grad_table + t.unique_rows[ahead] * r.grad_table_stride, row_bytes);
-      const std::int64_t position = t.positions[t.segment_begin[ahead]];
-      const std::int64_t bag = r.mode == mode::none ? position : t.bag_of_position[position];
-      prefetch_row<3>(r.grad_output + bag * r.grad_output_stride, row_bytes);
+      prefetch_row<3>(r.grad_output + t.bags[t.segment_begin[ahead]] * r.grad_output_stride, row_bytes);
     }
     const std::int64_t row = t.unique_rows[u];
     float* grad = r.sparse_values ? r.sparse_values + u * dim : r.grad_table + row * r.grad_table_stride;
@@ -55,7 +53,7 @@ void backward_rows(const backward_request& r, std::int64_t unique_begin, std::in
     std::int64_t previous_bag = -1;
     for (std::int64_t k = first; k < last; ++k) {
       const std::int64_t position = t.positions[k];
-      const std::int64_t bag = r.mode == mode::none ? position : t.bag_of_position[position];
+      const std::int64_t bag = t.bags[k];
       const float* dy = r.grad_output + bag * r.grad_output_stride;
       if (r.mode == mode::max) {
         // a row repeated within a bag won each of its dimensions once
