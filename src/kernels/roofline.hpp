@@ -40,15 +40,7 @@ float read_rows_in_runs(const forward_request& req, const bag_block& block, floa
 
 template <class Arch, class Index>
 float read_rows_dim(const forward_request& req, const bag_block& block, float* sink) {
-  constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
-  switch (req.dim) {
-    case 16: return read_rows_in_runs<Arch, Index, fixed_dim_forward<Arch, Index, 16 / lanes>>(req, block, sink);
-    case 32: return read_rows_in_runs<Arch, Index, fixed_dim_forward<Arch, Index, 32 / lanes>>(req, block, sink);
-    case 64: return read_rows_in_runs<Arch, Index, fixed_dim_forward<Arch, Index, 64 / lanes>>(req, block, sink);
-    case 128: return read_rows_in_runs<Arch, Index, fixed_dim_forward<Arch, Index, 128 / lanes>>(req, block, sink);
-    case 256: return read_rows_in_runs<Arch, Index, fixed_dim_forward<Arch, Index, 256 / lanes>>(req, block, sink);
-    default: return read_rows_in_runs<Arch, Index, any_dim_forward<Arch, Index>>(req, block, sink);
-  }
+  return with_path<Arch, Index>(req, [&]<class Path>() { return read_rows_in_runs<Arch, Index, Path>(req, block, sink); });
 }
 
 template <class Arch>
