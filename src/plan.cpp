@@ -139,7 +139,7 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
                          : table_bytes > llc   ? prefetch_level::l2
                                                : prefetch_level::l1;
   // Bytes in flight, not rows: a long row needs fewer rows ahead to keep as many misses pending.
-  const std::int64_t in_flight = level == prefetch_level::l2 ? 16 * 1024 : 8 * 1024;
+  const std::int64_t in_flight = level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024;
   int rows = static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
   if (setting.level != prefetch_level::automatic) level = setting.level;
   if (setting.rows > 0) rows = setting.rows;
