@@ -30,7 +30,9 @@ struct call_inputs {
   call_inputs(const bags& batch, byte_range table_or_grad) {
     ranges[count++] = table_or_grad;
     ranges[count++] = {"indices", batch.indices.data, bytes_of(batch.indices)};
-    ranges[count++] = {"offsets/lengths", batch.boundaries.data, bytes_of(batch.boundaries)};
+    // fixed-length bags have no boundaries array: whatever the span holds is not read
+    ranges[count++] = {"offsets/lengths", batch.boundaries.data,
+                       batch.layout == bag_layout::fixed_length ? 0 : bytes_of(batch.boundaries)};
     ranges[count++] = {"per_sample_weights", batch.per_sample_weights.data(),
                        static_cast<std::int64_t>(batch.per_sample_weights.size_bytes())};
   }
@@ -94,6 +96,10 @@ void forward_checked(const float* table, float* mutable_table, std::int64_t rows
                                 {"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())}};
   const call_inputs inputs(batch, matrix_bytes("table", table, rows, dim, stride));
   validate_disjoint(outputs, inputs.span());
+  if (in_place) {  // the table is written too: it must not hold the indices, offsets or weights
+    const byte_range written[] = {matrix_bytes("table", table, rows, dim, stride)};
+    validate_disjoint(written, inputs.span().subspan(1));
+  }
   const isa which = resolve_isa(opts.execution.isa);
 
   if (in_place) {
@@ -228,6 +234,9 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
   backward_request& r = call.req;
   r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution.max_threads, ws.get());
   const std::int64_t unique = r.transpose.num_unique;
+  // reserve first: if memory runs out, grad is still what it was
+  grad.rows.reserve(static_cast<std::size_t>(unique));
+  grad.values.reserve(static_cast<std::size_t>(unique * dim));
   grad.dim = dim;
   grad.rows.assign(r.transpose.unique_rows, r.transpose.unique_rows + unique);
   grad.values.resize(static_cast<std::size_t>(unique * dim));
@@ -318,6 +327,9 @@ table::table(std::int64_t rows, std::int64_t dim) {
   if (rows < 0 || dim <= 0)
     throw error(errc::invalid_shape, "table(" + std::to_string(rows) + ", " + std::to_string(dim) +
                                          "): rows must be >= 0 and dim > 0");
+  if (dim > std::numeric_limits<std::int64_t>::max() / 8)
+    throw error(errc::size_overflow, "table(" + std::to_string(rows) + ", " + std::to_string(dim) +
+                                         ") overflows the address space");
   const std::int64_t stride = (dim + line_floats - 1) / line_floats * line_floats;
   std::int64_t bytes = 0;
   if (__builtin_mul_overflow(rows, stride, &bytes) || __builtin_mul_overflow(bytes, std::int64_t{4}, &bytes) ||

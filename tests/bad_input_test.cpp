@@ -668,3 +668,62 @@ INSTANTIATE_TEST_SUITE_P(Cases, BadInput, ::testing::ValuesIn(all_cases()),
 
 }  // namespace
 }  // namespace embag
+
+// Regressions found in review, named after what they were.
+namespace embag {
+namespace {
+
+TEST(ReviewRegression, InPlaceMaxNormRejectsWeightsInsideTheTable) {
+  std::vector<float> table = {3, 4, 1, 0};
+  const std::vector<float> before = table;
+  std::vector<std::int64_t> indices = {0, 1}, offsets = {0};
+  std::vector<float> out(2, -1.0f);
+  options opts;
+  opts.max_norm = 1.0f;
+  opts.max_norm_mode = max_norm_flavour::in_place;
+  const bags batch = bags::from_offsets(indices, offsets, std::span<const float>(table.data(), 2));
+  try {
+    forward(table_view<float>{table.data(), 2, 2, 2}, batch, opts, {out.data(), 1, 2, 2});
+    ADD_FAILURE() << "weights that live in the table an in-place renorm writes must be rejected";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::aliasing);
+    EXPECT_NE(std::string(e.what()).find("table overlaps per_sample_weights"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(table, before);
+  EXPECT_EQ(out, std::vector<float>(2, -1.0f));
+}
+
+TEST(ReviewRegression, FixedLengthBagsIgnoreTheUnusedBoundariesSpan) {
+  std::vector<float> table = {1, 2, 3, 4};
+  std::vector<std::int64_t> indices = {0, 1};
+  std::vector<float> out(2, 0.0f);
+  bags batch = bags::fixed(indices, 2);
+  batch.boundaries = index_span(out.data(), std::int64_t{1} << 62, index_type::i64);  // stale, never read
+  forward(table_view<const float>{table.data(), 2, 2, 2}, batch, options{}, {out.data(), 1, 2, 2});
+  EXPECT_EQ(out, (std::vector<float>{4, 6}));
+}
+
+TEST(ReviewRegression, HugeTableDimensionIsAnOverflowError) {
+  try {
+    table t(0, std::numeric_limits<std::int64_t>::max());
+    ADD_FAILURE() << "table(0, INT64_MAX) must not construct";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::size_overflow);
+  }
+}
+
+TEST(ReviewRegression, HugeRowStrideOfOneRowTable) {
+  std::vector<float> table = {5};
+  std::vector<std::int64_t> indices = {0, 0}, offsets = {0};
+  std::vector<float> out(1, 0.0f);
+  for (isa which : available_isas()) {
+    options opts;
+    opts.execution.isa = which;
+    forward(table_view<const float>{table.data(), 1, 1, std::numeric_limits<std::int64_t>::max()},
+            bags::from_offsets(indices, offsets), opts, {out.data(), 1, 1, 1});
+    EXPECT_EQ(out[0], 10.0f) << to_string(which);
+  }
+}
+
+}  // namespace
+}  // namespace embag

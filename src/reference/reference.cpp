@@ -132,9 +132,15 @@ void backward(const backward_request& r, sparse_gradient* sparse) {
     }
     const std::int64_t first = r.mode == mode::none ? b : bags.begin[b];
     const std::int64_t last = r.mode == mode::none ? b + 1 : bags.begin[b + 1];
-    float divisor = 0.0f;
-    for (std::int64_t j = first; j < last; ++j)
-      if (bags.indices[j] != r.padding_idx) divisor += weighted ? r.bags.weights[j] : 1.0f;
+    // the mean's divisor as forward computes it: the count, or the sum of the weights
+    std::int64_t in_bag = 0;
+    float weight_sum = 0.0f;
+    for (std::int64_t j = first; j < last; ++j) {
+      if (bags.indices[j] == r.padding_idx) continue;
+      ++in_bag;
+      if (weighted) weight_sum += r.bags.weights[j];
+    }
+    const float divisor = weighted ? weight_sum : static_cast<float>(in_bag);
     for (std::int64_t j = first; j < last; ++j) {
       const std::int64_t row = bags.indices[j];
       if (row == r.padding_idx) continue;
