@@ -176,6 +176,7 @@ std::string_view to_string(errc code) noexcept {
     case errc::invalid_option: return "invalid_option";
     case errc::aliasing: return "aliasing";
     case errc::unsupported_isa: return "unsupported_isa";
+    case errc::misaligned: return "misaligned";
   }
   return "unknown";
 }
@@ -257,8 +258,7 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
   if (static_cast<std::int64_t>(grad_weights.size()) != bags.nnz)
     throw error(errc::size_mismatch, "grad_weights has " + std::to_string(grad_weights.size()) +
                                          " entries but indices has " + std::to_string(bags.nnz));
-  if (grad_weights.data() == nullptr && bags.nnz > 0)
-    throw error(errc::null_pointer, "grad_weights is null but has size " + std::to_string(bags.nnz));
+  validate_array("grad_weights", grad_weights.data(), bags.nnz, sizeof(float));
   call_inputs inputs(batch, matrix_bytes("table", table.data, table.rows, table.dim, stride));
   inputs.add(matrix_bytes("grad_output", grad_output.data, bags.num_bags, table.dim, grad_stride));
   const byte_range outputs[] = {

@@ -1,5 +1,6 @@
 #include "validate.hpp"
 
+#include <charconv>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -16,20 +17,48 @@ std::string str(double v) {
   return s;
 }
 
-// Largest byte count we let a single array span: keeps every pointer offset and size_t in range.
-constexpr std::int64_t max_bytes = std::numeric_limits<std::int64_t>::max() / 2;
+// Largest byte count we let a single array span: 2^56, the user address space of x86-64 with
+// 5-level paging (AArch64's is smaller). No real array is larger, and one claiming to be would
+// make the overlap checks depend on where the real buffers happen to lie.
+constexpr std::int64_t max_bytes = std::int64_t{1} << 56;
 
 bool bytes_of(std::int64_t count, std::int64_t element_bytes, std::int64_t& bytes) {
   return !__builtin_mul_overflow(count, element_bytes, &bytes) && bytes <= max_bytes;
 }
 
-void check_array(const char* name, const void* data, std::int64_t size, std::int64_t element_bytes) {
+// Reading an element through a pointer not aligned to its type is undefined behaviour (SIMD and
+// strict-alignment targets can fault), so such an array is rejected rather than read.
+void check_aligned(const char* name, const void* data, std::int64_t element_bytes) {
+  const auto address = reinterpret_cast<std::uintptr_t>(data);
+  const auto offset = static_cast<std::int64_t>(address % static_cast<std::uintptr_t>(element_bytes));
+  if (offset == 0) return;
+  char hex[2 * sizeof address + 1];
+  char* const hex_end = std::to_chars(hex, hex + sizeof hex, address, 16).ptr;
+  fail(errc::misaligned, std::string(name) + " is misaligned by " + str(offset) + (offset == 1 ? " byte" : " bytes") +
+                             " for its " + str(element_bytes) + "-byte elements (address 0x" +
+                             std::string(hex, hex_end) + ")");
+}
+
+// A std::span's size is unsigned: one past INT64_MAX must not read as a negative count.
+std::int64_t span_size(const char* name, std::size_t size) {
+  if (size > static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max()))
+    fail(errc::size_overflow,
+         std::string(name) + " of " + std::to_string(size) + " elements overflows the address space");
+  return static_cast<std::int64_t>(size);
+}
+
+}  // namespace
+
+void validate_array(const char* name, const void* data, std::int64_t size, std::int64_t element_bytes) {
   std::int64_t bytes = 0;
   if (size < 0) fail(errc::invalid_shape, std::string(name) + " has negative size " + str(size));
   if (!bytes_of(size, element_bytes, bytes))
     fail(errc::size_overflow, std::string(name) + " of " + str(size) + " elements overflows the address space");
   if (data == nullptr && size > 0) fail(errc::null_pointer, std::string(name) + " is null but has size " + str(size));
+  if (size > 0) check_aligned(name, data, element_bytes);
 }
+
+namespace {
 
 template <class T>
 std::int64_t at(const void* data, std::int64_t i) {
@@ -117,6 +146,7 @@ std::int64_t validate_matrix(const char* name, const void* data, std::int64_t ro
     fail(errc::size_overflow, n + " of " + str(rows) + " rows x stride " + str(stride) +
                                   " floats overflows the address space");
   if (data == nullptr && rows > 0) fail(errc::null_pointer, n + " is null but has " + str(rows) + " rows");
+  if (rows > 0) check_aligned(name, data, sizeof(float));
   return stride;
 }
 
@@ -148,7 +178,7 @@ std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
 
 bag_source validate_bags(const bags& batch, const options& opts, std::int64_t table_rows) {
   const index_span& ix = batch.indices;
-  check_array("indices", ix.data, ix.size, element_bytes("indices", ix.type));
+  validate_array("indices", ix.data, ix.size, element_bytes("indices", ix.type));
   bag_source s;
   s.indices = ix.data;
   s.index_kind = ix.type;
@@ -162,12 +192,14 @@ bag_source validate_bags(const bags& batch, const options& opts, std::int64_t ta
     fail(errc::invalid_option, "include_last_offset applies only to bags given by offsets");
   switch (batch.layout) {
     case bag_layout::offsets:
-      check_array("offsets", batch.boundaries.data, batch.boundaries.size, element_bytes("offsets", batch.boundaries.type));
+      validate_array("offsets", batch.boundaries.data, batch.boundaries.size,
+                     element_bytes("offsets", batch.boundaries.type));
       check_offsets(batch.boundaries, s.nnz, opts.include_last_offset);
       s.num_bags = opts.include_last_offset ? s.num_boundaries - 1 : s.num_boundaries;
       break;
     case bag_layout::lengths:
-      check_array("lengths", batch.boundaries.data, batch.boundaries.size, element_bytes("lengths", batch.boundaries.type));
+      validate_array("lengths", batch.boundaries.data, batch.boundaries.size,
+                     element_bytes("lengths", batch.boundaries.type));
       check_lengths(batch.boundaries, s.nnz);
       s.num_bags = s.num_boundaries;
       break;
@@ -186,11 +218,12 @@ bag_source validate_bags(const bags& batch, const options& opts, std::int64_t ta
 
   const auto& w = batch.per_sample_weights;
   if (!w.empty()) {
-    check_array("per_sample_weights", w.data(), static_cast<std::int64_t>(w.size()), 4);
+    const std::int64_t weights_size = span_size("per_sample_weights", w.size());
+    validate_array("per_sample_weights", w.data(), weights_size, 4);
     if (opts.mode == mode::max) fail(errc::invalid_option, "per_sample_weights cannot be used with mode max");
     if (opts.mode == mode::none) fail(errc::invalid_option, "per_sample_weights cannot be used with mode none");
-    if (static_cast<std::int64_t>(w.size()) != s.nnz)
-      fail(errc::size_mismatch, "per_sample_weights has " + str(std::int64_t(w.size())) +
+    if (weights_size != s.nnz)
+      fail(errc::size_mismatch, "per_sample_weights has " + str(weights_size) +
                                     " entries but indices has " + str(s.nnz));
     s.weights = w.data();
   }
@@ -200,7 +233,7 @@ bag_source validate_bags(const bags& batch, const options& opts, std::int64_t ta
 }
 
 void validate_indices(const char* name, const index_span& indices, std::int64_t table_rows) {
-  check_array(name, indices.data, indices.size, element_bytes(name, indices.type));
+  validate_array(name, indices.data, indices.size, element_bytes(name, indices.type));
   if (indices.type == index_type::i32)
     check_indices_typed(name, static_cast<const std::int32_t*>(indices.data), indices.size, table_rows);
   else
@@ -233,12 +266,13 @@ std::int64_t validate_input(const char* name, const matrix_view<const float>& in
 void validate_argmax_size(std::span<const std::int64_t> argmax, const options& opts, std::int64_t rows,
                           std::int64_t dim) {
   if (argmax.empty()) return;
-  if (argmax.data() == nullptr)
-    fail(errc::null_pointer, "argmax is null but has size " + str(std::int64_t(argmax.size())));
+  const std::int64_t size = span_size("argmax", argmax.size());
+  if (argmax.data() == nullptr) fail(errc::null_pointer, "argmax is null but has size " + str(size));
+  check_aligned("argmax", argmax.data(), sizeof(std::int64_t));
   if (opts.mode != mode::max) fail(errc::invalid_option, "argmax is only defined for mode max");
   std::int64_t needed = 0;
-  if (__builtin_mul_overflow(rows, dim, &needed) || static_cast<std::int64_t>(argmax.size()) != needed)
-    fail(errc::size_mismatch, "argmax has " + str(std::int64_t(argmax.size())) + " entries but the call needs " +
+  if (__builtin_mul_overflow(rows, dim, &needed) || size != needed)
+    fail(errc::size_mismatch, "argmax has " + str(size) + " entries but the call needs " +
                                   str(rows) + " x " + str(dim));
 }
 

@@ -10,13 +10,17 @@
 namespace embag::detail {
 
 // A matrix or table shape: rows >= 0, cols > 0, stride >= cols (0 means cols), byte size in range,
-// data non-null when it has rows. Returns the effective row stride.
+// data non-null and float-aligned when it has rows. Returns the effective row stride.
 std::int64_t validate_matrix(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
                              std::int64_t row_stride);
 
 // The options that do not depend on the bags; returns padding_idx normalised to [0, rows) or
 // no_padding.
 std::int64_t validate_options(const options& opts, std::int64_t table_rows);
+
+// An array of `size` elements: size >= 0, byte size in range, data non-null and aligned to its
+// elements when it has any.
+void validate_array(const char* name, const void* data, std::int64_t size, std::int64_t element_bytes);
 
 // An int32/int64 array whose every value must be in [0, table_rows).
 void validate_indices(const char* name, const index_span& indices, std::int64_t table_rows);

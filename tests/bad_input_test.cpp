@@ -725,5 +725,34 @@ TEST(ReviewRegression, HugeRowStrideOfOneRowTable) {
   }
 }
 
+// Found by embag fuzz: a gradient table claiming 2^55 rows over a small buffer was accepted (its
+// bytes fit in int64), and whether it "overlapped" the other arguments depended on where the
+// allocator had put them. A matrix larger than any address space is now an overflow error.
+TEST(FuzzRegression, MatrixLargerThanAnyAddressSpaceIsAnOverflowError) {
+  std::vector<std::int64_t> indices = {0, 1}, offsets = {0};
+  std::vector<float> grad_output(3, 1.0f), grad(6, 0.0f), table(6, 1.0f), out(3, 0.0f);
+  const std::int64_t claimed_rows = std::int64_t{1} << 55;
+  const bags batch = bags::from_offsets(indices, offsets);
+  for (isa which : available_isas()) {
+    options opts;
+    opts.execution.isa = which;
+    try {
+      backward_dense(batch, opts, {grad_output.data(), 1, 3, 3}, {grad.data(), claimed_rows, 3, 3});
+      ADD_FAILURE() << "backward_dense accepted a grad_table of 2^55 rows on " << to_string(which);
+    } catch (const error& e) {
+      EXPECT_EQ(e.code(), errc::size_overflow) << e.what();
+      EXPECT_NE(std::string(e.what()).find("grad_table of 36028797018963968 rows"), std::string::npos) << e.what();
+    }
+    try {
+      forward(table_view<const float>{table.data(), claimed_rows, 3, 3}, batch, opts, {out.data(), 1, 3, 3});
+      ADD_FAILURE() << "forward accepted a table of 2^55 rows on " << to_string(which);
+    } catch (const error& e) {
+      EXPECT_EQ(e.code(), errc::size_overflow) << e.what();
+    }
+  }
+  EXPECT_EQ(grad, std::vector<float>(6, 0.0f));
+  EXPECT_EQ(out, std::vector<float>(3, 0.0f));
+}
+
 }  // namespace
 }  // namespace embag

@@ -42,6 +42,7 @@ enum class errc : int {
   invalid_option,          // padding_idx out of range, max_norm <= 0 or NaN, norm_type <= 0, ...
   aliasing,                // an output overlapping an input
   unsupported_isa,         // an instruction set this CPU (or build) lacks
+  misaligned,              // a pointer not aligned to its element type (reading through it is UB)
 };
 
 std::string_view to_string(errc code) noexcept;
