@@ -39,4 +39,10 @@ weights_grad_expectation linear_weights_grad(const call_case& c, const dense& gr
 ::testing::AssertionResult close_to(const dense& want, const dense& scale, const float* got, std::int64_t stride,
                                     double rel);
 
+struct call_results;
+// Whether a run of c (on the reference, say) agrees with the Linear view: forward (max through the
+// table and argmax), backward dense and sparse, and the per-sample-weights gradient, each within
+// 1e-5 of the rounding scale |A|.|W| (or its backward analogue). The first disagreement otherwise.
+::testing::AssertionResult agrees_with_linear(const call_case& c, const call_results& r);
+
 }  // namespace embag::test
