@@ -33,6 +33,16 @@ TEST(Differential, ReferenceAgreesWithLinear) {
   }
 }
 
+// Found by fuzz_linear: a row repeated in a bag with weights of both signs cancels in A, so
+// |A|.|W| understated the rounding error of the float sum and a correct result was rejected.
+TEST(FuzzRegression, LinearScaleOfCancellingWeightsOnARepeatedRow) {
+  call_case c = make_case(1, 1, {0, 0, 0, 0, 0, 0, 0}, {0});
+  c.table = {0.646308899f};
+  c.weights = {0.145209864f, -0.0322646648f, 1.26023602f, 1.02250612f, 1.43349195f, -1.89843786f, -1.90588903f};
+  const call_results r = run_case(c, isa::reference, 1);
+  ASSERT_TRUE(agrees_with_linear(c, r));
+}
+
 class EveryIsa : public ::testing::TestWithParam<isa> {};
 
 TEST_P(EveryIsa, MatchesReferenceBitForBit) {

@@ -34,7 +34,7 @@ dense effective_table(const call_case& c) {
   return w;
 }
 
-dense incidence(const call_case& c) {
+dense incidence(const call_case& c, bool magnitudes) {
   const std::int64_t pad = c.padding();
   dense a(c.out_rows(), c.rows);
   if (c.opts.mode == mode::none) {
@@ -43,15 +43,18 @@ dense incidence(const call_case& c) {
     return a;
   }
   for (std::int64_t b = 0; b < c.num_bags(); ++b) {
-    double total = 0.0;
+    double total = 0.0, abs_total = 0.0;
     for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
       if (c.indices[j] == pad) continue;
       const double w = c.weights.empty() ? 1.0 : c.weights[j];
-      a.at(b, c.indices[j]) += w;
+      a.at(b, c.indices[j]) += magnitudes ? std::fabs(w) : w;
       total += w;
+      abs_total += std::fabs(w);
     }
-    if (c.opts.mode == mode::mean)
-      for (std::int64_t r = 0; r < c.rows; ++r) a.at(b, r) = total == 0.0 ? 0.0 : a.at(b, r) / total;
+    if (c.opts.mode != mode::mean) continue;
+    // the float divisor carries its own rounding, relative to sum|w| / |sum w|
+    const double factor = total == 0.0 ? 0.0 : magnitudes ? (std::fabs(total) + abs_total) / (total * total) : 1.0 / total;
+    for (std::int64_t r = 0; r < c.rows; ++r) a.at(b, r) *= factor;
   }
   return a;
 }
@@ -82,8 +85,8 @@ dense absolute(const dense& a) {
 
 dense linear_forward(const call_case& c) { return matmul(incidence(c), effective_table(c)); }
 
-dense linear_backward(const call_case& c, const dense& grad_output) {
-  dense g = matmul(transpose(incidence(c)), grad_output);
+dense linear_backward(const call_case& c, const dense& grad_output, bool magnitudes) {
+  dense g = matmul(transpose(incidence(c, magnitudes)), grad_output);
   if (c.opts.scale_grad_by_freq) {
     std::map<std::int64_t, double> count;
     for (std::int64_t i : c.indices)
@@ -204,7 +207,7 @@ call_case after_forward(const call_case& c, const call_results& r) {
     if (auto agrees = max_agrees_with_table(seen, r); !agrees) return agrees << " (forward max)";
   } else {
     const dense want = linear_forward(seen);
-    const dense scale = matmul(absolute(incidence(seen)), absolute(effective_table(seen)));
+    const dense scale = matmul(incidence(seen, true), absolute(effective_table(seen)));
     if (auto close = close_to(want, scale, r.out.data(), c.out_stride, rel); !close) return close << " (forward)";
   }
 
@@ -224,9 +227,7 @@ call_case after_forward(const call_case& c, const call_results& r) {
       }
   } else {
     want_grad = linear_backward(seen, dy);
-    call_case magnitudes = seen;
-    for (float& w : magnitudes.weights) w = std::fabs(w);
-    grad_scale = linear_backward(magnitudes, absolute(dy));
+    grad_scale = linear_backward(seen, absolute(dy), true);
   }
   const std::vector<float> start = grad_start_for(c);
   std::vector<float> dense_minus_start(static_cast<std::size_t>(c.rows * c.dim));

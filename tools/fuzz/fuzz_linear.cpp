@@ -39,7 +39,7 @@ embag::test::call_case as_case(const fuzz_call& f) {
   c.fixed_length = f.fixed_length;
   c.weights = f.weights;
   c.opts = f.opts;
-  c.out_stride = f.out_stride;
+  c.out_stride = std::max(f.out_stride, f.dim);  // the run allocates rows x out_stride; 0 means dim
   c.indices = f.indices64;
   c.bag_begin = embag::fuzz::bag_starts(f);
   return c;
