@@ -4,5 +4,6 @@
 namespace embag::tool {
 
 int bench_command(int argc, char** argv);
+int fuzz_command(int argc, char** argv);
 
 }  // namespace embag::tool

@@ -1,6 +1,7 @@
 // The embag command.
 //   embag info   version, the CPU's instruction sets, the one dispatch picked, the thread count
 //   embag bench  the cross-ISA benchmark report (tools/bench_command.cpp)
+//   embag fuzz   the differential check of every ISA against the reference (tools/fuzz_command.cpp)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -27,7 +28,7 @@ int info() {
 }
 
 int usage(FILE* to) {
-  std::fprintf(to, "usage: embag info | embag bench [--help]\n");
+  std::fprintf(to, "usage: embag info | embag bench [--help] | embag fuzz [--help]\n");
   return to == stdout ? 0 : 2;
 }
 
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
     const std::string command = argv[1];
     if (command == "info") return info();
     if (command == "bench") return embag::tool::bench_command(argc - 2, argv + 2);
+    if (command == "fuzz") return embag::tool::fuzz_command(argc - 2, argv + 2);
     if (command == "--help" || command == "-h") return usage(stdout);
     std::fprintf(stderr, "embag: unknown command '%s'\n", argv[1]);
     return usage(stderr);

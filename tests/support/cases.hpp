@@ -58,7 +58,7 @@ call_case make_case(std::int64_t rows, std::int64_t dim, const std::vector<std::
 // An output buffer (rows x stride) filled with a canary pattern, so unwritten cells are visible.
 std::vector<float> canary_buffer(std::int64_t rows, std::int64_t stride);
 
-// Bitwise equality of two float buffers over the written cells (rows x dim of a stride), with the
+// Bitwise equality (any NaN equal to any NaN) of two float buffers over the written cells (rows x dim of a stride), with the
 // first difference reported.
 ::testing::AssertionResult same_bits(const std::vector<float>& expected, const std::vector<float>& actual,
                                      std::int64_t rows, std::int64_t dim, std::int64_t stride);

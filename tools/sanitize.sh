@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The sanitizer lanes (run by .ci/run after the README's test command, which installs the tools):
+#   tools/sanitize.sh address   every test suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   tools/sanitize.sh thread    the concurrency tests under ThreadSanitizer
+# Each lane has its own build directory (build-asan, build-tsan) and leaves meson's JUnit log there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+  address)
+    # UBSan only reports and goes on unless told not to recover
+    [ -f build-asan/build.ninja ] || meson setup build-asan --buildtype=debugoptimized -Db_lundef=false \
+      -Db_sanitize=address,undefined -Dcpp_args=-fno-sanitize-recover=all
+    meson compile -C build-asan
+    # fewer random cases per ISA than the release run: the sanitizers make each one ~10x slower
+    EMBAG_TEST_CASES=300 meson test -C build-asan --no-rebuild --print-errorlogs
+    ;;
+  thread)
+    [ -f build-tsan/build.ninja ] || meson setup build-tsan --buildtype=debugoptimized -Db_lundef=false \
+      -Db_sanitize=thread
+    meson compile -C build-tsan tests/threads_test tests/stress_test
+    TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tests/tsan.supp" \
+      meson test -C build-tsan --no-rebuild --print-errorlogs threads stress
+    ;;
+  *)
+    echo "usage: tools/sanitize.sh address|thread" >&2
+    exit 2
+    ;;
+esac
