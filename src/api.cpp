@@ -177,6 +177,8 @@ std::string_view to_string(errc code) noexcept {
     case errc::aliasing: return "aliasing";
     case errc::unsupported_isa: return "unsupported_isa";
     case errc::misaligned: return "misaligned";
+    case errc::io_error: return "io_error";
+    case errc::bad_file: return "bad_file";
   }
   return "unknown";
 }

@@ -43,6 +43,8 @@ enum class errc : int {
   aliasing,                // an output overlapping an input
   unsupported_isa,         // an instruction set this CPU (or build) lacks
   misaligned,              // a pointer not aligned to its element type (reading through it is UB)
+  io_error,                // a file that cannot be opened, mapped, read, written or renamed
+  bad_file,                // a file whose contents are malformed: header, dtype, shape, truncated data
 };
 
 std::string_view to_string(errc code) noexcept;
