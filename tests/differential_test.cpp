@@ -43,6 +43,17 @@ TEST(FuzzRegression, LinearScaleOfCancellingWeightsOnARepeatedRow) {
   ASSERT_TRUE(agrees_with_linear(c, r));
 }
 
+// Found by fuzz_linear: 243 mean contributions to one row (bags of 82, 0, 0, 96 and 65), added in
+// float onto a start of magnitude 2, drift by more than 1e-5 of the scale; the allowed error now
+// grows with the number of terms.
+TEST(FuzzRegression, LinearToleranceGrowsWithTheTermsOfARow) {
+  call_case c = make_case(1, 128, std::vector<std::int64_t>(243, 0), {0, 82, 82, 82, 178});
+  c.opts.mode = mode::mean;
+  c.opts.scale_grad_by_freq = true;
+  const call_results r = run_case(c, isa::reference, 1);
+  ASSERT_TRUE(agrees_with_linear(c, r));
+}
+
 class EveryIsa : public ::testing::TestWithParam<isa> {};
 
 TEST_P(EveryIsa, MatchesReferenceBitForBit) {
