@@ -106,12 +106,13 @@ weights_grad_expectation linear_weights_grad(const call_case& c, const dense& gr
   e.value.assign(c.indices.size(), 0.0);
   e.scale.assign(c.indices.size(), 0.0);
   for (std::int64_t b = 0; b < c.num_bags(); ++b) {
-    double total = 0.0, weighted = 0.0, weighted_abs = 0.0;
+    double total = 0.0, abs_total = 0.0, weighted = 0.0, weighted_abs = 0.0;
     for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
       if (c.indices[j] == pad) continue;
       e.value[j] = g.at(b, c.indices[j]);
       e.scale[j] = g_abs.at(b, c.indices[j]);
       total += c.weights[j];
+      abs_total += std::fabs(c.weights[j]);
       weighted += c.weights[j] * e.value[j];
       weighted_abs += std::fabs(c.weights[j]) * e.scale[j];
     }
@@ -119,7 +120,10 @@ weights_grad_expectation linear_weights_grad(const call_case& c, const dense& gr
     for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
       if (c.indices[j] == pad) continue;
       e.value[j] = total == 0.0 ? 0.0 : (e.value[j] - weighted / total) / total;
-      e.scale[j] = total == 0.0 ? 0.0 : (e.scale[j] + weighted_abs / std::fabs(total)) / std::fabs(total);
+      // divided by the float sum of the weights twice, whose own rounding is relative to sum|w| / |sum w|
+      e.scale[j] = total == 0.0 ? 0.0
+                                : (e.scale[j] + weighted_abs / std::fabs(total)) / std::fabs(total) *
+                                      (1.0 + 2.0 * abs_total / std::fabs(total));
     }
   }
   return e;
