@@ -43,6 +43,27 @@ TEST(FuzzRegression, LinearScaleOfCancellingWeightsOnARepeatedRow) {
   ASSERT_TRUE(agrees_with_linear(c, r));
 }
 
+// Found by fuzz_linear: 243 mean contributions to one row (bags of 82, 0, 0, 96 and 65), added in
+// float onto a start of magnitude 2, drift by more than 1e-5 of the scale; the allowed error now
+// grows with the number of terms.
+TEST(FuzzRegression, LinearToleranceGrowsWithTheTermsOfARow) {
+  call_case c = make_case(1, 128, std::vector<std::int64_t>(243, 0), {0, 82, 82, 82, 178});
+  c.opts.mode = mode::mean;
+  c.opts.scale_grad_by_freq = true;
+  const call_results r = run_case(c, isa::reference, 1);
+  ASSERT_TRUE(agrees_with_linear(c, r));
+}
+
+// Found by fuzz_linear: weights of a mean that nearly cancel (sum 0.4 out of 2000) leave the float
+// divisor with a relative error near 1e-4, which the weights gradient divides by twice.
+TEST(FuzzRegression, LinearWeightsGradScaleCountsTheDivisorsRounding) {
+  call_case c = make_case(3, 16, {0, 1, 2}, {0});
+  c.opts.mode = mode::mean;
+  c.weights = {1000.1f, 0.3f, -1000.0f};  // 1000.1 + 0.3 rounds in float
+  const call_results r = run_case(c, isa::reference, 1);
+  ASSERT_TRUE(agrees_with_linear(c, r));
+}
+
 class EveryIsa : public ::testing::TestWithParam<isa> {};
 
 TEST_P(EveryIsa, MatchesReferenceBitForBit) {
