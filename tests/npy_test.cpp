@@ -5,46 +5,27 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <numeric>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
+#include "support/temporary_directory.hpp"
 
 namespace embag {
 namespace {
 
-namespace fs = std::filesystem;
-
-// A fresh directory per test, removed afterwards.
+// A fresh directory per test.
 class NpyFiles : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "embag-npy-XXXXXX").string();
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename().string());
-    return names;
-  }
-  void write_bytes(const std::string& name, const std::string& bytes) const {
-    std::ofstream(path(name), std::ios::binary) << bytes;
-  }
-  fs::path dir_;
+  std::string path(const std::string& name) const { return dir_.path(name); }
+  std::set<std::string> listing() const { return dir_.listing(); }
+  void write_bytes(const std::string& name, const std::string& bytes) const { dir_.write(name, bytes); }
+  std::string read_bytes(const std::string& name) const { return dir_.read(name); }
+  test::temporary_directory dir_;
 };
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
 
 std::string fixture(const std::string& name) {
   const char* dir = std::getenv("EMBAG_TEST_DATA");
@@ -56,9 +37,10 @@ std::int64_t product(const std::vector<std::int64_t>& shape) {
 }
 
 template <class T>
-void expect_round_trip(const std::string& file, npy_dtype type, const std::vector<std::int64_t>& shape) {
+void expect_round_trip(const test::temporary_directory& dir, const std::string& name, npy_dtype type, const std::vector<std::int64_t>& shape) {
   std::vector<T> values(static_cast<std::size_t>(product(shape)));
   for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<T>(i * 3) - static_cast<T>(7);
+  const std::string file = dir.path(name);
   write_npy(file, type, shape, values.data());
   for (npy_array::load how : {npy_array::load::map, npy_array::load::copy}) {
     const npy_array a = npy_array::open(file, how);
@@ -72,7 +54,7 @@ void expect_round_trip(const std::string& file, npy_dtype type, const std::vecto
     }
   }
   // the header NumPy writes: version 1.0, the data 64-byte aligned
-  const std::string bytes = read_bytes(file);
+  const std::string bytes = dir.read(name);
   EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
   EXPECT_EQ((bytes.size() - values.size() * sizeof(T)) % 64, 0u);
 }
@@ -81,9 +63,9 @@ TEST_F(NpyFiles, EveryDtypeAndRankRoundTrips) {
   const std::vector<std::vector<std::int64_t>> shapes = {{5}, {0}, {3, 4}, {0, 4}, {4, 0}, {2, 3, 5}, {2, 0, 3}};
   for (const auto& shape : shapes) {
     SCOPED_TRACE(::testing::PrintToString(shape));
-    expect_round_trip<float>(path("f32.npy"), npy_dtype::f32, shape);
-    expect_round_trip<std::int32_t>(path("i32.npy"), npy_dtype::i32, shape);
-    expect_round_trip<std::int64_t>(path("i64.npy"), npy_dtype::i64, shape);
+    expect_round_trip<float>(dir_, "f32.npy", npy_dtype::f32, shape);
+    expect_round_trip<std::int32_t>(dir_, "i32.npy", npy_dtype::i32, shape);
+    expect_round_trip<std::int64_t>(dir_, "i64.npy", npy_dtype::i64, shape);
   }
   EXPECT_EQ(listing().size(), 3u) << "no temporary file is left behind";
 }
@@ -102,7 +84,7 @@ TEST_F(NpyFiles, HeaderPastSixteenBitsIsVersionTwo) {
   const std::vector<std::int64_t> shape(30000, 1);  // a header of about 90 KB
   const std::int32_t value = 42;
   write_npy(path("long.npy"), npy_dtype::i32, shape, &value);
-  const std::string bytes = read_bytes(path("long.npy"));
+  const std::string bytes = read_bytes("long.npy");
   EXPECT_EQ(bytes[6], 2);
   EXPECT_EQ((bytes.size() - 4) % 64, 0u);
   const npy_array a = npy_array::open(path("long.npy"));
@@ -331,7 +313,7 @@ TEST_F(NpyFiles, PythonTwoLongSuffixIsRead) {
 }
 
 TEST_F(NpyFiles, MissingFileOrDirectoryIsAnIoError) {
-  for (const std::string& p : {path("absent.npy"), dir_.string()}) {
+  for (const std::string& p : {path("absent.npy"), dir_.path()}) {
     try {
       npy_array::open(p);
       ADD_FAILURE() << p;
@@ -357,8 +339,8 @@ TEST_F(NpyFiles, FailedWritesLeaveNoFileAndExistingFilesUntouched) {
   write_bytes("keep.npy", "precious");
   EXPECT_THROW(write_npy(path("keep.npy"), npy_dtype::f32, std::vector<std::int64_t>{-3}, values), error);
   EXPECT_THROW(write_npy(path("keep.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, nullptr), error);
-  EXPECT_EQ(read_bytes(path("keep.npy")), "precious");
-  EXPECT_EQ(listing(), std::vector<std::string>{"keep.npy"});
+  EXPECT_EQ(read_bytes("keep.npy"), "precious");
+  EXPECT_EQ(listing(), std::set<std::string>{"keep.npy"});
 }
 
 TEST_F(NpyFiles, WriteGroupIsAllOrNothing) {
@@ -370,14 +352,14 @@ TEST_F(NpyFiles, WriteGroupIsAllOrNothing) {
     EXPECT_THROW(group.stage(path("missing/b.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values), error);
     group.commit();  // the failed stage removed what was staged: nothing to rename
   }
-  EXPECT_EQ(read_bytes(path("a.npy")), "old a");
+  EXPECT_EQ(read_bytes("a.npy"), "old a");
   {
     npy_write_group group;
     group.stage(path("a.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
     group.stage(path("b.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
   }  // never committed
-  EXPECT_EQ(listing(), std::vector<std::string>{"a.npy"});
-  EXPECT_EQ(read_bytes(path("a.npy")), "old a");
+  EXPECT_EQ(listing(), std::set<std::string>{"a.npy"});
+  EXPECT_EQ(read_bytes("a.npy"), "old a");
   {
     npy_write_group group;
     group.stage(path("a.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);

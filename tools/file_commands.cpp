@@ -200,7 +200,7 @@ int run_forward(const command_line& c) {
   const npy_array weight = npy_array::open(c.weight);
   const table_view<const float> table = weight.as_table();
   const bag_files in(c);
-  // output_rows is -1 for an empty offsets array with include_last_offset, which forward rejects
+  // output_rows is -1 for an empty offsets array with include_last_offset, which the library rejects
   const std::int64_t out_rows = std::max<std::int64_t>(0, output_rows(in.batch, c.opts));
   std::vector<float> out = zeros<float>("the output", out_rows, table.dim);
   std::vector<std::int64_t> argmax = zeros<std::int64_t>("the argmax", c.argmax_out.empty() ? 0 : out_rows, table.dim);
@@ -226,6 +226,11 @@ int run_backward(const command_line& c) {
   const bag_files in(c);
   const npy_array grad_file = npy_array::open(c.grad_output);
   const table_view<const float> grad = grad_file.as_table();
+  // the library accepts a taller gradient (a slice of a larger buffer); a file is the whole gradient
+  const std::int64_t out_rows = std::max<std::int64_t>(0, output_rows(in.batch, c.opts));
+  if (grad.rows != out_rows)
+    throw error(errc::size_mismatch, c.grad_output + ": the gradient has " + std::to_string(grad.rows) +
+                                         " rows, forward's output has " + std::to_string(out_rows));
   const matrix_view<const float> grad_output{grad.data, grad.rows, grad.dim};
   std::optional<npy_array> argmax_file;
   std::span<const std::int64_t> argmax;
