@@ -7,15 +7,19 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <new>
+#include <optional>
 #include <string>
 
 #include "embag/embag.hpp"
+#include "embag/npy.hpp"
 #include "validate.hpp"
 
 struct embag_table {
   embag::table_view<const float> rows;
   float* writable = nullptr;  // the same rows, when the caller lent them mutable (max_norm in place)
+  std::optional<embag::npy_array> file;  // the mapped (or copied) file the rows live in
 };
 
 namespace {
@@ -201,7 +205,7 @@ embag_status new_table(const float* data, float* writable, std::int64_t rows, st
   return guarded([&] {
     embag_table*& result = required(out, "out");
     embag::detail::validate_matrix("table", data, rows, dim, row_stride);
-    result = new embag_table{{data, rows, dim, row_stride}, writable};
+    result = new embag_table{{data, rows, dim, row_stride}, writable, std::nullopt};
   });
 }
 
@@ -241,6 +245,20 @@ embag_status embag_table_from_memory(const float* data, int64_t rows, int64_t di
 embag_status embag_table_from_mutable_memory(float* data, int64_t rows, int64_t dim, int64_t row_stride,
                                              embag_table** out) {
   return new_table(data, data, rows, dim, row_stride, out);
+}
+
+embag_status embag_table_open_npy(const char* path, uint32_t flags, embag_table** out) {
+  return guarded([&] {
+    embag_table*& result = required(out, "out");
+    required(path, "path");
+    if ((flags & ~EMBAG_NPY_COPY) != 0)
+      throw error(errc::invalid_option, "flags has unknown bits " + std::to_string(flags & ~EMBAG_NPY_COPY));
+    auto table = std::make_unique<embag_table>();
+    table->file = embag::npy_array::open(path, (flags & EMBAG_NPY_COPY) != 0 ? embag::npy_array::load::copy
+                                                                              : embag::npy_array::load::map);
+    table->rows = table->file->as_table();
+    result = table.release();
+  });
 }
 
 void embag_table_destroy(embag_table* table) { delete table; }

@@ -101,6 +101,55 @@ static void test_tables(void) {
   EXPECT_STATUS(embag_table_from_memory(table_rows, rows, dim, 0, NULL), EMBAG_ERR_NULL_POINTER);
 }
 
+/* tests/data (EMBAG_TEST_DATA) holds .npy files NumPy wrote; v1_f32_2x3.npy is 2 x 3, k-th value k/2. */
+static void data_file(char* path, size_t size, const char* name) {
+  const char* dir = getenv("EMBAG_TEST_DATA");
+  snprintf(path, size, "%s/%s", dir != NULL ? dir : "tests/data", name);
+}
+
+static void test_npy_tables(void) {
+  static int sentinel;
+  char path[4096];
+  embag_table* t = NULL;
+  embag_table* untouched = (embag_table*)&sentinel;
+  const int64_t indices[] = {1, 0, 1};
+  const int64_t offsets[] = {0, 1};
+  float out[2 * 3];
+  embag_matrix out_view = {out, 2, 3, 0};
+  embag_bags b = offsets_bags();
+  int64_t r = 0, d = 0;
+  uint32_t how;
+  b.indices = indices;
+  b.num_indices = 3;
+  b.boundaries = offsets;
+
+  data_file(path, sizeof path, "v1_f32_2x3.npy");
+  for (how = 0; how <= EMBAG_NPY_COPY; how += EMBAG_NPY_COPY) {
+    EXPECT_OK(embag_table_open_npy(path, how, &t));
+    EXPECT_OK(embag_table_shape(t, &r, &d));
+    CHECK(r == 2 && d == 3);
+    EXPECT_OK(embag_forward(t, &b, NULL, &out_view, NULL, 0));
+    CHECK(out[0] == 1.5f && out[2] == 2.5f && out[3] == 0.0f + 1.5f && out[5] == 1.0f + 2.5f);
+    embag_table_destroy(t);
+    t = NULL;
+  }
+
+  data_file(path, sizeof path, "no_such_file.npy");
+  EXPECT_STATUS(embag_table_open_npy(path, 0, &untouched), EMBAG_ERR_IO);
+  CHECK(error_mentions("no_such_file.npy"));
+  data_file(path, sizeof path, "fortran_f32_2x3.npy");
+  EXPECT_STATUS(embag_table_open_npy(path, 0, &untouched), EMBAG_ERR_BAD_FILE);
+  CHECK(error_mentions("fortran_f32_2x3.npy"));
+  data_file(path, sizeof path, "v2_i64_3.npy"); /* a 1-D int64 array is no table */
+  EXPECT_STATUS(embag_table_open_npy(path, EMBAG_NPY_COPY, &untouched), EMBAG_ERR_BAD_FILE);
+  CHECK(error_mentions("v2_i64_3.npy"));
+  data_file(path, sizeof path, "v1_f32_2x3.npy");
+  EXPECT_STATUS(embag_table_open_npy(path, 0x4u, &untouched), EMBAG_ERR_INVALID_OPTION);
+  EXPECT_STATUS(embag_table_open_npy(NULL, 0, &untouched), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_table_open_npy(path, 0, NULL), EMBAG_ERR_NULL_POINTER);
+  CHECK(untouched == (embag_table*)&sentinel);
+}
+
 static void test_forward_modes(const embag_table* t) {
   float out[rows * dim];
   int64_t argmax[2 * dim];
@@ -502,6 +551,7 @@ int main(void) {
 
   test_version_and_status_names();
   test_tables();
+  test_npy_tables();
   if (embag_table_from_memory(table_rows, rows, dim, 0, &t) != EMBAG_OK) {
     fprintf(stderr, "c_api_test: cannot make the table: %s\n", embag_last_error());
     return 1;

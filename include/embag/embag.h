@@ -10,8 +10,9 @@
  * - Enumerations are int32_t constants (#define), so their size never depends on the compiler.
  * - Arrays are passed as a pointer and an element count; matrices as an embag_matrix whose
  *   row_stride (in elements) may exceed cols, 0 meaning cols.
- * - Tables are opaque handles; they never copy the caller's rows and may be used by many threads
- *   at once (except with max_norm in place, which writes the table).
+ * - Tables are opaque handles over the caller's rows or a .npy file; they never copy the caller's
+ *   rows and may be used by many threads at once (except with max_norm in place, which writes the
+ *   table).
  */
 #ifndef EMBAG_EMBAG_H
 #define EMBAG_EMBAG_H
@@ -68,7 +69,14 @@ embag_status embag_table_from_memory(const float* data, int64_t rows, int64_t di
                                      embag_table** out);
 embag_status embag_table_from_mutable_memory(float* data, int64_t rows, int64_t dim, int64_t row_stride,
                                              embag_table** out);
-/* Frees the handle (never the borrowed rows); NULL is allowed. Cannot fail. */
+/* A table from a 2-D float32 .npy file (versions 1.0 to 3.0, C order). By default the file is
+ * memory-mapped read-only: no copy, and processes mapping the same file share its pages (the file
+ * must then not change while the table lives); EMBAG_NPY_COPY reads it into memory the table owns.
+ * Big-endian files are converted, which copies. EMBAG_ERR_IO (cannot open, map, read) or
+ * EMBAG_ERR_BAD_FILE (malformed header, not 2-D float32, truncated), naming the file. */
+#define EMBAG_NPY_COPY 0x1u
+embag_status embag_table_open_npy(const char* path, uint32_t flags, embag_table** out);
+/* Frees the handle (and unmaps its file; never borrowed rows); NULL is allowed. Cannot fail. */
 void embag_table_destroy(embag_table* table);
 embag_status embag_table_shape(const embag_table* table, int64_t* rows, int64_t* dim);
 
