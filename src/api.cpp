@@ -75,9 +75,9 @@ void run_forward(isa which, forward_request& req, const execution& how) {
   if (which == isa::reference) return reference::forward(req);
   choose_prefetch(req, how.prefetch);
   block_list plan;
-  plan_forward_blocks(req.bags, req.mode, req.dim, threads_for(how.max_threads), plan);
+  plan_forward_blocks(req.bags, req.mode, req.dim, threads_for(how), plan);
   const kernel_table& k = kernels_of(which);
-  run_blocks(plan.count, how.max_threads, [&](std::int64_t i) { k.forward(req, plan.blocks[i]); });
+  run_blocks(plan.count, how, [&](std::int64_t i) { k.forward(req, plan.blocks[i]); });
 }
 
 void forward_checked(const float* table, float* mutable_table, std::int64_t rows, std::int64_t dim,
@@ -152,11 +152,11 @@ backward_call prepare_backward(std::int64_t rows, std::int64_t dim, const bags& 
 }
 
 // The kernels over blocks of unique rows of r.transpose.
-void run_row_kernels(isa which, const backward_request& r, int max_threads) {
+void run_row_kernels(isa which, const backward_request& r, const execution& how) {
   block_list plan;
-  plan_row_blocks(r.transpose, r.dim, threads_for(max_threads), plan);
+  plan_row_blocks(r.transpose, r.dim, threads_for(how), plan);
   const kernel_table& k = kernels_of(which);
-  run_blocks(plan.count, max_threads,
+  run_blocks(plan.count, how,
              [&](std::int64_t i) { k.backward_rows(r, plan.blocks[i].bag_begin, plan.blocks[i].bag_end); });
 }
 
@@ -216,8 +216,8 @@ void backward_dense(const bags& batch, const options& opts, matrix_view<const fl
   if (call.which == isa::reference) return reference::backward(call.req, nullptr);
   scratch_or_local ws(scratch);
   backward_request& r = call.req;
-  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution.max_threads, ws.get());
-  run_row_kernels(call.which, r, opts.execution.max_threads);
+  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution, ws.get());
+  run_row_kernels(call.which, r, opts.execution);
 }
 
 void backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
@@ -235,7 +235,7 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
   if (call.which == isa::reference) return reference::backward(call.req, &grad);
   scratch_or_local ws(scratch);
   backward_request& r = call.req;
-  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution.max_threads, ws.get());
+  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution, ws.get());
   const std::int64_t unique = r.transpose.num_unique;
   // reserve first: if memory runs out, grad is still what it was
   grad.rows.reserve(static_cast<std::size_t>(unique));
@@ -244,7 +244,7 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
   grad.rows.assign(r.transpose.unique_rows, r.transpose.unique_rows + unique);
   grad.values.resize(static_cast<std::size_t>(unique * dim));
   r.sparse_values = grad.values.data();
-  run_row_kernels(call.which, r, opts.execution.max_threads);
+  run_row_kernels(call.which, r, opts.execution);
 }
 
 void per_sample_weights_grad(table_view<const float> table, const bags& batch, const options& opts,
@@ -275,9 +275,9 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
   w.grad_weights = grad_weights.data();
   if (which == isa::reference) return reference::weights_grad(w);
   block_list plan;
-  plan_forward_blocks(bags, opts.mode, table.dim, threads_for(opts.execution.max_threads), plan);
+  plan_forward_blocks(bags, opts.mode, table.dim, threads_for(opts.execution), plan);
   const kernel_table& k = kernels_of(which);
-  run_blocks(plan.count, opts.execution.max_threads, [&](std::int64_t i) { k.weights_grad(w, plan.blocks[i]); });
+  run_blocks(plan.count, opts.execution, [&](std::int64_t i) { k.weights_grad(w, plan.blocks[i]); });
 }
 
 float read_rows(table_view<const float> table, index_span indices, const execution& how) {
@@ -293,11 +293,11 @@ float read_rows(table_view<const float> table, index_span indices, const executi
   forward_request req = make_forward_request(table.data, table.rows, table.dim, stride, bags, opts, no_padding);
   choose_prefetch(req, how.prefetch);
   block_list plan;
-  plan_forward_blocks(bags, mode::none, table.dim, threads_for(how.max_threads), plan);
+  plan_forward_blocks(bags, mode::none, table.dim, threads_for(how), plan);
   std::array<float, max_blocks> folded{};
   std::vector<float> sinks(static_cast<std::size_t>(plan.count * table.dim));  // not the hot path
   const kernel_table& k = kernels_of(which);
-  run_blocks(plan.count, how.max_threads,
+  run_blocks(plan.count, how,
              [&](std::int64_t i) { folded[i] = k.read_rows(req, plan.blocks[i], sinks.data() + i * table.dim); });
   float total = 0.0f;
   for (int i = 0; i < plan.count; ++i) total += folded[i];

@@ -32,15 +32,19 @@ tbb::task_arena& arena_of(int threads) {
   return *arenas[threads];
 }
 
+tbb::task_arena* handed_arena(const execution& how) noexcept { return static_cast<tbb::task_arena*>(how.arena); }
+
 }  // namespace
 
-int threads_for(int max_threads) noexcept {
+int threads_for(const execution& how) noexcept {
+  if (tbb::task_arena* arena = handed_arena(how)) return arena->max_concurrency();
   const int available = tbb::this_task_arena::max_concurrency();
-  return max_threads <= 0 ? available : std::min(max_threads, available);
+  return how.max_threads <= 0 ? available : std::min(how.max_threads, available);
 }
 
-void run_blocks(std::int64_t count, int max_threads, void (*body)(const void* ctx, std::int64_t i), const void* ctx) {
-  const int threads = threads_for(max_threads);
+void run_blocks(std::int64_t count, const execution& how, void (*body)(const void* ctx, std::int64_t i),
+                const void* ctx) {
+  const int threads = threads_for(how);
   if (count <= 1 || threads <= 1) {
     for (std::int64_t i = 0; i < count; ++i) body(ctx, i);
     return;
@@ -50,9 +54,12 @@ void run_blocks(std::int64_t count, int max_threads, void (*body)(const void* ct
       for (std::int64_t i = r.begin(); i != r.end(); ++i) body(ctx, i);
     });
   };
-  // Below the current arena's size, a cached smaller arena enforces the cap; otherwise run in the
-  // caller's arena (nested inside its own TBB tasks if it has any).
-  if (max_threads > 0 && threads < tbb::this_task_arena::max_concurrency() && threads <= max_cached_arena)
+  // An arena the caller handed over runs it; below the current arena's size, a cached smaller
+  // arena enforces the cap; otherwise run in the caller's arena (nested inside its own TBB tasks
+  // if it has any).
+  if (tbb::task_arena* arena = handed_arena(how))
+    arena->execute(loop);
+  else if (how.max_threads > 0 && threads < tbb::this_task_arena::max_concurrency() && threads <= max_cached_arena)
     arena_of(threads).execute(loop);
   else
     loop();

@@ -1,20 +1,23 @@
-// Runs the blocks of a plan: inline, in the caller's TBB arena, or in a cached arena capped to the
-// caller's thread limit. Knows nothing of SIMD or of what the blocks do.
+// Runs the blocks of a plan: inline, in the caller's TBB arena, in an arena the call was handed, or
+// in a cached arena capped to the caller's thread limit. Knows nothing of SIMD or of what the blocks
+// do.
 #pragma once
 
 #include <cstdint>
 
+#include "embag/embag.hpp"
+
 namespace embag::detail {
 
-// The threads a call with this max_threads may use (1 means inline).
-int threads_for(int max_threads) noexcept;
+// The threads a call run this way may use (1 means inline).
+int threads_for(const execution& how) noexcept;
 
 // Calls body(ctx, i) for i in [0, count), possibly concurrently. Exceptions must not escape body.
-void run_blocks(std::int64_t count, int max_threads, void (*body)(const void* ctx, std::int64_t i), const void* ctx);
+void run_blocks(std::int64_t count, const execution& how, void (*body)(const void* ctx, std::int64_t i), const void* ctx);
 
 template <class Body>
-void run_blocks(std::int64_t count, int max_threads, const Body& body) {
-  run_blocks(count, max_threads, [](const void* ctx, std::int64_t i) { (*static_cast<const Body*>(ctx))(i); }, &body);
+void run_blocks(std::int64_t count, const execution& how, const Body& body) {
+  run_blocks(count, how, [](const void* ctx, std::int64_t i) { (*static_cast<const Body*>(ctx))(i); }, &body);
 }
 
 }  // namespace embag::detail

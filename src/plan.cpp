@@ -163,9 +163,9 @@ std::int64_t chunk_begin(std::int64_t n, int chunks, int c) { return n * c / chu
 }  // namespace
 
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
-                                  embag::mode mode, int max_threads, workspace::impl& ws) {
+                                  embag::mode mode, const execution& how, workspace::impl& ws) {
   const std::int64_t nnz = bags.nnz;
-  const int threads = threads_for(max_threads);
+  const int threads = threads_for(how);
   // Chunks of positions for the parallel passes; the result is the same for any chunking.
   const int chunks = nnz < 16384 || threads <= 1 ? 1 : std::min(threads * 4, 64);
 
@@ -175,7 +175,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
     if (mode == mode::mean) ws.bag_divisor.resize(static_cast<std::size_t>(bags.num_bags));
     block_list blocks;
     plan_forward_blocks(bags, mode::sum, 1, threads, blocks);
-    run_blocks(blocks.count, max_threads, [&](std::int64_t i) {
+    run_blocks(blocks.count, how, [&](std::int64_t i) {
       const bag_block& block = blocks.blocks[i];
       std::int64_t start = block.index_begin;
       for (std::int64_t b = block.bag_begin; b < block.bag_end; ++b) {
@@ -199,7 +199,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   std::vector<std::int64_t>& chunk_start = ws.chunk_start;
   chunk_start.assign(static_cast<std::size_t>(chunks) + 1, 0);
   with_indices(bags, [&](const auto* indices) {
-    run_blocks(chunks, max_threads, [&](std::int64_t c) {
+    run_blocks(chunks, how, [&](std::int64_t c) {
       std::int64_t n = 0;
       for (std::int64_t j = chunk_begin(nnz, chunks, int(c)); j < chunk_begin(nnz, chunks, int(c) + 1); ++j)
         n += indices[j] != padding_idx;
@@ -212,7 +212,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   ws.positions.resize(static_cast<std::size_t>(m));
   ws.bags.resize(static_cast<std::size_t>(m));
   with_indices(bags, [&](const auto* indices) {
-    run_blocks(chunks, max_threads, [&](std::int64_t c) {
+    run_blocks(chunks, how, [&](std::int64_t c) {
       std::int64_t out = chunk_start[c];
       for (std::int64_t j = chunk_begin(nnz, chunks, int(c)); j < chunk_begin(nnz, chunks, int(c) + 1); ++j) {
         if (indices[j] == padding_idx) continue;
@@ -241,7 +241,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   std::int64_t* bags_out = ws.bags_scratch.data();
   for (int shift = 0; shift < bits; shift += digit_bits) {
     std::int64_t* histogram = ws.histogram.data();  // chunk c's counts at histogram[c * radix + digit]
-    run_blocks(chunks, max_threads, [&](std::int64_t c) {
+    run_blocks(chunks, how, [&](std::int64_t c) {
       std::int64_t* h = histogram + c * radix;
       std::fill(h, h + radix, 0);
       for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i)
@@ -250,7 +250,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
     std::int64_t sum = 0;
     for (std::int64_t d = 0; d < radix; ++d)
       for (int c = 0; c < chunks; ++c) sum += std::exchange(histogram[c * radix + d], sum);
-    run_blocks(chunks, max_threads, [&](std::int64_t c) {
+    run_blocks(chunks, how, [&](std::int64_t c) {
       std::int64_t* h = histogram + c * radix;
       for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) {
         const std::int64_t slot = h[(keys[i] >> shift) & (radix - 1)]++;
@@ -266,7 +266,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
 
   // Unique rows and where their positions start: count per chunk, then fill.
   const auto starts_row = [&](std::int64_t i) { return i == 0 || keys[i] != keys[i - 1]; };
-  run_blocks(chunks, max_threads, [&](std::int64_t c) {
+  run_blocks(chunks, how, [&](std::int64_t c) {
     std::int64_t n = 0;
     for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) n += starts_row(i);
     chunk_start[c + 1] = n;
@@ -276,7 +276,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   const std::int64_t unique = chunk_start[chunks];
   ws.unique_rows.resize(static_cast<std::size_t>(unique));
   ws.segment_begin.resize(static_cast<std::size_t>(unique) + 1);
-  run_blocks(chunks, max_threads, [&](std::int64_t c) {
+  run_blocks(chunks, how, [&](std::int64_t c) {
     std::int64_t u = chunk_start[c];
     for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) {
       if (!starts_row(i)) continue;

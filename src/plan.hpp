@@ -43,10 +43,10 @@ void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, bloc
 // the caches, or as the caller (or EMBAG_PREFETCH, e.g. "l2:32", "l1:16", "none") forces.
 void choose_prefetch(forward_request& req, const prefetch_setting& asked);
 
-// The bags transposed into rows (see row_transpose), in the workspace's memory, built on up to
-// max_threads threads; the result does not depend on the thread count.
+// The bags transposed into rows (see row_transpose), in the workspace's memory, built on the
+// threads `how` allows; the result does not depend on the thread count.
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
-                                  embag::mode mode, int max_threads, workspace::impl& ws);
+                                  embag::mode mode, const execution& how, workspace::impl& ws);
 
 // torch.embedding_renorm_: each distinct row among `rows` whose norm exceeds max_norm is scaled
 // by max_norm_scale, once.

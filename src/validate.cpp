@@ -168,6 +168,9 @@ std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
                                    " must be >= 0");
   if (opts.execution.max_threads < 0)
     fail(errc::invalid_option, "execution.max_threads = " + str(std::int64_t{opts.execution.max_threads}) + " must be >= 0");
+  if (opts.execution.arena != nullptr && opts.execution.max_threads != 0)
+    fail(errc::invalid_option, "execution.max_threads = " + str(std::int64_t{opts.execution.max_threads}) +
+                                   " with execution.arena: the arena's size is the limit, max_threads must be 0");
   if (!opts.padding_idx) return no_padding;
   const std::int64_t p = *opts.padding_idx;
   if (p < -table_rows || p >= table_rows)

@@ -21,6 +21,16 @@ call_case large_case(std::uint64_t seed) {
   return random_case(seed, limits);
 }
 
+void expect_same_bits(const call_case& c, const call_results& one, const call_results& many) {
+  EXPECT_TRUE(same_bits(one.out, many.out, c.out_rows(), c.dim, c.out_stride)) << "forward";
+  EXPECT_EQ(one.argmax, many.argmax);
+  EXPECT_TRUE(same_bits(one.table_after, many.table_after, c.rows, c.dim, c.row_stride));
+  EXPECT_TRUE(same_bits(one.dense_grad, many.dense_grad, c.rows, c.dim, c.dim)) << "backward dense";
+  EXPECT_EQ(one.sparse.rows, many.sparse.rows);
+  EXPECT_EQ(one.sparse.values, many.sparse.values) << "backward sparse";
+  EXPECT_EQ(one.weights_grad, many.weights_grad) << "weights gradient";
+}
+
 class Determinism : public ::testing::TestWithParam<isa> {};
 
 TEST_P(Determinism, SameBitsOnOneTwoAndEightThreads) {
@@ -30,14 +40,26 @@ TEST_P(Determinism, SameBitsOnOneTwoAndEightThreads) {
     const call_results one = run_case(c, GetParam(), 1);
     for (int threads : {2, 8, 0}) {
       SCOPED_TRACE("threads=" + std::to_string(threads));
-      const call_results many = run_case(c, GetParam(), threads);
-      ASSERT_TRUE(same_bits(one.out, many.out, c.out_rows(), c.dim, c.out_stride)) << "forward";
-      ASSERT_EQ(one.argmax, many.argmax);
-      ASSERT_TRUE(same_bits(one.table_after, many.table_after, c.rows, c.dim, c.row_stride));
-      ASSERT_TRUE(same_bits(one.dense_grad, many.dense_grad, c.rows, c.dim, c.dim)) << "backward dense";
-      ASSERT_EQ(one.sparse.rows, many.sparse.rows);
-      ASSERT_EQ(one.sparse.values, many.sparse.values) << "backward sparse";
-      ASSERT_EQ(one.weights_grad, many.weights_grad) << "weights gradient";
+      expect_same_bits(c, one, run_case(c, GetParam(), threads));
+      if (HasFailure()) return;
+    }
+  }
+}
+
+// A call handed an arena runs in it (execution.arena) and gives the bits of an inline call.
+TEST_P(Determinism, HandedArenasOfOneAndTwoThreadsGiveTheInlineBits) {
+  tbb::task_arena arena_of_one(1), arena_of_two(2);
+  for (std::uint64_t seed = 20; seed <= 27; ++seed) {
+    const call_case c = large_case(seed);
+    SCOPED_TRACE(c.describe());
+    const call_results inline_results = run_case(c, GetParam(), 1);
+    for (tbb::task_arena* arena : {&arena_of_one, &arena_of_two}) {
+      SCOPED_TRACE("arena of " + std::to_string(arena->max_concurrency()) + " threads");
+      execution how;
+      how.isa = GetParam();
+      how.arena = arena;
+      expect_same_bits(c, inline_results, run_case(c, how));
+      if (HasFailure()) return;
     }
   }
 }
@@ -111,6 +133,24 @@ TEST(Concurrency, NestedInsideCallerTbbTasksAndArenas) {
       if (work.call(t, active_isa(), 0) != work.expected[t]) ++mismatches[t];
   });
   for (int t = 0; t < callers; ++t) EXPECT_EQ(mismatches[t], 0) << "caller " << t;
+}
+
+TEST(Concurrency, ArenaWithAThreadCapIsAnError) {
+  const call_case c = large_case(40);
+  tbb::task_arena arena(2);
+  options opts = c.opts;
+  opts.execution.arena = &arena;
+  opts.execution.max_threads = 2;
+  std::vector<float> out = canary_buffer(c.out_rows(), c.out_stride);
+  const std::vector<float> before = out;
+  try {
+    forward(c.view(), c.batch(), opts, {out.data(), c.out_rows(), c.dim, c.out_stride});
+    FAIL() << "no error";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_option);
+    EXPECT_NE(std::string(e.what()).find("execution.arena"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(same_bits(before, out, c.out_rows(), c.dim, c.out_stride));
 }
 
 TEST(Workspace, ReusedAcrossCallsGivesTheSameGradients) {

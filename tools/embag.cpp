@@ -2,6 +2,7 @@
 //   embag info   version, the CPU's instruction sets, the one dispatch picked, the thread count
 //   embag bench  the cross-ISA benchmark report (tools/bench_command.cpp)
 //   embag fuzz   the differential check of every ISA against the reference (tools/fuzz_command.cpp)
+//   embag forward, embag backward   one call on .npy files (tools/file_commands.cpp)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -28,7 +29,8 @@ int info() {
 }
 
 int usage(FILE* to) {
-  std::fprintf(to, "usage: embag info | embag bench [--help] | embag fuzz [--help]\n");
+  std::fprintf(to, "usage: embag info | embag bench [--help] | embag fuzz [--help]\n"
+                  "       embag forward [--help] | embag backward [--help]\n");
   return to == stdout ? 0 : 2;
 }
 
@@ -41,6 +43,8 @@ int main(int argc, char** argv) {
     if (command == "info") return info();
     if (command == "bench") return embag::tool::bench_command(argc - 2, argv + 2);
     if (command == "fuzz") return embag::tool::fuzz_command(argc - 2, argv + 2);
+    if (command == "forward") return embag::tool::forward_command(argc - 2, argv + 2);
+    if (command == "backward") return embag::tool::backward_command(argc - 2, argv + 2);
     if (command == "--help" || command == "-h") return usage(stdout);
     std::fprintf(stderr, "embag: unknown command '%s'\n", argv[1]);
     return usage(stderr);

@@ -201,6 +201,11 @@ struct execution {
   int max_threads = 0;           // 0: every thread of the current TBB arena; 1: inline, no TBB
   std::optional<embag::isa> isa;  // this call only; default: the process-wide choice
   prefetch_setting prefetch;
+  // A tbb::task_arena* the call runs its blocks in (arena->execute), using all of its threads;
+  // max_threads must then be 0. void* so that this header needs no TBB headers: oneTBB declares
+  // task_arena in a versioned internal namespace (tbb::detail::d1), which a forward declaration
+  // here would have to name and would break with the next TBB ABI version.
+  void* arena = nullptr;
 };
 
 struct options {

@@ -28,6 +28,8 @@ class npy_array {
   // Versions 1.0 to 3.0; little-endian <f4, <i4, <i8 (big-endian data is converted on load, which
   // copies); C order (Fortran order is rejected: the rows of a table must be contiguous).
   static npy_array open(const std::string& path, load how = load::map);
+  // The same parse of a whole .npy file already in memory, copied; `name` is what errors call it.
+  static npy_array from_bytes(std::span<const std::byte> file, const std::string& name);
 
   npy_array(npy_array&&) noexcept;
   npy_array& operator=(npy_array&&) noexcept;
@@ -53,5 +55,26 @@ class npy_array {
 // Writes a C-order little-endian array (format version 1.0, or 2.0 when the header needs it):
 // to `path` + a unique suffix, then renamed over `path`.
 void write_npy(const std::string& path, npy_dtype type, std::span<const std::int64_t> shape, const void* data);
+
+// Several files written all or none: stage() writes each to its temporary file (on error it removes
+// every temporary file staged so far and throws), commit() renames them all into place. Destroyed
+// without commit(), it removes its temporary files: a command whose last output fails leaves none.
+class npy_write_group {
+ public:
+  npy_write_group();
+  npy_write_group(const npy_write_group&) = delete;
+  npy_write_group& operator=(const npy_write_group&) = delete;
+  ~npy_write_group();
+
+  void stage(const std::string& path, npy_dtype type, std::span<const std::int64_t> shape, const void* data);
+  void commit();
+
+ private:
+  struct staged_file {
+    std::string temporary, path;
+  };
+  std::vector<staged_file> staged_;
+  void remove_staged() noexcept;
+};
 
 }  // namespace embag

@@ -17,9 +17,15 @@ std::vector<float> grad_start_for(const call_case& c) {
 }
 
 call_results run_case(const call_case& c, isa which, int max_threads) {
+  execution how = c.opts.execution;
+  how.isa = which;
+  how.max_threads = max_threads;
+  return run_case(c, how);
+}
+
+call_results run_case(const call_case& c, const execution& how) {
   options opts = c.opts;
-  opts.execution.isa = which;
-  opts.execution.max_threads = max_threads;
+  opts.execution = how;
   const bags batch = c.batch();
   call_results r;
 

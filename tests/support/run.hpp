@@ -21,7 +21,9 @@ std::vector<float> grad_output_for(const call_case& c);
 // Non-zero start of the dense gradient, to check it accumulates.
 std::vector<float> grad_start_for(const call_case& c);
 
-// Forward, then backward dense and sparse, then the weights gradient, all on `which`.
+// Forward, then backward dense and sparse, then the weights gradient, all run as `how` says.
+call_results run_case(const call_case& c, const execution& how);
+// The same on `which` with max_threads.
 call_results run_case(const call_case& c, isa which, int max_threads);
 
 }  // namespace embag::test

@@ -1,0 +1,211 @@
+/* embag: the C ABI (C99), for C callers and for foreign-function interfaces (ctypes, Rust bindgen,
+ * cgo). A thin layer over the C++ API of embag.hpp: the same semantics, validation and messages.
+ *
+ * Conventions:
+ * - Every function that can fail returns an embag_status: EMBAG_OK (0) or an error code. On error
+ *   nothing is written (outputs, gradients, tables, out-parameters), except where a function says
+ *   so (the row count of embag_backward_sparse). Bad input never aborts.
+ * - The message of the last failed call on the calling thread is embag_last_error(); every call
+ *   that returns a status clears it first, so after EMBAG_OK it is "".
+ * - Enumerations are int32_t constants (#define), so their size never depends on the compiler.
+ * - Arrays are passed as a pointer and an element count; matrices as an embag_matrix whose
+ *   row_stride (in elements) may exceed cols, 0 meaning cols.
+ * - Tables are opaque handles over the caller's rows or a .npy file; they never copy the caller's
+ *   rows and may be used by many threads at once (except with max_norm in place, which writes the
+ *   table).
+ */
+#ifndef EMBAG_EMBAG_H
+#define EMBAG_EMBAG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Raised whenever a function, type or constant changes incompatibly; additions keep it. */
+#define EMBAG_ABI_VERSION 1
+int32_t embag_abi_version(void);      /* EMBAG_ABI_VERSION of the library actually loaded */
+const char* embag_version(void);      /* "major.minor.patch" */
+
+/* ---------------------------------------------------------------------------------------------
+ * Status codes: 1 to 13 are embag::errc's values, in the same order. */
+typedef int32_t embag_status;
+#define EMBAG_OK 0
+#define EMBAG_ERR_INDEX_OUT_OF_RANGE 1 /* an index < 0 or >= rows */
+#define EMBAG_ERR_BAD_OFFSETS 2        /* offsets not starting at 0, decreasing, past the end */
+#define EMBAG_ERR_BAD_LENGTHS 3        /* a negative length, or lengths not summing to the indices */
+#define EMBAG_ERR_SIZE_MISMATCH 4      /* an array of the wrong length, or a capacity too small */
+#define EMBAG_ERR_NULL_POINTER 5       /* a null pointer where data or a handle is needed */
+#define EMBAG_ERR_INVALID_SHAPE 6      /* dim 0, negative rows, row stride smaller than dim */
+#define EMBAG_ERR_SIZE_OVERFLOW 7      /* a byte count that does not fit in the address space */
+#define EMBAG_ERR_INVALID_OPTION 8     /* an option or constant out of range, or a bad combination */
+#define EMBAG_ERR_ALIASING 9           /* an output overlapping an input */
+#define EMBAG_ERR_UNSUPPORTED_ISA 10   /* an instruction set this CPU (or build) lacks */
+#define EMBAG_ERR_MISALIGNED 11        /* a pointer not aligned to its element type */
+#define EMBAG_ERR_IO 12                /* a file that cannot be opened, mapped or read */
+#define EMBAG_ERR_BAD_FILE 13          /* a file whose contents are malformed */
+#define EMBAG_ERR_OUT_OF_MEMORY 100    /* an allocation failed; nothing was written */
+#define EMBAG_ERR_INTERNAL 101         /* a bug in embag: please report embag_last_error() */
+
+/* "ok", "index_out_of_range", ... ("unknown" for other values); never NULL, static storage. */
+const char* embag_status_name(embag_status status);
+
+/* The calling thread's last error message ("" after a success); valid until its next call. */
+const char* embag_last_error(void);
+
+/* Copies the last error message into buf (size bytes, always NUL-terminated when size > 0,
+ * truncated if needed) and returns its full length, as snprintf does. Does not clear it. */
+size_t embag_copy_last_error(char* buf, size_t size);
+
+/* ---------------------------------------------------------------------------------------------
+ * Tables: rows x dim floats, row r at data + r * row_stride. */
+typedef struct embag_table embag_table;
+
+/* Borrows the caller's rows (zero-copy; they must outlive the table). row_stride 0 means dim.
+ * A table made from const memory is read-only: max_norm in place is refused on it. */
+embag_status embag_table_from_memory(const float* data, int64_t rows, int64_t dim, int64_t row_stride,
+                                     embag_table** out);
+embag_status embag_table_from_mutable_memory(float* data, int64_t rows, int64_t dim, int64_t row_stride,
+                                             embag_table** out);
+/* A table from a 2-D float32 .npy file (versions 1.0 to 3.0, C order). By default the file is
+ * memory-mapped read-only: no copy, and processes mapping the same file share its pages (the file
+ * must then not change while the table lives); EMBAG_NPY_COPY reads it into memory the table owns.
+ * Big-endian files are converted, which copies. EMBAG_ERR_IO (cannot open, map, read) or
+ * EMBAG_ERR_BAD_FILE (malformed header, not 2-D float32, truncated), naming the file. */
+#define EMBAG_NPY_COPY 0x1u
+embag_status embag_table_open_npy(const char* path, uint32_t flags, embag_table** out);
+/* Frees the handle (and unmaps its file; never borrowed rows); NULL is allowed. Cannot fail. */
+void embag_table_destroy(embag_table* table);
+embag_status embag_table_shape(const embag_table* table, int64_t* rows, int64_t* dim);
+
+/* ---------------------------------------------------------------------------------------------
+ * A batch of bags. */
+#define EMBAG_INT32 0
+#define EMBAG_INT64 1
+
+#define EMBAG_BAGS_OFFSETS 0 /* bag b is indices[offsets[b] .. offsets[b+1]) */
+#define EMBAG_BAGS_LENGTHS 1 /* bag b has lengths[b] indices, bags back to back */
+#define EMBAG_BAGS_FIXED 2   /* indices is a B x fixed_length array; no boundaries */
+
+typedef struct embag_bags {
+  const void* indices; /* num_indices values of index_type */
+  int64_t num_indices;
+  const void* boundaries; /* offsets or lengths per layout: num_boundaries values of boundary_type */
+  int64_t num_boundaries;
+  const float* per_sample_weights; /* NULL: none; otherwise num_weights == num_indices floats */
+  int64_t num_weights;
+  int64_t fixed_length; /* L, for EMBAG_BAGS_FIXED */
+  int32_t index_type;    /* EMBAG_INT32 or EMBAG_INT64 */
+  int32_t boundary_type; /* EMBAG_INT32 or EMBAG_INT64 */
+  int32_t layout;        /* EMBAG_BAGS_* */
+} embag_bags;
+
+/* ---------------------------------------------------------------------------------------------
+ * Options. Initialise with embag_options_init, then change fields; a NULL options pointer means
+ * the defaults. struct_size lets the struct grow: a library reads only the struct_size bytes the
+ * caller was compiled with (later fields keep their defaults), and refuses non-zero bytes it does
+ * not know. */
+#define EMBAG_MODE_SUM 0
+#define EMBAG_MODE_MEAN 1
+#define EMBAG_MODE_MAX 2
+#define EMBAG_MODE_NONE 3 /* plain lookup: one output row per index */
+
+#define EMBAG_ISA_DEFAULT (-1) /* the process-wide choice */
+#define EMBAG_ISA_REFERENCE 0  /* the scalar oracle: plain loops, one thread */
+#define EMBAG_ISA_SSE2 1
+#define EMBAG_ISA_AVX2 2
+#define EMBAG_ISA_AVX512 3
+#define EMBAG_ISA_NEON 4
+
+#define EMBAG_PREFETCH_AUTOMATIC 0
+#define EMBAG_PREFETCH_NONE 1
+#define EMBAG_PREFETCH_L1 2
+#define EMBAG_PREFETCH_L2 3
+
+/* Bits of embag_options.flags; other bits are refused. */
+#define EMBAG_HAS_PADDING_IDX 0x1u       /* padding_idx is used */
+#define EMBAG_INCLUDE_LAST_OFFSET 0x2u   /* offsets has B+1 entries, the last == num_indices */
+#define EMBAG_HAS_MAX_NORM 0x4u          /* max_norm is used (clip: the gathered copy is scaled) */
+#define EMBAG_MAX_NORM_IN_PLACE 0x8u     /* with EMBAG_HAS_MAX_NORM: rescale the (mutable) table */
+#define EMBAG_SCALE_GRAD_BY_FREQ 0x10u   /* backward: divide by each row's count in the call */
+
+typedef struct embag_options {
+  uint32_t struct_size; /* sizeof(embag_options), set by embag_options_init */
+  int32_t mode;         /* EMBAG_MODE_*; default sum */
+  uint32_t flags;       /* EMBAG_HAS_PADDING_IDX | ...; default 0 */
+  int32_t max_threads;  /* 0: every thread of the current TBB arena (default); 1: inline; n: cap */
+  int64_t padding_idx;  /* with EMBAG_HAS_PADDING_IDX; negative counts from the end */
+  float max_norm;       /* with EMBAG_HAS_MAX_NORM */
+  float norm_type;      /* p of the p-norm; default 2 (INFINITY allowed) */
+  int32_t isa;          /* EMBAG_ISA_*; default EMBAG_ISA_DEFAULT */
+  int32_t prefetch_level; /* EMBAG_PREFETCH_*; default automatic */
+  int32_t prefetch_rows;  /* how far ahead; 0: chosen from the row size */
+} embag_options;
+
+embag_status embag_options_init(embag_options* options);
+
+/* ---------------------------------------------------------------------------------------------
+ * Matrices: outputs and gradients. */
+typedef struct embag_matrix {
+  float* data;
+  int64_t rows, cols, row_stride; /* row_stride in elements; 0 means cols */
+} embag_matrix;
+
+typedef struct embag_const_matrix {
+  const float* data;
+  int64_t rows, cols, row_stride;
+} embag_const_matrix;
+
+/* ---------------------------------------------------------------------------------------------
+ * Entry points. argmax (mode max only) is output_rows x dim int64 values, the table row each
+ * maximum came from (-1 for an empty bag); pass NULL and 0 to leave it out of forward. */
+
+/* Rows of out a call produces: the number of bags, or num_indices with EMBAG_MODE_NONE. */
+embag_status embag_output_rows(const embag_bags* bags, const embag_options* options, int64_t* rows);
+
+/* out (output_rows x dim) = the bags' reductions of the table's rows. */
+embag_status embag_forward(const embag_table* table, const embag_bags* bags, const embag_options* options,
+                           const embag_matrix* out, int64_t* argmax, int64_t argmax_size);
+
+/* grad_table (rows x dim) += the gradient of forward's output, grad_output (output_rows x dim). */
+embag_status embag_backward_dense(const embag_bags* bags, const embag_options* options,
+                                  const embag_const_matrix* grad_output, const embag_matrix* grad_table,
+                                  const int64_t* argmax, int64_t argmax_size);
+
+/* The same gradient, sparse: the sorted unique non-padding rows the call references, into
+ * rows_out (capacity entries), and their gradient rows into values_out (capacity x dim floats,
+ * dim = grad_output->cols, dense). Once the arguments are valid, *num_rows receives the number
+ * of rows the gradient has, at most num_indices: a capacity of num_indices always suffices. If
+ * capacity is smaller, the status is EMBAG_ERR_SIZE_MISMATCH and rows_out and values_out are
+ * untouched; so capacity 0 with NULL buffers asks for the size alone (the gradient is computed
+ * either way: size by num_indices to compute it once). */
+embag_status embag_backward_sparse(int64_t table_rows, const embag_bags* bags, const embag_options* options,
+                                   const embag_const_matrix* grad_output, const int64_t* argmax,
+                                   int64_t argmax_size, int64_t capacity, int64_t* rows_out,
+                                   float* values_out, int64_t* num_rows);
+
+/* The gradient of the per-sample weights (num_indices floats), for modes sum and mean. */
+embag_status embag_per_sample_weights_grad(const embag_table* table, const embag_bags* bags,
+                                           const embag_options* options, const embag_const_matrix* grad_output,
+                                           float* grad_weights, int64_t grad_weights_size);
+
+/* ---------------------------------------------------------------------------------------------
+ * Instruction sets. */
+
+/* The instruction sets this CPU and build support, lowest first (always EMBAG_ISA_REFERENCE):
+ * *count receives how many; the first min(count, capacity) go into isas. */
+embag_status embag_available_isas(int32_t* isas, int32_t capacity, int32_t* count);
+/* The one calls with EMBAG_ISA_DEFAULT use. */
+embag_status embag_active_isa(int32_t* isa);
+/* Forces the process-wide choice; EMBAG_ERR_UNSUPPORTED_ISA naming what the CPU has. */
+embag_status embag_force_isa(int32_t isa);
+/* "reference", "sse2", ...; NULL for a value that is no EMBAG_ISA_* constant. */
+const char* embag_isa_name(int32_t isa);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EMBAG_EMBAG_H */

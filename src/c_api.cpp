@@ -1,0 +1,375 @@
+// The C ABI (include/embag/embag.h): translates C arguments into the C++ API's types, calls it, and
+// turns every exception into a status and a thread-local message. Checks here are only those the
+// C++ types cannot express (constants out of range, a NULL handle, a negative count); everything
+// else is the C++ API's own validation.
+#include "embag/embag.h"
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <new>
+#include <optional>
+#include <string>
+
+#include "embag/embag.hpp"
+#include "embag/npy.hpp"
+#include "validate.hpp"
+
+struct embag_table {
+  embag::table_view<const float> rows;
+  float* writable = nullptr;  // the same rows, when the caller lent them mutable (max_norm in place)
+  std::optional<embag::npy_array> file;  // the mapped (or copied) file the rows live in
+};
+
+namespace {
+
+using embag::errc;
+using embag::error;
+
+static_assert(EMBAG_ERR_INDEX_OUT_OF_RANGE == int(errc::index_out_of_range) &&
+              EMBAG_ERR_BAD_OFFSETS == int(errc::bad_offsets) && EMBAG_ERR_BAD_LENGTHS == int(errc::bad_lengths) &&
+              EMBAG_ERR_SIZE_MISMATCH == int(errc::size_mismatch) &&
+              EMBAG_ERR_NULL_POINTER == int(errc::null_pointer) &&
+              EMBAG_ERR_INVALID_SHAPE == int(errc::invalid_shape) &&
+              EMBAG_ERR_SIZE_OVERFLOW == int(errc::size_overflow) &&
+              EMBAG_ERR_INVALID_OPTION == int(errc::invalid_option) && EMBAG_ERR_ALIASING == int(errc::aliasing) &&
+              EMBAG_ERR_UNSUPPORTED_ISA == int(errc::unsupported_isa) &&
+              EMBAG_ERR_MISALIGNED == int(errc::misaligned) && EMBAG_ERR_IO == int(errc::io_error) &&
+              EMBAG_ERR_BAD_FILE == int(errc::bad_file),
+              "embag.h's status codes are embag::errc's values");
+constexpr int last_errc = int(errc::bad_file);
+static_assert(EMBAG_ERR_OUT_OF_MEMORY > last_errc && EMBAG_ERR_INTERNAL > last_errc);
+static_assert(EMBAG_ISA_REFERENCE == int(embag::isa::reference) && EMBAG_ISA_SSE2 == int(embag::isa::sse2) &&
+              EMBAG_ISA_AVX2 == int(embag::isa::avx2) && EMBAG_ISA_AVX512 == int(embag::isa::avx512) &&
+              EMBAG_ISA_NEON == int(embag::isa::neon));
+static_assert(EMBAG_MODE_SUM == int(embag::mode::sum) && EMBAG_MODE_MEAN == int(embag::mode::mean) &&
+              EMBAG_MODE_MAX == int(embag::mode::max) && EMBAG_MODE_NONE == int(embag::mode::none));
+static_assert(EMBAG_PREFETCH_AUTOMATIC == int(embag::prefetch_level::automatic) &&
+              EMBAG_PREFETCH_NONE == int(embag::prefetch_level::none) &&
+              EMBAG_PREFETCH_L1 == int(embag::prefetch_level::l1) && EMBAG_PREFETCH_L2 == int(embag::prefetch_level::l2));
+static_assert(EMBAG_BAGS_OFFSETS == int(embag::bag_layout::offsets) &&
+              EMBAG_BAGS_LENGTHS == int(embag::bag_layout::lengths) &&
+              EMBAG_BAGS_FIXED == int(embag::bag_layout::fixed_length));
+static_assert(EMBAG_INT32 == int(embag::index_type::i32) && EMBAG_INT64 == int(embag::index_type::i64));
+
+// A fixed buffer: recording an error must not allocate (it may be reporting that memory ran out).
+thread_local char last_error[1024];
+thread_local std::size_t last_error_length = 0;
+
+void record_error(const char* message) noexcept {
+  const std::size_t kept = std::min(std::strlen(message), sizeof last_error - 1);
+  std::memcpy(last_error, message, kept);
+  last_error[kept] = '\0';
+  last_error_length = kept;
+}
+
+// Runs one C entry point: no exception crosses the ABI.
+template <class Body>
+embag_status guarded(const Body& body) noexcept {
+  last_error[0] = '\0';
+  last_error_length = 0;
+  try {
+    body();
+    return EMBAG_OK;
+  } catch (const error& e) {
+    record_error(e.what());
+    return static_cast<embag_status>(e.code());
+  } catch (const std::bad_alloc&) {
+    record_error("out of memory");
+    return EMBAG_ERR_OUT_OF_MEMORY;
+  } catch (const std::exception& e) {
+    record_error(e.what());
+    return EMBAG_ERR_INTERNAL;
+  } catch (...) {
+    record_error("an unknown exception inside embag");
+    return EMBAG_ERR_INTERNAL;
+  }
+}
+
+template <class T>
+T& required(T* p, const char* name) {
+  if (p == nullptr) throw error(errc::null_pointer, std::string(name) + " is NULL");
+  return *p;
+}
+
+// A C array as a span; std::span cannot hold a NULL pointer with a size, nor a negative size.
+template <class T>
+std::span<T> array_of(const char* name, T* data, std::int64_t size) {
+  if (size < 0) throw error(errc::size_mismatch, std::string(name) + " size = " + std::to_string(size) + " must be >= 0");
+  if (data == nullptr && size > 0)
+    throw error(errc::null_pointer, std::string(name) + " is NULL with size " + std::to_string(size));
+  return {data, static_cast<std::size_t>(size)};
+}
+
+embag::index_type index_type_of(const char* name, std::int32_t type) {
+  if (type != EMBAG_INT32 && type != EMBAG_INT64)
+    throw error(errc::invalid_option,
+                std::string(name) + " = " + std::to_string(type) + " is not EMBAG_INT32 or EMBAG_INT64");
+  return static_cast<embag::index_type>(type);
+}
+
+embag::bags bags_of(const embag_bags* c_bags) {
+  const embag_bags& b = required(c_bags, "bags");
+  if (b.layout < EMBAG_BAGS_OFFSETS || b.layout > EMBAG_BAGS_FIXED)
+    throw error(errc::invalid_option, "bags.layout = " + std::to_string(b.layout) + " is not an EMBAG_BAGS_* layout");
+  if (b.per_sample_weights != nullptr && b.num_weights == 0 && b.num_indices > 0)
+    throw error(errc::size_mismatch, "bags.per_sample_weights is given but bags.num_weights = 0 (indices has " +
+                                         std::to_string(b.num_indices) + ")");
+  embag::bags batch;
+  batch.indices = {b.indices, b.num_indices, index_type_of("bags.index_type", b.index_type)};
+  if (b.layout != EMBAG_BAGS_FIXED)
+    batch.boundaries = {b.boundaries, b.num_boundaries, index_type_of("bags.boundary_type", b.boundary_type)};
+  batch.layout = static_cast<embag::bag_layout>(b.layout);
+  batch.fixed_length = b.fixed_length;
+  batch.per_sample_weights = array_of("bags.per_sample_weights", b.per_sample_weights, b.num_weights);
+  return batch;
+}
+
+constexpr std::uint32_t known_flags = EMBAG_HAS_PADDING_IDX | EMBAG_INCLUDE_LAST_OFFSET | EMBAG_HAS_MAX_NORM |
+                                      EMBAG_MAX_NORM_IN_PLACE | EMBAG_SCALE_GRAD_BY_FREQ;
+
+embag_options default_c_options() noexcept {
+  embag_options o;
+  std::memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.mode = EMBAG_MODE_SUM;
+  o.norm_type = 2.0f;
+  o.isa = EMBAG_ISA_DEFAULT;
+  o.prefetch_level = EMBAG_PREFETCH_AUTOMATIC;
+  return o;
+}
+
+// The caller's options as this library knows them: struct_size bytes of them over the defaults.
+embag_options read_c_options(const embag_options* given) {
+  embag_options o = default_c_options();
+  if (given == nullptr) return o;
+  const std::uint32_t size = given->struct_size;
+  if (size < sizeof(embag_options))
+    throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) +
+                                          " is smaller than any embag_options (" +
+                                          std::to_string(sizeof(embag_options)) + "): call embag_options_init");
+  const auto* bytes = reinterpret_cast<const unsigned char*>(given);
+  if (std::any_of(bytes + sizeof(embag_options), bytes + size, [](unsigned char c) { return c != 0; }))
+    throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) + " sets fields past the " +
+                                          std::to_string(sizeof(embag_options)) +
+                                          " bytes this embag knows: they need a newer library");
+  std::memcpy(&o, given, sizeof o);
+  return o;
+}
+
+embag::options options_of(const embag_options* given) {
+  const embag_options o = read_c_options(given);
+  if ((o.flags & ~known_flags) != 0)
+    throw error(errc::invalid_option, "options.flags has unknown bits " + std::to_string(o.flags & ~known_flags));
+  if (o.mode < EMBAG_MODE_SUM || o.mode > EMBAG_MODE_NONE)
+    throw error(errc::invalid_option, "options.mode = " + std::to_string(o.mode) + " is not an EMBAG_MODE_* mode");
+  if (o.isa != EMBAG_ISA_DEFAULT && embag_isa_name(o.isa) == nullptr)
+    throw error(errc::invalid_option, "options.isa = " + std::to_string(o.isa) + " is not an EMBAG_ISA_* value");
+  if (o.prefetch_level < EMBAG_PREFETCH_AUTOMATIC || o.prefetch_level > EMBAG_PREFETCH_L2)
+    throw error(errc::invalid_option,
+                "options.prefetch_level = " + std::to_string(o.prefetch_level) + " is not an EMBAG_PREFETCH_* level");
+  if ((o.flags & EMBAG_MAX_NORM_IN_PLACE) != 0 && (o.flags & EMBAG_HAS_MAX_NORM) == 0)
+    throw error(errc::invalid_option, "options.flags has EMBAG_MAX_NORM_IN_PLACE without EMBAG_HAS_MAX_NORM");
+
+  embag::options opts;
+  opts.mode = static_cast<embag::mode>(o.mode);
+  if ((o.flags & EMBAG_HAS_PADDING_IDX) != 0) opts.padding_idx = o.padding_idx;
+  opts.include_last_offset = (o.flags & EMBAG_INCLUDE_LAST_OFFSET) != 0;
+  if ((o.flags & EMBAG_HAS_MAX_NORM) != 0) opts.max_norm = o.max_norm;
+  opts.norm_type = o.norm_type;
+  opts.max_norm_mode = (o.flags & EMBAG_MAX_NORM_IN_PLACE) != 0 ? embag::max_norm_flavour::in_place
+                                                                 : embag::max_norm_flavour::clip;
+  opts.scale_grad_by_freq = (o.flags & EMBAG_SCALE_GRAD_BY_FREQ) != 0;
+  opts.execution.max_threads = o.max_threads;
+  if (o.isa != EMBAG_ISA_DEFAULT) opts.execution.isa = static_cast<embag::isa>(o.isa);
+  opts.execution.prefetch = {static_cast<embag::prefetch_level>(o.prefetch_level), o.prefetch_rows};
+  return opts;
+}
+
+template <class Matrix>
+auto view_of(const Matrix* m, const char* name) {
+  const Matrix& c = required(m, name);
+  using element = std::remove_pointer_t<decltype(c.data)>;
+  return embag::matrix_view<element>{c.data, c.rows, c.cols, c.row_stride};
+}
+
+embag::isa isa_of(std::int32_t which) {
+  if (embag_isa_name(which) == nullptr)
+    throw error(errc::invalid_option, "isa = " + std::to_string(which) + " is not an EMBAG_ISA_* value");
+  return static_cast<embag::isa>(which);
+}
+
+embag_status new_table(const float* data, float* writable, std::int64_t rows, std::int64_t dim,
+                       std::int64_t row_stride, embag_table** out) {
+  return guarded([&] {
+    embag_table*& result = required(out, "out");
+    embag::detail::validate_matrix("table", data, rows, dim, row_stride);
+    result = new embag_table{{data, rows, dim, row_stride}, writable, std::nullopt};
+  });
+}
+
+}  // namespace
+
+extern "C" {
+
+std::int32_t embag_abi_version(void) { return EMBAG_ABI_VERSION; }
+
+const char* embag_version(void) { return embag::version().data(); }  // a string literal: NUL-terminated
+
+const char* embag_status_name(embag_status status) {
+  switch (status) {
+    case EMBAG_OK: return "ok";
+    case EMBAG_ERR_OUT_OF_MEMORY: return "out_of_memory";
+    case EMBAG_ERR_INTERNAL: return "internal";
+    default: return embag::to_string(static_cast<errc>(status)).data();
+  }
+}
+
+const char* embag_last_error(void) { return last_error; }
+
+size_t embag_copy_last_error(char* buf, size_t size) {
+  if (buf != nullptr && size > 0) {
+    const std::size_t kept = std::min(last_error_length, size - 1);
+    std::memcpy(buf, last_error, kept);
+    buf[kept] = '\0';
+  }
+  return last_error_length;
+}
+
+embag_status embag_table_from_memory(const float* data, int64_t rows, int64_t dim, int64_t row_stride,
+                                     embag_table** out) {
+  return new_table(data, nullptr, rows, dim, row_stride, out);
+}
+
+embag_status embag_table_from_mutable_memory(float* data, int64_t rows, int64_t dim, int64_t row_stride,
+                                             embag_table** out) {
+  return new_table(data, data, rows, dim, row_stride, out);
+}
+
+embag_status embag_table_open_npy(const char* path, uint32_t flags, embag_table** out) {
+  return guarded([&] {
+    embag_table*& result = required(out, "out");
+    required(path, "path");
+    if ((flags & ~EMBAG_NPY_COPY) != 0)
+      throw error(errc::invalid_option, "flags has unknown bits " + std::to_string(flags & ~EMBAG_NPY_COPY));
+    auto table = std::make_unique<embag_table>();
+    table->file = embag::npy_array::open(path, (flags & EMBAG_NPY_COPY) != 0 ? embag::npy_array::load::copy
+                                                                              : embag::npy_array::load::map);
+    table->rows = table->file->as_table();
+    result = table.release();
+  });
+}
+
+void embag_table_destroy(embag_table* table) { delete table; }
+
+embag_status embag_table_shape(const embag_table* table, int64_t* rows, int64_t* dim) {
+  return guarded([&] {
+    const embag_table& t = required(table, "table");
+    std::int64_t& r = required(rows, "rows");
+    std::int64_t& d = required(dim, "dim");
+    r = t.rows.rows;
+    d = t.rows.dim;
+  });
+}
+
+embag_status embag_options_init(embag_options* options) {
+  return guarded([&] { required(options, "options") = default_c_options(); });
+}
+
+embag_status embag_output_rows(const embag_bags* bags, const embag_options* options, int64_t* rows) {
+  return guarded([&] {
+    std::int64_t& result = required(rows, "rows");
+    result = embag::output_rows(bags_of(bags), options_of(options));
+  });
+}
+
+embag_status embag_forward(const embag_table* table, const embag_bags* bags, const embag_options* options,
+                           const embag_matrix* out, int64_t* argmax, int64_t argmax_size) {
+  return guarded([&] {
+    const embag_table& t = required(table, "table");
+    const embag::bags batch = bags_of(bags);
+    const embag::options opts = options_of(options);
+    const embag::matrix_view<float> out_view = view_of(out, "out");
+    const std::span<std::int64_t> argmax_span = array_of("argmax", argmax, argmax_size);
+    if (t.writable != nullptr)
+      embag::forward(embag::table_view<float>{t.writable, t.rows.rows, t.rows.dim, t.rows.row_stride}, batch, opts,
+                     out_view, argmax_span);
+    else
+      embag::forward(t.rows, batch, opts, out_view, argmax_span);
+  });
+}
+
+embag_status embag_backward_dense(const embag_bags* bags, const embag_options* options,
+                                  const embag_const_matrix* grad_output, const embag_matrix* grad_table,
+                                  const int64_t* argmax, int64_t argmax_size) {
+  return guarded([&] {
+    embag::backward_dense(bags_of(bags), options_of(options), view_of(grad_output, "grad_output"),
+                          view_of(grad_table, "grad_table"), array_of("argmax", argmax, argmax_size));
+  });
+}
+
+embag_status embag_backward_sparse(int64_t table_rows, const embag_bags* bags, const embag_options* options,
+                                   const embag_const_matrix* grad_output, const int64_t* argmax,
+                                   int64_t argmax_size, int64_t capacity, int64_t* rows_out, float* values_out,
+                                   int64_t* num_rows) {
+  return guarded([&] {
+    std::int64_t& needed = required(num_rows, "num_rows");
+    const embag::matrix_view<const float> dy = view_of(grad_output, "grad_output");
+    const std::span<std::int64_t> rows_span = array_of("rows_out", rows_out, capacity);
+    std::int64_t values_size = 0;
+    if (__builtin_mul_overflow(capacity, std::max<std::int64_t>(dy.cols, 0), &values_size))
+      throw error(errc::size_overflow, "capacity = " + std::to_string(capacity) + " rows of " +
+                                           std::to_string(dy.cols) + " floats overflows");
+    const std::span<float> values_span = array_of("values_out", values_out, values_size);
+
+    // The C++ API fills vectors it owns; the caller's buffers get a copy once the size is known.
+    embag::sparse_gradient grad;
+    embag::backward_sparse(table_rows, bags_of(bags), options_of(options), dy, grad,
+                           array_of("argmax", argmax, argmax_size));
+    const auto unique = static_cast<std::int64_t>(grad.rows.size());
+    needed = unique;
+    if (unique > capacity)
+      throw error(errc::size_mismatch, "capacity = " + std::to_string(capacity) + " rows is less than the " +
+                                           std::to_string(unique) + " rows this gradient has (*num_rows)");
+    std::copy(grad.rows.begin(), grad.rows.end(), rows_span.begin());
+    std::copy(grad.values.begin(), grad.values.end(), values_span.begin());
+  });
+}
+
+embag_status embag_per_sample_weights_grad(const embag_table* table, const embag_bags* bags,
+                                           const embag_options* options, const embag_const_matrix* grad_output,
+                                           float* grad_weights, int64_t grad_weights_size) {
+  return guarded([&] {
+    embag::per_sample_weights_grad(required(table, "table").rows, bags_of(bags), options_of(options),
+                                   view_of(grad_output, "grad_output"),
+                                   array_of("grad_weights", grad_weights, grad_weights_size));
+  });
+}
+
+embag_status embag_available_isas(int32_t* isas, int32_t capacity, int32_t* count) {
+  return guarded([&] {
+    std::int32_t& total = required(count, "count");
+    const std::span<std::int32_t> out = array_of("isas", isas, capacity);
+    const std::vector<embag::isa> available = embag::available_isas();
+    const std::size_t copied = std::min(out.size(), available.size());
+    std::transform(available.begin(), available.begin() + static_cast<std::ptrdiff_t>(copied), out.begin(),
+                   [](embag::isa which) { return static_cast<std::int32_t>(which); });
+    total = static_cast<std::int32_t>(available.size());
+  });
+}
+
+embag_status embag_active_isa(int32_t* isa) {
+  return guarded([&] { required(isa, "isa") = static_cast<std::int32_t>(embag::active_isa()); });
+}
+
+embag_status embag_force_isa(int32_t isa) {
+  return guarded([&] { embag::force_isa(isa_of(isa)); });
+}
+
+const char* embag_isa_name(int32_t isa) {
+  if (isa < EMBAG_ISA_REFERENCE || isa > EMBAG_ISA_NEON) return nullptr;
+  return embag::to_string(static_cast<embag::isa>(isa)).data();  // string literals: NUL-terminated
+}
+
+}  // extern "C"

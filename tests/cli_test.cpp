@@ -1,0 +1,254 @@
+// `embag forward` and `embag backward`, run as a user would (EMBAG_TOOL, set by tests/meson.build)
+// on .npy files written with write_npy: their outputs are bit for bit the library's own on the
+// same inputs (the tool inherits EMBAG_ISA, so both run on the same ISA), and a failed run exits 2
+// with one "embag: " line and leaves no output file created or changed.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "embag/embag.hpp"
+#include "embag/npy.hpp"
+#include "support/temporary_directory.hpp"
+
+namespace embag {
+namespace {
+
+struct tool_run {
+  int status = -1;
+  std::string output;  // stdout and stderr
+};
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (std::getenv("EMBAG_TOOL") == nullptr) GTEST_SKIP() << "EMBAG_TOOL not set (meson sets it)";
+    for (std::size_t i = 0; i < weights_.size(); ++i) weights_[i] = static_cast<float>((i * 37) % 23) * 0.125f - 1.3f;
+    write_npy(in("w.npy"), npy_dtype::f32, std::vector<std::int64_t>{rows, dim}, weights_.data());
+    write_npy(in("i.npy"), npy_dtype::i64, std::vector<std::int64_t>{nnz}, indices_.data());
+    write_npy(in("o.npy"), npy_dtype::i32, std::vector<std::int64_t>{4}, offsets_.data());
+    write_npy(in("l.npy"), npy_dtype::i32, std::vector<std::int64_t>{4}, lengths_.data());
+    write_npy(in("p.npy"), npy_dtype::f32, std::vector<std::int64_t>{nnz}, per_sample_weights_.data());
+  }
+
+  std::string in(const std::string& name) const { return dir_.path(name); }
+
+  tool_run embag(const std::string& arguments) const {
+    const std::string command = "cd '" + dir_.path() + "' && '" + std::getenv("EMBAG_TOOL") + "' " + arguments + " 2>&1";
+    tool_run r;
+    FILE* p = popen(command.c_str(), "r");
+    char buffer[512];
+    while (p && fgets(buffer, sizeof buffer, p)) r.output += buffer;
+    const int status = p ? pclose(p) : -1;
+    r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
+  }
+
+  std::vector<float> floats(const std::string& name) const {
+    const npy_array a = npy_array::open(in(name));
+    const std::span<const float> v = a.as_floats();
+    return {v.begin(), v.end()};
+  }
+  std::vector<std::int64_t> int64s(const std::string& name) const {
+    const npy_array a = npy_array::open(in(name));
+    EXPECT_EQ(a.dtype(), npy_dtype::i64);
+    const auto* v = static_cast<const std::int64_t*>(a.data());
+    return {v, v + a.elements()};
+  }
+  table_view<const float> table() const { return {weights_.data(), rows, dim, dim}; }
+  bags by_offsets(bool weighted = false) const {
+    return bags::from_offsets(indices_, offsets_, weighted ? std::span<const float>(per_sample_weights_) : std::span<const float>());
+  }
+
+  static constexpr std::int64_t rows = 20, dim = 5, nnz = 9;
+  std::vector<float> weights_ = std::vector<float>(rows * dim);
+  // bags {3, 7, 7}, {}, {19, 0, 5}, {3, 12, 12}; lengths describe the same bags
+  std::vector<std::int64_t> indices_ = {3, 7, 7, 19, 0, 5, 3, 12, 12};
+  std::vector<std::int32_t> offsets_ = {0, 3, 3, 6};
+  std::vector<std::int32_t> lengths_ = {3, 0, 3, 3};
+  std::vector<float> per_sample_weights_ = {0.5f, 2.0f, -1.0f, 1.0f, 0.25f, 3.0f, 1.0f, 1.0f, 0.0f};
+  test::temporary_directory dir_;
+};
+
+TEST_F(Cli, ForwardMatchesTheLibraryInEveryMode) {
+  struct variant {
+    std::string flags;
+    options opts;
+    bool weighted = false;
+  };
+  std::vector<variant> variants;
+  for (mode m : {mode::sum, mode::mean, mode::max, mode::none}) {
+    options o;
+    o.mode = m;
+    const char* name = m == mode::sum ? "sum" : m == mode::mean ? "mean" : m == mode::max ? "max" : "none";
+    variants.push_back({std::string("--mode ") + name, o});
+    o.padding_idx = -8;  // row 12
+    variants.push_back({std::string("--mode ") + name + " --padding-idx -8", o});
+    o.padding_idx.reset();
+    o.max_norm = 1.5f;
+    o.norm_type = 1.0f;
+    variants.push_back({std::string("--mode ") + name + " --max-norm 1.5 --norm-type 1 --threads 1", o});
+  }
+  options weighted;
+  weighted.mode = mode::mean;
+  variants.push_back({"--mode mean --per-sample-weights p.npy", weighted, true});
+
+  for (const variant& v : variants) {
+    SCOPED_TRACE(v.flags);
+    const std::int64_t out_rows = output_rows(by_offsets(), v.opts);
+    std::vector<float> want(out_rows * dim);
+    forward(table(), by_offsets(v.weighted), v.opts, {want.data(), out_rows, dim});
+    for (const std::string bags_flag : {"--offsets o.npy", "--lengths l.npy"}) {
+      const tool_run r = embag("forward --weight w.npy --indices i.npy " + bags_flag + " " + v.flags + " --out y.npy");
+      ASSERT_EQ(r.status, 0) << r.output;
+      EXPECT_EQ(r.output, "");
+      EXPECT_EQ(npy_array::open(in("y.npy")).shape(), (std::vector<std::int64_t>{out_rows, dim}));
+      EXPECT_EQ(floats("y.npy"), want);
+    }
+  }
+}
+
+TEST_F(Cli, IncludeLastOffsetAndIsa) {
+  const std::vector<std::int32_t> offsets = {0, 3, 3, 6, 9};
+  write_npy(in("o5.npy"), npy_dtype::i32, std::vector<std::int64_t>{5}, offsets.data());
+  const tool_run r = embag("forward --weight w.npy --indices i.npy --offsets o5.npy --include-last-offset --isa reference --out y.npy");
+  ASSERT_EQ(r.status, 0) << r.output;
+  options o;
+  o.include_last_offset = true;
+  std::vector<float> want(4 * dim);
+  forward(table(), bags::from_offsets(indices_, offsets), o, {want.data(), 4, dim});
+  EXPECT_EQ(floats("y.npy"), want);
+}
+
+TEST_F(Cli, MaxForwardThenBackwardDenseAndSparse) {
+  options o;
+  o.mode = mode::max;
+  std::vector<float> y(4 * dim);
+  std::vector<std::int64_t> argmax(4 * dim);
+  forward(table(), by_offsets(), o, {y.data(), 4, dim}, argmax);
+  ASSERT_EQ(embag("forward --weight w.npy --indices i.npy --offsets o.npy --mode max --out y.npy --argmax-out a.npy").status, 0);
+  EXPECT_EQ(floats("y.npy"), y);
+  EXPECT_EQ(int64s("a.npy"), argmax);
+
+  // the gradient flowing back is the output itself: any values do
+  std::vector<float> dense(rows * dim);
+  backward_dense(by_offsets(), o, {y.data(), 4, dim}, {dense.data(), rows, dim}, argmax);
+  tool_run r = embag("backward --weight w.npy --indices i.npy --offsets o.npy --mode max --grad-output y.npy "
+                     "--argmax a.npy --out dw.npy");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(npy_array::open(in("dw.npy")).shape(), (std::vector<std::int64_t>{rows, dim}));
+  EXPECT_EQ(floats("dw.npy"), dense);
+
+  sparse_gradient sparse;
+  backward_sparse(rows, by_offsets(), o, {y.data(), 4, dim}, sparse, argmax);
+  r = embag("backward --weight w.npy --indices i.npy --offsets o.npy --mode max --grad-output y.npy "
+            "--argmax a.npy --sparse --out-rows r.npy --out dws.npy");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(int64s("r.npy"), sparse.rows);
+  EXPECT_EQ(floats("dws.npy"), sparse.values);
+}
+
+TEST_F(Cli, BackwardWithPerSampleWeightsGradient) {
+  options o;  // sum
+  std::vector<float> grad(4 * dim);
+  for (std::size_t i = 0; i < grad.size(); ++i) grad[i] = static_cast<float>(i % 7) - 2.5f;
+  write_npy(in("g.npy"), npy_dtype::f32, std::vector<std::int64_t>{4, dim}, grad.data());
+  std::vector<float> dense(rows * dim), weights_grad(nnz);
+  backward_dense(by_offsets(true), o, {grad.data(), 4, dim}, {dense.data(), rows, dim});
+  per_sample_weights_grad(table(), by_offsets(true), o, {grad.data(), 4, dim}, weights_grad);
+  const tool_run r = embag("backward --weight w.npy --indices i.npy --offsets o.npy --per-sample-weights p.npy "
+                           "--grad-output g.npy --out dw.npy --per-sample-weights-grad-out pg.npy");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(floats("dw.npy"), dense);
+  EXPECT_EQ(floats("pg.npy"), weights_grad);
+}
+
+TEST_F(Cli, InPlaceMaxNormWritesTheRenormedCopy) {
+  const std::string before = dir_.read("w.npy");
+  options o;
+  o.max_norm = 1.0f;
+  o.max_norm_mode = max_norm_flavour::in_place;
+  std::vector<float> renormed = weights_, y(4 * dim);
+  forward(table_view<float>{renormed.data(), rows, dim, dim}, by_offsets(), o, {y.data(), 4, dim});
+  const tool_run r = embag("forward --weight w.npy --indices i.npy --offsets o.npy --max-norm 1 --max-norm-inplace "
+                           "--weight-out w2.npy --out y.npy");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(floats("y.npy"), y);
+  EXPECT_EQ(floats("w2.npy"), renormed);
+  EXPECT_NE(renormed, weights_) << "the case must renorm some row";
+  EXPECT_EQ(dir_.read("w.npy"), before) << "the input table is read-only";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures: exit status 2, one "embag: " line, no output created or changed.
+
+void expect_one_line_error(const tool_run& r, const std::string& fragment) {
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_EQ(r.output.rfind("embag: ", 0), 0u) << r.output;
+  ASSERT_FALSE(r.output.empty());
+  EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << "one line: " << r.output;
+  EXPECT_NE(r.output.find(fragment), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, BadIndexNamesItAndWritesNothing) {
+  std::vector<std::int64_t> bad = indices_;
+  bad[4] = 99;
+  write_npy(in("bad.npy"), npy_dtype::i64, std::vector<std::int64_t>{nnz}, bad.data());
+  const std::set<std::string> files = dir_.listing();
+  expect_one_line_error(embag("forward --weight w.npy --indices bad.npy --offsets o.npy --out y.npy --mode max "
+                              "--argmax-out a.npy"),
+                        "indices[4] = 99 is out of range [0, 20)");
+  EXPECT_EQ(dir_.listing(), files) << "no output file, no temporary file";
+
+  dir_.write("y.npy", "an earlier result");
+  expect_one_line_error(embag("forward --weight w.npy --indices bad.npy --offsets o.npy --out y.npy"), "indices[4] = 99");
+  EXPECT_EQ(dir_.read("y.npy"), "an earlier result");
+  const std::vector<float> grad(4 * dim, 1.0f);
+  write_npy(in("g.npy"), npy_dtype::f32, std::vector<std::int64_t>{4, dim}, grad.data());
+  expect_one_line_error(embag("backward --weight w.npy --indices bad.npy --offsets o.npy --grad-output g.npy --out y.npy"),
+                        "indices[4] = 99");
+  EXPECT_EQ(dir_.read("y.npy"), "an earlier result");
+}
+
+TEST_F(Cli, MissingOrMalformedFilesAndBadFlags) {
+  dir_.write("junk.npy", "not numpy at all");
+  const std::set<std::string> files = dir_.listing();
+  expect_one_line_error(embag("forward --weight absent.npy --indices i.npy --offsets o.npy --out y.npy"),
+                        "absent.npy: cannot open: No such file or directory");
+  expect_one_line_error(embag("forward --weight w.npy --indices junk.npy --offsets o.npy --out y.npy"),
+                        "junk.npy: not a .npy file");
+  expect_one_line_error(embag("forward --weight i.npy --indices i.npy --offsets o.npy --out y.npy"),
+                        "i.npy: expected a 2-D <f4 table");
+  expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --out y.npy --bogus"),
+                        "unknown option '--bogus'");
+  expect_one_line_error(embag("forward --weight w.npy --indices i.npy --out y.npy"), "exactly one of --offsets and --lengths");
+  expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --out y.npy --mode median"),
+                        "--mode is sum, mean, max or none, got 'median'");
+  expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --out y.npy --max-norm 1 --max-norm-inplace"),
+                        "--max-norm-inplace and --weight-out go together");
+  expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --out y.npy --isa avx1024"),
+                        "unknown ISA 'avx1024'");
+  expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --out y.npy --padding-idx 20"),
+                        "padding_idx");
+  expect_one_line_error(embag("backward --weight w.npy --indices i.npy --offsets o.npy --mode max --grad-output w.npy --out y.npy"),
+                        "mode max needs --argmax");
+  expect_one_line_error(embag("backward --weight w.npy --indices i.npy --offsets o.npy --grad-output w.npy --out y.npy"),
+                        "w.npy: the gradient has 20 rows, forward's output has 4");
+  EXPECT_EQ(dir_.listing(), files);
+}
+
+// The last output failing (a missing directory) leaves the first one unwritten too.
+TEST_F(Cli, AFailedOutputLeavesNoOtherOutput) {
+  expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --mode max --out y.npy "
+                              "--argmax-out missing/a.npy"),
+                        "missing/a.npy: cannot create a temporary file beside it");
+  EXPECT_FALSE(dir_.listing().count("y.npy"));
+}
+
+}  // namespace
+}  // namespace embag

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""`meson install` of the current build into a temporary DESTDIR, then the consumers of
+tests/consumer/ built the way a user would (plain cc / c++ with `pkg-config --cflags --libs embag`)
+and run against the installed shared library. Also checks that the README's C example is
+tests/consumer/example.c, word for word.
+
+Usage: install_test.py BUILD_DIR SOURCE_DIR"""
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+
+def run(args, **kwargs):
+    result = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        sys.exit(f"install_test: {' '.join(map(str, args))} failed ({result.returncode}):\n"
+                 f"{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def main():
+    build_dir, source_dir = map(pathlib.Path, sys.argv[1:3])
+    consumer = source_dir / "tests" / "consumer"
+
+    example_c = (consumer / "example.c").read_text()
+    if example_c not in (source_dir / "README.md").read_text():
+        sys.exit("install_test: README.md's C example differs from tests/consumer/example.c")
+
+    with tempfile.TemporaryDirectory(prefix="embag-install-") as tmp:
+        root = pathlib.Path(tmp) / "root"
+        run(["meson", "install", "-C", build_dir, "--no-rebuild", "--quiet", "--destdir", root])
+
+        def installed(pattern):
+            found = sorted(root.rglob(pattern))
+            if not found:
+                sys.exit(f"install_test: nothing matching {pattern} was installed under {root}")
+            return found[0]
+
+        for header in ("embag.hpp", "embag.h", "npy.hpp"):
+            installed(f"include/embag/{header}")
+        installed("libembag.a")
+        shared = installed("libembag.so")
+        installed("bin/embag")
+        pc = installed("embag.pc")
+        if "xsimd" in pc.read_text():
+            sys.exit("install_test: embag.pc names xsimd, which only the build needs")
+
+        env = dict(os.environ, PKG_CONFIG_PATH=str(pc.parent), PKG_CONFIG_SYSROOT_DIR=str(root))
+        flags = run(["pkg-config", "--cflags", "--libs", "embag"], env=env).split()
+        run_env = dict(os.environ, LD_LIBRARY_PATH=str(shared.parent))
+        for source, compiler, std in (("example.c", "cc", "-std=c99"), ("example.cpp", "c++", "-std=c++20")):
+            exe = pathlib.Path(tmp) / source.replace(".", "_")
+            run([compiler, std, "-Wall", "-Wextra", "-Werror", consumer / source, "-o", exe] + flags)
+            output = run([exe], env=run_env)
+            # the installed library, not the build tree's, answered
+            maps = run(["ldd", exe], env=run_env)
+            if str(shared.parent) not in maps:
+                sys.exit(f"install_test: {source} did not load libembag from {shared.parent}:\n{maps}")
+            print(f"{source}: {output.strip()}")
+    print("install_test: installed headers, libraries, tool and embag.pc; C and C++ consumers built and ran")
+
+
+if __name__ == "__main__":
+    main()
