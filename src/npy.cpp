@@ -11,7 +11,6 @@
 #include <atomic>
 #include <bit>
 #include <cerrno>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -34,7 +33,8 @@ constexpr std::size_t huge_page = 2u << 20;
 std::string system_error_text() { return std::strerror(errno); }
 
 [[noreturn]] void io_failure(const std::string& path, const std::string& what) {
-  throw error(errc::io_error, path + ": " + what + ": " + system_error_text());
+  const std::string reason = system_error_text();  // before any allocation can change errno
+  throw error(errc::io_error, path + ": " + what + ": " + reason);
 }
 
 [[noreturn]] void malformed(const std::string& name, const std::string& what) {
@@ -577,8 +577,8 @@ void npy_write_group::stage(const std::string& path, npy_dtype type, std::span<c
 void npy_write_group::commit() {
   for (std::size_t i = 0; i < staged_.size(); ++i) {
     if (::rename(staged_[i].temporary.c_str(), staged_[i].path.c_str()) != 0) {
-      const std::string what = staged_[i].path + ": cannot rename " + staged_[i].temporary + " into place: " +
-                               system_error_text();
+      const std::string reason = system_error_text();
+      const std::string what = staged_[i].path + ": cannot rename " + staged_[i].temporary + " into place: " + reason;
       staged_.erase(staged_.begin(), staged_.begin() + static_cast<std::ptrdiff_t>(i));  // those are in place
       remove_staged();
       throw error(errc::io_error, what);

@@ -237,7 +237,7 @@ int run_backward(const command_line& c) {
   if (!c.argmax.empty()) {
     argmax_file = npy_array::open(c.argmax);
     if (argmax_file->dtype() != npy_dtype::i64)
-      throw error(errc::bad_file, c.argmax + ": the argmax is <i8 (as forward's --argmax-out writes it)");
+      throw error(errc::bad_file, c.argmax + ": the argmax must be <i8, as forward's --argmax-out writes it");
     argmax = {static_cast<const std::int64_t*>(argmax_file->data()), static_cast<std::size_t>(argmax_file->elements())};
   }
 
