@@ -338,13 +338,15 @@ std::optional<std::string> weights_grad_difference(const fuzz_call& c, const std
   const auto index = [&](std::size_t j) { return c.index32 ? std::int64_t{c.indices32[j]} : c.indices64[j]; };
   const auto row = [&](std::size_t j) { return c.table.data() + index(j) * stride; };
   const std::int64_t padding = !c.opts.padding_idx ? -1 : *c.opts.padding_idx + (*c.opts.padding_idx < 0 ? c.rows : 0);
-  // per bag: sum |w_i| |x_i| and the weight sum, for the mean's second term
+  // per bag: sum |w_i| |x_i|, the largest |x_i| and the weight sum, for the mean's second term
   std::vector<double> weighted_norms(static_cast<std::size_t>(std::max<std::int64_t>(c.out_rows, 0)) + 1, 0.0);
+  std::vector<double> largest_norms(weighted_norms.size(), 0.0);
   std::vector<float> weight_sums(weighted_norms.size(), 0.0f);  // as the library sums them: float, in order
   for (std::size_t j = 0; j < want.size(); ++j) {
     if (index(j) == padding) continue;
     const std::size_t b = static_cast<std::size_t>(bag[j]);
     weighted_norms[b] += std::abs(double(c.weights[j])) * norm(row(j), c.dim);
+    largest_norms[b] = std::max(largest_norms[b], norm(row(j), c.dim));
     weight_sums[b] += c.weights[j];
   }
   for (std::size_t j = 0; j < want.size(); ++j) {
@@ -355,7 +357,8 @@ std::optional<std::string> weights_grad_difference(const fuzz_call& c, const std
     double intermediate = scale;  // the largest magnitude the computation passes through
     if (c.opts.mode == mode::mean) {
       const double s = std::abs(double(weight_sums[b]));
-      intermediate = std::max(scale, dy * weighted_norms[b]);
+      // every dot product of the bag enters the mean's second term
+      intermediate = std::max({scale, dy * weighted_norms[b], dy * largest_norms[b]});
       scale = (scale + dy * weighted_norms[b] / s) / s;
     }
     // near float's range a different summation order may overflow where the reference did not
