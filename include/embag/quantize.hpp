@@ -96,9 +96,8 @@ class compressed_table {
   std::int64_t row_bytes() const noexcept;
   bool mapped() const noexcept;  // false when owned (quantised, or read with load::copy)
 
-  struct impl;
-
  private:
+  struct impl;
   explicit compressed_table(std::unique_ptr<impl> p) noexcept;
   friend compressed_table quantize(table_view<const float>, dtype, const execution&);
   std::unique_ptr<impl> impl_;
