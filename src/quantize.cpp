@@ -172,7 +172,7 @@ std::optional<row_problem> encode_int4(const float* x, std::int64_t dim, std::by
   if (r.min < -65504.0f) return row_problem{r.min_column, "is below -65504: int4_rowwise's bias is an fp16"};
   const float bias = f16_rounded(r.min, false);
   const double range = double(r.max) - double(bias);
-  if (range / 15.0 > 65504.0)
+  if (range > 15.0 * 65504.0)  // exact in double, unlike range / 15
     return row_problem{r.max_column, "makes the row too wide for int4_rowwise: (max - bias) / 15 exceeds 65504, "
                                      "the largest fp16 scale"};
   float scale = range == 0.0 ? 0.0f : f16_rounded(static_cast<float>(range / 15.0), true);
