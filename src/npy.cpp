@@ -2,22 +2,20 @@
 // read-only mapping or a copy of the data, and writes through a temporary file renamed into place.
 #include "embag/npy.hpp"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <new>
 #include <optional>
 #include <string_view>
 #include <utility>
+
+#include "file_io.hpp"
 
 namespace embag {
 namespace {
@@ -27,19 +25,9 @@ namespace {
 static_assert(std::endian::native == std::endian::little, "embag reads .npy data in place on little-endian CPUs");
 
 constexpr unsigned char npy_magic[] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
-constexpr std::size_t data_alignment = 64;  // where NumPy starts the data, and our copies
-constexpr std::size_t huge_page = 2u << 20;
-
-std::string system_error_text() { return std::strerror(errno); }
-
-[[noreturn]] void io_failure(const std::string& path, const std::string& what) {
-  const std::string reason = system_error_text();  // before any allocation can change errno
-  throw error(errc::io_error, path + ": " + what + ": " + reason);
-}
-
-[[noreturn]] void malformed(const std::string& name, const std::string& what) {
-  throw error(errc::bad_file, name + ": " + what);
-}
+using detail::io_failure;
+using detail::malformed;
+using detail::owned_bytes;
 
 // Header text quoted in an error message: printable ASCII kept, the rest escaped, so every
 // message stays one printable line whatever bytes the file holds.
@@ -66,13 +54,22 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-std::int64_t element_bytes(npy_dtype type) { return type == npy_dtype::i64 ? 8 : 4; }
+std::int64_t element_bytes(npy_dtype type) {
+  switch (type) {
+    case npy_dtype::f16: return 2;
+    case npy_dtype::f32:
+    case npy_dtype::i32: return 4;
+    case npy_dtype::i64: return 8;
+  }
+  return 1;
+}
 
 std::string_view little_endian_descr(npy_dtype type) {
   switch (type) {
     case npy_dtype::f32: return "<f4";
     case npy_dtype::i32: return "<i4";
     case npy_dtype::i64: return "<i8";
+    case npy_dtype::f16: return "<f2";
   }
   return "?";
 }
@@ -88,6 +85,7 @@ std::optional<dtype_descr> dtype_from_descr(std::string_view descr) {
   const bool big = descr[0] == '>';
   const std::string_view code = descr.substr(1);
   if (code == "f4") return dtype_descr{npy_dtype::f32, big};
+  if (code == "f2") return dtype_descr{npy_dtype::f16, big};
   if (code == "i4") return dtype_descr{npy_dtype::i32, big};
   if (code == "i8") return dtype_descr{npy_dtype::i64, big};
   return std::nullopt;
@@ -152,7 +150,7 @@ class header_parser {
 
     const std::optional<dtype_descr> type = dtype_from_descr(*descr);
     if (!type)
-      fail("unsupported dtype " + quoted(*descr) + " (embag reads <f4, <i4 and <i8, and their big-endian forms)");
+      fail("unsupported dtype " + quoted(*descr) + " (embag reads <f4, <f2, <i4 and <i8, and their big-endian forms)");
     if (*fortran_order) fail("fortran_order is True: embag reads C-order arrays only (rows must be contiguous)");
     layout.type = type->type;
     layout.big_endian = type->big_endian;
@@ -291,85 +289,9 @@ npy_layout parse_npy(std::span<const std::byte> file, const std::string& name) {
   return layout;
 }
 
-// Owned data: 64-byte aligned (2 MiB and huge-page advised when large, as embag::table is), freed
-// with std::free.
-struct free_deleter {
-  void operator()(void* p) const noexcept { std::free(p); }
-};
-using owned_bytes = std::unique_ptr<std::byte, free_deleter>;
-
-owned_bytes allocate_bytes(std::size_t bytes) {
-  const std::size_t alignment = bytes >= huge_page ? huge_page : data_alignment;
-  const std::size_t rounded = std::max<std::size_t>((bytes + alignment - 1) / alignment * alignment, alignment);
-  void* p = std::aligned_alloc(alignment, rounded);
-  if (p == nullptr) throw std::bad_alloc();
-  if (alignment == huge_page) madvise(p, rounded, MADV_HUGEPAGE);  // advice only
-  return owned_bytes(static_cast<std::byte*>(p));
-}
-
 void swap_bytes_in_place(std::byte* data, std::int64_t elements, npy_dtype type) {
-  if (type == npy_dtype::i64) {
-    for (std::int64_t i = 0; i < elements; ++i) {
-      std::uint64_t v;
-      std::memcpy(&v, data + 8 * i, 8);
-      v = __builtin_bswap64(v);
-      std::memcpy(data + 8 * i, &v, 8);
-    }
-  } else {
-    for (std::int64_t i = 0; i < elements; ++i) {
-      std::uint32_t v;
-      std::memcpy(&v, data + 4 * i, 4);
-      v = __builtin_bswap32(v);
-      std::memcpy(data + 4 * i, &v, 4);
-    }
-  }
-}
-
-// A read-only mapping of a whole file, unmapped on destruction.
-class file_mapping {
- public:
-  file_mapping() = default;
-  file_mapping(void* base, std::size_t length) : base_(base), length_(length) {}
-  file_mapping(file_mapping&& other) noexcept
-      : base_(std::exchange(other.base_, nullptr)), length_(std::exchange(other.length_, 0)) {}
-  file_mapping& operator=(file_mapping&& other) noexcept {
-    std::swap(base_, other.base_);
-    std::swap(length_, other.length_);
-    return *this;
-  }
-  ~file_mapping() {
-    if (base_ != nullptr) munmap(base_, length_);
-  }
-  std::span<const std::byte> bytes() const { return {static_cast<const std::byte*>(base_), length_}; }
-
- private:
-  void* base_ = nullptr;
-  std::size_t length_ = 0;
-};
-
-class file_descriptor {
- public:
-  explicit file_descriptor(int fd) : fd_(fd) {}
-  file_descriptor(file_descriptor&& other) noexcept : fd_(other.release()) {}
-  file_descriptor& operator=(file_descriptor&&) = delete;
-  ~file_descriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
-
-// Opens a regular file for reading and returns its size.
-std::pair<file_descriptor, std::size_t> open_regular_file(const std::string& path) {
-  file_descriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) io_failure(path, "cannot open");
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) io_failure(path, "cannot stat");
-  if (!S_ISREG(st.st_mode)) throw error(errc::io_error, path + ": not a regular file");
-  return {std::move(fd), static_cast<std::size_t>(st.st_size)};
+  const std::int64_t width = element_bytes(type);
+  for (std::int64_t i = 0; i < elements; ++i) std::reverse(data + width * i, data + width * (i + 1));
 }
 
 }  // namespace
@@ -377,7 +299,7 @@ std::pair<file_descriptor, std::size_t> open_regular_file(const std::string& pat
 struct npy_array::impl {
   std::string name;
   npy_layout layout;
-  file_mapping mapping;  // set when the data are read in place
+  detail::file_mapping mapping;  // set when the data are read in place
   owned_bytes owned;     // set when they were copied
   const std::byte* data = nullptr;
 
@@ -407,38 +329,30 @@ npy_array::~npy_array() = default;
 
 npy_array npy_array::from_bytes(std::span<const std::byte> file, const std::string& name) {
   npy_layout layout = parse_npy(file, name);
-  owned_bytes copy = allocate_bytes(file.size());
+  owned_bytes copy = detail::allocate_bytes(file.size());
   std::memcpy(copy.get(), file.data(), file.size());
   return npy_array(impl::from_owned_file(std::move(copy), std::move(layout), name));
 }
 
 npy_array npy_array::open(const std::string& path, load how) {
-  auto [fd, size] = open_regular_file(path);
+  auto [fd, size] = detail::open_regular_file(path);
   if (how == load::copy || size == 0) {  // an empty file cannot be mapped; its parse fails below
-    owned_bytes file = allocate_bytes(size);
-    for (std::size_t done = 0; done < size;) {
-      const ssize_t n = ::pread(fd.get(), file.get() + done, size - done, static_cast<off_t>(done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) io_failure(path, "cannot read");
-      if (n == 0) throw error(errc::io_error, path + ": the file shrank while it was read");
-      done += static_cast<std::size_t>(n);
-    }
+    owned_bytes file = detail::read_whole_file(fd, size, path);
     npy_layout layout = parse_npy({file.get(), size}, path);
     return npy_array(impl::from_owned_file(std::move(file), std::move(layout), path));
   }
-  void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
-  if (base == MAP_FAILED) io_failure(path, "cannot map");
-  file_mapping mapping(base, size);
+  detail::file_mapping mapping = detail::map_whole_file(fd, size, path);
   npy_layout layout = parse_npy(mapping.bytes(), path);
   if (layout.big_endian || layout.data_offset % element_bytes(layout.type) != 0) {
     // Converting or aligning the data means a copy: the file's own bytes are read-only.
-    owned_bytes file = allocate_bytes(size);
-    std::memcpy(file.get(), base, size);
+    owned_bytes file = detail::allocate_bytes(size);
+    std::memcpy(file.get(), mapping.bytes().data(), size);
     return npy_array(impl::from_owned_file(std::move(file), std::move(layout), path));
   }
-  if (layout.data_bytes >= huge_page) madvise(base, size, MADV_HUGEPAGE);  // advice only
+  if (layout.data_bytes >= detail::huge_page)  // advice only
+    madvise(const_cast<std::byte*>(mapping.bytes().data()), size, MADV_HUGEPAGE);
   auto p = std::make_unique<impl>();
-  p->data = static_cast<const std::byte*>(base) + layout.data_offset;
+  p->data = mapping.bytes().data() + layout.data_offset;
   p->mapping = std::move(mapping);
   p->layout = std::move(layout);
   p->name = path;
@@ -469,7 +383,7 @@ table_view<const float> npy_array::as_table() const {
 }
 
 index_span npy_array::as_indices() const {
-  if (dtype() == npy_dtype::f32 || shape().size() != 1)
+  if ((dtype() != npy_dtype::i32 && dtype() != npy_dtype::i64) || shape().size() != 1)
     wrong_kind(impl_->name, "a 1-D <i4 or <i8 array", dtype(), shape());
   return {impl_->data, elements(), dtype() == npy_dtype::i32 ? index_type::i32 : index_type::i64};
 }
@@ -491,7 +405,8 @@ std::string npy_header(npy_dtype type, std::span<const std::int64_t> shape) {
                            shape_text({shape.begin(), shape.end()}) + ", }";
   for (int major : {1, 2}) {
     const std::size_t preamble = sizeof npy_magic + 2 + (major == 1 ? 2 : 4);
-    const std::size_t total = (preamble + dict.size() + 1 + data_alignment - 1) / data_alignment * data_alignment;
+    const std::size_t total = (preamble + dict.size() + 1 + detail::file_data_alignment - 1) / detail::file_data_alignment *
+                              detail::file_data_alignment;
     const std::size_t header_length = total - preamble;
     if (major == 1 && header_length > 0xffff) continue;
     std::string out(reinterpret_cast<const char*>(npy_magic), sizeof npy_magic);
@@ -521,30 +436,6 @@ std::size_t checked_data_bytes(const std::string& path, npy_dtype type, std::spa
   return static_cast<std::size_t>(total);
 }
 
-void write_all(int fd, const void* data, std::size_t bytes, const std::string& path) {
-  const auto* p = static_cast<const char*>(data);
-  while (bytes > 0) {
-    const ssize_t n = ::write(fd, p, std::min<std::size_t>(bytes, 1u << 30));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) io_failure(path, "cannot write");
-    p += n;
-    bytes -= static_cast<std::size_t>(n);
-  }
-}
-
-// A name beside `path` no other writer uses: the process id and a per-process counter, with
-// O_EXCL catching a leftover of a crashed writer (then the next number is tried).
-file_descriptor create_temporary(const std::string& path, std::string& temporary) {
-  static std::atomic<std::uint64_t> counter{0};
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    temporary = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-    const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0) return file_descriptor(fd);
-    if (errno != EEXIST) io_failure(path, "cannot create a temporary file beside it");
-  }
-  io_failure(path, "cannot create a temporary file beside it");
-}
-
 }  // namespace
 
 npy_write_group::npy_write_group() = default;
@@ -560,14 +451,9 @@ void npy_write_group::stage(const std::string& path, npy_dtype type, std::span<c
   try {
     const std::size_t data_bytes = checked_data_bytes(path, type, shape, data);
     const std::string header = npy_header(type, shape);
-    std::string temporary;
-    file_descriptor fd = create_temporary(path, temporary);
+    const std::string temporary = detail::write_temporary_beside(
+        path, {std::as_bytes(std::span(header)), {static_cast<const std::byte*>(data), data_bytes}});
     staged_.push_back({temporary, path});
-    write_all(fd.get(), header.data(), header.size(), path);
-    write_all(fd.get(), data, data_bytes, path);
-    // No fsync: this guards against a failed or interrupted writer, not a power cut, which would
-    // cost a flush of every (possibly GiB) table written.
-    if (::close(fd.release()) != 0) io_failure(path, "cannot write");
   } catch (...) {
     remove_staged();
     throw;
@@ -577,7 +463,7 @@ void npy_write_group::stage(const std::string& path, npy_dtype type, std::span<c
 void npy_write_group::commit() {
   for (std::size_t i = 0; i < staged_.size(); ++i) {
     if (::rename(staged_[i].temporary.c_str(), staged_[i].path.c_str()) != 0) {
-      const std::string reason = system_error_text();
+      const std::string reason = std::strerror(errno);
       const std::string what = staged_[i].path + ": cannot rename " + staged_[i].temporary + " into place: " + reason;
       staged_.erase(staged_.begin(), staged_.begin() + static_cast<std::ptrdiff_t>(i));  // those are in place
       remove_staged();

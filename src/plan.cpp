@@ -65,17 +65,19 @@ int block_count(std::int64_t work, int threads) {
 
 }  // namespace
 
+void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int threads, block_list& out) {
+  out.count = 0;
+  const int k = block_count(items * work_per_item, threads);
+  for (int i = 0; i < k; ++i) {
+    const std::int64_t begin = items * i / k, end = items * (i + 1) / k;
+    if (end > begin) out.blocks[out.count++] = {begin, end, begin};
+  }
+}
+
 void plan_forward_blocks(const bag_source& bags, embag::mode mode, std::int64_t dim, int threads,
                          block_list& out) {
+  if (mode == mode::none) return plan_even_blocks(bags.nnz, dim, threads, out);
   out.count = 0;
-  if (mode == mode::none) {
-    const int k = block_count(bags.nnz * dim, threads);
-    for (int i = 0; i < k; ++i) {
-      const std::int64_t begin = bags.nnz * i / k, end = bags.nnz * (i + 1) / k;
-      if (end > begin) out.blocks[out.count++] = {begin, end, begin};
-    }
-    return;
-  }
   const std::int64_t total = bags.nnz + bags.num_bags;  // rows read + rows written
   const int k = block_count(total * dim, threads);
   if (k == 1) {

@@ -36,6 +36,10 @@ struct block_list {
 void plan_forward_blocks(const bag_source& bags, embag::mode mode, std::int64_t dim, int threads,
                          block_list& out);
 
+// [0, items) cut into runs of about equal work (items x work_per_item) as {begin, end, begin}:
+// what mode none's indices and quantize's table rows are split by.
+void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int threads, block_list& out);
+
 // Blocks of unique rows of about equal number of contributions; bag_begin/bag_end hold the rows.
 void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, block_list& out);
 

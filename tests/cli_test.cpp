@@ -1,4 +1,4 @@
-// `embag forward` and `embag backward`, run as a user would (EMBAG_TOOL, set by tests/meson.build)
+// `embag forward`, `embag backward`, `embag quantize` and `embag dequantize`, run as a user would (EMBAG_TOOL, set by tests/meson.build)
 // on .npy files written with write_npy: their outputs are bit for bit the library's own on the
 // same inputs (the tool inherits EMBAG_ISA, so both run on the same ISA), and a failed run exits 2
 // with one "embag: " line and leaves no output file created or changed.
@@ -8,12 +8,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
+#include "embag/quantize.hpp"
 #include "support/temporary_directory.hpp"
 
 namespace embag {
@@ -248,6 +251,60 @@ TEST_F(Cli, AFailedOutputLeavesNoOtherOutput) {
                               "--argmax-out missing/a.npy"),
                         "missing/a.npy: cannot create a temporary file beside it");
   EXPECT_FALSE(dir_.listing().count("y.npy"));
+}
+
+// quantize then dequantize: the .embag file holds the library's own rows, and dequantize gives
+// the library's own fp32 values, for every format; an fp16 .npy is read as its exact values.
+TEST_F(Cli, QuantizeAndDequantizeMatchTheLibrary) {
+  const std::pair<const char*, dtype> formats[] = {{"fp32", dtype::f32}, {"fp16", dtype::f16}, {"bf16", dtype::bf16},
+                                                   {"int8", dtype::int8_rowwise}, {"int4", dtype::int4_rowwise}};
+  for (const auto& [name, type] : formats) {
+    SCOPED_TRACE(name);
+    const tool_run q = embag(std::string("quantize --in w.npy --to ") + name + " --out t.embag --threads 2");
+    ASSERT_EQ(q.status, 0) << q.output;
+    EXPECT_EQ(q.output, "");
+    const compressed_table want = quantize(table(), type);
+    const compressed_table got = compressed_table::open(in("t.embag"));
+    ASSERT_EQ(got.element_type(), type);
+    ASSERT_EQ(got.rows(), rows);
+    ASSERT_EQ(got.dim(), dim);
+    EXPECT_EQ(std::memcmp(got.view().data, want.view().data, static_cast<std::size_t>(rows * want.row_bytes())), 0);
+
+    const tool_run d = embag("dequantize --in t.embag --out back.npy");
+    ASSERT_EQ(d.status, 0) << d.output;
+    std::vector<float> values(rows * dim);
+    dequantize(want.view(), {values.data(), rows, dim, dim});
+    EXPECT_EQ(floats("back.npy"), values);
+  }
+
+  std::vector<std::uint16_t> halves(rows * dim);
+  for (std::size_t i = 0; i < halves.size(); ++i) halves[i] = static_cast<std::uint16_t>(0x3c00 + 37 * i);  // 1.0 up
+  write_npy(in("w16.npy"), npy_dtype::f16, std::vector<std::int64_t>{rows, dim}, halves.data());
+  ASSERT_EQ(embag("quantize --in w16.npy --to fp16 --out t16.embag").status, 0);
+  const compressed_table t16 = compressed_table::open(in("t16.embag"));
+  EXPECT_EQ(std::memcmp(t16.view().data, halves.data(), halves.size() * 2), 0) << "fp16 -> fp32 -> fp16 is exact";
+}
+
+TEST_F(Cli, QuantizeErrorsWriteNothing) {
+  std::vector<float> with_nan = weights_;
+  with_nan[2 * dim + 3] = std::numeric_limits<float>::quiet_NaN();
+  write_npy(in("nan.npy"), npy_dtype::f32, std::vector<std::int64_t>{rows, dim}, with_nan.data());
+  dir_.write("junk.embag", "EMBAGTBL but nothing else");
+  const std::set<std::string> files = dir_.listing();
+  expect_one_line_error(embag("quantize --in nan.npy --to int8 --out t.embag"), "table[2][3] = nan is not finite");
+  expect_one_line_error(embag("quantize --in w.npy --to int3 --out t.embag"), "--to is fp32, fp16, bf16, int8 or int4, got 'int3'");
+  expect_one_line_error(embag("quantize --in w.npy --out t.embag"), "--to is required");
+  expect_one_line_error(embag("quantize --in i.npy --to int4 --out t.embag"), "i.npy: expected a 2-D <f4 table");
+  expect_one_line_error(embag("quantize --in absent.npy --to int4 --out t.embag"), "absent.npy: cannot open");
+  expect_one_line_error(embag("quantize --in w.npy --to int4 --out no/such/dir/t.embag"), "no/such/dir/t.embag: cannot create");
+  expect_one_line_error(embag("dequantize --in junk.embag --out w2.npy"), "junk.embag: truncated");
+  expect_one_line_error(embag("dequantize --in w.npy --out w2.npy"), "w.npy: not an .embag file");
+  expect_one_line_error(embag("dequantize --in junk.embag"), "--out is required");
+  EXPECT_EQ(dir_.listing(), files) << "no output file, no temporary file";
+
+  dir_.write("t.embag", "an earlier table");
+  expect_one_line_error(embag("quantize --in nan.npy --to int4 --out t.embag"), "table[2][3] = nan");
+  EXPECT_EQ(dir_.read("t.embag"), "an earlier table");
 }
 
 }  // namespace

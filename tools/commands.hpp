@@ -7,5 +7,7 @@ int bench_command(int argc, char** argv);
 int fuzz_command(int argc, char** argv);
 int forward_command(int argc, char** argv);   // tools/file_commands.cpp
 int backward_command(int argc, char** argv);
+int quantize_command(int argc, char** argv);
+int dequantize_command(int argc, char** argv);
 
 }  // namespace embag::tool

@@ -3,6 +3,7 @@
 //   embag bench  the cross-ISA benchmark report (tools/bench_command.cpp)
 //   embag fuzz   the differential check of every ISA against the reference (tools/fuzz_command.cpp)
 //   embag forward, embag backward   one call on .npy files (tools/file_commands.cpp)
+//   embag quantize, embag dequantize   a .npy table to a compressed .embag table and back (same file)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -30,7 +31,8 @@ int info() {
 
 int usage(FILE* to) {
   std::fprintf(to, "usage: embag info | embag bench [--help] | embag fuzz [--help]\n"
-                  "       embag forward [--help] | embag backward [--help]\n");
+                  "       embag forward [--help] | embag backward [--help]\n"
+                  "       embag quantize [--help] | embag dequantize [--help]\n");
   return to == stdout ? 0 : 2;
 }
 
@@ -45,6 +47,8 @@ int main(int argc, char** argv) {
     if (command == "fuzz") return embag::tool::fuzz_command(argc - 2, argv + 2);
     if (command == "forward") return embag::tool::forward_command(argc - 2, argv + 2);
     if (command == "backward") return embag::tool::backward_command(argc - 2, argv + 2);
+    if (command == "quantize") return embag::tool::quantize_command(argc - 2, argv + 2);
+    if (command == "dequantize") return embag::tool::dequantize_command(argc - 2, argv + 2);
     if (command == "--help" || command == "-h") return usage(stdout);
     std::fprintf(stderr, "embag: unknown command '%s'\n", argv[1]);
     return usage(stderr);

@@ -1,7 +1,8 @@
 // `embag forward` and `embag backward`: one call of the library on .npy files, e.g. to check embag
-// against another framework's dump. Inputs are mapped read-only; every output is computed first
-// and then written through one npy_write_group, so an error (a bad flag, file or index) leaves no
-// output file created or changed.
+// against another framework's dump; `embag quantize` and `embag dequantize`: a .npy table to an
+// .embag compressed table and back. Inputs are mapped read-only; every output is computed first
+// and then written through a temporary file renamed into place, so an error (a bad flag, file or
+// index) leaves no output file created or changed.
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -11,11 +12,13 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "commands.hpp"
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
+#include "embag/quantize.hpp"
 
 namespace embag::tool {
 namespace {
@@ -36,6 +39,15 @@ const char* backward_help =
     "         [--per-sample-weights-grad-out PG.npy]\n"
     "  G is the gradient of forward's output; mode max needs the argmax forward wrote (--argmax-out).\n"
     "  Dense: dW is W's shape, from zero. Sparse: R the sorted unique rows (<i8), dW their gradient rows.\n";
+
+const char* quantize_help =
+    "usage: embag quantize --in W.npy --to fp32|fp16|bf16|int8|int4 --out T.embag [--threads N]\n"
+    "  W is a 2-D <f4 (or <f2) table. int8 and int4 are FBGEMM's fused rowwise layouts (per row: the\n"
+    "  quantised values, then scale and bias); rows with NaN or Inf, or out of the format's range, are errors.\n";
+
+const char* dequantize_help =
+    "usage: embag dequantize --in T.embag --out W.npy [--threads N]\n"
+    "  W is T's table as a 2-D <f4 array.\n";
 
 struct command_line {
   bool backward = false;
@@ -70,6 +82,11 @@ class flag_parser {
     if (!into.empty()) bad(flag_ + " is given twice");
     into = value();
     if (into.empty()) bad(flag_ + " needs a file name");
+  }
+  int threads() {
+    const std::int64_t n = integer();
+    if (n < 0 || n > std::numeric_limits<int>::max()) bad("--threads wants 0 (all) or a positive count");
+    return static_cast<int>(n);
   }
   std::int64_t integer() {
     const std::string text = value();
@@ -130,9 +147,7 @@ command_line parse(bool backward, int argc, char** argv) {
       c.opts.execution.isa = isa_from_string(name);
       if (!c.opts.execution.isa) p.bad("unknown ISA '" + name + "' (reference, sse2, avx2, avx512, neon)");
     } else if (f == "--threads") {
-      const std::int64_t n = p.integer();
-      if (n < 0 || n > std::numeric_limits<int>::max()) p.bad("--threads wants 0 (all) or a positive count");
-      c.opts.execution.max_threads = static_cast<int>(n);
+      c.opts.execution.max_threads = p.threads();
     } else if (!backward && f == "--max-norm-inplace") c.max_norm_inplace = true;
     else if (!backward && f == "--weight-out") p.file(c.weight_out);
     else if (!backward && f == "--argmax-out") p.file(c.argmax_out);
@@ -274,7 +289,72 @@ bool wants_help(int argc, char** argv) {
   return false;
 }
 
+// The flags of quantize (with --to) and dequantize.
+struct conversion_line {
+  std::string in, out;
+  std::optional<dtype> to;
+  execution how;
+};
+
+conversion_line parse_conversion(bool quantizing, int argc, char** argv) {
+  conversion_line c;
+  flag_parser p(quantizing ? "quantize" : "dequantize", argc, argv);
+  while (p.next()) {
+    const std::string& f = p.flag();
+    if (f == "--in") p.file(c.in);
+    else if (f == "--out") p.file(c.out);
+    else if (f == "--threads") c.how.max_threads = p.threads();
+    else if (quantizing && f == "--to") {
+      const std::string name = p.value();
+      const std::pair<const char*, dtype> names[] = {{"fp32", dtype::f32}, {"fp16", dtype::f16}, {"bf16", dtype::bf16},
+                                                     {"int8", dtype::int8_rowwise}, {"int4", dtype::int4_rowwise}};
+      for (const auto& [text, type] : names)
+        if (name == text) c.to = type;
+      if (!c.to) p.bad("--to is fp32, fp16, bf16, int8 or int4, got '" + name + "'");
+    } else p.bad("unknown option '" + f + "'");
+  }
+  if (c.in.empty()) p.bad("--in is required");
+  if (c.out.empty()) p.bad("--out is required");
+  if (quantizing && !c.to) p.bad("--to is required");
+  return c;
+}
+
+int run_quantize(const conversion_line& c) {
+  const npy_array weight = npy_array::open(c.in);
+  if (weight.dtype() != npy_dtype::f16) {
+    write_embag(c.out, quantize(weight.as_table(), *c.to, c.how).view());
+    return 0;
+  }
+  // an fp16 table is widened first (exactly), through its view as a compressed f16 table
+  if (weight.shape().size() != 2)
+    throw error(errc::bad_file, c.in + ": expected a 2-D <f4 or <f2 table, found " + std::to_string(weight.shape().size()) + "-D");
+  const compressed_table_view halves{static_cast<const std::byte*>(weight.data()), weight.shape()[0], weight.shape()[1], 0,
+                                     dtype::f16};
+  table widened(halves.rows, halves.dim);
+  dequantize(halves, widened.view(), c.how);
+  write_embag(c.out, quantize(std::as_const(widened).view(), *c.to, c.how).view());
+  return 0;
+}
+
+int run_dequantize(const conversion_line& c) {
+  const compressed_table in = compressed_table::open(c.in);
+  std::vector<float> out = zeros<float>("the table", in.rows(), in.dim());
+  dequantize(in.view(), {out.data(), in.rows(), in.dim(), in.dim()}, c.how);
+  write_npy(c.out, npy_dtype::f32, shape{in.rows(), in.dim()}, out.data());
+  return 0;
+}
+
 }  // namespace
+
+int quantize_command(int argc, char** argv) {
+  if (wants_help(argc, argv)) return std::fputs(quantize_help, stdout), 0;
+  return run_quantize(parse_conversion(true, argc, argv));
+}
+
+int dequantize_command(int argc, char** argv) {
+  if (wants_help(argc, argv)) return std::fputs(dequantize_help, stdout), 0;
+  return run_dequantize(parse_conversion(false, argc, argv));
+}
 
 int forward_command(int argc, char** argv) {
   if (wants_help(argc, argv)) return std::fputs(forward_help, stdout), 0;

@@ -61,7 +61,9 @@ class error : public std::runtime_error {
 // ---------------------------------------------------------------------------------------------
 // Tables and matrices.
 
-enum class dtype : std::uint8_t { f32 };
+// Element types of table rows: f32 is embag::table's; the others are the compressed row formats of
+// embag/quantize.hpp, which describes their bytes. The values are the .embag file's dtype codes.
+enum class dtype : std::uint8_t { f32 = 0, f16 = 1, bf16 = 2, int8_rowwise = 3, int4_rowwise = 4 };
 
 template <class Element>
 struct dtype_of;

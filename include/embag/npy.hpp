@@ -16,7 +16,9 @@
 
 namespace embag {
 
-enum class npy_dtype : std::uint8_t { f32, i32, i64 };
+// f16 is IEEE binary16 ('<f2'), held as raw 16-bit words: dequantize() reads them as a
+// compressed_table_view of dtype::f16 (embag/quantize.hpp).
+enum class npy_dtype : std::uint8_t { f32, i32, i64, f16 };
 
 class npy_array {
  public:
@@ -25,7 +27,7 @@ class npy_array {
     copy,  // read into memory the array owns (for files that may change underneath)
   };
 
-  // Versions 1.0 to 3.0; little-endian <f4, <i4, <i8 (big-endian data is converted on load, which
+  // Versions 1.0 to 3.0; little-endian <f4, <f2, <i4, <i8 (big-endian data is converted on load, which
   // copies); C order (Fortran order is rejected: the rows of a table must be contiguous).
   static npy_array open(const std::string& path, load how = load::map);
   // The same parse of a whole .npy file already in memory, copied; `name` is what errors call it.

@@ -37,6 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case embag::npy_dtype::f32: read_all<float>(a.as_floats().data(), a.elements()); break;
       case embag::npy_dtype::i32: read_all<std::int32_t>(a.data(), a.elements()); break;
       case embag::npy_dtype::i64: read_all<std::int64_t>(a.data(), a.elements()); break;
+      case embag::npy_dtype::f16: read_all<std::uint16_t>(a.data(), a.elements()); break;
     }
     if (a.shape().size() == 2 && a.dtype() == embag::npy_dtype::f32) {
       const embag::table_view<const float> t = a.as_table();

@@ -1,0 +1,2 @@
+// Compiles embag/quantize.hpp on its own, with warnings as errors (linked into header_alone).
+#include "embag/quantize.hpp"
