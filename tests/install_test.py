@@ -4,7 +4,7 @@ tests/consumer/ built the way a user would (plain cc / c++ with `pkg-config --cf
 and run against the installed shared library. Also checks that the README's C example is
 tests/consumer/example.c, word for word.
 
-Usage: install_test.py BUILD_DIR SOURCE_DIR"""
+Usage: install_test.py BUILD_DIR SOURCE_DIR [B_SANITIZE]"""
 import os
 import pathlib
 import subprocess
@@ -22,6 +22,8 @@ def run(args, **kwargs):
 
 def main():
     build_dir, source_dir = map(pathlib.Path, sys.argv[1:3])
+    sanitize = sys.argv[3] if len(sys.argv) > 3 else "none"
+    sanitizer_flags = [] if sanitize == "none" else [f"-fsanitize={sanitize}"]
     consumer = source_dir / "tests" / "consumer"
 
     example_c = (consumer / "example.c").read_text()
@@ -52,7 +54,7 @@ def main():
         run_env = dict(os.environ, LD_LIBRARY_PATH=str(shared.parent))
         for source, compiler, std in (("example.c", "cc", "-std=c99"), ("example.cpp", "c++", "-std=c++20")):
             exe = pathlib.Path(tmp) / source.replace(".", "_")
-            run([compiler, std, "-Wall", "-Wextra", "-Werror", consumer / source, "-o", exe] + flags)
+            run([compiler, std, "-Wall", "-Wextra", "-Werror", consumer / source, "-o", exe] + sanitizer_flags + flags)
             output = run([exe], env=run_env)
             # the installed library, not the build tree's, answered
             maps = run(["ldd", exe], env=run_env)
