@@ -226,8 +226,7 @@ bool is_dtype(dtype type) { return static_cast<unsigned>(type) <= static_cast<un
 
 // row_bytes, or nullopt when dim is too large (the rows would exceed 2^62 bytes each).
 std::optional<std::int64_t> packed_row_bytes(dtype type, std::int64_t dim) {
-  constexpr std::int64_t largest = std::int64_t{1} << 62;
-  if (dim > largest / 4) return std::nullopt;
+  if (dim > detail::max_array_bytes / 4) return std::nullopt;
   switch (type) {
     case dtype::f32: return 4 * dim;
     case dtype::f16:
@@ -249,9 +248,7 @@ std::int64_t validate_compressed(const char* name, const compressed_table_view& 
   if (stride < bytes)
     throw error(errc::invalid_shape, n + " has row_stride " + str(t.row_stride) + " bytes, less than the " + str(bytes) +
                                          " bytes of a " + std::string(to_string(t.element_type)) + " row of dim " + str(t.dim));
-  std::int64_t extent = 0;
-  if (t.rows > 0 && (__builtin_mul_overflow(t.rows - 1, stride, &extent) || __builtin_add_overflow(extent, bytes, &extent) ||
-                     extent > std::int64_t{1} << 62))
+  if (!detail::span_bytes(t.rows, stride, bytes, 1))
     throw error(errc::size_overflow, n + " of " + str(t.rows) + " rows x " + str(stride) + " bytes overflows the address space");
   if (t.data == nullptr && t.rows > 0) throw error(errc::null_pointer, n + " is null but has " + str(t.rows) + " rows");
   return stride;
@@ -304,12 +301,12 @@ compressed_table quantize(table_view<const float> table, dtype to, const executi
   const std::int64_t stride = detail::validate_matrix("table", table.data, table.rows, table.dim, table.row_stride);
   if (!is_dtype(to)) throw error(errc::invalid_option, "quantize to dtype " + str(std::int64_t(to)) + ": not a dtype");
   const std::int64_t bytes = row_bytes(to, table.dim);
-  std::int64_t total = 0;
-  if (__builtin_mul_overflow(table.rows, bytes, &total) || total > std::int64_t{1} << 62)
+  const std::optional<std::int64_t> total = detail::span_bytes(table.rows, bytes, bytes, 1);
+  if (!total)
     throw error(errc::size_overflow, "quantize: " + str(table.rows) + " rows of " + str(bytes) + " bytes overflow the address space");
 
   auto p = std::make_unique<compressed_table::impl>();
-  p->owned = detail::allocate_bytes(static_cast<std::size_t>(total));
+  p->owned = detail::allocate_bytes(static_cast<std::size_t>(*total));
   p->view = {p->owned.get(), table.rows, table.dim, bytes, to};
   detail::block_list blocks;
   detail::plan_even_blocks(table.rows, table.dim, detail::threads_for(how), blocks);
@@ -391,7 +388,7 @@ embag_layout parse_embag(std::span<const std::byte> file, const std::string& nam
   const dtype element = static_cast<dtype>(type);
   if (dim == 0) malformed(name, "dim is 0");
   const std::optional<std::int64_t> bytes = packed_row_bytes(element, dim);
-  if (!bytes) malformed(name, "a " + std::string(to_string(element)) + " row of dim " + str(dim) + " overflows 64 bits");
+  if (!bytes) malformed(name, "a " + std::string(to_string(element)) + " row of dim " + str(dim) + " overflows the address space");
   if (stride != *bytes)
     malformed(name, "row bytes " + str(stride) + " do not match dtype " + std::string(to_string(element)) + " and dim " +
                         str(dim) + ", which need " + str(*bytes));

@@ -17,13 +17,8 @@ std::string str(double v) {
   return s;
 }
 
-// Largest byte count we let a single array span: 2^56, the user address space of x86-64 with
-// 5-level paging (AArch64's is smaller). No real array is larger, and one claiming to be would
-// make the overlap checks depend on where the real buffers happen to lie.
-constexpr std::int64_t max_bytes = std::int64_t{1} << 56;
-
 bool bytes_of(std::int64_t count, std::int64_t element_bytes, std::int64_t& bytes) {
-  return !__builtin_mul_overflow(count, element_bytes, &bytes) && bytes <= max_bytes;
+  return !__builtin_mul_overflow(count, element_bytes, &bytes) && bytes <= max_array_bytes;
 }
 
 // Reading an element through a pointer not aligned to its type is undefined behaviour (SIMD and
@@ -132,6 +127,16 @@ void check_lengths(const index_span& lengths, std::int64_t nnz) {
 
 }  // namespace
 
+std::optional<std::int64_t> span_bytes(std::int64_t rows, std::int64_t stride_units, std::int64_t row_units,
+                                       std::int64_t unit_bytes) {
+  std::int64_t units = 0, bytes = 0;
+  if (rows <= 0) return 0;
+  if (__builtin_mul_overflow(rows - 1, stride_units, &units) || __builtin_add_overflow(units, row_units, &units) ||
+      !bytes_of(units, unit_bytes, bytes))
+    return std::nullopt;
+  return bytes;
+}
+
 std::int64_t validate_matrix(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
                              std::int64_t row_stride) {
   const std::string n(name);
@@ -140,9 +145,7 @@ std::int64_t validate_matrix(const char* name, const void* data, std::int64_t ro
   const std::int64_t stride = row_stride == 0 ? cols : row_stride;
   if (stride < cols)
     fail(errc::invalid_shape, n + " has row_stride " + str(row_stride) + " smaller than its dim " + str(cols));
-  std::int64_t elements = 0, bytes = 0;
-  if (rows > 0 && (__builtin_mul_overflow(rows - 1, stride, &elements) ||
-                   __builtin_add_overflow(elements, cols, &elements) || !bytes_of(elements, 4, bytes)))
+  if (rows > 0 && !span_bytes(rows, stride, cols, sizeof(float)))
     fail(errc::size_overflow, n + " of " + str(rows) + " rows x stride " + str(stride) +
                                   " floats overflows the address space");
   if (data == nullptr && rows > 0) fail(errc::null_pointer, n + " is null but has " + str(rows) + " rows");

@@ -3,11 +3,22 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 
 #include "request.hpp"
 
 namespace embag::detail {
+
+// The largest array validation admits: 2^56 bytes, the user address space of x86-64 with 5-level
+// paging (AArch64's is smaller). No real array is larger, and one claiming to be would make the
+// overlap checks depend on where the real buffers happen to lie.
+inline constexpr std::int64_t max_array_bytes = std::int64_t{1} << 56;
+
+// The bytes `rows` strided rows span (rows - 1 strides, then one row of row_units), in units of
+// unit_bytes; nothing when that overflows or passes max_array_bytes.
+std::optional<std::int64_t> span_bytes(std::int64_t rows, std::int64_t stride_units, std::int64_t row_units,
+                                       std::int64_t unit_bytes);
 
 // A matrix or table shape: rows >= 0, cols > 0, stride >= cols (0 means cols), byte size in range,
 // data non-null and float-aligned when it has rows. Returns the effective row stride.

@@ -52,6 +52,7 @@
 #include <string_view>
 
 #include "embag/embag.hpp"
+#include "embag/npy.hpp"
 
 namespace embag {
 
@@ -75,10 +76,7 @@ struct compressed_table_view {
 // large, as embag::table is. Made by quantize() or read from an .embag file.
 class compressed_table {
  public:
-  enum class load : std::uint8_t {
-    map,   // mmap read-only, huge-page advice where the OS allows
-    copy,  // read into memory the table owns (for files that may change underneath)
-  };
+  using load = npy_array::load;  // map (read-only, huge-page advice) or copy, as for .npy files
 
   // Reads an .embag file (see write_embag). A missing or unreadable file is errc::io_error; a
   // malformed one (magic, version, dtype, sizes, row bytes, data offset, truncated or trailing
