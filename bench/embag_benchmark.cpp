@@ -7,14 +7,19 @@
 //   B = 2048 bags, L = 40 fixed or variable (lengths uniform in [1, 79]), uniform or zipf indices,
 //   threads 1 and all (embag::default_threads(); the reference is single-threaded: threads:1 only),
 // plus roofline/read (embag::read_rows on the same index sets with the best prefetch) and
-// roofline/sequential (the whole table read in order) for the raw memory figures. Names are those
-// `embag bench --json` writes, so one plot script and Google Benchmark's compare.py read both:
+// roofline/sequential (the whole table read in order) for the raw memory figures. The forward
+// families and roofline/read run again on compressed tables (f16, bf16, int8_rowwise,
+// int4_rowwise) for R in {10000, 1000000}, D in {32, 64, 128, 256}, L = 40 fixed, uniform. Names
+// are those `embag bench --json` writes, so one plot script and Google Benchmark's compare.py read both:
 //   forward/sum/avx512/f32/R:1000000/D:128/L:40/uniform/threads:1
+//   forward/sum/avx512/int8_rowwise/R:1000000/D:128/L:40/uniform/threads:1
 //   backward/sparse/avx2/f32/R:10000/D:100/L:40/var/zipf/threads:2
 //   roofline/read/avx512/f32/R:1000000/D:128/L:40/uniform/threads:2
-// Counters: bytes_per_second (lookups x D x 4 per call) and items_per_second (lookups), both per
-// second of wall-clock time; roofline_bytes_per_second and roofline_fraction (the kernel's bytes/s
-// over read_rows' on the same index sets and threads, measured just before the timed loop);
+// Counters: bytes_per_second (lookups x the stored row bytes per call: D x 4 for f32, D + 8 for
+// int8_rowwise, ...), f32_equivalent_bytes_per_second (lookups x D x 4) and items_per_second
+// (lookups), all per second of wall-clock time; roofline_bytes_per_second and roofline_fraction
+// (the kernel's bytes/s over read_rows' on the same rows, index sets and threads, measured just
+// before the timed loop);
 // speedup_vs_reference when the reference ran earlier in the same process. The label gives the
 // table's size class against this machine's caches (cache, LLC, LLC-DRAM, DRAM).
 //
@@ -44,6 +49,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -79,38 +85,42 @@ std::map<std::string, std::unique_ptr<workload>>& workloads() {
   return cache;
 }
 
-const workload& get_workload(const workload_spec& spec) {
+// The workload of a spec with its table in `type` added.
+const workload& get_workload(const workload_spec& spec, dtype type = dtype::f32) {
   auto& cache = workloads();
   const std::string key = spec.name();
-  if (auto it = cache.find(key); it != cache.end()) return *it->second;
-  std::int64_t cached = 0;
-  for (const auto& [name, w] : cache) cached += resident_bytes(*w);
-  const std::int64_t memory = physical_memory_bytes();
-  if (memory > 0 && cached + spec.table_bytes() > memory / 2) cache.clear();
-  return *cache.emplace(key, std::make_unique<workload>(spec)).first->second;
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    std::int64_t cached = 0;
+    for (const auto& [name, w] : cache) cached += resident_bytes(*w);
+    const std::int64_t memory = physical_memory_bytes();
+    if (memory > 0 && cached + spec.table_bytes() > memory / 2) cache.clear();
+    it = cache.emplace(key, std::make_unique<workload>(spec)).first;
+  }
+  it->second->add(type);
+  return *it->second;
 }
 
-// The roofline's best prefetch per (spec, threads): a sweep of 7 settings, found once.
-prefetch_setting roofline_prefetch(const workload& w, int threads) {
-  static std::map<std::pair<std::string, int>, prefetch_setting> cache;
-  const auto key = std::make_pair(w.spec.name(), threads);
+// The roofline's best prefetch per (spec, element type, threads): a sweep of 7 settings, found once.
+prefetch_setting roofline_prefetch(const workload& w, dtype type, int threads) {
+  static std::map<std::tuple<std::string, dtype, int>, prefetch_setting> cache;
+  const auto key = std::make_tuple(w.spec.name(), type, threads);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  return cache[key] = best_roofline_prefetch(w, threads, available_isas().back());
+  return cache[key] = best_roofline_prefetch(w, threads, available_isas().back(), type);
 }
 
-
-
-// The roofline's bytes/s on this workload: one read_rows call per index set after a warm-up
-// call, the median of the per-set rates (sets differ in length with variable-length bags).
-double roofline_bytes_per_second(const workload& w, int threads, prefetch_setting prefetch) {
+// The roofline's bytes/s on this workload's table in `type`: one read_rows call per index set
+// after a warm-up call, the median of the per-set rates (sets differ in length with
+// variable-length bags).
+double roofline_bytes_per_second(const workload& w, dtype type, int threads, prefetch_setting prefetch) {
   const execution e = execution_for(available_isas().back(), threads, prefetch);
-  benchmark::DoNotOptimize(read_rows(w.rows_table.view(), w.sets[0].indices, e));
+  benchmark::DoNotOptimize(read_rows(w.table_in(type), w.sets[0].indices, e));
   std::vector<double> rates;
   for (int set = 0; set < static_cast<int>(w.sets.size()); ++set) {
     const auto t0 = clock_type::now();
-    benchmark::DoNotOptimize(read_rows(w.rows_table.view(), w.sets[set].indices, e));
+    benchmark::DoNotOptimize(read_rows(w.table_in(type), w.sets[set].indices, e));
     const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
-    rates.push_back(row_bytes(w, set) / seconds);
+    rates.push_back(row_bytes(w, set, type) / seconds);
   }
   std::nth_element(rates.begin(), rates.begin() + rates.size() / 2, rates.end());
   return rates[rates.size() / 2];
@@ -147,37 +157,39 @@ void skip_with(benchmark::State& state, const std::exception& e) {
   state.SkipWithError(e.what());
 }
 
-// forward/..., backward/...: `op` on `which`, the index sets rotating between iterations.
-void run_kernel(benchmark::State& state, const std::string& name, operation op, isa which,
+// forward/..., backward/...: `op` on `which` over the table in `type`, the index sets rotating
+// between iterations.
+void run_kernel(benchmark::State& state, const std::string& name, operation op, isa which, dtype type,
                 const workload_spec& spec, int threads) {
   try {
-    const workload& w = get_workload(spec);
+    const workload& w = get_workload(spec, type);
     const int sets = static_cast<int>(w.sets.size());
-    const prefetch_setting prefetch = roofline_prefetch(w, threads);
+    const prefetch_setting prefetch = roofline_prefetch(w, type, threads);
     bool fresh = false;
     call_buffers& buffers = buffers_for(name, fresh);
     const execution e = execution_for(which, threads);
     // Warm-up. New buffers are grown on every index set (the sets differ in length with variable
     // bags), so the timed loop never allocates.
-    for (int set = 0; set < (fresh ? sets : 1); ++set) run_operation(op, w, set, e, buffers);
-    const double roofline = roofline_bytes_per_second(w, threads, prefetch);
+    for (int set = 0; set < (fresh ? sets : 1); ++set) run_operation(op, w, set, e, buffers, type);
+    const double roofline = roofline_bytes_per_second(w, type, threads, prefetch);
 
     std::int64_t lookups = 0;
     int set = 0;
     const auto start = clock_type::now();
     for (auto _ : state) {
-      run_operation(op, w, set, e, buffers);
+      run_operation(op, w, set, e, buffers, type);
       lookups += w.lookups(set);
       set = set + 1 == sets ? 0 : set + 1;
     }
     const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
 
-    const double bytes = double(lookups) * double(spec.dim) * 4.0;
+    const double bytes = double(lookups) * double(row_bytes(type, spec.dim));
     set_rates(state, bytes, double(lookups), seconds);
+    state.counters["f32_equivalent_bytes_per_second"] = benchmark::Counter(double(lookups) * double(spec.dim) * 4.0 / seconds);
     const double rate = bytes / seconds;
     state.counters["roofline_bytes_per_second"] = benchmark::Counter(roofline);
     state.counters["roofline_fraction"] = benchmark::Counter(rate / roofline);
-    const std::string ref_key = std::string(operation_name(op)) + "/" + spec.name();
+    const std::string ref_key = std::string(operation_name(op)) + "/" + std::string(to_string(type)) + "/" + spec.name();
     if (which == isa::reference) {
       reference_rates()[ref_key] = rate;
     } else if (auto it = reference_rates().find(ref_key); it != reference_rates().end()) {
@@ -189,24 +201,25 @@ void run_kernel(benchmark::State& state, const std::string& name, operation op, 
   }
 }
 
-// roofline/read: read_rows alone on the same index sets, with the best prefetch for the threads.
-void run_roofline_read(benchmark::State& state, const workload_spec& spec, int threads) {
+// roofline/read: read_rows alone on the same index sets and table, with the best prefetch for the
+// threads.
+void run_roofline_read(benchmark::State& state, const workload_spec& spec, dtype type, int threads) {
   try {
-    const workload& w = get_workload(spec);
+    const workload& w = get_workload(spec, type);
     const int sets = static_cast<int>(w.sets.size());
-    const prefetch_setting prefetch = roofline_prefetch(w, threads);
+    const prefetch_setting prefetch = roofline_prefetch(w, type, threads);
     const execution e = execution_for(available_isas().back(), threads, prefetch);
-    benchmark::DoNotOptimize(read_rows(w.rows_table.view(), w.sets[0].indices, e));
+    benchmark::DoNotOptimize(read_rows(w.table_in(type), w.sets[0].indices, e));
     std::int64_t lookups = 0;
     int set = 0;
     const auto start = clock_type::now();
     for (auto _ : state) {
-      benchmark::DoNotOptimize(read_rows(w.rows_table.view(), w.sets[set].indices, e));
+      benchmark::DoNotOptimize(read_rows(w.table_in(type), w.sets[set].indices, e));
       lookups += w.lookups(set);
       set = set + 1 == sets ? 0 : set + 1;
     }
     const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
-    set_rates(state, double(lookups) * double(spec.dim) * 4.0, double(lookups), seconds);
+    set_rates(state, double(lookups) * double(row_bytes(type, spec.dim)), double(lookups), seconds);
     state.SetLabel(size_class(spec.table_bytes()) + " prefetch:" + prefetch_name(prefetch));
   } catch (const std::exception& e) {
     skip_with(state, e);
@@ -236,6 +249,25 @@ void run_roofline_sequential(benchmark::State& state, const workload_spec& spec,
   } catch (const std::exception& e) {
     skip_with(state, e);
   }
+}
+
+void register_roofline_read(const workload_spec& spec, dtype type, int threads) {
+  benchmark::RegisterBenchmark(benchmark_name("roofline/read", available_isas().back(), type, spec, threads).c_str(),
+                               [spec, type, threads](benchmark::State& s) { run_roofline_read(s, spec, type, threads); })
+      ->Unit(benchmark::kMillisecond);
+}
+
+void register_kernels(const std::vector<operation>& ops, const std::vector<isa>& isas,
+                      const std::vector<int>& thread_counts, const workload_spec& spec, dtype type) {
+  for (operation op : ops)
+    for (int threads : thread_counts)
+      for (isa which : isas) {
+        if (which == isa::reference && threads != 1) continue;  // the reference is one thread
+        const std::string name = benchmark_name(operation_name(op), which, type, spec, threads);
+        benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
+          run_kernel(s, name, op, which, type, spec, threads);
+        })->Unit(benchmark::kMillisecond);
+      }
 }
 
 void register_all() {
@@ -273,22 +305,21 @@ void register_all() {
         spec.variable_length = variable;
         spec.dist = dist;
         for (int threads : thread_counts)
-          benchmark::RegisterBenchmark(benchmark_name("roofline/sequential", best, spec, threads).c_str(),
+          benchmark::RegisterBenchmark(benchmark_name("roofline/sequential", best, dtype::f32, spec, threads).c_str(),
                                        [spec, threads](benchmark::State& s) { run_roofline_sequential(s, spec, threads); })
               ->Unit(benchmark::kMillisecond);
-        for (int threads : thread_counts)
-          benchmark::RegisterBenchmark(benchmark_name("roofline/read", best, spec, threads).c_str(),
-                                       [spec, threads](benchmark::State& s) { run_roofline_read(s, spec, threads); })
-              ->Unit(benchmark::kMillisecond);
-        for (operation op : ops)
-          for (int threads : thread_counts)
-            for (isa which : isas) {
-              if (which == isa::reference && threads != 1) continue;  // the reference is one thread
-              const std::string name = benchmark_name(operation_name(op), which, spec, threads);
-              benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
-                run_kernel(s, name, op, which, spec, threads);
-              })->Unit(benchmark::kMillisecond);
-            }
+        for (int threads : thread_counts) register_roofline_read(spec, dtype::f32, threads);
+        register_kernels(ops, isas, thread_counts, spec, dtype::f32);
+      }
+
+  // Compressed tables: forward only (backward reads no table), fixed-length uniform bags.
+  const std::vector<operation> forward_ops(ops.begin(), ops.begin() + 5);
+  for (std::int64_t rows : {10'000, 1'000'000})
+    for (std::int64_t dim : {32, 64, 128, 256})
+      for (dtype type : {dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise}) {
+        const workload_spec spec{.rows = rows, .dim = dim};
+        for (int threads : thread_counts) register_roofline_read(spec, type, threads);
+        register_kernels(forward_ops, isas, thread_counts, spec, type);
       }
 }
 

@@ -66,6 +66,22 @@ workload::workload(const workload_spec& s) : spec(s), rows_table(s.rows, s.dim) 
   }
 }
 
+void workload::add(dtype type) {
+  if (type == dtype::f32) return;
+  for (const compressed_table& t : compressed_)
+    if (t.element_type() == type) return;
+  compressed_.push_back(quantize(std::as_const(rows_table).view(), type));
+}
+
+compressed_table_view workload::table_in(dtype type) const {
+  if (type == dtype::f32)
+    return {reinterpret_cast<const std::byte*>(rows_table.row(0)), rows_table.rows(), rows_table.dim(),
+            rows_table.row_stride() * 4, dtype::f32};
+  for (const compressed_table& t : compressed_)
+    if (t.element_type() == type) return t.view();
+  throw error(errc::invalid_option, "workload: no " + std::string(to_string(type)) + " table (add it first)");
+}
+
 bags workload::batch(int set, bool weighted) const {
   const index_set& s = sets[set];
   return bags::from_offsets(s.indices, s.offsets, weighted ? std::span<const float>(s.weights) : std::span<const float>());
@@ -86,7 +102,8 @@ const char* operation_name(operation op) {
 
 bool is_forward(operation op) { return op != operation::backward_dense && op != operation::backward_sparse; }
 
-void run_operation(operation op, const workload& w, int set, const execution& how, call_buffers& buffers) {
+void run_operation(operation op, const workload& w, int set, const execution& how, call_buffers& buffers,
+                   dtype type) {
   options opts;
   opts.execution = how;
   const std::int64_t dim = w.spec.dim;
@@ -99,9 +116,11 @@ void run_operation(operation op, const workload& w, int set, const execution& ho
   const std::int64_t rows_out = output_rows(batch, opts);
   if (is_forward(op)) {
     if (buffers.out.size() < static_cast<std::size_t>(rows_out * dim)) buffers.out.resize(rows_out * dim);
-    forward(std::as_const(w.rows_table).view(), batch, opts, {buffers.out.data(), rows_out, dim, dim});
+    forward(w.table_in(type), batch, opts, {buffers.out.data(), rows_out, dim, dim});
     return;
   }
+  if (type != dtype::f32)
+    throw error(errc::invalid_option, std::string(operation_name(op)) + " reads no table: it runs on f32 only");
   if (buffers.grad_output.size() < static_cast<std::size_t>(rows_out * dim)) buffers.grad_output.assign(rows_out * dim, 0.5f);
   const matrix_view<const float> dy{buffers.grad_output.data(), rows_out, dim, dim};
   if (op == operation::backward_dense) {
@@ -127,14 +146,16 @@ std::string prefetch_name(prefetch_setting p) {
   return std::string(p.level == prefetch_level::l1 ? "l1:" : "l2:") + std::to_string(p.rows);
 }
 
-std::string benchmark_name(const char* family, isa which, const workload_spec& spec, int threads) {
-  return std::string(family) + "/" + std::string(to_string(which)) + "/f32/" + spec.name() +
-         "/threads:" + std::to_string(threads);
+std::string benchmark_name(const char* family, isa which, dtype type, const workload_spec& spec, int threads) {
+  return std::string(family) + "/" + std::string(to_string(which)) + "/" + std::string(to_string(type)) + "/" +
+         spec.name() + "/threads:" + std::to_string(threads);
 }
 
-double row_bytes(const workload& w, int set) { return double(w.lookups(set)) * double(w.spec.dim) * 4.0; }
+double row_bytes(const workload& w, int set, dtype type) {
+  return double(w.lookups(set)) * double(embag::row_bytes(type, w.spec.dim));
+}
 
-prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which) {
+prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which, dtype type) {
   prefetch_setting best{prefetch_level::none, 0};
   double best_seconds = 1e30;
   const std::vector<prefetch_setting> sweep = {{prefetch_level::none, 0},  {prefetch_level::l1, 8},
@@ -145,7 +166,7 @@ prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa whic
     const execution how = execution_for(which, threads, p);
     int set = 0;
     const double s = median_seconds(9, [&] {
-      read_rows(w.rows_table.view(), w.sets[set].indices, how);
+      read_rows(w.table_in(type), w.sets[set].indices, how);
       set = (set + 1) % static_cast<int>(w.sets.size());
     });
     if (s < best_seconds) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "embag/embag.hpp"
+#include "embag/quantize.hpp"
 
 namespace embag::bench {
 
@@ -39,6 +40,8 @@ struct index_set {
   std::vector<float> weights;
 };
 
+// The fp32 table (values uniform in [-1, 1)), its compressed copies in the element types added
+// so far, and the index sets every element type is read with.
 struct workload {
   workload_spec spec;
   table rows_table;
@@ -47,6 +50,13 @@ struct workload {
   explicit workload(const workload_spec& s);
   std::int64_t lookups(int set) const { return static_cast<std::int64_t>(sets[set].indices.size()); }
   bags batch(int set, bool weighted = false) const;
+  // Quantises the table to `type` unless already done (f32 needs nothing).
+  void add(dtype type);
+  // The table in `type` (added before; f32 is rows_table itself).
+  compressed_table_view table_in(dtype type) const;
+
+ private:
+  std::vector<compressed_table> compressed_;
 };
 
 // The operations benchmarked, each one call on one index set.
@@ -69,13 +79,16 @@ execution execution_for(isa which, int threads, prefetch_setting prefetch = {});
 // "none", "l1:16", "l2:32"
 std::string prefetch_name(prefetch_setting p);
 // The name every benchmark result carries, e.g. forward/sum/avx512/f32/R:1000000/D:128/L:40/uniform/threads:1
-std::string benchmark_name(const char* family, isa which, const workload_spec& spec, int threads);
+// (the element type after the ISA: f32, f16, bf16, int8_rowwise, int4_rowwise)
+std::string benchmark_name(const char* family, isa which, dtype type, const workload_spec& spec, int threads);
 
-// Runs `op` once on index set `set`.
-void run_operation(operation op, const workload& w, int set, const execution& how, call_buffers& buffers);
+// Runs `op` once on index set `set`, forward reading the table in `type` (backward: f32 only).
+void run_operation(operation op, const workload& w, int set, const execution& how, call_buffers& buffers,
+                   dtype type = dtype::f32);
 
-// The bytes of row data an operation reads per call (lookups x D x 4; the plain lookup too).
-double row_bytes(const workload& w, int set);
+// The bytes of row data an operation reads per call: lookups x the bytes of a row stored in `type`
+// (D x 4 for f32, what the fp32-equivalent rates count).
+double row_bytes(const workload& w, int set, dtype type = dtype::f32);
 
 // Seconds per call of f: the median of `calls` timed calls after one untimed warm-up call.
 template <class F>
@@ -91,9 +104,10 @@ double median_seconds(int calls, F&& f) {
   return seconds[calls / 2];
 }
 
-// The best prefetch for the roofline on this workload and thread count, found by timing a sweep
-// of levels and distances; and the sequential-read bandwidth of the table in bytes/s.
-prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which);
+// The best prefetch for the roofline on this workload's table in `type` and thread count, found by
+// timing a sweep of levels and distances; and the sequential-read bandwidth of the fp32 table in
+// bytes/s.
+prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which, dtype type = dtype::f32);
 double sequential_read_bytes_per_second(const workload& w, int threads, isa which);
 
 // Classifies the table against this machine's caches: "cache" (< L2), "LLC", or "DRAM" (>= 4 x LLC),

@@ -62,7 +62,20 @@ inline xsimd::batch<float, Arch> widen_f16(const std::byte* p) noexcept {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   else if constexpr (is_avx2<Arch>)
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  else
+  else if constexpr (is_sse2<Arch>) {  // float_from_f16_bits, four lanes at a time
+    const __m128i h = _mm_unpacklo_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), _mm_setzero_si128());
+    const __m128i sign = _mm_slli_epi32(_mm_and_si128(h, _mm_set1_epi32(0x8000)), 16);
+    const __m128i magnitude = _mm_and_si128(h, _mm_set1_epi32(0x7fff));
+    // normal: rebias the exponent by 127 - 15; Inf and NaN: by 255 - 31, to an all-ones exponent
+    const __m128i inf_or_nan = _mm_cmpgt_epi32(magnitude, _mm_set1_epi32(0x7bff));
+    const __m128i rebias = _mm_add_epi32(_mm_set1_epi32(112 << 23), _mm_and_si128(inf_or_nan, _mm_set1_epi32(112 << 23)));
+    const __m128i normal = _mm_add_epi32(_mm_slli_epi32(magnitude, 13), rebias);
+    // zero or subnormal: fraction x 2^-24, exact
+    const __m128i subnormal = _mm_castps_si128(_mm_mul_ps(_mm_cvtepi32_ps(magnitude), _mm_set1_ps(0x1p-24f)));
+    const __m128i is_subnormal = _mm_cmplt_epi32(magnitude, _mm_set1_epi32(0x0400));
+    const __m128i bits = _mm_or_si128(_mm_and_si128(is_subnormal, subnormal), _mm_andnot_si128(is_subnormal, normal));
+    return _mm_castsi128_ps(_mm_or_si128(sign, bits));
+  } else
 #endif
     return fill_batch<Arch>([p](std::size_t i) { return float_from_f16_bits(load_bytes<std::uint16_t>(p + 2 * i)); });
 }

@@ -42,6 +42,10 @@ std::uint64_t byte_choices::take(int bytes) {
   return bits;
 }
 
+compressed_table_view fuzz_call::compressed() const {
+  return {stored.data() + stored_offset, rows, dim, stored_stride, element_type};
+}
+
 bags fuzz_call::batch() const {
   const std::int64_t nnz = static_cast<std::int64_t>(index32 ? indices32.size() : indices64.size());
   bags b;
@@ -69,6 +73,32 @@ std::vector<float> bulk_values(choices& source, std::int64_t count) {
   return v;
 }
 
+// The table's rows in a random element type, at a random stride and misalignment: quantised when
+// the rows allow it and the draw says so, else raw bytes (NaN scales, Inf halves, anything).
+// Returns how the rows were made.
+const char* store_rows(choices& source, fuzz_call& c) {
+  static const dtype types[] = {dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise, dtype::f32};
+  c.element_type = types[source.below(5)];
+  const std::int64_t bytes = row_bytes(c.element_type, c.dim);
+  c.stored_stride = bytes + (source.one_in(4) ? source.between(1, 9) : 0);
+  c.stored_offset = source.one_in(4) ? source.between(1, 3) : 0;
+  c.stored.assign(static_cast<std::size_t>(c.stored_offset + c.rows * c.stored_stride), std::byte{0});
+  if (source.one_in(3)) {
+    std::mt19937 generator(static_cast<std::uint32_t>(source.below(std::int64_t{1} << 32)));
+    for (std::byte& b : c.stored) b = static_cast<std::byte>(generator());
+    return "bytes";
+  }
+  try {
+    const compressed_table q = quantize(table_view<const float>{c.table.data(), c.rows, c.dim, c.row_stride}, c.element_type);
+    for (std::int64_t r = 0; r < c.rows; ++r)
+      std::memcpy(c.stored.data() + c.stored_offset + r * c.stored_stride, q.view().data + r * bytes,
+                  static_cast<std::size_t>(bytes));
+    return "quantised";
+  } catch (const error&) {  // a row the type cannot hold (NaN, beyond fp16): all zero bytes
+    return "zeros";
+  }
+}
+
 // The malformations a call may carry; each is named in the recipe.
 enum class fault {
   index_too_large, index_negative, offsets_not_from_zero, offsets_decreasing, offset_past_end,
@@ -94,6 +124,7 @@ fuzz_call draw_call(choices& source, const call_limits& limits) {
   c.rows = source.one_in(4) ? source.between(1, 4) : source.between(1, limits.max_rows);
   c.row_stride = c.dim + (source.one_in(4) ? source.between(1, 9) : 0);
   c.table = bulk_values(source, c.rows * c.row_stride);
+  const char* stored_as = store_rows(source, c);
   c.opts.mode = static_cast<mode>(source.below(4));
   c.index32 = source.one_in(2);
   c.boundary32 = source.one_in(2);
@@ -194,7 +225,10 @@ fuzz_call draw_call(choices& source, const call_limits& limits) {
         c.layout = bag_layout::fixed_length;
         c.fixed_length = source.one_in(2) ? -source.below(2) : nnz + 1;
         break;
-      case fault::row_stride_small: c.row_stride = c.dim - 1 - source.below(2); break;
+      case fault::row_stride_small:
+        c.row_stride = c.dim - 1 - source.below(2);
+        c.stored_stride = row_bytes(c.element_type, c.dim) - 1;
+        break;
       case fault::null_indices: c.null_indices = nnz > 0; break;
       case fault::weights_with_max_or_none:
         c.opts.mode = source.one_in(2) ? mode::max : mode::none;
@@ -228,6 +262,7 @@ fuzz_call draw_call(choices& source, const call_limits& limits) {
   s << " freq=" << c.opts.scale_grad_by_freq << " threads=" << c.opts.execution.max_threads
     << " prefetch=" << prefetches[static_cast<int>(c.opts.execution.prefetch.level)] << ':'
     << c.opts.execution.prefetch.rows << " out=" << c.out_rows << 'x' << c.out_stride
+    << " stored=" << to_string(c.element_type) << ':' << stored_as << '+' << c.stored_offset << ':' << c.stored_stride
     << " fault=" << (injected ? fault_names[static_cast<int>(*injected)] : "none");
   c.recipe = s.str();
   return c;
@@ -416,6 +451,16 @@ std::vector<entry_point> entry_points(const fuzz_call& c, operation op) {
                         attempt(o, [&] {
                           forward(table_view<const float>{c.table.data(), c.rows, c.dim, c.row_stride}, c.batch(), on(c, which),
                                   {o.floats.data(), c.out_rows, c.dim, c.out_stride}, o.ints);
+                        });
+                        return o;
+                      },
+                      unchanged, exact});
+    points.push_back({"forward (compressed table)",
+                      [=](isa which) {
+                        outcome o{{}, {}, canaries(out_cells), std::vector<std::int64_t>(argmax_cells, int_canary), {}};
+                        attempt(o, [&] {
+                          forward(c.compressed(), c.batch(), on(c, which), {o.floats.data(), c.out_rows, c.dim, c.out_stride},
+                                  o.ints);
                         });
                         return o;
                       },

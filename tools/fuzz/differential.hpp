@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "embag/embag.hpp"
+#include "embag/quantize.hpp"
 
 namespace embag::fuzz {
 
@@ -64,9 +65,15 @@ struct fuzz_call {
   options opts;
   std::int64_t out_rows = 0, out_stride = 0;  // as the caller sizes the output (maybe wrongly)
   std::vector<float> grad_output;              // out_rows x dim
-  std::string recipe;                          // the parameters, one line
+  // The table's rows stored in element_type (quantised from `table`, or raw bytes), row r at
+  // stored.data() + stored_offset + r * stored_stride: what forward on a compressed table reads.
+  dtype element_type = dtype::f32;
+  std::vector<std::byte> stored;
+  std::int64_t stored_offset = 0, stored_stride = 0;
+  std::string recipe;  // the parameters, one line
 
   bags batch() const;
+  compressed_table_view compressed() const;
 };
 
 // Where each bag starts, B + 1 entries (the last is len(indices)); for a call validation accepts.
@@ -81,7 +88,8 @@ struct call_limits {
 fuzz_call draw_call(choices& source, const call_limits& limits = {});
 
 // What went wrong, or nothing: every ISA against the reference, for the operation's entry points
-// (forward: both overloads; backward: dense, sparse and the per-sample-weights gradient).
+// (forward: the fp32 overloads and the compressed table; backward: dense, sparse and the
+// per-sample-weights gradient).
 struct verdict {
   bool rejected = false;  // validation refused the call (alike everywhere)
   std::optional<std::string> mismatch;
