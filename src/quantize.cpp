@@ -18,6 +18,7 @@
 #include "file_io.hpp"
 #include "parallel.hpp"
 #include "plan.hpp"
+#include "quantize_detail.hpp"
 #include "validate.hpp"
 
 namespace embag {
@@ -237,8 +238,9 @@ std::optional<std::int64_t> packed_row_bytes(dtype type, std::int64_t dim) {
   return std::nullopt;
 }
 
-// The view's row stride, after every check of its shape and type.
-std::int64_t validate_compressed(const char* name, const compressed_table_view& t) {
+}  // namespace
+
+std::int64_t detail::validate_compressed(const char* name, const compressed_table_view& t) {
   const std::string n(name);
   if (!is_dtype(t.element_type))
     throw error(errc::invalid_option, n + ".element_type = " + str(std::int64_t(t.element_type)) + " is not a dtype");
@@ -253,8 +255,6 @@ std::int64_t validate_compressed(const char* name, const compressed_table_view& 
   if (t.data == nullptr && t.rows > 0) throw error(errc::null_pointer, n + " is null but has " + str(t.rows) + " rows");
   return stride;
 }
-
-}  // namespace
 
 std::string_view to_string(dtype type) noexcept {
   switch (type) {
@@ -334,7 +334,7 @@ compressed_table quantize(table_view<const float> table, dtype to, const executi
 }
 
 void dequantize(compressed_table_view table, table_view<float> out, const execution& how) {
-  const std::int64_t stride = validate_compressed("table", table);
+  const std::int64_t stride = detail::validate_compressed("table", table);
   const std::int64_t out_stride = detail::validate_matrix("out", out.data, out.rows, out.dim, out.row_stride);
   if (out.rows != table.rows || out.dim != table.dim)
     throw error(errc::size_mismatch, "out is " + str(out.rows) + " x " + str(out.dim) + " but the table is " +
@@ -408,35 +408,46 @@ embag_layout parse_embag(std::span<const std::byte> file, const std::string& nam
   return {{nullptr, rows, dim, stride, element}, std::size_t(offset)};
 }
 
+// The rows of a whole .embag file in owned memory, parsed and moved to the start of the block
+// (64-byte aligned, the header dropped).
+compressed_table_view rows_to_start(std::byte* file, std::size_t size, const std::string& name) {
+  const embag_layout layout = parse_embag({file, size}, name);
+  std::memmove(file, file + layout.data_offset, size - layout.data_offset);
+  compressed_table_view view = layout.view;
+  view.data = file;
+  return view;
+}
+
 }  // namespace
+
+compressed_table compressed_table::from_bytes(std::span<const std::byte> file, const std::string& name) {
+  auto p = std::make_unique<impl>();
+  p->owned = detail::allocate_bytes(file.size());
+  if (!file.empty()) std::memcpy(p->owned.get(), file.data(), file.size());
+  p->view = rows_to_start(p->owned.get(), file.size(), name);
+  return compressed_table(std::move(p));
+}
 
 compressed_table compressed_table::open(const std::string& path, load how) {
   auto [fd, size] = detail::open_regular_file(path);
   auto p = std::make_unique<impl>();
-  std::span<const std::byte> file;
-  if (how == load::copy || size == 0) {  // an empty file cannot be mapped; its parse fails below
+  if (how == load::copy || size == 0) {  // an empty file cannot be mapped; its parse fails
     p->owned = detail::read_whole_file(fd, size, path);
-    file = {p->owned.get(), size};
-  } else {
-    p->mapping = detail::map_whole_file(fd, size, path);
-    file = p->mapping.bytes();
+    p->view = rows_to_start(p->owned.get(), size, path);
+    return compressed_table(std::move(p));
   }
+  p->mapping = detail::map_whole_file(fd, size, path);
+  const std::span<const std::byte> file = p->mapping.bytes();
   const embag_layout layout = parse_embag(file, path);
-  if (p->owned) {  // the rows to the start of the owned block: 64-byte aligned, the header dropped
-    std::memmove(p->owned.get(), p->owned.get() + layout.data_offset, size - layout.data_offset);
-    file = {p->owned.get(), size - layout.data_offset};
-  } else {
-    if (size - layout.data_offset >= detail::huge_page)  // advice only
-      madvise(const_cast<std::byte*>(file.data()), size, MADV_HUGEPAGE);
-    file = file.subspan(layout.data_offset);
-  }
+  if (size - layout.data_offset >= detail::huge_page)  // advice only
+    madvise(const_cast<std::byte*>(file.data()), size, MADV_HUGEPAGE);
   p->view = layout.view;
-  p->view.data = file.data();
+  p->view.data = file.data() + layout.data_offset;
   return compressed_table(std::move(p));
 }
 
 void write_embag(const std::string& path, compressed_table_view table) {
-  const std::int64_t stride = validate_compressed(path.c_str(), table);
+  const std::int64_t stride = detail::validate_compressed(path.c_str(), table);
   const std::int64_t bytes = row_bytes(table.element_type, table.dim);
   std::array<std::byte, detail::file_data_alignment> header{};
   std::memcpy(header.data(), embag_magic, sizeof embag_magic);
