@@ -195,6 +195,14 @@ embag::options options_of(const embag_options* given) {
   return opts;
 }
 
+// The execution fields of the options, for calls that take nothing else (quantize, dequantize); the
+// whole struct is checked as forward on a table of `table_rows` rows would check it.
+embag::execution execution_of(const embag_options* given, std::int64_t table_rows) {
+  const embag::options opts = options_of(given);
+  embag::detail::validate_options(opts, table_rows);
+  return opts.execution;
+}
+
 template <class Matrix>
 auto view_of(const Matrix* m, const char* name) {
   const Matrix& c = required(m, name);
@@ -374,7 +382,7 @@ embag_status embag_quantize(const embag_table* source, int32_t dtype, const emba
     embag_table*& result = required(out, "out");
     const embag::table_view<const float>& rows = float_rows(required(source, "source"), "embag_quantize");
     const embag::dtype to = dtype_of("dtype", dtype);
-    embag::compressed_table quantized = embag::quantize(rows, to, options_of(options).execution);
+    embag::compressed_table quantized = embag::quantize(rows, to, execution_of(options, rows.rows));
     auto table = stored_table(quantized.view());
     table->owned = std::move(quantized);
     result = table.release();
@@ -384,7 +392,7 @@ embag_status embag_quantize(const embag_table* source, int32_t dtype, const emba
 embag_status embag_dequantize(const embag_table* table, const embag_options* options, const embag_matrix* out) {
   return guarded([&] {
     const embag_table& t = required(table, "table");
-    const embag::execution how = options_of(options).execution;
+    const embag::execution how = execution_of(options, t.stored.rows);
     const embag::matrix_view<float> o = view_of(out, "out");
     embag::dequantize(t.stored, {o.data, o.rows, o.cols, o.row_stride}, how);
   });

@@ -1,11 +1,14 @@
 /* The C ABI, compiled as C99: every function of embag.h, its results against sums worked out here
  * (small integers: exact in float), and its error paths (status, message, buffers untouched). */
+#define _POSIX_C_SOURCE 200809L /* mkdtemp, rmdir: the .embag files go to a fresh directory */
+
 #include "embag/embag.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int checks, failures;
 
@@ -543,6 +546,396 @@ static void test_isas(const embag_table* t) {
   EXPECT_STATUS(embag_active_isa(NULL), EMBAG_ERR_NULL_POINTER);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Compressed tables. */
+
+enum { qrows = 12, qdim = 7 }; /* an odd dim: int4's last byte holds one element */
+static float qtable[qrows * qdim];
+static const int32_t every_dtype[] = {EMBAG_DTYPE_F32, EMBAG_DTYPE_F16, EMBAG_DTYPE_BF16, EMBAG_DTYPE_INT8_ROWWISE,
+                                      EMBAG_DTYPE_INT4_ROWWISE};
+enum { num_dtypes = sizeof every_dtype / sizeof every_dtype[0] };
+static char temporary_dir[64];
+
+/* Pseudo-random values in [-3, 3), with a constant row, a narrow range far from zero and a row of
+ * tiny values (fp16 subnormals). */
+static void fill_qtable(void) {
+  uint32_t state = 12345u;
+  int i, c;
+  for (i = 0; i < qrows * qdim; ++i) {
+    state = state * 1664525u + 1013904223u;
+    qtable[i] = (float)(state >> 8) / (float)(1u << 24) * 6.0f - 3.0f;
+  }
+  for (c = 0; c < qdim; ++c) {
+    qtable[0 * qdim + c] = 1.5f;
+    qtable[1 * qdim + c] = 1000.0f + 0.001f * (float)c;
+    qtable[2 * qdim + c] = 1e-6f * (float)(c - 3);
+  }
+}
+
+static void temporary_path(char* path, size_t size, const char* name) {
+  snprintf(path, size, "%s/%s", temporary_dir, name);
+}
+
+/* A whole file; *size receives its length. NULL if it cannot be read. */
+static unsigned char* read_file(const char* path, long* size) {
+  FILE* f = fopen(path, "rb");
+  unsigned char* bytes;
+  if (f == NULL) return NULL;
+  fseek(f, 0, SEEK_END);
+  *size = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  bytes = (unsigned char*)malloc((size_t)*size + 1);
+  if (bytes != NULL && fread(bytes, 1, (size_t)*size, f) != (size_t)*size) {
+    free(bytes);
+    bytes = NULL;
+  }
+  fclose(f);
+  return bytes;
+}
+
+static int file_exists(const char* path) {
+  FILE* f = fopen(path, "rb");
+  if (f != NULL) fclose(f);
+  return f != NULL;
+}
+
+static uint64_t u64_at(const unsigned char* p) {
+  uint64_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static double f16_value(uint16_t h) {
+  const int e = (h >> 10) & 31, f = h & 1023;
+  const double magnitude = e == 0 ? ldexp(f, -24) : ldexp(1024 + f, e - 25);
+  return (h & 0x8000) ? -magnitude : magnitude;
+}
+
+/* The row's stored scale (the rowwise layouts of embag/quantize.hpp). */
+static double stored_scale(int32_t dtype, const unsigned char* row) {
+  if (dtype == EMBAG_DTYPE_INT8_ROWWISE) {
+    float scale;
+    memcpy(&scale, row + qdim, sizeof scale);
+    return scale;
+  } else {
+    uint16_t h;
+    memcpy(&h, row + (qdim + 1) / 2, sizeof h);
+    return f16_value(h);
+  }
+}
+
+/* Every dequantised value within its dtype's documented bound of the source. */
+static int within_bound(int32_t dtype, const float* x, const float* back, const unsigned char* stored,
+                        int64_t row_bytes) {
+  int r, c, ok = 1;
+  for (r = 0; r < qrows; ++r) {
+    double largest = 0, scale = 0;
+    for (c = 0; c < qdim; ++c) largest = fmax(largest, fabs(x[r * qdim + c]));
+    if (dtype == EMBAG_DTYPE_INT8_ROWWISE || dtype == EMBAG_DTYPE_INT4_ROWWISE)
+      scale = stored_scale(dtype, stored + r * row_bytes);
+    for (c = 0; c < qdim; ++c) {
+      const double v = x[r * qdim + c], error = fabs(v - back[r * qdim + c]);
+      double bound = 0;
+      switch (dtype) {
+        case EMBAG_DTYPE_F16: bound = fmax(ldexp(fabs(v), -11), ldexp(1, -25)); break;
+        case EMBAG_DTYPE_BF16: bound = fmax(ldexp(fabs(v), -8), ldexp(1, -134)); break;
+        case EMBAG_DTYPE_INT8_ROWWISE:
+        case EMBAG_DTYPE_INT4_ROWWISE:
+          bound = (1 + ldexp(1, -22)) * scale / 2 + ldexp(1, -22) * largest;
+          break;
+        default: bound = 0; /* f32: exact */
+      }
+      if (error > bound) {
+        fprintf(stderr, "c_api_test.c: %s: table[%d][%d] = %.9g came back %.9g, beyond the bound %.3g\n",
+                embag_dtype_name(dtype), r, c, v, back[r * qdim + c], bound);
+        ok = 0;
+      }
+    }
+  }
+  return ok;
+}
+
+static void test_dtypes(void) {
+  static const int64_t packed[] = {28, 14, 14, 15, 8}; /* row_bytes of dim 7, per dtype */
+  int64_t bytes = -1;
+  int i;
+  for (i = 0; i < num_dtypes; ++i) {
+    EXPECT_OK(embag_row_bytes(every_dtype[i], qdim, &bytes));
+    CHECK(bytes == packed[i]);
+  }
+  CHECK(strcmp(embag_dtype_name(EMBAG_DTYPE_F32), "f32") == 0);
+  CHECK(strcmp(embag_dtype_name(EMBAG_DTYPE_INT8_ROWWISE), "int8_rowwise") == 0);
+  CHECK(strcmp(embag_dtype_name(EMBAG_DTYPE_INT4_ROWWISE), "int4_rowwise") == 0);
+  CHECK(embag_dtype_name(5) == NULL && embag_dtype_name(-1) == NULL);
+
+  bytes = -1;
+  EXPECT_STATUS(embag_row_bytes(5, qdim, &bytes), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("dtype = 5"));
+  EXPECT_STATUS(embag_row_bytes(EMBAG_DTYPE_F16, 0, &bytes), EMBAG_ERR_INVALID_SHAPE);
+  EXPECT_STATUS(embag_row_bytes(EMBAG_DTYPE_F16, INT64_MAX, &bytes), EMBAG_ERR_SIZE_OVERFLOW);
+  CHECK(bytes == -1);
+  EXPECT_STATUS(embag_row_bytes(EMBAG_DTYPE_F16, qdim, NULL), EMBAG_ERR_NULL_POINTER);
+}
+
+/* For each dtype: quantize, dequantize within the bound, write_embag, open_embag mapped and copied
+ * (the same rows, byte for byte), from_compressed_memory over the file's rows (the same values). */
+static void test_quantize_round_trips(const embag_table* source) {
+  int i;
+  for (i = 0; i < num_dtypes; ++i) {
+    const int32_t dtype = every_dtype[i];
+    embag_table* q = NULL;
+    embag_table* borrowed = NULL;
+    float back[qrows * qdim], again[qrows * qdim];
+    embag_matrix back_view = {back, qrows, qdim, 0};
+    embag_matrix again_view = {again, qrows, qdim, 0};
+    embag_options o;
+    char path[256], copy_path[256];
+    unsigned char* file;
+    unsigned char* copy;
+    long size = 0, copy_size = 0;
+    int64_t r = 0, d = 0, row_bytes = 0;
+    int32_t got = -1;
+    uint32_t how;
+
+    fprintf(stderr, "c_api_test: %s\n", embag_dtype_name(dtype));
+    EXPECT_OK(embag_options_init(&o));
+    o.max_threads = 2;
+    EXPECT_OK(embag_quantize(source, dtype, &o, &q));
+    if (q == NULL) continue;
+    EXPECT_OK(embag_table_dtype(q, &got));
+    CHECK(got == dtype);
+    EXPECT_OK(embag_table_shape(q, &r, &d));
+    CHECK(r == qrows && d == qdim);
+    EXPECT_OK(embag_row_bytes(dtype, qdim, &row_bytes));
+    EXPECT_OK(embag_dequantize(q, NULL, &back_view));
+
+    temporary_path(path, sizeof path, "q.embag");
+    EXPECT_OK(embag_table_write_embag(q, path));
+    file = read_file(path, &size);
+    CHECK(file != NULL);
+    if (file == NULL) continue;
+    CHECK(memcmp(file, "EMBAGTBL", 8) == 0 && u64_at(file + 16) == qrows && u64_at(file + 24) == qdim &&
+          u64_at(file + 32) == (uint64_t)row_bytes && u64_at(file + 40) == 64);
+    CHECK(size == 64 + qrows * row_bytes);
+    CHECK(within_bound(dtype, qtable, back, file + 64, row_bytes));
+    if (dtype == EMBAG_DTYPE_F32) CHECK(memcmp(back, qtable, sizeof back) == 0);
+
+    /* the file's rows, borrowed; then with a padded stride */
+    EXPECT_OK(embag_table_from_compressed_memory(file + 64, qrows, qdim, 0, dtype, &borrowed));
+    EXPECT_OK(embag_table_dtype(borrowed, &got));
+    CHECK(got == dtype);
+    fill(again, qrows * qdim, canary);
+    EXPECT_OK(embag_dequantize(borrowed, NULL, &again_view));
+    CHECK(memcmp(back, again, sizeof back) == 0);
+    embag_table_destroy(borrowed);
+    borrowed = NULL;
+    {
+      unsigned char* padded = (unsigned char*)calloc(qrows, (size_t)row_bytes + 4);
+      for (r = 0; r < qrows; ++r) memcpy(padded + r * (row_bytes + 4), file + 64 + r * row_bytes, (size_t)row_bytes);
+      EXPECT_OK(embag_table_from_compressed_memory(padded, qrows, qdim, row_bytes + 4, dtype, &borrowed));
+      fill(again, qrows * qdim, canary);
+      EXPECT_OK(embag_dequantize(borrowed, NULL, &again_view));
+      CHECK(memcmp(back, again, sizeof back) == 0);
+      /* written packed */
+      temporary_path(copy_path, sizeof copy_path, "padded.embag");
+      EXPECT_OK(embag_table_write_embag(borrowed, copy_path));
+      copy = read_file(copy_path, &copy_size);
+      CHECK(copy != NULL && copy_size == size && memcmp(copy, file, (size_t)size) == 0);
+      free(copy);
+      embag_table_destroy(borrowed);
+      borrowed = NULL;
+      free(padded);
+    }
+
+    /* open_embag, mapped and copied: written again, the same file byte for byte */
+    for (how = 0; how <= EMBAG_LOAD_COPY; how += EMBAG_LOAD_COPY) {
+      embag_table* opened = NULL;
+      EXPECT_OK(embag_table_open_embag(path, how, &opened));
+      if (opened == NULL) continue;
+      EXPECT_OK(embag_table_dtype(opened, &got));
+      EXPECT_OK(embag_table_shape(opened, &r, &d));
+      CHECK(got == dtype && r == qrows && d == qdim);
+      fill(again, qrows * qdim, canary);
+      EXPECT_OK(embag_dequantize(opened, NULL, &again_view));
+      CHECK(memcmp(back, again, sizeof back) == 0);
+      temporary_path(copy_path, sizeof copy_path, "again.embag");
+      EXPECT_OK(embag_table_write_embag(opened, copy_path));
+      copy = read_file(copy_path, &copy_size);
+      CHECK(copy != NULL && copy_size == size && memcmp(copy, file, (size_t)size) == 0);
+      free(copy);
+      embag_table_destroy(opened);
+    }
+    remove(copy_path);
+    temporary_path(copy_path, sizeof copy_path, "padded.embag");
+    remove(copy_path);
+    remove(path);
+    free(file);
+    embag_table_destroy(q);
+  }
+}
+
+static void test_compressed_errors(const embag_table* source) {
+  static int sentinel;
+  embag_table* untouched = (embag_table*)&sentinel;
+  embag_table* q = NULL;
+  unsigned char rows_bytes[qrows * 15];
+  float out[qrows * qdim];
+  embag_matrix out_view = {out, qrows, qdim, 0};
+  char path[256];
+  int32_t got = -7;
+
+  memset(rows_bytes, 0, sizeof rows_bytes);
+  EXPECT_OK(embag_quantize(source, EMBAG_DTYPE_INT8_ROWWISE, NULL, &q));
+
+  /* quantize */
+  EXPECT_STATUS(embag_quantize(source, 5, NULL, &untouched), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("dtype = 5"));
+  EXPECT_STATUS(embag_quantize(source, -1, NULL, &untouched), EMBAG_ERR_INVALID_OPTION);
+  EXPECT_STATUS(embag_quantize(NULL, EMBAG_DTYPE_F16, NULL, &untouched), EMBAG_ERR_NULL_POINTER);
+  CHECK(error_mentions("source"));
+  EXPECT_STATUS(embag_quantize(source, EMBAG_DTYPE_F16, NULL, NULL), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_quantize(q, EMBAG_DTYPE_INT4_ROWWISE, NULL, &untouched), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("needs an f32 table; this one is int8_rowwise"));
+  {
+    float with_nan[2 * 3] = {1, 2, 3, 4, 0, 6};
+    embag_table* nan_table = NULL;
+    with_nan[4] = (float)NAN;
+    EXPECT_OK(embag_table_from_memory(with_nan, 2, 3, 0, &nan_table));
+    EXPECT_STATUS(embag_quantize(nan_table, EMBAG_DTYPE_INT8_ROWWISE, NULL, &untouched), EMBAG_ERR_INVALID_OPTION);
+    CHECK(error_mentions("table[1][1]"));
+    with_nan[4] = 1e6f; /* beyond fp16 */
+    EXPECT_STATUS(embag_quantize(nan_table, EMBAG_DTYPE_F16, NULL, &untouched), EMBAG_ERR_INVALID_OPTION);
+    CHECK(error_mentions("table[1][1]"));
+    embag_table_destroy(nan_table);
+  }
+  {
+    embag_options o;
+    EXPECT_OK(embag_options_init(&o));
+    o.max_threads = -3;
+    EXPECT_STATUS(embag_quantize(source, EMBAG_DTYPE_F16, &o, &untouched), EMBAG_ERR_INVALID_OPTION);
+  }
+  CHECK(untouched == (embag_table*)&sentinel);
+
+  /* from_compressed_memory */
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, qrows, qdim, 0, 7, &untouched), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("dtype = 7"));
+  EXPECT_STATUS(embag_table_from_compressed_memory(NULL, qrows, qdim, 0, EMBAG_DTYPE_INT8_ROWWISE, &untouched),
+                EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, qrows, qdim, 14, EMBAG_DTYPE_INT8_ROWWISE, &untouched),
+                EMBAG_ERR_INVALID_SHAPE);
+  CHECK(error_mentions("row_stride 14 bytes, less than the 15 bytes of a int8_rowwise row of dim 7"));
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, -1, qdim, 0, EMBAG_DTYPE_F16, &untouched),
+                EMBAG_ERR_INVALID_SHAPE);
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, qrows, 0, 0, EMBAG_DTYPE_F16, &untouched),
+                EMBAG_ERR_INVALID_SHAPE);
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, INT64_MAX / 2, qdim, 0, EMBAG_DTYPE_F16, &untouched),
+                EMBAG_ERR_SIZE_OVERFLOW);
+  EXPECT_STATUS(embag_table_from_compressed_memory(table_rows, 2, 3, 14, EMBAG_DTYPE_F32, &untouched),
+                EMBAG_ERR_MISALIGNED);
+  CHECK(error_mentions("row_stride_bytes = 14"));
+  EXPECT_STATUS(embag_table_from_compressed_memory((const char*)table_rows + 2, 2, 3, 0, EMBAG_DTYPE_F32, &untouched),
+                EMBAG_ERR_MISALIGNED);
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, qrows, qdim, 0, EMBAG_DTYPE_F16, NULL),
+                EMBAG_ERR_NULL_POINTER);
+  CHECK(untouched == (embag_table*)&sentinel);
+
+  /* dtype, dequantize: nothing written on error */
+  EXPECT_STATUS(embag_table_dtype(NULL, &got), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_table_dtype(q, NULL), EMBAG_ERR_NULL_POINTER);
+  CHECK(got == -7);
+  fill(out, qrows * qdim, canary);
+  EXPECT_STATUS(embag_dequantize(NULL, NULL, &out_view), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_dequantize(q, NULL, NULL), EMBAG_ERR_NULL_POINTER);
+  {
+    embag_matrix short_view = {out, qrows - 1, qdim, 0};
+    embag_matrix narrow_stride = {out, qrows, qdim, qdim - 1};
+    EXPECT_STATUS(embag_dequantize(q, NULL, &short_view), EMBAG_ERR_SIZE_MISMATCH);
+    CHECK(error_mentions("out is 11 x 7 but the table is 12 x 7"));
+    EXPECT_STATUS(embag_dequantize(q, NULL, &narrow_stride), EMBAG_ERR_INVALID_SHAPE);
+  }
+  {
+    /* out over the compressed rows themselves */
+    embag_table* over = NULL;
+    float* rows_as_floats = (float*)malloc(qrows * 15 + 64);
+    embag_matrix overlapping = {rows_as_floats, 4, 7, 0};
+    memset(rows_as_floats, 0, qrows * 15 + 64);
+    EXPECT_OK(embag_table_from_compressed_memory(rows_as_floats, 4, 7, 0, EMBAG_DTYPE_INT8_ROWWISE, &over));
+    EXPECT_STATUS(embag_dequantize(over, NULL, &overlapping), EMBAG_ERR_ALIASING);
+    embag_table_destroy(over);
+    free(rows_as_floats);
+  }
+  CHECK(all_equal(out, qrows * qdim, canary));
+
+  /* the f32-only calls on a compressed table */
+  {
+    const float dy[2 * qdim] = {0};
+    const float weights[] = {1, 1, 1, 1};
+    float grad_weights[4];
+    embag_const_matrix grad_output = {dy, 2, qdim, 0};
+    embag_bags b = offsets_bags();
+    b.per_sample_weights = weights;
+    b.num_weights = 4;
+    fill(grad_weights, 4, canary);
+    EXPECT_STATUS(embag_per_sample_weights_grad(q, &b, NULL, &grad_output, grad_weights, 4), EMBAG_ERR_INVALID_OPTION);
+    CHECK(error_mentions("embag_per_sample_weights_grad needs an f32 table; this one is int8_rowwise"));
+    CHECK(all_equal(grad_weights, 4, canary));
+  }
+
+  /* files: missing, malformed, unknown flags, a write that cannot happen */
+  temporary_path(path, sizeof path, "absent.embag");
+  EXPECT_STATUS(embag_table_open_embag(path, 0, &untouched), EMBAG_ERR_IO);
+  CHECK(error_mentions("absent.embag"));
+  EXPECT_STATUS(embag_table_open_embag(path, EMBAG_LOAD_COPY, &untouched), EMBAG_ERR_IO);
+  temporary_path(path, sizeof path, "malformed.embag");
+  {
+    FILE* f = fopen(path, "wb");
+    static const unsigned char header[48] = {'E', 'M', 'B', 'A', 'G', 'T', 'B', 'L', 1, 0, 0, 0, 3, 0, 0, 0,
+                                             2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0,
+                                             15, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0};
+    unsigned char data[16 + 29];
+    memset(data, 0, sizeof data);
+    CHECK(f != NULL);
+    if (f != NULL) {
+      fwrite(header, 1, sizeof header, f);
+      fwrite(data, 1, sizeof data, f); /* 2 rows of 15 bytes need 30: one short */
+      fclose(f);
+    }
+  }
+  EXPECT_STATUS(embag_table_open_embag(path, 0, &untouched), EMBAG_ERR_BAD_FILE);
+  CHECK(error_mentions("malformed.embag: truncated data"));
+  EXPECT_STATUS(embag_table_open_embag(path, EMBAG_LOAD_COPY, &untouched), EMBAG_ERR_BAD_FILE);
+  EXPECT_STATUS(embag_table_open_npy(path, 0, &untouched), EMBAG_ERR_BAD_FILE);
+  EXPECT_STATUS(embag_table_open_embag(path, 0x2u, &untouched), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("flags"));
+  remove(path);
+  EXPECT_STATUS(embag_table_open_embag(NULL, 0, &untouched), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_table_open_embag(path, 0, NULL), EMBAG_ERR_NULL_POINTER);
+  CHECK(untouched == (embag_table*)&sentinel);
+
+  temporary_path(path, sizeof path, "no/such/dir/q.embag");
+  EXPECT_STATUS(embag_table_write_embag(q, path), EMBAG_ERR_IO);
+  CHECK(!file_exists(path));
+  EXPECT_STATUS(embag_table_write_embag(NULL, path), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_table_write_embag(q, NULL), EMBAG_ERR_NULL_POINTER);
+  embag_table_destroy(q);
+}
+
+static void test_compressed_tables(void) {
+  embag_table* source = NULL;
+  strcpy(temporary_dir, "/tmp/embag-c-api-XXXXXX");
+  if (mkdtemp(temporary_dir) == NULL) {
+    CHECK(!"mkdtemp");
+    return;
+  }
+  fill_qtable();
+  test_dtypes();
+  EXPECT_OK(embag_table_from_memory(qtable, qrows, qdim, 0, &source));
+  test_quantize_round_trips(source);
+  test_compressed_errors(source);
+  embag_table_destroy(source);
+  CHECK(rmdir(temporary_dir) == 0); /* every file removed */
+}
+
 int main(void) {
   embag_table* t = NULL;
   int r, c;
@@ -563,6 +956,7 @@ int main(void) {
   test_weights_grad(t);
   test_isas(t);
   embag_table_destroy(t);
+  test_compressed_tables();
 
   printf("c_api_test: %d checks, %d passed, %d failed\n", checks, checks - failures, failures);
   return failures == 0 ? 0 : 1;

@@ -227,12 +227,13 @@ embag_status embag_table_from_compressed_memory(const void* data, int64_t rows, 
  * dtype, sizes, truncated or trailing data), naming the file. */
 embag_status embag_table_open_embag(const char* path, uint32_t flags, embag_table** out);
 /* A new table that owns source's rows converted to dtype (source must be an f32 table), in
- * parallel (options: max_threads; NULL means the defaults), the same bits whatever the thread
- * count. Rows a dtype cannot hold (NaN or Inf for the rowwise ones, a value fp16 overflows) are
+ * parallel (of the options, only max_threads matters; all are checked as for forward; NULL means
+ * the defaults), the same bits whatever the thread count. Rows a dtype cannot hold (NaN or Inf for the rowwise ones, a value fp16 overflows) are
  * EMBAG_ERR_INVALID_OPTION naming table[row][column] and the value. */
 embag_status embag_quantize(const embag_table* source, int32_t dtype, const embag_options* options,
                             embag_table** out);
-/* out (rows x dim of the table) = the fp32 values of the table's rows, for every dtype. */
+/* out (rows x dim of the table) = the fp32 values of the table's rows, for every dtype; options as
+ * for embag_quantize. */
 embag_status embag_dequantize(const embag_table* table, const embag_options* options, const embag_matrix* out);
 /* Writes the table's rows, packed, to an .embag file: header (magic EMBAGTBL, version, dtype,
  * rows, dim, row bytes, data offset), then the rows. Written beside path and renamed over it: a
