@@ -69,6 +69,14 @@ static embag_bags offsets_bags(void) {
   return b;
 }
 
+/* The same bags, each index weighted (4 weights). */
+static embag_bags weighted_bags(const float* weights) {
+  embag_bags b = offsets_bags();
+  b.per_sample_weights = weights;
+  b.num_weights = 4;
+  return b;
+}
+
 static void test_version_and_status_names(void) {
   CHECK(embag_abi_version() == EMBAG_ABI_VERSION);
   CHECK(strlen(embag_version()) >= 5);
@@ -495,9 +503,7 @@ static void test_weights_grad(const embag_table* t) {
   const float weights[] = {1, 1, 1, 1};
   float grad_weights[4];
   embag_const_matrix grad_output = {dy, 2, dim, 0};
-  embag_bags b = offsets_bags();
-  b.per_sample_weights = weights;
-  b.num_weights = 4;
+  embag_bags b = weighted_bags(weights);
   /* <dY[bag(j)], W[indices[j]]>: column 0 for bag 0, column 1 for bag 1 */
   EXPECT_OK(embag_per_sample_weights_grad(t, &b, NULL, &grad_output, grad_weights, 4));
   CHECK(grad_weights[0] == value(1, 0) && grad_weights[1] == value(2, 0) && grad_weights[3] == value(7, 1));
@@ -677,24 +683,47 @@ static void test_dtypes(void) {
   EXPECT_STATUS(embag_row_bytes(EMBAG_DTYPE_F16, qdim, NULL), EMBAG_ERR_NULL_POINTER);
 }
 
-/* For each dtype: quantize, dequantize within the bound, write_embag, open_embag mapped and copied
- * (the same rows, byte for byte), from_compressed_memory over the file's rows (the same values). */
+/* A table that should hold the rows of `file` (an .embag file of `size` bytes whose rows
+ * dequantise to `back`): its dtype and shape, its values, and the file it writes, byte for byte. */
+static void check_same_table(const embag_table* t, int32_t dtype, const float* back, const unsigned char* file,
+                             long size) {
+  float again[qrows * qdim];
+  embag_matrix again_view = {again, qrows, qdim, 0};
+  char path[256];
+  unsigned char* copy;
+  long copy_size = 0;
+  int64_t r = 0, d = 0;
+  int32_t got = -1;
+  EXPECT_OK(embag_table_dtype(t, &got));
+  EXPECT_OK(embag_table_shape(t, &r, &d));
+  CHECK(got == dtype && r == qrows && d == qdim);
+  fill(again, qrows * qdim, canary);
+  EXPECT_OK(embag_dequantize(t, NULL, &again_view));
+  CHECK(memcmp(back, again, sizeof again) == 0);
+  temporary_path(path, sizeof path, "again.embag");
+  EXPECT_OK(embag_table_write_embag(t, path)); /* packed, whatever the table's stride */
+  copy = read_file(path, &copy_size);
+  CHECK(copy != NULL && copy_size == size && memcmp(copy, file, (size_t)size) == 0);
+  free(copy);
+  remove(path);
+}
+
+/* For each dtype: quantize, dequantize within the bound, write_embag; then from_compressed_memory
+ * over the file's rows (packed and padded) and open_embag (mapped and copied) hold the same table. */
 static void test_quantize_round_trips(const embag_table* source) {
   int i;
   for (i = 0; i < num_dtypes; ++i) {
     const int32_t dtype = every_dtype[i];
     embag_table* q = NULL;
-    embag_table* borrowed = NULL;
-    float back[qrows * qdim], again[qrows * qdim];
+    embag_table* other = NULL;
+    float back[qrows * qdim];
     embag_matrix back_view = {back, qrows, qdim, 0};
-    embag_matrix again_view = {again, qrows, qdim, 0};
     embag_options o;
-    char path[256], copy_path[256];
+    char path[256];
     unsigned char* file;
-    unsigned char* copy;
-    long size = 0, copy_size = 0;
-    int64_t r = 0, d = 0, row_bytes = 0;
-    int32_t got = -1;
+    unsigned char* padded;
+    long size = 0;
+    int64_t r, row_bytes = 0;
     uint32_t how;
 
     fprintf(stderr, "c_api_test: %s\n", embag_dtype_name(dtype));
@@ -702,10 +731,6 @@ static void test_quantize_round_trips(const embag_table* source) {
     o.max_threads = 2;
     EXPECT_OK(embag_quantize(source, dtype, &o, &q));
     if (q == NULL) continue;
-    EXPECT_OK(embag_table_dtype(q, &got));
-    CHECK(got == dtype);
-    EXPECT_OK(embag_table_shape(q, &r, &d));
-    CHECK(r == qrows && d == qdim);
     EXPECT_OK(embag_row_bytes(dtype, qdim, &row_bytes));
     EXPECT_OK(embag_dequantize(q, NULL, &back_view));
 
@@ -719,55 +744,24 @@ static void test_quantize_round_trips(const embag_table* source) {
     CHECK(size == 64 + qrows * row_bytes);
     CHECK(within_bound(dtype, qtable, back, file + 64, row_bytes));
     if (dtype == EMBAG_DTYPE_F32) CHECK(memcmp(back, qtable, sizeof back) == 0);
+    check_same_table(q, dtype, back, file, size);
 
-    /* the file's rows, borrowed; then with a padded stride */
-    EXPECT_OK(embag_table_from_compressed_memory(file + 64, qrows, qdim, 0, dtype, &borrowed));
-    EXPECT_OK(embag_table_dtype(borrowed, &got));
-    CHECK(got == dtype);
-    fill(again, qrows * qdim, canary);
-    EXPECT_OK(embag_dequantize(borrowed, NULL, &again_view));
-    CHECK(memcmp(back, again, sizeof back) == 0);
-    embag_table_destroy(borrowed);
-    borrowed = NULL;
-    {
-      unsigned char* padded = (unsigned char*)calloc(qrows, (size_t)row_bytes + 4);
-      for (r = 0; r < qrows; ++r) memcpy(padded + r * (row_bytes + 4), file + 64 + r * row_bytes, (size_t)row_bytes);
-      EXPECT_OK(embag_table_from_compressed_memory(padded, qrows, qdim, row_bytes + 4, dtype, &borrowed));
-      fill(again, qrows * qdim, canary);
-      EXPECT_OK(embag_dequantize(borrowed, NULL, &again_view));
-      CHECK(memcmp(back, again, sizeof back) == 0);
-      /* written packed */
-      temporary_path(copy_path, sizeof copy_path, "padded.embag");
-      EXPECT_OK(embag_table_write_embag(borrowed, copy_path));
-      copy = read_file(copy_path, &copy_size);
-      CHECK(copy != NULL && copy_size == size && memcmp(copy, file, (size_t)size) == 0);
-      free(copy);
-      embag_table_destroy(borrowed);
-      borrowed = NULL;
-      free(padded);
-    }
-
-    /* open_embag, mapped and copied: written again, the same file byte for byte */
+    EXPECT_OK(embag_table_from_compressed_memory(file + 64, qrows, qdim, 0, dtype, &other));
+    check_same_table(other, dtype, back, file, size);
+    embag_table_destroy(other);
+    other = NULL;
+    padded = (unsigned char*)calloc(qrows, (size_t)row_bytes + 4);
+    for (r = 0; r < qrows; ++r) memcpy(padded + r * (row_bytes + 4), file + 64 + r * row_bytes, (size_t)row_bytes);
+    EXPECT_OK(embag_table_from_compressed_memory(padded, qrows, qdim, row_bytes + 4, dtype, &other));
+    check_same_table(other, dtype, back, file, size);
+    embag_table_destroy(other);
+    free(padded);
     for (how = 0; how <= EMBAG_LOAD_COPY; how += EMBAG_LOAD_COPY) {
-      embag_table* opened = NULL;
-      EXPECT_OK(embag_table_open_embag(path, how, &opened));
-      if (opened == NULL) continue;
-      EXPECT_OK(embag_table_dtype(opened, &got));
-      EXPECT_OK(embag_table_shape(opened, &r, &d));
-      CHECK(got == dtype && r == qrows && d == qdim);
-      fill(again, qrows * qdim, canary);
-      EXPECT_OK(embag_dequantize(opened, NULL, &again_view));
-      CHECK(memcmp(back, again, sizeof back) == 0);
-      temporary_path(copy_path, sizeof copy_path, "again.embag");
-      EXPECT_OK(embag_table_write_embag(opened, copy_path));
-      copy = read_file(copy_path, &copy_size);
-      CHECK(copy != NULL && copy_size == size && memcmp(copy, file, (size_t)size) == 0);
-      free(copy);
-      embag_table_destroy(opened);
+      other = NULL;
+      EXPECT_OK(embag_table_open_embag(path, how, &other));
+      check_same_table(other, dtype, back, file, size);
+      embag_table_destroy(other);
     }
-    remove(copy_path);
-    temporary_path(copy_path, sizeof copy_path, "padded.embag");
-    remove(copy_path);
     remove(path);
     free(file);
     embag_table_destroy(q);
@@ -872,9 +866,7 @@ static void test_compressed_errors(const embag_table* source) {
     const float weights[] = {1, 1, 1, 1};
     float grad_weights[4];
     embag_const_matrix grad_output = {dy, 2, qdim, 0};
-    embag_bags b = offsets_bags();
-    b.per_sample_weights = weights;
-    b.num_weights = 4;
+    embag_bags b = weighted_bags(weights);
     fill(grad_weights, 4, canary);
     EXPECT_STATUS(embag_per_sample_weights_grad(q, &b, NULL, &grad_output, grad_weights, 4), EMBAG_ERR_INVALID_OPTION);
     CHECK(error_mentions("embag_per_sample_weights_grad needs an f32 table; this one is int8_rowwise"));
