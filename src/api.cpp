@@ -10,6 +10,7 @@
 #include <new>
 #include <utility>
 
+#include "embag/quantize.hpp"
 #include "dispatch/dispatch.hpp"
 #include "parallel.hpp"
 #include "plan.hpp"
@@ -55,13 +56,39 @@ class scratch_or_local {
 
 std::int64_t rows_of(const bag_source& bags, mode m) { return m == mode::none ? bags.nnz : bags.num_bags; }
 
-forward_request make_forward_request(const float* table, std::int64_t rows, std::int64_t dim, std::int64_t stride,
-                                     const bag_source& bags, const options& opts, std::int64_t padding) {
+// A validated table: where its rows are and how they are stored.
+struct stored_table {
+  const std::byte* data = nullptr;
+  dtype type = dtype::f32;
+  std::int64_t rows = 0, dim = 0, stride = 0, row_bytes = 0;  // stride and row_bytes in bytes
+
+  byte_range bytes() const { return {"table", data, rows == 0 ? 0 : (rows - 1) * stride + row_bytes}; }
+};
+
+stored_table stored(table_view<const float> t) {
+  const std::int64_t stride = validate_matrix("table", t.data, t.rows, t.dim, t.row_stride);
+  return {reinterpret_cast<const std::byte*>(t.data), dtype::f32, t.rows, t.dim, stride * 4, t.dim * 4};
+}
+
+stored_table stored(compressed_table_view t) {
+  const std::int64_t stride = validate_compressed("table", t);
+  if (t.element_type == dtype::f32) {  // read as floats: rows float-aligned (the others are read bytewise)
+    if (stride % 4 != 0)
+      throw error(errc::misaligned, "table has row_stride " + std::to_string(stride) + " bytes, not a multiple of its 4-byte f32 elements");
+    return stored(table_view<const float>{reinterpret_cast<const float*>(t.data), t.rows, t.dim, stride / 4});
+  }
+  return {t.data, t.element_type, t.rows, t.dim, stride, row_bytes(t.element_type, t.dim)};
+}
+
+forward_request make_forward_request(const stored_table& t, const bag_source& bags, const options& opts,
+                                     std::int64_t padding) {
   forward_request req;
-  req.table = table;
-  req.rows = rows;
-  req.dim = dim;
-  req.row_stride = stride;
+  req.table = t.data;
+  req.element_type = t.type;
+  req.rows = t.rows;
+  req.dim = t.dim;
+  req.row_stride = t.stride;
+  req.row_bytes = t.row_bytes;
   req.bags = bags;
   req.mode = opts.mode;
   req.padding_idx = padding;
@@ -80,34 +107,35 @@ void run_forward(isa which, forward_request& req, const execution& how) {
   run_blocks(plan.count, how, [&](std::int64_t i) { k.forward(req, plan.blocks[i]); });
 }
 
-void forward_checked(const float* table, float* mutable_table, std::int64_t rows, std::int64_t dim,
-                     std::int64_t row_stride, const bags& batch, const options& opts, matrix_view<float> out,
-                     std::span<std::int64_t> argmax, workspace* scratch) {
-  const std::int64_t stride = validate_matrix("table", table, rows, dim, row_stride);
-  const std::int64_t padding = validate_options(opts, rows);
-  const bag_source bags = validate_bags(batch, opts, rows);
+// mutable_table: the same rows as t's when the caller allows max_norm in place to write them.
+void forward_checked(const stored_table& t, float* mutable_table, const bags& batch, const options& opts,
+                     matrix_view<float> out, std::span<std::int64_t> argmax, workspace* scratch) {
+  const std::int64_t padding = validate_options(opts, t.rows);
+  if (opts.max_norm && t.type != dtype::f32)
+    throw error(errc::invalid_option, "max_norm needs an f32 table; this one is " + std::string(to_string(t.type)));
+  const bag_source bags = validate_bags(batch, opts, t.rows);
   const std::int64_t out_rows = rows_of(bags, opts.mode);
-  const std::int64_t out_stride = validate_output("out", out, out_rows, dim);
-  validate_argmax_size(argmax, opts, out_rows, dim);
+  const std::int64_t out_stride = validate_output("out", out, out_rows, t.dim);
+  validate_argmax_size(argmax, opts, out_rows, t.dim);
   const bool in_place = opts.max_norm && opts.max_norm_mode == max_norm_flavour::in_place;
-  if (in_place && mutable_table == nullptr && rows > 0)
+  if (in_place && mutable_table == nullptr && t.rows > 0)
     throw error(errc::invalid_option, "max_norm_mode in_place needs a mutable table (a table_view<float>)");
-  const byte_range outputs[] = {matrix_bytes("out", out.data, out_rows, dim, out_stride),
+  const byte_range outputs[] = {matrix_bytes("out", out.data, out_rows, t.dim, out_stride),
                                 {"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())}};
-  const call_inputs inputs(batch, matrix_bytes("table", table, rows, dim, stride));
+  const call_inputs inputs(batch, t.bytes());
   validate_disjoint(outputs, inputs.span());
   if (in_place) {  // the table is written too: it must not hold the indices, offsets or weights
-    const byte_range written[] = {matrix_bytes("table", table, rows, dim, stride)};
+    const byte_range written[] = {t.bytes()};
     validate_disjoint(written, inputs.span().subspan(1));
   }
   const isa which = resolve_isa(opts.execution.isa);
 
   if (in_place) {
     scratch_or_local ws(scratch);
-    renorm_distinct_rows(mutable_table, stride, dim, bags.indices, bags.index_kind, bags.nnz, *opts.max_norm,
-                         opts.norm_type, ws.get());
+    renorm_distinct_rows(mutable_table, t.stride / 4, t.dim, bags.indices, bags.index_kind, bags.nnz,
+                         *opts.max_norm, opts.norm_type, ws.get());
   }
-  forward_request req = make_forward_request(table, rows, dim, stride, bags, opts, padding);
+  forward_request req = make_forward_request(t, bags, opts, padding);
   req.out = out.data;
   req.out_stride = out_stride;
   req.argmax = argmax.empty() ? nullptr : argmax.data();
@@ -160,6 +188,46 @@ void run_row_kernels(isa which, const backward_request& r, const execution& how)
              [&](std::int64_t i) { k.backward_rows(r, plan.blocks[i].bag_begin, plan.blocks[i].bag_end); });
 }
 
+// The roofline over a table's rows. Compressed rows are read as the floats their bytes hold: the
+// widest register-resident dim (16 to 256 floats) within the row, else every whole float, while
+// the prefetch covers all of the row's bytes, as forward's does.
+float read_stored_rows(const stored_table& t, index_span indices, const execution& how) {
+  options opts;
+  opts.execution = how;
+  validate_options(opts, t.rows);
+  const bag_source bags = validate_bags(bags::fixed(indices, 1), opts, t.rows);
+  std::int64_t floats = t.dim;
+  if (t.type != dtype::f32) {
+    floats = t.row_bytes / 4;
+    for (std::int64_t fixed = 256; fixed >= 16; fixed /= 2)
+      if (floats >= fixed) {
+        floats = fixed;
+        break;
+      }
+    if (floats == 0)
+      throw error(errc::invalid_shape, "read_rows reads rows as floats: a " + std::string(to_string(t.type)) +
+                                           " row of dim " + std::to_string(t.dim) + " has fewer than 4 bytes");
+  }
+  const isa which = resolve_isa(how.isa);
+  if (which == isa::reference)
+    throw error(errc::unsupported_isa, "read_rows measures the memory system: it needs a SIMD ISA, not reference");
+
+  forward_request req = make_forward_request(t, bags, opts, no_padding);
+  req.element_type = dtype::f32;
+  req.dim = floats;
+  choose_prefetch(req, how.prefetch);
+  block_list plan;
+  plan_forward_blocks(bags, mode::none, floats, threads_for(how), plan);
+  std::array<float, max_blocks> folded{};
+  std::vector<float> sinks(static_cast<std::size_t>(plan.count * floats));  // not the hot path
+  const kernel_table& k = kernels_of(which);
+  run_blocks(plan.count, how,
+             [&](std::int64_t i) { folded[i] = k.read_rows(req, plan.blocks[i], sinks.data() + i * floats); });
+  float total = 0.0f;
+  for (int i = 0; i < plan.count; ++i) total += folded[i];
+  return total;
+}
+
 }  // namespace
 
 std::string_view version() noexcept { return EMBAG_VERSION; }
@@ -195,12 +263,17 @@ std::int64_t output_rows(const bags& batch, const options& opts) {
 
 void forward(table_view<const float> table, const bags& batch, const options& opts, matrix_view<float> out,
              std::span<std::int64_t> argmax) {
-  forward_checked(table.data, nullptr, table.rows, table.dim, table.row_stride, batch, opts, out, argmax, nullptr);
+  forward_checked(stored(table), nullptr, batch, opts, out, argmax, nullptr);
 }
 
 void forward(table_view<float> table, const bags& batch, const options& opts, matrix_view<float> out,
              std::span<std::int64_t> argmax, workspace* scratch) {
-  forward_checked(table.data, table.data, table.rows, table.dim, table.row_stride, batch, opts, out, argmax, scratch);
+  forward_checked(stored(table_view<const float>(table)), table.data, batch, opts, out, argmax, scratch);
+}
+
+void forward(compressed_table_view table, const bags& batch, const options& opts, matrix_view<float> out,
+             std::span<std::int64_t> argmax) {
+  forward_checked(stored(table), nullptr, batch, opts, out, argmax, nullptr);
 }
 
 void backward_dense(const bags& batch, const options& opts, matrix_view<const float> grad_output,
@@ -249,7 +322,7 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
 
 void per_sample_weights_grad(table_view<const float> table, const bags& batch, const options& opts,
                              matrix_view<const float> grad_output, std::span<float> grad_weights) {
-  const std::int64_t stride = validate_matrix("table", table.data, table.rows, table.dim, table.row_stride);
+  const stored_table t = stored(table);
   const std::int64_t padding = validate_options(opts, table.rows);
   const bag_source bags = validate_bags(batch, opts, table.rows);
   if (bags.weights == nullptr && bags.nnz > 0)
@@ -261,7 +334,7 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
     throw error(errc::size_mismatch, "grad_weights has " + std::to_string(grad_weights.size()) +
                                          " entries but indices has " + std::to_string(bags.nnz));
   validate_array("grad_weights", grad_weights.data(), bags.nnz, sizeof(float));
-  call_inputs inputs(batch, matrix_bytes("table", table.data, table.rows, table.dim, stride));
+  call_inputs inputs(batch, t.bytes());
   inputs.add(matrix_bytes("grad_output", grad_output.data, bags.num_bags, table.dim, grad_stride));
   const byte_range outputs[] = {
       {"grad_weights", grad_weights.data(), static_cast<std::int64_t>(grad_weights.size_bytes())}};
@@ -269,7 +342,7 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
   const isa which = resolve_isa(opts.execution.isa);
 
   weights_grad_request w;
-  w.forward = make_forward_request(table.data, table.rows, table.dim, stride, bags, opts, padding);
+  w.forward = make_forward_request(t, bags, opts, padding);
   w.grad_output = grad_output.data;
   w.grad_output_stride = grad_stride;
   w.grad_weights = grad_weights.data();
@@ -281,27 +354,11 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
 }
 
 float read_rows(table_view<const float> table, index_span indices, const execution& how) {
-  const std::int64_t stride = validate_matrix("table", table.data, table.rows, table.dim, table.row_stride);
-  options opts;
-  opts.execution = how;
-  validate_options(opts, table.rows);
-  const bag_source bags = validate_bags(bags::fixed(indices, 1), opts, table.rows);
-  const isa which = resolve_isa(how.isa);
-  if (which == isa::reference)
-    throw error(errc::unsupported_isa, "read_rows measures the memory system: it needs a SIMD ISA, not reference");
+  return read_stored_rows(stored(table), indices, how);
+}
 
-  forward_request req = make_forward_request(table.data, table.rows, table.dim, stride, bags, opts, no_padding);
-  choose_prefetch(req, how.prefetch);
-  block_list plan;
-  plan_forward_blocks(bags, mode::none, table.dim, threads_for(how), plan);
-  std::array<float, max_blocks> folded{};
-  std::vector<float> sinks(static_cast<std::size_t>(plan.count * table.dim));  // not the hot path
-  const kernel_table& k = kernels_of(which);
-  run_blocks(plan.count, how,
-             [&](std::int64_t i) { folded[i] = k.read_rows(req, plan.blocks[i], sinks.data() + i * table.dim); });
-  float total = 0.0f;
-  for (int i = 0; i < plan.count; ++i) total += folded[i];
-  return total;
+float read_rows(compressed_table_view table, index_span indices, const execution& how) {
+  return read_stored_rows(stored(table), indices, how);
 }
 
 void renorm_rows(table_view<float> table, index_span rows, float max_norm, float norm_type) {

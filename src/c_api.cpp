@@ -15,7 +15,6 @@
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
 #include "embag/quantize.hpp"
-#include "quantize_detail.hpp"
 #include "validate.hpp"
 
 struct embag_table {
@@ -425,10 +424,9 @@ embag_status embag_forward(const embag_table* table, const embag_bags* bags, con
     const embag::options opts = options_of(options);
     const embag::matrix_view<float> out_view = view_of(out, "out");
     const std::span<std::int64_t> argmax_span = array_of("argmax", argmax, argmax_size);
-    if (t.stored.element_type != embag::dtype::f32)  // until forward on compressed tables lands on main
-      throw error(errc::invalid_option, "embag_forward on " + std::string(embag::to_string(t.stored.element_type)) +
-                                            " tables is not available yet");
-    if (t.writable != nullptr)
+    if (t.stored.element_type != embag::dtype::f32)
+      embag::forward(t.stored, batch, opts, out_view, argmax_span);
+    else if (t.writable != nullptr)
       embag::forward(embag::table_view<float>{t.writable, t.rows.rows, t.rows.dim, t.rows.row_stride}, batch, opts,
                      out_view, argmax_span);
     else

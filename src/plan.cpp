@@ -131,9 +131,9 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   static const prefetch_setting from_environment = prefetch_from_environment();
   const std::int64_t l2 = caches().l2 > 0 ? caches().l2 : std::int64_t{1} << 20;
   const std::int64_t llc = caches().llc > 0 ? caches().llc : std::int64_t{32} << 20;
-  const std::int64_t row_bytes = req.dim * 4;
+  const std::int64_t row_bytes = req.row_bytes;
   // the table's extent, as validation bounded it (rows * row_stride could overflow)
-  const std::int64_t table_bytes = req.rows == 0 ? 0 : ((req.rows - 1) * req.row_stride + req.dim) * 4;
+  const std::int64_t table_bytes = req.rows == 0 ? 0 : (req.rows - 1) * req.row_stride + row_bytes;
   const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
 
   // By size class: a table within half of L2 needs no prefetch; one past the LLC gains from

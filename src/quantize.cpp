@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "file_io.hpp"
+#include "rows.hpp"
 #include "parallel.hpp"
 #include "plan.hpp"
-#include "quantize_detail.hpp"
 #include "validate.hpp"
 
 namespace embag {
@@ -198,7 +198,25 @@ std::optional<row_problem> encode_row(dtype type, const float* x, std::int64_t d
   return std::nullopt;
 }
 
-void decode_row(dtype type, const std::byte* row, std::int64_t dim, float* out) {
+
+// row_bytes, or nullopt when dim is too large (the rows would exceed 2^62 bytes each).
+std::optional<std::int64_t> packed_row_bytes(dtype type, std::int64_t dim) {
+  if (dim > detail::max_array_bytes / 4) return std::nullopt;
+  switch (type) {
+    case dtype::f32: return 4 * dim;
+    case dtype::f16:
+    case dtype::bf16: return 2 * dim;
+    case dtype::int8_rowwise: return dim + 8;
+    case dtype::int4_rowwise: return (dim + 1) / 2 + 4;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+namespace detail {
+
+void decode_row(dtype type, const std::byte* row, std::int64_t dim, float* out) noexcept {
   switch (type) {
     case dtype::f32: std::memcpy(out, row, static_cast<std::size_t>(dim) * 4); return;
     case dtype::f16:
@@ -223,38 +241,7 @@ void decode_row(dtype type, const std::byte* row, std::int64_t dim, float* out) 
   }
 }
 
-bool is_dtype(dtype type) { return static_cast<unsigned>(type) <= static_cast<unsigned>(dtype::int4_rowwise); }
-
-// row_bytes, or nullopt when dim is too large (the rows would exceed 2^62 bytes each).
-std::optional<std::int64_t> packed_row_bytes(dtype type, std::int64_t dim) {
-  if (dim > detail::max_array_bytes / 4) return std::nullopt;
-  switch (type) {
-    case dtype::f32: return 4 * dim;
-    case dtype::f16:
-    case dtype::bf16: return 2 * dim;
-    case dtype::int8_rowwise: return dim + 8;
-    case dtype::int4_rowwise: return (dim + 1) / 2 + 4;
-  }
-  return std::nullopt;
-}
-
-}  // namespace
-
-std::int64_t detail::validate_compressed(const char* name, const compressed_table_view& t) {
-  const std::string n(name);
-  if (!is_dtype(t.element_type))
-    throw error(errc::invalid_option, n + ".element_type = " + str(std::int64_t(t.element_type)) + " is not a dtype");
-  if (t.rows < 0) throw error(errc::invalid_shape, n + " has " + str(t.rows) + " rows (must be >= 0)");
-  const std::int64_t bytes = row_bytes(t.element_type, t.dim);
-  const std::int64_t stride = t.row_stride == 0 ? bytes : t.row_stride;
-  if (stride < bytes)
-    throw error(errc::invalid_shape, n + " has row_stride " + str(t.row_stride) + " bytes, less than the " + str(bytes) +
-                                         " bytes of a " + std::string(to_string(t.element_type)) + " row of dim " + str(t.dim));
-  if (!detail::span_bytes(t.rows, stride, bytes, 1))
-    throw error(errc::size_overflow, n + " of " + str(t.rows) + " rows x " + str(stride) + " bytes overflows the address space");
-  if (t.data == nullptr && t.rows > 0) throw error(errc::null_pointer, n + " is null but has " + str(t.rows) + " rows");
-  return stride;
-}
+}  // namespace detail
 
 std::string_view to_string(dtype type) noexcept {
   switch (type) {
@@ -268,7 +255,7 @@ std::string_view to_string(dtype type) noexcept {
 }
 
 std::int64_t row_bytes(dtype type, std::int64_t dim) {
-  if (!is_dtype(type)) throw error(errc::invalid_option, "dtype " + str(std::int64_t(type)) + " is not a dtype");
+  if (!detail::is_dtype(type)) throw error(errc::invalid_option, "dtype " + str(std::int64_t(type)) + " is not a dtype");
   if (dim <= 0) throw error(errc::invalid_shape, "dim " + str(dim) + " must be > 0");
   const std::optional<std::int64_t> bytes = packed_row_bytes(type, dim);
   if (!bytes)
@@ -299,7 +286,7 @@ bool compressed_table::mapped() const noexcept { return impl_->owned == nullptr;
 
 compressed_table quantize(table_view<const float> table, dtype to, const execution& how) {
   const std::int64_t stride = detail::validate_matrix("table", table.data, table.rows, table.dim, table.row_stride);
-  if (!is_dtype(to)) throw error(errc::invalid_option, "quantize to dtype " + str(std::int64_t(to)) + ": not a dtype");
+  if (!detail::is_dtype(to)) throw error(errc::invalid_option, "quantize to dtype " + str(std::int64_t(to)) + ": not a dtype");
   const std::int64_t bytes = row_bytes(to, table.dim);
   const std::optional<std::int64_t> total = detail::span_bytes(table.rows, bytes, bytes, 1);
   if (!total)
@@ -347,7 +334,7 @@ void dequantize(compressed_table_view table, table_view<float> out, const execut
   detail::plan_even_blocks(table.rows, table.dim, detail::threads_for(how), blocks);
   detail::run_blocks(blocks.count, how, [&](std::int64_t i) {
     for (std::int64_t r = blocks.blocks[i].bag_begin; r < blocks.blocks[i].bag_end; ++r)
-      decode_row(table.element_type, table.data + r * stride, table.dim, out.data + r * out_stride);
+      detail::decode_row(table.element_type, table.data + r * stride, table.dim, out.data + r * out_stride);
   });
 }
 

@@ -3,6 +3,7 @@
 // any inline function (one compiled with AVX-512 flags could be linked into baseline code).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "embag/embag.hpp"
@@ -34,8 +35,11 @@ struct bag_block {
 };
 
 struct forward_request {
-  const float* table = nullptr;
-  std::int64_t rows = 0, dim = 0, row_stride = 0;
+  // Row r of the table starts at table + r * row_stride bytes and holds row_bytes bytes in
+  // element_type's layout (embag/quantize.hpp): dim floats, or their compressed encoding.
+  const std::byte* table = nullptr;
+  dtype element_type = dtype::f32;
+  std::int64_t rows = 0, dim = 0, row_stride = 0, row_bytes = 0;
   bag_source bags;
   embag::mode mode = mode::sum;
   std::int64_t padding_idx = no_padding;  // normalised to [0, rows) or no_padding

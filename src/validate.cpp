@@ -1,5 +1,7 @@
 #include "validate.hpp"
 
+#include "embag/quantize.hpp"
+
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -335,6 +337,26 @@ void validate_disjoint(std::span<const byte_range> outputs, std::span<const byte
       if (overlap(outputs[i], outputs[k]))
         fail(errc::aliasing, std::string(outputs[i].name) + " overlaps " + outputs[k].name);
   }
+}
+
+bool is_dtype(dtype type) noexcept {
+  return static_cast<unsigned>(type) <= static_cast<unsigned>(dtype::int4_rowwise);
+}
+
+std::int64_t validate_compressed(const char* name, const compressed_table_view& t) {
+  const std::string n(name);
+  if (!is_dtype(t.element_type))
+    fail(errc::invalid_option, n + ".element_type = " + str(std::int64_t(t.element_type)) + " is not a dtype");
+  if (t.rows < 0) fail(errc::invalid_shape, n + " has " + str(t.rows) + " rows (must be >= 0)");
+  const std::int64_t bytes = row_bytes(t.element_type, t.dim);
+  const std::int64_t stride = t.row_stride == 0 ? bytes : t.row_stride;
+  if (stride < bytes)
+    fail(errc::invalid_shape, n + " has row_stride " + str(t.row_stride) + " bytes, less than the " + str(bytes) +
+                                  " bytes of a " + std::string(to_string(t.element_type)) + " row of dim " + str(t.dim));
+  if (!span_bytes(t.rows, stride, bytes, 1))
+    fail(errc::size_overflow, n + " of " + str(t.rows) + " rows x " + str(stride) + " bytes overflows the address space");
+  if (t.data == nullptr && t.rows > 0) fail(errc::null_pointer, n + " is null but has " + str(t.rows) + " rows");
+  return stride;
 }
 
 }  // namespace embag::detail

@@ -6,6 +6,7 @@
 #include <optional>
 #include <span>
 
+#include "embag/quantize.hpp"
 #include "request.hpp"
 
 namespace embag::detail {
@@ -61,5 +62,10 @@ struct byte_range {
 void validate_disjoint(std::span<const byte_range> outputs, std::span<const byte_range> inputs);
 byte_range matrix_bytes(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
                         std::int64_t row_stride);
+
+// A compressed table view (embag/quantize.hpp): a dtype, rows >= 0, a stride (bytes) of at least
+// row_bytes, in range, non-null. Returns the effective row stride in bytes.
+bool is_dtype(dtype type) noexcept;
+std::int64_t validate_compressed(const char* name, const compressed_table_view& t);
 
 }  // namespace embag::detail

@@ -912,6 +912,124 @@ static void test_compressed_errors(const embag_table* source) {
   embag_table_destroy(q);
 }
 
+/* One forward call on a compressed table and on the fp32 table of its dequantised rows: outputs and
+ * argmax (mode max) the same bits. */
+struct forward_case {
+  const char* what;
+  int32_t mode;
+  uint32_t flags;
+  int weighted;
+};
+
+static void check_forward_matches(const embag_table* compressed, const embag_table* plain, const embag_bags* b,
+                                  const embag_options* o, const char* what, const char* dtype) {
+  float out[2][8 * qdim];
+  int64_t argmax[2][8 * qdim];
+  int64_t out_rows = 0;
+  embag_matrix views[2];
+  const int max = o->mode == EMBAG_MODE_MAX;
+  int k;
+  EXPECT_OK(embag_output_rows(b, o, &out_rows));
+  for (k = 0; k < 2; ++k) {
+    embag_matrix v = {out[k], out_rows, qdim, 0};
+    views[k] = v;
+    fill(out[k], 8 * qdim, canary);
+    memset(argmax[k], 0x5a, sizeof argmax[k]);
+  }
+  EXPECT_OK(embag_forward(compressed, b, o, &views[0], max ? argmax[0] : NULL, max ? out_rows * qdim : 0));
+  EXPECT_OK(embag_forward(plain, b, o, &views[1], max ? argmax[1] : NULL, max ? out_rows * qdim : 0));
+  ++checks;
+  if (memcmp(out[0], out[1], sizeof out[0]) != 0 || memcmp(argmax[0], argmax[1], sizeof argmax[0]) != 0) {
+    ++failures;
+    fprintf(stderr, "c_api_test.c: forward %s on %s (isa %d, %d threads) differs from the dequantised table's\n", what,
+            dtype, o->isa, o->max_threads);
+  }
+}
+
+/* embag_forward on each dtype equals embag_forward on the dequantised fp32 table bit for bit: every
+ * mode, weights, padding, every ISA of this CPU, inline and on two threads. max_norm is refused. */
+static void test_compressed_forward(const embag_table* source) {
+  static const int64_t indices[] = {1, 4, 4, 0, 11, 2, 7, 3};
+  static const int64_t offsets[] = {0, 3, 3, 6}; /* four bags, the second empty */
+  static const float weights[] = {0.5f, -2.0f, 1.25f, 3.0f, 1.0f, -0.75f, 2.0f, 0.125f};
+  static const struct forward_case cases[] = {
+      {"sum", EMBAG_MODE_SUM, 0, 0},
+      {"mean", EMBAG_MODE_MEAN, 0, 0},
+      {"max", EMBAG_MODE_MAX, 0, 0},
+      {"none", EMBAG_MODE_NONE, 0, 0},
+      {"weighted sum", EMBAG_MODE_SUM, 0, 1},
+      {"weighted mean", EMBAG_MODE_MEAN, 0, 1},
+      {"sum with padding", EMBAG_MODE_SUM, EMBAG_HAS_PADDING_IDX, 0},
+      {"mean with padding", EMBAG_MODE_MEAN, EMBAG_HAS_PADDING_IDX, 0},
+      {"max with padding", EMBAG_MODE_MAX, EMBAG_HAS_PADDING_IDX, 0},
+      {"weighted sum with padding", EMBAG_MODE_SUM, EMBAG_HAS_PADDING_IDX, 1},
+  };
+  int32_t isas[8], num_isas = 0;
+  embag_bags b;
+  int i, c, k, threads;
+  memset(&b, 0, sizeof b);
+  b.indices = indices;
+  b.num_indices = 8;
+  b.index_type = EMBAG_INT64;
+  b.layout = EMBAG_BAGS_OFFSETS;
+  b.boundaries = offsets;
+  b.num_boundaries = 4;
+  b.boundary_type = EMBAG_INT64;
+  EXPECT_OK(embag_available_isas(isas, 8, &num_isas));
+
+  for (i = 0; i < num_dtypes; ++i) {
+    embag_table* q = NULL;
+    embag_table* plain = NULL;
+    float back[qrows * qdim];
+    embag_matrix back_view = {back, qrows, qdim, 0};
+    EXPECT_OK(embag_quantize(source, every_dtype[i], NULL, &q));
+    EXPECT_OK(embag_dequantize(q, NULL, &back_view));
+    EXPECT_OK(embag_table_from_memory(back, qrows, qdim, 0, &plain));
+    for (c = 0; c < (int)(sizeof cases / sizeof cases[0]); ++c)
+      for (k = 0; k < num_isas && k < 8; ++k)
+        for (threads = 1; threads <= 2; ++threads) {
+          embag_options o;
+          EXPECT_OK(embag_options_init(&o));
+          o.mode = cases[c].mode;
+          o.flags = cases[c].flags;
+          o.padding_idx = 4;
+          o.isa = isas[k];
+          o.max_threads = threads;
+          b.per_sample_weights = cases[c].weighted ? weights : NULL;
+          b.num_weights = cases[c].weighted ? 8 : 0;
+          check_forward_matches(q, plain, &b, &o, cases[c].what, embag_dtype_name(every_dtype[i]));
+        }
+    b.per_sample_weights = NULL;
+    b.num_weights = 0;
+
+    /* max_norm on a compressed table: refused, nothing written (an f32 table takes it) */
+    if (every_dtype[i] != EMBAG_DTYPE_F32) {
+      float out[4 * qdim];
+      embag_matrix out_view = {out, 4, qdim, 0};
+      embag_options o;
+      EXPECT_OK(embag_options_init(&o));
+      o.flags = EMBAG_HAS_MAX_NORM;
+      o.max_norm = 1.0f;
+      fill(out, 4 * qdim, canary);
+      EXPECT_STATUS(embag_forward(q, &b, &o, &out_view, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+      CHECK(error_mentions("max_norm needs an f32 table; this one is"));
+      CHECK(error_mentions(embag_dtype_name(every_dtype[i])));
+      o.flags = EMBAG_HAS_MAX_NORM | EMBAG_MAX_NORM_IN_PLACE;
+      EXPECT_STATUS(embag_forward(q, &b, &o, &out_view, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+      {
+        const int64_t bad[] = {1, 4, 4, 12, 11, 2, 7, 3};
+        b.indices = bad;
+        EXPECT_STATUS(embag_forward(q, &b, NULL, &out_view, NULL, 0), EMBAG_ERR_INDEX_OUT_OF_RANGE);
+        CHECK(error_mentions("indices[3] = 12"));
+        b.indices = indices;
+      }
+      CHECK(all_equal(out, 4 * qdim, canary));
+    }
+    embag_table_destroy(plain);
+    embag_table_destroy(q);
+  }
+}
+
 static void test_compressed_tables(void) {
   embag_table* source = NULL;
   strcpy(temporary_dir, "/tmp/embag-c-api-XXXXXX");
@@ -924,6 +1042,7 @@ static void test_compressed_tables(void) {
   EXPECT_OK(embag_table_from_memory(qtable, qrows, qdim, 0, &source));
   test_quantize_round_trips(source);
   test_compressed_errors(source);
+  test_compressed_forward(source);
   embag_table_destroy(source);
   CHECK(rmdir(temporary_dir) == 0); /* every file removed */
 }

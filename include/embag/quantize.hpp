@@ -1,6 +1,6 @@
 // Compressed tables for inference: fp16, bf16, 8-bit and 4-bit rowwise rows, their conversion from
-// and to fp32, and the .embag file that stores them. Forward on compressed tables (dequantising
-// inside the SIMD kernels) will take a compressed_table_view.
+// and to fp32, the .embag file that stores them, and forward on them (dequantising inside the SIMD
+// kernels).
 //
 // Row layouts, little-endian, rows packed one after another (row r at data + r * row_stride):
 //
@@ -113,6 +113,19 @@ compressed_table quantize(table_view<const float> table, dtype to, const executi
 // out (table.rows x table.dim) = the fp32 values of the rows. All checks (shapes, strides, an out
 // overlapping the compressed bytes) come before the first write.
 void dequantize(compressed_table_view table, table_view<float> out, const execution& how = {});
+
+// Y = A.W on a compressed table: every mode (sum, mean, max with argmax, none), per-sample weights,
+// padding_idx, every bag layout and ISA, as forward on an fp32 table (embag.hpp). Each row is
+// dequantised inside the kernel to the fp32 values dequantize() gives and accumulated in fp32, so
+// the output is bit for bit forward on dequantize(table). max_norm is an error
+// (errc::invalid_option): clipping needs fp32 rows, and in place would write the table.
+void forward(compressed_table_view table, const bags& batch, const options& opts, matrix_view<float> out,
+             std::span<std::int64_t> argmax = {});
+
+// The roofline over a compressed table's rows (see read_rows in embag.hpp): every referenced row's
+// bytes prefetched as forward prefetches them, and read as the floats they hold (up to 256 of
+// them, within the row). Rows of fewer than 4 bytes are errc::invalid_shape.
+float read_rows(compressed_table_view table, index_span indices, const execution& how = {});
 
 // The .embag file, little-endian:
 //   offset  0  magic "EMBAGTBL"        offset 24  dim (u64)

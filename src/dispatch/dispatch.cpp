@@ -41,10 +41,11 @@ bool cpu_runs(isa which) noexcept {
     case isa::reference: return true;
 #if defined(__x86_64__)
     case isa::sse2: return __builtin_cpu_supports("sse2");
-    case isa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case isa::avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case isa::avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c");
 #elif defined(__aarch64__)
     case isa::neon: return true;  // part of the AArch64 base
 #endif

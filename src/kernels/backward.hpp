@@ -86,7 +86,7 @@ void weights_grad_typed(const weights_grad_request& w, const bag_block& block) {
         w.grad_weights[p] = 0.0f;
         continue;
       }
-      const float* x = r.table + index * r.row_stride;
+      const auto* x = reinterpret_cast<const float*>(r.table + index * r.row_stride);  // weights_grad: f32 only
       float g = dot<Arch>(dy, x, dim);
       if (r.clip_max_norm) g *= max_norm_scale(x, dim, r.max_norm, r.norm_type);
       w.grad_weights[p] = g;

@@ -48,8 +48,8 @@ inline void for_each_bag(const bag_source& bags, const bag_block& block, Body&& 
 // loop will store to it). always_inline: GCC 12's mod-ref analysis finds an out-of-line function
 // that only prefetches free of side effects and deletes its calls, prefetches and all.
 template <int Locality, int Write = 0>
-[[gnu::always_inline]] inline void prefetch_row(const float* row, std::int64_t bytes) noexcept {
-  const char* p = reinterpret_cast<const char*>(row);
+[[gnu::always_inline]] inline void prefetch_row(const void* row, std::int64_t bytes) noexcept {
+  const char* p = static_cast<const char*>(row);
   for (std::int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, Write, Locality);
   __builtin_prefetch(p + bytes - 1, Write, Locality);
 }

@@ -9,30 +9,32 @@
 // where x_j is the table row, times max_norm_scale(row) when max_norm clips.
 //
 // Accumulators live in registers for D in {16, 32, 64, 128, 256}; other D accumulate in the
-// output row. Rows are prefetched prefetch_rows positions ahead in the index stream.
+// output row. Rows are prefetched prefetch_rows positions ahead in the index stream. Rows of any
+// element type are read through row_reader (kernels/rows.hpp), which dequantises them to fp32.
 #pragma once
 
-#include "kernels/common.hpp"
+#include "kernels/rows.hpp"
 
 namespace embag::detail::EMBAG_ISA_NS {
 
-template <class Arch, class Index>
+template <class Arch, class Index, dtype Type>
 struct forward_context {
   using batch = xsimd::batch<float, Arch>;
+  using reader = row_reader<Arch, Type>;
   static constexpr std::int64_t lanes = batch::size;
 
   const forward_request& req;
   const Index* indices = static_cast<const Index*>(req.bags.indices);
-  std::int64_t row_bytes = req.dim * static_cast<std::int64_t>(sizeof(float));
   std::int64_t last_position = req.bags.nnz - 1;
 
-  const float* row(std::int64_t index) const noexcept { return req.table + index * req.row_stride; }
+  const std::byte* row_address(std::int64_t index) const noexcept { return req.table + index * req.row_stride; }
+  reader row(std::int64_t index) const noexcept { return reader(row_address(index), req.dim); }
 
   template <int Locality>
   [[gnu::always_inline]] void prefetch_ahead(std::int64_t position) const noexcept {
     std::int64_t ahead = position + req.prefetch_rows;
     if (ahead > last_position) ahead = last_position;
-    prefetch_row<Locality>(row(indices[ahead]), row_bytes);
+    prefetch_row<Locality>(row_address(indices[ahead]), req.row_bytes);
   }
 
   [[gnu::always_inline]] void prefetch(std::int64_t position) const noexcept {
@@ -40,10 +42,13 @@ struct forward_context {
     else if (req.prefetch == prefetch_level::l2) prefetch_ahead<1>(position);
   }
 
-  // The multiplier of row x_j: its weight times its clip scale (1 when neither applies), and
-  // whether a multiply is needed at all. Kept separate so an unweighted sum stays acc += x.
+  // The max_norm clip scale of a row (1 when not clipping). Validation allows clipping on f32
+  // tables only.
   float clip_scale(std::int64_t index) const noexcept {
-    return req.clip_max_norm ? max_norm_scale(row(index), req.dim, req.max_norm, req.norm_type) : 1.0f;
+    if constexpr (Type == dtype::f32)
+      if (req.clip_max_norm)
+        return max_norm_scale(reinterpret_cast<const float*>(row_address(index)), req.dim, req.max_norm, req.norm_type);
+    return 1.0f;
   }
 
   float* out_row(std::int64_t bag) const noexcept { return req.out + bag * req.out_stride; }
@@ -61,10 +66,10 @@ struct forward_context {
   }
 };
 
-// A loaded row chunk, clipped the way the reference clips it: x * scale, rounded once.
-template <class Arch>
-inline xsimd::batch<float, Arch> load_row(const float* p, bool clip, float scale) noexcept {
-  auto x = xsimd::batch<float, Arch>::load_unaligned(p);
+// Elements [d, d + lanes) of a row, clipped the way the reference clips them: x * scale, rounded once.
+template <class Arch, class Reader>
+inline xsimd::batch<float, Arch> load_row(const Reader& row, std::int64_t d, bool clip, float scale) noexcept {
+  auto x = row.load(d);
   return clip ? x * xsimd::batch<float, Arch>(scale) : x;
 }
 
@@ -101,15 +106,16 @@ inline constexpr std::int64_t vector_registers =
 // their accumulators stay in registers (spilling them costs more than re-reading the bag's rows,
 // which the first group has brought into L1); only the first group prefetches.
 //
-// Narrow (rows prefetched into L2 from DRAM): at most 256 bytes (4 cache lines) of each row per
-// pass. One AVX-512 pass over 512-byte rows read DRAM-resident tables at 11.8 GB/s on one Zen 4
-// core, two passes of 256 bytes at 15.9-19.9; on cache-resident tables the single pass is faster.
-template <class Arch, class Index, std::int64_t Chunks, bool Narrow>
+// Narrow (rows prefetched into L2 from DRAM): at most 256 bytes (4 cache lines) of each stored row
+// per pass. One AVX-512 pass over 512-byte fp32 rows read DRAM-resident tables at 11.8 GB/s on one
+// Zen 4 core, two passes of 256 bytes at 15.9-19.9; on cache-resident tables the single pass is faster.
+template <class Arch, class Index, dtype Type, std::int64_t Chunks, bool Narrow>
 struct fixed_dim_forward {
-  using ctx_t = forward_context<Arch, Index>;
+  using ctx_t = forward_context<Arch, Index, Type>;
+  using reader = typename ctx_t::reader;
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
-  static constexpr std::int64_t narrow_batches = 256 / (lanes * 4);
+  static constexpr std::int64_t narrow_batches = 256 * 8 / (lanes * reader::bits);
   static constexpr std::int64_t group_limit =
       Narrow && narrow_batches < vector_registers<Arch> / 2 ? narrow_batches : vector_registers<Arch> / 2;
   static constexpr std::int64_t sum_group = Chunks < group_limit ? Chunks : group_limit;
@@ -135,15 +141,13 @@ struct fixed_dim_forward {
     for (std::int64_t first = 0; first < Chunks; first += sum_group) {
       batch acc[sum_group];
       for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = batch(0.0f);
-      const float* column = nullptr;
-      c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
-        column = x + first * lanes;
+      c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
         if constexpr (weighted) {
           const batch wb(r.bags.weights[p]);
-          for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += wb * load_row<Arch>(column + k * lanes, clip, scale);
+          for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += wb * load_row<Arch>(x, (first + k) * lanes, clip, scale);
           if (first == 0) weight_sum += r.bags.weights[p];
         } else {
-          for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += load_row<Arch>(column + k * lanes, clip, scale);
+          for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += load_row<Arch>(x, (first + k) * lanes, clip, scale);
         }
         if (first == 0) ++count;
       });
@@ -178,12 +182,11 @@ struct fixed_dim_forward {
       for (std::int64_t k = 0; k < group; ++k) acc[k] = where[k] = batch(0.0f);
       xsimd::batch_bool<float, Arch> saw_nan(false);
       bool started = false;
-      c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
-        const float* column = x + first * lanes;
+      c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
         const batch here(static_cast<float>(p - begin));
         if (!started) {
           for (std::int64_t k = 0; k < group; ++k) {
-            acc[k] = load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
+            acc[k] = load_row<Arch>(x, (first + k) * lanes, r.clip_max_norm, scale);
             where[k] = here;
             if constexpr (!exact) saw_nan = saw_nan | xsimd::isnan(acc[k]);
           }
@@ -191,7 +194,7 @@ struct fixed_dim_forward {
           return;
         }
         for (std::int64_t k = 0; k < group; ++k) {
-          const batch v = load_row<Arch>(column + k * lanes, r.clip_max_norm, scale);
+          const batch v = load_row<Arch>(x, (first + k) * lanes, r.clip_max_norm, scale);
           if constexpr (exact) {
             const auto takes = max_takes<Arch>(v, acc[k]);
             acc[k] = xsimd::select(takes, v, acc[k]);
@@ -223,9 +226,10 @@ struct fixed_dim_forward {
 };
 
 // General path, any D: accumulates in the output row itself (it stays in L1 for the bag).
-template <class Arch, class Index>
+template <class Arch, class Index, dtype Type>
 struct any_dim_forward {
-  using ctx_t = forward_context<Arch, Index>;
+  using ctx_t = forward_context<Arch, Index, Type>;
+  using reader = typename ctx_t::reader;
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
 
@@ -237,17 +241,17 @@ struct any_dim_forward {
     const bool weighted = r.bags.weights != nullptr;
     std::int64_t count = 0;
     float weight_sum = 0.0f;
-    c.for_each_row(begin, end, true, [&](std::int64_t p, std::int64_t, const float* x, float scale) {
+    c.for_each_row(begin, end, true, [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
       const float w = weighted ? r.bags.weights[p] : 1.0f;
       const batch wb(w);
       std::int64_t d = 0;
       for (; d + lanes <= dim; d += lanes) {
-        const batch v = load_row<Arch>(x + d, r.clip_max_norm, scale);
+        const batch v = load_row<Arch>(x, d, r.clip_max_norm, scale);
         const batch o = batch::load_unaligned(out + d);
         (weighted ? o + wb * v : o + v).store_unaligned(out + d);
       }
       for (; d < dim; ++d) {
-        const float v = r.clip_max_norm ? x[d] * scale : x[d];
+        const float v = r.clip_max_norm ? x.at(d) * scale : x.at(d);
         out[d] = weighted ? out[d] + w * v : out[d] + v;
       }
       weight_sum += w;
@@ -265,9 +269,9 @@ struct any_dim_forward {
     float* out = c.out_row(bag);
     std::int64_t* argmax = r.argmax ? r.argmax + bag * dim : nullptr;
     bool started = false;
-    c.for_each_row(begin, end, true, [&](std::int64_t, std::int64_t index, const float* x, float scale) {
+    c.for_each_row(begin, end, true, [&](std::int64_t, std::int64_t index, const reader& x, float scale) {
       for (std::int64_t d = 0; d < dim; ++d) {
-        const float v = r.clip_max_norm ? x[d] * scale : x[d];
+        const float v = r.clip_max_norm ? x.at(d) * scale : x.at(d);
         if (!started || max_takes_scalar(v, out[d])) {
           out[d] = v;
           if (argmax) argmax[d] = index;
@@ -283,10 +287,9 @@ struct any_dim_forward {
   }
 };
 
-template <class Arch, class Index>
-inline void lookup_rows(const forward_context<Arch, Index>& c, const bag_block& block) {
-  using batch = typename forward_context<Arch, Index>::batch;
-  constexpr std::int64_t lanes = batch::size;
+template <class Arch, class Index, dtype Type>
+inline void lookup_rows(const forward_context<Arch, Index, Type>& c, const bag_block& block) {
+  constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
   const forward_request& r = c.req;
   for (std::int64_t p = block.bag_begin; p < block.bag_end; ++p) {
     c.prefetch(p);
@@ -296,23 +299,23 @@ inline void lookup_rows(const forward_context<Arch, Index>& c, const bag_block& 
       for (std::int64_t d = 0; d < r.dim; ++d) out[d] = 0.0f;
       continue;
     }
-    const float* x = c.row(index);
+    const auto x = c.row(index);
     const float scale = c.clip_scale(index);
     std::int64_t d = 0;
-    for (; d + lanes <= r.dim; d += lanes) load_row<Arch>(x + d, r.clip_max_norm, scale).store_unaligned(out + d);
-    for (; d < r.dim; ++d) out[d] = r.clip_max_norm ? x[d] * scale : x[d];
+    for (; d + lanes <= r.dim; d += lanes) load_row<Arch>(x, d, r.clip_max_norm, scale).store_unaligned(out + d);
+    for (; d < r.dim; ++d) out[d] = r.clip_max_norm ? x.at(d) * scale : x.at(d);
   }
 }
 
-template <class Arch, class Index, class Path>
-inline void pooled_bags(const forward_context<Arch, Index>& c, const bag_block& block) {
+template <class Arch, class Index, dtype Type, class Path>
+inline void pooled_bags(const forward_context<Arch, Index, Type>& c, const bag_block& block) {
   const bool is_max = c.req.mode == mode::max;
   for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
     if (is_max) {
-      if constexpr (!std::is_same_v<Path, any_dim_forward<Arch, Index>>) {
+      if constexpr (!std::is_same_v<Path, any_dim_forward<Arch, Index, Type>>) {
         // float-tracked positions are exact only below 2^24
         if (c.req.argmax != nullptr && end - begin >= (std::int64_t{1} << 24)) {
-          any_dim_forward<Arch, Index>::max_bag(c, bag, begin, end);
+          any_dim_forward<Arch, Index, Type>::max_bag(c, bag, begin, end);
           return;
         }
       }
@@ -325,13 +328,13 @@ inline void pooled_bags(const forward_context<Arch, Index>& c, const bag_block& 
 
 // Calls f.template operator()<Path>() with the path for this row length: registers for the
 // specialised D (narrow passes when rows come from DRAM through L2), the output row otherwise.
-template <class Arch, class Index, class F>
+template <class Arch, class Index, dtype Type, class F>
 inline decltype(auto) with_path(const forward_request& req, F&& f) {
   constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
   const bool narrow = req.prefetch == prefetch_level::l2;
   const auto fixed = [&]<std::int64_t Chunks>() -> decltype(auto) {
-    return narrow ? f.template operator()<fixed_dim_forward<Arch, Index, Chunks, true>>()
-                  : f.template operator()<fixed_dim_forward<Arch, Index, Chunks, false>>();
+    return narrow ? f.template operator()<fixed_dim_forward<Arch, Index, Type, Chunks, true>>()
+                  : f.template operator()<fixed_dim_forward<Arch, Index, Type, Chunks, false>>();
   };
   switch (req.dim) {
     case 16: return fixed.template operator()<16 / lanes>();
@@ -339,21 +342,23 @@ inline decltype(auto) with_path(const forward_request& req, F&& f) {
     case 64: return fixed.template operator()<64 / lanes>();
     case 128: return fixed.template operator()<128 / lanes>();
     case 256: return fixed.template operator()<256 / lanes>();
-    default: return f.template operator()<any_dim_forward<Arch, Index>>();
+    default: return f.template operator()<any_dim_forward<Arch, Index, Type>>();
   }
 }
 
-template <class Arch, class Index>
+template <class Arch, class Index, dtype Type>
 inline void forward_block_typed(const forward_request& req, const bag_block& block) {
-  const forward_context<Arch, Index> c{req};
+  const forward_context<Arch, Index, Type> c{req};
   if (req.mode == mode::none) return lookup_rows(c, block);
-  with_path<Arch, Index>(req, [&]<class Path>() { pooled_bags<Arch, Index, Path>(c, block); });
+  with_path<Arch, Index, Type>(req, [&]<class Path>() { pooled_bags<Arch, Index, Type, Path>(c, block); });
 }
 
 template <class Arch>
 void forward_block(const forward_request& req, const bag_block& block) {
-  if (req.bags.index_kind == index_type::i32) forward_block_typed<Arch, std::int32_t>(req, block);
-  else forward_block_typed<Arch, std::int64_t>(req, block);
+  with_element_type(req.element_type, [&]<dtype Type>() {
+    if (req.bags.index_kind == index_type::i32) forward_block_typed<Arch, std::int32_t, Type>(req, block);
+    else forward_block_typed<Arch, std::int64_t, Type>(req, block);
+  });
 }
 
 }  // namespace embag::detail::EMBAG_ISA_NS

@@ -1,6 +1,7 @@
 // The roofline kernel: reads the rows of a run of indices with the same prefetch as forward and
 // does nothing else, so forward's speed can be reported as a fraction of what the memory system
-// delivers on the same rows, in the same process.
+// delivers on the same rows, in the same process. Rows are read as fp32 (a compressed table's rows
+// as the floats their bytes hold: see read_rows in src/api.cpp), prefetched over req.row_bytes.
 #pragma once
 
 #include "kernels/forward.hpp"
@@ -29,7 +30,7 @@ float read_rows_in_runs(const forward_request& req, const bag_block& block, floa
   r.out = sink;
   r.out_stride = 0;
   r.argmax = nullptr;
-  const forward_context<Arch, Index> c{r};
+  const forward_context<Arch, Index, dtype::f32> c{r};
   float folded = 0.0f;
   for (std::int64_t first = block.bag_begin; first < block.bag_end; first += run) {
     read_run<Path>(c, first, first + run < block.bag_end ? first + run : block.bag_end);
@@ -40,7 +41,7 @@ float read_rows_in_runs(const forward_request& req, const bag_block& block, floa
 
 template <class Arch, class Index>
 float read_rows_dim(const forward_request& req, const bag_block& block, float* sink) {
-  return with_path<Arch, Index>(req, [&]<class Path>() { return read_rows_in_runs<Arch, Index, Path>(req, block, sink); });
+  return with_path<Arch, Index, dtype::f32>(req, [&]<class Path>() { return read_rows_in_runs<Arch, Index, Path>(req, block, sink); });
 }
 
 template <class Arch>

@@ -1,5 +1,7 @@
 #include "reference/reference.hpp"
 
+#include "rows.hpp"
+
 #include <map>
 #include <vector>
 
@@ -35,15 +37,24 @@ plain_bags plain(const bag_source& s) {
   return p;
 }
 
-// Element d of a table row as forward sees it: clipped by max_norm when asked.
+// Element d of a table row as forward sees it: the row decoded to fp32, clipped by max_norm when
+// asked.
 struct row_reader {
   const forward_request& r;
+  std::vector<float> decoded;  // compressed rows only: f32 rows are read in place
   const float* x;
-  float scale;
-  row_reader(const forward_request& req, std::int64_t index)
-      : r(req),
-        x(req.table + index * req.row_stride),
-        scale(req.clip_max_norm ? max_norm_scale(x, req.dim, req.max_norm, req.norm_type) : 1.0f) {}
+  float scale = 1.0f;
+  row_reader(const forward_request& req, std::int64_t index) : r(req) {
+    const std::byte* row = req.table + index * req.row_stride;
+    if (req.element_type == dtype::f32) {
+      x = reinterpret_cast<const float*>(row);
+    } else {
+      decoded.resize(static_cast<std::size_t>(req.dim));
+      decode_row(req.element_type, row, req.dim, decoded.data());
+      x = decoded.data();
+    }
+    if (req.clip_max_norm) scale = max_norm_scale(x, req.dim, req.max_norm, req.norm_type);
+  }
   float operator[](std::int64_t d) const { return r.clip_max_norm ? x[d] * scale : x[d]; }
 };
 

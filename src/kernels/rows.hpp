@@ -1,0 +1,211 @@
+// Table rows as fp32 batches, whatever their element type: the dequantisation forward does inside
+// its loop (layouts in include/embag/quantize.hpp). Each element becomes exactly the fp32 value the
+// scalar decode in src/quantize.cpp gives: fp16 and bf16 widen exactly, the rowwise formats compute
+// float(q) * scale + bias as a multiply then an add (the build disables FMA contraction). So a
+// kernel reading a compressed table agrees bit for bit with the fp32 reference on the dequantised
+// table.
+//
+// The widening uses the ISA's instructions where it has them (AVX-512F and F16C convert fp16;
+// integer widening on SSE2/AVX2/AVX-512) and a portable scalar fill elsewhere (NEON for now).
+#pragma once
+
+#include <bit>
+#include <cstring>
+
+#include "kernels/common.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace embag::detail::EMBAG_ISA_NS {
+
+template <class T>
+inline T load_bytes(const std::byte* p) noexcept {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// fp16 bits to fp32 with integer operations and one exact int-to-float conversion (a subnormal
+// fp16 is fraction x 2^-24, normal in fp32), so the host's denormal flags cannot change it.
+inline float float_from_f16_bits(std::uint16_t h) noexcept {
+  const std::uint32_t sign = std::uint32_t{h & 0x8000u} << 16, exponent = (h >> 10) & 0x1fu, fraction = h & 0x3ffu;
+  if (exponent == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | fraction << 13);
+  if (exponent == 0) return std::bit_cast<float>(sign | std::bit_cast<std::uint32_t>(static_cast<float>(fraction) * 0x1p-24f));
+  return std::bit_cast<float>(sign | (exponent + 127 - 15) << 23 | fraction << 13);
+}
+
+inline float float_from_bf16_bits(std::uint16_t b) noexcept { return std::bit_cast<float>(std::uint32_t{b} << 16); }
+
+template <class Arch>
+inline constexpr bool is_avx512 = std::is_base_of_v<xsimd::avx512f, Arch>;
+template <class Arch>
+inline constexpr bool is_avx2 = std::is_base_of_v<xsimd::avx2, Arch>;
+template <class Arch>
+inline constexpr bool is_sse2 = std::is_base_of_v<xsimd::sse2, Arch>;
+
+// One batch from `lanes` scalars decoded by element(i): the portable path.
+template <class Arch, class Element>
+inline xsimd::batch<float, Arch> fill_batch(Element&& element) noexcept {
+  using batch = xsimd::batch<float, Arch>;
+  alignas(64) float values[batch::size];
+  for (std::size_t i = 0; i < batch::size; ++i) values[i] = element(i);
+  return batch::load_aligned(values);
+}
+
+// lanes fp16 values at p.
+template <class Arch>
+inline xsimd::batch<float, Arch> widen_f16(const std::byte* p) noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  if constexpr (is_avx512<Arch>)
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  else if constexpr (is_avx2<Arch>)
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  else
+#endif
+    return fill_batch<Arch>([p](std::size_t i) { return float_from_f16_bits(load_bytes<std::uint16_t>(p + 2 * i)); });
+}
+
+// lanes bf16 values at p: each the upper half of an fp32.
+template <class Arch>
+inline xsimd::batch<float, Arch> widen_bf16(const std::byte* p) noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  if constexpr (is_avx512<Arch>)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  else if constexpr (is_avx2<Arch>)
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  else if constexpr (is_sse2<Arch>)
+    return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  else
+#endif
+    return fill_batch<Arch>([p](std::size_t i) { return float_from_bf16_bits(load_bytes<std::uint16_t>(p + 2 * i)); });
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+// 16-bit lanes holding bytes b become byte pairs (b & 15, b >> 4): the nibbles in element order.
+inline __m128i split_nibbles(__m128i bytes_as_words) noexcept {
+  return _mm_or_si128(_mm_and_si128(bytes_as_words, _mm_set1_epi16(0x000f)),
+                      _mm_and_si128(_mm_slli_epi16(bytes_as_words, 4), _mm_set1_epi16(0x0f00)));
+}
+#endif
+
+// lanes unsigned bytes at p, as floats 0..255.
+template <class Arch>
+inline xsimd::batch<float, Arch> widen_u8(const std::byte* p) noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  if constexpr (is_avx512<Arch>)
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  else if constexpr (is_avx2<Arch>)
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  else if constexpr (is_sse2<Arch>) {
+    const __m128i zero = _mm_setzero_si128();
+    const __m128i bytes = _mm_cvtsi32_si128(load_bytes<std::int32_t>(p));
+    return _mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(bytes, zero), zero));
+  } else
+#endif
+    return fill_batch<Arch>([p](std::size_t i) { return static_cast<float>(std::to_integer<int>(p[i])); });
+}
+
+// lanes 4-bit values from the lanes / 2 bytes at p (element 2i the low nibble of byte i), as
+// floats 0..15.
+template <class Arch>
+inline xsimd::batch<float, Arch> widen_u4(const std::byte* p) noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  if constexpr (is_avx512<Arch>) {
+    const __m128i nibbles = split_nibbles(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(nibbles));
+  } else if constexpr (is_avx2<Arch>) {
+    const __m128i nibbles = split_nibbles(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(load_bytes<std::int32_t>(p))));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(nibbles));
+  } else if constexpr (is_sse2<Arch>) {
+    const __m128i zero = _mm_setzero_si128();
+    const __m128i bytes = _mm_cvtsi32_si128(load_bytes<std::uint16_t>(p));
+    const __m128i nibbles = split_nibbles(_mm_unpacklo_epi8(bytes, zero));
+    return _mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(nibbles, zero), zero));
+  } else
+#endif
+    return fill_batch<Arch>([p](std::size_t i) {
+      return static_cast<float>((std::to_integer<unsigned>(p[i / 2]) >> (4 * (i % 2))) & 15u);
+    });
+}
+
+// A row being read: load(d) is elements [d, d + lanes) as fp32 (d a multiple of lanes), at(d) one
+// element. bits is the storage per element, what a pass over part of a row reads.
+template <class Arch, dtype Type>
+struct row_reader;
+
+template <class Arch>
+struct row_reader<Arch, dtype::f32> {
+  static constexpr int bits = 32;
+  const std::byte* x;
+  row_reader(const std::byte* row, std::int64_t) noexcept : x(row) {}
+  xsimd::batch<float, Arch> load(std::int64_t d) const noexcept {
+    return xsimd::batch<float, Arch>::load_unaligned(reinterpret_cast<const float*>(x) + d);
+  }
+  float at(std::int64_t d) const noexcept { return load_bytes<float>(x + 4 * d); }
+};
+
+template <class Arch>
+struct row_reader<Arch, dtype::f16> {
+  static constexpr int bits = 16;
+  const std::byte* x;
+  row_reader(const std::byte* row, std::int64_t) noexcept : x(row) {}
+  xsimd::batch<float, Arch> load(std::int64_t d) const noexcept { return widen_f16<Arch>(x + 2 * d); }
+  float at(std::int64_t d) const noexcept { return float_from_f16_bits(load_bytes<std::uint16_t>(x + 2 * d)); }
+};
+
+template <class Arch>
+struct row_reader<Arch, dtype::bf16> {
+  static constexpr int bits = 16;
+  const std::byte* x;
+  row_reader(const std::byte* row, std::int64_t) noexcept : x(row) {}
+  xsimd::batch<float, Arch> load(std::int64_t d) const noexcept { return widen_bf16<Arch>(x + 2 * d); }
+  float at(std::int64_t d) const noexcept { return float_from_bf16_bits(load_bytes<std::uint16_t>(x + 2 * d)); }
+};
+
+// The rowwise formats: x' = q * scale + bias, scale and bias read once per row.
+template <class Arch>
+struct row_reader<Arch, dtype::int8_rowwise> {
+  static constexpr int bits = 8;
+  const std::byte* x;
+  float scale, bias;
+  row_reader(const std::byte* row, std::int64_t dim) noexcept
+      : x(row), scale(load_bytes<float>(row + dim)), bias(load_bytes<float>(row + dim + 4)) {}
+  xsimd::batch<float, Arch> load(std::int64_t d) const noexcept {
+    return widen_u8<Arch>(x + d) * xsimd::batch<float, Arch>(scale) + xsimd::batch<float, Arch>(bias);
+  }
+  float at(std::int64_t d) const noexcept { return static_cast<float>(std::to_integer<int>(x[d])) * scale + bias; }
+};
+
+template <class Arch>
+struct row_reader<Arch, dtype::int4_rowwise> {
+  static constexpr int bits = 4;
+  const std::byte* x;
+  float scale, bias;
+  row_reader(const std::byte* row, std::int64_t dim) noexcept
+      : x(row),
+        scale(float_from_f16_bits(load_bytes<std::uint16_t>(row + (dim + 1) / 2))),
+        bias(float_from_f16_bits(load_bytes<std::uint16_t>(row + (dim + 1) / 2 + 2))) {}
+  xsimd::batch<float, Arch> load(std::int64_t d) const noexcept {
+    return widen_u4<Arch>(x + d / 2) * xsimd::batch<float, Arch>(scale) + xsimd::batch<float, Arch>(bias);
+  }
+  float at(std::int64_t d) const noexcept {
+    return static_cast<float>((std::to_integer<int>(x[d / 2]) >> (4 * (d % 2))) & 15) * scale + bias;
+  }
+};
+
+// Calls f.template operator()<Type>() for the request's element type.
+template <class F>
+inline decltype(auto) with_element_type(dtype type, F&& f) {
+  switch (type) {
+    case dtype::f16: return f.template operator()<dtype::f16>();
+    case dtype::bf16: return f.template operator()<dtype::bf16>();
+    case dtype::int8_rowwise: return f.template operator()<dtype::int8_rowwise>();
+    case dtype::int4_rowwise: return f.template operator()<dtype::int4_rowwise>();
+    case dtype::f32: break;
+  }
+  return f.template operator()<dtype::f32>();
+}
+
+}  // namespace embag::detail::EMBAG_ISA_NS
