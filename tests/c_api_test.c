@@ -965,16 +965,12 @@ static void test_compressed_forward(const embag_table* source) {
       {"weighted sum with padding", EMBAG_MODE_SUM, EMBAG_HAS_PADDING_IDX, 1},
   };
   int32_t isas[8], num_isas = 0;
-  embag_bags b;
+  embag_bags b = offsets_bags();
   int i, c, k, threads;
-  memset(&b, 0, sizeof b);
   b.indices = indices;
   b.num_indices = 8;
-  b.index_type = EMBAG_INT64;
-  b.layout = EMBAG_BAGS_OFFSETS;
   b.boundaries = offsets;
   b.num_boundaries = 4;
-  b.boundary_type = EMBAG_INT64;
   EXPECT_OK(embag_available_isas(isas, 8, &num_isas));
 
   for (i = 0; i < num_dtypes; ++i) {
