@@ -14,12 +14,15 @@
 
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
+#include "embag/quantize.hpp"
 #include "validate.hpp"
 
 struct embag_table {
-  embag::table_view<const float> rows;
+  embag::compressed_table_view stored;  // the rows as stored, for every dtype (row_stride in bytes)
+  embag::table_view<const float> rows;  // the same rows as floats, for f32 tables only
   float* writable = nullptr;  // the same rows, when the caller lent them mutable (max_norm in place)
-  std::optional<embag::npy_array> file;  // the mapped (or copied) file the rows live in
+  std::optional<embag::npy_array> file;  // the mapped (or copied) .npy file the rows live in
+  std::optional<embag::compressed_table> owned;  // the rows quantize made, or an .embag file's
 };
 
 namespace {
@@ -52,6 +55,10 @@ static_assert(EMBAG_BAGS_OFFSETS == int(embag::bag_layout::offsets) &&
               EMBAG_BAGS_LENGTHS == int(embag::bag_layout::lengths) &&
               EMBAG_BAGS_FIXED == int(embag::bag_layout::fixed_length));
 static_assert(EMBAG_INT32 == int(embag::index_type::i32) && EMBAG_INT64 == int(embag::index_type::i64));
+static_assert(EMBAG_DTYPE_F32 == int(embag::dtype::f32) && EMBAG_DTYPE_F16 == int(embag::dtype::f16) &&
+              EMBAG_DTYPE_BF16 == int(embag::dtype::bf16) &&
+              EMBAG_DTYPE_INT8_ROWWISE == int(embag::dtype::int8_rowwise) &&
+              EMBAG_DTYPE_INT4_ROWWISE == int(embag::dtype::int4_rowwise));
 
 // A fixed buffer: recording an error must not allocate (it may be reporting that memory ran out).
 thread_local char last_error[1024];
@@ -187,6 +194,14 @@ embag::options options_of(const embag_options* given) {
   return opts;
 }
 
+// The execution fields of the options, for calls that take nothing else (quantize, dequantize); the
+// whole struct is checked as forward on a table of `table_rows` rows would check it.
+embag::execution execution_of(const embag_options* given, std::int64_t table_rows) {
+  const embag::options opts = options_of(given);
+  embag::detail::validate_options(opts, table_rows);
+  return opts.execution;
+}
+
 template <class Matrix>
 auto view_of(const Matrix* m, const char* name) {
   const Matrix& c = required(m, name);
@@ -200,13 +215,63 @@ embag::isa isa_of(std::int32_t which) {
   return static_cast<embag::isa>(which);
 }
 
+embag::dtype dtype_of(const char* name, std::int32_t type) {
+  if (embag_dtype_name(type) == nullptr)
+    throw error(errc::invalid_option, std::string(name) + " = " + std::to_string(type) + " is not an EMBAG_DTYPE_* value");
+  return static_cast<embag::dtype>(type);
+}
+
+// A table of floats over rows already checked (validate_matrix's effective stride).
+std::unique_ptr<embag_table> float_table(const float* data, std::int64_t rows, std::int64_t dim,
+                                         std::int64_t row_stride) {
+  auto t = std::make_unique<embag_table>();
+  t->rows = {data, rows, dim, row_stride};
+  t->stored = {reinterpret_cast<const std::byte*>(data), rows, dim, row_stride * std::int64_t{sizeof(float)},
+               embag::dtype::f32};
+  return t;
+}
+
+// A table over stored rows of any dtype; f32 rows are also a table of floats, after its checks.
+std::unique_ptr<embag_table> stored_table(const embag::compressed_table_view& view) {
+  const std::int64_t stride = embag::detail::validate_compressed("table", view);
+  if (view.element_type != embag::dtype::f32) {
+    auto t = std::make_unique<embag_table>();
+    t->stored = view;
+    t->stored.row_stride = stride;
+    return t;
+  }
+  if (stride % std::int64_t{sizeof(float)} != 0)
+    throw error(errc::misaligned, "table: row_stride_bytes = " + std::to_string(stride) +
+                                      " is not a multiple of 4: f32 rows after the first would be misaligned");
+  const auto* data = reinterpret_cast<const float*>(view.data);
+  const std::int64_t row_stride = stride / std::int64_t{sizeof(float)};
+  embag::detail::validate_matrix("table", data, view.rows, view.dim, row_stride);
+  return float_table(data, view.rows, view.dim, row_stride);
+}
+
+// The table's rows as floats, for the calls that need an f32 table.
+const embag::table_view<const float>& float_rows(const embag_table& t, const char* call) {
+  if (t.stored.element_type != embag::dtype::f32)
+    throw error(errc::invalid_option, std::string(call) + " needs an f32 table; this one is " +
+                                          std::string(embag::to_string(t.stored.element_type)));
+  return t.rows;
+}
+
 embag_status new_table(const float* data, float* writable, std::int64_t rows, std::int64_t dim,
                        std::int64_t row_stride, embag_table** out) {
   return guarded([&] {
     embag_table*& result = required(out, "out");
-    embag::detail::validate_matrix("table", data, rows, dim, row_stride);
-    result = new embag_table{{data, rows, dim, row_stride}, writable, std::nullopt};
+    auto t = float_table(data, rows, dim, embag::detail::validate_matrix("table", data, rows, dim, row_stride));
+    t->writable = writable;
+    result = t.release();
   });
+}
+
+// Bits of the flags of the open functions.
+embag::npy_array::load load_of(std::uint32_t flags) {
+  if ((flags & ~EMBAG_LOAD_COPY) != 0)
+    throw error(errc::invalid_option, "flags has unknown bits " + std::to_string(flags & ~EMBAG_LOAD_COPY));
+  return (flags & EMBAG_LOAD_COPY) != 0 ? embag::npy_array::load::copy : embag::npy_array::load::map;
 }
 
 }  // namespace
@@ -251,12 +316,10 @@ embag_status embag_table_open_npy(const char* path, uint32_t flags, embag_table*
   return guarded([&] {
     embag_table*& result = required(out, "out");
     required(path, "path");
-    if ((flags & ~EMBAG_NPY_COPY) != 0)
-      throw error(errc::invalid_option, "flags has unknown bits " + std::to_string(flags & ~EMBAG_NPY_COPY));
-    auto table = std::make_unique<embag_table>();
-    table->file = embag::npy_array::open(path, (flags & EMBAG_NPY_COPY) != 0 ? embag::npy_array::load::copy
-                                                                              : embag::npy_array::load::map);
-    table->rows = table->file->as_table();
+    embag::npy_array file = embag::npy_array::open(path, load_of(flags));
+    const embag::table_view<const float> rows = file.as_table();
+    auto table = float_table(rows.data, rows.rows, rows.dim, rows.row_stride == 0 ? rows.dim : rows.row_stride);
+    table->file = std::move(file);
     result = table.release();
   });
 }
@@ -268,8 +331,77 @@ embag_status embag_table_shape(const embag_table* table, int64_t* rows, int64_t*
     const embag_table& t = required(table, "table");
     std::int64_t& r = required(rows, "rows");
     std::int64_t& d = required(dim, "dim");
-    r = t.rows.rows;
-    d = t.rows.dim;
+    r = t.stored.rows;
+    d = t.stored.dim;
+  });
+}
+
+const char* embag_dtype_name(int32_t dtype) {
+  if (dtype < EMBAG_DTYPE_F32 || dtype > EMBAG_DTYPE_INT4_ROWWISE) return nullptr;
+  return embag::to_string(static_cast<embag::dtype>(dtype)).data();  // string literals: NUL-terminated
+}
+
+embag_status embag_row_bytes(int32_t dtype, int64_t dim, int64_t* bytes) {
+  return guarded([&] {
+    std::int64_t& result = required(bytes, "bytes");
+    result = embag::row_bytes(dtype_of("dtype", dtype), dim);
+  });
+}
+
+embag_status embag_table_dtype(const embag_table* table, int32_t* dtype) {
+  return guarded([&] {
+    const embag_table& t = required(table, "table");
+    required(dtype, "dtype") = static_cast<std::int32_t>(t.stored.element_type);
+  });
+}
+
+embag_status embag_table_from_compressed_memory(const void* data, int64_t rows, int64_t dim,
+                                                int64_t row_stride_bytes, int32_t dtype, embag_table** out) {
+  return guarded([&] {
+    embag_table*& result = required(out, "out");
+    result = stored_table({static_cast<const std::byte*>(data), rows, dim, row_stride_bytes, dtype_of("dtype", dtype)})
+                 .release();
+  });
+}
+
+embag_status embag_table_open_embag(const char* path, uint32_t flags, embag_table** out) {
+  return guarded([&] {
+    embag_table*& result = required(out, "out");
+    required(path, "path");
+    embag::compressed_table file = embag::compressed_table::open(path, load_of(flags));
+    auto table = stored_table(file.view());
+    table->owned = std::move(file);
+    result = table.release();
+  });
+}
+
+embag_status embag_quantize(const embag_table* source, int32_t dtype, const embag_options* options,
+                            embag_table** out) {
+  return guarded([&] {
+    embag_table*& result = required(out, "out");
+    const embag::table_view<const float>& rows = float_rows(required(source, "source"), "embag_quantize");
+    const embag::dtype to = dtype_of("dtype", dtype);
+    embag::compressed_table quantized = embag::quantize(rows, to, execution_of(options, rows.rows));
+    auto table = stored_table(quantized.view());
+    table->owned = std::move(quantized);
+    result = table.release();
+  });
+}
+
+embag_status embag_dequantize(const embag_table* table, const embag_options* options, const embag_matrix* out) {
+  return guarded([&] {
+    const embag_table& t = required(table, "table");
+    const embag::execution how = execution_of(options, t.stored.rows);
+    const embag::matrix_view<float> o = view_of(out, "out");
+    embag::dequantize(t.stored, {o.data, o.rows, o.cols, o.row_stride}, how);
+  });
+}
+
+embag_status embag_table_write_embag(const embag_table* table, const char* path) {
+  return guarded([&] {
+    const embag_table& t = required(table, "table");
+    required(path, "path");
+    embag::write_embag(path, t.stored);
   });
 }
 
@@ -292,7 +424,9 @@ embag_status embag_forward(const embag_table* table, const embag_bags* bags, con
     const embag::options opts = options_of(options);
     const embag::matrix_view<float> out_view = view_of(out, "out");
     const std::span<std::int64_t> argmax_span = array_of("argmax", argmax, argmax_size);
-    if (t.writable != nullptr)
+    if (t.stored.element_type != embag::dtype::f32)
+      embag::forward(t.stored, batch, opts, out_view, argmax_span);
+    else if (t.writable != nullptr)
       embag::forward(embag::table_view<float>{t.writable, t.rows.rows, t.rows.dim, t.rows.row_stride}, batch, opts,
                      out_view, argmax_span);
     else
@@ -341,7 +475,8 @@ embag_status embag_per_sample_weights_grad(const embag_table* table, const embag
                                            const embag_options* options, const embag_const_matrix* grad_output,
                                            float* grad_weights, int64_t grad_weights_size) {
   return guarded([&] {
-    embag::per_sample_weights_grad(required(table, "table").rows, bags_of(bags), options_of(options),
+    embag::per_sample_weights_grad(float_rows(required(table, "table"), "embag_per_sample_weights_grad"),
+                                   bags_of(bags), options_of(options),
                                    view_of(grad_output, "grad_output"),
                                    array_of("grad_weights", grad_weights, grad_weights_size));
   });

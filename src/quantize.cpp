@@ -395,30 +395,41 @@ embag_layout parse_embag(std::span<const std::byte> file, const std::string& nam
   return {{nullptr, rows, dim, stride, element}, std::size_t(offset)};
 }
 
+// The rows of a whole .embag file in owned memory, parsed and moved to the start of the block
+// (64-byte aligned, the header dropped).
+compressed_table_view rows_to_start(std::byte* file, std::size_t size, const std::string& name) {
+  const embag_layout layout = parse_embag({file, size}, name);
+  std::memmove(file, file + layout.data_offset, size - layout.data_offset);
+  compressed_table_view view = layout.view;
+  view.data = file;
+  return view;
+}
+
 }  // namespace
+
+compressed_table compressed_table::from_bytes(std::span<const std::byte> file, const std::string& name) {
+  auto p = std::make_unique<impl>();
+  p->owned = detail::allocate_bytes(file.size());
+  if (!file.empty()) std::memcpy(p->owned.get(), file.data(), file.size());
+  p->view = rows_to_start(p->owned.get(), file.size(), name);
+  return compressed_table(std::move(p));
+}
 
 compressed_table compressed_table::open(const std::string& path, load how) {
   auto [fd, size] = detail::open_regular_file(path);
   auto p = std::make_unique<impl>();
-  std::span<const std::byte> file;
-  if (how == load::copy || size == 0) {  // an empty file cannot be mapped; its parse fails below
+  if (how == load::copy || size == 0) {  // an empty file cannot be mapped; its parse fails
     p->owned = detail::read_whole_file(fd, size, path);
-    file = {p->owned.get(), size};
-  } else {
-    p->mapping = detail::map_whole_file(fd, size, path);
-    file = p->mapping.bytes();
+    p->view = rows_to_start(p->owned.get(), size, path);
+    return compressed_table(std::move(p));
   }
+  p->mapping = detail::map_whole_file(fd, size, path);
+  const std::span<const std::byte> file = p->mapping.bytes();
   const embag_layout layout = parse_embag(file, path);
-  if (p->owned) {  // the rows to the start of the owned block: 64-byte aligned, the header dropped
-    std::memmove(p->owned.get(), p->owned.get() + layout.data_offset, size - layout.data_offset);
-    file = {p->owned.get(), size - layout.data_offset};
-  } else {
-    if (size - layout.data_offset >= detail::huge_page)  // advice only
-      madvise(const_cast<std::byte*>(file.data()), size, MADV_HUGEPAGE);
-    file = file.subspan(layout.data_offset);
-  }
+  if (size - layout.data_offset >= detail::huge_page)  // advice only
+    madvise(const_cast<std::byte*>(file.data()), size, MADV_HUGEPAGE);
   p->view = layout.view;
-  p->view.data = file.data();
+  p->view.data = file.data() + layout.data_offset;
   return compressed_table(std::move(p));
 }
 

@@ -1,11 +1,14 @@
 /* The C ABI, compiled as C99: every function of embag.h, its results against sums worked out here
  * (small integers: exact in float), and its error paths (status, message, buffers untouched). */
+#define _POSIX_C_SOURCE 200809L /* mkdtemp, rmdir: the .embag files go to a fresh directory */
+
 #include "embag/embag.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int checks, failures;
 
@@ -63,6 +66,14 @@ static embag_bags offsets_bags(void) {
   b.boundaries = offsets64;
   b.num_boundaries = 2;
   b.boundary_type = EMBAG_INT64;
+  return b;
+}
+
+/* The same bags, each index weighted (4 weights). */
+static embag_bags weighted_bags(const float* weights) {
+  embag_bags b = offsets_bags();
+  b.per_sample_weights = weights;
+  b.num_weights = 4;
   return b;
 }
 
@@ -492,9 +503,7 @@ static void test_weights_grad(const embag_table* t) {
   const float weights[] = {1, 1, 1, 1};
   float grad_weights[4];
   embag_const_matrix grad_output = {dy, 2, dim, 0};
-  embag_bags b = offsets_bags();
-  b.per_sample_weights = weights;
-  b.num_weights = 4;
+  embag_bags b = weighted_bags(weights);
   /* <dY[bag(j)], W[indices[j]]>: column 0 for bag 0, column 1 for bag 1 */
   EXPECT_OK(embag_per_sample_weights_grad(t, &b, NULL, &grad_output, grad_weights, 4));
   CHECK(grad_weights[0] == value(1, 0) && grad_weights[1] == value(2, 0) && grad_weights[3] == value(7, 1));
@@ -543,6 +552,497 @@ static void test_isas(const embag_table* t) {
   EXPECT_STATUS(embag_active_isa(NULL), EMBAG_ERR_NULL_POINTER);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Compressed tables. */
+
+enum { qrows = 12, qdim = 7 }; /* an odd dim: int4's last byte holds one element */
+static float qtable[qrows * qdim];
+static const int32_t every_dtype[] = {EMBAG_DTYPE_F32, EMBAG_DTYPE_F16, EMBAG_DTYPE_BF16, EMBAG_DTYPE_INT8_ROWWISE,
+                                      EMBAG_DTYPE_INT4_ROWWISE};
+enum { num_dtypes = sizeof every_dtype / sizeof every_dtype[0] };
+static char temporary_dir[64];
+
+/* Pseudo-random values in [-3, 3), with a constant row, a narrow range far from zero and a row of
+ * tiny values (fp16 subnormals). */
+static void fill_qtable(void) {
+  uint32_t state = 12345u;
+  int i, c;
+  for (i = 0; i < qrows * qdim; ++i) {
+    state = state * 1664525u + 1013904223u;
+    qtable[i] = (float)(state >> 8) / (float)(1u << 24) * 6.0f - 3.0f;
+  }
+  for (c = 0; c < qdim; ++c) {
+    qtable[0 * qdim + c] = 1.5f;
+    qtable[1 * qdim + c] = 1000.0f + 0.001f * (float)c;
+    qtable[2 * qdim + c] = 1e-6f * (float)(c - 3);
+  }
+}
+
+static void temporary_path(char* path, size_t size, const char* name) {
+  snprintf(path, size, "%s/%s", temporary_dir, name);
+}
+
+/* A whole file; *size receives its length. NULL if it cannot be read. */
+static unsigned char* read_file(const char* path, long* size) {
+  FILE* f = fopen(path, "rb");
+  unsigned char* bytes;
+  if (f == NULL) return NULL;
+  fseek(f, 0, SEEK_END);
+  *size = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  bytes = (unsigned char*)malloc((size_t)*size + 1);
+  if (bytes != NULL && fread(bytes, 1, (size_t)*size, f) != (size_t)*size) {
+    free(bytes);
+    bytes = NULL;
+  }
+  fclose(f);
+  return bytes;
+}
+
+static int file_exists(const char* path) {
+  FILE* f = fopen(path, "rb");
+  if (f != NULL) fclose(f);
+  return f != NULL;
+}
+
+static uint64_t u64_at(const unsigned char* p) {
+  uint64_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static double f16_value(uint16_t h) {
+  const int e = (h >> 10) & 31, f = h & 1023;
+  const double magnitude = e == 0 ? ldexp(f, -24) : ldexp(1024 + f, e - 25);
+  return (h & 0x8000) ? -magnitude : magnitude;
+}
+
+/* The row's stored scale (the rowwise layouts of embag/quantize.hpp). */
+static double stored_scale(int32_t dtype, const unsigned char* row) {
+  if (dtype == EMBAG_DTYPE_INT8_ROWWISE) {
+    float scale;
+    memcpy(&scale, row + qdim, sizeof scale);
+    return scale;
+  } else {
+    uint16_t h;
+    memcpy(&h, row + (qdim + 1) / 2, sizeof h);
+    return f16_value(h);
+  }
+}
+
+/* Every dequantised value within its dtype's documented bound of the source. */
+static int within_bound(int32_t dtype, const float* x, const float* back, const unsigned char* stored,
+                        int64_t row_bytes) {
+  int r, c, ok = 1;
+  for (r = 0; r < qrows; ++r) {
+    double largest = 0, scale = 0;
+    for (c = 0; c < qdim; ++c) largest = fmax(largest, fabs(x[r * qdim + c]));
+    if (dtype == EMBAG_DTYPE_INT8_ROWWISE || dtype == EMBAG_DTYPE_INT4_ROWWISE)
+      scale = stored_scale(dtype, stored + r * row_bytes);
+    for (c = 0; c < qdim; ++c) {
+      const double v = x[r * qdim + c], error = fabs(v - back[r * qdim + c]);
+      double bound = 0;
+      switch (dtype) {
+        case EMBAG_DTYPE_F16: bound = fmax(ldexp(fabs(v), -11), ldexp(1, -25)); break;
+        case EMBAG_DTYPE_BF16: bound = fmax(ldexp(fabs(v), -8), ldexp(1, -134)); break;
+        case EMBAG_DTYPE_INT8_ROWWISE:
+        case EMBAG_DTYPE_INT4_ROWWISE:
+          bound = (1 + ldexp(1, -22)) * scale / 2 + ldexp(1, -22) * largest;
+          break;
+        default: bound = 0; /* f32: exact */
+      }
+      if (error > bound) {
+        fprintf(stderr, "c_api_test.c: %s: table[%d][%d] = %.9g came back %.9g, beyond the bound %.3g\n",
+                embag_dtype_name(dtype), r, c, v, back[r * qdim + c], bound);
+        ok = 0;
+      }
+    }
+  }
+  return ok;
+}
+
+static void test_dtypes(void) {
+  static const int64_t packed[] = {28, 14, 14, 15, 8}; /* row_bytes of dim 7, per dtype */
+  int64_t bytes = -1;
+  int i;
+  for (i = 0; i < num_dtypes; ++i) {
+    EXPECT_OK(embag_row_bytes(every_dtype[i], qdim, &bytes));
+    CHECK(bytes == packed[i]);
+  }
+  CHECK(strcmp(embag_dtype_name(EMBAG_DTYPE_F32), "f32") == 0);
+  CHECK(strcmp(embag_dtype_name(EMBAG_DTYPE_INT8_ROWWISE), "int8_rowwise") == 0);
+  CHECK(strcmp(embag_dtype_name(EMBAG_DTYPE_INT4_ROWWISE), "int4_rowwise") == 0);
+  CHECK(embag_dtype_name(5) == NULL && embag_dtype_name(-1) == NULL);
+
+  bytes = -1;
+  EXPECT_STATUS(embag_row_bytes(5, qdim, &bytes), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("dtype = 5"));
+  EXPECT_STATUS(embag_row_bytes(EMBAG_DTYPE_F16, 0, &bytes), EMBAG_ERR_INVALID_SHAPE);
+  EXPECT_STATUS(embag_row_bytes(EMBAG_DTYPE_F16, INT64_MAX, &bytes), EMBAG_ERR_SIZE_OVERFLOW);
+  CHECK(bytes == -1);
+  EXPECT_STATUS(embag_row_bytes(EMBAG_DTYPE_F16, qdim, NULL), EMBAG_ERR_NULL_POINTER);
+}
+
+/* A table that should hold the rows of `file` (an .embag file of `size` bytes whose rows
+ * dequantise to `back`): its dtype and shape, its values, and the file it writes, byte for byte. */
+static void check_same_table(const embag_table* t, int32_t dtype, const float* back, const unsigned char* file,
+                             long size) {
+  float again[qrows * qdim];
+  embag_matrix again_view = {again, qrows, qdim, 0};
+  char path[256];
+  unsigned char* copy;
+  long copy_size = 0;
+  int64_t r = 0, d = 0;
+  int32_t got = -1;
+  EXPECT_OK(embag_table_dtype(t, &got));
+  EXPECT_OK(embag_table_shape(t, &r, &d));
+  CHECK(got == dtype && r == qrows && d == qdim);
+  fill(again, qrows * qdim, canary);
+  EXPECT_OK(embag_dequantize(t, NULL, &again_view));
+  CHECK(memcmp(back, again, sizeof again) == 0);
+  temporary_path(path, sizeof path, "again.embag");
+  EXPECT_OK(embag_table_write_embag(t, path)); /* packed, whatever the table's stride */
+  copy = read_file(path, &copy_size);
+  CHECK(copy != NULL && copy_size == size && memcmp(copy, file, (size_t)size) == 0);
+  free(copy);
+  remove(path);
+}
+
+/* For each dtype: quantize, dequantize within the bound, write_embag; then from_compressed_memory
+ * over the file's rows (packed and padded) and open_embag (mapped and copied) hold the same table. */
+static void test_quantize_round_trips(const embag_table* source) {
+  int i;
+  for (i = 0; i < num_dtypes; ++i) {
+    const int32_t dtype = every_dtype[i];
+    embag_table* q = NULL;
+    embag_table* other = NULL;
+    float back[qrows * qdim];
+    embag_matrix back_view = {back, qrows, qdim, 0};
+    embag_options o;
+    char path[256];
+    unsigned char* file;
+    unsigned char* padded;
+    long size = 0;
+    int64_t r, row_bytes = 0;
+    uint32_t how;
+
+    fprintf(stderr, "c_api_test: %s\n", embag_dtype_name(dtype));
+    EXPECT_OK(embag_options_init(&o));
+    o.max_threads = 2;
+    EXPECT_OK(embag_quantize(source, dtype, &o, &q));
+    if (q == NULL) continue;
+    EXPECT_OK(embag_row_bytes(dtype, qdim, &row_bytes));
+    EXPECT_OK(embag_dequantize(q, NULL, &back_view));
+
+    temporary_path(path, sizeof path, "q.embag");
+    EXPECT_OK(embag_table_write_embag(q, path));
+    file = read_file(path, &size);
+    CHECK(file != NULL);
+    if (file == NULL) continue;
+    CHECK(memcmp(file, "EMBAGTBL", 8) == 0 && u64_at(file + 16) == qrows && u64_at(file + 24) == qdim &&
+          u64_at(file + 32) == (uint64_t)row_bytes && u64_at(file + 40) == 64);
+    CHECK(size == 64 + qrows * row_bytes);
+    CHECK(within_bound(dtype, qtable, back, file + 64, row_bytes));
+    if (dtype == EMBAG_DTYPE_F32) CHECK(memcmp(back, qtable, sizeof back) == 0);
+    check_same_table(q, dtype, back, file, size);
+
+    EXPECT_OK(embag_table_from_compressed_memory(file + 64, qrows, qdim, 0, dtype, &other));
+    check_same_table(other, dtype, back, file, size);
+    embag_table_destroy(other);
+    other = NULL;
+    padded = (unsigned char*)calloc(qrows, (size_t)row_bytes + 4);
+    for (r = 0; r < qrows; ++r) memcpy(padded + r * (row_bytes + 4), file + 64 + r * row_bytes, (size_t)row_bytes);
+    EXPECT_OK(embag_table_from_compressed_memory(padded, qrows, qdim, row_bytes + 4, dtype, &other));
+    check_same_table(other, dtype, back, file, size);
+    embag_table_destroy(other);
+    free(padded);
+    for (how = 0; how <= EMBAG_LOAD_COPY; how += EMBAG_LOAD_COPY) {
+      other = NULL;
+      EXPECT_OK(embag_table_open_embag(path, how, &other));
+      check_same_table(other, dtype, back, file, size);
+      embag_table_destroy(other);
+    }
+    remove(path);
+    free(file);
+    embag_table_destroy(q);
+  }
+}
+
+static void test_compressed_errors(const embag_table* source) {
+  static int sentinel;
+  embag_table* untouched = (embag_table*)&sentinel;
+  embag_table* q = NULL;
+  unsigned char rows_bytes[qrows * 15];
+  float out[qrows * qdim];
+  embag_matrix out_view = {out, qrows, qdim, 0};
+  char path[256];
+  int32_t got = -7;
+
+  memset(rows_bytes, 0, sizeof rows_bytes);
+  EXPECT_OK(embag_quantize(source, EMBAG_DTYPE_INT8_ROWWISE, NULL, &q));
+
+  /* quantize */
+  EXPECT_STATUS(embag_quantize(source, 5, NULL, &untouched), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("dtype = 5"));
+  EXPECT_STATUS(embag_quantize(source, -1, NULL, &untouched), EMBAG_ERR_INVALID_OPTION);
+  EXPECT_STATUS(embag_quantize(NULL, EMBAG_DTYPE_F16, NULL, &untouched), EMBAG_ERR_NULL_POINTER);
+  CHECK(error_mentions("source"));
+  EXPECT_STATUS(embag_quantize(source, EMBAG_DTYPE_F16, NULL, NULL), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_quantize(q, EMBAG_DTYPE_INT4_ROWWISE, NULL, &untouched), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("needs an f32 table; this one is int8_rowwise"));
+  {
+    float with_nan[2 * 3] = {1, 2, 3, 4, 0, 6};
+    embag_table* nan_table = NULL;
+    with_nan[4] = (float)NAN;
+    EXPECT_OK(embag_table_from_memory(with_nan, 2, 3, 0, &nan_table));
+    EXPECT_STATUS(embag_quantize(nan_table, EMBAG_DTYPE_INT8_ROWWISE, NULL, &untouched), EMBAG_ERR_INVALID_OPTION);
+    CHECK(error_mentions("table[1][1]"));
+    with_nan[4] = 1e6f; /* beyond fp16 */
+    EXPECT_STATUS(embag_quantize(nan_table, EMBAG_DTYPE_F16, NULL, &untouched), EMBAG_ERR_INVALID_OPTION);
+    CHECK(error_mentions("table[1][1]"));
+    embag_table_destroy(nan_table);
+  }
+  {
+    embag_options o;
+    EXPECT_OK(embag_options_init(&o));
+    o.max_threads = -3;
+    EXPECT_STATUS(embag_quantize(source, EMBAG_DTYPE_F16, &o, &untouched), EMBAG_ERR_INVALID_OPTION);
+  }
+  CHECK(untouched == (embag_table*)&sentinel);
+
+  /* from_compressed_memory */
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, qrows, qdim, 0, 7, &untouched), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("dtype = 7"));
+  EXPECT_STATUS(embag_table_from_compressed_memory(NULL, qrows, qdim, 0, EMBAG_DTYPE_INT8_ROWWISE, &untouched),
+                EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, qrows, qdim, 14, EMBAG_DTYPE_INT8_ROWWISE, &untouched),
+                EMBAG_ERR_INVALID_SHAPE);
+  CHECK(error_mentions("row_stride 14 bytes, less than the 15 bytes of a int8_rowwise row of dim 7"));
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, -1, qdim, 0, EMBAG_DTYPE_F16, &untouched),
+                EMBAG_ERR_INVALID_SHAPE);
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, qrows, 0, 0, EMBAG_DTYPE_F16, &untouched),
+                EMBAG_ERR_INVALID_SHAPE);
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, INT64_MAX / 2, qdim, 0, EMBAG_DTYPE_F16, &untouched),
+                EMBAG_ERR_SIZE_OVERFLOW);
+  EXPECT_STATUS(embag_table_from_compressed_memory(table_rows, 2, 3, 14, EMBAG_DTYPE_F32, &untouched),
+                EMBAG_ERR_MISALIGNED);
+  CHECK(error_mentions("row_stride_bytes = 14"));
+  EXPECT_STATUS(embag_table_from_compressed_memory((const char*)table_rows + 2, 2, 3, 0, EMBAG_DTYPE_F32, &untouched),
+                EMBAG_ERR_MISALIGNED);
+  EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, qrows, qdim, 0, EMBAG_DTYPE_F16, NULL),
+                EMBAG_ERR_NULL_POINTER);
+  CHECK(untouched == (embag_table*)&sentinel);
+
+  /* dtype, dequantize: nothing written on error */
+  EXPECT_STATUS(embag_table_dtype(NULL, &got), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_table_dtype(q, NULL), EMBAG_ERR_NULL_POINTER);
+  CHECK(got == -7);
+  fill(out, qrows * qdim, canary);
+  EXPECT_STATUS(embag_dequantize(NULL, NULL, &out_view), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_dequantize(q, NULL, NULL), EMBAG_ERR_NULL_POINTER);
+  {
+    embag_matrix short_view = {out, qrows - 1, qdim, 0};
+    embag_matrix narrow_stride = {out, qrows, qdim, qdim - 1};
+    EXPECT_STATUS(embag_dequantize(q, NULL, &short_view), EMBAG_ERR_SIZE_MISMATCH);
+    CHECK(error_mentions("out is 11 x 7 but the table is 12 x 7"));
+    EXPECT_STATUS(embag_dequantize(q, NULL, &narrow_stride), EMBAG_ERR_INVALID_SHAPE);
+  }
+  {
+    /* out over the compressed rows themselves */
+    embag_table* over = NULL;
+    float* rows_as_floats = (float*)malloc(qrows * 15 + 64);
+    embag_matrix overlapping = {rows_as_floats, 4, 7, 0};
+    memset(rows_as_floats, 0, qrows * 15 + 64);
+    EXPECT_OK(embag_table_from_compressed_memory(rows_as_floats, 4, 7, 0, EMBAG_DTYPE_INT8_ROWWISE, &over));
+    EXPECT_STATUS(embag_dequantize(over, NULL, &overlapping), EMBAG_ERR_ALIASING);
+    embag_table_destroy(over);
+    free(rows_as_floats);
+  }
+  CHECK(all_equal(out, qrows * qdim, canary));
+
+  /* the f32-only calls on a compressed table */
+  {
+    const float dy[2 * qdim] = {0};
+    const float weights[] = {1, 1, 1, 1};
+    float grad_weights[4];
+    embag_const_matrix grad_output = {dy, 2, qdim, 0};
+    embag_bags b = weighted_bags(weights);
+    fill(grad_weights, 4, canary);
+    EXPECT_STATUS(embag_per_sample_weights_grad(q, &b, NULL, &grad_output, grad_weights, 4), EMBAG_ERR_INVALID_OPTION);
+    CHECK(error_mentions("embag_per_sample_weights_grad needs an f32 table; this one is int8_rowwise"));
+    CHECK(all_equal(grad_weights, 4, canary));
+  }
+
+  /* files: missing, malformed, unknown flags, a write that cannot happen */
+  temporary_path(path, sizeof path, "absent.embag");
+  EXPECT_STATUS(embag_table_open_embag(path, 0, &untouched), EMBAG_ERR_IO);
+  CHECK(error_mentions("absent.embag"));
+  EXPECT_STATUS(embag_table_open_embag(path, EMBAG_LOAD_COPY, &untouched), EMBAG_ERR_IO);
+  temporary_path(path, sizeof path, "malformed.embag");
+  {
+    FILE* f = fopen(path, "wb");
+    static const unsigned char header[48] = {'E', 'M', 'B', 'A', 'G', 'T', 'B', 'L', 1, 0, 0, 0, 3, 0, 0, 0,
+                                             2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0,
+                                             15, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0};
+    unsigned char data[16 + 29];
+    memset(data, 0, sizeof data);
+    CHECK(f != NULL);
+    if (f != NULL) {
+      fwrite(header, 1, sizeof header, f);
+      fwrite(data, 1, sizeof data, f); /* 2 rows of 15 bytes need 30: one short */
+      fclose(f);
+    }
+  }
+  EXPECT_STATUS(embag_table_open_embag(path, 0, &untouched), EMBAG_ERR_BAD_FILE);
+  CHECK(error_mentions("malformed.embag: truncated data"));
+  EXPECT_STATUS(embag_table_open_embag(path, EMBAG_LOAD_COPY, &untouched), EMBAG_ERR_BAD_FILE);
+  EXPECT_STATUS(embag_table_open_npy(path, 0, &untouched), EMBAG_ERR_BAD_FILE);
+  EXPECT_STATUS(embag_table_open_embag(path, 0x2u, &untouched), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("flags"));
+  remove(path);
+  EXPECT_STATUS(embag_table_open_embag(NULL, 0, &untouched), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_table_open_embag(path, 0, NULL), EMBAG_ERR_NULL_POINTER);
+  CHECK(untouched == (embag_table*)&sentinel);
+
+  temporary_path(path, sizeof path, "no/such/dir/q.embag");
+  EXPECT_STATUS(embag_table_write_embag(q, path), EMBAG_ERR_IO);
+  CHECK(!file_exists(path));
+  EXPECT_STATUS(embag_table_write_embag(NULL, path), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_table_write_embag(q, NULL), EMBAG_ERR_NULL_POINTER);
+  embag_table_destroy(q);
+}
+
+/* One forward call on a compressed table and on the fp32 table of its dequantised rows: outputs and
+ * argmax (mode max) the same bits. */
+struct forward_case {
+  const char* what;
+  int32_t mode;
+  uint32_t flags;
+  int weighted;
+};
+
+static void check_forward_matches(const embag_table* compressed, const embag_table* plain, const embag_bags* b,
+                                  const embag_options* o, const char* what, const char* dtype) {
+  float out[2][8 * qdim];
+  int64_t argmax[2][8 * qdim];
+  int64_t out_rows = 0;
+  embag_matrix views[2];
+  const int max = o->mode == EMBAG_MODE_MAX;
+  int k;
+  EXPECT_OK(embag_output_rows(b, o, &out_rows));
+  for (k = 0; k < 2; ++k) {
+    embag_matrix v = {out[k], out_rows, qdim, 0};
+    views[k] = v;
+    fill(out[k], 8 * qdim, canary);
+    memset(argmax[k], 0x5a, sizeof argmax[k]);
+  }
+  EXPECT_OK(embag_forward(compressed, b, o, &views[0], max ? argmax[0] : NULL, max ? out_rows * qdim : 0));
+  EXPECT_OK(embag_forward(plain, b, o, &views[1], max ? argmax[1] : NULL, max ? out_rows * qdim : 0));
+  ++checks;
+  if (memcmp(out[0], out[1], sizeof out[0]) != 0 || memcmp(argmax[0], argmax[1], sizeof argmax[0]) != 0) {
+    ++failures;
+    fprintf(stderr, "c_api_test.c: forward %s on %s (isa %d, %d threads) differs from the dequantised table's\n", what,
+            dtype, o->isa, o->max_threads);
+  }
+}
+
+/* embag_forward on each dtype equals embag_forward on the dequantised fp32 table bit for bit: every
+ * mode, weights, padding, every ISA of this CPU, inline and on two threads. max_norm is refused. */
+static void test_compressed_forward(const embag_table* source) {
+  static const int64_t indices[] = {1, 4, 4, 0, 11, 2, 7, 3};
+  static const int64_t offsets[] = {0, 3, 3, 6}; /* four bags, the second empty */
+  static const float weights[] = {0.5f, -2.0f, 1.25f, 3.0f, 1.0f, -0.75f, 2.0f, 0.125f};
+  static const struct forward_case cases[] = {
+      {"sum", EMBAG_MODE_SUM, 0, 0},
+      {"mean", EMBAG_MODE_MEAN, 0, 0},
+      {"max", EMBAG_MODE_MAX, 0, 0},
+      {"none", EMBAG_MODE_NONE, 0, 0},
+      {"weighted sum", EMBAG_MODE_SUM, 0, 1},
+      {"weighted mean", EMBAG_MODE_MEAN, 0, 1},
+      {"sum with padding", EMBAG_MODE_SUM, EMBAG_HAS_PADDING_IDX, 0},
+      {"mean with padding", EMBAG_MODE_MEAN, EMBAG_HAS_PADDING_IDX, 0},
+      {"max with padding", EMBAG_MODE_MAX, EMBAG_HAS_PADDING_IDX, 0},
+      {"weighted sum with padding", EMBAG_MODE_SUM, EMBAG_HAS_PADDING_IDX, 1},
+  };
+  int32_t isas[8], num_isas = 0;
+  embag_bags b = offsets_bags();
+  int i, c, k, threads;
+  b.indices = indices;
+  b.num_indices = 8;
+  b.boundaries = offsets;
+  b.num_boundaries = 4;
+  EXPECT_OK(embag_available_isas(isas, 8, &num_isas));
+
+  for (i = 0; i < num_dtypes; ++i) {
+    embag_table* q = NULL;
+    embag_table* plain = NULL;
+    float back[qrows * qdim];
+    embag_matrix back_view = {back, qrows, qdim, 0};
+    EXPECT_OK(embag_quantize(source, every_dtype[i], NULL, &q));
+    EXPECT_OK(embag_dequantize(q, NULL, &back_view));
+    EXPECT_OK(embag_table_from_memory(back, qrows, qdim, 0, &plain));
+    for (c = 0; c < (int)(sizeof cases / sizeof cases[0]); ++c)
+      for (k = 0; k < num_isas && k < 8; ++k)
+        for (threads = 1; threads <= 2; ++threads) {
+          embag_options o;
+          EXPECT_OK(embag_options_init(&o));
+          o.mode = cases[c].mode;
+          o.flags = cases[c].flags;
+          o.padding_idx = 4;
+          o.isa = isas[k];
+          o.max_threads = threads;
+          b.per_sample_weights = cases[c].weighted ? weights : NULL;
+          b.num_weights = cases[c].weighted ? 8 : 0;
+          check_forward_matches(q, plain, &b, &o, cases[c].what, embag_dtype_name(every_dtype[i]));
+        }
+    b.per_sample_weights = NULL;
+    b.num_weights = 0;
+
+    /* max_norm on a compressed table: refused, nothing written (an f32 table takes it) */
+    if (every_dtype[i] != EMBAG_DTYPE_F32) {
+      float out[4 * qdim];
+      embag_matrix out_view = {out, 4, qdim, 0};
+      embag_options o;
+      EXPECT_OK(embag_options_init(&o));
+      o.flags = EMBAG_HAS_MAX_NORM;
+      o.max_norm = 1.0f;
+      fill(out, 4 * qdim, canary);
+      EXPECT_STATUS(embag_forward(q, &b, &o, &out_view, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+      CHECK(error_mentions("max_norm needs an f32 table; this one is"));
+      CHECK(error_mentions(embag_dtype_name(every_dtype[i])));
+      o.flags = EMBAG_HAS_MAX_NORM | EMBAG_MAX_NORM_IN_PLACE;
+      EXPECT_STATUS(embag_forward(q, &b, &o, &out_view, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+      {
+        const int64_t bad[] = {1, 4, 4, 12, 11, 2, 7, 3};
+        b.indices = bad;
+        EXPECT_STATUS(embag_forward(q, &b, NULL, &out_view, NULL, 0), EMBAG_ERR_INDEX_OUT_OF_RANGE);
+        CHECK(error_mentions("indices[3] = 12"));
+        b.indices = indices;
+      }
+      CHECK(all_equal(out, 4 * qdim, canary));
+    }
+    embag_table_destroy(plain);
+    embag_table_destroy(q);
+  }
+}
+
+static void test_compressed_tables(void) {
+  embag_table* source = NULL;
+  strcpy(temporary_dir, "/tmp/embag-c-api-XXXXXX");
+  if (mkdtemp(temporary_dir) == NULL) {
+    CHECK(!"mkdtemp");
+    return;
+  }
+  fill_qtable();
+  test_dtypes();
+  EXPECT_OK(embag_table_from_memory(qtable, qrows, qdim, 0, &source));
+  test_quantize_round_trips(source);
+  test_compressed_errors(source);
+  test_compressed_forward(source);
+  embag_table_destroy(source);
+  CHECK(rmdir(temporary_dir) == 0); /* every file removed */
+}
+
 int main(void) {
   embag_table* t = NULL;
   int r, c;
@@ -563,6 +1063,7 @@ int main(void) {
   test_weights_grad(t);
   test_isas(t);
   embag_table_destroy(t);
+  test_compressed_tables();
 
   printf("c_api_test: %d checks, %d passed, %d failed\n", checks, checks - failures, failures);
   return failures == 0 ? 0 : 1;

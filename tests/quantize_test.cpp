@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -561,9 +562,59 @@ TEST_F(EmbagFiles, MalformedFilesAreBadFileErrorsNamingFileAndProblem) {
         EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos) << e.what();
       }
     }
+    try {
+      compressed_table::from_bytes(std::as_bytes(std::span(c.bytes)), "bytes");
+      ADD_FAILURE() << "from_bytes accepted it";
+    } catch (const error& e) {
+      EXPECT_EQ(e.code(), errc::bad_file) << e.what();
+      EXPECT_EQ(std::string(e.what()).rfind("bytes: ", 0), 0u) << e.what();
+      EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos) << e.what();
+    }
   }
   dir_.write("good.embag", good);
   EXPECT_EQ(compressed_table::open(path("good.embag")).rows(), 3) << "the catalogue's base file is valid";
+}
+
+TEST_F(EmbagFiles, FromBytesAndOpenAgree) {
+  std::vector<float> x(5 * 9);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(float(i)) * 7;
+  for (dtype type : every_dtype) {
+    SCOPED_TRACE(to_string(type));
+    write_embag(path("t.embag"), quantize({x.data(), 5, 9, 0}, type).view());
+    const std::string file = dir_.read("t.embag");
+    const compressed_table from_memory = compressed_table::from_bytes(std::as_bytes(std::span(file)), "t.embag");
+    EXPECT_FALSE(from_memory.mapped());
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(from_memory.view().data) % 64, 0u);
+    for (compressed_table::load how : {compressed_table::load::map, compressed_table::load::copy}) {
+      const compressed_table opened = compressed_table::open(path("t.embag"), how);
+      EXPECT_EQ(from_memory.element_type(), opened.element_type());
+      EXPECT_EQ(from_memory.rows(), opened.rows());
+      EXPECT_EQ(from_memory.dim(), opened.dim());
+      EXPECT_EQ(from_memory.row_bytes(), opened.row_bytes());
+      EXPECT_EQ(std::memcmp(from_memory.view().data, opened.view().data, static_cast<std::size_t>(5 * opened.row_bytes())), 0);
+    }
+  }
+  // One malformed file (a row short), both ways: the same error, naming what each was given.
+  const std::string bad = embag_file(3, 4, 12, 3, 64, 24);
+  dir_.write("bad.embag", bad);
+  std::string messages[2];
+  try {
+    compressed_table::from_bytes(std::as_bytes(std::span(bad)), "in memory");
+    ADD_FAILURE() << "from_bytes accepted it";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::bad_file) << e.what();
+    messages[0] = e.what();
+  }
+  try {
+    compressed_table::open(path("bad.embag"));
+    ADD_FAILURE() << "open accepted it";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::bad_file) << e.what();
+    messages[1] = e.what();
+  }
+  EXPECT_EQ(messages[0], "in memory: truncated data: 3 rows of 12 bytes need 36 bytes, the file has 24");
+  EXPECT_EQ(messages[1], path("bad.embag") + ": truncated data: 3 rows of 12 bytes need 36 bytes, the file has 24");
+  EXPECT_THROW(compressed_table::from_bytes({}, "empty"), error);
 }
 
 TEST_F(EmbagFiles, MissingFilesAndFailedWrites) {

@@ -10,9 +10,9 @@
  * - Enumerations are int32_t constants (#define), so their size never depends on the compiler.
  * - Arrays are passed as a pointer and an element count; matrices as an embag_matrix whose
  *   row_stride (in elements) may exceed cols, 0 meaning cols.
- * - Tables are opaque handles over the caller's rows or a .npy file; they never copy the caller's
- *   rows and may be used by many threads at once (except with max_norm in place, which writes the
- *   table).
+ * - Tables are opaque handles over the caller's rows, a .npy or .embag file, or rows embag_quantize
+ *   made; they never copy the caller's rows and may be used by many threads at once (except with
+ *   max_norm in place, which writes the table).
  */
 #ifndef EMBAG_EMBAG_H
 #define EMBAG_EMBAG_H
@@ -60,8 +60,12 @@ const char* embag_last_error(void);
 size_t embag_copy_last_error(char* buf, size_t size);
 
 /* ---------------------------------------------------------------------------------------------
- * Tables: rows x dim floats, row r at data + r * row_stride. */
+ * Tables: rows x dim floats, row r at data + r * row_stride; or compressed rows (below). */
 typedef struct embag_table embag_table;
+
+/* Bits of the flags of embag_table_open_npy and embag_table_open_embag; other bits are refused. */
+#define EMBAG_LOAD_COPY 0x1u            /* read the file into memory the table owns (default: map) */
+#define EMBAG_NPY_COPY EMBAG_LOAD_COPY  /* its first name, from when only .npy files opened */
 
 /* Borrows the caller's rows (zero-copy; they must outlive the table). row_stride 0 means dim.
  * A table made from const memory is read-only: max_norm in place is refused on it. */
@@ -71,13 +75,14 @@ embag_status embag_table_from_mutable_memory(float* data, int64_t rows, int64_t 
                                              embag_table** out);
 /* A table from a 2-D float32 .npy file (versions 1.0 to 3.0, C order). By default the file is
  * memory-mapped read-only: no copy, and processes mapping the same file share its pages (the file
- * must then not change while the table lives); EMBAG_NPY_COPY reads it into memory the table owns.
+ * must then not change while the table lives); EMBAG_LOAD_COPY reads it into memory the table owns.
  * Big-endian files are converted, which copies. EMBAG_ERR_IO (cannot open, map, read) or
  * EMBAG_ERR_BAD_FILE (malformed header, not 2-D float32, truncated), naming the file. */
-#define EMBAG_NPY_COPY 0x1u
 embag_status embag_table_open_npy(const char* path, uint32_t flags, embag_table** out);
-/* Frees the handle (and unmaps its file; never borrowed rows); NULL is allowed. Cannot fail. */
+/* Frees the handle (and unmaps its file, or frees the rows embag_quantize made; never borrowed
+ * rows); NULL is allowed. Cannot fail. */
 void embag_table_destroy(embag_table* table);
+/* Every table's shape, compressed or not. */
 embag_status embag_table_shape(const embag_table* table, int64_t* rows, int64_t* dim);
 
 /* ---------------------------------------------------------------------------------------------
@@ -165,7 +170,9 @@ typedef struct embag_const_matrix {
 /* Rows of out a call produces: the number of bags, or num_indices with EMBAG_MODE_NONE. */
 embag_status embag_output_rows(const embag_bags* bags, const embag_options* options, int64_t* rows);
 
-/* out (output_rows x dim) = the bags' reductions of the table's rows. */
+/* out (output_rows x dim) = the bags' reductions of the table's rows (for a compressed table, of
+ * its dequantised rows: the same bits as forward on the f32 table embag_dequantize makes; max_norm
+ * is refused on it). */
 embag_status embag_forward(const embag_table* table, const embag_bags* bags, const embag_options* options,
                            const embag_matrix* out, int64_t* argmax, int64_t argmax_size);
 
@@ -186,10 +193,52 @@ embag_status embag_backward_sparse(int64_t table_rows, const embag_bags* bags, c
                                    int64_t argmax_size, int64_t capacity, int64_t* rows_out,
                                    float* values_out, int64_t* num_rows);
 
-/* The gradient of the per-sample weights (num_indices floats), for modes sum and mean. */
+/* The gradient of the per-sample weights (num_indices floats), for modes sum and mean; the table
+ * must be f32 (EMBAG_ERR_INVALID_OPTION for a compressed one). */
 embag_status embag_per_sample_weights_grad(const embag_table* table, const embag_bags* bags,
                                            const embag_options* options, const embag_const_matrix* grad_output,
                                            float* grad_weights, int64_t grad_weights_size);
+
+/* ---------------------------------------------------------------------------------------------
+ * Compressed tables, for inference: rows of fp16, bf16, or 8-bit or 4-bit integers with an fp32 /
+ * fp16 scale and bias per row (FBGEMM's fused rowwise layouts). embag/quantize.hpp has their bytes
+ * and error bounds. embag_forward reads every dtype (dequantising as it goes); the gradients and
+ * max_norm need f32 tables. */
+#define EMBAG_DTYPE_F32 0
+#define EMBAG_DTYPE_F16 1
+#define EMBAG_DTYPE_BF16 2
+#define EMBAG_DTYPE_INT8_ROWWISE 3 /* D uint8, fp32 scale, fp32 bias: D + 8 bytes */
+#define EMBAG_DTYPE_INT4_ROWWISE 4 /* ceil(D/2) bytes of nibbles, fp16 scale, fp16 bias: ceil(D/2) + 4 */
+
+/* "f32", "f16", "bf16", "int8_rowwise", "int4_rowwise"; NULL for other values. */
+const char* embag_dtype_name(int32_t dtype);
+/* Bytes of one packed row of dim elements. */
+embag_status embag_row_bytes(int32_t dtype, int64_t dim, int64_t* bytes);
+/* The table's EMBAG_DTYPE_* (EMBAG_DTYPE_F32 for tables of floats). */
+embag_status embag_table_dtype(const embag_table* table, int32_t* dtype);
+
+/* Borrows the caller's rows in dtype's layout (zero-copy; they must outlive the table), row r at
+ * (const char*)data + r * row_stride_bytes; 0 means packed (embag_row_bytes). EMBAG_DTYPE_F32
+ * rows must be float-aligned, and the table is then an ordinary read-only float table. */
+embag_status embag_table_from_compressed_memory(const void* data, int64_t rows, int64_t dim,
+                                                int64_t row_stride_bytes, int32_t dtype, embag_table** out);
+/* A table from an .embag file (see embag_table_write_embag): memory-mapped read-only by default,
+ * read into owned memory with EMBAG_LOAD_COPY. EMBAG_ERR_IO or EMBAG_ERR_BAD_FILE (magic, version,
+ * dtype, sizes, truncated or trailing data), naming the file. */
+embag_status embag_table_open_embag(const char* path, uint32_t flags, embag_table** out);
+/* A new table that owns source's rows converted to dtype (source must be an f32 table), in
+ * parallel (of the options, only max_threads matters; all are checked as for forward; NULL means
+ * the defaults), the same bits whatever the thread count. Rows a dtype cannot hold (NaN or Inf for the rowwise ones, a value fp16 overflows) are
+ * EMBAG_ERR_INVALID_OPTION naming table[row][column] and the value. */
+embag_status embag_quantize(const embag_table* source, int32_t dtype, const embag_options* options,
+                            embag_table** out);
+/* out (rows x dim of the table) = the fp32 values of the table's rows, for every dtype; options as
+ * for embag_quantize. */
+embag_status embag_dequantize(const embag_table* table, const embag_options* options, const embag_matrix* out);
+/* Writes the table's rows, packed, to an .embag file: header (magic EMBAGTBL, version, dtype,
+ * rows, dim, row bytes, data offset), then the rows. Written beside path and renamed over it: a
+ * failed write leaves no file. */
+embag_status embag_table_write_embag(const embag_table* table, const char* path);
 
 /* ---------------------------------------------------------------------------------------------
  * Instruction sets. */

@@ -48,6 +48,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -82,6 +83,9 @@ class compressed_table {
   // malformed one (magic, version, dtype, sizes, row bytes, data offset, truncated or trailing
   // data) errc::bad_file, naming the file and the problem.
   static compressed_table open(const std::string& path, load how = load::map);
+  // The same parse of a whole .embag file already in memory, its rows copied; `name` is what
+  // errors call it.
+  static compressed_table from_bytes(std::span<const std::byte> file, const std::string& name);
 
   compressed_table(compressed_table&&) noexcept;
   compressed_table& operator=(compressed_table&&) noexcept;
