@@ -2,6 +2,10 @@
 
 #include <unistd.h>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
@@ -34,6 +38,15 @@ constexpr bool built(isa which) noexcept {
   }
 }
 
+#if defined(__x86_64__)
+// F16C (the fp16 conversions compressed tables use), from CPUID: clang 14's __builtin_cpu_supports
+// does not know "f16c".
+bool cpu_has_f16c() noexcept {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+}
+#endif
+
 // What this CPU runs. libgcc's __builtin_cpu_supports checks XCR0 (the OS saves the YMM/ZMM state)
 // as well as CPUID, which xsimd 8.1's own detection skips.
 bool cpu_runs(isa which) noexcept {
@@ -42,10 +55,10 @@ bool cpu_runs(isa which) noexcept {
 #if defined(__x86_64__)
     case isa::sse2: return __builtin_cpu_supports("sse2");
     case isa::avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     case isa::avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c");
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && cpu_has_f16c();
 #elif defined(__aarch64__)
     case isa::neon: return true;  // part of the AArch64 base
 #endif
