@@ -107,15 +107,20 @@ inline constexpr std::int64_t vector_registers =
 // which the first group has brought into L1); only the first group prefetches.
 //
 // Narrow (rows prefetched into L2 from DRAM): at most 256 bytes (4 cache lines) of each stored row
-// per pass. One AVX-512 pass over 512-byte fp32 rows read DRAM-resident tables at 11.8 GB/s on one
-// Zen 4 core, two passes of 256 bytes at 15.9-19.9; on cache-resident tables the single pass is faster.
+// per pass, and at least two passes over rows of 256 bytes or more. On one Zen 4 core, DRAM
+// tables: one AVX-512 pass over 512-byte fp32 rows read 11.8 GB/s, two passes of 256 bytes
+// 15.9-19.9; one pass over 256-byte rows (fp32 D = 64, fp16 D = 128) 12.7 and 8.9 GB/s, two
+// passes of 128 bytes 21.6 and 19.3-21.3 (`embag bench --dim 64|128 --mode sum`). On
+// cache-resident tables the single pass is faster.
 template <class Arch, class Index, dtype Type, std::int64_t Chunks, bool Narrow>
 struct fixed_dim_forward {
   using ctx_t = forward_context<Arch, Index, Type>;
   using reader = typename ctx_t::reader;
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
-  static constexpr std::int64_t narrow_batches = 256 * 8 / (lanes * reader::bits);
+  static constexpr std::int64_t row_payload = Chunks * lanes * reader::bits / 8;  // stored bytes of the elements
+  static constexpr std::int64_t pass_bytes = std::min<std::int64_t>(256, row_payload >= 256 ? row_payload / 2 : row_payload);
+  static constexpr std::int64_t narrow_batches = pass_bytes * 8 / (lanes * reader::bits);
   static constexpr std::int64_t group_limit =
       Narrow && narrow_batches < vector_registers<Arch> / 2 ? narrow_batches : vector_registers<Arch> / 2;
   static constexpr std::int64_t sum_group = Chunks < group_limit ? Chunks : group_limit;

@@ -95,14 +95,6 @@ inline xsimd::batch<float, Arch> widen_bf16(const std::byte* p) noexcept {
     return fill_batch<Arch>([p](std::size_t i) { return float_from_bf16_bits(load_bytes<std::uint16_t>(p + 2 * i)); });
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-// 16-bit lanes holding bytes b become byte pairs (b & 15, b >> 4): the nibbles in element order.
-inline __m128i split_nibbles(__m128i bytes_as_words) noexcept {
-  return _mm_or_si128(_mm_and_si128(bytes_as_words, _mm_set1_epi16(0x000f)),
-                      _mm_and_si128(_mm_slli_epi16(bytes_as_words, 4), _mm_set1_epi16(0x0f00)));
-}
-#endif
-
 // lanes unsigned bytes at p, as floats 0..255.
 template <class Arch>
 inline xsimd::batch<float, Arch> widen_u8(const std::byte* p) noexcept {
@@ -120,27 +112,49 @@ inline xsimd::batch<float, Arch> widen_u8(const std::byte* p) noexcept {
     return fill_batch<Arch>([p](std::size_t i) { return static_cast<float>(std::to_integer<int>(p[i])); });
 }
 
+// On AVX2 and AVX-512 widen_u4 leaves each odd element's nibble where it is in its byte, so the
+// odd lanes come out times 16 (a mask instead of a shift per batch); row_reader scales those lanes
+// by scale / 16, and float(16 q) * (scale / 16) is the same real product as q * scale, rounded once.
+template <class Arch>
+inline constexpr float u4_odd_factor = is_avx512<Arch> || is_avx2<Arch> ? 16.0f : 1.0f;
+
 // lanes 4-bit values from the lanes / 2 bytes at p (element 2i the low nibble of byte i), as
-// floats 0..15.
+// floats 0..15, the odd ones times u4_odd_factor.
 template <class Arch>
 inline xsimd::batch<float, Arch> widen_u4(const std::byte* p) noexcept {
 #if defined(__x86_64__) || defined(__i386__)
+  const __m128i each_byte_twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const std::int64_t low_then_high_nibble = 0x000000f00000000f;
   if constexpr (is_avx512<Arch>) {
-    const __m128i nibbles = split_nibbles(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(nibbles));
+    const __m128i pairs = _mm_shuffle_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), each_byte_twice);
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_cvtepu8_epi32(pairs), _mm512_set1_epi64(low_then_high_nibble)));
   } else if constexpr (is_avx2<Arch>) {
-    const __m128i nibbles = split_nibbles(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(load_bytes<std::int32_t>(p))));
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(nibbles));
+    const __m128i pairs = _mm_shuffle_epi8(_mm_cvtsi32_si128(load_bytes<std::int32_t>(p)), each_byte_twice);
+    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_cvtepu8_epi32(pairs), _mm256_set1_epi64x(low_then_high_nibble)));
   } else if constexpr (is_sse2<Arch>) {
     const __m128i zero = _mm_setzero_si128();
-    const __m128i bytes = _mm_cvtsi32_si128(load_bytes<std::uint16_t>(p));
-    const __m128i nibbles = split_nibbles(_mm_unpacklo_epi8(bytes, zero));
+    const __m128i words = _mm_unpacklo_epi8(_mm_cvtsi32_si128(load_bytes<std::uint16_t>(p)), zero);
+    // 16-bit lanes holding bytes b become byte pairs (b & 15, b >> 4): the nibbles in element order
+    const __m128i nibbles = _mm_or_si128(_mm_and_si128(words, _mm_set1_epi16(0x000f)),
+                                         _mm_and_si128(_mm_slli_epi16(words, 4), _mm_set1_epi16(0x0f00)));
     return _mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(nibbles, zero), zero));
   } else
 #endif
     return fill_batch<Arch>([p](std::size_t i) {
       return static_cast<float>((std::to_integer<unsigned>(p[i / 2]) >> (4 * (i % 2))) & 15u);
     });
+}
+
+// scale in the even lanes, scale / u4_odd_factor in the odd ones.
+template <class Arch>
+inline xsimd::batch<float, Arch> u4_lane_scales(float scale) noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  if constexpr (is_avx512<Arch>)
+    return _mm512_mask_blend_ps(0xaaaa, _mm512_set1_ps(scale), _mm512_set1_ps(scale / u4_odd_factor<Arch>));
+  else if constexpr (is_avx2<Arch>)
+    return _mm256_blend_ps(_mm256_set1_ps(scale), _mm256_set1_ps(scale / u4_odd_factor<Arch>), 0xaa);
+#endif
+  return xsimd::batch<float, Arch>(scale);
 }
 
 // A row being read: load(d) is elements [d, d + lanes) as fp32 (d a multiple of lanes), at(d) one
@@ -196,12 +210,14 @@ struct row_reader<Arch, dtype::int4_rowwise> {
   static constexpr int bits = 4;
   const std::byte* x;
   float scale, bias;
+  xsimd::batch<float, Arch> lane_scales;
   row_reader(const std::byte* row, std::int64_t dim) noexcept
       : x(row),
         scale(float_from_f16_bits(load_bytes<std::uint16_t>(row + (dim + 1) / 2))),
-        bias(float_from_f16_bits(load_bytes<std::uint16_t>(row + (dim + 1) / 2 + 2))) {}
+        bias(float_from_f16_bits(load_bytes<std::uint16_t>(row + (dim + 1) / 2 + 2))),
+        lane_scales(u4_lane_scales<Arch>(scale)) {}
   xsimd::batch<float, Arch> load(std::int64_t d) const noexcept {
-    return widen_u4<Arch>(x + d / 2) * xsimd::batch<float, Arch>(scale) + xsimd::batch<float, Arch>(bias);
+    return widen_u4<Arch>(x + d / 2) * lane_scales + xsimd::batch<float, Arch>(bias);
   }
   float at(std::int64_t d) const noexcept {
     return static_cast<float>((std::to_integer<int>(x[d / 2]) >> (4 * (d % 2))) & 15) * scale + bias;
