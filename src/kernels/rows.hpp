@@ -211,11 +211,21 @@ struct row_reader<Arch, dtype::int4_rowwise> {
   const std::byte* x;
   float scale, bias;
   xsimd::batch<float, Arch> lane_scales;
-  row_reader(const std::byte* row, std::int64_t dim) noexcept
-      : x(row),
-        scale(float_from_f16_bits(load_bytes<std::uint16_t>(row + (dim + 1) / 2))),
-        bias(float_from_f16_bits(load_bytes<std::uint16_t>(row + (dim + 1) / 2 + 2))),
-        lane_scales(u4_lane_scales<Arch>(scale)) {}
+  row_reader(const std::byte* row, std::int64_t dim) noexcept : x(row) {
+    const std::byte* scale_and_bias = row + (dim + 1) / 2;
+#if defined(__x86_64__) || defined(__i386__)
+    if constexpr (is_avx512<Arch> || is_avx2<Arch>) {  // both fp16 halves in one F16C conversion
+      const __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128(load_bytes<std::int32_t>(scale_and_bias)));
+      scale = _mm_cvtss_f32(both);
+      bias = _mm_cvtss_f32(_mm_shuffle_ps(both, both, 1));
+    } else
+#endif
+    {
+      scale = float_from_f16_bits(load_bytes<std::uint16_t>(scale_and_bias));
+      bias = float_from_f16_bits(load_bytes<std::uint16_t>(scale_and_bias + 2));
+    }
+    lane_scales = u4_lane_scales<Arch>(scale);
+  }
   xsimd::batch<float, Arch> load(std::int64_t d) const noexcept {
     return widen_u4<Arch>(x + d / 2) * lane_scales + xsimd::batch<float, Arch>(bias);
   }
