@@ -2,6 +2,7 @@
 // kernels. Nothing is written before the last check has passed.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <limits>
@@ -67,7 +68,10 @@ struct stored_table {
 
 stored_table stored(table_view<const float> t) {
   const std::int64_t stride = validate_matrix("table", t.data, t.rows, t.dim, t.row_stride);
-  return {reinterpret_cast<const std::byte*>(t.data), dtype::f32, t.rows, t.dim, stride * 4, t.dim * 4};
+  // Validation bounds the rows' bytes only when there are rows: with none, clamp so that the byte
+  // counts cannot overflow (nothing is read).
+  const auto bytes = [](std::int64_t floats) { return std::min(floats, max_array_bytes / 4) * 4; };
+  return {reinterpret_cast<const std::byte*>(t.data), dtype::f32, t.rows, t.dim, bytes(stride), bytes(t.dim)};
 }
 
 stored_table stored(compressed_table_view t) {

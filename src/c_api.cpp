@@ -226,7 +226,9 @@ std::unique_ptr<embag_table> float_table(const float* data, std::int64_t rows, s
                                          std::int64_t row_stride) {
   auto t = std::make_unique<embag_table>();
   t->rows = {data, rows, dim, row_stride};
-  t->stored = {reinterpret_cast<const std::byte*>(data), rows, dim, row_stride * std::int64_t{sizeof(float)},
+  // with no rows validation leaves the stride unbounded: clamped so that its bytes cannot overflow
+  const std::int64_t stride_floats = std::min(row_stride, embag::detail::max_array_bytes / 4);
+  t->stored = {reinterpret_cast<const std::byte*>(data), rows, dim, stride_floats * std::int64_t{sizeof(float)},
                embag::dtype::f32};
   return t;
 }

@@ -173,22 +173,29 @@ struct row_reader<Arch, dtype::f32> {
   float at(std::int64_t d) const noexcept { return load_bytes<float>(x + 4 * d); }
 };
 
-template <class Arch>
-struct row_reader<Arch, dtype::f16> {
+// fp16 and bf16 rows: two bytes per element.
+template <class Arch, dtype Type>
+struct half_row_reader {
   static constexpr int bits = 16;
   const std::byte* x;
-  row_reader(const std::byte* row, std::int64_t) noexcept : x(row) {}
-  xsimd::batch<float, Arch> load(std::int64_t d) const noexcept { return widen_f16<Arch>(x + 2 * d); }
-  float at(std::int64_t d) const noexcept { return float_from_f16_bits(load_bytes<std::uint16_t>(x + 2 * d)); }
+  half_row_reader(const std::byte* row, std::int64_t) noexcept : x(row) {}
+  xsimd::batch<float, Arch> load(std::int64_t d) const noexcept {
+    return Type == dtype::f16 ? widen_f16<Arch>(x + 2 * d) : widen_bf16<Arch>(x + 2 * d);
+  }
+  float at(std::int64_t d) const noexcept {
+    const auto bits16 = load_bytes<std::uint16_t>(x + 2 * d);
+    return Type == dtype::f16 ? float_from_f16_bits(bits16) : float_from_bf16_bits(bits16);
+  }
 };
 
 template <class Arch>
-struct row_reader<Arch, dtype::bf16> {
-  static constexpr int bits = 16;
-  const std::byte* x;
-  row_reader(const std::byte* row, std::int64_t) noexcept : x(row) {}
-  xsimd::batch<float, Arch> load(std::int64_t d) const noexcept { return widen_bf16<Arch>(x + 2 * d); }
-  float at(std::int64_t d) const noexcept { return float_from_bf16_bits(load_bytes<std::uint16_t>(x + 2 * d)); }
+struct row_reader<Arch, dtype::f16> : half_row_reader<Arch, dtype::f16> {
+  using half_row_reader<Arch, dtype::f16>::half_row_reader;
+};
+
+template <class Arch>
+struct row_reader<Arch, dtype::bf16> : half_row_reader<Arch, dtype::bf16> {
+  using half_row_reader<Arch, dtype::bf16>::half_row_reader;
 };
 
 // The rowwise formats: x' = q * scale + bias, scale and bias read once per row.
