@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "file_io.hpp"
-#include "rows.hpp"
 #include "parallel.hpp"
 #include "plan.hpp"
+#include "rows.hpp"
 #include "validate.hpp"
 
 namespace embag {
@@ -197,7 +197,6 @@ std::optional<row_problem> encode_row(dtype type, const float* x, std::int64_t d
   }
   return std::nullopt;
 }
-
 
 // row_bytes, or nullopt when dim is too large (the rows would exceed 2^62 bytes each).
 std::optional<std::int64_t> packed_row_bytes(dtype type, std::int64_t dim) {
