@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "embag/quantize.hpp"
+#include "allocation.hpp"
 #include "dispatch/dispatch.hpp"
 #include "parallel.hpp"
 #include "plan.hpp"
@@ -232,6 +233,27 @@ float read_stored_rows(const stored_table& t, index_span indices, const executio
   return total;
 }
 
+// Backward's row transpose (plan.cpp): six int64 arrays over the call's indices (row, position and
+// bag, and their radix-sort scratch), grown in the workspace.
+row_transpose transposed(backward_request& r, const execution& how, workspace::impl& ws) {
+  try {
+    return build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, how, ws);
+  } catch (const std::bad_alloc&) {
+    detail::out_of_memory("backward's row transpose of " + std::to_string(r.bags.nnz) + " indices",
+                          static_cast<std::size_t>(r.bags.nnz) * 6 * sizeof(std::int64_t));
+  }
+}
+
+// The scalar oracle's backward, which sorts a copy of the call's (row, position) pairs.
+void reference_backward(const backward_request& r, sparse_gradient* grad) {
+  try {
+    reference::backward(r, grad);
+  } catch (const std::bad_alloc&) {
+    detail::out_of_memory("the reference backward of " + std::to_string(r.bags.nnz) + " indices",
+                          static_cast<std::size_t>(r.bags.nnz) * 2 * sizeof(std::int64_t));
+  }
+}
+
 }  // namespace
 
 std::string_view version() noexcept { return EMBAG_VERSION; }
@@ -251,6 +273,7 @@ std::string_view to_string(errc code) noexcept {
     case errc::misaligned: return "misaligned";
     case errc::io_error: return "io_error";
     case errc::bad_file: return "bad_file";
+    case errc::out_of_memory: return "out_of_memory";
   }
   return "unknown";
 }
@@ -290,10 +313,10 @@ void backward_dense(const bags& batch, const options& opts, matrix_view<const fl
 
   call.req.grad_table = grad_table.data;
   call.req.grad_table_stride = stride;
-  if (call.which == isa::reference) return reference::backward(call.req, nullptr);
+  if (call.which == isa::reference) return reference_backward(call.req, nullptr);
   scratch_or_local ws(scratch);
   backward_request& r = call.req;
-  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution, ws.get());
+  r.transpose = transposed(r, opts.execution, ws.get());
   run_row_kernels(call.which, r, opts.execution);
 }
 
@@ -309,14 +332,19 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
       {"grad.values", grad.values.data(), static_cast<std::int64_t>(grad.values.capacity() * sizeof(float))}};
   validate_disjoint(outputs, call.inputs.span());
 
-  if (call.which == isa::reference) return reference::backward(call.req, &grad);
+  if (call.which == isa::reference) return reference_backward(call.req, &grad);
   scratch_or_local ws(scratch);
   backward_request& r = call.req;
-  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution, ws.get());
+  r.transpose = transposed(r, opts.execution, ws.get());
   const std::int64_t unique = r.transpose.num_unique;
   // reserve first: if memory runs out, grad is still what it was
-  grad.rows.reserve(static_cast<std::size_t>(unique));
-  grad.values.reserve(static_cast<std::size_t>(unique * dim));
+  try {
+    grad.rows.reserve(static_cast<std::size_t>(unique));
+    grad.values.reserve(static_cast<std::size_t>(unique * dim));
+  } catch (const std::bad_alloc&) {
+    detail::out_of_memory("the sparse gradient of " + std::to_string(unique) + " rows x " + std::to_string(dim),
+                          static_cast<std::size_t>(unique) * static_cast<std::size_t>(dim + 2) * 4);
+  }
   grad.dim = dim;
   grad.rows.assign(r.transpose.unique_rows, r.transpose.unique_rows + unique);
   grad.values.resize(static_cast<std::size_t>(unique * dim));
@@ -402,7 +430,8 @@ table::table(std::int64_t rows, std::int64_t dim) {
   bytes_ = (static_cast<std::size_t>(bytes) + huge_page - 1) / huge_page * huge_page;
   if (bytes_ == 0) bytes_ = huge_page;
   void* p = std::aligned_alloc(huge_page, bytes_);
-  if (p == nullptr) throw std::bad_alloc();
+  if (p == nullptr)
+    detail::out_of_memory("table(" + std::to_string(rows) + ", " + std::to_string(dim) + ")", bytes_);
   madvise(p, bytes_, MADV_HUGEPAGE);  // advice only: fine if the kernel declines
   std::memset(p, 0, bytes_);
   data_ = static_cast<float*>(p);

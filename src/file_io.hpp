@@ -1,6 +1,6 @@
 // File plumbing shared by the .npy and .embag formats: errors naming the file, 64-byte aligned
-// owned memory, read-only mappings, whole-file reads, and writes through a temporary file renamed
-// into place (a failed write never leaves a truncated file).
+// owned memory, read-only mappings, whole-file reads, and outputs written all or none through
+// temporary files renamed into place (a failed write never leaves a truncated or half-set output).
 #pragma once
 
 #include <cstddef>
@@ -25,7 +25,8 @@ struct free_deleter {
   void operator()(void* p) const noexcept;
 };
 using owned_bytes = std::unique_ptr<std::byte, free_deleter>;
-owned_bytes allocate_bytes(std::size_t bytes);
+// `what` names the bytes should they not fit (errc::out_of_memory).
+owned_bytes allocate_bytes(std::size_t bytes, const std::string& what);
 
 // A read-only mapping of a whole file, unmapped on destruction.
 class file_mapping {
@@ -67,10 +68,36 @@ owned_bytes read_whole_file(const file_descriptor& fd, std::size_t size, const s
 // The whole file mapped read-only; `size` must be > 0.
 file_mapping map_whole_file(const file_descriptor& fd, std::size_t size, const std::string& path);
 
-// Writes the pieces, in order, to a new file beside `path` (its name + a unique suffix) and
-// returns that file's name; on error removes it and throws errc::io_error naming `path`.
-std::string write_temporary_beside(const std::string& path, std::initializer_list<std::span<const std::byte>> pieces);
-// write_temporary_beside, then renamed over `path`.
+// The outputs of one command or call, written all or none. Each target is checked when declared
+// and again at commit: it must be a regular file (a symbolic link is followed: its target is
+// written and the link kept) or absent in a writable directory, and no output may be the same file
+// as another output or as an input (device and inode of existing files, the resolved path of new
+// ones). stage() writes a temporary file beside the target; commit() renames every one into place,
+// keeping each replaced file aside (a hard link) until all renames succeeded, so that a failure
+// midway puts back what was already replaced. Destroyed without commit(), it removes its
+// temporaries. Errors are errc::io_error naming the file and the reason.
+class output_transaction {
+ public:
+  output_transaction();
+  output_transaction(const output_transaction&) = delete;
+  output_transaction& operator=(const output_transaction&) = delete;
+  ~output_transaction();
+
+  // `role` names the file in errors (a command-line flag, say); empty, the path alone does.
+  void reads(const std::string& path, const std::string& role);
+  void writes(const std::string& path, const std::string& role);
+  // Writes the pieces, in order, to the temporary file of `path` (declared here if it was not).
+  void stage(const std::string& path, std::initializer_list<std::span<const std::byte>> pieces);
+  void commit();
+  // Removes every temporary staged so far (stage() does on its own errors).
+  void abandon() noexcept;
+
+ private:
+  struct state;
+  std::unique_ptr<state> state_;
+};
+
+// One output, all or none: an output_transaction of one file.
 void write_file_in_place(const std::string& path, std::initializer_list<std::span<const std::byte>> pieces);
 
 }  // namespace embag::detail

@@ -48,11 +48,16 @@ std::string quoted(std::string_view text) {
   return out + (text.size() > longest ? "'..." : "'");
 }
 
-std::string shape_text(const std::vector<std::int64_t>& shape) {
+// A shape as Python writes it; in an error message (`longest` dimensions) a header of thousands of
+// dimensions is cut, so that the message stays one readable line.
+std::string shape_text(const std::vector<std::int64_t>& shape, std::size_t longest = SIZE_MAX) {
   std::string s = "(";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  for (std::size_t i = 0; i < std::min(shape.size(), longest); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  if (shape.size() > longest) return s + ", ... " + std::to_string(shape.size()) + " dimensions)";
   return s + (shape.size() == 1 ? ",)" : ")");
 }
+
+std::string shape_in_message(const std::vector<std::int64_t>& shape) { return shape_text(shape, 8); }
 
 std::int64_t element_bytes(npy_dtype type) {
   switch (type) {
@@ -274,18 +279,18 @@ npy_layout parse_npy(std::span<const std::byte> file, const std::string& name) {
   std::int64_t total = 1;
   for (std::int64_t d : layout.shape)
     if (__builtin_mul_overflow(total, d, &total) || total > std::numeric_limits<std::int64_t>::max() / item)
-      malformed(name, "the shape " + shape_text(layout.shape) + " holds more bytes than fit in 64 bits");
+      malformed(name, "the shape " + shape_in_message(layout.shape) + " holds more bytes than fit in 64 bits");
   layout.elements = total;
   layout.data_offset = header_begin + header_length;
   layout.data_bytes = static_cast<std::size_t>(total * item);
   const std::size_t available = size - layout.data_offset;
   const std::string descr(little_endian_descr(layout.type).substr(1));
   if (available < layout.data_bytes)
-    malformed(name, "truncated data: the shape " + shape_text(layout.shape) + " of " + descr + " needs " +
+    malformed(name, "truncated data: the shape " + shape_in_message(layout.shape) + " of " + descr + " needs " +
                         std::to_string(layout.data_bytes) + " bytes, the file has " + std::to_string(available));
   if (available > layout.data_bytes)
     malformed(name, std::to_string(available - layout.data_bytes) + " bytes after the data the shape " +
-                        shape_text(layout.shape) + " of " + descr + " needs");
+                        shape_in_message(layout.shape) + " of " + descr + " needs");
   return layout;
 }
 
@@ -329,7 +334,7 @@ npy_array::~npy_array() = default;
 
 npy_array npy_array::from_bytes(std::span<const std::byte> file, const std::string& name) {
   npy_layout layout = parse_npy(file, name);
-  owned_bytes copy = detail::allocate_bytes(file.size());
+  owned_bytes copy = detail::allocate_bytes(file.size(), "a copy of " + name);
   std::memcpy(copy.get(), file.data(), file.size());
   return npy_array(impl::from_owned_file(std::move(copy), std::move(layout), name));
 }
@@ -345,7 +350,7 @@ npy_array npy_array::open(const std::string& path, load how) {
   npy_layout layout = parse_npy(mapping.bytes(), path);
   if (layout.big_endian || layout.data_offset % element_bytes(layout.type) != 0) {
     // Converting or aligning the data means a copy: the file's own bytes are read-only.
-    owned_bytes file = detail::allocate_bytes(size);
+    owned_bytes file = detail::allocate_bytes(size, "a converted copy of " + path);
     std::memcpy(file.get(), mapping.bytes().data(), size);
     return npy_array(impl::from_owned_file(std::move(file), std::move(layout), path));
   }
@@ -370,7 +375,7 @@ namespace {
 [[noreturn]] void wrong_kind(const std::string& name, const std::string& wanted, npy_dtype type,
                              const std::vector<std::int64_t>& shape) {
   malformed(name, "expected " + wanted + ", found a " + std::to_string(shape.size()) + "-D " +
-                      std::string(little_endian_descr(type)) + " array of shape " + shape_text(shape));
+                      std::string(little_endian_descr(type)) + " array of shape " + shape_in_message(shape));
 }
 
 }  // namespace
@@ -379,6 +384,9 @@ table_view<const float> npy_array::as_table() const {
   const std::vector<std::int64_t>& shape = impl_->layout.shape;
   if (dtype() != npy_dtype::f32 || shape.size() != 2)
     wrong_kind(impl_->name, "a 2-D <f4 table", dtype(), shape);
+  if (shape[1] == 0)
+    throw error(errc::invalid_shape, impl_->name + ": a table of shape " + shape_in_message(shape) +
+                                         " has no columns (dim 0); a table needs dim > 0");
   return {reinterpret_cast<const float*>(impl_->data), shape[0], shape[1], shape[1]};
 }
 
@@ -429,7 +437,7 @@ std::size_t checked_data_bytes(const std::string& path, npy_dtype type, std::spa
       throw error(errc::invalid_shape, path + ": shape[" + std::to_string(i) + "] = " + std::to_string(shape[i]) +
                                            " is negative");
     if (__builtin_mul_overflow(total, shape[i], &total))
-      throw error(errc::size_overflow, path + ": the shape " + shape_text({shape.begin(), shape.end()}) +
+      throw error(errc::size_overflow, path + ": the shape " + shape_in_message({shape.begin(), shape.end()}) +
                                            " holds more bytes than fit in 64 bits");
   }
   if (data == nullptr && total > 0) throw error(errc::null_pointer, path + ": data is null");
@@ -438,43 +446,34 @@ std::size_t checked_data_bytes(const std::string& path, npy_dtype type, std::spa
 
 }  // namespace
 
-npy_write_group::npy_write_group() = default;
-npy_write_group::~npy_write_group() { remove_staged(); }
+output_group::output_group() : files_(std::make_unique<detail::output_transaction>()) {}
+output_group::output_group(output_group&&) noexcept = default;
+output_group& output_group::operator=(output_group&&) noexcept = default;
+output_group::~output_group() = default;
 
-void npy_write_group::remove_staged() noexcept {
-  for (const staged_file& f : staged_) ::unlink(f.temporary.c_str());
-  staged_.clear();
-}
+void output_group::reads(const std::string& path, const std::string& role) { files_->reads(path, role); }
+void output_group::writes(const std::string& path, const std::string& role) { files_->writes(path, role); }
 
-void npy_write_group::stage(const std::string& path, npy_dtype type, std::span<const std::int64_t> shape,
-                            const void* data) {
+void output_group::stage(const std::string& path, npy_dtype type, std::span<const std::int64_t> shape,
+                         const void* data) {
   try {
     const std::size_t data_bytes = checked_data_bytes(path, type, shape, data);
     const std::string header = npy_header(type, shape);
-    const std::string temporary = detail::write_temporary_beside(
-        path, {std::as_bytes(std::span(header)), {static_cast<const std::byte*>(data), data_bytes}});
-    staged_.push_back({temporary, path});
+    files_->stage(path, {std::as_bytes(std::span(header)), {static_cast<const std::byte*>(data), data_bytes}});
   } catch (...) {
-    remove_staged();
+    files_->abandon();
     throw;
   }
 }
 
-void npy_write_group::commit() {
-  for (std::size_t i = 0; i < staged_.size(); ++i) {
-    if (::rename(staged_[i].temporary.c_str(), staged_[i].path.c_str()) != 0) {
-      const std::string reason = std::strerror(errno);
-      const std::string what = staged_[i].path + ": cannot rename " + staged_[i].temporary + " into place: " + reason;
-      staged_.erase(staged_.begin(), staged_.begin() + static_cast<std::ptrdiff_t>(i));  // those are in place
-      remove_staged();
-      throw error(errc::io_error, what);
-    }
-  }
-  staged_.clear();
+void output_group::stage_bytes(const std::string& path, std::initializer_list<std::span<const std::byte>> pieces) {
+  files_->stage(path, pieces);
 }
 
+void output_group::commit() { files_->commit(); }
+
 void write_npy(const std::string& path, npy_dtype type, std::span<const std::int64_t> shape, const void* data) {
-  npy_write_group group;
+  output_group group;
   group.stage(path, type, shape, data);
   group.commit();
 }

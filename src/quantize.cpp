@@ -15,6 +15,7 @@
 #include <optional>
 #include <vector>
 
+#include "allocation.hpp"
 #include "file_io.hpp"
 #include "parallel.hpp"
 #include "plan.hpp"
@@ -292,7 +293,8 @@ compressed_table quantize(table_view<const float> table, dtype to, const executi
     throw error(errc::size_overflow, "quantize: " + str(table.rows) + " rows of " + str(bytes) + " bytes overflow the address space");
 
   auto p = std::make_unique<compressed_table::impl>();
-  p->owned = detail::allocate_bytes(static_cast<std::size_t>(*total));
+  p->owned = detail::allocate_bytes(static_cast<std::size_t>(*total),
+                                    "the " + std::string(to_string(to)) + " table of " + str(table.rows) + " rows");
   p->view = {p->owned.get(), table.rows, table.dim, bytes, to};
   detail::block_list blocks;
   detail::plan_even_blocks(table.rows, table.dim, detail::threads_for(how), blocks);
@@ -408,7 +410,7 @@ compressed_table_view rows_to_start(std::byte* file, std::size_t size, const std
 
 compressed_table compressed_table::from_bytes(std::span<const std::byte> file, const std::string& name) {
   auto p = std::make_unique<impl>();
-  p->owned = detail::allocate_bytes(file.size());
+  p->owned = detail::allocate_bytes(file.size(), "a copy of " + name);
   if (!file.empty()) std::memcpy(p->owned.get(), file.data(), file.size());
   p->view = rows_to_start(p->owned.get(), file.size(), name);
   return compressed_table(std::move(p));
@@ -432,7 +434,7 @@ compressed_table compressed_table::open(const std::string& path, load how) {
   return compressed_table(std::move(p));
 }
 
-void write_embag(const std::string& path, compressed_table_view table) {
+void stage_embag(output_group& outputs, const std::string& path, compressed_table_view table) {
   const std::int64_t stride = detail::validate_compressed(path.c_str(), table);
   const std::int64_t bytes = row_bytes(table.element_type, table.dim);
   std::array<std::byte, detail::file_data_alignment> header{};
@@ -443,12 +445,18 @@ void write_embag(const std::string& path, compressed_table_view table) {
                                    std::uint64_t(header.size())};
   for (int i = 0; i < 4; ++i) store(header.data() + 16 + 8 * i, fields[i]);
   const auto data_bytes = static_cast<std::size_t>(table.rows * bytes);
-  if (stride == bytes) return detail::write_file_in_place(path, {header, {table.data, data_bytes}});
+  if (stride == bytes) return outputs.stage_bytes(path, {header, {table.data, data_bytes}});
   // Padded rows are packed first: the file holds packed rows only.
-  std::vector<std::byte> packed(data_bytes);
+  std::vector<std::byte> packed = detail::allocated<std::byte>(data_bytes, path + ": the packed rows");
   for (std::int64_t r = 0; r < table.rows; ++r)
     std::memcpy(packed.data() + r * bytes, table.data + r * stride, static_cast<std::size_t>(bytes));
-  detail::write_file_in_place(path, {header, packed});
+  outputs.stage_bytes(path, {header, packed});
+}
+
+void write_embag(const std::string& path, compressed_table_view table) {
+  output_group outputs;
+  stage_embag(outputs, path, table);
+  outputs.commit();
 }
 
 }  // namespace embag

@@ -3,11 +3,15 @@
 // same inputs (the tool inherits EMBAG_ISA, so both run on the same ISA), and a failed run exits 2
 // with one "embag: " line and leaves no output file created or changed.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <set>
 #include <string>
@@ -41,8 +45,11 @@ class Cli : public ::testing::Test {
 
   std::string in(const std::string& name) const { return dir_.path(name); }
 
-  tool_run embag(const std::string& arguments) const {
-    const std::string command = "cd '" + dir_.path() + "' && '" + std::getenv("EMBAG_TOOL") + "' " + arguments + " 2>&1";
+  tool_run embag(const std::string& arguments) const { return shell(tool() + " " + arguments); }
+  static std::string tool() { return "'" + std::string(std::getenv("EMBAG_TOOL")) + "'"; }
+  // A shell command line run in the test's directory, stdout and stderr together.
+  tool_run shell(const std::string& line) const {
+    const std::string command = "cd '" + dir_.path() + "' && " + line + " 2>&1";
     tool_run r;
     FILE* p = popen(command.c_str(), "r");
     char buffer[512];
@@ -249,7 +256,7 @@ TEST_F(Cli, MissingOrMalformedFilesAndBadFlags) {
 TEST_F(Cli, AFailedOutputLeavesNoOtherOutput) {
   expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --mode max --out y.npy "
                               "--argmax-out missing/a.npy"),
-                        "missing/a.npy: cannot create a temporary file beside it");
+                        "missing/a.npy: cannot write in its directory missing: No such file or directory");
   EXPECT_FALSE(dir_.listing().count("y.npy"));
 }
 
@@ -296,7 +303,7 @@ TEST_F(Cli, QuantizeErrorsWriteNothing) {
   expect_one_line_error(embag("quantize --in w.npy --out t.embag"), "--to is required");
   expect_one_line_error(embag("quantize --in i.npy --to int4 --out t.embag"), "i.npy: expected a 2-D <f4 table");
   expect_one_line_error(embag("quantize --in absent.npy --to int4 --out t.embag"), "absent.npy: cannot open");
-  expect_one_line_error(embag("quantize --in w.npy --to int4 --out no/such/dir/t.embag"), "no/such/dir/t.embag: cannot create");
+  expect_one_line_error(embag("quantize --in w.npy --to int4 --out no/such/dir/t.embag"), "no/such/dir/t.embag: cannot write in its directory");
   expect_one_line_error(embag("dequantize --in junk.embag --out w2.npy"), "junk.embag: truncated");
   expect_one_line_error(embag("dequantize --in w.npy --out w2.npy"), "w.npy: not an .embag file");
   expect_one_line_error(embag("dequantize --in junk.embag"), "--out is required");
@@ -305,6 +312,169 @@ TEST_F(Cli, QuantizeErrorsWriteNothing) {
   dir_.write("t.embag", "an earlier table");
   expect_one_line_error(embag("quantize --in nan.npy --to int4 --out t.embag"), "table[2][3] = nan");
   EXPECT_EQ(dir_.read("t.embag"), "an earlier table");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hostile environment around the files: outputs that are directories, FIFOs, devices or links,
+// outputs that are the same file as another output or an input, FIFOs as inputs, memory running
+// out. Each is refused with one "embag: " line, and no output is created or changed.
+
+struct stat_of {
+  explicit stat_of(const std::string& path) { exists = ::lstat(path.c_str(), &st) == 0; }
+  bool exists = false;
+  struct stat st {};
+};
+
+TEST_F(Cli, AnOutputThatCannotBeWrittenLeavesEveryOtherOutputAsItWas) {
+  ASSERT_EQ(::mkdir(in("adir").c_str(), 0755), 0);
+  const std::set<std::string> files = dir_.listing();
+  expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --mode max --out y.npy --argmax-out adir"),
+                        "adir: is a directory, not a regular file");
+  EXPECT_EQ(dir_.listing(), files) << "y.npy is not written when --argmax-out cannot be";
+
+  dir_.write("y.npy", "an earlier result");
+  dir_.write("r.npy", "earlier rows");
+  const std::vector<float> grad(4 * dim, 1.0f);
+  write_npy(in("g.npy"), npy_dtype::f32, std::vector<std::int64_t>{4, dim}, grad.data());
+  expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --mode max --out y.npy --argmax-out adir"),
+                        "adir: is a directory");
+  expect_one_line_error(embag("backward --weight w.npy --indices i.npy --offsets o.npy --grad-output g.npy --sparse "
+                              "--out-rows r.npy --out adir"),
+                        "adir: is a directory");
+  EXPECT_EQ(dir_.read("y.npy"), "an earlier result");
+  EXPECT_EQ(dir_.read("r.npy"), "earlier rows");
+}
+
+TEST_F(Cli, OutputsThatAreTheSameFileAsAnotherOutputOrAnInputAreRefused) {
+  const std::vector<float> grad(4 * dim, 1.0f);
+  write_npy(in("g.npy"), npy_dtype::f32, std::vector<std::int64_t>{4, dim}, grad.data());
+  ASSERT_EQ(::mkdir(in("sub").c_str(), 0755), 0);
+  ASSERT_EQ(::symlink("w.npy", in("w_link.npy").c_str()), 0);
+  ASSERT_EQ(::link(in("w.npy").c_str(), in("w_hard.npy").c_str()), 0);
+  const std::string table_before = dir_.read("w.npy");
+  const std::set<std::string> files = dir_.listing();
+  const std::string forward = "forward --weight w.npy --indices i.npy --offsets o.npy --mode max ";
+  expect_one_line_error(embag(forward + "--out y.npy --argmax-out y.npy"),
+                        "y.npy: the output --argmax-out is the same file as the output --out y.npy");
+  expect_one_line_error(embag(forward + "--out y.npy --argmax-out ./sub/../y.npy"), "is the same file as the output --out y.npy");
+  expect_one_line_error(embag(forward + "--out w.npy"), "w.npy: the output --out is the same file as the input --weight w.npy");
+  expect_one_line_error(embag(forward + "--out w_link.npy"), "is the same file as the input --weight w.npy");
+  expect_one_line_error(embag(forward + "--out w_hard.npy"), "is the same file as the input --weight w.npy");
+  expect_one_line_error(embag(forward + "--out y.npy --argmax-out i.npy"), "the same file as the input --indices i.npy");
+  expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --max-norm 1 --max-norm-inplace "
+                              "--weight-out w.npy --out y.npy"),
+                        "the output --weight-out is the same file as the input --weight w.npy");
+  expect_one_line_error(embag("backward --weight w.npy --indices i.npy --offsets o.npy --grad-output g.npy --sparse "
+                              "--out-rows x.npy --out x.npy"),
+                        "x.npy: the output --out is the same file as the output --out-rows x.npy");
+  expect_one_line_error(embag("backward --weight w.npy --indices i.npy --offsets o.npy --grad-output g.npy --out g.npy"),
+                        "the same file as the input --grad-output g.npy");
+  expect_one_line_error(embag("quantize --in w.npy --to int8 --out w.npy"), "the output --out is the same file as the input --in w.npy");
+  EXPECT_EQ(dir_.listing(), files);
+  EXPECT_EQ(dir_.read("w.npy"), table_before);
+}
+
+TEST_F(Cli, AFifoAsAnInputIsRefusedWithoutWaitingForAWriter) {
+  ASSERT_EQ(::mkfifo(in("fifo.npy").c_str(), 0644), 0);
+  // `timeout` turns a hang into a failure (status 124) rather than a stuck suite
+  const tool_run r = shell("timeout 10 " + tool() + " forward --weight fifo.npy --indices i.npy --offsets o.npy --out y.npy");
+  expect_one_line_error(r, "fifo.npy: a FIFO, not a regular file");
+  EXPECT_FALSE(dir_.listing().count("y.npy"));
+}
+
+TEST_F(Cli, OutputsThatAreSpecialFilesAreRefusedAndSymbolicLinksAreWrittenThrough) {
+  ASSERT_EQ(::mkfifo(in("fifo.npy").c_str(), 0644), 0);
+  const std::string forward_y = "forward --weight w.npy --indices i.npy --offsets o.npy ";
+  expect_one_line_error(embag(forward_y + "--out fifo.npy"), "fifo.npy: is a FIFO, not a regular file");
+  EXPECT_TRUE(S_ISFIFO(stat_of(in("fifo.npy")).st.st_mode)) << "the FIFO is still there";
+  if (::geteuid() == 0) {  // a device node like /dev/null, made where replacing it harms nothing
+    ASSERT_EQ(::mknod(in("null").c_str(), S_IFCHR | 0666, makedev(1, 3)), 0);
+    expect_one_line_error(embag(forward_y + "--out null"), "null: is a character device, not a regular file");
+    EXPECT_TRUE(S_ISCHR(stat_of(in("null")).st.st_mode));
+  }
+  ASSERT_EQ(::symlink("nowhere.npy", in("dangling.npy").c_str()), 0);
+  expect_one_line_error(embag(forward_y + "--out dangling.npy"), "dangling.npy: a symbolic link to a missing file");
+
+  // through a link: the link stays, the file it names (in another directory) gets the output
+  std::vector<float> want(4 * dim);
+  forward(table(), by_offsets(), options{}, {want.data(), 4, dim});
+  ASSERT_EQ(::mkdir(in("real").c_str(), 0755), 0);
+  dir_.write("real/y.npy", "an earlier result");
+  ASSERT_EQ(::symlink("real/y.npy", in("y_link.npy").c_str()), 0);
+  const tool_run r = embag(forward_y + "--out y_link.npy");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(S_ISLNK(stat_of(in("y_link.npy")).st.st_mode)) << "the link is kept";
+  EXPECT_EQ(floats("real/y.npy"), want);
+  std::set<std::string> files = {"w.npy", "i.npy", "o.npy", "l.npy", "p.npy", "fifo.npy", "dangling.npy", "real", "y_link.npy"};
+  if (::geteuid() == 0) files.insert("null");
+  EXPECT_EQ(dir_.listing(), files) << "no file beside the link";
+  std::set<std::string> beside_target;
+  for (const auto& e : std::filesystem::directory_iterator(in("real"))) beside_target.insert(e.path().filename().string());
+  EXPECT_EQ(beside_target, std::set<std::string>{"y.npy"}) << "no temporary or old copy left beside the target";
+
+  // an existing output keeps its permission bits
+  dir_.write("y.npy", "an earlier result");
+  ASSERT_EQ(::chmod(in("y.npy").c_str(), 0640), 0);
+  ASSERT_EQ(embag(forward_y + "--out y.npy").status, 0);
+  EXPECT_EQ(stat_of(in("y.npy")).st.st_mode & 07777, 0640u);
+  EXPECT_EQ(floats("y.npy"), want);
+}
+
+TEST_F(Cli, OutOfMemoryIsAnErrorNamingWhatWasBeingAllocated) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer reserves terabytes of address space: a ulimit -v cannot apply";
+#else
+  // 4M indices into a 100k x 16 table: backward's row transpose needs 6 x 32 MB, far past the
+  // 150 MB of address space the tool is given (it starts in about 40 MB).
+  constexpr std::int64_t big_rows = 100'000, big_nnz = 4'000'000, big_bags = 1000;
+  std::vector<float> big_table(big_rows * 16, 0.5f);
+  std::vector<std::int64_t> big_indices(big_nnz), big_offsets(big_bags);
+  for (std::int64_t j = 0; j < big_nnz; ++j) big_indices[j] = (j * 7919) % big_rows;
+  for (std::int64_t b = 0; b < big_bags; ++b) big_offsets[b] = b * (big_nnz / big_bags);
+  const std::vector<float> grad(big_bags * 16, 1.0f);
+  write_npy(in("bw.npy"), npy_dtype::f32, std::vector<std::int64_t>{big_rows, 16}, big_table.data());
+  write_npy(in("bi.npy"), npy_dtype::i64, std::vector<std::int64_t>{big_nnz}, big_indices.data());
+  write_npy(in("bo.npy"), npy_dtype::i64, std::vector<std::int64_t>{big_bags}, big_offsets.data());
+  write_npy(in("bg.npy"), npy_dtype::f32, std::vector<std::int64_t>{big_bags, 16}, grad.data());
+  const std::set<std::string> files = dir_.listing();
+  const std::string backward = "backward --weight bw.npy --indices bi.npy --offsets bo.npy --grad-output bg.npy --threads 1 ";
+  for (const std::string outputs : {"--out dw.npy", "--sparse --out-rows r.npy --out dw.npy"}) {
+    SCOPED_TRACE(outputs);
+    // on the ISA dispatch picks, whatever the suite forces: the reference's dense backward needs
+    // no row transpose
+    const tool_run r = shell("ulimit -v 150000 && env -u EMBAG_ISA " + tool() + " " + backward + outputs);
+    expect_one_line_error(r, "out of memory: backward's row transpose of 4000000 indices");
+  }
+  EXPECT_EQ(dir_.listing(), files);
+#endif
+}
+
+TEST_F(Cli, ArgmaxOfTheRightCountButTheWrongShapeIsRefused) {
+  std::vector<std::int64_t> argmax(4 * dim, 0);
+  write_npy(in("a.npy"), npy_dtype::i64, std::vector<std::int64_t>{dim, 4}, argmax.data());
+  const std::vector<float> grad(4 * dim, 1.0f);
+  write_npy(in("g.npy"), npy_dtype::f32, std::vector<std::int64_t>{4, dim}, grad.data());
+  expect_one_line_error(embag("backward --weight w.npy --indices i.npy --offsets o.npy --mode max --grad-output g.npy "
+                              "--argmax a.npy --out dw.npy"),
+                        "a.npy: the argmax must be <i8 of shape (4, 5) (forward's output), as forward's --argmax-out "
+                        "writes it; found <i8 of shape (5, 4)");
+}
+
+TEST_F(Cli, ATableWithNoColumnsNamesItsFile) {
+  write_npy(in("d0.npy"), npy_dtype::f32, std::vector<std::int64_t>{rows, 0}, weights_.data());
+  expect_one_line_error(embag("forward --weight d0.npy --indices i.npy --offsets o.npy --out y.npy"),
+                        "d0.npy: a table of shape (20, 0) has no columns");
+  expect_one_line_error(embag("quantize --in d0.npy --to int8 --out t.embag"), "d0.npy: a table of shape (20, 0)");
+}
+
+TEST_F(Cli, FuzzRefusesSeedsOutOfRange) {
+  for (const char* seed : {"-1", "18446744073709551616", "99999999999999999999999", "0x10", ""}) {
+    SCOPED_TRACE(seed);
+    const tool_run r = embag(std::string("fuzz --cases 1 --seed '") + seed + "'");
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find("bad value"), std::string::npos) << r.output;
+  }
+  EXPECT_EQ(embag("fuzz --cases 1 --seed 18446744073709551615").status, 0);
 }
 
 }  // namespace

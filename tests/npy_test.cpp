@@ -2,6 +2,8 @@
 // used as a table_view, and a catalogue of malformed files, each rejected with errc::bad_file and a
 // message naming the file and the problem.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -347,21 +349,21 @@ TEST_F(NpyFiles, WriteGroupIsAllOrNothing) {
   const float values[] = {1, 2, 3};
   write_bytes("a.npy", "old a");
   {
-    npy_write_group group;
+    output_group group;
     group.stage(path("a.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
     EXPECT_THROW(group.stage(path("missing/b.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values), error);
     group.commit();  // the failed stage removed what was staged: nothing to rename
   }
   EXPECT_EQ(read_bytes("a.npy"), "old a");
   {
-    npy_write_group group;
+    output_group group;
     group.stage(path("a.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
     group.stage(path("b.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
   }  // never committed
   EXPECT_EQ(listing(), std::set<std::string>{"a.npy"});
   EXPECT_EQ(read_bytes("a.npy"), "old a");
   {
-    npy_write_group group;
+    output_group group;
     group.stage(path("a.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
     group.stage(path("b.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
     group.commit();
@@ -369,6 +371,59 @@ TEST_F(NpyFiles, WriteGroupIsAllOrNothing) {
   EXPECT_EQ(npy_array::open(path("a.npy")).as_floats()[2], 3.0f);
   EXPECT_EQ(npy_array::open(path("b.npy")).as_floats()[0], 1.0f);
   EXPECT_EQ(listing().size(), 2u);
+}
+
+// A rename failing midway through a commit (here: a temporary removed underneath, as a cleaner
+// of stale files might) puts back every file the commit had already replaced or created.
+TEST_F(NpyFiles, ACommitFailingMidwayPutsBackWhatItAlreadyReplaced) {
+  const float values[] = {1, 2, 3};
+  write_bytes("a.npy", "old a");
+  write_bytes("c.npy", "old c");
+  output_group group;
+  group.stage(path("new.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
+  group.stage(path("a.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
+  group.stage(path("c.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
+  for (const std::string& name : listing())
+    if (name.rfind("c.npy.tmp-", 0) == 0) ASSERT_EQ(::unlink(path(name).c_str()), 0);
+  try {
+    group.commit();
+    ADD_FAILURE() << "committed without c.npy's temporary";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::io_error);
+    EXPECT_NE(std::string(e.what()).find("c.npy: cannot rename"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_bytes("a.npy"), "old a");
+  EXPECT_EQ(read_bytes("c.npy"), "old c");
+  EXPECT_EQ(listing(), (std::set<std::string>{"a.npy", "c.npy"})) << "no new file, temporary or old copy left";
+}
+
+// Opening a FIFO for reading blocks until a writer comes: the library must refuse it first.
+TEST_F(NpyFiles, AFifoIsRefusedWithoutWaitingForAWriter) {
+  ASSERT_EQ(::mkfifo(path("fifo").c_str(), 0644), 0);
+  ::alarm(20);  // a hang ends the test (SIGALRM) instead of the whole suite's time
+  for (const npy_array::load how : {npy_array::load::map, npy_array::load::copy}) {
+    try {
+      npy_array::open(path("fifo"), how);
+      ADD_FAILURE() << "opened a FIFO";
+    } catch (const error& e) {
+      EXPECT_EQ(e.code(), errc::io_error);
+      EXPECT_NE(std::string(e.what()).find("fifo: a FIFO, not a regular file"), std::string::npos) << e.what();
+    }
+  }
+  ::alarm(0);
+}
+
+// The safe way to update a mapped table (README, "Files"): write_npy renames a new file into place,
+// so a reader still mapping the old one keeps reading the old rows, and never faults.
+TEST_F(NpyFiles, ReplacingAMappedTableWithWriteNpyLeavesItsReadersTheOldRows) {
+  std::vector<float> old_rows(64 * 1024, 1.5f), new_rows(16, -2.0f);
+  write_npy(path("w.npy"), npy_dtype::f32, std::vector<std::int64_t>{1024, 64}, old_rows.data());
+  const npy_array mapped = npy_array::open(path("w.npy"));
+  ASSERT_TRUE(mapped.mapped());
+  write_npy(path("w.npy"), npy_dtype::f32, std::vector<std::int64_t>{1, 16}, new_rows.data());
+  const std::span<const float> rows = mapped.as_floats();
+  EXPECT_EQ(std::vector<float>(rows.begin(), rows.end()), old_rows);
+  EXPECT_EQ(npy_array::open(path("w.npy")).as_floats()[15], -2.0f);
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 //   embag quantize, embag dequantize   a .npy table to a compressed .embag table and back (same file)
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <string>
 
 #include "commands.hpp"
@@ -53,6 +55,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "embag: unknown command '%s'\n", argv[1]);
     return usage(stderr);
   } catch (const embag::error& e) {
+    std::fprintf(stderr, "embag: %s\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {  // an allocation the library or the tool did not name
+    std::fprintf(stderr, "embag: out of memory\n");
+    return 2;
+  } catch (const std::exception& e) {  // TBB failing to start a thread, say
     std::fprintf(stderr, "embag: %s\n", e.what());
     return 2;
   }

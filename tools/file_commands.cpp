@@ -196,22 +196,57 @@ struct bag_files {
 // A zero-filled buffer for an output of rows x cols, or an error naming it when it cannot exist.
 template <class T>
 std::vector<T> zeros(const std::string& name, std::int64_t rows, std::int64_t cols) {
+  const std::string what = name + " of " + std::to_string(rows) + " x " + std::to_string(cols) + " elements";
   std::int64_t count = 0;
   if (rows < 0 || cols < 0 || __builtin_mul_overflow(rows, cols, &count) ||
       count > std::numeric_limits<std::int64_t>::max() / static_cast<std::int64_t>(sizeof(T)))
-    throw error(errc::size_overflow, name + " of " + std::to_string(rows) + " x " + std::to_string(cols) +
-                                         " elements does not fit in memory");
+    throw error(errc::size_overflow, what + " overflows the address space");
   try {
     return std::vector<T>(static_cast<std::size_t>(count));
   } catch (const std::bad_alloc&) {
-    throw error(errc::size_overflow, name + " of " + std::to_string(rows) + " x " + std::to_string(cols) +
-                                         " elements does not fit in memory");
+    throw error(errc::out_of_memory, "out of memory: " + what + " (" +
+                                         std::to_string(static_cast<std::uint64_t>(count) * sizeof(T)) + " bytes)");
   }
+}
+
+// The files of a command, declared before any is opened: an output that cannot be written, or that
+// is the same file as another output or an input, fails here, before any work.
+output_group declared_files(const std::vector<std::pair<std::string, std::string>>& inputs,
+                            const std::vector<std::pair<std::string, std::string>>& outputs) {
+  output_group files;
+  for (const auto& [flag, path] : inputs)
+    if (!path.empty()) files.reads(path, flag);
+  for (const auto& [flag, path] : outputs)
+    if (!path.empty()) files.writes(path, flag);
+  return files;
 }
 
 using shape = std::vector<std::int64_t>;
 
+std::string shape_text(const shape& dims) {
+  std::string text = "(";
+  for (std::size_t i = 0; i < dims.size(); ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
+  return text + (dims.size() == 1 ? ",)" : ")");
+}
+
+std::string npy_text(const npy_array& a) {
+  const char* names[] = {"<f4", "<i4", "<i8", "<f2"};
+  return std::string(names[static_cast<int>(a.dtype())]) + " of shape " + shape_text(a.shape());
+}
+
+// Every file the command reads, with its flag.
+std::vector<std::pair<std::string, std::string>> inputs_of(const command_line& c) {
+  return {{"--weight", c.weight},
+          {"--indices", c.indices},
+          {"--offsets", c.offsets},
+          {"--lengths", c.lengths},
+          {"--per-sample-weights", c.per_sample_weights},
+          {"--grad-output", c.grad_output},
+          {"--argmax", c.argmax}};
+}
+
 int run_forward(const command_line& c) {
+  output_group outputs = declared_files(inputs_of(c), {{"--out", c.out}, {"--argmax-out", c.argmax_out}, {"--weight-out", c.weight_out}});
   const npy_array weight = npy_array::open(c.weight);
   const table_view<const float> table = weight.as_table();
   const bag_files in(c);
@@ -222,12 +257,12 @@ int run_forward(const command_line& c) {
   std::vector<float> renormed;
   const matrix_view<float> out_view{out.data(), out_rows, table.dim};
   if (c.max_norm_inplace) {
-    renormed.assign(table.data, table.data + table.rows * table.dim);
+    renormed = zeros<float>("the renormed copy of the table", table.rows, table.dim);
+    std::copy(table.data, table.data + table.rows * table.dim, renormed.begin());
     forward(table_view<float>{renormed.data(), table.rows, table.dim, table.dim}, in.batch, c.opts, out_view, argmax);
   } else {
     forward(table, in.batch, c.opts, out_view, argmax);
   }
-  npy_write_group outputs;
   outputs.stage(c.out, npy_dtype::f32, shape{out_rows, table.dim}, out.data());
   if (!c.argmax_out.empty()) outputs.stage(c.argmax_out, npy_dtype::i64, shape{out_rows, table.dim}, argmax.data());
   if (c.max_norm_inplace) outputs.stage(c.weight_out, npy_dtype::f32, shape{table.rows, table.dim}, renormed.data());
@@ -236,6 +271,8 @@ int run_forward(const command_line& c) {
 }
 
 int run_backward(const command_line& c) {
+  output_group outputs = declared_files(inputs_of(c), {{"--out-rows", c.out_rows}, {"--out", c.out},
+                                                       {"--per-sample-weights-grad-out", c.per_sample_weights_grad_out}});
   const npy_array weight = npy_array::open(c.weight);
   const table_view<const float> table = weight.as_table();
   const bag_files in(c);
@@ -251,12 +288,13 @@ int run_backward(const command_line& c) {
   std::span<const std::int64_t> argmax;
   if (!c.argmax.empty()) {
     argmax_file = npy_array::open(c.argmax);
-    if (argmax_file->dtype() != npy_dtype::i64)
-      throw error(errc::bad_file, c.argmax + ": the argmax must be <i8, as forward's --argmax-out writes it");
+    if (argmax_file->dtype() != npy_dtype::i64 || argmax_file->shape() != shape{out_rows, table.dim})
+      throw error(errc::bad_file, c.argmax + ": the argmax must be <i8 of shape " + shape_text({out_rows, table.dim}) +
+                                      " (forward's output), as forward's --argmax-out writes it; found " +
+                                      npy_text(*argmax_file));
     argmax = {static_cast<const std::int64_t*>(argmax_file->data()), static_cast<std::size_t>(argmax_file->elements())};
   }
 
-  npy_write_group outputs;
   std::vector<float> dense;
   sparse_gradient sparse;
   if (c.sparse) {
@@ -317,9 +355,11 @@ conversion_line parse_conversion(bool quantizing, int argc, char** argv) {
 }
 
 int run_quantize(const conversion_line& c) {
+  output_group outputs = declared_files({{"--in", c.in}}, {{"--out", c.out}});
   const npy_array weight = npy_array::open(c.in);
   if (weight.dtype() != npy_dtype::f16) {
-    write_embag(c.out, quantize(weight.as_table(), *c.to, c.how).view());
+    stage_embag(outputs, c.out, quantize(weight.as_table(), *c.to, c.how).view());
+    outputs.commit();
     return 0;
   }
   // an fp16 table is widened first (exactly), through its view as a compressed f16 table
@@ -329,15 +369,18 @@ int run_quantize(const conversion_line& c) {
                                      dtype::f16};
   table widened(halves.rows, halves.dim);
   dequantize(halves, widened.view(), c.how);
-  write_embag(c.out, quantize(std::as_const(widened).view(), *c.to, c.how).view());
+  stage_embag(outputs, c.out, quantize(std::as_const(widened).view(), *c.to, c.how).view());
+  outputs.commit();
   return 0;
 }
 
 int run_dequantize(const conversion_line& c) {
+  output_group outputs = declared_files({{"--in", c.in}}, {{"--out", c.out}});
   const compressed_table in = compressed_table::open(c.in);
   std::vector<float> out = zeros<float>("the table", in.rows(), in.dim());
   dequantize(in.view(), {out.data(), in.rows(), in.dim(), in.dim()}, c.how);
-  write_npy(c.out, npy_dtype::f32, shape{in.rows(), in.dim()}, out.data());
+  outputs.stage(c.out, npy_dtype::f32, shape{in.rows(), in.dim()}, out.data());
+  outputs.commit();
   return 0;
 }
 

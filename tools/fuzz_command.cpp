@@ -1,6 +1,9 @@
 // embag fuzz: the differential check of tools/fuzz/ on seeded random calls, for a number of cases
 // or seconds. Case k uses seed + k, so `--seed S --cases 1` replays a reported case alone.
+#include <cctype>
+#include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -35,10 +38,16 @@ int fuzz_command(int argc, char** argv) {
     char* end = nullptr;
     const char* value = argv[++i];
     if (arg == "--seconds") seconds = std::strtod(value, &end);
-    else if (arg == "--cases") cases = std::strtoll(value, &end, 10);
-    else if (arg == "--seed") seed = std::strtoull(value, &end, 10);
-    else return usage(stderr);
-    if (end == value || *end != '\0' || seconds < 0 || cases < 0) {
+    else if (arg == "--cases") {
+      errno = 0;
+      cases = std::strtoll(value, &end, 10);
+      if (errno == ERANGE) end = const_cast<char*>(value);
+    } else if (arg == "--seed") {
+      errno = 0;  // strtoull wraps "-1" and saturates past 2^64 - 1: both are refused
+      seed = std::strtoull(value, &end, 10);
+      if (errno == ERANGE || !std::isdigit(static_cast<unsigned char>(value[0]))) end = const_cast<char*>(value);
+    } else return usage(stderr);
+    if (end == value || *end != '\0' || !(seconds >= 0) || std::isinf(seconds) || cases < 0) {
       std::fprintf(stderr, "embag fuzz: bad value '%s' for %s\n", value, arg.c_str());
       return 2;
     }

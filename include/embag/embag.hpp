@@ -45,6 +45,7 @@ enum class errc : int {
   misaligned,              // a pointer not aligned to its element type (reading through it is UB)
   io_error,                // a file that cannot be opened, mapped, read, written or renamed
   bad_file,                // a file whose contents are malformed: header, dtype, shape, truncated data
+  out_of_memory = 100,     // an allocation failed (the message says what was being allocated)
 };
 
 std::string_view to_string(errc code) noexcept;

@@ -6,7 +6,9 @@
 // overflows, data shorter than the header says), naming the file and what is wrong.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <span>
 #include <string>
@@ -15,6 +17,10 @@
 #include "embag/embag.hpp"
 
 namespace embag {
+
+namespace detail {
+class output_transaction;
+}
 
 // f16 is IEEE binary16 ('<f2'), held as raw 16-bit words: dequantize() reads them as a
 // compressed_table_view of dtype::f16 (embag/quantize.hpp).
@@ -55,28 +61,38 @@ class npy_array {
 };
 
 // Writes a C-order little-endian array (format version 1.0, or 2.0 when the header needs it):
-// to `path` + a unique suffix, then renamed over `path`.
+// to `path` + a unique suffix, then renamed over `path` (an output_group of one file: the same
+// checks of the target). Replacing a mapped table's file this way is safe for its readers.
 void write_npy(const std::string& path, npy_dtype type, std::span<const std::int64_t> shape, const void* data);
 
-// Several files written all or none: stage() writes each to its temporary file (on error it removes
-// every temporary file staged so far and throws), commit() renames them all into place. Destroyed
-// without commit(), it removes its temporary files: a command whose last output fails leaves none.
-class npy_write_group {
+// The output files of one command, written all or none. Declare what the command reads (reads)
+// and will write (writes) before computing, so a bad target fails before any work: an output that
+// is not a regular file (a FIFO, a device, a directory), one in a missing or unwritable directory,
+// or one that is the same file as another output or as an input (device and inode of existing
+// files, the resolved path of new ones) is an errc::io_error naming it (and `role`, a flag say).
+// stage() writes a file to a temporary beside its target (declaring it if it was not; on error
+// every temporary staged so far is removed). commit() checks every target again, then renames
+// them into place, keeping each replaced file aside until all succeeded: a failure midway puts
+// back what was already replaced. A symbolic link is written through (the link stays, the file
+// it names is replaced) and an existing target's permission bits are kept. Destroyed without
+// commit(), the group removes its temporaries: a command that fails leaves no output changed.
+class output_group {
  public:
-  npy_write_group();
-  npy_write_group(const npy_write_group&) = delete;
-  npy_write_group& operator=(const npy_write_group&) = delete;
-  ~npy_write_group();
+  output_group();
+  output_group(output_group&&) noexcept;
+  output_group& operator=(output_group&&) noexcept;
+  ~output_group();
 
+  void reads(const std::string& path, const std::string& role = "");
+  void writes(const std::string& path, const std::string& role = "");
+  // A .npy file, as write_npy writes it.
   void stage(const std::string& path, npy_dtype type, std::span<const std::int64_t> shape, const void* data);
+  // Any file: the pieces, in order (embag/quantize.hpp's stage_embag builds on it).
+  void stage_bytes(const std::string& path, std::initializer_list<std::span<const std::byte>> pieces);
   void commit();
 
  private:
-  struct staged_file {
-    std::string temporary, path;
-  };
-  std::vector<staged_file> staged_;
-  void remove_staged() noexcept;
+  std::unique_ptr<detail::output_transaction> files_;
 };
 
 }  // namespace embag

@@ -134,7 +134,11 @@ float read_rows(compressed_table_view table, index_span indices, const execution
 //              of embag::dtype)
 //   offset 16  rows (u64)
 // then zero bytes up to the data offset, then the rows packed, and nothing after them. Written to
-// `path` + a unique suffix, then renamed over `path`: a failed write leaves no file.
+// `path` + a unique suffix, then renamed over `path` (an output_group of one file, embag/npy.hpp:
+// the same checks of the target): a failed write leaves no file, and replacing a mapped table's
+// file this way is safe for its readers.
 void write_embag(const std::string& path, compressed_table_view table);
+// The same file staged into a group of outputs written all or none.
+void stage_embag(output_group& outputs, const std::string& path, compressed_table_view table);
 
 }  // namespace embag

@@ -1,0 +1,29 @@
+// Allocation failures as errors that say what was being allocated: errc::out_of_memory ("out of
+// memory: the row transpose of backward ... (1.2 GiB)"), which the C ABI returns as
+// EMBAG_ERR_OUT_OF_MEMORY and the embag tool prints as one line, instead of a std::bad_alloc that
+// tells nobody what ran out.
+#pragma once
+
+#include <cstddef>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace embag::detail {
+
+[[noreturn]] void out_of_memory(const std::string& what, std::size_t bytes);
+
+// A vector of `count` value-initialised elements; `what` names it should it not fit.
+template <class T>
+std::vector<T> allocated(std::size_t count, const std::string& what) {
+  try {
+    return std::vector<T>(count);
+  } catch (const std::bad_alloc&) {
+    out_of_memory(what, count * sizeof(T));
+  } catch (const std::length_error&) {
+    out_of_memory(what, count * sizeof(T));
+  }
+}
+
+}  // namespace embag::detail
