@@ -1,11 +1,13 @@
 #include "plan.hpp"
 
+#include "allocation.hpp"
 #include "parallel.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 #include <utility>
 
@@ -301,7 +303,12 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
 void renorm_distinct_rows(float* table, std::int64_t row_stride, std::int64_t dim, const void* rows,
                           index_type rows_kind, std::int64_t count, float max_norm, float norm_type,
                           workspace::impl& ws) {
-  ws.keys.resize(static_cast<std::size_t>(count));
+  try {  // before any row is written: out of memory leaves the table as it was
+    ws.keys.resize(static_cast<std::size_t>(count));
+  } catch (const std::bad_alloc&) {
+    out_of_memory("the sorted rows of max_norm over " + std::to_string(count) + " indices",
+                  static_cast<std::size_t>(count) * sizeof(std::int64_t));
+  }
   for (std::int64_t i = 0; i < count; ++i)
     ws.keys[i] = rows_kind == index_type::i32 ? at<std::int32_t>(rows, i) : at<std::int64_t>(rows, i);
   std::sort(ws.keys.begin(), ws.keys.end());

@@ -1,12 +1,15 @@
 // The hot path allocates nothing: after one warm-up call, forward (every mode, inline and on TBB
 // threads) and backward with a reused workspace and sparse_gradient make no heap allocation.
 // Counted by replacing malloc and friends for this test binary (glibc allows it), which catches
-// C++ `new`, std containers and TBB's internals alike.
+// C++ `new`, std containers and TBB's internals alike. The same replacement fails large
+// allocations on demand: memory running out is an errc::out_of_memory error that names what was
+// being allocated, with nothing written.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <cstdlib>
 
+#include "embag/embag.h"
 #include "support/run.hpp"
 
 // Sanitizers bring their own malloc: there the counter is not installed and the tests skip.
@@ -24,9 +27,11 @@
 namespace {
 std::atomic<bool> counting{false};
 std::atomic<long> allocations{0};
+std::atomic<std::size_t> failing_above{SIZE_MAX};  // allocations of more bytes return null
 [[maybe_unused]] void count() {
   if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
 }
+[[maybe_unused]] bool fails(std::size_t bytes) { return bytes > failing_above.load(std::memory_order_relaxed); }
 }  // namespace
 
 #if EMBAG_COUNT_MALLOC
@@ -41,27 +46,27 @@ void __libc_free(void*);
 extern "C" {
 void* malloc(std::size_t n) {
   count();
-  return __libc_malloc(n);
+  return fails(n) ? nullptr : __libc_malloc(n);
 }
 void* calloc(std::size_t n, std::size_t size) {
   count();
-  return __libc_calloc(n, size);
+  return fails(n * size) ? nullptr : __libc_calloc(n, size);
 }
 void* realloc(void* p, std::size_t n) {
   count();
-  return __libc_realloc(p, n);
+  return fails(n) ? nullptr : __libc_realloc(p, n);
 }
 void* memalign(std::size_t alignment, std::size_t n) {
   count();
-  return __libc_memalign(alignment, n);
+  return fails(n) ? nullptr : __libc_memalign(alignment, n);
 }
 void* aligned_alloc(std::size_t alignment, std::size_t n) {
   count();
-  return __libc_memalign(alignment, n);
+  return fails(n) ? nullptr : __libc_memalign(alignment, n);
 }
 int posix_memalign(void** out, std::size_t alignment, std::size_t n) {
   count();
-  *out = __libc_memalign(alignment, n);
+  *out = fails(n) ? nullptr : __libc_memalign(alignment, n);
   return *out ? 0 : 12;  // ENOMEM
 }
 void free(void* p) { __libc_free(p); }
@@ -152,6 +157,73 @@ TEST(Allocation, BackwardWithReusedWorkspaceAfterWarmUp) {
                 backward_sparse(c.rows, c.batch(), c.opts, dy, sparse, r.argmax, &scratch);
               }),
               0);
+  }
+}
+
+// Allocations of more than `bytes` fail while it lives.
+struct memory_limit {
+  explicit memory_limit(std::size_t bytes) { failing_above = bytes; }
+  ~memory_limit() { failing_above = SIZE_MAX; }
+};
+
+// `call` throws errc::out_of_memory whose message names `what`.
+template <class F>
+void expect_out_of_memory(F&& call, const std::string& what) {
+  try {
+    call();
+    ADD_FAILURE() << "no error; expected out of memory: " << what;
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::out_of_memory) << e.what();
+    EXPECT_NE(std::string(e.what()).find("out of memory: " + what), std::string::npos) << e.what();
+  }
+}
+
+TEST(Allocation, OutOfMemoryIsAnErrorNamingWhatWasBeingAllocatedAndWritesNothing) {
+  SKIP_WITHOUT_COUNTER();
+  constexpr std::int64_t rows = 1000, dim = 4, nnz = 200'000, num_bags = 100;
+  std::vector<std::int64_t> indices(nnz), offsets(num_bags);
+  for (std::int64_t j = 0; j < nnz; ++j) indices[j] = (j * 7) % rows;
+  for (std::int64_t b = 0; b < num_bags; ++b) offsets[b] = b * (nnz / num_bags);
+  const bags batch = bags::from_offsets(indices, offsets);
+  const std::vector<float> dy(num_bags * dim, 1.0f);
+  std::vector<float> dense(rows * dim, 7.0f);
+  sparse_gradient sparse;
+  sparse.rows = {42};
+  const memory_limit limit(1 << 20);  // the row transpose of 200,000 indices needs 6 x 1.6 MB
+  for (isa which : simd_isas()) {
+    SCOPED_TRACE(to_string(which));
+    options opts;
+    opts.execution.isa = which;
+    opts.execution.max_threads = 1;
+    expect_out_of_memory([&] { backward_dense(batch, opts, {dy.data(), num_bags, dim}, {dense.data(), rows, dim}); },
+                         "backward's row transpose of 200000 indices");
+    EXPECT_EQ(dense, std::vector<float>(rows * dim, 7.0f));
+    expect_out_of_memory([&] { backward_sparse(rows, batch, opts, {dy.data(), num_bags, dim}, sparse); },
+                         "backward's row transpose of 200000 indices");
+    EXPECT_EQ(sparse.rows, std::vector<std::int64_t>{42});
+  }
+  expect_out_of_memory([] { table(1'000'000, 64); }, "table(1000000, 64)");
+
+  // The C ABI returns it as EMBAG_ERR_OUT_OF_MEMORY, with the same message.
+  embag_bags c_bags{};
+  c_bags.indices = indices.data();
+  c_bags.num_indices = nnz;
+  c_bags.index_type = EMBAG_INT64;
+  c_bags.layout = EMBAG_BAGS_OFFSETS;
+  c_bags.boundaries = offsets.data();
+  c_bags.num_boundaries = num_bags;
+  c_bags.boundary_type = EMBAG_INT64;
+  const embag_const_matrix c_dy = {dy.data(), num_bags, dim, 0};
+  const embag_matrix c_dense = {dense.data(), rows, dim, 0};
+  embag_options c_opts;
+  embag_options_init(&c_opts);
+  c_opts.max_threads = 1;
+  if (!simd_isas().empty()) {
+    c_opts.isa = static_cast<std::int32_t>(simd_isas().front());
+    EXPECT_EQ(embag_backward_dense(&c_bags, &c_opts, &c_dy, &c_dense, nullptr, 0), EMBAG_ERR_OUT_OF_MEMORY);
+    EXPECT_NE(std::string(embag_last_error()).find("out of memory: backward's row transpose"), std::string::npos)
+        << embag_last_error();
+    EXPECT_EQ(dense, std::vector<float>(rows * dim, 7.0f));
   }
 }
 

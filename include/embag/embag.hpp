@@ -181,7 +181,8 @@ enum class mode : std::uint8_t {
 
 enum class max_norm_flavour : std::uint8_t {
   clip,      // scale the gathered copy; the table is never written (safe under concurrent readers)
-  in_place,  // torch's behaviour: rescale the table rows before the gather (needs a mutable table)
+  in_place,  // torch's behaviour: rescale the table rows before the gather (needs a mutable table);
+             // not safe while any other call reads those rows
 };
 
 // Instruction sets, lowest first. `reference` is the scalar oracle: plain loops, one thread.
