@@ -345,6 +345,27 @@ TEST_F(Cli, AnOutputThatCannotBeWrittenLeavesEveryOtherOutputAsItWas) {
   EXPECT_EQ(dir_.read("r.npy"), "earlier rows");
 }
 
+// In a sticky directory (/tmp) a file of another user cannot be replaced: the rename would fail
+// after the outputs before it were in place. Run as `nobody` against a root-owned target.
+TEST_F(Cli, AnotherUsersFileInAStickyDirectoryIsRefusedBeforeAnyOutputIsWritten) {
+  if (::geteuid() != 0 || std::system("command -v setpriv > /dev/null") != 0)
+    GTEST_SKIP() << "needs root and setpriv, to run the tool as another user";
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
+  if (shell("setpriv --reuid=65534 --regid=65534 --clear-groups " + tool() + " info").status != 0)
+    GTEST_SKIP() << "nobody cannot run the tool from where it was built (a private build directory)";
+  ASSERT_EQ(::mkdir(in("sticky").c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(in("sticky").c_str(), 01777), 0);
+  dir_.write("sticky/y.npy", "root's result");
+  const tool_run r = shell("setpriv --reuid=65534 --regid=65534 --clear-groups " + tool() +
+                           " forward --weight w.npy --indices i.npy --offsets o.npy --mode max --out sticky/a_mine.npy "
+                           "--argmax-out sticky/y.npy");
+  expect_one_line_error(r, "sticky/y.npy: belongs to another user in a sticky directory");
+  EXPECT_EQ(dir_.read("sticky/y.npy"), "root's result");
+  std::set<std::string> left;
+  for (const auto& e : std::filesystem::directory_iterator(in("sticky"))) left.insert(e.path().filename().string());
+  EXPECT_EQ(left, std::set<std::string>{"y.npy"}) << "the first output is not written either";
+}
+
 TEST_F(Cli, OutputsThatAreTheSameFileAsAnotherOutputOrAnInputAreRefused) {
   const std::vector<float> grad(4 * dim, 1.0f);
   write_npy(in("g.npy"), npy_dtype::f32, std::vector<std::int64_t>{4, dim}, grad.data());
