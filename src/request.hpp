@@ -86,6 +86,11 @@ struct weights_grad_request {
   float* grad_weights = nullptr;  // nnz
 };
 
+// The smallest and largest of n indices (0 and 0 when n is 0): validation's fast scan.
+struct index_extremes {
+  std::int64_t lowest = 0, highest = 0;
+};
+
 // One function pointer per kernel, filled by each ISA's source file.
 struct kernel_table {
   void (*forward)(const forward_request&, const bag_block&);
@@ -94,6 +99,7 @@ struct kernel_table {
   // The roofline: reads the rows of indices [block.bag_begin, block.bag_end) into a scratch row
   // (dim floats) it never reads back.
   float (*read_rows)(const forward_request&, const bag_block&, float* sink);
+  index_extremes (*scan_indices)(const void* indices, index_type kind, std::int64_t n);
 };
 
 // The scale max_norm applies to a row: max_norm / (norm + 1e-7) when its norm exceeds max_norm,

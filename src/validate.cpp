@@ -1,5 +1,7 @@
 #include "validate.hpp"
 
+#include "dispatch/dispatch.hpp"
+
 #include "embag/quantize.hpp"
 
 #include <charconv>
@@ -72,16 +74,11 @@ std::int64_t element_bytes(const char* name, index_type t) {
   return t == index_type::i32 ? 4 : 8;
 }
 
-// The fast path scans for the extremes (vectorisable); only a failing batch looks for the culprit.
+// The fast path scans for the extremes at the ISA's width; only a failing call looks for the culprit.
 template <class T>
 void check_indices_typed(const char* name, const T* indices, std::int64_t n, std::int64_t rows) {
-  T lo = 0, hi = 0;
-  if (n > 0) lo = hi = indices[0];
-  for (std::int64_t j = 0; j < n; ++j) {
-    lo = indices[j] < lo ? indices[j] : lo;
-    hi = indices[j] > hi ? indices[j] : hi;
-  }
-  if (n == 0 || (lo >= 0 && static_cast<std::int64_t>(hi) < rows)) return;
+  const index_extremes e = scan_indices(indices, sizeof(T) == 4 ? index_type::i32 : index_type::i64, n);
+  if (n == 0 || (e.lowest >= 0 && e.highest < rows)) return;
   for (std::int64_t j = 0; j < n; ++j)
     if (indices[j] < 0 || static_cast<std::int64_t>(indices[j]) >= rows)
       fail(errc::index_out_of_range, std::string(name) + "[" + str(j) + "] = " + str(static_cast<std::int64_t>(indices[j])) +

@@ -754,5 +754,51 @@ TEST(FuzzRegression, MatrixLargerThanAnyAddressSpaceIsAnOverflowError) {
   EXPECT_EQ(out, std::vector<float>(3, 0.0f));
 }
 
+// Validation scans the indices at the active ISA's width and rescans only on failure: the error
+// must name the same first culprit the scalar rule names, wherever it sits (head, SIMD body, tail),
+// whatever the other bad entries, for both index types, on every ISA.
+TEST(IndexScan, NamesTheFirstCulpritOnEveryIsa) {
+  const isa before = active_isa();
+  constexpr std::int64_t rows = 1000;
+  std::uint64_t state = 12345;
+  const auto next = [&] { return (state = state * 6364136223846793005u + 1442695040888963407u) >> 33; };
+  for (isa which : available_isas()) {
+    force_isa(which);
+    SCOPED_TRACE(to_string(which));
+    for (int round = 0; round < 300; ++round) {
+      const std::int64_t n = 1 + static_cast<std::int64_t>(next() % 200);
+      std::vector<std::int64_t> wide(n);
+      for (auto& v : wide) v = static_cast<std::int64_t>(next() % rows);
+      std::int64_t first_bad = -1;
+      for (int bad = 0; bad < 1 + round % 3; ++bad) {
+        const std::int64_t at = static_cast<std::int64_t>(next() % n);
+        const std::int64_t values[] = {-1, rows, rows + 7, std::numeric_limits<std::int32_t>::min(),
+                                       std::numeric_limits<std::int32_t>::max()};
+        wide[at] = values[next() % 5];
+        first_bad = first_bad < 0 ? at : std::min(first_bad, at);
+      }
+      std::vector<std::int32_t> narrow(wide.begin(), wide.end());
+      const std::string want = "indices[" + std::to_string(first_bad) + "] = " + std::to_string(wide[first_bad]) +
+                               " is out of range [0, 1000)";
+      std::vector<float> table_rows(rows * 2, 1.0f), out(n * 2, 0.0f);
+      const std::vector<std::int64_t> offsets = {0};
+      options opts;
+      opts.mode = mode::sum;
+      for (const index_span ix : {index_span(wide), index_span(narrow)}) {
+        try {
+          forward(table_view<const float>{table_rows.data(), rows, 2, 2}, bags::from_offsets(ix, offsets), opts,
+                  {out.data(), 1, 2});
+          ADD_FAILURE() << "accepted " << want;
+        } catch (const error& e) {
+          EXPECT_EQ(e.code(), errc::index_out_of_range);
+          EXPECT_EQ(std::string(e.what()), want);
+        }
+      }
+      EXPECT_EQ(out, std::vector<float>(n * 2, 0.0f));
+    }
+  }
+  force_isa(before);
+}
+
 }  // namespace
 }  // namespace embag

@@ -41,9 +41,14 @@ constexpr bool built(isa which) noexcept {
 #if defined(__x86_64__)
 // F16C (the fp16 conversions compressed tables use), from CPUID: clang 14's __builtin_cpu_supports
 // does not know "f16c".
+// Read once: CPUID traps to the hypervisor in a VM (microseconds), and a call naming its ISA asks
+// this every time.
 bool cpu_has_f16c() noexcept {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  }();
+  return has;
 }
 #endif
 
@@ -201,6 +206,19 @@ const kernel_table& kernels_of(isa which) noexcept {
     default: break;
   }
   std::abort();  // resolve_isa admits only built ISAs; reference never reaches the kernels
+}
+
+index_extremes scan_indices(const void* indices, index_type kind, std::int64_t n) noexcept {
+  const isa which = active_isa();
+  if (which != isa::reference) return kernels_of(which).scan_indices(indices, kind, n);
+  index_extremes e;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const std::int64_t v = kind == index_type::i32 ? static_cast<const std::int32_t*>(indices)[j]
+                                                   : static_cast<const std::int64_t*>(indices)[j];
+    e.lowest = j == 0 || v < e.lowest ? v : e.lowest;
+    e.highest = j == 0 || v > e.highest ? v : e.highest;
+  }
+  return e;
 }
 
 }  // namespace detail

@@ -17,5 +17,7 @@ const kernel_table& kernels_neon() noexcept;
 isa resolve_isa(std::optional<isa> requested);
 // The kernels of an ISA other than reference.
 const kernel_table& kernels_of(isa which) noexcept;
+// The smallest and largest of n indices, scanned at the active ISA's width (scalar on reference).
+index_extremes scan_indices(const void* indices, index_type kind, std::int64_t n) noexcept;
 
 }  // namespace embag::detail

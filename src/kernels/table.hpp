@@ -4,11 +4,12 @@
 #include "kernels/backward.hpp"
 #include "kernels/forward.hpp"
 #include "kernels/roofline.hpp"
+#include "kernels/scan.hpp"
 
 namespace embag::detail::EMBAG_ISA_NS {
 
 template <class Arch>
 inline constexpr kernel_table kernels_for{&forward_block<Arch>, &backward_rows<Arch>, &weights_grad<Arch>,
-                                             &read_rows<Arch>};
+                                             &read_rows<Arch>, &scan_indices<Arch>};
 
 }  // namespace embag::detail::EMBAG_ISA_NS
