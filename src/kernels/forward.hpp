@@ -11,35 +11,47 @@
 // Accumulators live in registers for D in {16, 32, 64, 128, 256}; other D accumulate in the
 // output row. Rows are prefetched prefetch_rows positions ahead in the index stream. Rows of any
 // element type are read through row_reader (kernels/rows.hpp), which dequantises them to fp32.
+// What a call does not need costs nothing per row: the prefetch level is a template parameter
+// (none: no prefetch code at all), the stream's end is handled by a second loop rather than a
+// clamp per row, and the clip scale is computed only on the paths that clip.
 #pragma once
 
 #include "kernels/rows.hpp"
 
 namespace embag::detail::EMBAG_ISA_NS {
 
-template <class Arch, class Index, dtype Type>
+template <class Arch, class Index, dtype Type, prefetch_level Prefetch>
 struct forward_context {
   using batch = xsimd::batch<float, Arch>;
   using reader = row_reader<Arch, Type>;
   static constexpr std::int64_t lanes = batch::size;
+  static constexpr prefetch_level prefetch_into = Prefetch;
 
   const forward_request& req;
   const Index* indices = static_cast<const Index*>(req.bags.indices);
-  std::int64_t last_position = req.bags.nnz - 1;
+  // Positions before this one have a row prefetch_rows ahead of them in the stream.
+  std::int64_t prefetch_end = req.bags.nnz - req.prefetch_rows;
 
   const std::byte* row_address(std::int64_t index) const noexcept { return req.table + index * req.row_stride; }
   reader row(std::int64_t index) const noexcept { return reader(row_address(index), req.dim); }
 
-  template <int Locality>
-  [[gnu::always_inline]] void prefetch_ahead(std::int64_t position) const noexcept {
-    std::int64_t ahead = position + req.prefetch_rows;
-    if (ahead > last_position) ahead = last_position;
-    prefetch_row<Locality>(row_address(indices[ahead]), req.row_bytes);
+  // Prefetches the row of position p + prefetch_rows; p must be below prefetch_end.
+  [[gnu::always_inline]] void prefetch_ahead(std::int64_t p) const noexcept {
+    if constexpr (Prefetch != prefetch_level::none)
+      prefetch_row<Prefetch == prefetch_level::l1 ? 3 : 1>(row_address(indices[p + req.prefetch_rows]), req.row_bytes);
   }
 
-  [[gnu::always_inline]] void prefetch(std::int64_t position) const noexcept {
-    if (req.prefetch == prefetch_level::l1) prefetch_ahead<3>(position);
-    else if (req.prefetch == prefetch_level::l2) prefetch_ahead<1>(position);
+  // each(p) for p in [begin, end), prefetching ahead while the stream has a row there to prefetch.
+  template <bool Prefetching, class Each>
+  [[gnu::always_inline]] void for_each_position(std::int64_t begin, std::int64_t end, Each&& each) const {
+    std::int64_t p = begin;
+    if constexpr (Prefetching && Prefetch != prefetch_level::none) {
+      for (const std::int64_t stop = end < prefetch_end ? end : prefetch_end; p < stop; ++p) {
+        prefetch_ahead(p);
+        each(p);
+      }
+    }
+    for (; p < end; ++p) each(p);
   }
 
   // The max_norm clip scale of a row (1 when not clipping). Validation allows clipping on f32
@@ -54,17 +66,24 @@ struct forward_context {
   float* out_row(std::int64_t bag) const noexcept { return req.out + bag * req.out_stride; }
 
   // body(position, index, row, clip scale) for each non-padding index in [begin, end), in order,
-  // prefetching ahead as it goes when asked.
-  template <class Body>
-  void for_each_row(std::int64_t begin, std::int64_t end, bool prefetching, Body&& body) const {
-    for (std::int64_t p = begin; p < end; ++p) {
-      if (prefetching) prefetch(p);
+  // prefetching ahead as it goes when asked. The scale is 1 unless Clip (the path clips).
+  template <bool Prefetching, bool Clip, class Body>
+  [[gnu::always_inline]] void for_each_row(std::int64_t begin, std::int64_t end, Body&& body) const {
+    for_each_position<Prefetching>(begin, end, [&](std::int64_t p) {
       const std::int64_t index = indices[p];
-      if (index == req.padding_idx) continue;
-      body(p, index, row(index), clip_scale(index));
-    }
+      if (index == req.padding_idx) return;
+      body(p, index, row(index), Clip ? clip_scale(index) : 1.0f);
+    });
   }
 };
+
+// Calls f.template operator()<Clip>() with Clip true when the call clips: only f32 tables can.
+template <dtype Type, class F>
+[[gnu::always_inline]] inline decltype(auto) with_clip(const forward_request& req, F&& f) {
+  if constexpr (Type == dtype::f32)
+    if (req.clip_max_norm) return f.template operator()<true>();
+  return f.template operator()<false>();
+}
 
 // Elements [d, d + lanes) of a row, clipped the way the reference clips them: x * scale, rounded once.
 template <class Arch, class Reader>
@@ -112,9 +131,10 @@ inline constexpr std::int64_t vector_registers =
 // 15.9-19.9; one pass over 256-byte rows (fp32 D = 64, fp16 D = 128) 12.7 and 8.9 GB/s, two
 // passes of 128 bytes 21.6 and 19.3-21.3 (`embag bench --dim 64|128 --mode sum`). On
 // cache-resident tables the single pass is faster.
-template <class Arch, class Index, dtype Type, std::int64_t Chunks, bool Narrow>
+template <class Arch, class Index, dtype Type, prefetch_level Prefetch, std::int64_t Chunks>
 struct fixed_dim_forward {
-  using ctx_t = forward_context<Arch, Index, Type>;
+  using ctx_t = forward_context<Arch, Index, Type, Prefetch>;
+  static constexpr bool Narrow = Prefetch == prefetch_level::l2;
   using reader = typename ctx_t::reader;
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
@@ -133,13 +153,9 @@ struct fixed_dim_forward {
   // Weights and clipping chosen once per bag, not tested per row and column batch.
   static void sum_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
     const bool weighted = c.req.bags.weights != nullptr;
-    if constexpr (Type == dtype::f32) {  // validation admits max_norm on f32 tables only
-      if (c.req.clip_max_norm) {
-        weighted ? sum_bag_as<true, true>(c, bag, begin, end) : sum_bag_as<false, true>(c, bag, begin, end);
-        return;
-      }
-    }
-    weighted ? sum_bag_as<true, false>(c, bag, begin, end) : sum_bag_as<false, false>(c, bag, begin, end);
+    with_clip<Type>(c.req, [&]<bool clip>() {
+      weighted ? sum_bag_as<true, clip>(c, bag, begin, end) : sum_bag_as<false, clip>(c, bag, begin, end);
+    });
   }
 
   template <bool weighted, bool clip>
@@ -151,7 +167,7 @@ struct fixed_dim_forward {
     for (std::int64_t first = 0; first < Chunks; first += sum_group) {
       batch acc[sum_group];
       for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = batch(0.0f);
-      c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
+      const auto add_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
         if constexpr (weighted) {
           const batch wb(r.bags.weights[p]);
           for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += wb * load_row<Arch>(x, (first + k) * lanes, clip, scale);
@@ -160,7 +176,10 @@ struct fixed_dim_forward {
           for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += load_row<Arch>(x, (first + k) * lanes, clip, scale);
         }
         if (first == 0) ++count;
-      });
+      };
+      // only the first group prefetches: the others find the bag's rows in L1
+      if (first == 0) c.template for_each_row<true, clip>(begin, end, add_row);
+      else c.template for_each_row<false, clip>(begin, end, add_row);
       if (r.mode == mode::mean) {
         const float divisor = weighted ? weight_sum : static_cast<float>(count);
         const batch div(divisor);
@@ -174,29 +193,32 @@ struct fixed_dim_forward {
   // take the general path.
   // Without argmax, the cheap maximum first; a bag holding a NaN is redone exactly.
   static void max_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
-    if (c.req.argmax != nullptr) max_bag_tracking<true, true>(c, bag, begin, end);
-    else if (!max_bag_tracking<false, false>(c, bag, begin, end)) max_bag_tracking<false, true>(c, bag, begin, end);
+    with_clip<Type>(c.req, [&]<bool clip>() {
+      if (c.req.argmax != nullptr) max_bag_tracking<true, true, clip>(c, bag, begin, end);
+      else if (!max_bag_tracking<false, false, clip>(c, bag, begin, end)) max_bag_tracking<false, true, clip>(c, bag, begin, end);
+    });
   }
 
   // Exact: the reference's rule (max_takes) per element. Not exact: numbers_max, and false when a
   // NaN was seen (the output then needs the exact pass).
-  template <bool track, bool exact>
+  template <bool track, bool exact, bool clip>
   static bool max_bag_tracking(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
     static_assert(exact || !track);
     constexpr std::int64_t group = max_group<track>;
     const forward_request& r = c.req;
     float* out = c.out_row(bag);
     std::int64_t* argmax = track ? r.argmax + bag * r.dim : nullptr;
+    static_assert(!clip || Type == dtype::f32);
     for (std::int64_t first = 0; first < Chunks; first += group) {
       batch acc[group], where[group];
       for (std::int64_t k = 0; k < group; ++k) acc[k] = where[k] = batch(0.0f);
       xsimd::batch_bool<float, Arch> saw_nan(false);
       bool started = false;
-      c.for_each_row(begin, end, first == 0, [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
+      const auto take_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
         const batch here(static_cast<float>(p - begin));
         if (!started) {
           for (std::int64_t k = 0; k < group; ++k) {
-            acc[k] = load_row<Arch>(x, (first + k) * lanes, r.clip_max_norm, scale);
+            acc[k] = load_row<Arch>(x, (first + k) * lanes, clip, scale);
             where[k] = here;
             if constexpr (!exact) saw_nan = saw_nan | xsimd::isnan(acc[k]);
           }
@@ -204,7 +226,7 @@ struct fixed_dim_forward {
           return;
         }
         for (std::int64_t k = 0; k < group; ++k) {
-          const batch v = load_row<Arch>(x, (first + k) * lanes, r.clip_max_norm, scale);
+          const batch v = load_row<Arch>(x, (first + k) * lanes, clip, scale);
           if constexpr (exact) {
             const auto takes = max_takes<Arch>(v, acc[k]);
             acc[k] = xsimd::select(takes, v, acc[k]);
@@ -214,7 +236,9 @@ struct fixed_dim_forward {
             saw_nan = saw_nan | xsimd::isnan(v);
           }
         }
-      });
+      };
+      if (first == 0) c.template for_each_row<true, clip>(begin, end, take_row);
+      else c.template for_each_row<false, clip>(begin, end, take_row);
       if (!started) {  // no row at all: zeros, argmax -1
         for (std::int64_t d = 0; d < Chunks * lanes; ++d) out[d] = 0.0f;
         if (track)
@@ -236,9 +260,9 @@ struct fixed_dim_forward {
 };
 
 // General path, any D: accumulates in the output row itself (it stays in L1 for the bag).
-template <class Arch, class Index, dtype Type>
+template <class Arch, class Index, dtype Type, prefetch_level Prefetch>
 struct any_dim_forward {
-  using ctx_t = forward_context<Arch, Index, Type>;
+  using ctx_t = forward_context<Arch, Index, Type, Prefetch>;
   using reader = typename ctx_t::reader;
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
@@ -251,7 +275,7 @@ struct any_dim_forward {
     const bool weighted = r.bags.weights != nullptr;
     std::int64_t count = 0;
     float weight_sum = 0.0f;
-    c.for_each_row(begin, end, true, [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
+    c.template for_each_row<true, Type == dtype::f32>(begin, end, [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
       const float w = weighted ? r.bags.weights[p] : 1.0f;
       const batch wb(w);
       std::int64_t d = 0;
@@ -279,7 +303,7 @@ struct any_dim_forward {
     float* out = c.out_row(bag);
     std::int64_t* argmax = r.argmax ? r.argmax + bag * dim : nullptr;
     bool started = false;
-    c.for_each_row(begin, end, true, [&](std::int64_t, std::int64_t index, const reader& x, float scale) {
+    c.template for_each_row<true, Type == dtype::f32>(begin, end, [&](std::int64_t, std::int64_t index, const reader& x, float scale) {
       for (std::int64_t d = 0; d < dim; ++d) {
         const float v = r.clip_max_norm ? x.at(d) * scale : x.at(d);
         if (!started || max_takes_scalar(v, out[d])) {
@@ -297,35 +321,35 @@ struct any_dim_forward {
   }
 };
 
-template <class Arch, class Index, dtype Type>
-inline void lookup_rows(const forward_context<Arch, Index, Type>& c, const bag_block& block) {
+template <class Arch, class Index, dtype Type, prefetch_level Prefetch>
+inline void lookup_rows(const forward_context<Arch, Index, Type, Prefetch>& c, const bag_block& block) {
   constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
   const forward_request& r = c.req;
-  for (std::int64_t p = block.bag_begin; p < block.bag_end; ++p) {
-    c.prefetch(p);
+  c.template for_each_position<true>(block.bag_begin, block.bag_end, [&](std::int64_t p) {
     const std::int64_t index = c.indices[p];
     float* out = c.out_row(p);
     if (index == r.padding_idx) {
       for (std::int64_t d = 0; d < r.dim; ++d) out[d] = 0.0f;
-      continue;
+      return;
     }
     const auto x = c.row(index);
     const float scale = c.clip_scale(index);
     std::int64_t d = 0;
     for (; d + lanes <= r.dim; d += lanes) load_row<Arch>(x, d, r.clip_max_norm, scale).store_unaligned(out + d);
     for (; d < r.dim; ++d) out[d] = r.clip_max_norm ? x.at(d) * scale : x.at(d);
-  }
+  });
 }
 
-template <class Arch, class Index, dtype Type, class Path>
-inline void pooled_bags(const forward_context<Arch, Index, Type>& c, const bag_block& block) {
+template <class Arch, class Index, dtype Type, prefetch_level Prefetch, class Path>
+inline void pooled_bags(const forward_context<Arch, Index, Type, Prefetch>& c, const bag_block& block) {
+  using general = any_dim_forward<Arch, Index, Type, Prefetch>;
   const bool is_max = c.req.mode == mode::max;
   for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
     if (is_max) {
-      if constexpr (!std::is_same_v<Path, any_dim_forward<Arch, Index, Type>>) {
+      if constexpr (!std::is_same_v<Path, general>) {
         // float-tracked positions are exact only below 2^24
         if (c.req.argmax != nullptr && end - begin >= (std::int64_t{1} << 24)) {
-          any_dim_forward<Arch, Index, Type>::max_bag(c, bag, begin, end);
+          general::max_bag(c, bag, begin, end);
           return;
         }
       }
@@ -336,15 +360,23 @@ inline void pooled_bags(const forward_context<Arch, Index, Type>& c, const bag_b
   });
 }
 
+// Calls f.template operator()<Prefetch>() with the call's prefetch level as a constant.
+template <class F>
+inline decltype(auto) with_prefetch(const forward_request& req, F&& f) {
+  switch (req.prefetch) {
+    case prefetch_level::l1: return f.template operator()<prefetch_level::l1>();
+    case prefetch_level::l2: return f.template operator()<prefetch_level::l2>();
+    default: return f.template operator()<prefetch_level::none>();
+  }
+}
+
 // Calls f.template operator()<Path>() with the path for this row length: registers for the
 // specialised D (narrow passes when rows come from DRAM through L2), the output row otherwise.
-template <class Arch, class Index, dtype Type, class F>
+template <class Arch, class Index, dtype Type, prefetch_level Prefetch, class F>
 inline decltype(auto) with_path(const forward_request& req, F&& f) {
   constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
-  const bool narrow = req.prefetch == prefetch_level::l2;
   const auto fixed = [&]<std::int64_t Chunks>() -> decltype(auto) {
-    return narrow ? f.template operator()<fixed_dim_forward<Arch, Index, Type, Chunks, true>>()
-                  : f.template operator()<fixed_dim_forward<Arch, Index, Type, Chunks, false>>();
+    return f.template operator()<fixed_dim_forward<Arch, Index, Type, Prefetch, Chunks>>();
   };
   switch (req.dim) {
     case 16: return fixed.template operator()<16 / lanes>();
@@ -352,15 +384,17 @@ inline decltype(auto) with_path(const forward_request& req, F&& f) {
     case 64: return fixed.template operator()<64 / lanes>();
     case 128: return fixed.template operator()<128 / lanes>();
     case 256: return fixed.template operator()<256 / lanes>();
-    default: return f.template operator()<any_dim_forward<Arch, Index, Type>>();
+    default: return f.template operator()<any_dim_forward<Arch, Index, Type, Prefetch>>();
   }
 }
 
 template <class Arch, class Index, dtype Type>
 inline void forward_block_typed(const forward_request& req, const bag_block& block) {
-  const forward_context<Arch, Index, Type> c{req};
-  if (req.mode == mode::none) return lookup_rows(c, block);
-  with_path<Arch, Index, Type>(req, [&]<class Path>() { pooled_bags<Arch, Index, Type, Path>(c, block); });
+  with_prefetch(req, [&]<prefetch_level Prefetch>() {
+    const forward_context<Arch, Index, Type, Prefetch> c{req};
+    if (req.mode == mode::none) return lookup_rows(c, block);
+    with_path<Arch, Index, Type, Prefetch>(req, [&]<class Path>() { pooled_bags<Arch, Index, Type, Prefetch, Path>(c, block); });
+  });
 }
 
 template <class Arch>

@@ -19,7 +19,7 @@ template <class Path, class Context>
   Path::sum_bag(c, 0, begin, end);
 }
 
-template <class Arch, class Index, class Path>
+template <class Arch, class Index, prefetch_level Prefetch, class Path>
 float read_rows_in_runs(const forward_request& req, const bag_block& block, float* sink) {
   constexpr std::int64_t run = 32;
   forward_request r = req;
@@ -30,7 +30,7 @@ float read_rows_in_runs(const forward_request& req, const bag_block& block, floa
   r.out = sink;
   r.out_stride = 0;
   r.argmax = nullptr;
-  const forward_context<Arch, Index, dtype::f32> c{r};
+  const forward_context<Arch, Index, dtype::f32, Prefetch> c{r};
   float folded = 0.0f;
   for (std::int64_t first = block.bag_begin; first < block.bag_end; first += run) {
     read_run<Path>(c, first, first + run < block.bag_end ? first + run : block.bag_end);
@@ -41,7 +41,10 @@ float read_rows_in_runs(const forward_request& req, const bag_block& block, floa
 
 template <class Arch, class Index>
 float read_rows_dim(const forward_request& req, const bag_block& block, float* sink) {
-  return with_path<Arch, Index, dtype::f32>(req, [&]<class Path>() { return read_rows_in_runs<Arch, Index, Path>(req, block, sink); });
+  return with_prefetch(req, [&]<prefetch_level Prefetch>() {
+    return with_path<Arch, Index, dtype::f32, Prefetch>(
+        req, [&]<class Path>() { return read_rows_in_runs<Arch, Index, Prefetch, Path>(req, block, sink); });
+  });
 }
 
 template <class Arch>
