@@ -147,6 +147,9 @@ embag_options default_c_options() noexcept {
   return o;
 }
 
+static_assert(sizeof(embag_options) <= EMBAG_OPTIONS_MAX_STRUCT_SIZE,
+              "embag.h's bound on struct_size admits this embag_options");
+
 // The caller's options as this library knows them: struct_size bytes of them over the defaults.
 embag_options read_c_options(const embag_options* given) {
   embag_options o = default_c_options();
@@ -156,6 +159,13 @@ embag_options read_c_options(const embag_options* given) {
     throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) +
                                           " is smaller than any embag_options (" +
                                           std::to_string(sizeof(embag_options)) + "): call embag_options_init");
+  // the bytes past the known fields are read below: a garbage size must not send that scan
+  // through gigabytes of the caller's memory
+  if (size > EMBAG_OPTIONS_MAX_STRUCT_SIZE)
+    throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) +
+                                          " is larger than EMBAG_OPTIONS_MAX_STRUCT_SIZE (" +
+                                          std::to_string(EMBAG_OPTIONS_MAX_STRUCT_SIZE) +
+                                          "): no embag_options is; call embag_options_init");
   const auto* bytes = reinterpret_cast<const unsigned char*>(given);
   if (std::any_of(bytes + sizeof(embag_options), bytes + size, [](unsigned char c) { return c != 0; }))
     throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) + " sets fields past the " +

@@ -1,6 +1,7 @@
 /* The C ABI, compiled as C99: every function of embag.h, its results against sums worked out here
  * (small integers: exact in float), and its error paths (status, message, buffers untouched). */
 #define _POSIX_C_SOURCE 200809L /* mkdtemp, rmdir: the .embag files go to a fresh directory */
+#define _DEFAULT_SOURCE         /* MAP_ANONYMOUS: a page no one may read, after an options struct */
 
 #include "embag/embag.h"
 
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static int checks, failures;
@@ -410,6 +412,43 @@ static void test_bad_input(const embag_table* t) {
     larger.newer_field = 1;
     EXPECT_STATUS(embag_forward(t, &b, &larger.known, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
     CHECK(error_mentions("newer"));
+  }
+  {
+    /* a struct_size past any embag_options' (garbage, or a caller that never called
+     * embag_options_init) is refused before a byte past the fields this library knows is read: the
+     * caller's struct ends where a page no one may read begins */
+    typedef struct {
+      embag_options known;
+      unsigned char newer_fields[EMBAG_OPTIONS_MAX_STRUCT_SIZE - sizeof(embag_options)];
+    } largest_options;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    unsigned char* const pages = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(sizeof(largest_options) == EMBAG_OPTIONS_MAX_STRUCT_SIZE && page >= EMBAG_OPTIONS_MAX_STRUCT_SIZE);
+    if (pages != MAP_FAILED && mprotect(pages + page, page, PROT_NONE) == 0) {
+      embag_options* const small_struct = (embag_options*)(pages + page - sizeof(embag_options));
+      largest_options* const largest = (largest_options*)(pages + page - sizeof(largest_options));
+      fill(out, 2 * dim, canary);
+      EXPECT_OK(embag_options_init(small_struct));
+      small_struct->struct_size = 1u << 30;
+      EXPECT_STATUS(embag_forward(t, &b, small_struct, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+      CHECK(error_mentions("options.struct_size = 1073741824 is larger than EMBAG_OPTIONS_MAX_STRUCT_SIZE (4096)"));
+      small_struct->struct_size = UINT32_MAX;
+      EXPECT_STATUS(embag_forward(t, &b, small_struct, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+      CHECK(all_equal(out, 2 * dim, canary));
+      /* the bound itself is a size a newer caller's struct may have */
+      memset(largest, 0, sizeof *largest);
+      EXPECT_OK(embag_options_init(&largest->known));
+      largest->known.struct_size = sizeof *largest;
+      EXPECT_OK(embag_forward(t, &b, &largest->known, &two_rows, NULL, 0));
+      fill(out, 2 * dim, canary);
+      largest->known.struct_size = sizeof *largest + 1;
+      EXPECT_STATUS(embag_forward(t, &b, &largest->known, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+      CHECK(error_mentions("EMBAG_OPTIONS_MAX_STRUCT_SIZE"));
+      CHECK(all_equal(out, 2 * dim, canary));
+    } else {
+      CHECK(!"mmap and mprotect of two pages");
+    }
+    if (pages != MAP_FAILED) munmap(pages, 2 * page);
   }
   EXPECT_STATUS(embag_options_init(NULL), EMBAG_ERR_NULL_POINTER);
   EXPECT_STATUS(embag_output_rows(&b, NULL, NULL), EMBAG_ERR_NULL_POINTER);

@@ -111,7 +111,10 @@ typedef struct embag_bags {
  * Options. Initialise with embag_options_init, then change fields; a NULL options pointer means
  * the defaults. struct_size lets the struct grow: a library reads only the struct_size bytes the
  * caller was compiled with (later fields keep their defaults), and refuses non-zero bytes it does
- * not know. */
+ * not know. A struct_size above EMBAG_OPTIONS_MAX_STRUCT_SIZE is no embag_options of any version
+ * (an uninitialised struct, most likely): EMBAG_ERR_INVALID_OPTION, before a byte past the fields
+ * this library knows is read. */
+#define EMBAG_OPTIONS_MAX_STRUCT_SIZE 4096
 #define EMBAG_MODE_SUM 0
 #define EMBAG_MODE_MEAN 1
 #define EMBAG_MODE_MAX 2
