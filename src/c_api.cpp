@@ -15,6 +15,7 @@
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
 #include "embag/quantize.hpp"
+#include "sparse_into.hpp"
 #include "validate.hpp"
 
 struct embag_table {
@@ -460,26 +461,10 @@ embag_status embag_backward_sparse(int64_t table_rows, const embag_bags* bags, c
                                    int64_t argmax_size, int64_t capacity, int64_t* rows_out, float* values_out,
                                    int64_t* num_rows) {
   return guarded([&] {
-    std::int64_t& needed = required(num_rows, "num_rows");
-    const embag::matrix_view<const float> dy = view_of(grad_output, "grad_output");
-    const std::span<std::int64_t> rows_span = array_of("rows_out", rows_out, capacity);
-    std::int64_t values_size = 0;
-    if (__builtin_mul_overflow(capacity, std::max<std::int64_t>(dy.cols, 0), &values_size))
-      throw error(errc::size_overflow, "capacity = " + std::to_string(capacity) + " rows of " +
-                                           std::to_string(dy.cols) + " floats overflows");
-    const std::span<float> values_span = array_of("values_out", values_out, values_size);
-
-    // The C++ API fills vectors it owns; the caller's buffers get a copy once the size is known.
-    embag::sparse_gradient grad;
-    embag::backward_sparse(table_rows, bags_of(bags), options_of(options), dy, grad,
-                           array_of("argmax", argmax, argmax_size));
-    const auto unique = static_cast<std::int64_t>(grad.rows.size());
-    needed = unique;
-    if (unique > capacity)
-      throw error(errc::size_mismatch, "capacity = " + std::to_string(capacity) + " rows is less than the " +
-                                           std::to_string(unique) + " rows this gradient has (*num_rows)");
-    std::copy(grad.rows.begin(), grad.rows.end(), rows_span.begin());
-    std::copy(grad.values.begin(), grad.values.end(), values_span.begin());
+    embag::detail::backward_sparse_into(table_rows, bags_of(bags), options_of(options),
+                                        view_of(grad_output, "grad_output"), array_of("argmax", argmax, argmax_size),
+                                        {array_of("rows_out", rows_out, capacity), values_out},
+                                        required(num_rows, "num_rows"));
   });
 }
 

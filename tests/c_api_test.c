@@ -537,6 +537,110 @@ static void test_backward(const embag_table* t) {
   }
 }
 
+/* Every memory the sparse backward's hostile-buffer calls can reach, as one block: the inputs and
+ * the outputs are carved out of it, and the whole of it must be byte-for-byte untouched after a
+ * refused call. int64_t elements, so every carving is aligned unless a test misaligns it. */
+enum { arena_words = 64 };
+static int64_t arena[arena_words];
+static int64_t arena_before[arena_words];
+
+static void fill_arena(void) {
+  int i;
+  for (i = 0; i < arena_words; ++i) arena[i] = 0x5A5A5A5A5A5A5A5A;
+  memcpy(arena + 0, indices64, sizeof indices64); /* words 0..3: indices */
+  memcpy(arena + 4, offsets64, sizeof offsets64); /* words 4..5: offsets */
+  for (i = 0; i < 2 * dim; ++i) ((float*)(arena + 8))[i] = (float)(i + 1); /* words 8..11: grad_output */
+  for (i = 0; i < 4; ++i) ((float*)(arena + 12))[i] = 1.0f;                /* words 12..13: weights */
+  for (i = 0; i < 2 * dim; ++i) arena[16 + i] = i < dim ? 2 : 7;           /* words 16..23: max's argmax */
+  memcpy(arena_before, arena, sizeof arena);
+}
+
+/* words 32..: room for the outputs (rows_out 4 words, values_out 4 x dim floats = 8 words) */
+static int64_t* const rows_room = arena + 32;
+static float* const values_room = (float*)(arena + 40);
+
+/* One sparse call over the arena's inputs (mode max: argmax from the arena too). */
+static embag_status sparse_over_arena(int32_t mode, int64_t* rows_out, float* values_out, int64_t* num_rows) {
+  embag_bags b = offsets_bags();
+  embag_const_matrix grad_output = {(const float*)(arena + 8), 2, dim, 0};
+  embag_options o;
+  embag_options_init(&o);
+  o.mode = mode;
+  b.indices = arena + 0;
+  b.boundaries = arena + 4;
+  if (mode != EMBAG_MODE_MAX) {
+    b.per_sample_weights = (const float*)(arena + 12);
+    b.num_weights = 4;
+  }
+  return embag_backward_sparse(rows, &b, &o, &grad_output, mode == EMBAG_MODE_MAX ? arena + 16 : NULL,
+                               mode == EMBAG_MODE_MAX ? 2 * dim : 0, 4, rows_out, values_out, num_rows);
+}
+
+#define EXPECT_REFUSED(mode, rows_out, values_out, want, fragment)                                   \
+  do {                                                                                               \
+    int64_t num_rows = -1;                                                                           \
+    fill_arena();                                                                                    \
+    EXPECT_STATUS(sparse_over_arena((mode), (rows_out), (values_out), &num_rows), (want));           \
+    CHECK(error_mentions(fragment));                                                                 \
+    CHECK(num_rows == -1 && memcmp(arena, arena_before, sizeof arena) == 0);                         \
+  } while (0)
+
+/* The sparse backward checks its output buffers as the dense one checks grad_table: aliasing and
+ * alignment are refused before anything is written, and *num_rows is not set. */
+static void test_backward_sparse_buffers(void) {
+  int64_t num_rows = -1;
+  int c;
+  /* the arena's valid call, on the default ISA and on the reference: rows 1, 2, 7 */
+  const int32_t isas[] = {EMBAG_ISA_DEFAULT, EMBAG_ISA_REFERENCE};
+  for (c = 0; c < 2; ++c) {
+    embag_bags b = offsets_bags();
+    embag_const_matrix grad_output;
+    embag_options o;
+    fill_arena();
+    grad_output.data = (const float*)(arena + 8);
+    grad_output.rows = 2;
+    grad_output.cols = dim;
+    grad_output.row_stride = 0;
+    embag_options_init(&o);
+    o.isa = isas[c];
+    EXPECT_OK(embag_backward_sparse(rows, &b, &o, &grad_output, NULL, 0, 4, rows_room, values_room, &num_rows));
+    CHECK(num_rows == 3 && rows_room[0] == 1 && rows_room[1] == 2 && rows_room[2] == 7);
+    CHECK(values_room[4] == 2 * grad_output.data[0] && values_room[2 * dim + 3] == grad_output.data[dim + 3]);
+    CHECK(rows_room[3] == 0x5A5A5A5A5A5A5A5A); /* the capacity past num_rows is left alone */
+  }
+
+  /* the outputs overlapping each other */
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)(rows_room + 2), EMBAG_ERR_ALIASING,
+                 "rows_out overlaps values_out");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)rows_room, EMBAG_ERR_ALIASING, "rows_out overlaps values_out");
+  /* an output overlapping each input */
+  EXPECT_REFUSED(EMBAG_MODE_SUM, arena + 10, values_room, EMBAG_ERR_ALIASING, "rows_out overlaps grad_output");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)(arena + 6), EMBAG_ERR_ALIASING,
+                 "values_out overlaps grad_output");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, arena + 0, values_room, EMBAG_ERR_ALIASING, "rows_out overlaps indices");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)arena, EMBAG_ERR_ALIASING, "values_out overlaps indices");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, arena + 4, values_room, EMBAG_ERR_ALIASING, "rows_out overlaps offsets");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)(arena + 13), EMBAG_ERR_ALIASING,
+                 "values_out overlaps per_sample_weights");
+  EXPECT_REFUSED(EMBAG_MODE_MAX, arena + 20, values_room, EMBAG_ERR_ALIASING, "rows_out overlaps argmax");
+  /* the row count inside an output or an input */
+  {
+    fill_arena();
+    EXPECT_STATUS(sparse_over_arena(EMBAG_MODE_SUM, rows_room, values_room, rows_room + 1), EMBAG_ERR_ALIASING);
+    CHECK(error_mentions("num_rows overlaps rows_out"));
+    CHECK(memcmp(arena, arena_before, sizeof arena) == 0);
+    EXPECT_STATUS(sparse_over_arena(EMBAG_MODE_SUM, rows_room, values_room, arena + 1), EMBAG_ERR_ALIASING);
+    CHECK(error_mentions("num_rows overlaps indices"));
+    CHECK(memcmp(arena, arena_before, sizeof arena) == 0);
+  }
+
+  /* misaligned outputs */
+  EXPECT_REFUSED(EMBAG_MODE_SUM, (int64_t*)((char*)rows_room + 4), values_room, EMBAG_ERR_MISALIGNED,
+                 "rows_out is misaligned by 4 bytes for its 8-byte elements");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)((char*)values_room + 2), EMBAG_ERR_MISALIGNED,
+                 "values_out is misaligned by 2 bytes for its 4-byte elements");
+}
+
 static void test_weights_grad(const embag_table* t) {
   const float dy[2 * dim] = {1, 0, 0, 0, 0, 1, 0, 0};
   const float weights[] = {1, 1, 1, 1};
@@ -1099,6 +1203,7 @@ int main(void) {
   test_max_norm_in_place();
   test_bad_input(t);
   test_backward(t);
+  test_backward_sparse_buffers();
   test_weights_grad(t);
   test_isas(t);
   embag_table_destroy(t);
