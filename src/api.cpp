@@ -17,6 +17,7 @@
 #include "parallel.hpp"
 #include "plan.hpp"
 #include "reference/reference.hpp"
+#include "sparse_into.hpp"
 #include "validate.hpp"
 
 namespace embag {
@@ -184,6 +185,14 @@ backward_call prepare_backward(std::int64_t rows, std::int64_t dim, const bags& 
   return call;
 }
 
+// What both forms of backward_sparse check before their outputs.
+backward_call prepare_sparse_backward(std::int64_t table_rows, const bags& batch, const options& opts,
+                                      matrix_view<const float> grad_output, std::span<const std::int64_t> argmax) {
+  if (table_rows < 0)
+    throw error(errc::invalid_shape, "table_rows = " + std::to_string(table_rows) + " must be >= 0");
+  return prepare_backward(table_rows, grad_output.cols, batch, opts, grad_output, argmax);
+}
+
 // The kernels over blocks of unique rows of r.transpose.
 void run_row_kernels(isa which, const backward_request& r, const execution& how) {
   block_list plan;
@@ -323,10 +332,8 @@ void backward_dense(const bags& batch, const options& opts, matrix_view<const fl
 void backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
                      matrix_view<const float> grad_output, sparse_gradient& grad,
                      std::span<const std::int64_t> argmax, workspace* scratch) {
-  if (table_rows < 0)
-    throw error(errc::invalid_shape, "table_rows = " + std::to_string(table_rows) + " must be >= 0");
   const std::int64_t dim = grad_output.cols;
-  backward_call call = prepare_backward(table_rows, dim, batch, opts, grad_output, argmax);
+  backward_call call = prepare_sparse_backward(table_rows, batch, opts, grad_output, argmax);
   const byte_range outputs[] = {
       {"grad.rows", grad.rows.data(), static_cast<std::int64_t>(grad.rows.capacity() * sizeof(std::int64_t))},
       {"grad.values", grad.values.data(), static_cast<std::int64_t>(grad.values.capacity() * sizeof(float))}};
@@ -350,6 +357,47 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
   grad.values.resize(static_cast<std::size_t>(unique * dim));
   r.sparse_values = grad.values.data();
   run_row_kernels(call.which, r, opts.execution);
+}
+
+void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, const options& opts,
+                                  matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
+                                  const sparse_gradient_buffers& out, std::int64_t& num_rows) {
+  backward_call call = prepare_sparse_backward(table_rows, batch, opts, grad_output, argmax);
+  const std::int64_t dim = call.req.dim;
+  const auto capacity = static_cast<std::int64_t>(out.rows.size());
+  validate_array("rows_out", out.rows.data(), capacity, sizeof(std::int64_t));
+  std::int64_t values_size = 0;
+  if (__builtin_mul_overflow(capacity, dim, &values_size))
+    throw error(errc::size_overflow, "values_out of capacity = " + std::to_string(capacity) + " rows of " +
+                                         std::to_string(dim) + " floats overflows the address space");
+  validate_array("values_out", out.values, values_size, sizeof(float));
+  const byte_range outputs[] = {{"num_rows", &num_rows, sizeof num_rows},
+                                {"rows_out", out.rows.data(), static_cast<std::int64_t>(out.rows.size_bytes())},
+                                {"values_out", out.values, values_size * std::int64_t{sizeof(float)}}};
+  validate_disjoint(outputs, call.inputs.span());
+
+  // num_rows is written even when the rows do not fit: that is how a caller learns the capacity
+  const auto count_rows = [&](std::int64_t unique) {
+    num_rows = unique;
+    if (unique > capacity)
+      throw error(errc::size_mismatch, "capacity = " + std::to_string(capacity) + " rows is less than the " +
+                                           std::to_string(unique) + " rows this gradient has (*num_rows)");
+  };
+  if (call.which == isa::reference) {  // the oracle fills a gradient of its own: copied once it fits
+    sparse_gradient grad;
+    reference::backward(call.req, &grad);
+    count_rows(static_cast<std::int64_t>(grad.rows.size()));
+    std::copy(grad.rows.begin(), grad.rows.end(), out.rows.begin());
+    std::copy(grad.values.begin(), grad.values.end(), out.values);
+    return;
+  }
+  scratch_or_local ws(nullptr);
+  backward_request& r = call.req;
+  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution, ws.get());
+  count_rows(r.transpose.num_unique);
+  r.sparse_values = out.values;
+  run_row_kernels(call.which, r, opts.execution);
+  std::copy(r.transpose.unique_rows, r.transpose.unique_rows + r.transpose.num_unique, out.rows.begin());
 }
 
 void per_sample_weights_grad(table_view<const float> table, const bags& batch, const options& opts,

@@ -15,6 +15,7 @@
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
 #include "embag/quantize.hpp"
+#include "sparse_into.hpp"
 #include "validate.hpp"
 
 struct embag_table {
@@ -146,6 +147,9 @@ embag_options default_c_options() noexcept {
   return o;
 }
 
+static_assert(sizeof(embag_options) <= EMBAG_OPTIONS_MAX_STRUCT_SIZE,
+              "embag.h's bound on struct_size admits this embag_options");
+
 // The caller's options as this library knows them: struct_size bytes of them over the defaults.
 embag_options read_c_options(const embag_options* given) {
   embag_options o = default_c_options();
@@ -155,6 +159,13 @@ embag_options read_c_options(const embag_options* given) {
     throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) +
                                           " is smaller than any embag_options (" +
                                           std::to_string(sizeof(embag_options)) + "): call embag_options_init");
+  // the bytes past the known fields are read below: a garbage size must not send that scan
+  // through gigabytes of the caller's memory
+  if (size > EMBAG_OPTIONS_MAX_STRUCT_SIZE)
+    throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) +
+                                          " is larger than EMBAG_OPTIONS_MAX_STRUCT_SIZE (" +
+                                          std::to_string(EMBAG_OPTIONS_MAX_STRUCT_SIZE) +
+                                          "): no embag_options is; call embag_options_init");
   const auto* bytes = reinterpret_cast<const unsigned char*>(given);
   if (std::any_of(bytes + sizeof(embag_options), bytes + size, [](unsigned char c) { return c != 0; }))
     throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) + " sets fields past the " +
@@ -449,26 +460,10 @@ embag_status embag_backward_sparse(int64_t table_rows, const embag_bags* bags, c
                                    int64_t argmax_size, int64_t capacity, int64_t* rows_out, float* values_out,
                                    int64_t* num_rows) {
   return guarded([&] {
-    std::int64_t& needed = required(num_rows, "num_rows");
-    const embag::matrix_view<const float> dy = view_of(grad_output, "grad_output");
-    const std::span<std::int64_t> rows_span = array_of("rows_out", rows_out, capacity);
-    std::int64_t values_size = 0;
-    if (__builtin_mul_overflow(capacity, std::max<std::int64_t>(dy.cols, 0), &values_size))
-      throw error(errc::size_overflow, "capacity = " + std::to_string(capacity) + " rows of " +
-                                           std::to_string(dy.cols) + " floats overflows");
-    const std::span<float> values_span = array_of("values_out", values_out, values_size);
-
-    // The C++ API fills vectors it owns; the caller's buffers get a copy once the size is known.
-    embag::sparse_gradient grad;
-    embag::backward_sparse(table_rows, bags_of(bags), options_of(options), dy, grad,
-                           array_of("argmax", argmax, argmax_size));
-    const auto unique = static_cast<std::int64_t>(grad.rows.size());
-    needed = unique;
-    if (unique > capacity)
-      throw error(errc::size_mismatch, "capacity = " + std::to_string(capacity) + " rows is less than the " +
-                                           std::to_string(unique) + " rows this gradient has (*num_rows)");
-    std::copy(grad.rows.begin(), grad.rows.end(), rows_span.begin());
-    std::copy(grad.values.begin(), grad.values.end(), values_span.begin());
+    embag::detail::backward_sparse_into(table_rows, bags_of(bags), options_of(options),
+                                        view_of(grad_output, "grad_output"), array_of("argmax", argmax, argmax_size),
+                                        {array_of("rows_out", rows_out, capacity), values_out},
+                                        required(num_rows, "num_rows"));
   });
 }
 

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "embag/embag.hpp"
+#include "sparse_into.hpp"  // the C ABI's sparse backward, into the caller's buffers
 #include "support/cases.hpp"
 
 namespace embag {
@@ -63,6 +64,9 @@ struct fixture {
   std::vector<float> grad_table_store = test::canary_buffer(R, D);
   std::vector<float> grad_weights_store = test::canary_buffer(1, NNZ);
   sparse_gradient sparse{{7, 8, 9}, test::canary_buffer(B, D), -7};
+  // The C ABI's sparse gradient buffers: room for a row per index.
+  i64s sparse_rows_out = i64s(NNZ, argmax_canary);
+  std::vector<float> sparse_values_out = test::canary_buffer(NNZ, D);
   // Raw memory for misaligned and aliased views: values j % R, valid as indices and offsets (and as
   // denormal floats); cache-line aligned, so an offset of 1..3 bytes misaligns every element type.
   alignas(64) std::array<std::int32_t, 256> pool = [] {
@@ -82,6 +86,7 @@ struct fixture {
   matrix_view<const float> grad_output(std::int64_t rows = B) const { return {grad_output_store.data(), rows, D, 0}; }
   matrix_view<float> grad_table() { return {grad_table_store.data(), R, D, 0}; }
   std::span<float> grad_weights() { return grad_weights_store; }
+  detail::sparse_gradient_buffers sparse_out() { return {sparse_rows_out, sparse_values_out.data()}; }
 
   // A pointer `bytes` past the pool's start: misaligned for T unless bytes is a multiple of its size.
   template <class T>
@@ -129,6 +134,8 @@ std::vector<region> snapshot(const fixture& f) {
           bytes_of("sparse.rows", f.sparse.rows),
           bytes_of("sparse.values", f.sparse.values),
           bytes_of("sparse.dim", &f.sparse.dim, 1),
+          bytes_of("sparse_rows_out", f.sparse_rows_out),
+          bytes_of("sparse_values_out", f.sparse_values_out),
           bytes_of("indices", f.idx64),
           bytes_of("offsets", f.off64),
           bytes_of("per_sample_weights", f.weights),
@@ -200,6 +207,12 @@ std::vector<catalogue_case> catalogue() {
   };
   const auto sparse = [](F& f, const bags& batch, const options& opts = {}) {
     backward_sparse(R, batch, opts, f.grad_output(), f.sparse);
+  };
+  // the C ABI's form; its row count is the row's own
+  const auto sparse_into = [](F& f, const detail::sparse_gradient_buffers& out,
+                              matrix_view<const float> grad_output) {
+    std::int64_t num_rows = -1;
+    detail::backward_sparse_into(R, f.batch(), {}, grad_output, {}, out, num_rows);
   };
   const auto wgrad = [](F& f, const bags& batch, const options& opts = {}) {
     per_sample_weights_grad(f.table(), batch, opts, f.grad_output(), f.grad_weights());
@@ -549,6 +562,40 @@ std::vector<catalogue_case> catalogue() {
       {"backward_sparse_grad_output_inside_grad_values",
        [](F& f) { backward_sparse(R, f.batch(), {}, {f.sparse.values.data(), B, D}, f.sparse); }, errc::aliasing,
        "grad.values overlaps grad_output"},
+      {"backward_sparse_indices_inside_grad_rows",
+       [](F& f) {
+         backward_sparse(R, bags::from_offsets(index_span(f.sparse.rows.data(), B, index_type::i64), i64s{0}), {},
+                         f.grad_output(1), f.sparse);
+       },
+       errc::aliasing, "grad.rows overlaps indices"},
+      {"backward_sparse_into_values_overlapping_rows",
+       [=](F& f) {
+         const std::span<std::int64_t> rows_out(f.pool_at<std::int64_t>(0), NNZ);
+         sparse_into(f, {rows_out, f.pool_at<float>(8 * (NNZ - 1))}, f.grad_output());  // on the last row
+       },
+       errc::aliasing, "rows_out overlaps values_out"},
+      {"backward_sparse_into_rows_inside_grad_output",
+       [=](F& f) {
+         sparse_into(f, {std::span(reinterpret_cast<std::int64_t*>(f.grad_output_store.data()), NNZ),
+                         f.sparse_values_out.data()}, f.grad_output());
+       },
+       errc::aliasing, "rows_out overlaps grad_output"},
+      {"backward_sparse_into_values_are_grad_output",
+       [=](F& f) { sparse_into(f, {f.sparse_rows_out, f.grad_output_store.data()}, f.grad_output()); },
+       errc::aliasing, "values_out overlaps grad_output"},
+      {"backward_sparse_into_values_inside_indices",
+       [](F& f) {
+         const bags in_pool = bags::from_offsets(index_span(f.pool.data(), NNZ, index_type::i32), f.offsets());
+         std::int64_t num_rows = -1;
+         detail::backward_sparse_into(R, in_pool, {}, f.grad_output(), {}, {f.sparse_rows_out, f.pool_at<float>(4)},
+                                      num_rows);
+       },
+       errc::aliasing, "values_out overlaps indices"},
+      {"backward_sparse_into_num_rows_inside_rows",
+       [](F& f) {
+         detail::backward_sparse_into(R, f.batch(), {}, f.grad_output(), {}, f.sparse_out(), f.sparse_rows_out[1]);
+       },
+       errc::aliasing, "num_rows overlaps rows_out"},
       {"weights_grad_grad_weights_are_the_weights",
        [](F& f) { per_sample_weights_grad(f.table(), f.weighted_batch(), {}, f.grad_output(), f.weights); },
        errc::aliasing, "grad_weights overlaps per_sample_weights"},
@@ -611,6 +658,14 @@ std::vector<catalogue_case> catalogue() {
                          std::span<const std::int64_t>(f.pool_at<const std::int64_t>(1), B * D));
        },
        errc::misaligned, "argmax is misaligned by 1 byte for its 8-byte elements"},
+      {"backward_sparse_into_rows_misaligned",
+       [=](F& f) {
+         sparse_into(f, {std::span(f.pool_at<std::int64_t>(4), NNZ), f.sparse_values_out.data()}, f.grad_output());
+       },
+       errc::misaligned, "rows_out is misaligned by 4 bytes for its 8-byte elements"},
+      {"backward_sparse_into_values_misaligned",
+       [=](F& f) { sparse_into(f, {f.sparse_rows_out, f.pool_at<float>(2)}, f.grad_output()); }, errc::misaligned,
+       "values_out is misaligned by 2 bytes for its 4-byte elements"},
       {"weights_grad_grad_weights_misaligned",
        [](F& f) {
          per_sample_weights_grad(f.table(), f.weighted_batch(), {}, f.grad_output(),
@@ -760,6 +815,11 @@ TEST(BadInputCatalogueFixture, ValidCallsSucceedAndWriteTheWatchedBuffers) {
     backward_dense(f.batch(), with_mode(mode::max), f.grad_output(), f.grad_table(), f.argmax_in());
   });
   expect_writes("backward_sparse", [](fixture& f) { backward_sparse(R, f.batch(), {}, f.grad_output(), f.sparse); });
+  expect_writes("backward_sparse_into", [](fixture& f) {
+    std::int64_t num_rows = -1;
+    detail::backward_sparse_into(R, f.batch(), {}, f.grad_output(), {}, f.sparse_out(), num_rows);
+    EXPECT_EQ(num_rows, NNZ);
+  });
   expect_writes("per_sample_weights_grad", [](fixture& f) {
     per_sample_weights_grad(f.table(), f.weighted_batch(), {}, f.grad_output(), f.grad_weights());
   });

@@ -1,6 +1,7 @@
 /* The C ABI, compiled as C99: every function of embag.h, its results against sums worked out here
  * (small integers: exact in float), and its error paths (status, message, buffers untouched). */
 #define _POSIX_C_SOURCE 200809L /* mkdtemp, rmdir: the .embag files go to a fresh directory */
+#define _DEFAULT_SOURCE         /* MAP_ANONYMOUS: a page no one may read, after an options struct */
 
 #include "embag/embag.h"
 
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static int checks, failures;
@@ -411,6 +413,43 @@ static void test_bad_input(const embag_table* t) {
     EXPECT_STATUS(embag_forward(t, &b, &larger.known, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
     CHECK(error_mentions("newer"));
   }
+  {
+    /* a struct_size past any embag_options' (garbage, or a caller that never called
+     * embag_options_init) is refused before a byte past the fields this library knows is read: the
+     * caller's struct ends where a page no one may read begins */
+    typedef struct {
+      embag_options known;
+      unsigned char newer_fields[EMBAG_OPTIONS_MAX_STRUCT_SIZE - sizeof(embag_options)];
+    } largest_options;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    unsigned char* const pages = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(sizeof(largest_options) == EMBAG_OPTIONS_MAX_STRUCT_SIZE && page >= EMBAG_OPTIONS_MAX_STRUCT_SIZE);
+    if (pages != MAP_FAILED && mprotect(pages + page, page, PROT_NONE) == 0) {
+      embag_options* const small_struct = (embag_options*)(pages + page - sizeof(embag_options));
+      largest_options* const largest = (largest_options*)(pages + page - sizeof(largest_options));
+      fill(out, 2 * dim, canary);
+      EXPECT_OK(embag_options_init(small_struct));
+      small_struct->struct_size = 1u << 30;
+      EXPECT_STATUS(embag_forward(t, &b, small_struct, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+      CHECK(error_mentions("options.struct_size = 1073741824 is larger than EMBAG_OPTIONS_MAX_STRUCT_SIZE (4096)"));
+      small_struct->struct_size = UINT32_MAX;
+      EXPECT_STATUS(embag_forward(t, &b, small_struct, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+      CHECK(all_equal(out, 2 * dim, canary));
+      /* the bound itself is a size a newer caller's struct may have */
+      memset(largest, 0, sizeof *largest);
+      EXPECT_OK(embag_options_init(&largest->known));
+      largest->known.struct_size = sizeof *largest;
+      EXPECT_OK(embag_forward(t, &b, &largest->known, &two_rows, NULL, 0));
+      fill(out, 2 * dim, canary);
+      largest->known.struct_size = sizeof *largest + 1;
+      EXPECT_STATUS(embag_forward(t, &b, &largest->known, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+      CHECK(error_mentions("EMBAG_OPTIONS_MAX_STRUCT_SIZE"));
+      CHECK(all_equal(out, 2 * dim, canary));
+    } else {
+      CHECK(!"mmap and mprotect of two pages");
+    }
+    if (pages != MAP_FAILED) munmap(pages, 2 * page);
+  }
   EXPECT_STATUS(embag_options_init(NULL), EMBAG_ERR_NULL_POINTER);
   EXPECT_STATUS(embag_output_rows(&b, NULL, NULL), EMBAG_ERR_NULL_POINTER);
 }
@@ -496,6 +535,110 @@ static void test_backward(const embag_table* t) {
                   EMBAG_ERR_INDEX_OUT_OF_RANGE);
     CHECK(num_rows == -1 && sparse_rows[0] == -5);
   }
+}
+
+/* Every memory the sparse backward's hostile-buffer calls can reach, as one block: the inputs and
+ * the outputs are carved out of it, and the whole of it must be byte-for-byte untouched after a
+ * refused call. int64_t elements, so every carving is aligned unless a test misaligns it. */
+enum { arena_words = 64 };
+static int64_t arena[arena_words];
+static int64_t arena_before[arena_words];
+
+static void fill_arena(void) {
+  int i;
+  for (i = 0; i < arena_words; ++i) arena[i] = 0x5A5A5A5A5A5A5A5A;
+  memcpy(arena + 0, indices64, sizeof indices64); /* words 0..3: indices */
+  memcpy(arena + 4, offsets64, sizeof offsets64); /* words 4..5: offsets */
+  for (i = 0; i < 2 * dim; ++i) ((float*)(arena + 8))[i] = (float)(i + 1); /* words 8..11: grad_output */
+  for (i = 0; i < 4; ++i) ((float*)(arena + 12))[i] = 1.0f;                /* words 12..13: weights */
+  for (i = 0; i < 2 * dim; ++i) arena[16 + i] = i < dim ? 2 : 7;           /* words 16..23: max's argmax */
+  memcpy(arena_before, arena, sizeof arena);
+}
+
+/* words 32..: room for the outputs (rows_out 4 words, values_out 4 x dim floats = 8 words) */
+static int64_t* const rows_room = arena + 32;
+static float* const values_room = (float*)(arena + 40);
+
+/* One sparse call over the arena's inputs (mode max: argmax from the arena too). */
+static embag_status sparse_over_arena(int32_t mode, int64_t* rows_out, float* values_out, int64_t* num_rows) {
+  embag_bags b = offsets_bags();
+  embag_const_matrix grad_output = {(const float*)(arena + 8), 2, dim, 0};
+  embag_options o;
+  embag_options_init(&o);
+  o.mode = mode;
+  b.indices = arena + 0;
+  b.boundaries = arena + 4;
+  if (mode != EMBAG_MODE_MAX) {
+    b.per_sample_weights = (const float*)(arena + 12);
+    b.num_weights = 4;
+  }
+  return embag_backward_sparse(rows, &b, &o, &grad_output, mode == EMBAG_MODE_MAX ? arena + 16 : NULL,
+                               mode == EMBAG_MODE_MAX ? 2 * dim : 0, 4, rows_out, values_out, num_rows);
+}
+
+#define EXPECT_REFUSED(mode, rows_out, values_out, want, fragment)                                   \
+  do {                                                                                               \
+    int64_t num_rows = -1;                                                                           \
+    fill_arena();                                                                                    \
+    EXPECT_STATUS(sparse_over_arena((mode), (rows_out), (values_out), &num_rows), (want));           \
+    CHECK(error_mentions(fragment));                                                                 \
+    CHECK(num_rows == -1 && memcmp(arena, arena_before, sizeof arena) == 0);                         \
+  } while (0)
+
+/* The sparse backward checks its output buffers as the dense one checks grad_table: aliasing and
+ * alignment are refused before anything is written, and *num_rows is not set. */
+static void test_backward_sparse_buffers(void) {
+  int64_t num_rows = -1;
+  int c;
+  /* the arena's valid call, on the default ISA and on the reference: rows 1, 2, 7 */
+  const int32_t isas[] = {EMBAG_ISA_DEFAULT, EMBAG_ISA_REFERENCE};
+  for (c = 0; c < 2; ++c) {
+    embag_bags b = offsets_bags();
+    embag_const_matrix grad_output;
+    embag_options o;
+    fill_arena();
+    grad_output.data = (const float*)(arena + 8);
+    grad_output.rows = 2;
+    grad_output.cols = dim;
+    grad_output.row_stride = 0;
+    embag_options_init(&o);
+    o.isa = isas[c];
+    EXPECT_OK(embag_backward_sparse(rows, &b, &o, &grad_output, NULL, 0, 4, rows_room, values_room, &num_rows));
+    CHECK(num_rows == 3 && rows_room[0] == 1 && rows_room[1] == 2 && rows_room[2] == 7);
+    CHECK(values_room[4] == 2 * grad_output.data[0] && values_room[2 * dim + 3] == grad_output.data[dim + 3]);
+    CHECK(rows_room[3] == 0x5A5A5A5A5A5A5A5A); /* the capacity past num_rows is left alone */
+  }
+
+  /* the outputs overlapping each other */
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)(rows_room + 2), EMBAG_ERR_ALIASING,
+                 "rows_out overlaps values_out");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)rows_room, EMBAG_ERR_ALIASING, "rows_out overlaps values_out");
+  /* an output overlapping each input */
+  EXPECT_REFUSED(EMBAG_MODE_SUM, arena + 10, values_room, EMBAG_ERR_ALIASING, "rows_out overlaps grad_output");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)(arena + 6), EMBAG_ERR_ALIASING,
+                 "values_out overlaps grad_output");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, arena + 0, values_room, EMBAG_ERR_ALIASING, "rows_out overlaps indices");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)arena, EMBAG_ERR_ALIASING, "values_out overlaps indices");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, arena + 4, values_room, EMBAG_ERR_ALIASING, "rows_out overlaps offsets");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)(arena + 13), EMBAG_ERR_ALIASING,
+                 "values_out overlaps per_sample_weights");
+  EXPECT_REFUSED(EMBAG_MODE_MAX, arena + 20, values_room, EMBAG_ERR_ALIASING, "rows_out overlaps argmax");
+  /* the row count inside an output or an input */
+  {
+    fill_arena();
+    EXPECT_STATUS(sparse_over_arena(EMBAG_MODE_SUM, rows_room, values_room, rows_room + 1), EMBAG_ERR_ALIASING);
+    CHECK(error_mentions("num_rows overlaps rows_out"));
+    CHECK(memcmp(arena, arena_before, sizeof arena) == 0);
+    EXPECT_STATUS(sparse_over_arena(EMBAG_MODE_SUM, rows_room, values_room, arena + 1), EMBAG_ERR_ALIASING);
+    CHECK(error_mentions("num_rows overlaps indices"));
+    CHECK(memcmp(arena, arena_before, sizeof arena) == 0);
+  }
+
+  /* misaligned outputs */
+  EXPECT_REFUSED(EMBAG_MODE_SUM, (int64_t*)((char*)rows_room + 4), values_room, EMBAG_ERR_MISALIGNED,
+                 "rows_out is misaligned by 4 bytes for its 8-byte elements");
+  EXPECT_REFUSED(EMBAG_MODE_SUM, rows_room, (float*)((char*)values_room + 2), EMBAG_ERR_MISALIGNED,
+                 "values_out is misaligned by 2 bytes for its 4-byte elements");
 }
 
 static void test_weights_grad(const embag_table* t) {
@@ -1060,6 +1203,7 @@ int main(void) {
   test_max_norm_in_place();
   test_bad_input(t);
   test_backward(t);
+  test_backward_sparse_buffers();
   test_weights_grad(t);
   test_isas(t);
   embag_table_destroy(t);

@@ -111,7 +111,10 @@ typedef struct embag_bags {
  * Options. Initialise with embag_options_init, then change fields; a NULL options pointer means
  * the defaults. struct_size lets the struct grow: a library reads only the struct_size bytes the
  * caller was compiled with (later fields keep their defaults), and refuses non-zero bytes it does
- * not know. */
+ * not know. A struct_size above EMBAG_OPTIONS_MAX_STRUCT_SIZE is no embag_options of any version
+ * (an uninitialised struct, most likely): EMBAG_ERR_INVALID_OPTION, before a byte past the fields
+ * this library knows is read. */
+#define EMBAG_OPTIONS_MAX_STRUCT_SIZE 4096
 #define EMBAG_MODE_SUM 0
 #define EMBAG_MODE_MEAN 1
 #define EMBAG_MODE_MAX 2
@@ -187,7 +190,9 @@ embag_status embag_backward_dense(const embag_bags* bags, const embag_options* o
  * of rows the gradient has, at most num_indices: a capacity of num_indices always suffices. If
  * capacity is smaller, the status is EMBAG_ERR_SIZE_MISMATCH and rows_out and values_out are
  * untouched; so capacity 0 with NULL buffers asks for the size alone (the gradient is computed
- * either way: size by num_indices to compute it once). */
+ * either way: size by num_indices to compute it once). rows_out, values_out and num_rows are
+ * outputs as grad_table is: aligned to their elements (EMBAG_ERR_MISALIGNED), overlapping neither
+ * each other nor any input (EMBAG_ERR_ALIASING); *num_rows is not set on those errors. */
 embag_status embag_backward_sparse(int64_t table_rows, const embag_bags* bags, const embag_options* options,
                                    const embag_const_matrix* grad_output, const int64_t* argmax,
                                    int64_t argmax_size, int64_t capacity, int64_t* rows_out,
