@@ -385,7 +385,7 @@ void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, co
   };
   if (call.which == isa::reference) {  // the oracle fills a gradient of its own: copied once it fits
     sparse_gradient grad;
-    reference::backward(call.req, &grad);
+    reference_backward(call.req, &grad);
     count_rows(static_cast<std::int64_t>(grad.rows.size()));
     std::copy(grad.rows.begin(), grad.rows.end(), out.rows.begin());
     std::copy(grad.values.begin(), grad.values.end(), out.values);
@@ -393,7 +393,7 @@ void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, co
   }
   scratch_or_local ws(nullptr);
   backward_request& r = call.req;
-  r.transpose = build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, opts.execution, ws.get());
+  r.transpose = transposed(r, opts.execution, ws.get());
   count_rows(r.transpose.num_unique);
   r.sparse_values = out.values;
   run_row_kernels(call.which, r, opts.execution);

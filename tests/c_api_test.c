@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int checks, failures;
@@ -1169,6 +1170,31 @@ static void test_compressed_forward(const embag_table* source) {
   }
 }
 
+/* A FIFO where a table file should be: open refuses it at once (a plain open(2) for reading would
+ * wait for a writer forever), and write refuses to replace it. alarm: a hang fails the test. */
+static void test_special_files(const embag_table* source) {
+  static int sentinel;
+  embag_table* untouched = (embag_table*)&sentinel;
+  char path[4096];
+  struct stat st;
+  uint32_t how;
+  snprintf(path, sizeof path, "%s/fifo", temporary_dir);
+  CHECK(mkfifo(path, 0644) == 0);
+  alarm(20);
+  for (how = 0; how <= EMBAG_LOAD_COPY; how += EMBAG_LOAD_COPY) {
+    EXPECT_STATUS(embag_table_open_npy(path, how, &untouched), EMBAG_ERR_IO);
+    CHECK(error_mentions("fifo: a FIFO, not a regular file"));
+    EXPECT_STATUS(embag_table_open_embag(path, how, &untouched), EMBAG_ERR_IO);
+    CHECK(error_mentions("fifo: a FIFO, not a regular file"));
+  }
+  alarm(0);
+  CHECK(untouched == (embag_table*)&sentinel);
+  EXPECT_STATUS(embag_table_write_embag(source, path), EMBAG_ERR_IO);
+  CHECK(error_mentions("is a FIFO, not a regular file"));
+  CHECK(stat(path, &st) == 0 && S_ISFIFO(st.st_mode));
+  CHECK(unlink(path) == 0);
+}
+
 static void test_compressed_tables(void) {
   embag_table* source = NULL;
   strcpy(temporary_dir, "/tmp/embag-c-api-XXXXXX");
@@ -1182,6 +1208,7 @@ static void test_compressed_tables(void) {
   test_quantize_round_trips(source);
   test_compressed_errors(source);
   test_compressed_forward(source);
+  test_special_files(source);
   embag_table_destroy(source);
   CHECK(rmdir(temporary_dir) == 0); /* every file removed */
 }
