@@ -4,6 +4,7 @@
 #include "parallel.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -58,12 +59,26 @@ std::int64_t end_of_bag(const bag_source& bags, std::int64_t b, std::int64_t sta
 // Work below this many floats per block is not worth a task (about 10 us of row reads).
 constexpr std::int64_t min_block_work = 32 * 1024;
 
+// A call is split over threads only when each would get at least this many floats of work
+// (512 KiB of rows read and written): below it, handing blocks to TBB workers (waking them costs
+// tens of microseconds on these VMs) made two threads slower than one on 2,048-lookup calls.
+// EMBAG_MIN_THREAD_FLOATS overrides it, read once.
+std::int64_t min_thread_work() {
+  static const std::int64_t floats = [] {
+    const char* env = std::getenv("EMBAG_MIN_THREAD_FLOATS");
+    const long long v = env != nullptr ? std::atoll(env) : 0;
+    return v > 0 ? static_cast<std::int64_t>(v) : std::int64_t{128} * 1024;
+  }();
+  return floats;
+}
+
 int block_count(std::int64_t work, int threads) {
   if (threads <= 1) return 1;
+  threads = static_cast<int>(std::clamp<std::int64_t>(work / min_thread_work(), 1, threads));
+  if (threads == 1) return 1;
   const std::int64_t wanted = std::min<std::int64_t>(std::int64_t{threads} * 8, max_blocks);
   return static_cast<int>(std::clamp<std::int64_t>(work / min_block_work, 1, wanted));
 }
-
 
 }  // namespace
 
@@ -127,6 +142,22 @@ prefetch_setting prefetch_from_environment() {
   return {};
 }
 
+// Whether a few hot rows take much of the call (real recommender traffic, Zipf-like), from a sample
+// of 128 indices spread over it: with uniform indices into a table of R rows, the sample repeats a
+// row about 128^2 / 2R times (under 1 for the tables this decides, past the LLC); with Zipf(1.05)
+// indices into a million rows, most of the sample repeats the hottest rows. A 16th of the sample
+// repeating is the line between. Costs about a microsecond, on calls of at least 4 samples' worth.
+bool skewed(const bag_source& bags) {
+  constexpr std::int64_t sample = 128;
+  if (bags.nnz < 4 * sample) return false;
+  std::array<std::int64_t, sample> rows{};
+  for (std::int64_t i = 0; i < sample; ++i) rows[i] = index_at(bags, i * (bags.nnz / sample));
+  std::sort(rows.begin(), rows.end());
+  std::int64_t repeats = 0;
+  for (std::int64_t i = 1; i < sample; ++i) repeats += rows[i] == rows[i - 1];
+  return repeats >= sample / 16;
+}
+
 }  // namespace
 
 void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
@@ -139,10 +170,11 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
 
   // By size class: a table within half of L2 needs no prefetch; one past the LLC gains from
-  // prefetching into L2 only (DESIGN.md section 4); in between, into L1.
-  prefetch_level level = table_bytes <= l2 / 2 ? prefetch_level::none
-                         : table_bytes > llc   ? prefetch_level::l2
-                                               : prefetch_level::l1;
+  // prefetching into L2 only (DESIGN.md section 4); in between, into L1. Skewed indices on a table
+  // past the LLC read mostly hot rows the caches keep: served as the LLC-resident class.
+  prefetch_level level = table_bytes <= l2 / 2                    ? prefetch_level::none
+                         : table_bytes > llc && !skewed(req.bags) ? prefetch_level::l2
+                                                                  : prefetch_level::l1;
   // Bytes in flight, not rows: a long row needs fewer rows ahead to keep as many misses pending.
   const std::int64_t in_flight = level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024;
   int rows = static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));

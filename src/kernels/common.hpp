@@ -44,14 +44,16 @@ inline void for_each_bag(const bag_source& bags, const bag_block& block, Body&& 
   }
 }
 
-// Touches every cache line of a row so it is on its way before the loop reaches it (Write: the
-// loop will store to it). always_inline: GCC 12's mod-ref analysis finds an out-of-line function
-// that only prefetches free of side effects and deletes its calls, prefetches and all.
+// Touches every cache line of a row, once each, so it is on its way before the loop reaches it
+// (Write: the loop will store to it). always_inline: GCC 12's mod-ref analysis finds an
+// out-of-line function that only prefetches free of side effects and deletes its calls,
+// prefetches and all.
 template <int Locality, int Write = 0>
 [[gnu::always_inline]] inline void prefetch_row(const void* row, std::int64_t bytes) noexcept {
-  const char* p = static_cast<const char*>(row);
-  for (std::int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, Write, Locality);
-  __builtin_prefetch(p + bytes - 1, Write, Locality);
+  const auto start = reinterpret_cast<std::uintptr_t>(row);
+  const std::uintptr_t last_line = (start + static_cast<std::uintptr_t>(bytes) - 1) & ~std::uintptr_t{63};
+  for (std::uintptr_t line = start & ~std::uintptr_t{63}; line <= last_line; line += 64)
+    __builtin_prefetch(reinterpret_cast<const char*>(line), Write, Locality);
 }
 
 template <class Index>

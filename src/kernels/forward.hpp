@@ -11,9 +11,10 @@
 // Accumulators live in registers for D in {16, 32, 64, 128, 256}; other D accumulate in the
 // output row. Rows are prefetched prefetch_rows positions ahead in the index stream. Rows of any
 // element type are read through row_reader (kernels/rows.hpp), which dequantises them to fp32.
-// What a call does not need costs nothing per row: the prefetch level is a template parameter
-// (none: no prefetch code at all), the stream's end is handled by a second loop rather than a
-// clamp per row, and the clip scale is computed only on the paths that clip.
+// What a call does not need costs nothing per row: on the register-resident paths the prefetch
+// level is a template parameter (none: no prefetch code at all; the general paths read it at run
+// time, prefetch_level::automatic, to keep the instantiations few), the stream's end is handled by
+// a second loop rather than a clamp per row, and sums compute the clip scale only when they clip.
 #pragma once
 
 #include "kernels/rows.hpp"
@@ -37,21 +38,27 @@ struct forward_context {
 
   // Prefetches the row of position p + prefetch_rows; p must be below prefetch_end.
   [[gnu::always_inline]] void prefetch_ahead(std::int64_t p) const noexcept {
-    if constexpr (Prefetch != prefetch_level::none)
-      prefetch_row<Prefetch == prefetch_level::l1 ? 3 : 1>(row_address(indices[p + req.prefetch_rows]), req.row_bytes);
+    const auto ahead = [&] { return row_address(indices[p + req.prefetch_rows]); };
+    if constexpr (Prefetch == prefetch_level::automatic) {  // the level of this call, at run time
+      if (req.prefetch == prefetch_level::l1) prefetch_row<3>(ahead(), req.row_bytes);
+      else if (req.prefetch == prefetch_level::l2) prefetch_row<1>(ahead(), req.row_bytes);
+    } else if constexpr (Prefetch != prefetch_level::none) {
+      prefetch_row<Prefetch == prefetch_level::l1 ? 3 : 1>(ahead(), req.row_bytes);
+    }
   }
 
-  // each(p) for p in [begin, end), prefetching ahead while the stream has a row there to prefetch.
+  // Whether every position before `end` has a row to prefetch ahead of it: false for the bags at
+  // the stream's end, which then prefetch nothing (their rows are the last on their way).
+  bool prefetches_through(std::int64_t end) const noexcept { return Prefetch != prefetch_level::none && end <= prefetch_end; }
+
+  // each(p) for p in [begin, end), prefetching ahead when Prefetching (prefetches_through(end) must
+  // hold then): no clamp per row.
   template <bool Prefetching, class Each>
   [[gnu::always_inline]] void for_each_position(std::int64_t begin, std::int64_t end, Each&& each) const {
-    std::int64_t p = begin;
-    if constexpr (Prefetching && Prefetch != prefetch_level::none) {
-      for (const std::int64_t stop = end < prefetch_end ? end : prefetch_end; p < stop; ++p) {
-        prefetch_ahead(p);
-        each(p);
-      }
+    for (std::int64_t p = begin; p < end; ++p) {
+      if constexpr (Prefetching) prefetch_ahead(p);
+      each(p);
     }
-    for (; p < end; ++p) each(p);
   }
 
   // The max_norm clip scale of a row (1 when not clipping). Validation allows clipping on f32
@@ -178,7 +185,7 @@ struct fixed_dim_forward {
         if (first == 0) ++count;
       };
       // only the first group prefetches: the others find the bag's rows in L1
-      if (first == 0) c.template for_each_row<true, clip>(begin, end, add_row);
+      if (first == 0 && c.prefetches_through(end)) c.template for_each_row<true, clip>(begin, end, add_row);
       else c.template for_each_row<false, clip>(begin, end, add_row);
       if (r.mode == mode::mean) {
         const float divisor = weighted ? weight_sum : static_cast<float>(count);
@@ -193,22 +200,21 @@ struct fixed_dim_forward {
   // take the general path.
   // Without argmax, the cheap maximum first; a bag holding a NaN is redone exactly.
   static void max_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
-    with_clip<Type>(c.req, [&]<bool clip>() {
-      if (c.req.argmax != nullptr) max_bag_tracking<true, true, clip>(c, bag, begin, end);
-      else if (!max_bag_tracking<false, false, clip>(c, bag, begin, end)) max_bag_tracking<false, true, clip>(c, bag, begin, end);
-    });
+    if (c.req.argmax != nullptr) max_bag_tracking<true, true>(c, bag, begin, end);
+    else if (!max_bag_tracking<false, false>(c, bag, begin, end)) max_bag_tracking<false, true>(c, bag, begin, end);
   }
 
   // Exact: the reference's rule (max_takes) per element. Not exact: numbers_max, and false when a
   // NaN was seen (the output then needs the exact pass).
-  template <bool track, bool exact, bool clip>
+  template <bool track, bool exact>
   static bool max_bag_tracking(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
     static_assert(exact || !track);
     constexpr std::int64_t group = max_group<track>;
     const forward_request& r = c.req;
     float* out = c.out_row(bag);
     std::int64_t* argmax = track ? r.argmax + bag * r.dim : nullptr;
-    static_assert(!clip || Type == dtype::f32);
+    // the clip scale is tested per row here (max is not worth a second set of instantiations)
+    constexpr bool clip = Type == dtype::f32;
     for (std::int64_t first = 0; first < Chunks; first += group) {
       batch acc[group], where[group];
       for (std::int64_t k = 0; k < group; ++k) acc[k] = where[k] = batch(0.0f);
@@ -218,7 +224,7 @@ struct fixed_dim_forward {
         const batch here(static_cast<float>(p - begin));
         if (!started) {
           for (std::int64_t k = 0; k < group; ++k) {
-            acc[k] = load_row<Arch>(x, (first + k) * lanes, clip, scale);
+            acc[k] = load_row<Arch>(x, (first + k) * lanes, r.clip_max_norm, scale);
             where[k] = here;
             if constexpr (!exact) saw_nan = saw_nan | xsimd::isnan(acc[k]);
           }
@@ -226,7 +232,7 @@ struct fixed_dim_forward {
           return;
         }
         for (std::int64_t k = 0; k < group; ++k) {
-          const batch v = load_row<Arch>(x, (first + k) * lanes, clip, scale);
+          const batch v = load_row<Arch>(x, (first + k) * lanes, r.clip_max_norm, scale);
           if constexpr (exact) {
             const auto takes = max_takes<Arch>(v, acc[k]);
             acc[k] = xsimd::select(takes, v, acc[k]);
@@ -237,7 +243,7 @@ struct fixed_dim_forward {
           }
         }
       };
-      if (first == 0) c.template for_each_row<true, clip>(begin, end, take_row);
+      if (first == 0 && c.prefetches_through(end)) c.template for_each_row<true, clip>(begin, end, take_row);
       else c.template for_each_row<false, clip>(begin, end, take_row);
       if (!started) {  // no row at all: zeros, argmax -1
         for (std::int64_t d = 0; d < Chunks * lanes; ++d) out[d] = 0.0f;
@@ -275,7 +281,7 @@ struct any_dim_forward {
     const bool weighted = r.bags.weights != nullptr;
     std::int64_t count = 0;
     float weight_sum = 0.0f;
-    c.template for_each_row<true, Type == dtype::f32>(begin, end, [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
+    const auto add_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) {
       const float w = weighted ? r.bags.weights[p] : 1.0f;
       const batch wb(w);
       std::int64_t d = 0;
@@ -290,7 +296,9 @@ struct any_dim_forward {
       }
       weight_sum += w;
       ++count;
-    });
+    };
+    if (c.prefetches_through(end)) c.template for_each_row<true, Type == dtype::f32>(begin, end, add_row);
+    else c.template for_each_row<false, Type == dtype::f32>(begin, end, add_row);
     if (r.mode == mode::mean) {
       const float divisor = weighted ? weight_sum : static_cast<float>(count);
       for (std::int64_t d = 0; d < dim; ++d) out[d] = divisor == 0.0f ? 0.0f : out[d] / divisor;
@@ -303,7 +311,7 @@ struct any_dim_forward {
     float* out = c.out_row(bag);
     std::int64_t* argmax = r.argmax ? r.argmax + bag * dim : nullptr;
     bool started = false;
-    c.template for_each_row<true, Type == dtype::f32>(begin, end, [&](std::int64_t, std::int64_t index, const reader& x, float scale) {
+    const auto take_row = [&](std::int64_t, std::int64_t index, const reader& x, float scale) {
       for (std::int64_t d = 0; d < dim; ++d) {
         const float v = r.clip_max_norm ? x.at(d) * scale : x.at(d);
         if (!started || max_takes_scalar(v, out[d])) {
@@ -312,7 +320,9 @@ struct any_dim_forward {
         }
       }
       started = true;
-    });
+    };
+    if (c.prefetches_through(end)) c.template for_each_row<true, Type == dtype::f32>(begin, end, take_row);
+    else c.template for_each_row<false, Type == dtype::f32>(begin, end, take_row);
     if (!started) {
       for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
       if (argmax)
@@ -325,7 +335,7 @@ template <class Arch, class Index, dtype Type, prefetch_level Prefetch>
 inline void lookup_rows(const forward_context<Arch, Index, Type, Prefetch>& c, const bag_block& block) {
   constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
   const forward_request& r = c.req;
-  c.template for_each_position<true>(block.bag_begin, block.bag_end, [&](std::int64_t p) {
+  const auto copy_row = [&](std::int64_t p) {
     const std::int64_t index = c.indices[p];
     float* out = c.out_row(p);
     if (index == r.padding_idx) {
@@ -337,19 +347,24 @@ inline void lookup_rows(const forward_context<Arch, Index, Type, Prefetch>& c, c
     std::int64_t d = 0;
     for (; d + lanes <= r.dim; d += lanes) load_row<Arch>(x, d, r.clip_max_norm, scale).store_unaligned(out + d);
     for (; d < r.dim; ++d) out[d] = r.clip_max_norm ? x.at(d) * scale : x.at(d);
-  });
+  };
+  const std::int64_t prefetched_end = c.prefetches_through(block.bag_end) ? block.bag_end
+                                      : block.bag_begin > c.prefetch_end  ? block.bag_begin
+                                                                          : c.prefetch_end;
+  c.template for_each_position<true>(block.bag_begin, prefetched_end, copy_row);
+  c.template for_each_position<false>(prefetched_end, block.bag_end, copy_row);
 }
 
 template <class Arch, class Index, dtype Type, prefetch_level Prefetch, class Path>
 inline void pooled_bags(const forward_context<Arch, Index, Type, Prefetch>& c, const bag_block& block) {
-  using general = any_dim_forward<Arch, Index, Type, Prefetch>;
+  using general = any_dim_forward<Arch, Index, Type, prefetch_level::automatic>;
   const bool is_max = c.req.mode == mode::max;
   for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
     if (is_max) {
       if constexpr (!std::is_same_v<Path, general>) {
         // float-tracked positions are exact only below 2^24
         if (c.req.argmax != nullptr && end - begin >= (std::int64_t{1} << 24)) {
-          general::max_bag(c, bag, begin, end);
+          general::max_bag(typename general::ctx_t{c.req}, bag, begin, end);
           return;
         }
       }
@@ -360,23 +375,21 @@ inline void pooled_bags(const forward_context<Arch, Index, Type, Prefetch>& c, c
   });
 }
 
-// Calls f.template operator()<Prefetch>() with the call's prefetch level as a constant.
-template <class F>
-inline decltype(auto) with_prefetch(const forward_request& req, F&& f) {
-  switch (req.prefetch) {
-    case prefetch_level::l1: return f.template operator()<prefetch_level::l1>();
-    case prefetch_level::l2: return f.template operator()<prefetch_level::l2>();
-    default: return f.template operator()<prefetch_level::none>();
-  }
-}
-
-// Calls f.template operator()<Path>() with the path for this row length: registers for the
-// specialised D (narrow passes when rows come from DRAM through L2), the output row otherwise.
-template <class Arch, class Index, dtype Type, prefetch_level Prefetch, class F>
+// Calls f.template operator()<Prefetch, Path>() with the path for this row length: registers for
+// the specialised D, each prefetch level its own instantiation (narrow passes when rows come from
+// DRAM through L2); the output row otherwise, the prefetch level read at run time.
+template <class Arch, class Index, dtype Type, class F>
 inline decltype(auto) with_path(const forward_request& req, F&& f) {
   constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
   const auto fixed = [&]<std::int64_t Chunks>() -> decltype(auto) {
-    return f.template operator()<fixed_dim_forward<Arch, Index, Type, Prefetch, Chunks>>();
+    switch (req.prefetch) {
+      case prefetch_level::l1:
+        return f.template operator()<prefetch_level::l1, fixed_dim_forward<Arch, Index, Type, prefetch_level::l1, Chunks>>();
+      case prefetch_level::l2:
+        return f.template operator()<prefetch_level::l2, fixed_dim_forward<Arch, Index, Type, prefetch_level::l2, Chunks>>();
+      default:
+        return f.template operator()<prefetch_level::none, fixed_dim_forward<Arch, Index, Type, prefetch_level::none, Chunks>>();
+    }
   };
   switch (req.dim) {
     case 16: return fixed.template operator()<16 / lanes>();
@@ -384,16 +397,16 @@ inline decltype(auto) with_path(const forward_request& req, F&& f) {
     case 64: return fixed.template operator()<64 / lanes>();
     case 128: return fixed.template operator()<128 / lanes>();
     case 256: return fixed.template operator()<256 / lanes>();
-    default: return f.template operator()<any_dim_forward<Arch, Index, Type, Prefetch>>();
+    default:
+      return f.template operator()<prefetch_level::automatic, any_dim_forward<Arch, Index, Type, prefetch_level::automatic>>();
   }
 }
 
 template <class Arch, class Index, dtype Type>
 inline void forward_block_typed(const forward_request& req, const bag_block& block) {
-  with_prefetch(req, [&]<prefetch_level Prefetch>() {
-    const forward_context<Arch, Index, Type, Prefetch> c{req};
-    if (req.mode == mode::none) return lookup_rows(c, block);
-    with_path<Arch, Index, Type, Prefetch>(req, [&]<class Path>() { pooled_bags<Arch, Index, Type, Prefetch, Path>(c, block); });
+  if (req.mode == mode::none) return lookup_rows(forward_context<Arch, Index, Type, prefetch_level::automatic>{req}, block);
+  with_path<Arch, Index, Type>(req, [&]<prefetch_level Prefetch, class Path>() {
+    pooled_bags<Arch, Index, Type, Prefetch, Path>(forward_context<Arch, Index, Type, Prefetch>{req}, block);
   });
 }
 

@@ -41,9 +41,8 @@ float read_rows_in_runs(const forward_request& req, const bag_block& block, floa
 
 template <class Arch, class Index>
 float read_rows_dim(const forward_request& req, const bag_block& block, float* sink) {
-  return with_prefetch(req, [&]<prefetch_level Prefetch>() {
-    return with_path<Arch, Index, dtype::f32, Prefetch>(
-        req, [&]<class Path>() { return read_rows_in_runs<Arch, Index, Prefetch, Path>(req, block, sink); });
+  return with_path<Arch, Index, dtype::f32>(req, [&]<prefetch_level Prefetch, class Path>() {
+    return read_rows_in_runs<Arch, Index, Prefetch, Path>(req, block, sink);
   });
 }
 
