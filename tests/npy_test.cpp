@@ -426,5 +426,19 @@ TEST_F(NpyFiles, ReplacingAMappedTableWithWriteNpyLeavesItsReadersTheOldRows) {
   EXPECT_EQ(npy_array::open(path("w.npy")).as_floats()[15], -2.0f);
 }
 
+// A header may hold thousands of dimensions: an error quoting its shape stays one short line.
+TEST_F(NpyFiles, ErrorsQuotingAShapeCutItShort) {
+  const float one = 1.0f;
+  write_npy(path("deep.npy"), npy_dtype::f32, std::vector<std::int64_t>(3000, 1), &one);
+  try {
+    npy_array::open(path("deep.npy")).as_table();
+    ADD_FAILURE() << "a 3000-D array is no table";
+  } catch (const error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("(1, 1, 1, 1, 1, 1, 1, 1, ... 3000 dimensions)"), std::string::npos) << what;
+    EXPECT_LT(what.size(), 300u) << what;
+  }
+}
+
 }  // namespace
 }  // namespace embag
