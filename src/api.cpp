@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -110,7 +111,10 @@ void run_forward(isa which, forward_request& req, const execution& how) {
   block_list plan;
   plan_forward_blocks(req.bags, req.mode, req.dim, threads_for(how), plan);
   const kernel_table& k = kernels_of(which);
+  using clock = std::chrono::steady_clock;
+  const clock::time_point start = req.prefetch_trial >= 0 ? clock::now() : clock::time_point{};
   run_blocks(plan.count, how, [&](std::int64_t i) { k.forward(req, plan.blocks[i]); });
+  if (req.prefetch_trial >= 0) report_prefetch_trial(req, std::chrono::duration<double>(clock::now() - start).count());
 }
 
 // mutable_table: the same rows as t's when the caller allows max_norm in place to write them.

@@ -160,6 +160,32 @@ bool skewed(const bag_source& bags) {
 
 }  // namespace
 
+int prefetch_trials::next(bool& on_trial) noexcept {
+  const int decided = chosen();
+  on_trial = decided < 0;
+  if (!on_trial) return decided;
+  return handed_out_.fetch_add(1, std::memory_order_relaxed) % 2;
+}
+
+void prefetch_trials::report(int candidate, double seconds_per_byte) noexcept {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  if (chosen() >= 0) return;
+  if (reported_[candidate] == 0 || seconds_per_byte < best_[candidate]) best_[candidate] = seconds_per_byte;
+  ++reported_[candidate];
+  if (reported_[0] >= trials && reported_[1] >= trials)
+    chosen_.store(best_[1] < best_[0] ? 1 : 0, std::memory_order_release);
+}
+
+namespace {
+
+// The tables past the LLC, read at random: candidate 0 prefetches into L2, 1 into L1.
+prefetch_trials far_tables;
+
+// A call too short to time well does not count as a trial: it takes the current leader.
+constexpr std::int64_t min_trial_bytes = std::int64_t{1} << 20;
+
+}  // namespace
+
 void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   static const prefetch_setting from_environment = prefetch_from_environment();
   const std::int64_t l2 = caches().l2 > 0 ? caches().l2 : std::int64_t{1} << 20;
@@ -169,12 +195,18 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   const std::int64_t table_bytes = req.rows == 0 ? 0 : (req.rows - 1) * req.row_stride + row_bytes;
   const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
 
-  // By size class: a table within half of L2 needs no prefetch; one past the LLC gains from
-  // prefetching into L2 only (DESIGN.md section 4); in between, into L1. Skewed indices on a table
+  // By size class: a table within half of L2 needs no prefetch; in the LLC, into L1; past it, the
+  // faster of into L2 and into L1 on this machine (prefetch_trials). Skewed indices on a table
   // past the LLC read mostly hot rows the caches keep: served as the LLC-resident class.
-  prefetch_level level = table_bytes <= l2 / 2                    ? prefetch_level::none
-                         : table_bytes > llc && !skewed(req.bags) ? prefetch_level::l2
-                                                                  : prefetch_level::l1;
+  prefetch_level level = table_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
+  req.prefetch_trial = -1;
+  if (table_bytes > llc && setting.level == prefetch_level::automatic && !skewed(req.bags)) {
+    bool on_trial = false;
+    const bool long_enough = req.bags.nnz * row_bytes >= min_trial_bytes;
+    const int candidate = long_enough ? far_tables.next(on_trial) : std::max(far_tables.chosen(), 0);
+    level = candidate == 0 ? prefetch_level::l2 : prefetch_level::l1;
+    if (on_trial) req.prefetch_trial = candidate;
+  }
   // Bytes in flight, not rows: a long row needs fewer rows ahead to keep as many misses pending.
   const std::int64_t in_flight = level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024;
   int rows = static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
@@ -182,6 +214,12 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   if (setting.rows > 0) rows = setting.rows;
   req.prefetch = level;
   req.prefetch_rows = rows;
+}
+
+void report_prefetch_trial(const forward_request& req, double seconds) noexcept {
+  if (req.prefetch_trial < 0) return;
+  const double bytes = static_cast<double>(req.bags.nnz) * static_cast<double>(req.row_bytes);
+  far_tables.report(req.prefetch_trial, seconds / bytes);
 }
 
 namespace {

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 
 #include "embag/embag.hpp"
+#include "plan.hpp"
 
 namespace embag {
 namespace {
@@ -151,6 +152,34 @@ TEST(Machine, CachesAreReportedInOrder) {
   EXPECT_GT(c.l1d, 0);
   EXPECT_GE(c.l2, c.l1d);
   EXPECT_GE(c.llc, c.l2);
+}
+
+// The prefetch for tables past the LLC is learnt from the first calls: both candidates are handed
+// out in turn until each has been timed `trials` times; then the one with the lower best time per
+// byte is kept (a slow cold first call of the winner does not hide its best).
+TEST(PrefetchTrials, KeepTheCandidateWithTheBestTime) {
+  for (int faster : {0, 1}) {
+    detail::prefetch_trials t;
+    int handed[2] = {0, 0};
+    for (int call = 0; t.chosen() < 0; ++call) {
+      ASSERT_LT(call, 4 * detail::prefetch_trials::trials) << "never decided";
+      bool on_trial = false;
+      const int candidate = t.next(on_trial);
+      ASSERT_TRUE(on_trial);
+      ++handed[candidate];
+      double seconds_per_byte = candidate == faster ? 1.0 : 1.5;
+      if (handed[candidate] == 1) seconds_per_byte = 10.0;  // cold first call
+      t.report(candidate, seconds_per_byte);
+    }
+    EXPECT_EQ(t.chosen(), faster);
+    EXPECT_EQ(handed[0], detail::prefetch_trials::trials);
+    EXPECT_EQ(handed[1], detail::prefetch_trials::trials);
+    bool on_trial = true;
+    EXPECT_EQ(t.next(on_trial), faster);
+    EXPECT_FALSE(on_trial);
+    t.report(1 - faster, 0.001);  // late reports change nothing
+    EXPECT_EQ(t.chosen(), faster);
+  }
 }
 
 }  // namespace
