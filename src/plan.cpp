@@ -164,7 +164,7 @@ int prefetch_trials::next(bool& on_trial) noexcept {
   const int decided = chosen();
   on_trial = decided < 0;
   if (!on_trial) return decided;
-  return handed_out_.fetch_add(1, std::memory_order_relaxed) % 2;
+  return handed_out_.fetch_add(1, std::memory_order_relaxed) % candidates_;
 }
 
 void prefetch_trials::report(int candidate, double seconds_per_byte) noexcept {
@@ -172,14 +172,19 @@ void prefetch_trials::report(int candidate, double seconds_per_byte) noexcept {
   if (chosen() >= 0) return;
   if (reported_[candidate] == 0 || seconds_per_byte < best_[candidate]) best_[candidate] = seconds_per_byte;
   ++reported_[candidate];
-  if (reported_[0] >= trials && reported_[1] >= trials)
-    chosen_.store(best_[1] < best_[0] ? 1 : 0, std::memory_order_release);
+  int best = 0;
+  for (int c = 0; c < candidates_; ++c) {
+    if (reported_[c] < trials) return;
+    if (best_[c] < best_[best]) best = c;
+  }
+  chosen_.store(best, std::memory_order_release);
 }
 
 namespace {
 
-// The tables past the LLC, read at random: candidate 0 prefetches into L2, 1 into L1.
-prefetch_trials far_tables;
+// The tables past the LLC, read at random.
+enum far_candidate { l2_narrow, l2_one_pass, l1_one_pass, far_candidates };
+prefetch_trials far_tables(far_candidates);
 
 // A call too short to time well does not count as a trial: it takes the current leader.
 constexpr std::int64_t min_trial_bytes = std::int64_t{1} << 20;
@@ -199,21 +204,27 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   // faster of into L2 and into L1 on this machine (prefetch_trials). Skewed indices on a table
   // past the LLC read mostly hot rows the caches keep: served as the LLC-resident class.
   prefetch_level level = table_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
+  bool narrow = false;
   req.prefetch_trial = -1;
   if (table_bytes > llc && setting.level == prefetch_level::automatic && !skewed(req.bags)) {
     bool on_trial = false;
     const bool long_enough = req.bags.nnz * row_bytes >= min_trial_bytes;
     const int candidate = long_enough ? far_tables.next(on_trial) : std::max(far_tables.chosen(), 0);
-    level = candidate == 0 ? prefetch_level::l2 : prefetch_level::l1;
+    level = candidate == l1_one_pass ? prefetch_level::l1 : prefetch_level::l2;
+    narrow = candidate == l2_narrow;
     if (on_trial) req.prefetch_trial = candidate;
   }
   // Bytes in flight, not rows: a long row needs fewer rows ahead to keep as many misses pending.
   const std::int64_t in_flight = level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024;
   int rows = static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
-  if (setting.level != prefetch_level::automatic) level = setting.level;
+  if (setting.level != prefetch_level::automatic) {
+    level = setting.level;
+    narrow = level == prefetch_level::l2;  // a forced l2 reads in narrow passes, as it always did
+  }
   if (setting.rows > 0) rows = setting.rows;
   req.prefetch = level;
   req.prefetch_rows = rows;
+  req.narrow_passes = narrow;
 }
 
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept {

@@ -46,32 +46,36 @@ void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int thread
 // Blocks of unique rows of about equal number of contributions; bag_begin/bag_end hold the rows.
 void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, block_list& out);
 
-// Which of two prefetch settings reads a class of tables faster on this machine, learnt from the
-// first calls: next() hands out the candidates alternately until each has been timed `trials`
-// times, then the one whose best time per byte was lower, for good. The best (not the mean) time
+// Which of a few prefetch settings reads a class of tables fastest on this machine, learnt from
+// the first calls: next() hands out the candidates in turn until each has been timed `trials`
+// times, then the one whose best time per byte was lowest, for good. The best (not the mean) time
 // discards cold first calls and noise. Thread-safe.
 class prefetch_trials {
  public:
   static constexpr int trials = 8;
-  // The candidate (0 or 1) the next call uses; `on_trial` says whether to report its time.
+  static constexpr int max_candidates = 4;
+  explicit prefetch_trials(int candidates) noexcept : candidates_(candidates) {}
+  // The candidate (0 to candidates - 1) the next call uses; `on_trial`: report its time.
   int next(bool& on_trial) noexcept;
   void report(int candidate, double seconds_per_byte) noexcept;
   int chosen() const noexcept { return chosen_.load(std::memory_order_acquire); }  // -1 while on trial
 
  private:
+  int candidates_;
   std::atomic<int> handed_out_{0};
   std::atomic<int> chosen_{-1};
   std::mutex mutex_;
-  double best_[2] = {0, 0};
-  int reported_[2] = {0, 0};
+  double best_[max_candidates] = {};
+  int reported_[max_candidates] = {};
 };
 
 // Prefetch level and distance for this table and row size: by the table's size class against
 // the caches, or as the caller (or EMBAG_PREFETCH, e.g. "l2:32", "l1:16", "none") forces. For a
-// table past the LLC read at random (not skewed), prefetching into L2 (32 KiB in flight, narrow
-// passes) and into L1 (8 KiB in flight) each win on some machine of this project (DESIGN.md
-// section 4 and issue 13's measurements): such calls are prefetch_trials between the two, and
-// req.prefetch_trial names the candidate whose time run_forward reports (-1: not a trial).
+// table past the LLC read at random (not skewed), prefetching into L2 (32 KiB in flight) in
+// narrow passes, into L2 in one pass, and into L1 (8 KiB in flight) each won on some machine of
+// this project (DESIGN.md section 4 and issue 13's measurements): such calls are prefetch_trials
+// among the three, and req.prefetch_trial names the candidate whose time run_forward reports
+// (-1: not a trial).
 void choose_prefetch(forward_request& req, const prefetch_setting& asked);
 // The time of a call choose_prefetch put on trial.
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept;

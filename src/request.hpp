@@ -50,6 +50,7 @@ struct forward_request {
   std::int64_t* argmax = nullptr;  // output_rows x dim, or null
   int prefetch_rows = 0;
   prefetch_level prefetch = prefetch_level::none;  // resolved: never automatic here
+  bool narrow_passes = false;  // rows read in passes of at most 256 bytes (prefetch into L2 only)
   int prefetch_trial = -1;  // the candidate of plan.hpp's prefetch_trials this call tries, or -1
 };
 

@@ -154,30 +154,30 @@ TEST(Machine, CachesAreReportedInOrder) {
   EXPECT_GE(c.llc, c.l2);
 }
 
-// The prefetch for tables past the LLC is learnt from the first calls: both candidates are handed
-// out in turn until each has been timed `trials` times; then the one with the lower best time per
+// The prefetch for tables past the LLC is learnt from the first calls: the candidates are handed
+// out in turn until each has been timed `trials` times; then the one with the lowest best time per
 // byte is kept (a slow cold first call of the winner does not hide its best).
 TEST(PrefetchTrials, KeepTheCandidateWithTheBestTime) {
-  for (int faster : {0, 1}) {
-    detail::prefetch_trials t;
-    int handed[2] = {0, 0};
+  constexpr int candidates = 3;
+  for (int faster = 0; faster < candidates; ++faster) {
+    detail::prefetch_trials t(candidates);
+    int handed[candidates] = {};
     for (int call = 0; t.chosen() < 0; ++call) {
-      ASSERT_LT(call, 4 * detail::prefetch_trials::trials) << "never decided";
+      ASSERT_LT(call, 4 * candidates * detail::prefetch_trials::trials) << "never decided";
       bool on_trial = false;
       const int candidate = t.next(on_trial);
       ASSERT_TRUE(on_trial);
       ++handed[candidate];
-      double seconds_per_byte = candidate == faster ? 1.0 : 1.5;
+      double seconds_per_byte = candidate == faster ? 1.0 : 1.5 + candidate;
       if (handed[candidate] == 1) seconds_per_byte = 10.0;  // cold first call
       t.report(candidate, seconds_per_byte);
     }
     EXPECT_EQ(t.chosen(), faster);
-    EXPECT_EQ(handed[0], detail::prefetch_trials::trials);
-    EXPECT_EQ(handed[1], detail::prefetch_trials::trials);
+    for (int c = 0; c < candidates; ++c) EXPECT_EQ(handed[c], detail::prefetch_trials::trials);
     bool on_trial = true;
     EXPECT_EQ(t.next(on_trial), faster);
     EXPECT_FALSE(on_trial);
-    t.report(1 - faster, 0.001);  // late reports change nothing
+    t.report((faster + 1) % candidates, 0.001);  // late reports change nothing
     EXPECT_EQ(t.chosen(), faster);
   }
 }

@@ -382,20 +382,19 @@ inline void pooled_bags(const forward_context<Arch, Index, Type, Prefetch>& c, c
 }
 
 // Calls f.template operator()<Prefetch, Path>() with the path for this row length: registers for
-// the specialised D, each prefetch level its own instantiation (narrow passes when rows come from
-// DRAM through L2); the output row otherwise, the prefetch level read at run time.
+// the specialised D, instantiated for no prefetch, for narrow passes prefetching into L2, and for
+// one pass prefetching at the level of the call (read at run time: L1 or L2); the output row
+// otherwise, its prefetch level read at run time too.
 template <class Arch, class Index, dtype Type, class F>
 inline decltype(auto) with_path(const forward_request& req, F&& f) {
   constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
   const auto fixed = [&]<std::int64_t Chunks>() -> decltype(auto) {
-    switch (req.prefetch) {
-      case prefetch_level::l1:
-        return f.template operator()<prefetch_level::l1, fixed_dim_forward<Arch, Index, Type, prefetch_level::l1, Chunks>>();
-      case prefetch_level::l2:
-        return f.template operator()<prefetch_level::l2, fixed_dim_forward<Arch, Index, Type, prefetch_level::l2, Chunks>>();
-      default:
-        return f.template operator()<prefetch_level::none, fixed_dim_forward<Arch, Index, Type, prefetch_level::none, Chunks>>();
-    }
+    if (req.prefetch == prefetch_level::none)
+      return f.template operator()<prefetch_level::none, fixed_dim_forward<Arch, Index, Type, prefetch_level::none, Chunks>>();
+    if (req.narrow_passes)
+      return f.template operator()<prefetch_level::l2, fixed_dim_forward<Arch, Index, Type, prefetch_level::l2, Chunks>>();
+    return f.template operator()<prefetch_level::automatic,
+                                 fixed_dim_forward<Arch, Index, Type, prefetch_level::automatic, Chunks>>();
   };
   switch (req.dim) {
     case 16: return fixed.template operator()<16 / lanes>();
