@@ -60,14 +60,15 @@ std::int64_t end_of_bag(const bag_source& bags, std::int64_t b, std::int64_t sta
 constexpr std::int64_t min_block_work = 32 * 1024;
 
 // A call is split over threads only when each would get at least this many floats of work
-// (512 KiB of rows read and written): below it, handing blocks to TBB workers (waking them costs
-// tens of microseconds on these VMs) made two threads slower than one on 2,048-lookup calls.
-// EMBAG_MIN_THREAD_FLOATS overrides it, read once.
+// (1 MiB of rows read and written): below it, handing blocks to TBB workers (waking them costs
+// tens of microseconds on these VMs, and they spin afterwards, taking the core from whatever runs
+// next) made two threads 2-2.5x slower than one on 2,048-lookup calls (fbgemm-anchor grid, L = 1,
+// D = 64 and 128). EMBAG_MIN_THREAD_FLOATS overrides it, read once.
 std::int64_t min_thread_work() {
   static const std::int64_t floats = [] {
     const char* env = std::getenv("EMBAG_MIN_THREAD_FLOATS");
     const long long v = env != nullptr ? std::atoll(env) : 0;
-    return v > 0 ? static_cast<std::int64_t>(v) : std::int64_t{128} * 1024;
+    return v > 0 ? static_cast<std::int64_t>(v) : std::int64_t{256} * 1024;
   }();
   return floats;
 }
