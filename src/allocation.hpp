@@ -6,7 +6,6 @@
 
 #include <cstddef>
 #include <new>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -20,8 +19,6 @@ std::vector<T> allocated(std::size_t count, const std::string& what) {
   try {
     return std::vector<T>(count);
   } catch (const std::bad_alloc&) {
-    out_of_memory(what, count * sizeof(T));
-  } catch (const std::length_error&) {
     out_of_memory(what, count * sizeof(T));
   }
 }

@@ -211,13 +211,15 @@ struct output_transaction::state {
   // No output may be another output or an input: writing it would lose one of them.
   void check_distinct(const output& o) const {
     for (const input& i : inputs)
-      if (i.identity.same_as(o.identity))
-        refuse(o.path, "the output" + (o.role.empty() ? "" : " " + o.role) + " is the same file as the input " +
-                           described(i.role, i.path));
+      if (i.identity.same_as(o.identity)) collision(o, "input", i.role, i.path);
     for (const output& other : outputs)
-      if (&other != &o && other.identity.same_as(o.identity))
-        refuse(o.path, "the output" + (o.role.empty() ? "" : " " + o.role) + " is the same file as the output " +
-                           described(other.role, other.path));
+      if (&other != &o && other.identity.same_as(o.identity)) collision(o, "output", other.role, other.path);
+  }
+
+  [[noreturn]] static void collision(const output& o, const char* other_kind, const std::string& other_role,
+                                     const std::string& other_path) {
+    refuse(o.path, "the output" + (o.role.empty() ? "" : " " + o.role) + " is the same file as the " + other_kind +
+                       " " + described(other_role, other_path));
   }
 
   output& find_or_declare(const std::string& path) {
@@ -307,9 +309,7 @@ void output_transaction::reads(const std::string& path, const std::string& role)
   if (::stat(path.c_str(), &st) != 0) return;
   i.identity = {true, st.st_dev, st.st_ino, {}};
   for (const state::output& o : state_->outputs)
-    if (o.identity.same_as(i.identity))
-      refuse(o.path, "the output" + (o.role.empty() ? "" : " " + o.role) + " is the same file as the input " +
-                         described(role, path));
+    if (o.identity.same_as(i.identity)) state::collision(o, "input", role, path);
   state_->inputs.push_back(std::move(i));
 }
 
@@ -359,12 +359,6 @@ void output_transaction::commit() {
   for (state::output& o : outputs)
     if (!o.backup.empty()) ::unlink(o.backup.c_str());
   outputs.clear();
-}
-
-void write_file_in_place(const std::string& path, std::initializer_list<std::span<const std::byte>> pieces) {
-  output_transaction one;
-  one.stage(path, pieces);
-  one.commit();
 }
 
 }  // namespace embag::detail

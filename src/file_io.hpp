@@ -97,7 +97,4 @@ class output_transaction {
   std::unique_ptr<state> state_;
 };
 
-// One output, all or none: an output_transaction of one file.
-void write_file_in_place(const std::string& path, std::initializer_list<std::span<const std::byte>> pieces);
-
 }  // namespace embag::detail

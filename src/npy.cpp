@@ -372,18 +372,20 @@ bool npy_array::mapped() const noexcept { return impl_->owned == nullptr; }
 
 namespace {
 
-[[noreturn]] void wrong_kind(const std::string& name, const std::string& wanted, npy_dtype type,
-                             const std::vector<std::int64_t>& shape) {
-  malformed(name, "expected " + wanted + ", found a " + std::to_string(shape.size()) + "-D " +
-                      std::string(little_endian_descr(type)) + " array of shape " + shape_in_message(shape));
+[[noreturn]] void wrong_kind(const std::string& name, const std::string& wanted, const npy_array& found) {
+  malformed(name, "expected " + wanted + ", found a " + std::to_string(found.shape().size()) + "-D " + found.describe());
 }
 
 }  // namespace
 
+std::string npy_array::describe() const {
+  return std::string(little_endian_descr(dtype())) + " array of shape " + shape_in_message(shape());
+}
+
 table_view<const float> npy_array::as_table() const {
   const std::vector<std::int64_t>& shape = impl_->layout.shape;
   if (dtype() != npy_dtype::f32 || shape.size() != 2)
-    wrong_kind(impl_->name, "a 2-D <f4 table", dtype(), shape);
+    wrong_kind(impl_->name, "a 2-D <f4 table", *this);
   if (shape[1] == 0)
     throw error(errc::invalid_shape, impl_->name + ": a table of shape " + shape_in_message(shape) +
                                          " has no columns (dim 0); a table needs dim > 0");
@@ -392,12 +394,12 @@ table_view<const float> npy_array::as_table() const {
 
 index_span npy_array::as_indices() const {
   if ((dtype() != npy_dtype::i32 && dtype() != npy_dtype::i64) || shape().size() != 1)
-    wrong_kind(impl_->name, "a 1-D <i4 or <i8 array", dtype(), shape());
+    wrong_kind(impl_->name, "a 1-D <i4 or <i8 array", *this);
   return {impl_->data, elements(), dtype() == npy_dtype::i32 ? index_type::i32 : index_type::i64};
 }
 
 std::span<const float> npy_array::as_floats() const {
-  if (dtype() != npy_dtype::f32) wrong_kind(impl_->name, "a <f4 array", dtype(), shape());
+  if (dtype() != npy_dtype::f32) wrong_kind(impl_->name, "a <f4 array", *this);
   return {reinterpret_cast<const float*>(impl_->data), static_cast<std::size_t>(elements())};
 }
 

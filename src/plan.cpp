@@ -202,8 +202,8 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
 
   // By size class: a table within half of L2 needs no prefetch; in the LLC, into L1; past it, the
-  // faster of into L2 and into L1 on this machine (prefetch_trials). Skewed indices on a table
-  // past the LLC read mostly hot rows the caches keep: served as the LLC-resident class.
+  // fastest of three candidates on this machine (prefetch_trials). Skewed indices on a table past
+  // the LLC read mostly hot rows the caches keep: served as the LLC-resident class.
   prefetch_level level = table_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
   bool narrow = false;
   req.prefetch_trial = -1;

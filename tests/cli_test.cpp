@@ -478,7 +478,7 @@ TEST_F(Cli, ArgmaxOfTheRightCountButTheWrongShapeIsRefused) {
   expect_one_line_error(embag("backward --weight w.npy --indices i.npy --offsets o.npy --mode max --grad-output g.npy "
                               "--argmax a.npy --out dw.npy"),
                         "a.npy: the argmax must be <i8 of shape (4, 5) (forward's output), as forward's --argmax-out "
-                        "writes it; found <i8 of shape (5, 4)");
+                        "writes it; found <i8 array of shape (5, 4)");
 }
 
 TEST_F(Cli, ATableWithNoColumnsNamesItsFile) {

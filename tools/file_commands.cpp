@@ -223,16 +223,6 @@ output_group declared_files(const std::vector<std::pair<std::string, std::string
 
 using shape = std::vector<std::int64_t>;
 
-std::string shape_text(const shape& dims) {
-  std::string text = "(";
-  for (std::size_t i = 0; i < dims.size(); ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
-  return text + (dims.size() == 1 ? ",)" : ")");
-}
-
-std::string npy_text(const npy_array& a) {
-  const char* names[] = {"<f4", "<i4", "<i8", "<f2"};
-  return std::string(names[static_cast<int>(a.dtype())]) + " of shape " + shape_text(a.shape());
-}
 
 // Every file the command reads, with its flag.
 std::vector<std::pair<std::string, std::string>> inputs_of(const command_line& c) {
@@ -289,9 +279,9 @@ int run_backward(const command_line& c) {
   if (!c.argmax.empty()) {
     argmax_file = npy_array::open(c.argmax);
     if (argmax_file->dtype() != npy_dtype::i64 || argmax_file->shape() != shape{out_rows, table.dim})
-      throw error(errc::bad_file, c.argmax + ": the argmax must be <i8 of shape " + shape_text({out_rows, table.dim}) +
-                                      " (forward's output), as forward's --argmax-out writes it; found " +
-                                      npy_text(*argmax_file));
+      throw error(errc::bad_file, c.argmax + ": the argmax must be <i8 of shape (" + std::to_string(out_rows) + ", " +
+                                      std::to_string(table.dim) + ") (forward's output), as forward's --argmax-out " +
+                                      "writes it; found " + argmax_file->describe());
     argmax = {static_cast<const std::int64_t*>(argmax_file->data()), static_cast<std::size_t>(argmax_file->elements())};
   }
 

@@ -48,6 +48,8 @@ class npy_array {
   std::int64_t elements() const noexcept;  // product of the shape
   const void* data() const noexcept;
   bool mapped() const noexcept;  // false when the data were copied
+  // "<i8 array of shape (4, 5)", as errors quote it (a shape of many dimensions cut short).
+  std::string describe() const;
 
   // Typed views; each checks the dtype and rank (errc::bad_file naming the file otherwise).
   table_view<const float> as_table() const;  // 2-D f32

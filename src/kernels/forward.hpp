@@ -11,10 +11,12 @@
 // Accumulators live in registers for D in {16, 32, 64, 128, 256}; other D accumulate in the
 // output row. Rows are prefetched prefetch_rows positions ahead in the index stream. Rows of any
 // element type are read through row_reader (kernels/rows.hpp), which dequantises them to fp32.
-// What a call does not need costs nothing per row: on the register-resident paths the prefetch
-// level is a template parameter (none: no prefetch code at all; the general paths read it at run
-// time, prefetch_level::automatic, to keep the instantiations few), the stream's end is handled by
-// a second loop rather than a clamp per row, and sums compute the clip scale only when they clip.
+// What a call does not need costs little per row: the register-resident paths are instantiated
+// without prefetch (no prefetch code at all), for narrow passes into L2, and for one pass whose
+// prefetch level is read at run time (prefetch_level::automatic: one predictable branch per row,
+// to keep the instantiations few, as on the general paths); bags at the end of the index stream
+// prefetch nothing rather than clamp every row's look-ahead; sums compute the clip scale only when
+// they clip.
 #pragma once
 
 #include "kernels/rows.hpp"
@@ -32,7 +34,6 @@ struct forward_context {
   using batch = xsimd::batch<float, Arch>;
   using reader = row_reader<Arch, Type>;
   static constexpr std::int64_t lanes = batch::size;
-  static constexpr prefetch_level prefetch_into = Prefetch;
 
   const forward_request& req;
   const Index* indices = static_cast<const Index*>(req.bags.indices);
@@ -87,6 +88,15 @@ struct forward_context {
       if (index == req.padding_idx) return;
       body(p, index, row(index), Clip ? clip_scale(index) : 1.0f);
     });
+  }
+
+  // for_each_row over a bag, prefetching ahead when `prefetching` and the stream has rows ahead of
+  // the whole bag: one prefetching and one plain instantiation of the body, no test per row.
+  template <bool Clip, class Body>
+  [[gnu::always_inline]] void for_each_row_of_bag(bool prefetching, std::int64_t begin, std::int64_t end,
+                                                  Body&& body) const {
+    if (prefetching && prefetches_through(end)) for_each_row<true, Clip>(begin, end, body);
+    else for_each_row<false, Clip>(begin, end, body);
   }
 };
 
@@ -191,8 +201,7 @@ struct fixed_dim_forward {
         if (first == 0) ++count;
       };
       // only the first group prefetches: the others find the bag's rows in L1
-      if (first == 0 && c.prefetches_through(end)) c.template for_each_row<true, clip>(begin, end, add_row);
-      else c.template for_each_row<false, clip>(begin, end, add_row);
+      c.template for_each_row_of_bag<clip>(first == 0, begin, end, add_row);
       if (r.mode == mode::mean) {
         const float divisor = weighted ? weight_sum : static_cast<float>(count);
         const batch div(divisor);
@@ -220,7 +229,7 @@ struct fixed_dim_forward {
     float* out = c.out_row(bag);
     std::int64_t* argmax = track ? r.argmax + bag * r.dim : nullptr;
     // the clip scale is tested per row here (max is not worth a second set of instantiations)
-    constexpr bool clip = Type == dtype::f32;
+    constexpr bool may_clip = Type == dtype::f32;
     for (std::int64_t first = 0; first < Chunks; first += group) {
       batch acc[group], where[group];
       for (std::int64_t k = 0; k < group; ++k) acc[k] = where[k] = batch(0.0f);
@@ -249,8 +258,7 @@ struct fixed_dim_forward {
           }
         }
       };
-      if (first == 0 && c.prefetches_through(end)) c.template for_each_row<true, clip>(begin, end, take_row);
-      else c.template for_each_row<false, clip>(begin, end, take_row);
+      c.template for_each_row_of_bag<may_clip>(first == 0, begin, end, take_row);
       if (!started) {  // no row at all: zeros, argmax -1
         for (std::int64_t d = 0; d < Chunks * lanes; ++d) out[d] = 0.0f;
         if (track)
@@ -303,8 +311,7 @@ struct any_dim_forward {
       weight_sum += w;
       ++count;
     };
-    if (c.prefetches_through(end)) c.template for_each_row<true, Type == dtype::f32>(begin, end, add_row);
-    else c.template for_each_row<false, Type == dtype::f32>(begin, end, add_row);
+    c.template for_each_row_of_bag<Type == dtype::f32>(true, begin, end, add_row);
     if (r.mode == mode::mean) {
       const float divisor = weighted ? weight_sum : static_cast<float>(count);
       for (std::int64_t d = 0; d < dim; ++d) out[d] = divisor == 0.0f ? 0.0f : out[d] / divisor;
@@ -327,8 +334,7 @@ struct any_dim_forward {
       }
       started = true;
     };
-    if (c.prefetches_through(end)) c.template for_each_row<true, Type == dtype::f32>(begin, end, take_row);
-    else c.template for_each_row<false, Type == dtype::f32>(begin, end, take_row);
+    c.template for_each_row_of_bag<Type == dtype::f32>(true, begin, end, take_row);
     if (!started) {
       for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
       if (argmax)
