@@ -6,7 +6,7 @@
 //     registered only when physical memory is at least 4 GiB),
 //   B = 2048 bags, L = 40 fixed or variable (lengths uniform in [1, 79]), uniform or zipf indices,
 //   threads 1 and all (embag::default_threads(); the reference is single-threaded: threads:1 only),
-// plus roofline/read (embag::read_rows on the same index sets with the best prefetch) and
+// plus roofline/read (embag::gather_roofline on the same index sets with the best prefetch) and
 // roofline/sequential (the whole table read in order) for the raw memory figures. The forward
 // families and roofline/read run again on compressed tables (f16, bf16, int8_rowwise,
 // int4_rowwise) for R in {10000, 1000000}, D in {32, 64, 128, 256}, L = 40 fixed, uniform. Names
@@ -18,7 +18,7 @@
 // Counters: bytes_per_second (lookups x the stored row bytes per call: D x 4 for f32, D + 8 for
 // int8_rowwise, ...), f32_equivalent_bytes_per_second (lookups x D x 4) and items_per_second
 // (lookups), all per second of wall-clock time; roofline_bytes_per_second and roofline_fraction
-// (the kernel's bytes/s over read_rows' on the same rows, index sets and threads, measured just
+// (the kernel's bytes/s over the roofline's on the same rows, index sets and threads, measured just
 // before the timed loop);
 // speedup_vs_reference when the reference ran earlier in the same process. The label gives the
 // table's size class against this machine's caches (cache, LLC, LLC-DRAM, DRAM).
@@ -101,7 +101,7 @@ const workload& get_workload(const workload_spec& spec, dtype type = dtype::f32)
   return *it->second;
 }
 
-// The roofline's best prefetch per (spec, element type, threads): a sweep of 7 settings, found once.
+// The roofline's best prefetch per (spec, element type, threads): a sweep of 9 settings, found once.
 prefetch_setting roofline_prefetch(const workload& w, dtype type, int threads) {
   static std::map<std::tuple<std::string, dtype, int>, prefetch_setting> cache;
   const auto key = std::make_tuple(w.spec.name(), type, threads);
@@ -109,16 +109,15 @@ prefetch_setting roofline_prefetch(const workload& w, dtype type, int threads) {
   return cache[key] = best_roofline_prefetch(w, threads, available_isas().back(), type);
 }
 
-// The roofline's bytes/s on this workload's table in `type`: one read_rows call per index set
-// after a warm-up call, the median of the per-set rates (sets differ in length with
-// variable-length bags).
+// The roofline's bytes/s on this workload's table in `type`: one gather per index set after a
+// warm-up call, the median of the per-set rates (sets differ in length with variable-length bags).
 double roofline_bytes_per_second(const workload& w, dtype type, int threads, prefetch_setting prefetch) {
-  const execution e = execution_for(available_isas().back(), threads, prefetch);
-  benchmark::DoNotOptimize(read_rows(w.table_in(type), w.sets[0].indices, e));
+  const roofline_runs roofline(w, type, execution_for(available_isas().back(), threads, prefetch));
+  roofline.run(0);
   std::vector<double> rates;
   for (int set = 0; set < static_cast<int>(w.sets.size()); ++set) {
     const auto t0 = clock_type::now();
-    benchmark::DoNotOptimize(read_rows(w.table_in(type), w.sets[set].indices, e));
+    roofline.run(set);
     const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
     rates.push_back(row_bytes(w, set, type) / seconds);
   }
@@ -201,20 +200,20 @@ void run_kernel(benchmark::State& state, const std::string& name, operation op, 
   }
 }
 
-// roofline/read: read_rows alone on the same index sets and table, with the best prefetch for the
+// roofline/read: the roofline alone on the same index sets and table, with the best prefetch for the
 // threads.
 void run_roofline_read(benchmark::State& state, const workload_spec& spec, dtype type, int threads) {
   try {
     const workload& w = get_workload(spec, type);
     const int sets = static_cast<int>(w.sets.size());
     const prefetch_setting prefetch = roofline_prefetch(w, type, threads);
-    const execution e = execution_for(available_isas().back(), threads, prefetch);
-    benchmark::DoNotOptimize(read_rows(w.table_in(type), w.sets[0].indices, e));
+    const roofline_runs roofline(w, type, execution_for(available_isas().back(), threads, prefetch));
+    roofline.run(0);
     std::int64_t lookups = 0;
     int set = 0;
     const auto start = clock_type::now();
     for (auto _ : state) {
-      benchmark::DoNotOptimize(read_rows(w.table_in(type), w.sets[set].indices, e));
+      roofline.run(set);
       lookups += w.lookups(set);
       set = set + 1 == sets ? 0 : set + 1;
     }
@@ -232,14 +231,12 @@ void run_roofline_read(benchmark::State& state, const workload_spec& spec, dtype
 void run_roofline_sequential(benchmark::State& state, const workload_spec& spec, int threads) {
   try {
     const workload& w = get_workload(spec);
-    std::vector<std::int64_t> all(static_cast<std::size_t>(spec.rows));
-    std::iota(all.begin(), all.end(), 0);
-    const execution e = execution_for(available_isas().back(), threads, {prefetch_level::none, 0});
-    benchmark::DoNotOptimize(read_rows(w.rows_table.view(), all, e));
+    const sequential_roofline read_all(w, threads, available_isas().back());
+    read_all.run();
     std::int64_t calls = 0;
     const auto start = clock_type::now();
     for (auto _ : state) {
-      benchmark::DoNotOptimize(read_rows(w.rows_table.view(), all, e));
+      read_all.run();
       ++calls;
     }
     const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();

@@ -155,18 +155,24 @@ double row_bytes(const workload& w, int set, dtype type) {
   return double(w.lookups(set)) * double(embag::row_bytes(type, w.spec.dim));
 }
 
+roofline_runs::roofline_runs(const workload& w, dtype type, const execution& how)
+    : out_(static_cast<std::size_t>(w.spec.bags * w.spec.dim)) {
+  for (int set = 0; set < static_cast<int>(w.sets.size()); ++set)
+    per_set_.emplace_back(w.table_in(type), w.batch(set), matrix_view<float>{out_.data(), w.spec.bags, w.spec.dim, 0},
+                          how);
+}
+
 prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which, dtype type) {
   prefetch_setting best{prefetch_level::none, 0};
   double best_seconds = 1e30;
-  const std::vector<prefetch_setting> sweep = {{prefetch_level::none, 0},  {prefetch_level::l1, 8},
-                                               {prefetch_level::l1, 16},   {prefetch_level::l1, 32},
-                                               {prefetch_level::l2, 16},   {prefetch_level::l2, 32},
-                                               {prefetch_level::l2, 64}};
+  const std::vector<prefetch_setting> sweep = {{prefetch_level::none, 0}, {prefetch_level::l1, 4}, {prefetch_level::l1, 8},
+                                               {prefetch_level::l1, 16},  {prefetch_level::l1, 32}, {prefetch_level::l2, 8},
+                                               {prefetch_level::l2, 16},  {prefetch_level::l2, 32}, {prefetch_level::l2, 64}};
   for (const prefetch_setting& p : sweep) {
-    const execution how = execution_for(which, threads, p);
+    const roofline_runs roofline(w, type, execution_for(which, threads, p));
     int set = 0;
     const double s = median_seconds(9, [&] {
-      read_rows(w.table_in(type), w.sets[set].indices, how);
+      roofline.run(set);
       set = (set + 1) % static_cast<int>(w.sets.size());
     });
     if (s < best_seconds) {
@@ -177,12 +183,20 @@ prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa whic
   return best;
 }
 
+sequential_roofline::sequential_roofline(const workload& w, int threads, isa which)
+    : rows_(static_cast<std::size_t>(w.spec.rows)) {
+  constexpr std::int64_t per_bag = 64;
+  std::iota(rows_.begin(), rows_.end(), 0);
+  for (std::int64_t first = 0; first < w.spec.rows; first += per_bag) offsets_.push_back(first);
+  const auto bags_count = static_cast<std::int64_t>(offsets_.size());
+  out_.resize(static_cast<std::size_t>(bags_count * w.spec.dim));
+  gather_.emplace(w.rows_table.view(), bags::from_offsets(rows_, offsets_), matrix_view<float>{out_.data(), bags_count, w.spec.dim, 0},
+                  execution_for(which, threads, {prefetch_level::none, 0}));
+}
+
 double sequential_read_bytes_per_second(const workload& w, int threads, isa which) {
-  std::vector<std::int64_t> all(static_cast<std::size_t>(w.spec.rows));
-  std::iota(all.begin(), all.end(), 0);
-  // the hardware prefetcher handles a sequential stream
-  const execution how = execution_for(which, threads, {prefetch_level::none, 0});
-  const double s = median_seconds(3, [&] { read_rows(w.rows_table.view(), all, how); });
+  const sequential_roofline read_all(w, threads, which);
+  const double s = median_seconds(3, [&] { read_all.run(); });
   return double(w.spec.rows) * double(w.rows_table.row_stride()) * 4.0 / s;
 }
 

@@ -12,6 +12,7 @@
 
 #include "embag/embag.hpp"
 #include "embag/quantize.hpp"
+#include "embag/roofline.hpp"
 
 namespace embag::bench {
 
@@ -104,9 +105,35 @@ double median_seconds(int calls, F&& f) {
   return seconds[calls / 2];
 }
 
-// The best prefetch for the roofline on this workload's table in `type` and thread count, found by
-// timing a sweep of levels and distances; and the sequential-read bandwidth of the fp32 table in
-// bytes/s.
+// The roofline on a workload: one gather_roofline per index set over the table in `type`, run with
+// `how` (its ISA, threads and prefetch), summing into a buffer of its own.
+class roofline_runs {
+ public:
+  roofline_runs(const workload& w, dtype type, const execution& how);
+  void run(int set) const { per_set_[static_cast<std::size_t>(set)].run(); }
+  prefetch_setting prefetch() const noexcept { return per_set_.front().prefetch(); }
+
+ private:
+  std::vector<float> out_;
+  std::vector<gather_roofline> per_set_;
+};
+
+// Every row of the fp32 table in order, in bags of 64, no software prefetch (the hardware
+// prefetcher handles a sequential stream): what the memory system delivers at best.
+class sequential_roofline {
+ public:
+  sequential_roofline(const workload& w, int threads, isa which);
+  void run() const { gather_->run(); }
+
+ private:
+  std::vector<std::int64_t> rows_, offsets_;
+  std::vector<float> out_;
+  std::optional<gather_roofline> gather_;
+};
+
+// The roofline's best prefetch on this workload's table in `type` and thread count, from a sweep
+// of levels and distances (none; L1 4 to 32 rows ahead; L2 8 to 64); and the sequential-read
+// bandwidth of the fp32 table in bytes/s.
 prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which, dtype type = dtype::f32);
 double sequential_read_bytes_per_second(const workload& w, int threads, isa which);
 

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "embag/quantize.hpp"
+#include "embag/roofline.hpp"
 #include "allocation.hpp"
 #include "dispatch/dispatch.hpp"
 #include "parallel.hpp"
@@ -96,6 +97,7 @@ forward_request make_forward_request(const stored_table& t, const bag_source& ba
   req.dim = t.dim;
   req.row_stride = t.stride;
   req.row_bytes = t.row_bytes;
+  req.rows_line_aligned = reinterpret_cast<std::uintptr_t>(t.data) % 64 == 0 && t.stride % 64 == 0;
   req.bags = bags;
   req.mode = opts.mode;
   req.padding_idx = padding;
@@ -206,44 +208,36 @@ void run_row_kernels(isa which, const backward_request& r, const execution& how)
              [&](std::int64_t i) { k.backward_rows(r, plan.blocks[i].bag_begin, plan.blocks[i].bag_end); });
 }
 
-// The roofline over a table's rows. Compressed rows are read as the floats their bytes hold: the
-// widest register-resident dim (16 to 256 floats) within the row, else every whole float, while
-// the prefetch covers all of the row's bytes, as forward's does.
-float read_stored_rows(const stored_table& t, index_span indices, const execution& how) {
+// gather_roofline's state: the validated call, planned once.
+struct roofline_call {
+  forward_request req;
+  block_list plan;
+  const kernel_table* kernels = nullptr;
+  execution how;
+};
+
+roofline_call prepare_roofline(const stored_table& t, const bags& batch, matrix_view<float> out, const execution& how) {
   options opts;
   opts.execution = how;
   validate_options(opts, t.rows);
-  const bag_source bags = validate_bags(bags::fixed(indices, 1), opts, t.rows);
-  std::int64_t floats = t.dim;
-  if (t.type != dtype::f32) {
-    floats = t.row_bytes / 4;
-    for (std::int64_t fixed = 256; fixed >= 16; fixed /= 2)
-      if (floats >= fixed) {
-        floats = fixed;
-        break;
-      }
-    if (floats == 0)
-      throw error(errc::invalid_shape, "read_rows reads rows as floats: a " + std::string(to_string(t.type)) +
-                                           " row of dim " + std::to_string(t.dim) + " has fewer than 4 bytes");
-  }
+  if (batch.layout != bag_layout::offsets || batch.boundaries.type != batch.indices.type)
+    throw error(errc::invalid_option, "gather_roofline takes bags given by offsets of the indices' own type");
+  if (!batch.per_sample_weights.empty())
+    throw error(errc::invalid_option, "gather_roofline sums rows unweighted: it takes no per_sample_weights");
+  const bag_source bags = validate_bags(batch, opts, t.rows);
+  const std::int64_t out_stride = validate_output("out", out, bags.num_bags, t.dim);
+  const byte_range outputs[] = {matrix_bytes("out", out.data, bags.num_bags, t.dim, out_stride)};
+  validate_disjoint(outputs, call_inputs(batch, t.bytes()).span());
   const isa which = resolve_isa(how.isa);
   if (which == isa::reference)
-    throw error(errc::unsupported_isa, "read_rows measures the memory system: it needs a SIMD ISA, not reference");
-
-  forward_request req = make_forward_request(t, bags, opts, no_padding);
-  req.element_type = dtype::f32;
-  req.dim = floats;
-  choose_prefetch(req, how.prefetch);
-  block_list plan;
-  plan_forward_blocks(bags, mode::none, floats, threads_for(how), plan);
-  std::array<float, max_blocks> folded{};
-  std::vector<float> sinks(static_cast<std::size_t>(plan.count * floats));  // not the hot path
-  const kernel_table& k = kernels_of(which);
-  run_blocks(plan.count, how,
-             [&](std::int64_t i) { folded[i] = k.read_rows(req, plan.blocks[i], sinks.data() + i * floats); });
-  float total = 0.0f;
-  for (int i = 0; i < plan.count; ++i) total += folded[i];
-  return total;
+    throw error(errc::unsupported_isa, "gather_roofline measures the memory system: it needs a SIMD ISA, not reference");
+  roofline_call call{make_forward_request(t, bags, opts, no_padding), {}, &kernels_of(which), how};
+  call.req.out = out.data;
+  call.req.out_stride = out_stride;
+  choose_prefetch(call.req, how.prefetch);
+  call.req.prefetch_trial = -1;  // its times are not forward's
+  plan_forward_blocks(bags, mode::sum, t.dim, threads_for(how), call.plan);
+  return call;
 }
 
 // Backward's row transpose (plan.cpp): six int64 arrays over the call's indices (row, position and
@@ -437,12 +431,29 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
   run_blocks(plan.count, opts.execution, [&](std::int64_t i) { k.weights_grad(w, plan.blocks[i]); });
 }
 
-float read_rows(table_view<const float> table, index_span indices, const execution& how) {
-  return read_stored_rows(stored(table), indices, how);
+struct gather_roofline::impl {
+  roofline_call call;
+};
+
+gather_roofline::gather_roofline(table_view<const float> table, const bags& batch, matrix_view<float> out,
+                                 const execution& how)
+    : impl_(std::make_unique<impl>(impl{prepare_roofline(stored(table), batch, out, how)})) {}
+
+gather_roofline::gather_roofline(compressed_table_view table, const bags& batch, matrix_view<float> out,
+                                 const execution& how)
+    : impl_(std::make_unique<impl>(impl{prepare_roofline(stored(table), batch, out, how)})) {}
+
+gather_roofline::gather_roofline(gather_roofline&&) noexcept = default;
+gather_roofline& gather_roofline::operator=(gather_roofline&&) noexcept = default;
+gather_roofline::~gather_roofline() = default;
+
+void gather_roofline::run() const {
+  const roofline_call& c = impl_->call;
+  run_blocks(c.plan.count, c.how, [&](std::int64_t i) { c.kernels->gather_bags(c.req, c.plan.blocks[i]); });
 }
 
-float read_rows(compressed_table_view table, index_span indices, const execution& how) {
-  return read_stored_rows(stored(table), indices, how);
+prefetch_setting gather_roofline::prefetch() const noexcept {
+  return {impl_->call.req.prefetch, impl_->call.req.prefetch == prefetch_level::none ? 0 : impl_->call.req.prefetch_rows};
 }
 
 void renorm_rows(table_view<float> table, index_span rows, float max_norm, float norm_type) {

@@ -40,6 +40,7 @@ struct forward_request {
   const std::byte* table = nullptr;
   dtype element_type = dtype::f32;
   std::int64_t rows = 0, dim = 0, row_stride = 0, row_bytes = 0;
+  bool rows_line_aligned = false;  // every row starts a 64-byte cache line
   bag_source bags;
   embag::mode mode = mode::sum;
   std::int64_t padding_idx = no_padding;  // normalised to [0, rows) or no_padding
@@ -98,9 +99,9 @@ struct kernel_table {
   void (*forward)(const forward_request&, const bag_block&);
   void (*backward_rows)(const backward_request&, std::int64_t unique_begin, std::int64_t unique_end);
   void (*weights_grad)(const weights_grad_request&, const bag_block&);
-  // The roofline: reads the rows of indices [block.bag_begin, block.bag_end) into a scratch row
-  // (dim floats) it never reads back.
-  float (*read_rows)(const forward_request&, const bag_block&, float* sink);
+  // The roofline: the minimal unweighted sum of bags [block.bag_begin, block.bag_end), given by
+  // offsets of the indices' type, prefetching at the request's resolved level.
+  void (*gather_bags)(const forward_request&, const bag_block&);
   index_extremes (*scan_indices)(const void* indices, index_type kind, std::int64_t n);
 };
 

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "embag/embag.hpp"
+#include "embag/roofline.hpp"
 #include "sparse_into.hpp"  // the C ABI's sparse backward, into the caller's buffers
 #include "support/cases.hpp"
 
@@ -236,8 +237,24 @@ std::vector<catalogue_case> catalogue() {
        errc::index_out_of_range, "indices[5] = 11 is out of range [0, 10)"},
       {"renorm_rows_row_past_the_table", [](F& f) { renorm_rows(f.mutable_table(), i64s{0, 10}, 1.0f); },
        errc::index_out_of_range, "rows[1] = 10 is out of range [0, 10)"},
-      {"read_rows_negative_index_i32", [](F& f) { read_rows(f.table(), i32s{0, -5}); }, errc::index_out_of_range,
-       "indices[1] = -5 is out of range [0, 10)"},
+      {"gather_roofline_negative_index_i32",
+       [](F& f) { gather_roofline(f.table(), bags::from_offsets(i32s{0, -5}, i32s{0, 1}), {f.out_store.data(), 2, D}); },
+       errc::index_out_of_range, "indices[1] = -5 is out of range [0, 10)"},
+      {"gather_roofline_lengths",
+       [](F& f) { gather_roofline(f.table(), bags::from_lengths(f.idx64, i64s{2, 2, 2}), f.out()); },
+       errc::invalid_option, "gather_roofline takes bags given by offsets of the indices' own type"},
+      {"gather_roofline_offsets_of_another_type",
+       [](F& f) { gather_roofline(f.table(), bags::from_offsets(f.idx64, i32s{0, 2, 4}), f.out()); },
+       errc::invalid_option, "gather_roofline takes bags given by offsets of the indices' own type"},
+      {"gather_roofline_weighted",
+       [](F& f) { gather_roofline(f.table(), f.weighted_batch(), f.out()); },
+       errc::invalid_option, "gather_roofline sums rows unweighted: it takes no per_sample_weights"},
+      {"gather_roofline_out_too_short",
+       [](F& f) { gather_roofline(f.table(), f.batch(), {f.out_store.data(), B - 1, D}); },
+       errc::size_mismatch, "out has 2 rows but the call needs 3"},
+      {"gather_roofline_out_over_the_indices",
+       [](F& f) { gather_roofline(f.table(), f.batch(), {reinterpret_cast<float*>(f.idx64.data()), B, D}); },
+       errc::aliasing, "out overlaps indices"},
       {"forward_index_type_not_a_type",
        [=](F& f) {
          fwd(f, bags::from_offsets(index_span(f.idx64.data(), NNZ, static_cast<index_type>(5)), f.offsets()));
@@ -401,8 +418,8 @@ std::vector<catalogue_case> catalogue() {
       {"renorm_rows_table_stride_below_dim",
        [](F& f) { renorm_rows(table_view<float>{f.table_store.data(), R, D, 2}, i64s{0}, 1.0f); },
        errc::invalid_shape, "table has row_stride 2 smaller than its dim 4"},
-      {"read_rows_table_negative_dim",
-       [](F& f) { read_rows(table_view<const float>{f.table_store.data(), R, -3, 0}, f.idx64); },
+      {"gather_roofline_table_negative_dim",
+       [](F& f) { gather_roofline(table_view<const float>{f.table_store.data(), R, -3, 0}, f.batch(), f.out()); },
        errc::invalid_shape, "table has dim -3 (must be > 0)"},
       {"forward_indices_negative_size",
        [=](F& f) { fwd(f, bags::from_offsets(index_span(f.idx64.data(), -1, index_type::i64), f.offsets())); },
@@ -481,11 +498,11 @@ std::vector<catalogue_case> catalogue() {
          fwd(f, f.batch(), o);
        },
        errc::invalid_option, "execution.prefetch.level = 9 is not a prefetch level"},
-      {"read_rows_negative_prefetch_rows",
+      {"gather_roofline_negative_prefetch_rows",
        [](F& f) {
          execution how;
          how.prefetch.rows = -4;
-         read_rows(f.table(), f.idx64, how);
+         gather_roofline(f.table(), f.batch(), f.out(), how);
        },
        errc::invalid_option, "execution.prefetch.rows = -4 must be >= 0"},
       {"backward_dense_negative_max_threads",
@@ -677,8 +694,8 @@ std::vector<catalogue_case> catalogue() {
          renorm_rows(f.mutable_table(), index_span(f.pool_at<const std::int64_t>(4), 2, index_type::i64), 1.0f);
        },
        errc::misaligned, "rows is misaligned by 4 bytes for its 8-byte elements"},
-      {"read_rows_table_misaligned",
-       [](F& f) { read_rows(table_view<const float>{f.pool_at<const float>(3), R, D, 0}, f.idx64); },
+      {"gather_roofline_table_misaligned",
+       [](F& f) { gather_roofline(table_view<const float>{f.pool_at<const float>(3), R, D, 0}, f.batch(), f.out()); },
        errc::misaligned, "table is misaligned by 3 bytes for its 4-byte elements"},
 
       // Hostile sizes: counts near the limits of int64 and size_t over tiny real buffers.
@@ -764,13 +781,13 @@ std::vector<catalogue_case> catalogue() {
          forward(f.table(), bags::fixed(many_indices(), many), {}, {f.out_store.data(), 1, D});
        },
        errc::index_out_of_range, "indices[" + str(many_culprit) + "] = 10 is out of range [0, 10)"},
-      {"read_rows_on_the_reference",
+      {"gather_roofline_on_the_reference",
        [](F& f) {
          execution how;
          how.isa = isa::reference;
-         read_rows(f.table(), f.idx64, how);
+         gather_roofline(f.table(), f.batch(), f.out(), how);
        },
-       errc::unsupported_isa, "read_rows measures the memory system: it needs a SIMD ISA, not reference"},
+       errc::unsupported_isa, "gather_roofline measures the memory system: it needs a SIMD ISA, not reference"},
   };
 
   // Instruction sets this CPU or build lacks (on x86-64 that is always neon).

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "embag/quantize.hpp"
+#include "embag/roofline.hpp"
 #include "support/cases.hpp"
 
 namespace embag::test {
@@ -242,27 +243,48 @@ TEST(CompressedForward, F32ViewsAreTheFp32Path) {
   EXPECT_TRUE(same_bits(want, run_forward(as_bytes, c, {}).out, c.out_rows(), c.dim, c.out_stride));
 }
 
-TEST(CompressedForward, ReadRowsReadsEveryDtype) {
-  const call_case c = make_case(64, 128, {1, 5, 7, 63, 0}, {0});
-  for (dtype type : compressed_types) {
-    const compressed_table q = quantize(c.view(), type);
-    for (isa which : available_isas()) {
-      execution how;
-      how.isa = which;
-      if (which == isa::reference) {
-        EXPECT_THROW(read_rows(q.view(), c.indices64, how), error);
-        continue;
-      }
-      EXPECT_TRUE(std::isfinite(read_rows(q.view(), c.indices64, how))) << to_string(type);
+// The roofline is the minimal gather: its output is forward's unweighted sum, bit for bit, on every
+// ISA, element type, width (the specialised ones and others), index type and prefetch level, with
+// empty bags, one-index bags and a last bag that ends the stream.
+TEST(Roofline, GatherEqualsForwardSum) {
+  std::mt19937_64 rng(7);
+  for (std::int64_t dim : {16, 32, 64, 128, 256, 3, 48, 100}) {
+    const std::int64_t rows = 97, num_bags = 23;
+    std::vector<std::int64_t> indices, offsets;
+    for (std::int64_t b = 0; b < num_bags; ++b) {
+      offsets.push_back(static_cast<std::int64_t>(indices.size()));
+      const std::int64_t length = b % 5 == 0 ? 0 : b % 3 == 0 ? 1 : static_cast<std::int64_t>(rng() % 9);
+      for (std::int64_t j = 0; j < length; ++j) indices.push_back(static_cast<std::int64_t>(rng() % rows));
     }
-  }
-  const std::vector<std::uint16_t> halves(4, 0);
-  const compressed_table_view tiny{reinterpret_cast<const std::byte*>(halves.data()), 4, 1, 0, dtype::f16};
-  try {
-    read_rows(tiny, std::vector<std::int64_t>{0, 3}, {});
-    ADD_FAILURE() << "2-byte rows read as floats";
-  } catch (const error& e) {
-    EXPECT_EQ(e.code(), errc::invalid_shape);
+    indices.push_back(rows - 1);  // the last bag ends the stream
+    const call_case c = make_case(rows, dim, indices, offsets);
+    const std::vector<std::int32_t> indices32(indices.begin(), indices.end()), offsets32(offsets.begin(), offsets.end());
+    for (dtype type : {dtype::f32, dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise}) {
+      const compressed_table q = quantize(c.view(), type);
+      std::vector<float> want(static_cast<std::size_t>(num_bags * dim));
+      options reference;
+      reference.execution.isa = isa::reference;
+      forward(q.view(), bags::from_offsets(indices, offsets), reference, {want.data(), num_bags, dim, 0});
+      for (isa which : available_isas()) {
+        if (which == isa::reference) continue;
+        for (prefetch_setting prefetch : {prefetch_setting{prefetch_level::none, 0}, prefetch_setting{prefetch_level::l1, 2},
+                                          prefetch_setting{prefetch_level::l2, 5}}) {
+          for (bool int32 : {false, true}) {
+            execution how;
+            how.isa = which;
+            how.prefetch = prefetch;
+            std::vector<float> got = canary_buffer(num_bags, dim);
+            const bags batch = int32 ? bags::from_offsets(indices32, offsets32) : bags::from_offsets(indices, offsets);
+            const gather_roofline roofline(q.view(), batch, {got.data(), num_bags, dim, 0}, how);
+            EXPECT_EQ(roofline.prefetch().level, prefetch.level);
+            roofline.run();
+            EXPECT_TRUE(same_bits(want, got, num_bags, dim, dim))
+                << to_string(which) << " " << to_string(type) << " D=" << dim << (int32 ? " int32" : " int64")
+                << " prefetch level " << static_cast<int>(prefetch.level);
+          }
+        }
+      }
+    }
   }
 }
 

@@ -121,32 +121,6 @@ TEST(Dispatch, ToolHonoursEmbagIsa) {
 namespace embag {
 namespace {
 
-TEST(Roofline, ReadRowsChecksItsInputAndReadsEveryRow) {
-  std::vector<float> table(64 * 8, 1.0f);
-  std::vector<std::int64_t> rows = {0, 5, 63, 5};
-  for (isa i : available_isas()) {
-    execution how;
-    how.isa = i;
-    if (i == isa::reference) {
-      EXPECT_THROW(read_rows(table_view<const float>{table.data(), 64, 8, 8}, rows, how), error);
-      continue;
-    }
-    for (prefetch_level level : {prefetch_level::none, prefetch_level::l1, prefetch_level::l2}) {
-      how.prefetch = {level, 3};
-      // all ones: the sum of each row's first element is the number of rows read
-      EXPECT_EQ(read_rows(table_view<const float>{table.data(), 64, 8, 8}, rows, how), 4.0f) << to_string(i);
-    }
-    std::vector<std::int64_t> bad = {0, 64};
-    try {
-      read_rows(table_view<const float>{table.data(), 64, 8, 8}, bad, how);
-      ADD_FAILURE() << "an index past the table must be rejected";
-    } catch (const error& e) {
-      EXPECT_EQ(e.code(), errc::index_out_of_range);
-      EXPECT_NE(std::string(e.what()).find("indices[1] = 64"), std::string::npos) << e.what();
-    }
-  }
-}
-
 TEST(Machine, CachesAreReportedInOrder) {
   const cache_sizes c = caches();
   EXPECT_GT(c.l1d, 0);

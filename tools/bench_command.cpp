@@ -193,24 +193,24 @@ result measure(operation op, dtype type, isa which, int threads, const workload&
   call_buffers buffers;
   const int sets = static_cast<int>(w.sets.size());
   run_operation(op, w, 0, execution_for(which, threads), buffers, type);  // warm-up, sizes the buffers
-  std::vector<double> kernel, roofline;
+  std::vector<double> kernel, roofline_times;
   const auto start = std::chrono::steady_clock::now();
-  const isa roofline_isa = available_isas().back();
+  const roofline_runs roofline(w, type, execution_for(available_isas().back(), threads, roofline_prefetch));
   for (int call = 0; call < 5 || (call < 2000 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < budget); ++call) {
     const int set = call % sets;
     auto t0 = std::chrono::steady_clock::now();
     run_operation(op, w, set, execution_for(which, threads), buffers, type);
     auto t1 = std::chrono::steady_clock::now();
-    read_rows(w.table_in(type), w.sets[set].indices, execution_for(roofline_isa, threads, roofline_prefetch));
+    roofline.run(set);
     auto t2 = std::chrono::steady_clock::now();
     kernel.push_back(std::chrono::duration<double>(t1 - t0).count());
-    roofline.push_back(std::chrono::duration<double>(t2 - t1).count());
+    roofline_times.push_back(std::chrono::duration<double>(t2 - t1).count());
   }
   const auto median = [](std::vector<double> v) {
     std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
     return v[v.size() / 2];
   };
-  return {op, type, which, threads, median(kernel), median(roofline), roofline_prefetch};
+  return {op, type, which, threads, median(kernel), median(roofline_times), roofline_prefetch};
 }
 
 

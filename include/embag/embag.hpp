@@ -277,11 +277,6 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
 void per_sample_weights_grad(table_view<const float> table, const bags& batch, const options& opts,
                              matrix_view<const float> grad_output, std::span<float> grad_weights);
 
-// The ceiling forward is measured against: reads every row `indices` references, in order, with
-// the prefetch and threads of `how`, and does nothing else (no output). Returns the sum of the
-// rows' first elements, so the reads cannot be optimised away.
-float read_rows(table_view<const float> table, index_span indices, const execution& how = {});
-
 // Rescales each listed row whose norm_type-norm exceeds max_norm to max_norm / (norm + 1e-7)
 // times itself, once per distinct row (torch.embedding_renorm_).
 void renorm_rows(table_view<float> table, index_span rows, float max_norm, float norm_type = 2.0f);

@@ -122,11 +122,6 @@ void dequantize(compressed_table_view table, table_view<float> out, const execut
 void forward(compressed_table_view table, const bags& batch, const options& opts, matrix_view<float> out,
              std::span<std::int64_t> argmax = {});
 
-// The roofline over a compressed table's rows (see read_rows in embag.hpp): every referenced row's
-// bytes prefetched as forward prefetches them, and read as the floats they hold (up to 256 of
-// them, within the row). Rows of fewer than 4 bytes are errc::invalid_shape.
-float read_rows(compressed_table_view table, index_span indices, const execution& how = {});
-
 // The .embag file, little-endian:
 //   offset  0  magic "EMBAGTBL"        offset 24  dim (u64)
 //   offset  8  version (u32) = 1       offset 32  row bytes (u64) = row_bytes(dtype, dim)

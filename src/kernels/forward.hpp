@@ -29,7 +29,9 @@
 
 namespace embag::detail::EMBAG_ISA_NS {
 
-template <class Arch, class Index, dtype Type, prefetch_level Prefetch>
+// Dim: the row length when the path fixes it at compile time (prefetches are then unrolled per
+// cache line), else 0.
+template <class Arch, class Index, dtype Type, prefetch_level Prefetch, std::int64_t Dim = 0>
 struct forward_context {
   using batch = xsimd::batch<float, Arch>;
   using reader = row_reader<Arch, Type>;
@@ -43,14 +45,20 @@ struct forward_context {
   const std::byte* row_address(std::int64_t index) const noexcept { return req.table + index * req.row_stride; }
   reader row(std::int64_t index) const noexcept { return reader(row_address(index), req.dim); }
 
+  template <int Locality>
+  [[gnu::always_inline]] void prefetch_row_at(const std::byte* row) const noexcept {
+    if constexpr (Dim == 0) prefetch_row<Locality>(row, req.row_bytes);
+    else prefetch_fixed_row<Locality, stored_row_bytes<Type>(Dim)>(row, req.rows_line_aligned);
+  }
+
   // Prefetches the row of position p + prefetch_rows; p must be below prefetch_end.
   [[gnu::always_inline]] void prefetch_ahead(std::int64_t p) const noexcept {
     const auto ahead = [&] { return row_address(indices[p + req.prefetch_rows]); };
     if constexpr (Prefetch == prefetch_level::automatic) {  // the level of this call, at run time
-      if (req.prefetch == prefetch_level::l1) prefetch_row<3>(ahead(), req.row_bytes);
-      else if (req.prefetch == prefetch_level::l2) prefetch_row<1>(ahead(), req.row_bytes);
+      if (req.prefetch == prefetch_level::l1) prefetch_row_at<3>(ahead());
+      else if (req.prefetch == prefetch_level::l2) prefetch_row_at<1>(ahead());
     } else if constexpr (Prefetch != prefetch_level::none) {
-      prefetch_row<Prefetch == prefetch_level::l1 ? 3 : 1>(ahead(), req.row_bytes);
+      prefetch_row_at<Prefetch == prefetch_level::l1 ? 3 : 1>(ahead());
     }
   }
 
@@ -156,7 +164,7 @@ inline constexpr std::int64_t vector_registers =
 // cache-resident tables the single pass is faster.
 template <class Arch, class Index, dtype Type, prefetch_level Prefetch, std::int64_t Chunks>
 struct fixed_dim_forward {
-  using ctx_t = forward_context<Arch, Index, Type, Prefetch>;
+  using ctx_t = forward_context<Arch, Index, Type, Prefetch, Chunks * xsimd::batch<float, Arch>::size>;
   static constexpr bool Narrow = Prefetch == prefetch_level::l2;
   using reader = typename ctx_t::reader;
   using batch = typename ctx_t::batch;
@@ -367,8 +375,8 @@ inline void lookup_rows(const forward_context<Arch, Index, Type, Prefetch>& c, c
   c.template for_each_position<false>(prefetched_end, block.bag_end, copy_row);
 }
 
-template <class Arch, class Index, dtype Type, prefetch_level Prefetch, class Path>
-inline void pooled_bags(const forward_context<Arch, Index, Type, Prefetch>& c, const bag_block& block) {
+template <class Arch, class Index, dtype Type, class Path>
+inline void pooled_bags(const typename Path::ctx_t& c, const bag_block& block) {
   using general = any_dim_forward<Arch, Index, Type, prefetch_level::automatic>;
   const bool is_max = c.req.mode == mode::max;
   for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
@@ -417,7 +425,7 @@ template <class Arch, class Index, dtype Type>
 inline void forward_block_typed(const forward_request& req, const bag_block& block) {
   if (req.mode == mode::none) return lookup_rows(forward_context<Arch, Index, Type, prefetch_level::automatic>{req}, block);
   with_path<Arch, Index, Type>(req, [&]<prefetch_level Prefetch, class Path>() {
-    pooled_bags<Arch, Index, Type, Prefetch, Path>(forward_context<Arch, Index, Type, Prefetch>{req}, block);
+    pooled_bags<Arch, Index, Type, Path>(typename Path::ctx_t{req}, block);
   });
 }
 

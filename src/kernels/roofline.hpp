@@ -1,55 +1,107 @@
-// The roofline kernel: reads the rows of a run of indices with the same prefetch as forward and
-// does nothing else, so forward's speed can be reported as a fraction of what the memory system
-// delivers on the same rows, in the same process. Rows are read as fp32 (a compressed table's rows
-// as the floats their bytes hold: see read_rows in src/api.cpp), prefetched over req.row_bytes.
+// The roofline: the minimal gather forward is measured against. Per bag, the rows its offsets name
+// are summed into registers and stored as the bag's output row, and nothing else happens: D is a
+// compile-time constant for the specialised widths, there is no validation (the call was validated
+// once, when the roofline was built), no padding test, weight, clip or count, and the prefetch
+// level is fixed per instantiation. Any kernel that beats it shows that it is no ceiling.
+// Compressed rows are decoded through row_reader, as forward decodes them: the minimal gather of
+// that element type.
 #pragma once
 
 #include "kernels/forward.hpp"
 
 namespace embag::detail::EMBAG_ISA_NS {
 
-// Rows are summed in runs of `run`, each into a scratch row (sink, dim floats) that is never
-// read: forward's own loop without weights, padding, clipping or an output worth keeping. A
-// tighter loop with one accumulator chain across the whole block read 25-35% slower than
-// forward on DRAM tables here, which made it no ceiling.
-// Kept out of line as forward's bag loop is: inlined into the run loop, the same sum read 25-35%
-// slower on DRAM tables (GCC 12, Zen 4).
-template <class Path, class Context>
-[[gnu::noinline]] void read_run(const Context& c, std::int64_t begin, std::int64_t end) {
-  Path::sum_bag(c, 0, begin, end);
-}
+template <class Arch, class Index, dtype Type, prefetch_level Level, std::int64_t Chunks>
+struct minimal_gather {
+  using batch = xsimd::batch<float, Arch>;
+  using reader = row_reader<Arch, Type>;
+  static constexpr std::int64_t lanes = batch::size;
+  // as many accumulators as half the registers hold; wider rows take more passes over the bag,
+  // the later ones finding its rows in L1
+  static constexpr std::int64_t group = Chunks < vector_registers<Arch> / 2 ? Chunks : vector_registers<Arch> / 2;
 
-template <class Arch, class Index, prefetch_level Prefetch, class Path>
-float read_rows_in_runs(const forward_request& req, const bag_block& block, float* sink) {
-  constexpr std::int64_t run = 32;
-  forward_request r = req;
-  r.mode = mode::sum;
-  r.bags.weights = nullptr;
-  r.padding_idx = no_padding;
-  r.clip_max_norm = false;
-  r.out = sink;
-  r.out_stride = 0;
-  r.argmax = nullptr;
-  const forward_context<Arch, Index, dtype::f32, Prefetch> c{r};
-  float folded = 0.0f;
-  for (std::int64_t first = block.bag_begin; first < block.bag_end; first += run) {
-    read_run<Path>(c, first, first + run < block.bag_end ? first + run : block.bag_end);
-    folded += sink[0];
+  const forward_request& req;
+  const Index* indices = static_cast<const Index*>(req.bags.indices);
+
+  const std::byte* row_address(std::int64_t p) const noexcept { return req.table + indices[p] * req.row_stride; }
+
+  template <bool Prefetching>
+  [[gnu::always_inline]] void prefetch(std::int64_t p) const noexcept {
+    constexpr int locality = Level == prefetch_level::l1 ? 3 : 1;
+    if constexpr (!Prefetching || Level == prefetch_level::none) return;
+    else if constexpr (Chunks == 0) prefetch_row<locality>(row_address(p + req.prefetch_rows), req.row_bytes);
+    else prefetch_fixed_row<locality, stored_row_bytes<Type>(Chunks * lanes)>(row_address(p + req.prefetch_rows), req.rows_line_aligned);
   }
-  return folded;
+
+  template <bool Prefetching>
+  [[gnu::always_inline]] void bag(float* out, std::int64_t begin, std::int64_t end) const noexcept {
+    if constexpr (Chunks == 0) {  // any D: the output row is the accumulator
+      const std::int64_t dim = req.dim;
+      for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
+      for (std::int64_t p = begin; p < end; ++p) {
+        prefetch<Prefetching>(p);
+        const reader x(row_address(p), dim);
+        std::int64_t d = 0;
+        for (; d + lanes <= dim; d += lanes) (batch::load_unaligned(out + d) + x.load(d)).store_unaligned(out + d);
+        for (; d < dim; ++d) out[d] += x.at(d);
+      }
+    } else {
+      for (std::int64_t first = 0; first < Chunks; first += group) {
+        batch acc[group];
+        for (std::int64_t k = 0; k < group; ++k) acc[k] = batch(0.0f);
+        for (std::int64_t p = begin; p < end; ++p) {
+          if (first == 0) prefetch<Prefetching>(p);
+          const reader x(row_address(p), req.dim);
+          for (std::int64_t k = 0; k < group; ++k) acc[k] += x.load((first + k) * lanes);
+        }
+        for (std::int64_t k = 0; k < group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
+      }
+    }
+  }
+
+  // Bags [block.bag_begin, block.bag_end), given by offsets of type Index (the last bag ends at nnz).
+  void run(const bag_block& block) const noexcept {
+    const Index* offsets = static_cast<const Index*>(req.bags.boundaries);
+    const std::int64_t prefetch_end = Level == prefetch_level::none ? 0 : req.bags.nnz - req.prefetch_rows;
+    const auto one_bag = [&](std::int64_t b, std::int64_t begin, std::int64_t end) EMBAG_ALWAYS_INLINE {
+      float* out = req.out + b * req.out_stride;
+      if (end <= prefetch_end) bag<true>(out, begin, end);
+      else bag<false>(out, begin, end);
+    };
+    const std::int64_t last = req.bags.num_boundaries - 1;  // the bag that ends at nnz
+    const std::int64_t inner_end = block.bag_end < last ? block.bag_end : last;
+    for (std::int64_t b = block.bag_begin; b < inner_end; ++b) one_bag(b, offsets[b], offsets[b + 1]);
+    if (block.bag_end > last && last >= block.bag_begin) one_bag(last, offsets[last], req.bags.nnz);
+  }
+};
+
+template <class Arch, class Index, dtype Type, prefetch_level Level>
+void gather_bags_at(const forward_request& req, const bag_block& block) {
+  constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
+  switch (req.dim) {
+    case 16: return minimal_gather<Arch, Index, Type, Level, 16 / lanes>{req}.run(block);
+    case 32: return minimal_gather<Arch, Index, Type, Level, 32 / lanes>{req}.run(block);
+    case 64: return minimal_gather<Arch, Index, Type, Level, 64 / lanes>{req}.run(block);
+    case 128: return minimal_gather<Arch, Index, Type, Level, 128 / lanes>{req}.run(block);
+    case 256: return minimal_gather<Arch, Index, Type, Level, 256 / lanes>{req}.run(block);
+    default: return minimal_gather<Arch, Index, Type, Level, 0>{req}.run(block);
+  }
 }
 
-template <class Arch, class Index>
-float read_rows_dim(const forward_request& req, const bag_block& block, float* sink) {
-  return with_path<Arch, Index, dtype::f32>(req, [&]<prefetch_level Prefetch, class Path>() {
-    return read_rows_in_runs<Arch, Index, Prefetch, Path>(req, block, sink);
-  });
-}
-
+// The request's indices and offsets share one index type; its prefetch is resolved (never automatic).
 template <class Arch>
-float read_rows(const forward_request& req, const bag_block& block, float* sink) {
-  return req.bags.index_kind == index_type::i32 ? read_rows_dim<Arch, std::int32_t>(req, block, sink)
-                                                : read_rows_dim<Arch, std::int64_t>(req, block, sink);
+void gather_bags(const forward_request& req, const bag_block& block) {
+  with_element_type(req.element_type, [&]<dtype Type>() {
+    const auto at_level = [&]<class Index>() {
+      switch (req.prefetch) {
+        case prefetch_level::l1: return gather_bags_at<Arch, Index, Type, prefetch_level::l1>(req, block);
+        case prefetch_level::l2: return gather_bags_at<Arch, Index, Type, prefetch_level::l2>(req, block);
+        default: return gather_bags_at<Arch, Index, Type, prefetch_level::none>(req, block);
+      }
+    };
+    if (req.bags.index_kind == index_type::i32) at_level.template operator()<std::int32_t>();
+    else at_level.template operator()<std::int64_t>();
+  });
 }
 
 }  // namespace embag::detail::EMBAG_ISA_NS

@@ -241,6 +241,19 @@ struct row_reader<Arch, dtype::int4_rowwise> {
   }
 };
 
+// The bytes of a stored row of dim elements (embag::row_bytes, at compile time).
+template <dtype Type>
+constexpr std::int64_t stored_row_bytes(std::int64_t dim) noexcept {
+  switch (Type) {
+    case dtype::f32: return 4 * dim;
+    case dtype::f16:
+    case dtype::bf16: return 2 * dim;
+    case dtype::int8_rowwise: return dim + 8;
+    case dtype::int4_rowwise: return (dim + 1) / 2 + 4;
+  }
+  return 0;
+}
+
 // Calls f.template operator()<Type>() for the request's element type.
 template <class F>
 inline decltype(auto) with_element_type(dtype type, F&& f) {

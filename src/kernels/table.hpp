@@ -10,6 +10,6 @@ namespace embag::detail::EMBAG_ISA_NS {
 
 template <class Arch>
 inline constexpr kernel_table kernels_for{&forward_block<Arch>, &backward_rows<Arch>, &weights_grad<Arch>,
-                                             &read_rows<Arch>, &scan_indices<Arch>};
+                                             &gather_bags<Arch>, &scan_indices<Arch>};
 
 }  // namespace embag::detail::EMBAG_ISA_NS
