@@ -12,11 +12,10 @@
 // output row. Rows are prefetched prefetch_rows positions ahead in the index stream. Rows of any
 // element type are read through row_reader (kernels/rows.hpp), which dequantises them to fp32.
 // What a call does not need costs little per row: the register-resident paths are instantiated
-// without prefetch (no prefetch code at all), for narrow passes into L2, and for one pass whose
-// prefetch level is read at run time (prefetch_level::automatic: one predictable branch per row,
-// to keep the instantiations few, as on the general paths); bags at the end of the index stream
-// prefetch nothing rather than clamp every row's look-ahead; sums compute the clip scale only when
-// they clip.
+// per prefetch level (none, with no prefetch code at all; L1; L2; L2 in narrow passes), their
+// prefetches unrolled per cache line of the fixed row size; the general paths read the level at
+// run time (prefetch_level::automatic); bags at the end of the index stream prefetch nothing
+// rather than clamp every row's look-ahead; sums compute the clip scale only when they clip.
 #pragma once
 
 #include "kernels/rows.hpp"
@@ -162,10 +161,10 @@ inline constexpr std::int64_t vector_registers =
 // 15.9-19.9; one pass over 256-byte rows (fp32 D = 64, fp16 D = 128) 12.7 and 8.9 GB/s, two
 // passes of 128 bytes 21.6 and 19.3-21.3 (`embag bench --dim 64|128 --mode sum`). On
 // cache-resident tables the single pass is faster.
-template <class Arch, class Index, dtype Type, prefetch_level Prefetch, std::int64_t Chunks>
+template <class Arch, class Index, dtype Type, prefetch_level Prefetch, bool Narrow, std::int64_t Chunks>
 struct fixed_dim_forward {
   using ctx_t = forward_context<Arch, Index, Type, Prefetch, Chunks * xsimd::batch<float, Arch>::size>;
-  static constexpr bool Narrow = Prefetch == prefetch_level::l2;
+  static_assert(!Narrow || Prefetch == prefetch_level::l2, "narrow passes prefetch into L2");
   using reader = typename ctx_t::reader;
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
@@ -395,20 +394,19 @@ inline void pooled_bags(const typename Path::ctx_t& c, const bag_block& block) {
   });
 }
 
-// Calls f.template operator()<Prefetch, Path>() with the path for this row length: registers for
-// the specialised D, instantiated for no prefetch, for narrow passes prefetching into L2, and for
-// one pass prefetching at the level of the call (read at run time: L1 or L2); the output row
-// otherwise, its prefetch level read at run time too.
+// Calls f.template operator()<Path>() with the path for this row length: registers for the
+// specialised D, instantiated per prefetch (none, into L1, into L2, into L2 in narrow passes: a
+// level read at run time in the row loop cost a quarter of the speed on DRAM tables, Zen 4); the
+// output row otherwise, its prefetch level read at run time.
 template <class Arch, class Index, dtype Type, class F>
 inline decltype(auto) with_path(const forward_request& req, F&& f) {
   constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
   const auto fixed = [&]<std::int64_t Chunks>() -> decltype(auto) {
-    if (req.prefetch == prefetch_level::none)
-      return f.template operator()<prefetch_level::none, fixed_dim_forward<Arch, Index, Type, prefetch_level::none, Chunks>>();
-    if (req.narrow_passes)
-      return f.template operator()<prefetch_level::l2, fixed_dim_forward<Arch, Index, Type, prefetch_level::l2, Chunks>>();
-    return f.template operator()<prefetch_level::automatic,
-                                 fixed_dim_forward<Arch, Index, Type, prefetch_level::automatic, Chunks>>();
+    using level = prefetch_level;
+    if (req.prefetch == level::none) return f.template operator()<fixed_dim_forward<Arch, Index, Type, level::none, false, Chunks>>();
+    if (req.prefetch == level::l1) return f.template operator()<fixed_dim_forward<Arch, Index, Type, level::l1, false, Chunks>>();
+    if (req.narrow_passes) return f.template operator()<fixed_dim_forward<Arch, Index, Type, level::l2, true, Chunks>>();
+    return f.template operator()<fixed_dim_forward<Arch, Index, Type, level::l2, false, Chunks>>();
   };
   switch (req.dim) {
     case 16: return fixed.template operator()<16 / lanes>();
@@ -417,14 +415,14 @@ inline decltype(auto) with_path(const forward_request& req, F&& f) {
     case 128: return fixed.template operator()<128 / lanes>();
     case 256: return fixed.template operator()<256 / lanes>();
     default:
-      return f.template operator()<prefetch_level::automatic, any_dim_forward<Arch, Index, Type, prefetch_level::automatic>>();
+      return f.template operator()<any_dim_forward<Arch, Index, Type, prefetch_level::automatic>>();
   }
 }
 
 template <class Arch, class Index, dtype Type>
 inline void forward_block_typed(const forward_request& req, const bag_block& block) {
   if (req.mode == mode::none) return lookup_rows(forward_context<Arch, Index, Type, prefetch_level::automatic>{req}, block);
-  with_path<Arch, Index, Type>(req, [&]<prefetch_level Prefetch, class Path>() {
+  with_path<Arch, Index, Type>(req, [&]<class Path>() {
     pooled_bags<Arch, Index, Type, Path>(typename Path::ctx_t{req}, block);
   });
 }
