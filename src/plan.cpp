@@ -4,6 +4,7 @@
 #include "parallel.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <array>
 #include <cmath>
 #include <cstdlib>
@@ -183,9 +184,19 @@ void prefetch_trials::report(int candidate, double seconds_per_byte) noexcept {
 
 namespace {
 
-// The tables past the LLC, read at random.
+// The tables past the LLC, read at random: trials per row size (its cache lines rounded up to a
+// power of two, 1 to 32 or more), since narrow passes pay only on long rows and what wins on one
+// row size loses on another (a process whose first calls read 128-byte rows chose for 256-byte
+// rows a candidate 2x slower than the best).
 enum far_candidate { l2_narrow, l2_one_pass, l1_one_pass, far_candidates };
-prefetch_trials far_tables(far_candidates);
+prefetch_trials far_tables[] = {prefetch_trials(far_candidates), prefetch_trials(far_candidates),
+                                prefetch_trials(far_candidates), prefetch_trials(far_candidates),
+                                prefetch_trials(far_candidates), prefetch_trials(far_candidates)};
+
+prefetch_trials& far_tables_of(std::int64_t row_bytes) {
+  const auto lines = static_cast<std::uint64_t>((row_bytes + 63) / 64);
+  return far_tables[std::min<std::size_t>(std::bit_width(lines - 1), std::size(far_tables) - 1)];
+}
 
 // A call too short to time well does not count as a trial: it takes the current leader.
 constexpr std::int64_t min_trial_bytes = std::int64_t{1} << 20;
@@ -210,7 +221,8 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   if (table_bytes > llc && setting.level == prefetch_level::automatic && !skewed(req.bags)) {
     bool on_trial = false;
     const bool long_enough = req.bags.nnz * row_bytes >= min_trial_bytes;
-    const int candidate = long_enough ? far_tables.next(on_trial) : std::max(far_tables.chosen(), 0);
+    prefetch_trials& trials = far_tables_of(row_bytes);
+    const int candidate = long_enough ? trials.next(on_trial) : std::max(trials.chosen(), 0);
     level = candidate == l1_one_pass ? prefetch_level::l1 : prefetch_level::l2;
     narrow = candidate == l2_narrow;
     if (on_trial) req.prefetch_trial = candidate;
@@ -231,7 +243,7 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept {
   if (req.prefetch_trial < 0) return;
   const double bytes = static_cast<double>(req.bags.nnz) * static_cast<double>(req.row_bytes);
-  far_tables.report(req.prefetch_trial, seconds / bytes);
+  far_tables_of(req.row_bytes).report(req.prefetch_trial, seconds / bytes);
 }
 
 namespace {
