@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <set>
 #include <string>
@@ -496,6 +498,61 @@ TEST_F(Cli, FuzzRefusesSeedsOutOfRange) {
     EXPECT_NE(r.output.find("bad value"), std::string::npos) << r.output;
   }
   EXPECT_EQ(embag("fuzz --cases 1 --seed 18446744073709551615").status, 0);
+}
+
+}  // namespace
+}  // namespace embag
+
+namespace embag {
+namespace {
+
+std::size_t count_of(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (std::size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// The suite (here its cache class only, briefly): verified first, one summary line per
+// distribution and bag length, then the full table.
+TEST_F(Cli, BenchSuiteOpensWithItsSummary) {
+  const tool_run r = embag("bench --classes cache --threads 1 --seconds 0.005");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("verified: 40 kernel results match the reference bit for bit"), std::string::npos) << r.output;
+  const std::size_t summary = r.output.find("summary, 1 thread"), table = r.output.find("\nthreads: 1 ");
+  ASSERT_NE(summary, std::string::npos) << r.output;
+  ASSERT_NE(table, std::string::npos) << r.output;
+  EXPECT_LT(summary, table);
+  for (const char* row : {"cache uniform  40 ", "cache uniform  1 ", "cache zipf     40 ", "cache zipf     1 "})
+    EXPECT_EQ(count_of(r.output.substr(summary, table - summary), row), 1u) << row << "\n" << r.output;
+  // every fp32 operation and every element type's sum, on four workloads, and the reference's sum
+  EXPECT_EQ(count_of(r.output.substr(table), " avx512 ") + count_of(r.output.substr(table), " avx2 ") +
+                count_of(r.output.substr(table), " sse2 ") + count_of(r.output.substr(table), " neon "),
+            40u)
+      << r.output;
+  EXPECT_EQ(count_of(r.output.substr(table), " reference "), 4u) << r.output;
+}
+
+// A workload option runs that one workload on every ISA; --json writes every result.
+TEST_F(Cli, BenchOneWorkloadOnEveryIsaWithJson) {
+  const tool_run r = embag("bench --rows 300 --dim 16 --bags 16 --pooling 3 --mode sum,max --dtype fp32,int8 "
+                           "--threads 1 --seconds 0.005 --json out.json");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("summary"), std::string::npos) << r.output;
+  const std::size_t isas = available_isas().size();
+  EXPECT_NE(r.output.find("verified: " + std::to_string(4 * (isas - 1)) + " kernel results"), std::string::npos) << r.output;
+  std::ifstream json(in("out.json"));
+  const std::string text((std::istreambuf_iterator<char>(json)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(count_of(text, "\"name\": \"forward/"), 4 * isas) << text;
+  EXPECT_EQ(count_of(text, "R:300/D:16/L:3/uniform/threads:1"), 2 * 4 * isas) << text;  // name and run_name
+}
+
+TEST_F(Cli, BenchRefusesUnknownClassesAndOptions) {
+  tool_run r = embag("bench --classes cache,L4");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("unknown table class 'L4' (cache, LLC, DRAM)"), std::string::npos) << r.output;
+  r = embag("bench --frobnicate");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("unknown option '--frobnicate'"), std::string::npos) << r.output;
 }
 
 }  // namespace

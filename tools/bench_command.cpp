@@ -1,14 +1,20 @@
-// `embag bench`: the cross-ISA benchmark report on a built-in DLRM-like workload (or one given by
-// options). Verifies every kernel against the reference first, then times each operation on each
-// ISA and element type (forward on the fp32 table and on its fp16, bf16, int8 and int4 copies),
-// interleaving every call with a roofline call (the same rows of the same table read with the best
-// prefetch), so each result is reported as a fraction of what the memory system delivered in the
-// same run.
+// `embag bench`: the cross-ISA benchmark report. With no workload option it runs the suite: the
+// three table classes of this machine (within L2, within the LLC, past it in DRAM, sized from the
+// caches), uniform and Zipf indices, bags of 40 and of one index, on the best ISA, and opens with a
+// one-screen summary per class (the fraction of the roofline, the speed-up over the reference, max
+// and mean against sum, backward against forward, each element type against fp32); then the full
+// tables. With --rows, --dim, --pooling, --bags, --dist or --variable it runs that one workload on
+// every ISA and operation. Every kernel is first verified against the reference, bit for bit; every
+// timed call is followed by a roofline call (gather_roofline: the minimal gather, on the same rows
+// of the same table with the best of a sweep of prefetch settings), so each result is a fraction
+// of what the memory system delivered in the same run.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -27,29 +33,38 @@ using namespace embag::bench;
 
 struct bench_options {
   workload_spec spec;
+  bool suite = true;  // no workload option given: the three table classes, two distributions, L 40 and 1
+  std::vector<std::string> classes = {"cache", "LLC", "DRAM"};
   std::vector<int> threads;  // thread counts to run
   std::vector<isa> isas;
   std::vector<operation> ops = {operation::forward_sum, operation::forward_mean, operation::forward_max,
                                 operation::forward_weighted_sum, operation::backward_dense,
                                 operation::backward_sparse};
   std::vector<dtype> types = {dtype::f32, dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise};
-  std::string json_path;
+  std::string json_path, chart_path;
   double seconds_per_result = 0.3;
 };
 
 struct result {
+  workload_spec spec;
+  std::string table_class;
   operation op;
   dtype type;
   isa which;
   int threads;
   double seconds, roofline_seconds;
   prefetch_setting roofline_prefetch;
+  double lookups;  // per call, the mean over the index sets
   double reference_seconds = 0, f32_seconds = 0;  // the same operation on the reference, on f32
 };
 
-// Backward reads no table: it runs on f32 only.
+// Backward reads no table: it runs on f32 only. In the suite, the element types run forward sum
+// only, and the reference (for the speed-up) forward sum only.
 bool runs_on(operation op, dtype type) { return type == dtype::f32 || is_forward(op); }
-
+bool runs_in_suite(operation op, dtype type, isa which) {
+  if (which == isa::reference) return op == operation::forward_sum && type == dtype::f32;
+  return type == dtype::f32 || op == operation::forward_sum;
+}
 std::string short_name(dtype type) {
   for (const char* name : {"fp32", "fp16", "bf16", "int8", "int4"})
     if (dtype_from_name(name) == type) return name;
@@ -76,6 +91,11 @@ std::vector<std::string> split(const std::string& s) {
 
 const char* bench_help =
     "usage: embag bench [options]\n"
+    "With no workload option: the suite, on the best ISA (and the reference for the speed-up):\n"
+    "tables within L2, within the LLC and past it (sized from this machine's caches), D = 128,\n"
+    "uniform and zipf indices, L = 40 and L = 1, 2048 bags; a one-screen summary, then every result.\n"
+    "  --classes LIST    the suite's table classes, of cache,LLC,DRAM (default: all three)\n"
+    "A workload option runs that one workload on every ISA instead:\n"
     "  --rows R          table rows (default 1000000)\n"
     "  --dim D           row length (default 128)\n"
     "  --pooling L       indices per bag (default 40)\n"
@@ -88,25 +108,36 @@ const char* bench_help =
     "  --dtype LIST      table element types of fp32,fp16,bf16,int8,int4 (default: all; backward\n"
     "                    runs on fp32 only)\n"
     "  --seconds S       time budget per result (default 0.3)\n"
-    "  --json FILE       write the results as Google Benchmark JSON\n";
+    "  --json FILE       write the results as Google Benchmark JSON\n"
+    "  --chart FILE      draw them as a PNG with tools/plot_bench.py (needs python3-matplotlib)\n";
 
 bench_options parse(int argc, char** argv) {
   bench_options o;
   const int all = default_threads();
   o.threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
   o.isas = available_isas();
+  bool isa_given = false;
   for (int i = 0; i < argc; ++i) {
     const std::string flag = argv[i];
     const auto value = [&]() -> const char* {
       if (i + 1 >= argc) bad_usage(flag + " needs a value");
       return argv[++i];
     };
+    const bool workload_option = flag == "--rows" || flag == "--dim" || flag == "--pooling" || flag == "--bags" ||
+                                 flag == "--variable" || flag == "--dist";
+    if (workload_option) o.suite = false;
     if (flag == "--rows") o.spec.rows = parse_count(flag, value());
     else if (flag == "--dim") o.spec.dim = parse_count(flag, value());
     else if (flag == "--pooling") o.spec.pooling = parse_count(flag, value());
     else if (flag == "--bags") o.spec.bags = parse_count(flag, value());
     else if (flag == "--variable") o.spec.variable_length = true;
-    else if (flag == "--dist") {
+    else if (flag == "--classes") {
+      o.classes.clear();
+      for (const std::string& c : split(value())) {
+        if (c != "cache" && c != "LLC" && c != "DRAM") bad_usage("unknown table class '" + c + "' (cache, LLC, DRAM)");
+        o.classes.push_back(c);
+      }
+    } else if (flag == "--dist") {
       const std::string d = value();
       if (d != "uniform" && d != "zipf") bad_usage("--dist is uniform or zipf, got '" + d + "'");
       o.spec.dist = d == "zipf" ? distribution::zipf : distribution::uniform;
@@ -114,6 +145,7 @@ bench_options parse(int argc, char** argv) {
       o.threads.clear();
       for (const std::string& t : split(value())) o.threads.push_back(t == "all" ? all : static_cast<int>(parse_count(flag, t.c_str())));
     } else if (flag == "--isa") {
+      isa_given = true;
       o.isas = {isa::reference};
       for (const std::string& name : split(value())) {
         const std::optional<isa> which = isa_from_string(name);
@@ -143,10 +175,13 @@ bench_options parse(int argc, char** argv) {
       if (!(o.seconds_per_result > 0)) bad_usage("--seconds wants a positive number");
     } else if (flag == "--json") {
       o.json_path = value();
+    } else if (flag == "--chart") {
+      o.chart_path = value();
     } else {
       bad_usage("unknown option '" + flag + "'");
     }
   }
+  if (o.suite && !isa_given) o.isas = {isa::reference, available_isas().back()};
   return o;
 }
 
@@ -158,26 +193,35 @@ std::string cpu_model() {
 }
 
 
+// What one workload runs: which operations on which element types and ISAs.
+struct plan_of_runs {
+  bool suite;
+  const bench_options& o;
+  bool runs(operation op, dtype type, isa which) const {
+    return runs_on(op, type) && (!suite || runs_in_suite(op, type, which));
+  }
+};
+
 // Every kernel's result on index set 0 against the reference's on the same table, bit for bit.
-int verify(const workload& w, const bench_options& o) {
+int verify(const workload& w, const bench_options& o, const plan_of_runs& runs) {
   int checked = 0;
   for (dtype type : o.types)
     for (operation op : o.ops) {
       if (!runs_on(op, type)) continue;
-      call_buffers want;
-      run_operation(op, w, 0, execution_for(isa::reference, 1), want, type);
+      std::optional<call_buffers> want;
       for (isa which : o.isas) {
-        if (which == isa::reference) continue;
+        if (which == isa::reference || !runs.runs(op, type, which)) continue;
+        if (!want) run_operation(op, w, 0, execution_for(isa::reference, 1), want.emplace(), type);
         call_buffers got;
         run_operation(op, w, 0, execution_for(which, 0), got, type);
-      const bool same_dense = !want.dense_grad ||
-          std::memcmp(want.dense_grad->row(0), got.dense_grad->row(0),
-                      static_cast<std::size_t>(w.spec.rows * want.dense_grad->row_stride()) * sizeof(float)) == 0;
-      const bool same = got.out == want.out && same_dense && got.sparse.rows == want.sparse.rows &&
-                        got.sparse.values == want.sparse.values;
+        const bool same_dense = !want->dense_grad ||
+            std::memcmp(want->dense_grad->row(0), got.dense_grad->row(0),
+                        static_cast<std::size_t>(w.spec.rows * want->dense_grad->row_stride()) * sizeof(float)) == 0;
+        const bool same = got.out == want->out && same_dense && got.sparse.rows == want->sparse.rows &&
+                          got.sparse.values == want->sparse.values;
         if (!same) {
-          std::fprintf(stderr, "embag bench: %s on %s %s DIFFERS from the reference\n", operation_name(op),
-                       short_name(type).c_str(), std::string(to_string(which)).c_str());
+          std::fprintf(stderr, "embag bench: %s on %s %s, %s, DIFFERS from the reference\n", operation_name(op),
+                       short_name(type).c_str(), std::string(to_string(which)).c_str(), w.spec.name().c_str());
           return -1;
         }
         ++checked;
@@ -188,14 +232,13 @@ int verify(const workload& w, const bench_options& o) {
 
 // Times op on `which` over the table in `type`, each call followed by a roofline call on the same
 // index set and table.
-result measure(operation op, dtype type, isa which, int threads, const workload& w, prefetch_setting roofline_prefetch,
+result measure(operation op, dtype type, isa which, int threads, const workload& w, const roofline_runs& roofline,
                double budget) {
   call_buffers buffers;
   const int sets = static_cast<int>(w.sets.size());
   run_operation(op, w, 0, execution_for(which, threads), buffers, type);  // warm-up, sizes the buffers
   std::vector<double> kernel, roofline_times;
   const auto start = std::chrono::steady_clock::now();
-  const roofline_runs roofline(w, type, execution_for(available_isas().back(), threads, roofline_prefetch));
   for (int call = 0; call < 5 || (call < 2000 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < budget); ++call) {
     const int set = call % sets;
     auto t0 = std::chrono::steady_clock::now();
@@ -210,13 +253,111 @@ result measure(operation op, dtype type, isa which, int threads, const workload&
     std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
     return v[v.size() / 2];
   };
-  return {op, type, which, threads, median(kernel), median(roofline_times), roofline_prefetch};
+  double lookups = 0;
+  for (int set = 0; set < sets; ++set) lookups += double(w.lookups(set)) / sets;
+  return {w.spec, size_class(w.spec.table_bytes()), op, type, which, threads, median(kernel), median(roofline_times),
+          roofline.prefetch(), lookups};
 }
 
+// Every result of one workload (verified first), with the reference's and f32's times filled in.
+std::vector<result> run_workload(const workload_spec& spec, const bench_options& o, const plan_of_runs& runs,
+                                 std::map<int, double>& sequential, int& verified) {
+  std::fprintf(stderr, "%s: building the table and index sets...\n", spec.name().c_str());
+  workload w(spec);
+  for (dtype type : o.types) w.add(type);
+  const int checked = verify(w, o, runs);
+  if (checked < 0) throw error(errc::invalid_option, "bench: a kernel differs from the reference (see above)");
+  verified += checked;
+  std::fprintf(stderr, "%s: %s-resident, %.1f MiB, %d kernel results match the reference bit for bit\n",
+               spec.name().c_str(), size_class(spec.table_bytes()).c_str(), double(spec.table_bytes()) / (1 << 20), checked);
 
+  const isa best = available_isas().back();
+  std::vector<result> results;
+  for (int threads : o.threads) {
+    if (!sequential.count(threads)) sequential[threads] = sequential_read_bytes_per_second(w, threads, best);
+    for (dtype type : o.types) {
+      const roofline_runs roofline(w, type, execution_for(best, threads, best_roofline_prefetch(w, threads, best, type)));
+      for (operation op : o.ops)
+        for (isa which : o.isas) {
+          if (!runs.runs(op, type, which)) continue;
+          if (which == isa::reference && threads != 1) continue;  // the reference is single-threaded
+          std::fprintf(stderr, "  %s %s %s threads:%d\n", operation_name(op), short_name(type).c_str(),
+                       std::string(to_string(which)).c_str(), threads);
+          const double budget = which == isa::reference ? o.seconds_per_result / 3 : o.seconds_per_result;
+          results.push_back(measure(op, type, which, threads, w, roofline, budget));
+        }
+    }
+  }
+  for (result& r : results)
+    for (const result& other : results)
+      if (other.op == r.op && other.type == r.type && other.which == isa::reference) r.reference_seconds = other.seconds;
+      else if (other.op == r.op && other.which == r.which && other.threads == r.threads && other.type == dtype::f32)
+        r.f32_seconds = other.seconds;
+  return results;
+}
 
-void write_json(const std::string& path, const std::vector<result>& results, const workload& w,
-                double sequential_bps) {
+// GB/s: the row bytes actually read (stored bytes); f32 GB/s: the fp32 bytes the same lookups
+// stand for; roofline: the fraction of gather_roofline's speed on the same rows of the same table.
+void print_table(const std::vector<result>& results, int threads) {
+  std::printf("%-34s %-22s %-5s %-9s %9s %7s %8s %10s %6s %7s %8s\n", "workload", "operation", "dtype", "isa",
+              "ms/call", "GB/s", "f32 GB/s", "Mlookups/s", "vs f32", "vs ref", "roofline");
+  for (const result& r : results) {
+    if (r.threads != threads) continue;
+    const double lookups = r.lookups;
+    const double stored = lookups * double(embag::row_bytes(r.type, r.spec.dim)), f32 = lookups * double(r.spec.dim) * 4;
+    char vs_ref[16] = "-";
+    if (r.reference_seconds > 0) std::snprintf(vs_ref, sizeof vs_ref, "%.1fx", r.reference_seconds / r.seconds);
+    std::printf("%-34s %-22s %-5s %-9s %9.3f %7.2f %8.2f %10.1f %5.2fx %7s %8.2f\n", r.spec.name().c_str(),
+                operation_name(r.op), short_name(r.type).c_str(), std::string(to_string(r.which)).c_str(),
+                r.seconds * 1e3, stored / r.seconds / 1e9, f32 / r.seconds / 1e9, lookups / r.seconds / 1e6,
+                r.f32_seconds / r.seconds, vs_ref, r.roofline_seconds / r.seconds);
+  }
+}
+
+// The suite's one screen: per table class, distribution and bag length, at one thread count.
+void print_summary(const std::vector<result>& results, int threads, isa best) {
+  std::printf("\nsummary, %d thread%s, %s: speed ratios (above 1: the first is faster)\n", threads, threads > 1 ? "s" : "",
+              std::string(to_string(best)).c_str());
+  std::printf("%-5s %-8s %-4s %8s %7s %8s %9s %9s %9s %6s %6s %6s %6s\n", "class", "indices", "L", "of ideal", "vs ref",
+              "max/sum", "mean/sum", "sum/bwd-d", "sum/bwd-s", "fp16", "bf16", "int8", "int4");
+  std::vector<std::string> seen;
+  for (const result& r : results) {
+    const std::string key = r.spec.name();
+    if (r.threads != threads || std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
+    seen.push_back(key);
+    const auto seconds_of = [&](operation op, dtype type) -> const result* {
+      for (const result& x : results)
+        if (x.spec.name() == key && x.threads == threads && x.op == op && x.type == type && x.which == best) return &x;
+      return nullptr;
+    };
+    const result* sum = seconds_of(operation::forward_sum, dtype::f32);
+    if (sum == nullptr) continue;
+    const auto ratio = [&](const result* other) {
+      char text[16] = "-";
+      if (other != nullptr) std::snprintf(text, sizeof text, "%.2f", sum->seconds / other->seconds);
+      return std::string(text);
+    };
+    const auto speedup = [&](const result* other) {  // other's speed over fp32 sum's
+      char text[16] = "-";
+      if (other != nullptr) std::snprintf(text, sizeof text, "%.2fx", sum->seconds / other->seconds);
+      return std::string(text);
+    };
+    char ref[16] = "-";
+    if (sum->reference_seconds > 0) std::snprintf(ref, sizeof ref, "%.0fx", sum->reference_seconds / sum->seconds);
+    std::printf("%-5s %-8s %-4lld %8.2f %7s %8s %9s %9s %9s %6s %6s %6s %6s\n", r.table_class.c_str(),
+                r.spec.dist == distribution::zipf ? "zipf" : "uniform", (long long)r.spec.pooling,
+                sum->roofline_seconds / sum->seconds, ref, ratio(seconds_of(operation::forward_max, dtype::f32)).c_str(),
+                ratio(seconds_of(operation::forward_mean, dtype::f32)).c_str(),
+                ratio(seconds_of(operation::backward_dense, dtype::f32)).c_str(),
+                ratio(seconds_of(operation::backward_sparse, dtype::f32)).c_str(),
+                speedup(seconds_of(operation::forward_sum, dtype::f16)).c_str(),
+                speedup(seconds_of(operation::forward_sum, dtype::bf16)).c_str(),
+                speedup(seconds_of(operation::forward_sum, dtype::int8_rowwise)).c_str(),
+                speedup(seconds_of(operation::forward_sum, dtype::int4_rowwise)).c_str());
+  }
+}
+
+void write_json(const std::string& path, const std::vector<result>& results, const std::map<int, double>& sequential) {
   std::ofstream out(path);
   if (!out) throw error(errc::invalid_option, "bench: cannot write --json file '" + path + "'");
   char host[256] = "unknown";
@@ -233,29 +374,60 @@ void write_json(const std::string& path, const std::vector<result>& results, con
       << "    ],\n"
       << "    \"library_build_type\": \"release\",\n"
       << "    \"embag_version\": \"" << version() << "\",\n"
-      << "    \"workload\": \"" << w.spec.name() << "\",\n"
-      << "    \"table_bytes\": " << w.spec.table_bytes() << ",\n"
-      << "    \"size_class\": \"" << size_class(w.spec.table_bytes()) << "\",\n"
-      << "    \"sequential_read_bytes_per_second\": " << sequential_bps << "\n"
+      << "    \"sequential_read_bytes_per_second\": " << (sequential.empty() ? 0.0 : sequential.begin()->second) << "\n"
       << "  },\n  \"benchmarks\": [\n";
   for (std::size_t i = 0; i < results.size(); ++i) {
     const result& r = results[i];
-    const std::string name = benchmark_name(operation_name(r.op), r.which, r.type, w.spec, r.threads);
-    const double bytes = row_bytes(w, 0, r.type);
+    const std::string name = benchmark_name(operation_name(r.op), r.which, r.type, r.spec, r.threads);
+    const double bytes = r.lookups * double(embag::row_bytes(r.type, r.spec.dim));
     out << "    {\"name\": \"" << name << "\", \"run_name\": \"" << name
         << "\", \"run_type\": \"iteration\", \"iterations\": 1, \"repetitions\": 1,"
         << " \"real_time\": " << r.seconds * 1e3 << ", \"cpu_time\": " << r.seconds * 1e3
         << ", \"time_unit\": \"ms\", \"bytes_per_second\": " << bytes / r.seconds
-        << ", \"f32_equivalent_bytes_per_second\": " << row_bytes(w, 0) / r.seconds
+        << ", \"f32_equivalent_bytes_per_second\": " << r.lookups * double(r.spec.dim) * 4.0 / r.seconds
         << ", \"speedup_vs_f32\": " << (r.f32_seconds > 0 ? r.f32_seconds / r.seconds : 0.0)
-        << ", \"items_per_second\": " << double(w.lookups(0)) / r.seconds
+        << ", \"items_per_second\": " << r.lookups / r.seconds
         << ", \"roofline_fraction\": " << r.roofline_seconds / r.seconds
         << ", \"roofline_bytes_per_second\": " << bytes / r.roofline_seconds
         << ", \"speedup_vs_reference\": " << (r.reference_seconds > 0 ? r.reference_seconds / r.seconds : 0.0)
-        << ", \"roofline_prefetch\": \"" << prefetch_name(r.roofline_prefetch) << "\"}"
+        << ", \"roofline_prefetch\": \"" << prefetch_name(r.roofline_prefetch) << "\""
+        << ", \"size_class\": \"" << r.table_class << "\", \"table_bytes\": " << r.spec.table_bytes() << "}"
         << (i + 1 < results.size() ? ",\n" : "\n");
   }
   out << "  ]\n}\n";
+}
+
+// The suite's workloads: per table class, rows sized from this machine's caches (half of L2, half
+// of the LLC, and at least four times the LLC and 1M rows), uniform and zipf, L = 40 and L = 1.
+std::vector<workload_spec> suite_workloads(const bench_options& o) {
+  const std::int64_t row = o.spec.dim * 4, l2 = caches().l2 > 0 ? caches().l2 : std::int64_t{1} << 20,
+                     llc = caches().llc > 0 ? caches().llc : std::int64_t{32} << 20;
+  std::vector<workload_spec> specs;
+  for (const std::string& table_class : o.classes) {
+    const std::int64_t rows = table_class == "cache" ? l2 / 2 / row
+                              : table_class == "LLC" ? llc / 2 / row
+                                                     : std::max<std::int64_t>(1'000'000, 4 * llc / row + 1);
+    for (distribution dist : {distribution::uniform, distribution::zipf})
+      for (std::int64_t pooling : {40, 1}) {
+        workload_spec spec = o.spec;
+        spec.rows = std::max<std::int64_t>(rows, 16);
+        spec.dist = dist;
+        spec.pooling = pooling;
+        specs.push_back(spec);
+      }
+  }
+  return specs;
+}
+
+// tools/plot_bench.py on the results (written as JSON first), when python3 has matplotlib.
+void draw_chart(const bench_options& o, const std::vector<result>& results, const std::map<int, double>& sequential) {
+  const std::string json = o.json_path.empty() ? o.chart_path + ".json" : o.json_path;
+  if (o.json_path.empty()) write_json(json, results, sequential);
+  const std::string command = "python3 '" + std::string(EMBAG_PLOT_SCRIPT) + "' '" + json + "' -o '" + o.chart_path + "'";
+  if (std::system(command.c_str()) != 0)
+    std::fprintf(stderr, "embag bench: no chart (tools/plot_bench.py failed: is python3-matplotlib installed?)\n");
+  else
+    std::printf("wrote %s\n", o.chart_path.c_str());
 }
 
 }  // namespace
@@ -267,71 +439,36 @@ int bench_command(int argc, char** argv) {
       return 0;
     }
   const bench_options o = parse(argc, argv);
-  const workload_spec& spec = o.spec;
+  for (const std::string& path : {o.json_path, o.chart_path})
+    if (path.find('\'') != std::string::npos) bad_usage("output paths may not hold a quote: '" + path + "'");
   std::printf("embag %s bench on %s, %d threads, L2 %lld KiB, LLC %lld MiB\n", std::string(version()).c_str(),
               cpu_model().c_str(), default_threads(), (long long)(caches().l2 >> 10), (long long)(caches().llc >> 20));
-  std::printf("workload %s, B=%lld bags, %d rotating index sets; table %.0f MiB (%s-resident)\n", spec.name().c_str(),
-              (long long)spec.bags, spec.index_sets, double(spec.table_bytes()) / (1 << 20),
-              size_class(spec.table_bytes()).c_str());
+  const std::vector<workload_spec> specs = o.suite ? suite_workloads(o) : std::vector<workload_spec>{o.spec};
+  std::printf("%zu workload%s, B=%lld bags, %d rotating index sets each\n", specs.size(), specs.size() > 1 ? "s" : "",
+              (long long)o.spec.bags, o.spec.index_sets);
   std::fflush(stdout);
-  std::fprintf(stderr, "building the table and index sets...\n");
-  workload w(spec);
-  for (dtype type : o.types) w.add(type);
 
-  const int verified = verify(w, o);
-  if (verified < 0) return 1;
-  std::printf("verified: %d kernel results match the reference bit for bit\n", verified);
-
-  const isa best = available_isas().back();
+  const plan_of_runs runs{o.suite, o};
   std::vector<result> results;
-  std::map<int, double> sequential;
-  std::map<std::pair<int, dtype>, prefetch_setting> roofline_prefetch;
-  int total = 0, done = 0;
-  for (dtype type : o.types)
-    for (operation op : o.ops) total += runs_on(op, type) ? static_cast<int>(o.threads.size() * o.isas.size()) : 0;
-  for (int threads : o.threads) {
-    sequential[threads] = sequential_read_bytes_per_second(w, threads, best);
-    for (dtype type : o.types) {
-      prefetch_setting& prefetch = roofline_prefetch[{threads, type}] = best_roofline_prefetch(w, threads, best, type);
-      for (operation op : o.ops)
-        for (isa which : o.isas) {
-          if (!runs_on(op, type)) continue;
-          ++done;
-          if (which == isa::reference && threads != 1) continue;  // the reference is single-threaded
-          std::fprintf(stderr, "[%d/%d] %s %s %s threads:%d\n", done, total, operation_name(op),
-                       short_name(type).c_str(), std::string(to_string(which)).c_str(), threads);
-          results.push_back(measure(op, type, which, threads, w, prefetch,
-                                    which == isa::reference ? o.seconds_per_result / 3 : o.seconds_per_result));
-        }
-    }
+  std::map<int, double> sequential;  // of the first workload, per thread count
+  int verified = 0;
+  for (const workload_spec& spec : specs) {
+    std::vector<result> more = run_workload(spec, o, runs, sequential, verified);
+    results.insert(results.end(), more.begin(), more.end());
   }
-  for (result& r : results)
-    for (const result& other : results)
-      if (other.op == r.op && other.type == r.type && other.which == isa::reference) r.reference_seconds = other.seconds;
-      else if (other.op == r.op && other.which == r.which && other.threads == r.threads && other.type == dtype::f32)
-        r.f32_seconds = other.seconds;
-
-  // GB/s: the row bytes actually read (stored bytes); f32 GB/s: the fp32 bytes the same lookups
-  // stand for; roofline: the fraction of read_rows' speed on the same rows of the same table.
+  std::printf("verified: %d kernel results match the reference bit for bit\n", verified);
+  if (o.suite)
+    for (int threads : o.threads) print_summary(results, threads, o.isas.back());
   for (int threads : o.threads) {
-    std::printf("\nthreads: %d   sequential read %.1f GB/s   roofline prefetch", threads, sequential[threads] / 1e9);
-    for (dtype type : o.types)
-      std::printf(" %s %s", short_name(type).c_str(), prefetch_name(roofline_prefetch[{threads, type}]).c_str());
-    std::printf("\n%-22s %-5s %-10s %9s %8s %8s %11s %7s %7s %9s\n", "operation", "dtype", "isa", "ms/call", "GB/s",
-                "f32 GB/s", "Mlookups/s", "vs f32", "vs ref", "roofline");
-    for (const result& r : results) {
-      if (r.threads != threads) continue;
-      std::printf("%-22s %-5s %-10s %9.3f %8.2f %8.2f %11.1f %6.2fx %6.1fx %9.2f\n", operation_name(r.op),
-                  short_name(r.type).c_str(), std::string(to_string(r.which)).c_str(), r.seconds * 1e3,
-                  row_bytes(w, 0, r.type) / r.seconds / 1e9, row_bytes(w, 0) / r.seconds / 1e9,
-                  double(w.lookups(0)) / r.seconds / 1e6, r.f32_seconds / r.seconds, r.reference_seconds / r.seconds,
-                  r.roofline_seconds / r.seconds);
-    }
+    std::printf("\nthreads: %d   sequential read %.1f GB/s (%s)\n", threads, sequential[threads] / 1e9,
+                specs.front().name().c_str());
+    print_table(results, threads);
   }
   if (!o.json_path.empty()) {
-    write_json(o.json_path, results, w, sequential[o.threads.front()]);
+    write_json(o.json_path, results, sequential);
     std::printf("\nwrote %s\n", o.json_path.c_str());
   }
+  if (!o.chart_path.empty()) draw_chart(o, results, sequential);
   return 0;
 }
 
