@@ -208,6 +208,16 @@ void run_row_kernels(isa which, const backward_request& r, const execution& how)
              [&](std::int64_t i) { k.backward_rows(r, plan.blocks[i].bag_begin, plan.blocks[i].bag_end); });
 }
 
+// Dense sum and mean without scale_grad_by_freq: straight from the bags, the table's rows split
+// over the threads.
+void run_scatter_kernels(isa which, backward_request& r, const execution& how) {
+  choose_scatter_prefetch(r, how.prefetch);
+  block_list plan;
+  plan_row_ranges(r.rows, 2 * r.bags.nnz * r.dim, threads_for(how), plan);
+  const kernel_table& k = kernels_of(which);
+  run_blocks(plan.count, how, [&](std::int64_t i) { k.backward_scatter(r, plan.blocks[i].bag_begin, plan.blocks[i].bag_end); });
+}
+
 // gather_roofline's state: the validated call, planned once.
 struct roofline_call {
   forward_request req;
@@ -321,8 +331,10 @@ void backward_dense(const bags& batch, const options& opts, matrix_view<const fl
   call.req.grad_table = grad_table.data;
   call.req.grad_table_stride = stride;
   if (call.which == isa::reference) return reference_backward(call.req, nullptr);
-  scratch_or_local ws(scratch);
   backward_request& r = call.req;
+  if ((r.mode == mode::sum || r.mode == mode::mean) && !r.scale_grad_by_freq)
+    return run_scatter_kernels(call.which, r, opts.execution);
+  scratch_or_local ws(scratch);
   r.transpose = transposed(r, opts.execution, ws.get());
   run_row_kernels(call.which, r, opts.execution);
 }

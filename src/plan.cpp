@@ -117,6 +117,16 @@ void plan_forward_blocks(const bag_source& bags, embag::mode mode, std::int64_t 
   }
 }
 
+void plan_row_ranges(std::int64_t rows, std::int64_t work, int threads, block_list& out) {
+  out.count = 0;
+  // one range per thread: every range reads the whole index stream
+  const int k = threads <= 1 ? 1 : static_cast<int>(std::clamp<std::int64_t>(work / min_thread_work(), 1, threads));
+  for (int i = 0; i < k; ++i) {
+    const std::int64_t begin = rows * i / k, end = rows * (i + 1) / k;
+    if (end > begin) out.blocks[out.count++] = {begin, end, 0};
+  }
+}
+
 void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, block_list& out) {
   out.count = 0;
   const std::int64_t total = t.segment_begin[t.num_unique] + t.num_unique;  // contributions + rows
@@ -238,6 +248,19 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   req.prefetch = level;
   req.prefetch_rows = rows;
   req.narrow_passes = narrow;
+}
+
+void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked) {
+  static const prefetch_setting from_environment = prefetch_from_environment();
+  const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
+  const std::int64_t row_bytes = r.dim * static_cast<std::int64_t>(sizeof(float));
+  // the gradient rows' size class, as forward's for its table: none within half of L2
+  const std::int64_t l2 = caches().l2 > 0 ? caches().l2 : std::int64_t{1} << 20;
+  prefetch_level level = r.rows * row_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
+  if (setting.level != prefetch_level::automatic) level = setting.level;
+  const std::int64_t in_flight = level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024;
+  r.prefetch = level;
+  r.prefetch_rows = setting.rows > 0 ? setting.rows : static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
 }
 
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept {

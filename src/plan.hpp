@@ -43,6 +43,10 @@ void plan_forward_blocks(const bag_source& bags, embag::mode mode, std::int64_t 
 // what mode none's indices and quantize's table rows are split by.
 void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int threads, block_list& out);
 
+// The table's rows [0, rows) cut into one contiguous range per thread that `work` floats of rows
+// read and written pay for (bag_begin/bag_end hold the rows): backward_scatter's blocks.
+void plan_row_ranges(std::int64_t rows, std::int64_t work, int threads, block_list& out);
+
 // Blocks of unique rows of about equal number of contributions; bag_begin/bag_end hold the rows.
 void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, block_list& out);
 
@@ -77,6 +81,9 @@ class prefetch_trials {
 // among the three, and req.prefetch_trial names the candidate whose time run_forward reports
 // (-1: not a trial).
 void choose_prefetch(forward_request& req, const prefetch_setting& asked);
+// How far ahead, and into which cache, backward_scatter prefetches the gradient rows it will
+// write: by the gradient's size against L2, or as the caller (or EMBAG_PREFETCH) forces.
+void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked);
 // The time of a call choose_prefetch put on trial.
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept;
 

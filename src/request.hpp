@@ -80,6 +80,8 @@ struct backward_request {
   std::int64_t grad_table_stride = 0;
   float* sparse_values = nullptr;
   row_transpose transpose;
+  prefetch_level prefetch = prefetch_level::none;  // backward_scatter's, resolved
+  int prefetch_rows = 0;
 };
 
 struct weights_grad_request {
@@ -98,6 +100,9 @@ struct index_extremes {
 struct kernel_table {
   void (*forward)(const forward_request&, const bag_block&);
   void (*backward_rows)(const backward_request&, std::int64_t unique_begin, std::int64_t unique_end);
+  // Dense sum and mean without scale_grad_by_freq, from the bags (no transpose): the rows in
+  // [row_begin, row_end) only.
+  void (*backward_scatter)(const backward_request&, std::int64_t row_begin, std::int64_t row_end);
   void (*weights_grad)(const weights_grad_request&, const bag_block&);
   // The roofline: the minimal unweighted sum of bags [block.bag_begin, block.bag_end), given by
   // offsets of the indices' type, prefetching at the request's resolved level.

@@ -40,7 +40,7 @@ def main():
                 sys.exit(f"install_test: nothing matching {pattern} was installed under {root}")
             return found[0]
 
-        for header in ("embag.hpp", "embag.h", "npy.hpp", "quantize.hpp"):
+        for header in ("embag.hpp", "embag.h", "npy.hpp", "quantize.hpp", "roofline.hpp"):
             installed(f"include/embag/{header}")
         installed("libembag.a")
         shared = installed("libembag.so")

@@ -8,7 +8,7 @@ Reads the JSON that `embag bench --json FILE` writes, or Google Benchmark's own
 forward/sum/avx512/f32/R:1000000/D:128/L:40/uniform/threads:1. One panel per workload and thread
 count (R, L, fixed or variable length, distribution, threads); in it one group of bars per
 (operation, D), one bar per ISA, the bar's roofline fraction written on it when there is one, and
-the roofline (the in-process read_rows ceiling: roofline_bytes_per_second, or bytes_per_second /
+the roofline (the in-process gather_roofline ceiling: roofline_bytes_per_second, or bytes_per_second /
 roofline_fraction, or the suite's roofline/read entry) drawn as a black line across the group.
 The suite's roofline/sequential figure, when present, is a dotted grey line across the group.
 
@@ -198,8 +198,8 @@ def plot(context, results, path, out, log_scale):
             roofline = statistics.median(rooflines) if rooflines else read_line.get((key, group[1]))
             if roofline:
                 line = ax.hlines(roofline, x - 0.45, x + 0.45, colors="black", linewidth=2.0,
-                                 label="roofline (read_rows)", zorder=3)
-                legend_handles.setdefault("roofline (read_rows)", line)
+                                 label="roofline (gather)", zorder=3)
+                legend_handles.setdefault("roofline (gather)", line)
                 top = max(top, roofline)
             seq = seq_line.get((key, group[1]))
             if seq:
@@ -219,7 +219,7 @@ def plot(context, results, path, out, log_scale):
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         ax.set_title(panel_title(key, context, classes), fontsize=10, loc="left")
-    order = [i for i in isas if i in legend_handles] + [k for k in ("roofline (read_rows)", "sequential read")
+    order = [i for i in isas if i in legend_handles] + [k for k in ("roofline (gather)", "sequential read")
                                                           if k in legend_handles]
     axes[0, 0].legend([legend_handles[k] for k in order], order, loc="lower right", bbox_to_anchor=(1.0, 1.0),
                       ncol=len(order), fontsize=8, frameon=False, borderaxespad=0.2)

@@ -12,6 +12,8 @@
 // differs from the reference's, so this one agrees within rounding, not bit for bit.
 #pragma once
 
+#include <algorithm>
+
 #include "kernels/common.hpp"
 
 namespace embag::detail::EMBAG_ISA_NS {
@@ -70,6 +72,70 @@ void backward_rows(const backward_request& r, std::int64_t unique_begin, std::in
       else add_scaled<Arch>(grad, dy, c, dim);
     }
   }
+}
+
+// Dense backward of sum and mean without scale_grad_by_freq, straight from the bags: each
+// non-padding position j adds c_j x dY[bag(j)] to grad[indices[j]] in position order, which is
+// backward_rows' order within each row (positions ascending), so the two agree bit for bit without
+// the transpose and its sort. The block owns rows [row_begin, row_end): blocks split the table's
+// rows and each reads the whole index stream, so no row is written by two threads. The rows to
+// write are prefetched for writing prefetch_rows positions ahead, at a level fixed per
+// instantiation and unrolled per cache line for the specialised widths (Dim; 0: any).
+template <class Arch, class Index, prefetch_level Prefetch, std::int64_t Dim>
+void backward_scatter_typed(const backward_request& r, std::int64_t row_begin, std::int64_t row_end) {
+  const Index* indices = static_cast<const Index*>(r.bags.indices);
+  const std::int64_t dim = Dim != 0 ? Dim : r.dim, row_bytes = dim * static_cast<std::int64_t>(sizeof(float));
+  // gradient rows start a cache line when the buffer and its stride do
+  const bool line_aligned = reinterpret_cast<std::uintptr_t>(r.grad_table) % 64 == 0 && r.grad_table_stride % 16 == 0;
+  const std::int64_t ahead = r.prefetch_rows;
+  const std::int64_t prefetch_end = Prefetch == prefetch_level::none ? 0 : r.bags.nnz - ahead;
+  const bool mean = r.mode == mode::mean;
+  const auto owned = [&](std::int64_t row) { return row >= row_begin && row < row_end; };
+  for_each_bag(r.bags, {0, r.bags.num_bags, 0}, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    float divisor = 0.0f;  // mean: the count of the bag's non-padding positions, or their weights' sum in order
+    if (mean)
+      for (std::int64_t j = begin; j < end; ++j)
+        if (indices[j] != r.padding_idx) divisor += r.bags.weights ? r.bags.weights[j] : 1.0f;
+    const float* dy = r.grad_output + bag * r.grad_output_stride;
+    for (std::int64_t j = begin; j < end; ++j) {
+      if constexpr (Prefetch != prefetch_level::none)
+        if (j < prefetch_end)
+          if (const std::int64_t next = indices[j + ahead]; owned(next)) {
+            constexpr int locality = Prefetch == prefetch_level::l1 ? 3 : 1;
+            const float* row = r.grad_table + next * r.grad_table_stride;
+            if constexpr (Dim == 0) prefetch_row<locality, 1>(row, row_bytes);
+            else prefetch_fixed_row<locality, Dim * 4, 1>(row, line_aligned);
+          }
+      const std::int64_t row = indices[j];
+      if (!owned(row) || row == r.padding_idx) continue;
+      float c = r.bags.weights ? r.bags.weights[j] : 1.0f;
+      if (mean) c = divisor == 0.0f ? 0.0f : c / divisor;  // row_gradient_coefficient's arithmetic
+      add_scaled<Arch>(r.grad_table + row * r.grad_table_stride, dy, c, dim);
+    }
+  });
+}
+
+template <class Arch>
+void backward_scatter(const backward_request& r, std::int64_t row_begin, std::int64_t row_end) {
+  const auto at_level = [&]<class Index>() {
+    const auto at_dim = [&]<prefetch_level Prefetch>() {
+      switch (r.dim) {
+        case 16: return backward_scatter_typed<Arch, Index, Prefetch, 16>(r, row_begin, row_end);
+        case 32: return backward_scatter_typed<Arch, Index, Prefetch, 32>(r, row_begin, row_end);
+        case 64: return backward_scatter_typed<Arch, Index, Prefetch, 64>(r, row_begin, row_end);
+        case 128: return backward_scatter_typed<Arch, Index, Prefetch, 128>(r, row_begin, row_end);
+        case 256: return backward_scatter_typed<Arch, Index, Prefetch, 256>(r, row_begin, row_end);
+        default: return backward_scatter_typed<Arch, Index, Prefetch, 0>(r, row_begin, row_end);
+      }
+    };
+    switch (r.prefetch) {
+      case prefetch_level::l1: return at_dim.template operator()<prefetch_level::l1>();
+      case prefetch_level::l2: return at_dim.template operator()<prefetch_level::l2>();
+      default: return at_dim.template operator()<prefetch_level::none>();
+    }
+  };
+  if (r.bags.index_kind == index_type::i32) at_level.template operator()<std::int32_t>();
+  else at_level.template operator()<std::int64_t>();
 }
 
 template <class Arch, class Index>

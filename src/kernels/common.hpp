@@ -61,10 +61,11 @@ template <int Locality, int Write = 0>
 // start, unrolled (no loop, no alignment arithmetic: a loop there cost the roofline a third of its
 // speed on DRAM tables). Rows that may start mid-line (line_aligned false) also touch the line
 // holding their last byte.
-template <int Locality, std::int64_t Bytes>
-[[gnu::always_inline]] inline void prefetch_fixed_row(const std::byte* row, bool line_aligned) noexcept {
-  for (std::int64_t offset = 0; offset < Bytes; offset += 64) __builtin_prefetch(row + offset, 0, Locality);
-  if (!line_aligned) __builtin_prefetch(row + Bytes - 1, 0, Locality);
+template <int Locality, std::int64_t Bytes, int Write = 0>
+[[gnu::always_inline]] inline void prefetch_fixed_row(const void* start, bool line_aligned) noexcept {
+  const char* row = static_cast<const char*>(start);
+  for (std::int64_t offset = 0; offset < Bytes; offset += 64) __builtin_prefetch(row + offset, Write, Locality);
+  if (!line_aligned) __builtin_prefetch(row + Bytes - 1, Write, Locality);
 }
 
 template <class Index>
