@@ -554,6 +554,11 @@ TEST_F(Cli, BenchRefusesUnknownClassesAndOptions) {
   r = embag("bench --frobnicate");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("unknown option '--frobnicate'"), std::string::npos) << r.output;
+  // an output it cannot write is refused before minutes of measuring
+  r = embag("bench --rows 300 --dim 16 --json missing/out.json");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("missing/out.json: cannot write in its directory"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("verified"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <span>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "embag/npy.hpp"
 #include "workload.hpp"
 
 namespace embag::tool {
@@ -357,9 +359,9 @@ void print_summary(const std::vector<result>& results, int threads, isa best) {
   }
 }
 
-void write_json(const std::string& path, const std::vector<result>& results, const std::map<int, double>& sequential) {
-  std::ofstream out(path);
-  if (!out) throw error(errc::invalid_option, "bench: cannot write --json file '" + path + "'");
+// The results as Google Benchmark's JSON.
+std::string json_of(const std::vector<result>& results, const std::map<int, double>& sequential) {
+  std::ostringstream out;
   char host[256] = "unknown";
   gethostname(host, sizeof host - 1);
   out << "{\n  \"context\": {\n"
@@ -395,7 +397,26 @@ void write_json(const std::string& path, const std::vector<result>& results, con
         << (i + 1 < results.size() ? ",\n" : "\n");
   }
   out << "  ]\n}\n";
+  return out.str();
 }
+
+// The JSON file --json names, or the one --chart draws from: declared before the run (a path that
+// cannot be written is an error before minutes of measuring) and written all or nothing.
+struct json_output {
+  std::string path;
+  output_group files;
+  explicit json_output(const bench_options& o)
+      : path(!o.json_path.empty() || o.chart_path.empty() ? o.json_path : o.chart_path + ".json") {
+    if (!path.empty()) files.writes(path, o.json_path.empty() ? "--chart" : "--json");
+  }
+  void write(const std::vector<result>& results, const std::map<int, double>& sequential) {
+    if (path.empty()) return;
+    const std::string text = json_of(results, sequential);
+    files.stage_bytes(path, {std::as_bytes(std::span(text.data(), text.size()))});
+    files.commit();
+    std::printf("\nwrote %s\n", path.c_str());
+  }
+};
 
 // The suite's workloads: per table class, rows sized from this machine's caches (half of L2, half
 // of the LLC, and at least four times the LLC and 1M rows), uniform and zipf, L = 40 and L = 1.
@@ -419,10 +440,8 @@ std::vector<workload_spec> suite_workloads(const bench_options& o) {
   return specs;
 }
 
-// tools/plot_bench.py on the results (written as JSON first), when python3 has matplotlib.
-void draw_chart(const bench_options& o, const std::vector<result>& results, const std::map<int, double>& sequential) {
-  const std::string json = o.json_path.empty() ? o.chart_path + ".json" : o.json_path;
-  if (o.json_path.empty()) write_json(json, results, sequential);
+// tools/plot_bench.py on the results' JSON, when python3 has matplotlib.
+void draw_chart(const bench_options& o, const std::string& json) {
   const std::string command = "python3 '" + std::string(EMBAG_PLOT_SCRIPT) + "' '" + json + "' -o '" + o.chart_path + "'";
   if (std::system(command.c_str()) != 0)
     std::fprintf(stderr, "embag bench: no chart (tools/plot_bench.py failed: is python3-matplotlib installed?)\n");
@@ -441,6 +460,7 @@ int bench_command(int argc, char** argv) {
   const bench_options o = parse(argc, argv);
   for (const std::string& path : {o.json_path, o.chart_path})
     if (path.find('\'') != std::string::npos) bad_usage("output paths may not hold a quote: '" + path + "'");
+  json_output json(o);
   std::printf("embag %s bench on %s, %d threads, L2 %lld KiB, LLC %lld MiB\n", std::string(version()).c_str(),
               cpu_model().c_str(), default_threads(), (long long)(caches().l2 >> 10), (long long)(caches().llc >> 20));
   const std::vector<workload_spec> specs = o.suite ? suite_workloads(o) : std::vector<workload_spec>{o.spec};
@@ -464,11 +484,8 @@ int bench_command(int argc, char** argv) {
                 specs.front().name().c_str());
     print_table(results, threads);
   }
-  if (!o.json_path.empty()) {
-    write_json(o.json_path, results, sequential);
-    std::printf("\nwrote %s\n", o.json_path.c_str());
-  }
-  if (!o.chart_path.empty()) draw_chart(o, results, sequential);
+  json.write(results, sequential);
+  if (!o.chart_path.empty()) draw_chart(o, json.path);
   return 0;
 }
 
