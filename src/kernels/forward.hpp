@@ -165,6 +165,9 @@ template <class Arch, class Index, dtype Type, prefetch_level Prefetch, bool Nar
 struct fixed_dim_forward {
   using ctx_t = forward_context<Arch, Index, Type, Prefetch, Chunks * xsimd::batch<float, Arch>::size>;
   static_assert(!Narrow || Prefetch == prefetch_level::l2, "narrow passes prefetch into L2");
+  // max is instantiated once per width, its prefetch level read at run time: four copies of its
+  // three variants cost more compile time (the sanitizer lanes of CI) than their speed was worth
+  using max_path = fixed_dim_forward<Arch, Index, Type, prefetch_level::automatic, false, Chunks>;
   using reader = typename ctx_t::reader;
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
@@ -296,6 +299,7 @@ struct fixed_dim_forward {
 template <class Arch, class Index, dtype Type, prefetch_level Prefetch>
 struct any_dim_forward {
   using ctx_t = forward_context<Arch, Index, Type, Prefetch>;
+  using max_path = any_dim_forward;
   using reader = typename ctx_t::reader;
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
@@ -388,15 +392,17 @@ template <class Arch, class Index, dtype Type, class Path>
 inline void pooled_bags(const typename Path::ctx_t& c, const bag_block& block) {
   using general = any_dim_forward<Arch, Index, Type, prefetch_level::automatic>;
   if (c.req.mode != mode::max) return Path::sum_bags(c, block);
+  using max_path = typename Path::max_path;
+  const typename max_path::ctx_t max_context{c.req};
   for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
-    if constexpr (!std::is_same_v<Path, general>) {
+    if constexpr (!std::is_same_v<max_path, general>) {
       // float-tracked positions are exact only below 2^24
       if (c.req.argmax != nullptr && end - begin >= (std::int64_t{1} << 24)) {
         general::max_bag(typename general::ctx_t{c.req}, bag, begin, end);
         return;
       }
     }
-    Path::max_bag(c, bag, begin, end);
+    max_path::max_bag(max_context, bag, begin, end);
   });
 }
 

@@ -63,15 +63,13 @@ struct minimal_gather {
   void run(const bag_block& block) const noexcept {
     const Index* offsets = static_cast<const Index*>(req.bags.boundaries);
     const std::int64_t prefetch_end = Level == prefetch_level::none ? 0 : req.bags.nnz - req.prefetch_rows;
-    const auto one_bag = [&](std::int64_t b, std::int64_t begin, std::int64_t end) EMBAG_ALWAYS_INLINE {
+    const std::int64_t last = req.bags.num_boundaries - 1;  // the bag that ends at nnz
+    for (std::int64_t b = block.bag_begin; b < block.bag_end; ++b) {
+      const std::int64_t begin = offsets[b], end = b < last ? offsets[b + 1] : req.bags.nnz;
       float* out = req.out + b * req.out_stride;
       if (end <= prefetch_end) bag<true>(out, begin, end);
       else bag<false>(out, begin, end);
-    };
-    const std::int64_t last = req.bags.num_boundaries - 1;  // the bag that ends at nnz
-    const std::int64_t inner_end = block.bag_end < last ? block.bag_end : last;
-    for (std::int64_t b = block.bag_begin; b < inner_end; ++b) one_bag(b, offsets[b], offsets[b + 1]);
-    if (block.bag_end > last && last >= block.bag_begin) one_bag(last, offsets[last], req.bags.nnz);
+    }
   }
 };
 
