@@ -198,7 +198,6 @@ std::string cpu_model() {
 // What one workload runs: which operations on which element types and ISAs.
 struct plan_of_runs {
   bool suite;
-  const bench_options& o;
   bool runs(operation op, dtype type, isa which) const {
     return runs_on(op, type) && (!suite || runs_in_suite(op, type, which));
   }
@@ -468,7 +467,7 @@ int bench_command(int argc, char** argv) {
               (long long)o.spec.bags, o.spec.index_sets);
   std::fflush(stdout);
 
-  const plan_of_runs runs{o.suite, o};
+  const plan_of_runs runs{o.suite};
   std::vector<result> results;
   std::map<int, double> sequential;  // of the first workload, per thread count
   int verified = 0;
