@@ -195,21 +195,28 @@ void prefetch_trials::report(int candidate, double seconds_per_byte) noexcept {
 namespace {
 
 // The tables past the LLC, read at random: trials per row size (its cache lines rounded up to a
-// power of two, 1 to 32 or more), since narrow passes pay only on long rows and what wins on one
-// row size loses on another (a process whose first calls read 128-byte rows chose for 256-byte
-// rows a candidate 2x slower than the best).
-enum far_candidate { l2_narrow, l2_one_pass, l1_one_pass, far_candidates };
-prefetch_trials far_tables[] = {prefetch_trials(far_candidates), prefetch_trials(far_candidates),
-                                prefetch_trials(far_candidates), prefetch_trials(far_candidates),
-                                prefetch_trials(far_candidates), prefetch_trials(far_candidates)};
+// power of two, 1 to 32 or more) and per bag length (under 4 indices per bag, or more), since what
+// wins on one loses on another: a process whose first calls read 128-byte rows chose for 256-byte
+// rows a candidate 2x slower than the best, and narrow passes, the best on bags of 40, took 1.5x
+// the time of one pass into L1 on bags of one (`embag bench --rows 4000000 --dim 64 --pooling 1`).
+// The first candidate serves the calls too short to time while no winner is known.
+enum far_candidate { l1_one_pass, l2_one_pass, l2_narrow, far_candidates };
+constexpr std::size_t row_size_classes = 6;
+constexpr std::int64_t short_bag_indices = 4;
+struct far_table_trials : prefetch_trials {
+  far_table_trials() noexcept : prefetch_trials(far_candidates) {}
+};
+far_table_trials far_tables[2][row_size_classes];
 
-prefetch_trials& far_tables_of(std::int64_t row_bytes) {
-  const auto lines = static_cast<std::uint64_t>((row_bytes + 63) / 64);
-  return far_tables[std::min<std::size_t>(std::bit_width(lines - 1), std::size(far_tables) - 1)];
+prefetch_trials& far_tables_of(const forward_request& req) {
+  const auto lines = static_cast<std::uint64_t>((req.row_bytes + 63) / 64);
+  const bool short_bags = req.bags.nnz < short_bag_indices * req.bags.num_bags;
+  return far_tables[short_bags][std::min<std::size_t>(std::bit_width(lines - 1), row_size_classes - 1)];
 }
 
-// A call too short to time well does not count as a trial: it takes the current leader.
-constexpr std::int64_t min_trial_bytes = std::int64_t{1} << 20;
+// A call too short to time well does not count as a trial: it takes the current leader. A
+// quarter of a MiB from DRAM takes about 10 microseconds here, a thousand times the clock's grain.
+constexpr std::int64_t min_trial_bytes = std::int64_t{1} << 18;
 
 }  // namespace
 
@@ -231,7 +238,7 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   if (table_bytes > llc && setting.level == prefetch_level::automatic && !skewed(req.bags)) {
     bool on_trial = false;
     const bool long_enough = req.bags.nnz * row_bytes >= min_trial_bytes;
-    prefetch_trials& trials = far_tables_of(row_bytes);
+    prefetch_trials& trials = far_tables_of(req);
     const int candidate = long_enough ? trials.next(on_trial) : std::max(trials.chosen(), 0);
     level = candidate == l1_one_pass ? prefetch_level::l1 : prefetch_level::l2;
     narrow = candidate == l2_narrow;
@@ -266,7 +273,7 @@ void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked)
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept {
   if (req.prefetch_trial < 0) return;
   const double bytes = static_cast<double>(req.bags.nnz) * static_cast<double>(req.row_bytes);
-  far_tables_of(req.row_bytes).report(req.prefetch_trial, seconds / bytes);
+  far_tables_of(req).report(req.prefetch_trial, seconds / bytes);
 }
 
 namespace {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 #include <sys/wait.h>
 
 #include "embag/embag.hpp"
@@ -154,6 +155,38 @@ TEST(PrefetchTrials, KeepTheCandidateWithTheBestTime) {
     t.report((faster + 1) % candidates, 0.001);  // late reports change nothing
     EXPECT_EQ(t.chosen(), faster);
   }
+}
+
+// Calls of one-index bags and calls of long bags on the same table learn their prefetch apart:
+// narrow passes won on bags of 40 and lost on bags of one. Here the one-index calls report the
+// second candidate fastest; the long-bag calls, on trial all along, still are after it is decided.
+TEST(PrefetchTrials, ShortAndLongBagsAreTriedApart) {
+  // distinct rows, so that the skew sample sees uniform traffic
+  std::vector<std::int64_t> spread(4096 * 40);
+  for (std::size_t i = 0; i < spread.size(); ++i) spread[i] = static_cast<std::int64_t>(i);
+  const auto request = [&](std::int64_t per_bag) {
+    detail::forward_request req;
+    req.rows = 4 * caches().llc / 512 + 1;  // past the LLC
+    req.dim = 128;
+    req.row_stride = req.row_bytes = 512;
+    req.bags.indices = spread.data();
+    req.bags.num_bags = 4096;
+    req.bags.nnz = 4096 * per_bag;
+    detail::choose_prefetch(req, {});
+    return req;
+  };
+  int decided_after = -1;
+  for (int call = 0; call < 4 * detail::prefetch_trials::trials * 3 && decided_after < 0; ++call) {
+    const detail::forward_request one = request(1);
+    if (one.prefetch_trial < 0) decided_after = call;
+    else detail::report_prefetch_trial(one, one.prefetch_trial == 1 ? 1e-3 : 2e-3);
+  }
+  ASSERT_GE(decided_after, 0) << "the one-index calls never decided";
+  const detail::forward_request one = request(1);
+  EXPECT_EQ(one.prefetch_trial, -1);
+  EXPECT_EQ(one.prefetch, prefetch_level::l2);  // the second candidate: into L2 in one pass
+  EXPECT_FALSE(one.narrow_passes);
+  EXPECT_GE(request(40).prefetch_trial, 0) << "long bags took the one-index calls' winner";
 }
 
 }  // namespace
