@@ -34,11 +34,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // input's size.
     constexpr std::int64_t rows_at_once = 16;
     std::vector<float> out(static_cast<std::size_t>(std::min(rows_at_once, v.rows) * v.dim));
+    embag::execution one_thread;
+    one_thread.max_threads = 1;
     for (std::int64_t r = 0; r < v.rows; r += rows_at_once) {
       embag::compressed_table_view part = v;
       part.data = v.data + r * t.row_bytes();
       part.rows = std::min(rows_at_once, v.rows - r);
-      embag::dequantize(part, {out.data(), part.rows, v.dim, 0}, {.max_threads = 1});
+      embag::dequantize(part, {out.data(), part.rows, v.dim, 0}, one_thread);
     }
   } catch (const embag::error& e) {
     if (e.code() != embag::errc::bad_file) fail("an error other than bad_file");
