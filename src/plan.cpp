@@ -194,39 +194,24 @@ void prefetch_trials::report(int candidate, double seconds_per_byte) noexcept {
 
 namespace {
 
-// One way to prefetch: how far ahead (bytes of rows in flight, not rows: a long row needs fewer
-// rows ahead to keep as many misses pending), into which cache, in narrow passes or one.
-struct prefetch_candidate {
-  prefetch_level level;
-  std::int64_t in_flight;
-  bool narrow;
-};
-// Tables in the LLC (past half of L2): into L1 8 KiB ahead won on LLC-sized tables, 2 KiB ahead on
-// tables just past L2 (1.1x: R = 10k, D = 32, L = 40); tables past the LLC: DESIGN.md section 4.
-// The first candidate of each serves the calls too short to time while no winner is known.
-constexpr std::int64_t candidates_per_class = 3;
-constexpr prefetch_candidate near_candidates[candidates_per_class] = {
-    {prefetch_level::l1, 8 * 1024, false}, {prefetch_level::l1, 2 * 1024, false}, {prefetch_level::none, 0, false}};
-constexpr prefetch_candidate far_candidates[candidates_per_class] = {
-    {prefetch_level::l1, 8 * 1024, false}, {prefetch_level::l2, 32 * 1024, false}, {prefetch_level::l2, 32 * 1024, true}};
-
-// Trials per table class (in the LLC or past it), per bag length (under 4 indices per bag, or
-// more) and per row size (its cache lines rounded up to a power of two, 1 to 32 or more), since
-// what wins on one loses on another: a process whose first calls read 128-byte rows chose for
-// 256-byte rows a candidate 2x slower than the best, and narrow passes, the best on bags of 40,
-// took 1.5x the time of one pass into L1 on bags of one (`embag bench --rows 4000000 --dim 64
-// --pooling 1`).
+// The tables past the LLC, read at random: trials per row size (its cache lines rounded up to a
+// power of two, 1 to 32 or more) and per bag length (under 4 indices per bag, or more), since what
+// wins on one loses on another: a process whose first calls read 128-byte rows chose for 256-byte
+// rows a candidate 2x slower than the best, and narrow passes, the best on bags of 40, took 1.5x
+// the time of one pass into L1 on bags of one (`embag bench --rows 4000000 --dim 64 --pooling 1`).
+// The first candidate serves the calls too short to time while no winner is known.
+enum far_candidate { l1_one_pass, l2_one_pass, l2_narrow, far_candidates };
 constexpr std::size_t row_size_classes = 6;
 constexpr std::int64_t short_bag_indices = 4;
-struct class_trials : prefetch_trials {
-  class_trials() noexcept : prefetch_trials(candidates_per_class) {}
+struct far_table_trials : prefetch_trials {
+  far_table_trials() noexcept : prefetch_trials(far_candidates) {}
 };
-class_trials trials_by_class[2][2][row_size_classes];
+far_table_trials far_tables[2][row_size_classes];
 
-prefetch_trials& trials_of(bool far, const forward_request& req) {
+prefetch_trials& far_tables_of(const forward_request& req) {
   const auto lines = static_cast<std::uint64_t>((req.row_bytes + 63) / 64);
   const bool short_bags = req.bags.nnz < short_bag_indices * req.bags.num_bags;
-  return trials_by_class[far][short_bags][std::min<std::size_t>(std::bit_width(lines - 1), row_size_classes - 1)];
+  return far_tables[short_bags][std::min<std::size_t>(std::bit_width(lines - 1), row_size_classes - 1)];
 }
 
 // A call too short to time well does not count as a trial: it takes the current leader. A
@@ -244,29 +229,32 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   const std::int64_t table_bytes = req.rows == 0 ? 0 : (req.rows - 1) * req.row_stride + row_bytes;
   const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
 
-  // By size class: a table within half of L2 needs no prefetch; in the LLC and past it, the
-  // fastest of its class's candidates on this machine (prefetch_trials). Skewed indices on a table
-  // past the LLC read mostly hot rows the caches keep: served as the LLC class.
-  prefetch_candidate chosen{prefetch_level::none, 0, false};
-  req.trials = nullptr;
+  // By size class: a table within half of L2 needs no prefetch; in the LLC, into L1; past it, the
+  // fastest of three candidates on this machine (prefetch_trials). Skewed indices on a table past
+  // the LLC read mostly hot rows the caches keep: served as the LLC-resident class.
+  prefetch_level level = table_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
+  bool narrow = false;
   req.prefetch_trial = -1;
-  if (table_bytes > l2 / 2 && setting.level == prefetch_level::automatic) {
-    const bool far = table_bytes > llc && !skewed(req.bags);
+  if (table_bytes > llc && setting.level == prefetch_level::automatic && !skewed(req.bags)) {
     bool on_trial = false;
     const bool long_enough = req.bags.nnz * row_bytes >= min_trial_bytes;
-    prefetch_trials& trials = trials_of(far, req);
+    prefetch_trials& trials = far_tables_of(req);
     const int candidate = long_enough ? trials.next(on_trial) : std::max(trials.chosen(), 0);
-    chosen = (far ? far_candidates : near_candidates)[candidate];
-    if (on_trial) {
-      req.trials = &trials;
-      req.prefetch_trial = candidate;
-    }
+    level = candidate == l1_one_pass ? prefetch_level::l1 : prefetch_level::l2;
+    narrow = candidate == l2_narrow;
+    if (on_trial) req.prefetch_trial = candidate;
   }
-  if (setting.level != prefetch_level::automatic)  // a forced l2 reads in narrow passes, as it always did
-    chosen = {setting.level, setting.level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024, setting.level == prefetch_level::l2};
-  req.prefetch = chosen.level;
-  req.prefetch_rows = setting.rows > 0 ? setting.rows : static_cast<int>(std::clamp<std::int64_t>(chosen.in_flight / row_bytes, 4, 64));
-  req.narrow_passes = chosen.narrow;
+  // Bytes in flight, not rows: a long row needs fewer rows ahead to keep as many misses pending.
+  const std::int64_t in_flight = level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024;
+  int rows = static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
+  if (setting.level != prefetch_level::automatic) {
+    level = setting.level;
+    narrow = level == prefetch_level::l2;  // a forced l2 reads in narrow passes, as it always did
+  }
+  if (setting.rows > 0) rows = setting.rows;
+  req.prefetch = level;
+  req.prefetch_rows = rows;
+  req.narrow_passes = narrow;
 }
 
 void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked) {
@@ -285,7 +273,7 @@ void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked)
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept {
   if (req.prefetch_trial < 0) return;
   const double bytes = static_cast<double>(req.bags.nnz) * static_cast<double>(req.row_bytes);
-  req.trials->report(req.prefetch_trial, seconds / bytes);
+  far_tables_of(req).report(req.prefetch_trial, seconds / bytes);
 }
 
 namespace {

@@ -12,8 +12,6 @@ namespace embag::detail {
 
 inline constexpr std::int64_t no_padding = -1;  // indices are validated >= 0: never matches
 
-class prefetch_trials;  // plan.hpp
-
 // The bags of a validated call, as read in place from the caller's arrays.
 struct bag_source {
   const void* indices = nullptr;
@@ -55,7 +53,6 @@ struct forward_request {
   prefetch_level prefetch = prefetch_level::none;  // resolved: never automatic here
   bool narrow_passes = false;  // rows read in passes of at most 256 bytes (prefetch into L2 only)
   int prefetch_trial = -1;  // the candidate of plan.hpp's prefetch_trials this call tries, or -1
-  prefetch_trials* trials = nullptr;  // whose candidate it is
 };
 
 // The bags transposed into table rows, built by the plan for backward: the non-padding positions

@@ -4,7 +4,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <set>
 #include <string>
 #include <vector>
 #include <sys/wait.h>
@@ -188,28 +187,6 @@ TEST(PrefetchTrials, ShortAndLongBagsAreTriedApart) {
   EXPECT_EQ(one.prefetch, prefetch_level::l2);  // the second candidate: into L2 in one pass
   EXPECT_FALSE(one.narrow_passes);
   EXPECT_GE(request(40).prefetch_trial, 0) << "long bags took the one-index calls' winner";
-}
-
-// Tables in the LLC are tried too, among prefetching into L1 8 KiB ahead, 2 KiB ahead, or not at
-// all: how far ahead pays depends on where in the caches the rows are found.
-TEST(PrefetchTrials, TablesInTheLlcAreTriedToo) {
-  std::vector<std::int64_t> spread(4096 * 40);
-  for (std::size_t i = 0; i < spread.size(); ++i) spread[i] = static_cast<std::int64_t>(i % 1024);
-  std::set<std::pair<prefetch_level, int>> tried;
-  for (int call = 0; call < 3; ++call) {
-    detail::forward_request req;
-    req.rows = std::max(caches().l2, caches().llc / 2) / 128;  // 128-byte rows: past half of L2
-    req.dim = 32;
-    req.row_stride = req.row_bytes = 128;
-    req.bags.indices = spread.data();
-    req.bags.num_bags = 4096;
-    req.bags.nnz = 4096 * 40;
-    detail::choose_prefetch(req, {});
-    EXPECT_GE(req.prefetch_trial, 0);
-    tried.insert({req.prefetch, req.prefetch_rows});
-  }
-  const std::set<std::pair<prefetch_level, int>> candidates = {{prefetch_level::l1, 64}, {prefetch_level::l1, 16}, {prefetch_level::none, 4}};
-  EXPECT_EQ(tried, candidates);
 }
 
 }  // namespace
