@@ -18,7 +18,6 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <type_traits>
 #include <vector>
 
 namespace embag {
@@ -66,13 +65,6 @@ class error : public std::runtime_error {
 // embag/quantize.hpp, which describes their bytes. The values are the .embag file's dtype codes.
 enum class dtype : std::uint8_t { f32 = 0, f16 = 1, bf16 = 2, int8_rowwise = 3, int4_rowwise = 4 };
 
-template <class Element>
-struct dtype_of;
-template <>
-struct dtype_of<float> {
-  static constexpr dtype value = dtype::f32;
-};
-
 // A non-owning view of a rows x dim table whose row r starts at data + r * row_stride elements.
 // The element type is part of the type: `table_view<const float>` is read-only, `table_view<float>`
 // may be written (in-place max_norm, renorm_rows).
@@ -83,7 +75,6 @@ struct table_view {
   std::int64_t dim = 0;
   std::int64_t row_stride = 0;  // in elements; 0 means dim (dense rows)
 
-  static constexpr dtype element_type = dtype_of<std::remove_const_t<Element>>::value;
   operator table_view<const Element>() const noexcept { return {data, rows, dim, row_stride}; }
 };
 

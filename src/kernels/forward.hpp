@@ -156,11 +156,11 @@ inline constexpr std::int64_t vector_registers =
 // which the first group has brought into L1); only the first group prefetches.
 //
 // Narrow (rows prefetched into L2 from DRAM): at most 256 bytes (4 cache lines) of each stored row
-// per pass, and at least two passes over rows of 256 bytes or more. On one Zen 4 core, DRAM
-// tables: one AVX-512 pass over 512-byte fp32 rows read 11.8 GB/s, two passes of 256 bytes
-// 15.9-19.9; one pass over 256-byte rows (fp32 D = 64, fp16 D = 128) 12.7 and 8.9 GB/s, two
-// passes of 128 bytes 21.6 and 19.3-21.3 (`embag bench --dim 64|128 --mode sum`). On
-// cache-resident tables the single pass is faster.
+// per pass, and at least two passes over rows of 256 bytes or more: fewer lines of each row wanted
+// at once kept more rows' misses in flight on DRAM tables, while on cache-resident tables the
+// single pass is faster. Which wins on a machine is learnt per call class (plan.cpp's prefetch
+// trials); compare them with `EMBAG_PREFETCH=l2:32` (narrow) against `l1:16` on
+// `embag bench --dim 64|128 --mode sum`.
 template <class Arch, class Index, dtype Type, prefetch_level Prefetch, bool Narrow, std::int64_t Chunks>
 struct fixed_dim_forward {
   using ctx_t = forward_context<Arch, Index, Type, Prefetch, Chunks * xsimd::batch<float, Arch>::size>;
