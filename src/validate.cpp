@@ -85,14 +85,6 @@ void check_indices_typed(const char* name, const T* indices, std::int64_t n, std
                                          " is out of range [0, " + str(rows) + ")");
 }
 
-// One branch-free pass decides (vectorisable); only a failing call walks them to name the culprit.
-template <class T>
-bool offsets_in_order(const T* offsets, std::int64_t n, std::int64_t nnz) {
-  bool ok = n == 0 || offsets[0] == 0;
-  for (std::int64_t b = 1; b < n; ++b) ok &= (offsets[b] >= offsets[b - 1]) & (static_cast<std::int64_t>(offsets[b]) <= nnz);
-  return ok;
-}
-
 void check_offsets(const index_span& offsets, std::int64_t nnz, bool include_last) {
   const std::int64_t n = offsets.size;
   if (n == 0) {
@@ -100,9 +92,8 @@ void check_offsets(const index_span& offsets, std::int64_t nnz, bool include_las
     if (nnz > 0) fail(errc::bad_offsets, "offsets is empty but indices has " + str(nnz) + " entries");
     return;
   }
-  const bool in_order = offsets.type == index_type::i32
-                            ? offsets_in_order(static_cast<const std::int32_t*>(offsets.data), n, nnz)
-                            : offsets_in_order(static_cast<const std::int64_t*>(offsets.data), n, nnz);
+  // one pass at the ISA's width decides; only a failing call walks them to name the culprit
+  const bool in_order = offsets_in_order(offsets.data, offsets.type, n, nnz);
   if (in_order && (!include_last || value_at(offsets, n - 1) == nnz)) return;
   if (const std::int64_t first = value_at(offsets, 0); first != 0)
     fail(errc::bad_offsets, "offsets[0] = " + str(first) + " must be 0");

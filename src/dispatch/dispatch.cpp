@@ -15,6 +15,11 @@
 #error "baseline sources must not be compiled with AVX flags: only src/kernels/isa_*.cpp get them"
 #endif
 
+// Validation's scans for the reference ISA: the kernels' loops, compiled with the baseline flags.
+#define EMBAG_ISA_NS baseline
+#include "kernels/scan.hpp"
+#undef EMBAG_ISA_NS
+
 namespace embag {
 namespace {
 
@@ -211,14 +216,13 @@ const kernel_table& kernels_of(isa which) noexcept {
 index_extremes scan_indices(const void* indices, index_type kind, std::int64_t n) noexcept {
   const isa which = active_isa();
   if (which != isa::reference) return kernels_of(which).scan_indices(indices, kind, n);
-  index_extremes e;
-  for (std::int64_t j = 0; j < n; ++j) {
-    const std::int64_t v = kind == index_type::i32 ? static_cast<const std::int32_t*>(indices)[j]
-                                                   : static_cast<const std::int64_t*>(indices)[j];
-    e.lowest = j == 0 || v < e.lowest ? v : e.lowest;
-    e.highest = j == 0 || v > e.highest ? v : e.highest;
-  }
-  return e;
+  return baseline::scan_indices<void>(indices, kind, n);
+}
+
+bool offsets_in_order(const void* offsets, index_type kind, std::int64_t n, std::int64_t nnz) noexcept {
+  const isa which = active_isa();
+  if (which != isa::reference) return kernels_of(which).offsets_in_order(offsets, kind, n, nnz);
+  return baseline::offsets_in_order<void>(offsets, kind, n, nnz);
 }
 
 }  // namespace detail

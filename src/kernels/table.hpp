@@ -10,6 +10,6 @@ namespace embag::detail::EMBAG_ISA_NS {
 
 template <class Arch>
 inline constexpr kernel_table kernels_for{&forward_block<Arch>, &backward_rows<Arch>, &backward_scatter<Arch>, &weights_grad<Arch>,
-                                             &gather_bags<Arch>, &scan_indices<Arch>};
+                                             &gather_bags<Arch>, &scan_indices<Arch>, &offsets_in_order<Arch>};
 
 }  // namespace embag::detail::EMBAG_ISA_NS
