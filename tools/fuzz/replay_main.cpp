@@ -38,12 +38,12 @@ int main(int argc, char** argv) {
   std::vector<fs::path> inputs;
   for (int i = 1; i < argc; ++i) {
     std::error_code ec;
-    if (fs::is_directory(argv[i], ec)) {
-      for (const fs::directory_entry& entry : fs::directory_iterator(argv[i], ec))
-        if (entry.is_regular_file()) inputs.push_back(entry.path());
-    } else {
+    if (!fs::is_directory(argv[i], ec)) {  // a file (one that cannot be opened is refused below)
       inputs.emplace_back(argv[i]);
+      continue;
     }
+    for (const fs::directory_entry& entry : fs::directory_iterator(argv[i], ec))
+      if (entry.is_regular_file()) inputs.push_back(entry.path());
     if (ec) {
       std::fprintf(stderr, "replay: cannot list %s: %s\n", argv[i], ec.message().c_str());
       return 2;
