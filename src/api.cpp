@@ -295,6 +295,22 @@ std::string_view to_string(errc code) noexcept {
   return "unknown";
 }
 
+std::string_view to_string(mode which) noexcept {
+  switch (which) {
+    case mode::sum: return "sum";
+    case mode::mean: return "mean";
+    case mode::max: return "max";
+    case mode::none: return "none";
+  }
+  return "unknown";
+}
+
+std::optional<mode> mode_from_string(std::string_view name) noexcept {
+  for (mode which : {mode::sum, mode::mean, mode::max, mode::none})
+    if (to_string(which) == name) return which;
+  return std::nullopt;
+}
+
 std::int64_t output_rows(const bags& batch, const options& opts) {
   if (opts.mode == mode::none) return batch.indices.size;
   switch (batch.layout) {

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "allocation.hpp"
@@ -252,6 +253,16 @@ std::string_view to_string(dtype type) noexcept {
     case dtype::int4_rowwise: return "int4_rowwise";
   }
   return "?";
+}
+
+std::optional<dtype> dtype_from_string(std::string_view name) noexcept {
+  static constexpr std::pair<std::string_view, dtype> short_forms[] = {
+      {"fp32", dtype::f32}, {"fp16", dtype::f16}, {"int8", dtype::int8_rowwise}, {"int4", dtype::int4_rowwise}};
+  for (dtype type : {dtype::f32, dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise})
+    if (to_string(type) == name) return type;
+  for (const auto& [alias, type] : short_forms)
+    if (alias == name) return type;
+  return std::nullopt;
 }
 
 std::int64_t row_bytes(dtype type, std::int64_t dim) {

@@ -69,7 +69,7 @@ bool runs_in_suite(operation op, dtype type, isa which) {
 }
 std::string short_name(dtype type) {
   for (const char* name : {"fp32", "fp16", "bf16", "int8", "int4"})
-    if (dtype_from_name(name) == type) return name;
+    if (dtype_from_string(name) == type) return name;
   return std::string(to_string(type));
 }
 
@@ -168,7 +168,7 @@ bench_options parse(int argc, char** argv) {
     } else if (flag == "--dtype") {
       o.types.clear();
       for (const std::string& name : split(value())) {
-        const std::optional<dtype> type = dtype_from_name(name);
+        const std::optional<dtype> type = dtype_from_string(name);
         if (!type) bad_usage("unknown dtype '" + name + "' (fp32, fp16, bf16, int8, int4)");
         o.types.push_back(*type);
       }

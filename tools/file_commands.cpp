@@ -114,10 +114,7 @@ class flag_parser {
 
 mode parse_mode(flag_parser& p) {
   const std::string m = p.value();
-  if (m == "sum") return mode::sum;
-  if (m == "mean") return mode::mean;
-  if (m == "max") return mode::max;
-  if (m == "none") return mode::none;
+  if (const std::optional<mode> named = mode_from_string(m)) return *named;
   p.bad("--mode is sum, mean, max or none, got '" + m + "'");
 }
 
@@ -334,7 +331,7 @@ conversion_line parse_conversion(bool quantizing, int argc, char** argv) {
     else if (f == "--threads") c.how.max_threads = p.threads();
     else if (quantizing && f == "--to") {
       const std::string name = p.value();
-      c.to = dtype_from_name(name);
+      c.to = dtype_from_string(name);
       if (!c.to) p.bad("--to is fp32, fp16, bf16, int8 or int4, got '" + name + "'");
     } else p.bad("unknown option '" + f + "'");
   }
@@ -394,14 +391,6 @@ int forward_command(int argc, char** argv) {
 int backward_command(int argc, char** argv) {
   if (wants_help(argc, argv)) return std::fputs(backward_help, stdout), 0;
   return run_backward(parse(true, argc, argv));
-}
-
-std::optional<dtype> dtype_from_name(std::string_view name) {
-  const std::pair<const char*, dtype> names[] = {{"fp32", dtype::f32}, {"fp16", dtype::f16}, {"bf16", dtype::bf16},
-                                                 {"int8", dtype::int8_rowwise}, {"int4", dtype::int4_rowwise}};
-  for (const auto& [text, type] : names)
-    if (name == text) return type;
-  return std::nullopt;
 }
 
 }  // namespace embag::tool

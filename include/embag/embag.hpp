@@ -170,6 +170,9 @@ enum class mode : std::uint8_t {
   none,  // plain lookup (nn.Embedding): one output row per index; bag boundaries are validated only
 };
 
+std::string_view to_string(mode which) noexcept;  // "sum", "mean", "max", "none"
+std::optional<mode> mode_from_string(std::string_view name) noexcept;
+
 enum class max_norm_flavour : std::uint8_t {
   clip,      // scale the gathered copy; the table is never written (safe under concurrent readers)
   in_place,  // torch's behaviour: rescale the table rows before the gather (needs a mutable table);

@@ -48,6 +48,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -57,7 +58,11 @@
 
 namespace embag {
 
-std::string_view to_string(dtype type) noexcept;  // "f32", "f16", "bf16", "int8_rowwise", "int4_rowwise"
+// The one spelling of each dtype, in the library, the C ABI and the tool: "f32", "f16", "bf16",
+// "int8_rowwise", "int4_rowwise". dtype_from_string also takes the short forms "fp32", "fp16",
+// "int8" and "int4" (the names FBGEMM and PyTorch users type).
+std::string_view to_string(dtype type) noexcept;
+std::optional<dtype> dtype_from_string(std::string_view name) noexcept;
 
 // Bytes of one packed row of `dim` elements (the table above). Throws errc::invalid_shape for
 // dim <= 0, errc::invalid_option for a value that is not a dtype, errc::size_overflow past 2^62.
