@@ -59,7 +59,7 @@ class scratch_or_local {
   std::optional<workspace> local_;
 };
 
-std::int64_t rows_of(const bag_source& bags, mode m) { return m == mode::none ? bags.nnz : bags.num_bags; }
+std::int64_t rows_of(const bag_source& bags, mode m) { return reduction_of(m).pool == pooling::lookup ? bags.nnz : bags.num_bags; }
 
 // A validated table: where its rows are and how they are stored.
 struct stored_table {
@@ -99,7 +99,7 @@ forward_request make_forward_request(const stored_table& t, const bag_source& ba
   req.row_bytes = t.row_bytes;
   req.rows_line_aligned = reinterpret_cast<std::uintptr_t>(t.data) % 64 == 0 && t.stride % 64 == 0;
   req.bags = bags;
-  req.mode = opts.mode;
+  req.reduce = reduction_of(opts.mode);
   req.padding_idx = padding;
   req.clip_max_norm = opts.max_norm.has_value() && opts.max_norm_mode == max_norm_flavour::clip;
   req.max_norm = opts.max_norm.value_or(0.0f);
@@ -111,7 +111,7 @@ void run_forward(isa which, forward_request& req, const execution& how) {
   if (which == isa::reference) return reference::forward(req);
   choose_prefetch(req, how.prefetch);
   block_list plan;
-  plan_forward_blocks(req.bags, req.mode, req.dim, threads_for(how), plan);
+  plan_forward_blocks(req.bags, req.reduce.pool, req.dim, threads_for(how), plan);
   const kernel_table& k = kernels_of(which);
   using clock = std::chrono::steady_clock;
   const clock::time_point start = req.prefetch_trial >= 0 ? clock::now() : clock::time_point{};
@@ -182,7 +182,7 @@ backward_call prepare_backward(std::int64_t rows, std::int64_t dim, const bags& 
   r.bags = bags;
   r.rows = rows;
   r.dim = dim;
-  r.mode = opts.mode;
+  r.reduce = reduction_of(opts.mode);
   r.padding_idx = padding;
   r.scale_grad_by_freq = opts.scale_grad_by_freq;
   r.grad_output = grad_output.data;
@@ -208,7 +208,7 @@ void run_row_kernels(isa which, const backward_request& r, const execution& how)
              [&](std::int64_t i) { k.backward_rows(r, plan.blocks[i].bag_begin, plan.blocks[i].bag_end); });
 }
 
-// Dense sum and mean without scale_grad_by_freq: straight from the bags, the table's rows split
+// Dense pooled sums (sum, mean, sqrtn) without scale_grad_by_freq: straight from the bags, the table's rows split
 // over the threads.
 void run_scatter_kernels(isa which, backward_request& r, const execution& how) {
   choose_scatter_prefetch(r, how.prefetch);
@@ -246,7 +246,7 @@ roofline_call prepare_roofline(const stored_table& t, const bags& batch, matrix_
   call.req.out_stride = out_stride;
   choose_prefetch(call.req, how.prefetch);
   call.req.prefetch_trial = -1;  // its times are not forward's
-  plan_forward_blocks(bags, mode::sum, t.dim, threads_for(how), call.plan);
+  plan_forward_blocks(bags, pooling::sum, t.dim, threads_for(how), call.plan);
   return call;
 }
 
@@ -254,7 +254,7 @@ roofline_call prepare_roofline(const stored_table& t, const bags& batch, matrix_
 // bag, and their radix-sort scratch), grown in the workspace.
 row_transpose transposed(backward_request& r, const execution& how, workspace::impl& ws) {
   try {
-    return build_row_transpose(r.bags, r.rows, r.padding_idx, r.mode, how, ws);
+    return build_row_transpose(r.bags, r.rows, r.padding_idx, r.reduce, how, ws);
   } catch (const std::bad_alloc&) {
     detail::out_of_memory("backward's row transpose of " + std::to_string(r.bags.nnz) + " indices",
                           static_cast<std::size_t>(r.bags.nnz) * 6 * sizeof(std::int64_t));
@@ -301,18 +301,19 @@ std::string_view to_string(mode which) noexcept {
     case mode::mean: return "mean";
     case mode::max: return "max";
     case mode::none: return "none";
+    case mode::sqrtn: return "sqrtn";
   }
   return "unknown";
 }
 
 std::optional<mode> mode_from_string(std::string_view name) noexcept {
-  for (mode which : {mode::sum, mode::mean, mode::max, mode::none})
+  for (mode which : {mode::sum, mode::mean, mode::max, mode::none, mode::sqrtn})
     if (to_string(which) == name) return which;
   return std::nullopt;
 }
 
 std::int64_t output_rows(const bags& batch, const options& opts) {
-  if (opts.mode == mode::none) return batch.indices.size;
+  if (reduction_of(opts.mode).pool == pooling::lookup) return batch.indices.size;
   switch (batch.layout) {
     case bag_layout::offsets: return batch.boundaries.size - (opts.include_last_offset ? 1 : 0);
     case bag_layout::lengths: return batch.boundaries.size;
@@ -348,7 +349,7 @@ void backward_dense(const bags& batch, const options& opts, matrix_view<const fl
   call.req.grad_table_stride = stride;
   if (call.which == isa::reference) return reference_backward(call.req, nullptr);
   backward_request& r = call.req;
-  if ((r.mode == mode::sum || r.mode == mode::mean) && !r.scale_grad_by_freq)
+  if (r.reduce.pool == pooling::sum && !r.scale_grad_by_freq)
     return run_scatter_kernels(call.which, r, opts.execution);
   scratch_or_local ws(scratch);
   r.transpose = transposed(r, opts.execution, ws.get());
@@ -433,8 +434,8 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
   const bag_source bags = validate_bags(batch, opts, table.rows);
   if (bags.weights == nullptr && bags.nnz > 0)
     throw error(errc::invalid_option, "per_sample_weights_grad needs per_sample_weights");
-  if (opts.mode != mode::sum && opts.mode != mode::mean)
-    throw error(errc::invalid_option, "per_sample_weights_grad is defined for mode sum and mean only");
+  if (!takes_weights(reduction_of(opts.mode)))
+    throw error(errc::invalid_option, "per_sample_weights_grad is defined for mode sum, mean and sqrtn only");
   const std::int64_t grad_stride = validate_input("grad_output", grad_output, bags.num_bags, table.dim);
   if (static_cast<std::int64_t>(grad_weights.size()) != bags.nnz)
     throw error(errc::size_mismatch, "grad_weights has " + std::to_string(grad_weights.size()) +
@@ -454,7 +455,7 @@ void per_sample_weights_grad(table_view<const float> table, const bags& batch, c
   w.grad_weights = grad_weights.data();
   if (which == isa::reference) return reference::weights_grad(w);
   block_list plan;
-  plan_forward_blocks(bags, opts.mode, table.dim, threads_for(opts.execution), plan);
+  plan_forward_blocks(bags, reduction_of(opts.mode).pool, table.dim, threads_for(opts.execution), plan);
   const kernel_table& k = kernels_of(which);
   run_blocks(plan.count, opts.execution, [&](std::int64_t i) { k.weights_grad(w, plan.blocks[i]); });
 }

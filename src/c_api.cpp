@@ -47,7 +47,8 @@ static_assert(EMBAG_ISA_REFERENCE == int(embag::isa::reference) && EMBAG_ISA_SSE
               EMBAG_ISA_AVX2 == int(embag::isa::avx2) && EMBAG_ISA_AVX512 == int(embag::isa::avx512) &&
               EMBAG_ISA_NEON == int(embag::isa::neon));
 static_assert(EMBAG_MODE_SUM == int(embag::mode::sum) && EMBAG_MODE_MEAN == int(embag::mode::mean) &&
-              EMBAG_MODE_MAX == int(embag::mode::max) && EMBAG_MODE_NONE == int(embag::mode::none));
+              EMBAG_MODE_MAX == int(embag::mode::max) && EMBAG_MODE_NONE == int(embag::mode::none) &&
+              EMBAG_MODE_SQRTN == int(embag::mode::sqrtn));
 static_assert(EMBAG_PREFETCH_AUTOMATIC == int(embag::prefetch_level::automatic) &&
               EMBAG_PREFETCH_NONE == int(embag::prefetch_level::none) &&
               EMBAG_PREFETCH_L1 == int(embag::prefetch_level::l1) && EMBAG_PREFETCH_L2 == int(embag::prefetch_level::l2));
@@ -179,7 +180,7 @@ embag::options options_of(const embag_options* given) {
   const embag_options o = read_c_options(given);
   if ((o.flags & ~known_flags) != 0)
     throw error(errc::invalid_option, "options.flags has unknown bits " + std::to_string(o.flags & ~known_flags));
-  if (o.mode < EMBAG_MODE_SUM || o.mode > EMBAG_MODE_NONE)
+  if (o.mode < EMBAG_MODE_SUM || o.mode > EMBAG_MODE_SQRTN)
     throw error(errc::invalid_option, "options.mode = " + std::to_string(o.mode) + " is not an EMBAG_MODE_* mode");
   if (o.isa != EMBAG_ISA_DEFAULT && embag_isa_name(o.isa) == nullptr)
     throw error(errc::invalid_option, "options.isa = " + std::to_string(o.isa) + " is not an EMBAG_ISA_* value");

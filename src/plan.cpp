@@ -93,9 +93,9 @@ void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int thread
   }
 }
 
-void plan_forward_blocks(const bag_source& bags, embag::mode mode, std::int64_t dim, int threads,
+void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim, int threads,
                          block_list& out) {
-  if (mode == mode::none) return plan_even_blocks(bags.nnz, dim, threads, out);
+  if (pool == pooling::lookup) return plan_even_blocks(bags.nnz, dim, threads, out);
   out.count = 0;
   const std::int64_t total = bags.nnz + bags.num_bags;  // rows read + rows written
   const int k = block_count(total * dim, threads);
@@ -291,32 +291,30 @@ std::int64_t chunk_begin(std::int64_t n, int chunks, int c) { return n * c / chu
 }  // namespace
 
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
-                                  embag::mode mode, const execution& how, workspace::impl& ws) {
+                                  reduction reduce, const execution& how, workspace::impl& ws) {
   const std::int64_t nnz = bags.nnz;
   const int threads = threads_for(how);
   // Chunks of positions for the parallel passes; the result is the same for any chunking.
   const int chunks = nnz < 16384 || threads <= 1 ? 1 : std::min(threads * 4, 64);
 
-  // The bag of each position, and each bag's mean divisor (count, or sum of weights, in order).
-  if (mode != mode::none) {
+  // The bag of each position, and each bag's divisor when the reduction scales (forward's, in order).
+  const bool scaled = reduce.scaling != bag_scaling::none;
+  if (reduce.pool != pooling::lookup) {
     ws.bag_of_position.resize(static_cast<std::size_t>(nnz));
-    if (mode == mode::mean) ws.bag_divisor.resize(static_cast<std::size_t>(bags.num_bags));
+    if (scaled) ws.bag_divisor.resize(static_cast<std::size_t>(bags.num_bags));
     block_list blocks;
-    plan_forward_blocks(bags, mode::sum, 1, threads, blocks);
+    plan_forward_blocks(bags, pooling::sum, 1, threads, blocks);
     run_blocks(blocks.count, how, [&](std::int64_t i) {
       const bag_block& block = blocks.blocks[i];
       std::int64_t start = block.index_begin;
       for (std::int64_t b = block.bag_begin; b < block.bag_end; ++b) {
         const std::int64_t end = end_of_bag(bags, b, start);
-        std::int64_t count = 0;
-        float weight_sum = 0.0f;
+        bag_tally tally;
         for (std::int64_t j = start; j < end; ++j) {
           ws.bag_of_position[j] = b;
-          if (index_at(bags, j) == padding_idx) continue;
-          ++count;
-          if (bags.weights) weight_sum += bags.weights[j];
+          if (index_at(bags, j) != padding_idx) tally_row(tally, bags.weights ? bags.weights[j] : 1.0f);
         }
-        if (mode == mode::mean) ws.bag_divisor[b] = bags.weights ? weight_sum : static_cast<float>(count);
+        if (scaled) ws.bag_divisor[b] = bag_divisor(reduce.scaling, bags.weights != nullptr, tally);
         start = end;
       }
     });
@@ -345,7 +343,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
       for (std::int64_t j = chunk_begin(nnz, chunks, int(c)); j < chunk_begin(nnz, chunks, int(c) + 1); ++j) {
         if (indices[j] == padding_idx) continue;
         ws.keys[out] = indices[j];
-        ws.bags[out] = mode == mode::none ? j : ws.bag_of_position[j];
+        ws.bags[out] = reduce.pool == pooling::lookup ? j : ws.bag_of_position[j];
         ws.positions[out++] = j;
       }
     });
@@ -419,7 +417,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   t.unique_rows = ws.unique_rows.data();
   t.segment_begin = ws.segment_begin.data();
   t.bags = sorted_bags;
-  t.bag_divisor = mode == mode::mean ? ws.bag_divisor.data() : nullptr;
+  t.bag_divisor = scaled ? ws.bag_divisor.data() : nullptr;
   t.num_unique = unique;
   return t;
 }

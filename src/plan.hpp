@@ -36,7 +36,7 @@ struct block_list {
 
 // Blocks of bags (or, for mode none, of indices) of about equal work: the number of rows read
 // plus the rows written, times dim. One block when the call runs on one thread.
-void plan_forward_blocks(const bag_source& bags, embag::mode mode, std::int64_t dim, int threads,
+void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim, int threads,
                          block_list& out);
 
 // [0, items) cut into runs of about equal work (items x work_per_item) as {begin, end, begin}:
@@ -90,7 +90,7 @@ void report_prefetch_trial(const forward_request& req, double seconds) noexcept;
 // The bags transposed into rows (see row_transpose), in the workspace's memory, built on the
 // threads `how` allows; the result does not depend on the thread count.
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
-                                  embag::mode mode, const execution& how, workspace::impl& ws);
+                                  reduction reduce, const execution& how, workspace::impl& ws);
 
 // torch.embedding_renorm_: each distinct row among `rows` whose norm exceeds max_norm is scaled
 // by max_norm_scale, once.

@@ -1,12 +1,14 @@
 // The validated form of a call: what validation produces and plan, reference and kernels consume.
 // Plain structs only: this header is included by the per-ISA kernel sources, so it must not define
-// any inline function (one compiled with AVX-512 flags could be linked into baseline code).
+// any inline function with external linkage (one compiled with AVX-512 flags could be linked into
+// baseline code; reduction.hpp's have internal linkage for that reason).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
 #include "embag/embag.hpp"
+#include "reduction.hpp"
 
 namespace embag::detail {
 
@@ -42,7 +44,7 @@ struct forward_request {
   std::int64_t rows = 0, dim = 0, row_stride = 0, row_bytes = 0;
   bool rows_line_aligned = false;  // every row starts a 64-byte cache line
   bag_source bags;
-  embag::mode mode = mode::sum;
+  reduction reduce;
   std::int64_t padding_idx = no_padding;  // normalised to [0, rows) or no_padding
   bool clip_max_norm = false;              // scale gathered rows whose norm exceeds max_norm
   float max_norm = 0, norm_type = 2;
@@ -62,14 +64,14 @@ struct row_transpose {
   const std::int64_t* unique_rows = nullptr;      // num_unique rows, ascending
   const std::int64_t* segment_begin = nullptr;    // num_unique + 1: positions of unique_rows[u]
   const std::int64_t* bags = nullptr;             // the bag of each sorted position (mode none: itself)
-  const float* bag_divisor = nullptr;             // num_bags, mean only: count or sum of weights
+  const float* bag_divisor = nullptr;             // num_bags, scaled reductions only (reduction.hpp)
   std::int64_t num_unique = 0;
 };
 
 struct backward_request {
   bag_source bags;
   std::int64_t rows = 0, dim = 0;
-  embag::mode mode = mode::sum;
+  reduction reduce;
   std::int64_t padding_idx = no_padding;
   bool scale_grad_by_freq = false;
   const float* grad_output = nullptr;

@@ -156,7 +156,7 @@ std::int64_t validate_matrix(const char* name, const void* data, std::int64_t ro
 }
 
 std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
-  if (opts.mode > mode::none) fail(errc::invalid_option, "mode = " + str(std::int64_t(opts.mode)) + " is not a mode");
+  if (to_string(opts.mode) == "unknown") fail(errc::invalid_option, "mode = " + str(std::int64_t(opts.mode)) + " is not a mode");
   if (opts.max_norm_mode > max_norm_flavour::in_place)
     fail(errc::invalid_option, "max_norm_mode = " + str(std::int64_t(opts.max_norm_mode)) + " is not a flavour");
   if (opts.max_norm) {
@@ -228,8 +228,8 @@ bag_source validate_bags(const bags& batch, const options& opts, std::int64_t ta
   if (!w.empty()) {
     const std::int64_t weights_size = span_size("per_sample_weights", w.size());
     validate_array("per_sample_weights", w.data(), weights_size, 4);
-    if (opts.mode == mode::max) fail(errc::invalid_option, "per_sample_weights cannot be used with mode max");
-    if (opts.mode == mode::none) fail(errc::invalid_option, "per_sample_weights cannot be used with mode none");
+    if (!takes_weights(reduction_of(opts.mode)))
+      fail(errc::invalid_option, "per_sample_weights cannot be used with mode " + std::string(to_string(opts.mode)));
     if (weights_size != s.nnz)
       fail(errc::size_mismatch, "per_sample_weights has " + str(weights_size) +
                                     " entries but indices has " + str(s.nnz));

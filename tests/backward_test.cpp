@@ -223,6 +223,29 @@ const backward_case cases[] = {
      .dy = {{1, -2}, {4, 8}},
      .delta = {{0.5f, -1}, {1.5f, 1}, {1, 2}, {2, 4}, {0, 0}, {0, 0}},
      .rows = {0, 1, 2, 3}},
+    {.name = "sqrtn divides by the root of the bag size",
+     .m = mode::sqrtn,
+     .indices = {0, /**/ 1, 3, 3, 2},
+     .offsets = {0, 1},
+     .dy = {{1, -2}, {4, 8}},
+     .delta = {{1, -2}, {2, 4}, {2, 4}, {4, 8}, {0, 0}, {0, 0}},
+     .rows = {0, 1, 2, 3}},
+    {.name = "weighted sqrtn divides by the root of the sum of the squared weights",
+     .m = mode::sqrtn,
+     .indices = {0, 1, /**/ 1, 3, 3, 2},
+     .offsets = {0, 2},
+     .dy = {{1, -2}, {4, 8}},
+     .delta = {{1, -2}, {2, 4}, {2, 4}, {0, 0}, {0, 0}, {0, 0}},
+     .rows = {0, 1, 2, 3},
+     .weights = {2, 0, /**/ 1, -1, 1, 1}},
+    {.name = "weighted sqrtn whose weights are all 0 passes no gradient",
+     .m = mode::sqrtn,
+     .indices = {0, 1, /**/ 2},
+     .offsets = {0, 2},
+     .dy = {{1, -2}, {4, 8}},
+     .delta = {{0, 0}, {0, 0}, {4, 8}, {0, 0}, {0, 0}, {0, 0}},
+     .rows = {0, 1, 2},
+     .weights = {0, 0, /**/ 2}},
     {.name = "none: one dY row per index",
      .m = mode::none,
      .indices = {0, 1, 1, 3, 3, 2},
@@ -405,28 +428,33 @@ TEST_P(Backward, MaxSendsEachDimensionsGradientToTheRowThatWonIt) {
 
 TEST_P(Backward, PerSampleWeightsGradient) {
   // sum: <dY[bag], W[idx]>; weighted mean: (<dY, x_j> - sum_i w_i <dY, x_i> / S) / S, S = the bag's
-  // weight sum without padding, 0 when S = 0; padding entries 0. Every dot product of tiled rows
-  // is `tile` times the hand-written one.
+  // weight sum without padding; sqrtn: (<dY, x_j> - (w_j / N) sum_i w_i <dY, x_i> / N) / N, N the
+  // root of the bag's sum of squared weights; 0 when S or N is 0; padding entries 0. Every dot
+  // product of tiled rows is `tile` times the hand-written one.
   const matrix table = {{1, 2}, {3, -4}, {-5, 6}, {0.5f, -0.5f}, {7, -8}, {100, 100}};
   const std::vector<std::int64_t> indices{0, 1, 5, /**/ 2, 4, /**/ 0, 1};
   const std::vector<std::int64_t> offsets{0, 3, 5};
   const std::vector<float> weights{2, -1, 9, /**/ 0.5f, 1.5f, /**/ 1, -1};
   const matrix dy = {{1, -2}, {2, 0.5f}, {1, 1}};
+  // the dot products <dY, x_j>: -3, 11, (padding), -7, 10, 3, -1
   const struct {
     mode m;
     std::vector<float> hand;  // for one tile
+    std::vector<float> weights = {};  // when not `weights`
   } expected[] = {
       {mode::sum, {-3, 11, 0, /**/ -7, 10, /**/ 3, -1}},
       // bag 0: S = 1, sum w<dY,x> = -17; bag 1: S = 2, sum w<dY,x> / S = 5.75; bag 2: S = 0
       {mode::mean, {14, 28, 0, /**/ -6.375f, 2.125f, /**/ 0, 0}},
+      // bag 0: N = 2, sum w<dY,x> / N = -3; bag 1: N = 2, sum w<dY,x> / N = -10; bag 2: N = 0
+      {mode::sqrtn, {0, 5.5f, 0, /**/ -3.5f, 0, /**/ 0, 0}, {2, 0, 9, /**/ 0, -2, /**/ 0, 0}},
   };
   const std::vector<float> t = tiled(table, form().tile, in_stride(), NaN);
   const std::vector<float> g = dy_buffer(dy);
   for (const encoding& e : encodings) {
     SCOPED_TRACE(e.name);
-    const encoded_bags bags(indices, offsets, weights, e);
     for (const auto& x : expected) {
-      SCOPED_TRACE(x.m == mode::sum ? "sum" : "mean");
+      SCOPED_TRACE(to_string(x.m));
+      const encoded_bags bags(indices, offsets, x.weights.empty() ? weights : x.weights, e);
       std::vector<float> grad(indices.size(), 999.0f);
       per_sample_weights_grad({t.data(), R, dim(), in_stride()}, bags.batch(), on_isa(make_options(x.m, 5)),
                               dy_view(g, dy), grad);

@@ -334,7 +334,7 @@ std::vector<catalogue_case> catalogue() {
          per_sample_weights_grad(f.table(), bags::from_offsets(i64s{}, i64s{0}), with_mode(mode::max),
                                  f.grad_output(1), std::span<float>{});
        },
-       errc::invalid_option, "per_sample_weights_grad is defined for mode sum and mean only"},
+       errc::invalid_option, "per_sample_weights_grad is defined for mode sum, mean and sqrtn only"},
       {"weights_grad_grad_weights_one_short",
        [](F& f) {
          per_sample_weights_grad(f.table(), f.weighted_batch(), {}, f.grad_output(), f.grad_weights().first(5));

@@ -375,9 +375,9 @@ static void test_bad_input(const embag_table* t) {
 
   /* options: each constant out of range, and the struct_size contract */
   EXPECT_OK(embag_options_init(&o));
-  o.mode = 4;
+  o.mode = 5;
   EXPECT_STATUS(embag_forward(t, &b, &o, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
-  CHECK(error_mentions("options.mode = 4"));
+  CHECK(error_mentions("options.mode = 5"));
   EXPECT_OK(embag_options_init(&o));
   o.flags = 0x100u;
   EXPECT_STATUS(embag_forward(t, &b, &o, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
@@ -1101,11 +1101,14 @@ static void test_compressed_forward(const embag_table* source) {
       {"mean", EMBAG_MODE_MEAN, 0, 0},
       {"max", EMBAG_MODE_MAX, 0, 0},
       {"none", EMBAG_MODE_NONE, 0, 0},
+      {"sqrtn", EMBAG_MODE_SQRTN, 0, 0},
       {"weighted sum", EMBAG_MODE_SUM, 0, 1},
       {"weighted mean", EMBAG_MODE_MEAN, 0, 1},
+      {"weighted sqrtn", EMBAG_MODE_SQRTN, 0, 1},
       {"sum with padding", EMBAG_MODE_SUM, EMBAG_HAS_PADDING_IDX, 0},
       {"mean with padding", EMBAG_MODE_MEAN, EMBAG_HAS_PADDING_IDX, 0},
       {"max with padding", EMBAG_MODE_MAX, EMBAG_HAS_PADDING_IDX, 0},
+      {"weighted sqrtn with padding", EMBAG_MODE_SQRTN, EMBAG_HAS_PADDING_IDX, 1},
       {"weighted sum with padding", EMBAG_MODE_SUM, EMBAG_HAS_PADDING_IDX, 1},
   };
   int32_t isas[8], num_isas = 0;

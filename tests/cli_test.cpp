@@ -94,10 +94,10 @@ TEST_F(Cli, ForwardMatchesTheLibraryInEveryMode) {
     bool weighted = false;
   };
   std::vector<variant> variants;
-  for (mode m : {mode::sum, mode::mean, mode::max, mode::none}) {
+  for (mode m : {mode::sum, mode::mean, mode::max, mode::none, mode::sqrtn}) {
     options o;
     o.mode = m;
-    const char* name = m == mode::sum ? "sum" : m == mode::mean ? "mean" : m == mode::max ? "max" : "none";
+    const std::string name(to_string(m));
     variants.push_back({std::string("--mode ") + name, o});
     o.padding_idx = -8;  // row 12
     variants.push_back({std::string("--mode ") + name + " --padding-idx -8", o});
@@ -109,6 +109,8 @@ TEST_F(Cli, ForwardMatchesTheLibraryInEveryMode) {
   options weighted;
   weighted.mode = mode::mean;
   variants.push_back({"--mode mean --per-sample-weights p.npy", weighted, true});
+  weighted.mode = mode::sqrtn;
+  variants.push_back({"--mode sqrtn --per-sample-weights p.npy", weighted, true});
 
   for (const variant& v : variants) {
     SCOPED_TRACE(v.flags);
@@ -240,7 +242,7 @@ TEST_F(Cli, MissingOrMalformedFilesAndBadFlags) {
                         "unknown option '--bogus'");
   expect_one_line_error(embag("forward --weight w.npy --indices i.npy --out y.npy"), "exactly one of --offsets and --lengths");
   expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --out y.npy --mode median"),
-                        "--mode is sum, mean, max or none, got 'median'");
+                        "--mode is sum, mean, max, none or sqrtn, got 'median'");
   expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --out y.npy --max-norm 1 --max-norm-inplace"),
                         "--max-norm-inplace and --weight-out go together");
   expect_one_line_error(embag("forward --weight w.npy --indices i.npy --offsets o.npy --out y.npy --isa avx1024"),

@@ -46,10 +46,7 @@ options with_max_norm(mode m, float max_norm, float norm_type, max_norm_flavour 
   return o;
 }
 
-std::string mode_name(mode m) {
-  const char* names[] = {"sum", "mean", "max", "none"};
-  return names[static_cast<int>(m)];
-}
+std::string mode_name(mode m) { return std::string(to_string(m)); }
 
 // ---------------------------------------------------------------------------------------------
 // Shapes: how a hand-written case is laid out in memory.
@@ -336,10 +333,13 @@ TEST_P(Semantics, EmptyBagsGiveZerosInEveryModeAndArgmaxMinusOne) {
       {middle_full, {mode::max, {{0, 0}, {7, -4}, {0, 0}}, {{-1, -1}, {4, 1}, {-1, -1}}}},
       {middle_full, {mode::sum, {{0, 0}, {12, -14}, {0, 0}}}, true},
       {middle_full, {mode::mean, {{0, 0}, {6, -7}, {0, 0}}}, true},
+      {middle_full, {mode::sqrtn, {{0, 0}, {10 / std::sqrt(2.0f), -12 / std::sqrt(2.0f)}, {0, 0}}}},
+      {middle_full, {mode::sqrtn, {{0, 0}, {12 / std::sqrt(2.5f), -14 / std::sqrt(2.5f)}, {0, 0}}}, true},
       {no_indices, {mode::sum, {{0, 0}, {0, 0}}}},
       {no_indices, {mode::mean, {{0, 0}, {0, 0}}}},
       {no_indices, {mode::max, {{0, 0}, {0, 0}}, {{-1, -1}, {-1, -1}}}},
       {no_indices, {mode::none, {}}},
+      {no_indices, {mode::sqrtn, {{0, 0}, {0, 0}}}},
   };
   for (const auto& c : cases) {
     problem p = c.p;
@@ -360,10 +360,22 @@ TEST_P(Semantics, PerSampleWeightsWithSumAndWithMean) {
   expect(p, {mode::mean, {{3, -0.5f}, {2.125f, -2.375f}, {0, 0}, {0, 0}}});
 }
 
+TEST_P(Semantics, SqrtnDividesTheSumByTheRootOfTheCountOrOfTheSquaredWeights) {
+  // TensorFlow's sqrtn combiner: sum(w x) / sqrt(sum w^2), unweighted sum(x) / sqrt(count), 0
+  // when that is 0. Bags of 4, 1 and 0 indices; weights (3, 4), (2, -1, 2) and (0).
+  const problem unweighted{.table = T, .indices = {0, 1, 2, 4, /**/ 3}, .offsets = {0, 4, 5}};
+  expect(unweighted, {mode::sqrtn, {{3, -2}, {0.5f, -0.5f}, {0, 0}}});
+  const problem weighted{.table = T,
+                         .indices = {0, 4, /**/ 1, 2, 3, /**/ 0},
+                         .offsets = {0, 2, 5},
+                         .weights = {3, 4, /**/ 2, -1, 2, /**/ 0}};
+  expect(weighted, {mode::sqrtn, {{31 / 5.0f, -26 / 5.0f}, {4, -5}, {0, 0}}});
+}
+
 // Row 5 is the padding row in these cases: large, so any use of it would show.
 const matrix T6 = {{1, 2}, {3, -4}, {-5, 6}, {0.5f, -0.5f}, {7, -8}, {100, 100}};
 
-TEST_P(Semantics, PaddingIsSkippedInEveryModeAndLeftOutOfTheMeanDivisor) {
+TEST_P(Semantics, PaddingIsSkippedInEveryModeAndLeftOutOfTheDivisors) {
   const problem base{.table = T6, .indices = {0, 5, 1, /**/ 5, 5, /**/ 2, 5}, .offsets = {0, 3, 5}};
   const std::vector<float> weights{1, 9, 3, /**/ 9, 9, /**/ -1, 9};
   struct {
@@ -376,6 +388,8 @@ TEST_P(Semantics, PaddingIsSkippedInEveryModeAndLeftOutOfTheMeanDivisor) {
       {{mode::none, {{1, 2}, {0, 0}, {3, -4}, {0, 0}, {0, 0}, {-5, 6}, {0, 0}}}},
       {{mode::sum, {{10, -10}, {0, 0}, {5, -6}}}, true},
       {{mode::mean, {{2.5f, -2.5f}, {0, 0}, {-5, 6}}}, true},
+      {{mode::sqrtn, {{4 / std::sqrt(2.0f), -2 / std::sqrt(2.0f)}, {0, 0}, {-5, 6}}}},
+      {{mode::sqrtn, {{10 / std::sqrt(10.0f), -10 / std::sqrt(10.0f)}, {0, 0}, {5, -6}}}, true},
   };
   for (const std::int64_t padding : {5, -1}) {
     SCOPED_TRACE("padding_idx " + std::to_string(padding));

@@ -25,7 +25,7 @@ namespace {
 
 const char* forward_help =
     "usage: embag forward --weight W.npy --indices I.npy (--offsets O.npy | --lengths L.npy)\n"
-    "         [--per-sample-weights P.npy] [--mode sum|mean|max|none] [--padding-idx N]\n"
+    "         [--per-sample-weights P.npy] [--mode sum|mean|max|none|sqrtn] [--padding-idx N]\n"
     "         [--include-last-offset] [--max-norm X [--norm-type P] [--max-norm-inplace --weight-out W2.npy]]\n"
     "         [--isa NAME] [--threads N] --out Y.npy [--argmax-out A.npy]\n"
     "  W is a 2-D <f4 table; I, O, L 1-D <i4 or <i8; P 1-D <f4. Y is B x D <f4 (len(I) x D with mode none),\n"
@@ -33,7 +33,7 @@ const char* forward_help =
 
 const char* backward_help =
     "usage: embag backward --weight W.npy --indices I.npy (--offsets O.npy | --lengths L.npy)\n"
-    "         [--per-sample-weights P.npy] [--mode sum|mean|max|none] [--padding-idx N]\n"
+    "         [--per-sample-weights P.npy] [--mode sum|mean|max|none|sqrtn] [--padding-idx N]\n"
     "         [--include-last-offset] [--max-norm X [--norm-type P]] [--isa NAME] [--threads N]\n"
     "         --grad-output G.npy [--argmax A.npy] (--out dW.npy | --sparse --out-rows R.npy --out dW.npy)\n"
     "         [--per-sample-weights-grad-out PG.npy]\n"
@@ -115,7 +115,7 @@ class flag_parser {
 mode parse_mode(flag_parser& p) {
   const std::string m = p.value();
   if (const std::optional<mode> named = mode_from_string(m)) return *named;
-  p.bad("--mode is sum, mean, max or none, got '" + m + "'");
+  p.bad("--mode is sum, mean, max, none or sqrtn, got '" + m + "'");
 }
 
 // The flags, and which of them go together; the library checks the values themselves.

@@ -118,7 +118,8 @@ typedef struct embag_bags {
 #define EMBAG_MODE_SUM 0
 #define EMBAG_MODE_MEAN 1
 #define EMBAG_MODE_MAX 2
-#define EMBAG_MODE_NONE 3 /* plain lookup: one output row per index */
+#define EMBAG_MODE_NONE 3  /* plain lookup: one output row per index */
+#define EMBAG_MODE_SQRTN 4 /* sum(w x) / sqrt(sum w^2), unweighted sum(x) / sqrt(count); 0 when that is 0 */
 
 #define EMBAG_ISA_DEFAULT (-1) /* the process-wide choice */
 #define EMBAG_ISA_REFERENCE 0  /* the scalar oracle: plain loops, one thread */

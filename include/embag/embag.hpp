@@ -167,10 +167,11 @@ enum class mode : std::uint8_t {
   sum,
   mean,
   max,
-  none,  // plain lookup (nn.Embedding): one output row per index; bag boundaries are validated only
+  none,   // plain lookup (nn.Embedding): one output row per index; bag boundaries are validated only
+  sqrtn,  // TensorFlow's combiner: sum(w x) / sqrt(sum w^2), unweighted sum(x) / sqrt(count); 0 when that is 0
 };
 
-std::string_view to_string(mode which) noexcept;  // "sum", "mean", "max", "none"
+std::string_view to_string(mode which) noexcept;  // "sum", "mean", "max", "none", "sqrtn"
 std::optional<mode> mode_from_string(std::string_view name) noexcept;
 
 enum class max_norm_flavour : std::uint8_t {

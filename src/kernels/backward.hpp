@@ -4,12 +4,13 @@
 // by position), so each unique row's gradient is a sum over its own positions, in ascending
 // position order: blocks of rows run in parallel without atomics and the result does not depend
 // on the thread count. Per element it is the reference's loop, in the same order:
-//   grad[row] += c_j * dY[bag(j)],   c_j = w_j (/ bag divisor for mean) (/ count(row) by freq)
+//   grad[row] += c_j * dY[bag(j)],   c_j = w_j (/ bag divisor for mean, sqrtn) (/ count(row) by freq)
 // and for max: grad[row][d] += dY[bag][d] (/ count) where argmax[bag][d] == row, once per bag.
 //
 // weights_grad: per index j, <dY[bag(j)], x_j> (x_j clipped as forward saw it); for a weighted
-// mean, (<dY, x_j> - sum_i w_i <dY, x_i> / S) / S. A dot product: the lane-wise summation order
-// differs from the reference's, so this one agrees within rounding, not bit for bit.
+// bag divided by S (mean, sqrtn), (<dY, x_j> - slope_j * sum_i w_i <dY, x_i> / S) / S with
+// slope_j = dS/dw_j (reduction.hpp). A dot product: the lane-wise summation order differs from the
+// reference's, so this one agrees within rounding, not bit for bit.
 #pragma once
 
 #include <algorithm>
@@ -22,10 +23,7 @@ namespace embag::detail::EMBAG_ISA_NS {
 inline float row_gradient_coefficient(const backward_request& r, std::int64_t position, std::int64_t bag,
                                       std::int64_t row_count) noexcept {
   float c = r.bags.weights ? r.bags.weights[position] : 1.0f;
-  if (r.mode == mode::mean) {
-    const float divisor = r.transpose.bag_divisor[bag];
-    c = divisor == 0.0f ? 0.0f : c / divisor;
-  }
+  if (r.reduce.scaling != bag_scaling::none) c = divided(c, r.transpose.bag_divisor[bag]);
   if (r.scale_grad_by_freq) c = c / static_cast<float>(row_count);
   return c;
 }
@@ -48,7 +46,7 @@ void backward_rows(const backward_request& r, std::int64_t unique_begin, std::in
     }
     const std::int64_t row = t.unique_rows[u];
     float* grad = r.sparse_values ? r.sparse_values + u * dim : r.grad_table + row * r.grad_table_stride;
-    if (r.sparse_values && r.mode == mode::max)
+    if (r.sparse_values && r.reduce.pool == pooling::max)
       for (std::int64_t d = 0; d < dim; ++d) grad[d] = 0.0f;
     const std::int64_t first = t.segment_begin[u], last = t.segment_begin[u + 1];
     const std::int64_t count = last - first;
@@ -57,7 +55,7 @@ void backward_rows(const backward_request& r, std::int64_t unique_begin, std::in
       const std::int64_t position = t.positions[k];
       const std::int64_t bag = t.bags[k];
       const float* dy = r.grad_output + bag * r.grad_output_stride;
-      if (r.mode == mode::max) {
+      if (r.reduce.pool == pooling::max) {
         // a row repeated within a bag won each of its dimensions once
         if (bag == previous_bag) continue;
         previous_bag = bag;
@@ -74,7 +72,7 @@ void backward_rows(const backward_request& r, std::int64_t unique_begin, std::in
   }
 }
 
-// Dense backward of sum and mean without scale_grad_by_freq, straight from the bags: each
+// Dense backward of the pooled sums (sum, mean, sqrtn) without scale_grad_by_freq, straight from the bags: each
 // non-padding position j adds c_j x dY[bag(j)] to grad[indices[j]] in position order, which is
 // backward_rows' order within each row (positions ascending), so the two agree bit for bit without
 // the transpose and its sort. The block owns rows [row_begin, row_end): blocks split the table's
@@ -89,13 +87,16 @@ void backward_scatter_typed(const backward_request& r, std::int64_t row_begin, s
   const bool line_aligned = reinterpret_cast<std::uintptr_t>(r.grad_table) % 64 == 0 && r.grad_table_stride % 16 == 0;
   const std::int64_t ahead = r.prefetch_rows;
   const std::int64_t prefetch_end = Prefetch == prefetch_level::none ? 0 : r.bags.nnz - ahead;
-  const bool mean = r.mode == mode::mean;
+  const bag_scaling scaling = r.reduce.scaling;
   const auto owned = [&](std::int64_t row) { return row >= row_begin && row < row_end; };
   for_each_bag(r.bags, {0, r.bags.num_bags, 0}, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
-    float divisor = 0.0f;  // mean: the count of the bag's non-padding positions, or their weights' sum in order
-    if (mean)
+    float divisor = 0.0f;  // forward's, from the bag's non-padding positions in order
+    if (scaling != bag_scaling::none) {
+      bag_tally tally;
       for (std::int64_t j = begin; j < end; ++j)
-        if (indices[j] != r.padding_idx) divisor += r.bags.weights ? r.bags.weights[j] : 1.0f;
+        if (indices[j] != r.padding_idx) tally_row(tally, r.bags.weights ? r.bags.weights[j] : 1.0f);
+      divisor = bag_divisor(scaling, r.bags.weights != nullptr, tally);
+    }
     const float* dy = r.grad_output + bag * r.grad_output_stride;
     for (std::int64_t j = begin; j < end; ++j) {
       if constexpr (Prefetch != prefetch_level::none)
@@ -109,7 +110,7 @@ void backward_scatter_typed(const backward_request& r, std::int64_t row_begin, s
       const std::int64_t row = indices[j];
       if (!owned(row) || row == r.padding_idx) continue;
       float c = r.bags.weights ? r.bags.weights[j] : 1.0f;
-      if (mean) c = divisor == 0.0f ? 0.0f : c / divisor;  // row_gradient_coefficient's arithmetic
+      if (scaling != bag_scaling::none) c = divided(c, divisor);  // row_gradient_coefficient's arithmetic
       add_scaled<Arch>(r.grad_table + row * r.grad_table_stride, dy, c, dim);
     }
   });
@@ -145,7 +146,8 @@ void weights_grad_typed(const weights_grad_request& w, const bag_block& block) {
   const std::int64_t dim = r.dim;
   for_each_bag(r.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
     const float* dy = w.grad_output + bag * w.grad_output_stride;
-    float weighted_sum = 0.0f, weight_sum = 0.0f;
+    float weighted_sum = 0.0f;
+    bag_tally tally;
     for (std::int64_t p = begin; p < end; ++p) {
       const std::int64_t index = indices[p];
       if (index == r.padding_idx) {
@@ -157,12 +159,15 @@ void weights_grad_typed(const weights_grad_request& w, const bag_block& block) {
       if (r.clip_max_norm) g *= max_norm_scale(x, dim, r.max_norm, r.norm_type);
       w.grad_weights[p] = g;
       weighted_sum += r.bags.weights[p] * g;
-      weight_sum += r.bags.weights[p];
+      tally_row(tally, r.bags.weights[p]);
     }
-    if (r.mode != mode::mean) return;
+    const bag_scaling scaling = r.reduce.scaling;
+    if (scaling == bag_scaling::none) return;
+    const float divisor = bag_divisor(scaling, true, tally);
     for (std::int64_t p = begin; p < end; ++p) {
       if (indices[p] == r.padding_idx) continue;
-      w.grad_weights[p] = weight_sum == 0.0f ? 0.0f : (w.grad_weights[p] - weighted_sum / weight_sum) / weight_sum;
+      const float slope = divisor_slope(scaling, r.bags.weights[p], divisor);
+      w.grad_weights[p] = divisor == 0.0f ? 0.0f : (w.grad_weights[p] - slope * (weighted_sum / divisor)) / divisor;
     }
   });
 }

@@ -3,7 +3,7 @@
 // Per bag, the same operations in the same order per output element as the reference, so every
 // ISA agrees with it bit for bit (the build disables FMA contraction):
 //   sum:  acc = 0; acc += w_j * x_j (or acc += x_j unweighted)  for each non-padding j in order
-//   mean: the sum, then acc / count (or acc / sum of weights), 0 when that is 0
+//   mean, sqrtn: the sum, then acc / bag_divisor (reduction.hpp), 0 when that is 0
 //   max:  the first non-padding row, then x_j replaces acc where x_j > acc or x_j is a first NaN
 //   none: one output row per index, a copy of the row (zeros for padding)
 // where x_j is the table row, times max_norm_scale(row) when max_norm clips.
@@ -200,8 +200,7 @@ struct fixed_dim_forward {
   template <bool weighted, bool clip>
   [[gnu::always_inline]] static void sum_bag_as(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
     const forward_request& r = c.req;
-    std::int64_t count = 0;
-    float weight_sum = 0.0f;
+    bag_tally tally;
     float* out = c.out_row(bag);
     for (std::int64_t first = 0; first < Chunks; first += sum_group) {
       batch acc[sum_group];
@@ -210,16 +209,16 @@ struct fixed_dim_forward {
         if constexpr (weighted) {
           const batch wb(r.bags.weights[p]);
           for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += wb * load_row<Arch>(x, (first + k) * lanes, clip, scale);
-          if (first == 0) weight_sum += r.bags.weights[p];
+          if (first == 0) tally_row(tally, r.bags.weights[p]);
         } else {
           for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += load_row<Arch>(x, (first + k) * lanes, clip, scale);
+          if (first == 0) ++tally.count;
         }
-        if (first == 0) ++count;
       };
       // only the first group prefetches: the others find the bag's rows in L1
       c.template for_each_row_of_bag<clip>(first == 0, begin, end, add_row);
-      if (r.mode == mode::mean) {
-        const float divisor = weighted ? weight_sum : static_cast<float>(count);
+      if (r.reduce.scaling != bag_scaling::none) {
+        const float divisor = bag_divisor(r.reduce.scaling, weighted, tally);
         const batch div(divisor);
         for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : acc[k] / div;
       }
@@ -314,8 +313,7 @@ struct any_dim_forward {
     float* out = c.out_row(bag);
     for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
     const bool weighted = r.bags.weights != nullptr;
-    std::int64_t count = 0;
-    float weight_sum = 0.0f;
+    bag_tally tally;
     const auto add_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
       const float w = weighted ? r.bags.weights[p] : 1.0f;
       const batch wb(w);
@@ -329,13 +327,12 @@ struct any_dim_forward {
         const float v = r.clip_max_norm ? x.at(d) * scale : x.at(d);
         out[d] = weighted ? out[d] + w * v : out[d] + v;
       }
-      weight_sum += w;
-      ++count;
+      tally_row(tally, w);
     };
     c.template for_each_row_of_bag<Type == dtype::f32>(true, begin, end, add_row);
-    if (r.mode == mode::mean) {
-      const float divisor = weighted ? weight_sum : static_cast<float>(count);
-      for (std::int64_t d = 0; d < dim; ++d) out[d] = divisor == 0.0f ? 0.0f : out[d] / divisor;
+    if (r.reduce.scaling != bag_scaling::none) {
+      const float divisor = bag_divisor(r.reduce.scaling, weighted, tally);
+      for (std::int64_t d = 0; d < dim; ++d) out[d] = divided(out[d], divisor);
     }
   }
 
@@ -391,7 +388,7 @@ inline void lookup_rows(const forward_context<Arch, Index, Type, Prefetch>& c, c
 template <class Arch, class Index, dtype Type, class Path>
 inline void pooled_bags(const typename Path::ctx_t& c, const bag_block& block) {
   using general = any_dim_forward<Arch, Index, Type, prefetch_level::automatic>;
-  if (c.req.mode != mode::max) return Path::sum_bags(c, block);
+  if (c.req.reduce.pool == pooling::sum) return Path::sum_bags(c, block);
   using max_path = typename Path::max_path;
   const typename max_path::ctx_t max_context{c.req};
   for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
@@ -433,7 +430,7 @@ inline decltype(auto) with_path(const forward_request& req, F&& f) {
 
 template <class Arch, class Index, dtype Type>
 inline void forward_block_typed(const forward_request& req, const bag_block& block) {
-  if (req.mode == mode::none) return lookup_rows(forward_context<Arch, Index, Type, prefetch_level::automatic>{req}, block);
+  if (req.reduce.pool == pooling::lookup) return lookup_rows(forward_context<Arch, Index, Type, prefetch_level::automatic>{req}, block);
   with_path<Arch, Index, Type>(req, [&]<class Path>() {
     pooled_bags<Arch, Index, Type, Path>(typename Path::ctx_t{req}, block);
   });

@@ -66,7 +66,7 @@ void forward(const forward_request& r) {
   const plain_bags bags = plain(r.bags);
   const bool weighted = r.bags.weights != nullptr;
 
-  if (r.mode == mode::none) {
+  if (r.reduce.pool == pooling::lookup) {
     for (std::int64_t j = 0; j < r.bags.nnz; ++j) {
       float* out = r.out + j * r.out_stride;
       const std::int64_t index = bags.indices[j];
@@ -83,16 +83,15 @@ void forward(const forward_request& r) {
   for (std::int64_t b = 0; b < r.bags.num_bags; ++b) {
     std::vector<float> acc(r.dim, 0.0f);
     std::vector<std::int64_t> winner(r.dim, -1);
-    std::int64_t count = 0;
-    float weight_sum = 0.0f;
+    bag_tally tally;
     for (std::int64_t j = bags.begin[b]; j < bags.begin[b + 1]; ++j) {
       const std::int64_t index = bags.indices[j];
       if (index == r.padding_idx) continue;
       const row_reader x(r, index);
       const float w = weighted ? r.bags.weights[j] : 1.0f;
       for (std::int64_t d = 0; d < r.dim; ++d) {
-        if (r.mode == mode::max) {
-          if (count == 0 || max_takes(x[d], acc[d])) {
+        if (r.reduce.pool == pooling::max) {
+          if (tally.count == 0 || max_takes(x[d], acc[d])) {
             acc[d] = x[d];
             winner[d] = index;
           }
@@ -100,12 +99,11 @@ void forward(const forward_request& r) {
           acc[d] = weighted ? acc[d] + w * x[d] : acc[d] + x[d];
         }
       }
-      weight_sum += w;
-      ++count;
+      tally_row(tally, w);
     }
-    if (r.mode == mode::mean) {
-      const float divisor = weighted ? weight_sum : static_cast<float>(count);
-      for (float& a : acc) a = divisor == 0.0f ? 0.0f : a / divisor;
+    if (r.reduce.scaling != bag_scaling::none) {
+      const float divisor = bag_divisor(r.reduce.scaling, weighted, tally);
+      for (float& a : acc) a = divided(a, divisor);
     }
     float* out = r.out + b * r.out_stride;
     for (std::int64_t d = 0; d < r.dim; ++d) out[d] = acc[d];
@@ -130,9 +128,10 @@ void backward(const backward_request& r, sparse_gradient* sparse) {
   };
   for (const auto& [row, n] : count) grad_row(row);
 
-  for (std::int64_t b = 0; b < (r.mode == mode::none ? r.bags.nnz : r.bags.num_bags); ++b) {
+  const bool lookup = r.reduce.pool == pooling::lookup;
+  for (std::int64_t b = 0; b < (lookup ? r.bags.nnz : r.bags.num_bags); ++b) {
     const float* dy = r.grad_output + b * r.grad_output_stride;
-    if (r.mode == mode::max) {
+    if (r.reduce.pool == pooling::max) {
       for (std::int64_t d = 0; d < r.dim; ++d) {
         const std::int64_t row = r.argmax[b * r.dim + d];
         if (row < 0) continue;
@@ -141,22 +140,18 @@ void backward(const backward_request& r, sparse_gradient* sparse) {
       }
       continue;
     }
-    const std::int64_t first = r.mode == mode::none ? b : bags.begin[b];
-    const std::int64_t last = r.mode == mode::none ? b + 1 : bags.begin[b + 1];
-    // the mean's divisor as forward computes it: the count, or the sum of the weights
-    std::int64_t in_bag = 0;
-    float weight_sum = 0.0f;
-    for (std::int64_t j = first; j < last; ++j) {
-      if (bags.indices[j] == r.padding_idx) continue;
-      ++in_bag;
-      if (weighted) weight_sum += r.bags.weights[j];
-    }
-    const float divisor = weighted ? weight_sum : static_cast<float>(in_bag);
+    const std::int64_t first = lookup ? b : bags.begin[b];
+    const std::int64_t last = lookup ? b + 1 : bags.begin[b + 1];
+    // the divisor as forward computes it
+    bag_tally tally;
+    for (std::int64_t j = first; j < last; ++j)
+      if (bags.indices[j] != r.padding_idx) tally_row(tally, weighted ? r.bags.weights[j] : 1.0f);
+    const float divisor = bag_divisor(r.reduce.scaling, weighted, tally);
     for (std::int64_t j = first; j < last; ++j) {
       const std::int64_t row = bags.indices[j];
       if (row == r.padding_idx) continue;
       float c = weighted ? r.bags.weights[j] : 1.0f;
-      if (r.mode == mode::mean) c = divisor == 0.0f ? 0.0f : c / divisor;
+      if (r.reduce.scaling != bag_scaling::none) c = divided(c, divisor);
       if (r.scale_grad_by_freq) c = c / static_cast<float>(count[row]);
       float* g = grad_row(row);
       for (std::int64_t d = 0; d < r.dim; ++d) g[d] += c * dy[d];
@@ -178,7 +173,8 @@ void weights_grad(const weights_grad_request& w) {
   const plain_bags bags = plain(r.bags);
   for (std::int64_t b = 0; b < r.bags.num_bags; ++b) {
     const float* dy = w.grad_output + b * w.grad_output_stride;
-    float weighted_sum = 0.0f, weight_sum = 0.0f;
+    float weighted_sum = 0.0f;
+    bag_tally tally;
     for (std::int64_t j = bags.begin[b]; j < bags.begin[b + 1]; ++j) {
       const std::int64_t index = bags.indices[j];
       if (index == r.padding_idx) {
@@ -190,12 +186,14 @@ void weights_grad(const weights_grad_request& w) {
       for (std::int64_t d = 0; d < r.dim; ++d) g += dy[d] * x[d];
       w.grad_weights[j] = g;
       weighted_sum += r.bags.weights[j] * g;
-      weight_sum += r.bags.weights[j];
+      tally_row(tally, r.bags.weights[j]);
     }
-    if (r.mode != mode::mean) continue;
+    if (r.reduce.scaling == bag_scaling::none) continue;
+    const float divisor = bag_divisor(r.reduce.scaling, true, tally);
     for (std::int64_t j = bags.begin[b]; j < bags.begin[b + 1]; ++j) {
       if (bags.indices[j] == r.padding_idx) continue;
-      w.grad_weights[j] = weight_sum == 0.0f ? 0.0f : (w.grad_weights[j] - weighted_sum / weight_sum) / weight_sum;
+      const float slope = divisor_slope(r.reduce.scaling, r.bags.weights[j], divisor);
+      w.grad_weights[j] = divisor == 0.0f ? 0.0f : (w.grad_weights[j] - slope * (weighted_sum / divisor)) / divisor;
     }
   }
 }

@@ -27,10 +27,9 @@ std::int64_t call_case::padding() const {
 
 std::string call_case::describe() const {
   std::ostringstream s;
-  const char* modes[] = {"sum", "mean", "max", "none"};
   const char* layouts[] = {"offsets", "lengths", "fixed"};
   s << "seed=" << seed << " R=" << rows << " D=" << dim << " stride=" << row_stride << " B=" << num_bags()
-    << " nnz=" << indices.size() << " mode=" << modes[int(opts.mode)] << " layout=" << layouts[int(layout)]
+    << " nnz=" << indices.size() << " mode=" << to_string(opts.mode) << " layout=" << layouts[int(layout)]
     << (opts.include_last_offset ? "+last" : "") << " idx" << (index32 ? 32 : 64) << " bounds"
     << (boundary32 ? 32 : 64) << " weights=" << !weights.empty() << " padding=";
   if (opts.padding_idx) s << *opts.padding_idx;
@@ -84,7 +83,7 @@ call_case random_case(std::uint64_t seed, const case_limits& limits) {
     for (float& v : c.table)
       if (chance(0.05)) v = std::numeric_limits<float>::quiet_NaN();
 
-  c.opts.mode = static_cast<mode>(uniform(0, 3));
+  c.opts.mode = static_cast<mode>(uniform(0, 4));  // sum, mean, max, none, sqrtn
   c.index32 = chance(0.5);
   c.boundary32 = chance(0.5);
   const int layout = static_cast<int>(uniform(0, 3));  // offsets, offsets + last, lengths, fixed
@@ -109,7 +108,7 @@ call_case random_case(std::uint64_t seed, const case_limits& limits) {
   const std::int64_t nnz = c.bag_begin.back();
   for (std::int64_t j = 0; j < nnz; ++j) c.indices.push_back(uniform(0, c.rows - 1));
 
-  if ((c.opts.mode == mode::sum || c.opts.mode == mode::mean) && chance(0.5)) {
+  if ((c.opts.mode == mode::sum || c.opts.mode == mode::mean || c.opts.mode == mode::sqrtn) && chance(0.5)) {
     // a weighted mean divides by the sum of weights: keep it away from 0 (tested by hand)
     std::uniform_real_distribution<float> w(c.opts.mode == mode::mean ? 0.1f : -1.0f, 2.0f);
     for (std::int64_t j = 0; j < nnz; ++j) c.weights.push_back(chance(0.05) ? 0.0f : w(rng));

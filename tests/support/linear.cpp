@@ -43,17 +43,22 @@ dense incidence(const call_case& c, bool magnitudes) {
     return a;
   }
   for (std::int64_t b = 0; b < c.num_bags(); ++b) {
-    double total = 0.0, abs_total = 0.0;
+    double total = 0.0, abs_total = 0.0, squares = 0.0;
     for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
       if (c.indices[j] == pad) continue;
       const double w = c.weights.empty() ? 1.0 : c.weights[j];
       a.at(b, c.indices[j]) += magnitudes ? std::fabs(w) : w;
       total += w;
       abs_total += std::fabs(w);
+      squares += w * w;
     }
-    if (c.opts.mode != mode::mean) continue;
-    // the float divisor carries its own rounding, relative to sum|w| / |sum w|
-    const double factor = total == 0.0 ? 0.0 : magnitudes ? (std::fabs(total) + abs_total) / (total * total) : 1.0 / total;
+    double factor = 1.0;
+    if (c.opts.mode == mode::mean)  // the float divisor carries its own rounding, relative to sum|w| / |sum w|
+      factor = total == 0.0 ? 0.0 : magnitudes ? (std::fabs(total) + abs_total) / (total * total) : 1.0 / total;
+    else if (c.opts.mode == mode::sqrtn)  // a sum of squares: no cancellation
+      factor = squares == 0.0 ? 0.0 : 1.0 / std::sqrt(squares);
+    else
+      continue;
     for (std::int64_t r = 0; r < c.rows; ++r) a.at(b, r) *= factor;
   }
   return a;
@@ -106,15 +111,26 @@ weights_grad_expectation linear_weights_grad(const call_case& c, const dense& gr
   e.value.assign(c.indices.size(), 0.0);
   e.scale.assign(c.indices.size(), 0.0);
   for (std::int64_t b = 0; b < c.num_bags(); ++b) {
-    double total = 0.0, abs_total = 0.0, weighted = 0.0, weighted_abs = 0.0;
+    double total = 0.0, abs_total = 0.0, squares = 0.0, weighted = 0.0, weighted_abs = 0.0;
     for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
       if (c.indices[j] == pad) continue;
       e.value[j] = g.at(b, c.indices[j]);
       e.scale[j] = g_abs.at(b, c.indices[j]);
       total += c.weights[j];
       abs_total += std::fabs(c.weights[j]);
+      squares += double(c.weights[j]) * c.weights[j];
       weighted += c.weights[j] * e.value[j];
       weighted_abs += std::fabs(c.weights[j]) * e.scale[j];
+    }
+    if (c.opts.mode == mode::sqrtn) {
+      // y = sum(w x) / N, N = sqrt(sum w^2): dy/dw_j = (x_j - w_j y / N) / N
+      const double n = std::sqrt(squares);
+      for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
+        if (c.indices[j] == pad) continue;
+        const double w = c.weights[j];
+        e.value[j] = n == 0.0 ? 0.0 : (e.value[j] - w * weighted / squares) / n;
+        e.scale[j] = n == 0.0 ? 0.0 : (e.scale[j] + std::fabs(w) * weighted_abs / squares) / n;
+      }
     }
     if (c.opts.mode != mode::mean) continue;
     for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {

@@ -125,7 +125,7 @@ fuzz_call draw_call(choices& source, const call_limits& limits) {
   c.row_stride = c.dim + (source.one_in(4) ? source.between(1, 9) : 0);
   c.table = bulk_values(source, c.rows * c.row_stride);
   const char* stored_as = store_rows(source, c);
-  c.opts.mode = static_cast<mode>(source.below(4));
+  c.opts.mode = static_cast<mode>(source.below(5));  // sum, mean, max, none, sqrtn
   c.index32 = source.one_in(2);
   c.boundary32 = source.one_in(2);
   c.layout = static_cast<bag_layout>(source.below(3));
@@ -144,7 +144,7 @@ fuzz_call draw_call(choices& source, const call_limits& limits) {
   c.indices64.resize(static_cast<std::size_t>(nnz));
   for (std::int64_t& i : c.indices64) i = source.below(index_range);
 
-  if (c.opts.mode == mode::sum || c.opts.mode == mode::mean)
+  if (c.opts.mode == mode::sum || c.opts.mode == mode::mean || c.opts.mode == mode::sqrtn)
     if (source.one_in(2)) c.weights = bulk_values(source, nnz);
   if (source.one_in(4)) c.opts.padding_idx = source.between(-c.rows, c.rows - 1);
   if (c.layout == bag_layout::offsets) c.opts.include_last_offset = source.one_in(3);
@@ -246,12 +246,11 @@ fuzz_call draw_call(choices& source, const call_limits& limits) {
   c.boundaries32.assign(bounds.begin(), bounds.end());
   c.grad_output = bulk_values(source, std::max<std::int64_t>(c.out_rows, 0) * c.dim);
 
-  static const char* const modes[] = {"sum", "mean", "max", "none"};
   static const char* const layouts[] = {"offsets", "lengths", "fixed"};
   static const char* const prefetches[] = {"auto", "none", "l1", "l2"};
   std::ostringstream s;
   s << "R=" << c.rows << " D=" << c.dim << " stride=" << c.row_stride << " B=" << num_bags << " nnz=" << nnz
-    << " mode=" << modes[static_cast<int>(c.opts.mode)] << " layout=" << layouts[static_cast<int>(c.layout)]
+    << " mode=" << to_string(c.opts.mode) << " layout=" << layouts[static_cast<int>(c.layout)]
     << (c.opts.include_last_offset ? "+last" : "") << " idx" << (c.index32 ? 32 : 64) << " bounds"
     << (c.boundary32 ? 32 : 64) << " weights=" << c.weights.size() << " padding=";
   if (c.opts.padding_idx) s << *c.opts.padding_idx;
@@ -373,16 +372,19 @@ std::optional<std::string> weights_grad_difference(const fuzz_call& c, const std
   const auto index = [&](std::size_t j) { return c.index32 ? std::int64_t{c.indices32[j]} : c.indices64[j]; };
   const auto row = [&](std::size_t j) { return c.table.data() + index(j) * stride; };
   const std::int64_t padding = !c.opts.padding_idx ? -1 : *c.opts.padding_idx + (*c.opts.padding_idx < 0 ? c.rows : 0);
-  // per bag: sum |w_i| |x_i|, the largest |x_i| and the weight sum, for the mean's second term
+  // per bag: sum |w_i| |x_i|, the largest |x_i| and the divisor's sums, for the second term of a
+  // scaled bag (mean, sqrtn)
   std::vector<double> weighted_norms(static_cast<std::size_t>(std::max<std::int64_t>(c.out_rows, 0)) + 1, 0.0);
   std::vector<double> largest_norms(weighted_norms.size(), 0.0);
   std::vector<float> weight_sums(weighted_norms.size(), 0.0f);  // as the library sums them: float, in order
+  std::vector<float> weight_square_sums(weighted_norms.size(), 0.0f);
   for (std::size_t j = 0; j < want.size(); ++j) {
     if (index(j) == padding) continue;
     const std::size_t b = static_cast<std::size_t>(bag[j]);
     weighted_norms[b] += std::abs(double(c.weights[j])) * norm(row(j), c.dim);
     largest_norms[b] = std::max(largest_norms[b], norm(row(j), c.dim));
     weight_sums[b] += c.weights[j];
+    weight_square_sums[b] += c.weights[j] * c.weights[j];
   }
   for (std::size_t j = 0; j < want.size(); ++j) {
     if (same_value(want[j], got[j])) continue;
@@ -390,11 +392,13 @@ std::optional<std::string> weights_grad_difference(const fuzz_call& c, const std
     const double dy = norm(c.grad_output.data() + b * c.dim, c.dim);
     double scale = dy * norm(row(j), c.dim);
     double intermediate = scale;  // the largest magnitude the computation passes through
-    if (c.opts.mode == mode::mean) {
-      const double s = std::abs(double(weight_sums[b]));
-      // every dot product of the bag enters the mean's second term
+    if (c.opts.mode == mode::mean || c.opts.mode == mode::sqrtn) {
+      const bool root = c.opts.mode == mode::sqrtn;
+      const double s = root ? std::sqrt(double(weight_square_sums[b])) : std::abs(double(weight_sums[b]));
+      const double slope = root ? std::abs(double(c.weights[j])) / s : 1.0;  // d divisor / d w_j
+      // every dot product of the bag enters the second term
       intermediate = std::max({scale, dy * weighted_norms[b], dy * largest_norms[b]});
-      scale = (scale + dy * weighted_norms[b] / s) / s;
+      scale = (scale + slope * dy * weighted_norms[b] / s) / s;
     }
     // near float's range a different summation order may overflow where the reference did not
     constexpr double overflow_zone = std::numeric_limits<float>::max() / 16;
