@@ -15,13 +15,10 @@
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
 #include "embag/quantize.hpp"
-#include "sparse_into.hpp"
-#include "validate.hpp"
+#include "call.hpp"
 
 struct embag_table {
-  embag::compressed_table_view stored;  // the rows as stored, for every dtype (row_stride in bytes)
-  embag::table_view<const float> rows;  // the same rows as floats, for f32 tables only
-  float* writable = nullptr;  // the same rows, when the caller lent them mutable (max_norm in place)
+  embag::detail::stored_table stored;  // validated as the C++ API validates its tables
   std::optional<embag::npy_array> file;  // the mapped (or copied) .npy file the rows live in
   std::optional<embag::compressed_table> owned;  // the rows quantize made, or an .embag file's
 };
@@ -232,52 +229,20 @@ embag::dtype dtype_of(const char* name, std::int32_t type) {
   return static_cast<embag::dtype>(type);
 }
 
-// A table of floats over rows already checked (validate_matrix's effective stride).
-std::unique_ptr<embag_table> float_table(const float* data, std::int64_t rows, std::int64_t dim,
-                                         std::int64_t row_stride) {
+// A table handle over rows the C++ API checks and reads (detail::stored).
+template <class View>
+std::unique_ptr<embag_table> new_table(const View& rows) {
   auto t = std::make_unique<embag_table>();
-  t->rows = {data, rows, dim, row_stride};
-  // with no rows validation leaves the stride unbounded: clamped so that its bytes cannot overflow
-  const std::int64_t stride_floats = std::min(row_stride, embag::detail::max_array_bytes / 4);
-  t->stored = {reinterpret_cast<const std::byte*>(data), rows, dim, stride_floats * std::int64_t{sizeof(float)},
-               embag::dtype::f32};
+  t->stored = embag::detail::stored(rows);
   return t;
 }
 
-// A table over stored rows of any dtype; f32 rows are also a table of floats, after its checks.
-std::unique_ptr<embag_table> stored_table(const embag::compressed_table_view& view) {
-  const std::int64_t stride = embag::detail::validate_compressed("table", view);
-  if (view.element_type != embag::dtype::f32) {
-    auto t = std::make_unique<embag_table>();
-    t->stored = view;
-    t->stored.row_stride = stride;
-    return t;
-  }
-  if (stride % std::int64_t{sizeof(float)} != 0)
-    throw error(errc::misaligned, "table: row_stride_bytes = " + std::to_string(stride) +
-                                      " is not a multiple of 4: f32 rows after the first would be misaligned");
-  const auto* data = reinterpret_cast<const float*>(view.data);
-  const std::int64_t row_stride = stride / std::int64_t{sizeof(float)};
-  embag::detail::validate_matrix("table", data, view.rows, view.dim, row_stride);
-  return float_table(data, view.rows, view.dim, row_stride);
-}
-
 // The table's rows as floats, for the calls that need an f32 table.
-const embag::table_view<const float>& float_rows(const embag_table& t, const char* call) {
-  if (t.stored.element_type != embag::dtype::f32)
+embag::table_view<const float> float_rows(const embag_table& t, const char* call) {
+  if (t.stored.type != embag::dtype::f32)
     throw error(errc::invalid_option, std::string(call) + " needs an f32 table; this one is " +
-                                          std::string(embag::to_string(t.stored.element_type)));
-  return t.rows;
-}
-
-embag_status new_table(const float* data, float* writable, std::int64_t rows, std::int64_t dim,
-                       std::int64_t row_stride, embag_table** out) {
-  return guarded([&] {
-    embag_table*& result = required(out, "out");
-    auto t = float_table(data, rows, dim, embag::detail::validate_matrix("table", data, rows, dim, row_stride));
-    t->writable = writable;
-    result = t.release();
-  });
+                                          std::string(embag::to_string(t.stored.type)));
+  return t.stored.floats();
 }
 
 // Bits of the flags of the open functions.
@@ -317,12 +282,18 @@ size_t embag_copy_last_error(char* buf, size_t size) {
 
 embag_status embag_table_from_memory(const float* data, int64_t rows, int64_t dim, int64_t row_stride,
                                      embag_table** out) {
-  return new_table(data, nullptr, rows, dim, row_stride, out);
+  return guarded([&] {
+    embag_table*& result = required(out, "out");
+    result = new_table(embag::table_view<const float>{data, rows, dim, row_stride}).release();
+  });
 }
 
 embag_status embag_table_from_mutable_memory(float* data, int64_t rows, int64_t dim, int64_t row_stride,
                                              embag_table** out) {
-  return new_table(data, data, rows, dim, row_stride, out);
+  return guarded([&] {
+    embag_table*& result = required(out, "out");
+    result = new_table(embag::table_view<float>{data, rows, dim, row_stride}).release();
+  });
 }
 
 embag_status embag_table_open_npy(const char* path, uint32_t flags, embag_table** out) {
@@ -330,8 +301,7 @@ embag_status embag_table_open_npy(const char* path, uint32_t flags, embag_table*
     embag_table*& result = required(out, "out");
     required(path, "path");
     embag::npy_array file = embag::npy_array::open(path, load_of(flags));
-    const embag::table_view<const float> rows = file.as_table();
-    auto table = float_table(rows.data, rows.rows, rows.dim, rows.row_stride == 0 ? rows.dim : rows.row_stride);
+    auto table = new_table(file.as_table());
     table->file = std::move(file);
     result = table.release();
   });
@@ -364,7 +334,7 @@ embag_status embag_row_bytes(int32_t dtype, int64_t dim, int64_t* bytes) {
 embag_status embag_table_dtype(const embag_table* table, int32_t* dtype) {
   return guarded([&] {
     const embag_table& t = required(table, "table");
-    required(dtype, "dtype") = static_cast<std::int32_t>(t.stored.element_type);
+    required(dtype, "dtype") = static_cast<std::int32_t>(t.stored.type);
   });
 }
 
@@ -372,7 +342,8 @@ embag_status embag_table_from_compressed_memory(const void* data, int64_t rows, 
                                                 int64_t row_stride_bytes, int32_t dtype, embag_table** out) {
   return guarded([&] {
     embag_table*& result = required(out, "out");
-    result = stored_table({static_cast<const std::byte*>(data), rows, dim, row_stride_bytes, dtype_of("dtype", dtype)})
+    result = new_table(embag::compressed_table_view{static_cast<const std::byte*>(data), rows, dim, row_stride_bytes,
+                                                    dtype_of("dtype", dtype)})
                  .release();
   });
 }
@@ -382,7 +353,7 @@ embag_status embag_table_open_embag(const char* path, uint32_t flags, embag_tabl
     embag_table*& result = required(out, "out");
     required(path, "path");
     embag::compressed_table file = embag::compressed_table::open(path, load_of(flags));
-    auto table = stored_table(file.view());
+    auto table = new_table(file.view());
     table->owned = std::move(file);
     result = table.release();
   });
@@ -392,10 +363,10 @@ embag_status embag_quantize(const embag_table* source, int32_t dtype, const emba
                             embag_table** out) {
   return guarded([&] {
     embag_table*& result = required(out, "out");
-    const embag::table_view<const float>& rows = float_rows(required(source, "source"), "embag_quantize");
+    const embag::table_view<const float> rows = float_rows(required(source, "source"), "embag_quantize");
     const embag::dtype to = dtype_of("dtype", dtype);
     embag::compressed_table quantized = embag::quantize(rows, to, execution_of(options, rows.rows));
-    auto table = stored_table(quantized.view());
+    auto table = new_table(quantized.view());
     table->owned = std::move(quantized);
     result = table.release();
   });
@@ -406,7 +377,7 @@ embag_status embag_dequantize(const embag_table* table, const embag_options* opt
     const embag_table& t = required(table, "table");
     const embag::execution how = execution_of(options, t.stored.rows);
     const embag::matrix_view<float> o = view_of(out, "out");
-    embag::dequantize(t.stored, {o.data, o.rows, o.cols, o.row_stride}, how);
+    embag::dequantize(t.stored.view(), {o.data, o.rows, o.cols, o.row_stride}, how);
   });
 }
 
@@ -414,7 +385,7 @@ embag_status embag_table_write_embag(const embag_table* table, const char* path)
   return guarded([&] {
     const embag_table& t = required(table, "table");
     required(path, "path");
-    embag::write_embag(path, t.stored);
+    embag::write_embag(path, t.stored.view());
   });
 }
 
@@ -433,17 +404,9 @@ embag_status embag_forward(const embag_table* table, const embag_bags* bags, con
                            const embag_matrix* out, int64_t* argmax, int64_t argmax_size) {
   return guarded([&] {
     const embag_table& t = required(table, "table");
-    const embag::bags batch = bags_of(bags);
-    const embag::options opts = options_of(options);
-    const embag::matrix_view<float> out_view = view_of(out, "out");
-    const std::span<std::int64_t> argmax_span = array_of("argmax", argmax, argmax_size);
-    if (t.stored.element_type != embag::dtype::f32)
-      embag::forward(t.stored, batch, opts, out_view, argmax_span);
-    else if (t.writable != nullptr)
-      embag::forward(embag::table_view<float>{t.writable, t.rows.rows, t.rows.dim, t.rows.row_stride}, batch, opts,
-                     out_view, argmax_span);
-    else
-      embag::forward(t.rows, batch, opts, out_view, argmax_span);
+    embag::detail::forward_call call = embag::detail::validate_forward(
+        t.stored, bags_of(bags), options_of(options), view_of(out, "out"), array_of("argmax", argmax, argmax_size));
+    embag::detail::execute(call, nullptr);
   });
 }
 

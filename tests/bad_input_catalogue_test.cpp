@@ -25,7 +25,7 @@
 
 #include "embag/embag.hpp"
 #include "embag/roofline.hpp"
-#include "sparse_into.hpp"  // the C ABI's sparse backward, into the caller's buffers
+#include "call.hpp"  // the C ABI's sparse backward, into the caller's buffers
 #include "support/cases.hpp"
 
 namespace embag {

@@ -970,7 +970,7 @@ static void test_compressed_errors(const embag_table* source) {
                 EMBAG_ERR_SIZE_OVERFLOW);
   EXPECT_STATUS(embag_table_from_compressed_memory(table_rows, 2, 3, 14, EMBAG_DTYPE_F32, &untouched),
                 EMBAG_ERR_MISALIGNED);
-  CHECK(error_mentions("row_stride_bytes = 14"));
+  CHECK(error_mentions("row_stride 14 bytes, not a multiple of its 4-byte f32 elements"));
   EXPECT_STATUS(embag_table_from_compressed_memory((const char*)table_rows + 2, 2, 3, 0, EMBAG_DTYPE_F32, &untouched),
                 EMBAG_ERR_MISALIGNED);
   EXPECT_STATUS(embag_table_from_compressed_memory(rows_bytes, qrows, qdim, 0, EMBAG_DTYPE_F16, NULL),

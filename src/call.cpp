@@ -1,0 +1,186 @@
+#include "call.hpp"
+
+#include <algorithm>
+#include <string>
+
+#include "dispatch/dispatch.hpp"
+
+namespace embag::detail {
+namespace {
+
+std::int64_t bytes_of(const index_span& s) { return s.size * (s.type == index_type::i32 ? 4 : 8); }
+
+std::int64_t rows_of(const bag_source& bags, mode m) {
+  return reduction_of(m).pool == pooling::lookup ? bags.nnz : bags.num_bags;
+}
+
+forward_request forward_request_for(const stored_table& t, const bag_source& bags, const options& opts,
+                                    std::int64_t padding) {
+  forward_request req;
+  req.table = t.data;
+  req.element_type = t.type;
+  req.rows = t.rows;
+  req.dim = t.dim;
+  req.row_stride = t.stride;
+  req.row_bytes = t.row_bytes;
+  req.rows_line_aligned = reinterpret_cast<std::uintptr_t>(t.data) % 64 == 0 && t.stride % 64 == 0;
+  req.bags = bags;
+  req.reduce = reduction_of(opts.mode);
+  req.padding_idx = padding;
+  req.clip_max_norm = opts.max_norm.has_value() && opts.max_norm_mode == max_norm_flavour::clip;
+  req.max_norm = opts.max_norm.value_or(0.0f);
+  req.norm_type = opts.norm_type;
+  return req;
+}
+
+}  // namespace
+
+table_view<const float> stored_table::floats() const {
+  return {reinterpret_cast<const float*>(data), rows, dim, stride / std::int64_t{sizeof(float)}};
+}
+
+stored_table stored(table_view<const float> t) {
+  const std::int64_t stride = validate_matrix("table", t.data, t.rows, t.dim, t.row_stride);
+  // Validation bounds the rows' bytes only when there are rows: with none, clamp so that the byte
+  // counts cannot overflow (nothing is read).
+  const auto bytes = [](std::int64_t floats) { return std::min(floats, max_array_bytes / 4) * 4; };
+  return {reinterpret_cast<const std::byte*>(t.data), dtype::f32, t.rows, t.dim, bytes(stride), bytes(t.dim)};
+}
+
+stored_table stored(table_view<float> t) {
+  stored_table s = stored(table_view<const float>(t));
+  s.writable = t.data;
+  return s;
+}
+
+stored_table stored(compressed_table_view t) {
+  const std::int64_t stride = validate_compressed("table", t);
+  if (t.element_type == dtype::f32) {  // read as floats: rows float-aligned (the others are read bytewise)
+    if (stride % 4 != 0)
+      throw error(errc::misaligned, "table has row_stride " + std::to_string(stride) +
+                                        " bytes, not a multiple of its 4-byte f32 elements");
+    return stored(table_view<const float>{reinterpret_cast<const float*>(t.data), t.rows, t.dim, stride / 4});
+  }
+  return {t.data, t.element_type, t.rows, t.dim, stride, row_bytes(t.element_type, t.dim)};
+}
+
+call_inputs::call_inputs(const bags& batch, byte_range table_or_grad) {
+  ranges_[count_++] = table_or_grad;
+  ranges_[count_++] = {"indices", batch.indices.data, bytes_of(batch.indices)};
+  // fixed-length bags have no boundaries array: whatever the span holds is not read
+  ranges_[count_++] = {"offsets/lengths", batch.boundaries.data,
+                       batch.layout == bag_layout::fixed_length ? 0 : bytes_of(batch.boundaries)};
+  ranges_[count_++] = {"per_sample_weights", batch.per_sample_weights.data(),
+                       static_cast<std::int64_t>(batch.per_sample_weights.size_bytes())};
+}
+
+forward_call validate_forward(const stored_table& t, const bags& batch, const options& opts, matrix_view<float> out,
+                              std::span<std::int64_t> argmax) {
+  const std::int64_t padding = validate_options(opts, t.rows);
+  if (opts.max_norm && t.type != dtype::f32)
+    throw error(errc::invalid_option, "max_norm needs an f32 table; this one is " + std::string(to_string(t.type)));
+  const bag_source bags = validate_bags(batch, opts, t.rows);
+  const std::int64_t out_rows = rows_of(bags, opts.mode);
+  const std::int64_t out_stride = validate_output("out", out, out_rows, t.dim);
+  validate_argmax_size(argmax, opts, out_rows, t.dim);
+  const bool in_place = opts.max_norm && opts.max_norm_mode == max_norm_flavour::in_place;
+  if (in_place && t.writable == nullptr && t.rows > 0)
+    throw error(errc::invalid_option, "max_norm_mode in_place needs a mutable table (a table_view<float>)");
+  const byte_range outputs[] = {matrix_bytes("out", out.data, out_rows, t.dim, out_stride),
+                                {"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())}};
+  const call_inputs inputs(batch, t.bytes());
+  validate_disjoint(outputs, inputs.span());
+  if (in_place) {  // the table is written too: it must not hold the indices, offsets or weights
+    const byte_range written[] = {t.bytes()};
+    validate_disjoint(written, inputs.span().subspan(1));
+  }
+  forward_call call{forward_request_for(t, bags, opts, padding), resolve_isa(opts.execution.isa), opts.execution,
+                    in_place ? t.writable : nullptr};
+  call.req.out = out.data;
+  call.req.out_stride = out_stride;
+  call.req.argmax = argmax.empty() ? nullptr : argmax.data();
+  return call;
+}
+
+namespace {
+
+// What every form of backward checks: options, bags, dY and argmax against a table of
+// table_rows x dim.
+backward_call validate_backward_inputs(std::int64_t table_rows, std::int64_t dim, const bags& batch, const options& opts,
+                                       matrix_view<const float> grad_output, std::span<const std::int64_t> argmax) {
+  const std::int64_t padding = validate_options(opts, table_rows);
+  const bag_source bags = validate_bags(batch, opts, table_rows);
+  const std::int64_t out_rows = rows_of(bags, opts.mode);
+  const std::int64_t grad_stride = validate_input("grad_output", grad_output, out_rows, dim);
+  if (opts.mode == mode::max) {
+    if (argmax.empty() && out_rows > 0)
+      throw error(errc::size_mismatch, "mode max needs the argmax that forward produced");
+    validate_argmax_size(argmax, opts, out_rows, dim);
+    validate_argmax_values(argmax, bags, padding, dim);
+  } else if (!argmax.empty()) {
+    throw error(errc::invalid_option, "argmax is only defined for mode max");
+  }
+  backward_call call{{}, resolve_isa(opts.execution.isa), opts.execution,
+                     call_inputs(batch, matrix_bytes("grad_output", grad_output.data, out_rows, dim, grad_stride))};
+  call.inputs.add({"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())});
+  backward_request& r = call.req;
+  r.bags = bags;
+  r.rows = table_rows;
+  r.dim = dim;
+  r.reduce = reduction_of(opts.mode);
+  r.padding_idx = padding;
+  r.scale_grad_by_freq = opts.scale_grad_by_freq;
+  r.grad_output = grad_output.data;
+  r.grad_output_stride = grad_stride;
+  r.argmax = argmax.empty() ? nullptr : argmax.data();
+  return call;
+}
+
+}  // namespace
+
+backward_call validate_backward_dense(const bags& batch, const options& opts, matrix_view<const float> grad_output,
+                                      matrix_view<float> grad_table, std::span<const std::int64_t> argmax) {
+  const std::int64_t stride =
+      validate_matrix("grad_table", grad_table.data, grad_table.rows, grad_table.cols, grad_table.row_stride);
+  backward_call call = validate_backward_inputs(grad_table.rows, grad_table.cols, batch, opts, grad_output, argmax);
+  const byte_range outputs[] = {matrix_bytes("grad_table", grad_table.data, grad_table.rows, grad_table.cols, stride)};
+  validate_disjoint(outputs, call.inputs.span());
+  call.req.grad_table = grad_table.data;
+  call.req.grad_table_stride = stride;
+  return call;
+}
+
+backward_call validate_backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
+                                       matrix_view<const float> grad_output, std::span<const std::int64_t> argmax) {
+  if (table_rows < 0)
+    throw error(errc::invalid_shape, "table_rows = " + std::to_string(table_rows) + " must be >= 0");
+  return validate_backward_inputs(table_rows, grad_output.cols, batch, opts, grad_output, argmax);
+}
+
+weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch, const options& opts,
+                                        matrix_view<const float> grad_output, std::span<float> grad_weights) {
+  const std::int64_t padding = validate_options(opts, t.rows);
+  const bag_source bags = validate_bags(batch, opts, t.rows);
+  if (bags.weights == nullptr && bags.nnz > 0)
+    throw error(errc::invalid_option, "per_sample_weights_grad needs per_sample_weights");
+  if (!takes_weights(reduction_of(opts.mode)))
+    throw error(errc::invalid_option, "per_sample_weights_grad is defined for mode sum, mean and sqrtn only");
+  const std::int64_t grad_stride = validate_input("grad_output", grad_output, bags.num_bags, t.dim);
+  if (static_cast<std::int64_t>(grad_weights.size()) != bags.nnz)
+    throw error(errc::size_mismatch, "grad_weights has " + std::to_string(grad_weights.size()) +
+                                         " entries but indices has " + std::to_string(bags.nnz));
+  validate_array("grad_weights", grad_weights.data(), bags.nnz, sizeof(float));
+  call_inputs inputs(batch, t.bytes());
+  inputs.add(matrix_bytes("grad_output", grad_output.data, bags.num_bags, t.dim, grad_stride));
+  const byte_range outputs[] = {
+      {"grad_weights", grad_weights.data(), static_cast<std::int64_t>(grad_weights.size_bytes())}};
+  validate_disjoint(outputs, inputs.span());
+  weights_grad_call call{{}, resolve_isa(opts.execution.isa), opts.execution};
+  call.req.forward = forward_request_for(t, bags, opts, padding);
+  call.req.grad_output = grad_output.data;
+  call.req.grad_output_stride = grad_stride;
+  call.req.grad_weights = grad_weights.data();
+  return call;
+}
+
+}  // namespace embag::detail

@@ -1,0 +1,105 @@
+// The validated call as a value. validate_forward, validate_backward and validate_weights_grad run
+// every check a call needs (validate.hpp's) and return what planning and the kernels take: the
+// request, the ISA it runs on and how it runs. Nothing before them writes; nothing after them
+// throws a validation error. The C++ entry points (api.cpp) and the C ABI (c_api.cpp) both build
+// calls here and run them with execute(), so a C call is checked exactly as a C++ one.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+
+#include "embag/embag.hpp"
+#include "embag/quantize.hpp"
+#include "request.hpp"
+#include "validate.hpp"
+
+namespace embag::detail {
+
+// A validated table: where its rows are and how they are stored (f32 rows, however they were
+// given, are read as floats).
+struct stored_table {
+  const std::byte* data = nullptr;
+  dtype type = dtype::f32;
+  std::int64_t rows = 0, dim = 0, stride = 0, row_bytes = 0;  // stride and row_bytes in bytes
+  float* writable = nullptr;  // the same rows, when the caller lets max_norm in place rescale them
+
+  byte_range bytes() const { return {"table", data, rows == 0 ? 0 : (rows - 1) * stride + row_bytes}; }
+  table_view<const float> floats() const;  // the rows as floats: f32 tables only
+  compressed_table_view view() const { return {data, rows, dim, stride, type}; }
+};
+
+stored_table stored(table_view<const float> t);
+stored_table stored(table_view<float> t);  // writable
+stored_table stored(compressed_table_view t);
+
+// The caller's read-only arrays of a call, which no output may overlap.
+class call_inputs {
+ public:
+  call_inputs(const bags& batch, byte_range table_or_grad);
+  void add(byte_range r) { ranges_[count_++] = r; }
+  std::span<const byte_range> span() const { return {ranges_.data(), static_cast<std::size_t>(count_)}; }
+
+ private:
+  std::array<byte_range, 5> ranges_;
+  int count_ = 0;
+};
+
+struct forward_call {
+  forward_request req;
+  isa which = isa::reference;
+  execution how;
+  // max_norm in place: the referenced rows of the table (stored.writable) are rescaled first
+  float* renorm_table = nullptr;
+};
+
+forward_call validate_forward(const stored_table& t, const bags& batch, const options& opts, matrix_view<float> out,
+                              std::span<std::int64_t> argmax);
+
+struct backward_call {
+  backward_request req;
+  isa which = isa::reference;
+  execution how;
+  call_inputs inputs;  // what the gradient output must not overlap
+};
+
+// backward_dense: grad_table (whose shape is the table's) checked first, then the call.
+backward_call validate_backward_dense(const bags& batch, const options& opts, matrix_view<const float> grad_output,
+                                      matrix_view<float> grad_table, std::span<const std::int64_t> argmax);
+// The sparse forms: the inputs only; the entry point checks its outputs against call.inputs.
+backward_call validate_backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
+                                       matrix_view<const float> grad_output, std::span<const std::int64_t> argmax);
+
+struct weights_grad_call {
+  weights_grad_request req;
+  isa which = isa::reference;
+  execution how;
+};
+
+// t: an f32 table.
+weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch, const options& opts,
+                                        matrix_view<const float> grad_output, std::span<float> grad_weights);
+
+// Running validated calls (api.cpp): plan, then the reference's whole-call algorithm or the ISA's
+// kernels block by block. Backward's sparse forms run in api.cpp's entry points, which own their
+// outputs.
+void execute(forward_call& call, workspace* scratch);
+void execute(backward_call& call, workspace* scratch);  // dense
+void execute(const weights_grad_call& call);
+
+// backward_sparse into fixed buffers the caller owns, for the C ABI (embag.hpp's form grows vectors
+// of its own, which a C caller would then have to have copied into its buffers).
+struct sparse_gradient_buffers {
+  std::span<std::int64_t> rows;  // its size is the capacity, in rows
+  float* values = nullptr;       // capacity x dim (grad_output's cols) floats, dense
+};
+
+// backward_sparse's gradient into `out`. Every argument is checked first, the buffers as any
+// output (aligned, disjoint from every input, from each other and from num_rows); then num_rows
+// receives the gradient's row count, and the rows are written only if they fit in the capacity
+// (errc::size_mismatch otherwise, the buffers untouched).
+void backward_sparse_into(std::int64_t table_rows, const bags& batch, const options& opts,
+                          matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
+                          const sparse_gradient_buffers& out, std::int64_t& num_rows);
+
+}  // namespace embag::detail
