@@ -43,7 +43,7 @@ class scratch_or_local {
 void run_forward(isa which, forward_request& req, const execution& how) {
   if (which == isa::reference) return reference::forward(req);
   choose_prefetch(req, how.prefetch);
-  block_list plan;
+  bag_blocks plan;
   plan_forward_blocks(req.bags, req.reduce.pool, req.dim, threads_for(how), plan);
   const kernel_table& k = kernels_of(which);
   using clock = std::chrono::steady_clock;
@@ -54,27 +54,26 @@ void run_forward(isa which, forward_request& req, const execution& how) {
 
 // The kernels over blocks of unique rows of r.transpose.
 void run_row_kernels(isa which, const backward_request& r, const execution& how) {
-  block_list plan;
+  range_blocks plan;
   plan_row_blocks(r.transpose, r.dim, threads_for(how), plan);
   const kernel_table& k = kernels_of(which);
-  run_blocks(plan.count, how,
-             [&](std::int64_t i) { k.backward_rows(r, plan.blocks[i].bag_begin, plan.blocks[i].bag_end); });
+  run_blocks(plan.count, how, [&](std::int64_t i) { k.backward_rows(r, plan.blocks[i].begin, plan.blocks[i].end); });
 }
 
 // Dense pooled sums (sum, mean, sqrtn) without scale_grad_by_freq: straight from the bags, the table's rows split
 // over the threads.
 void run_scatter_kernels(isa which, backward_request& r, const execution& how) {
   choose_scatter_prefetch(r, how.prefetch);
-  block_list plan;
+  range_blocks plan;
   plan_row_ranges(r.rows, 2 * r.bags.nnz * r.dim, threads_for(how), plan);
   const kernel_table& k = kernels_of(which);
-  run_blocks(plan.count, how, [&](std::int64_t i) { k.backward_scatter(r, plan.blocks[i].bag_begin, plan.blocks[i].bag_end); });
+  run_blocks(plan.count, how, [&](std::int64_t i) { k.backward_scatter(r, plan.blocks[i].begin, plan.blocks[i].end); });
 }
 
 // gather_roofline's state: the validated call, planned once.
 struct roofline_call {
   forward_request req;
-  block_list plan;
+  bag_blocks plan;
   const kernel_table* kernels = nullptr;
   execution how;
 };
@@ -192,7 +191,7 @@ void detail::execute(backward_call& call, workspace* scratch) {
 
 void detail::execute(const weights_grad_call& call) {
   if (call.which == isa::reference) return reference::weights_grad(call.req);
-  block_list plan;
+  bag_blocks plan;
   const forward_request& f = call.req.forward;
   plan_forward_blocks(f.bags, f.reduce.pool, f.dim, threads_for(call.how), plan);
   const kernel_table& k = kernels_of(call.which);

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <span>
 #include <string>
 #include <utility>
 
@@ -84,19 +85,25 @@ int block_count(std::int64_t work, int threads) {
 
 }  // namespace
 
-void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int threads, block_list& out) {
+void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int threads, range_blocks& out) {
   out.count = 0;
   const int k = block_count(items * work_per_item, threads);
   for (int i = 0; i < k; ++i) {
     const std::int64_t begin = items * i / k, end = items * (i + 1) / k;
-    if (end > begin) out.blocks[out.count++] = {begin, end, begin};
+    if (end > begin) out.blocks[out.count++] = {begin, end};
   }
 }
 
 void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim, int threads,
-                         block_list& out) {
-  if (pool == pooling::lookup) return plan_even_blocks(bags.nnz, dim, threads, out);
+                         bag_blocks& out) {
   out.count = 0;
+  if (pool == pooling::lookup) {  // each index its own "bag": bag_begin == index_begin
+    range_blocks runs;
+    plan_even_blocks(bags.nnz, dim, threads, runs);
+    for (const item_range& r : std::span(runs.blocks.data(), static_cast<std::size_t>(runs.count)))
+      out.blocks[out.count++] = {r.begin, r.end, r.begin};
+    return;
+  }
   const std::int64_t total = bags.nnz + bags.num_bags;  // rows read + rows written
   const int k = block_count(total * dim, threads);
   if (k == 1) {
@@ -117,17 +124,17 @@ void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim,
   }
 }
 
-void plan_row_ranges(std::int64_t rows, std::int64_t work, int threads, block_list& out) {
+void plan_row_ranges(std::int64_t rows, std::int64_t work, int threads, range_blocks& out) {
   out.count = 0;
   // one range per thread: every range reads the whole index stream
   const int k = threads <= 1 ? 1 : static_cast<int>(std::clamp<std::int64_t>(work / min_thread_work(), 1, threads));
   for (int i = 0; i < k; ++i) {
     const std::int64_t begin = rows * i / k, end = rows * (i + 1) / k;
-    if (end > begin) out.blocks[out.count++] = {begin, end, 0};
+    if (end > begin) out.blocks[out.count++] = {begin, end};
   }
 }
 
-void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, block_list& out) {
+void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, range_blocks& out) {
   out.count = 0;
   const std::int64_t total = t.segment_begin[t.num_unique] + t.num_unique;  // contributions + rows
   const int k = block_count(total * dim, threads);
@@ -135,7 +142,7 @@ void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, bloc
   for (std::int64_t u = 0; u < t.num_unique; ++u) {
     done += t.segment_begin[u + 1] - t.segment_begin[u] + 1;
     if (done * k >= total * (out.count + 1) || u + 1 == t.num_unique) {
-      out.blocks[out.count++] = {first, u + 1, 0};
+      out.blocks[out.count++] = {first, u + 1};
       first = u + 1;
     }
   }
@@ -302,7 +309,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   if (reduce.pool != pooling::lookup) {
     ws.bag_of_position.resize(static_cast<std::size_t>(nnz));
     if (scaled) ws.bag_divisor.resize(static_cast<std::size_t>(bags.num_bags));
-    block_list blocks;
+    bag_blocks blocks;
     plan_forward_blocks(bags, pooling::sum, 1, threads, blocks);
     run_blocks(blocks.count, how, [&](std::int64_t i) {
       const bag_block& block = blocks.blocks[i];

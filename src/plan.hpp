@@ -11,17 +11,9 @@
 #include <vector>
 
 #include "request.hpp"
+#include "workspace.hpp"
 
 namespace embag {
-
-// The scratch memory behind embag::workspace; vectors only grow, so a reused workspace stops
-// allocating.
-struct workspace::impl {
-  std::vector<std::int64_t> keys, keys_scratch, positions, positions_scratch, bags, bags_scratch;
-  std::vector<std::int64_t> unique_rows, segment_begin, bag_of_position;
-  std::vector<float> bag_divisor;
-  std::vector<std::int64_t> histogram, chunk_start;
-};
 
 namespace detail {
 
@@ -29,26 +21,35 @@ namespace detail {
 // to live on the stack.
 inline constexpr int max_blocks = 512;
 
+// Items [begin, end): table rows, or the unique rows of a row transpose.
+struct item_range {
+  std::int64_t begin = 0, end = 0;
+};
+
+template <class Block>
 struct block_list {
-  std::array<bag_block, max_blocks> blocks;
+  std::array<Block, max_blocks> blocks;
   int count = 0;
 };
+using bag_blocks = block_list<bag_block>;
+using range_blocks = block_list<item_range>;
 
 // Blocks of bags (or, for mode none, of indices) of about equal work: the number of rows read
 // plus the rows written, times dim. One block when the call runs on one thread.
 void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim, int threads,
-                         block_list& out);
+                         bag_blocks& out);
 
-// [0, items) cut into runs of about equal work (items x work_per_item) as {begin, end, begin}:
-// what mode none's indices and quantize's table rows are split by.
-void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int threads, block_list& out);
+// [0, items) cut into runs of about equal work (items x work_per_item): what mode none's indices
+// and quantize's table rows are split by.
+void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int threads, range_blocks& out);
 
 // The table's rows [0, rows) cut into one contiguous range per thread that `work` floats of rows
-// read and written pay for (bag_begin/bag_end hold the rows): backward_scatter's blocks.
-void plan_row_ranges(std::int64_t rows, std::int64_t work, int threads, block_list& out);
+// read and written pay for: backward_scatter's blocks.
+void plan_row_ranges(std::int64_t rows, std::int64_t work, int threads, range_blocks& out);
 
-// Blocks of unique rows of about equal number of contributions; bag_begin/bag_end hold the rows.
-void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, block_list& out);
+// Blocks of the unique rows of t (indices into t.unique_rows) of about equal number of
+// contributions: backward_rows' blocks.
+void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, range_blocks& out);
 
 // Which of a few prefetch settings reads a class of tables fastest on this machine, learnt from
 // the first calls: next() hands out the candidates in turn until each has been timed `trials`

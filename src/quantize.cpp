@@ -307,7 +307,7 @@ compressed_table quantize(table_view<const float> table, dtype to, const executi
   p->owned = detail::allocate_bytes(static_cast<std::size_t>(*total),
                                     "the " + std::string(to_string(to)) + " table of " + str(table.rows) + " rows");
   p->view = {p->owned.get(), table.rows, table.dim, bytes, to};
-  detail::block_list blocks;
+  detail::range_blocks blocks;
   detail::plan_even_blocks(table.rows, table.dim, detail::threads_for(how), blocks);
   // Each block stops at its first bad row; the error reported is the first of the whole table.
   struct block_problem {
@@ -316,7 +316,7 @@ compressed_table quantize(table_view<const float> table, dtype to, const executi
   };
   std::array<block_problem, detail::max_blocks> problems;
   detail::run_blocks(blocks.count, how, [&](std::int64_t i) {
-    for (std::int64_t r = blocks.blocks[i].bag_begin; r < blocks.blocks[i].bag_end; ++r) {
+    for (std::int64_t r = blocks.blocks[i].begin; r < blocks.blocks[i].end; ++r) {
       if (auto problem = encode_row(to, table.data + r * stride, table.dim, p->owned.get() + r * bytes)) {
         problems[i] = {r, *problem};
         return;
@@ -342,10 +342,10 @@ void dequantize(compressed_table_view table, table_view<float> out, const execut
   const detail::byte_range written[] = {detail::matrix_bytes("out", out.data, out.rows, out.dim, out_stride)};
   const detail::byte_range read[] = {{"table", table.data, table.rows == 0 ? 0 : (table.rows - 1) * stride + bytes}};
   detail::validate_disjoint(written, read);
-  detail::block_list blocks;
+  detail::range_blocks blocks;
   detail::plan_even_blocks(table.rows, table.dim, detail::threads_for(how), blocks);
   detail::run_blocks(blocks.count, how, [&](std::int64_t i) {
-    for (std::int64_t r = blocks.blocks[i].bag_begin; r < blocks.blocks[i].bag_end; ++r)
+    for (std::int64_t r = blocks.blocks[i].begin; r < blocks.blocks[i].end; ++r)
       detail::decode_row(table.element_type, table.data + r * stride, table.dim, out.data + r * out_stride);
   });
 }

@@ -98,21 +98,6 @@ struct index_extremes {
   std::int64_t lowest = 0, highest = 0;
 };
 
-// One function pointer per kernel, filled by each ISA's source file.
-struct kernel_table {
-  void (*forward)(const forward_request&, const bag_block&);
-  void (*backward_rows)(const backward_request&, std::int64_t unique_begin, std::int64_t unique_end);
-  // Dense sum and mean without scale_grad_by_freq, from the bags (no transpose): the rows in
-  // [row_begin, row_end) only.
-  void (*backward_scatter)(const backward_request&, std::int64_t row_begin, std::int64_t row_end);
-  void (*weights_grad)(const weights_grad_request&, const bag_block&);
-  // The roofline: the minimal unweighted sum of bags [block.bag_begin, block.bag_end), given by
-  // offsets of the indices' type, prefetching at the request's resolved level.
-  void (*gather_bags)(const forward_request&, const bag_block&);
-  index_extremes (*scan_indices)(const void* indices, index_type kind, std::int64_t n);
-  bool (*offsets_in_order)(const void* offsets, index_type kind, std::int64_t n, std::int64_t nnz);
-};
-
 // The scale max_norm applies to a row: max_norm / (norm + 1e-7) when its norm exceeds max_norm,
 // else 1. Defined once (src/plan.cpp) and used by the reference and every kernel alike, so clipped
 // values agree bit for bit.

@@ -3,7 +3,7 @@
 
 #include <optional>
 
-#include "request.hpp"
+#include "kernel_table.hpp"
 
 namespace embag::detail {
 

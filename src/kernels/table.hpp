@@ -5,6 +5,7 @@
 #include "kernels/forward.hpp"
 #include "kernels/roofline.hpp"
 #include "kernels/scan.hpp"
+#include "kernel_table.hpp"
 
 namespace embag::detail::EMBAG_ISA_NS {
 

@@ -1,0 +1,25 @@
+// What each ISA's kernel source (src/kernels/isa_<name>.cpp) hands dispatch: one function pointer
+// per kernel. A plain struct, like request.hpp: included by per-ISA code and baseline code alike.
+#pragma once
+
+#include <cstdint>
+
+#include "request.hpp"
+
+namespace embag::detail {
+
+struct kernel_table {
+  void (*forward)(const forward_request&, const bag_block&);
+  void (*backward_rows)(const backward_request&, std::int64_t unique_begin, std::int64_t unique_end);
+  // Dense pooled sums (sum, mean, sqrtn) without scale_grad_by_freq, from the bags (no transpose): the rows in
+  // [row_begin, row_end) only.
+  void (*backward_scatter)(const backward_request&, std::int64_t row_begin, std::int64_t row_end);
+  void (*weights_grad)(const weights_grad_request&, const bag_block&);
+  // The roofline: the minimal unweighted sum of bags [block.bag_begin, block.bag_end), given by
+  // offsets of the indices' type, prefetching at the request's resolved level.
+  void (*gather_bags)(const forward_request&, const bag_block&);
+  index_extremes (*scan_indices)(const void* indices, index_type kind, std::int64_t n);
+  bool (*offsets_in_order)(const void* offsets, index_type kind, std::int64_t n, std::int64_t nnz);
+};
+
+}  // namespace embag::detail

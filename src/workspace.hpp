@@ -1,0 +1,19 @@
+// The scratch memory behind embag::workspace: the row transpose of backward and the distinct rows
+// of in-place max_norm (plan.cpp). Vectors only grow, so a reused workspace stops allocating.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "embag/embag.hpp"
+
+namespace embag {
+
+struct workspace::impl {
+  std::vector<std::int64_t> keys, keys_scratch, positions, positions_scratch, bags, bags_scratch;
+  std::vector<std::int64_t> unique_rows, segment_begin, bag_of_position;
+  std::vector<float> bag_divisor;
+  std::vector<std::int64_t> histogram, chunk_start;
+};
+
+}  // namespace embag
