@@ -595,6 +595,15 @@ TEST_F(Cli, BenchOneWorkloadOnEveryIsaWithJson) {
   const std::string text((std::istreambuf_iterator<char>(json)), std::istreambuf_iterator<char>());
   EXPECT_EQ(count_of(text, "\"name\": \"forward/"), 4 * isas) << text;
   EXPECT_EQ(count_of(text, "R:300/D:16/L:3/uniform/threads:1"), 2 * 4 * isas) << text;  // name and run_name
+  // valid JSON, with the fields tools/plot_bench.py and Google Benchmark's readers look for, in order
+  const tool_run fields = shell("python3 -c \"import json; d = json.load(open('out.json')); b = d['benchmarks']; "
+                                "print(len(b), d['context']['executable'], *d['context'], *b[0])\"");
+  EXPECT_EQ(fields.output, std::to_string(4 * isas) +
+                               " embag bench executable host_name cpu_model num_cpus caches library_build_type "
+                               "embag_version sequential_read_bytes_per_second name run_name run_type iterations "
+                               "repetitions real_time cpu_time time_unit bytes_per_second "
+                               "f32_equivalent_bytes_per_second speedup_vs_f32 items_per_second roofline_fraction "
+                               "roofline_bytes_per_second speedup_vs_reference roofline_prefetch size_class table_bytes\n");
 }
 
 TEST_F(Cli, BenchRefusesUnknownClassesAndOptions) {

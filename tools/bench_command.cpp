@@ -8,6 +8,7 @@
 // timed call is followed by a roofline call (gather_roofline: the minimal gather, on the same rows
 // of the same table with the best of a sweep of prefetch settings), so each result is a fraction
 // of what the memory system delivered in the same run.
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,7 +22,6 @@
 #include <memory>
 #include <optional>
 #include <span>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -267,45 +267,47 @@ void print_summary(const std::vector<result>& results, int threads, isa best) {
   }
 }
 
-// The results as Google Benchmark's JSON.
+// The results as Google Benchmark's JSON, with embag's own fields beside its own.
 std::string json_of(const std::vector<result>& results, const std::map<int, double>& sequential) {
-  std::ostringstream out;
+  using json = nlohmann::ordered_json;  // the keys in the order written here, as Google Benchmark writes its own
   char host[256] = "unknown";
   gethostname(host, sizeof host - 1);
-  out << "{\n  \"context\": {\n"
-      << "    \"executable\": \"embag bench\",\n"
-      << "    \"host_name\": \"" << host << "\",\n"
-      << "    \"cpu_model\": \"" << cpu_model() << "\",\n"
-      << "    \"num_cpus\": " << sysconf(_SC_NPROCESSORS_ONLN) << ",\n"
-      << "    \"caches\": [\n"
-      << "      {\"type\": \"Data\", \"level\": 1, \"size\": " << caches().l1d << "},\n"
-      << "      {\"type\": \"Unified\", \"level\": 2, \"size\": " << caches().l2 << "},\n"
-      << "      {\"type\": \"Unified\", \"level\": 3, \"size\": " << caches().llc << "}\n"
-      << "    ],\n"
-      << "    \"library_build_type\": \"release\",\n"
-      << "    \"embag_version\": \"" << version() << "\",\n"
-      << "    \"sequential_read_bytes_per_second\": " << (sequential.empty() ? 0.0 : sequential.begin()->second) << "\n"
-      << "  },\n  \"benchmarks\": [\n";
-  for (std::size_t i = 0; i < results.size(); ++i) {
-    const result& r = results[i];
+  json benchmarks = json::array();
+  for (const result& r : results) {
     const std::string name = benchmark_name(operation_name(r.op), r.which, r.type, r.spec, r.threads);
     const double bytes = r.lookups * double(embag::row_bytes(r.type, r.spec.dim));
-    out << "    {\"name\": \"" << name << "\", \"run_name\": \"" << name
-        << "\", \"run_type\": \"iteration\", \"iterations\": 1, \"repetitions\": 1,"
-        << " \"real_time\": " << r.seconds * 1e3 << ", \"cpu_time\": " << r.seconds * 1e3
-        << ", \"time_unit\": \"ms\", \"bytes_per_second\": " << bytes / r.seconds
-        << ", \"f32_equivalent_bytes_per_second\": " << r.lookups * double(r.spec.dim) * 4.0 / r.seconds
-        << ", \"speedup_vs_f32\": " << (r.f32_seconds > 0 ? r.f32_seconds / r.seconds : 0.0)
-        << ", \"items_per_second\": " << r.lookups / r.seconds
-        << ", \"roofline_fraction\": " << r.roofline_seconds / r.seconds
-        << ", \"roofline_bytes_per_second\": " << bytes / r.roofline_seconds
-        << ", \"speedup_vs_reference\": " << (r.reference_seconds > 0 ? r.reference_seconds / r.seconds : 0.0)
-        << ", \"roofline_prefetch\": \"" << prefetch_name(r.roofline_prefetch) << "\""
-        << ", \"size_class\": \"" << r.table_class << "\", \"table_bytes\": " << r.spec.table_bytes() << "}"
-        << (i + 1 < results.size() ? ",\n" : "\n");
+    benchmarks.push_back({{"name", name},
+                          {"run_name", name},
+                          {"run_type", "iteration"},
+                          {"iterations", 1},
+                          {"repetitions", 1},
+                          {"real_time", r.seconds * 1e3},
+                          {"cpu_time", r.seconds * 1e3},
+                          {"time_unit", "ms"},
+                          {"bytes_per_second", bytes / r.seconds},
+                          {"f32_equivalent_bytes_per_second", r.lookups * double(r.spec.dim) * 4.0 / r.seconds},
+                          {"speedup_vs_f32", r.f32_seconds > 0 ? r.f32_seconds / r.seconds : 0.0},
+                          {"items_per_second", r.lookups / r.seconds},
+                          {"roofline_fraction", r.roofline_seconds / r.seconds},
+                          {"roofline_bytes_per_second", bytes / r.roofline_seconds},
+                          {"speedup_vs_reference", r.reference_seconds > 0 ? r.reference_seconds / r.seconds : 0.0},
+                          {"roofline_prefetch", prefetch_name(r.roofline_prefetch)},
+                          {"size_class", r.table_class},
+                          {"table_bytes", r.spec.table_bytes()}});
   }
-  out << "  ]\n}\n";
-  return out.str();
+  const json context = {
+      {"executable", "embag bench"},
+      {"host_name", std::string(host)},
+      {"cpu_model", cpu_model()},
+      {"num_cpus", sysconf(_SC_NPROCESSORS_ONLN)},
+      {"caches", json::array({{{"type", "Data"}, {"level", 1}, {"size", caches().l1d}},
+                              {{"type", "Unified"}, {"level", 2}, {"size", caches().l2}},
+                              {{"type", "Unified"}, {"level", 3}, {"size", caches().llc}}})},
+      {"library_build_type", "release"},
+      {"embag_version", std::string(version())},
+      {"sequential_read_bytes_per_second", sequential.empty() ? 0.0 : sequential.begin()->second}};
+  // a host or CPU name that is not UTF-8 is written with U+FFFD rather than failing the run
+  return json{{"context", context}, {"benchmarks", benchmarks}}.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 // The JSON file --json names, or the one --chart draws from: declared before the run (a path that
