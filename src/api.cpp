@@ -155,7 +155,7 @@ std::string_view to_string(mode which) noexcept {
 }
 
 std::optional<mode> mode_from_string(std::string_view name) noexcept {
-  for (mode which : {mode::sum, mode::mean, mode::max, mode::none, mode::sqrtn})
+  for (mode which : all_modes)
     if (to_string(which) == name) return which;
   return std::nullopt;
 }

@@ -258,7 +258,7 @@ std::string_view to_string(dtype type) noexcept {
 std::optional<dtype> dtype_from_string(std::string_view name) noexcept {
   static constexpr std::pair<std::string_view, dtype> short_forms[] = {
       {"fp32", dtype::f32}, {"fp16", dtype::f16}, {"int8", dtype::int8_rowwise}, {"int4", dtype::int4_rowwise}};
-  for (dtype type : {dtype::f32, dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise})
+  for (dtype type : all_dtypes)
     if (to_string(type) == name) return type;
   for (const auto& [alias, type] : short_forms)
     if (alias == name) return type;

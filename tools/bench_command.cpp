@@ -8,6 +8,7 @@
 // timed call is followed by a roofline call (gather_roofline: the minimal gather, on the same rows
 // of the same table with the best of a sweep of prefetch settings), so each result is a fraction
 // of what the memory system delivered in the same run.
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,14 +18,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <span>
 #include <map>
+#include <memory>
 #include <optional>
-#include <sstream>
+#include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "commands.hpp"
+#include "flags.hpp"
 #include "embag/npy.hpp"
 #include "workload.hpp"
 
@@ -73,118 +77,23 @@ std::string short_name(dtype type) {
   return std::string(to_string(type));
 }
 
-[[noreturn]] void bad_usage(const std::string& message) {
-  throw error(errc::invalid_option, "bench: " + message + " (see embag bench --help)");
+// The names of --mode: the operations benchmarked.
+constexpr std::pair<std::string_view, operation> operation_names[] = {
+    {"sum", operation::forward_sum},       {"mean", operation::forward_mean},
+    {"max", operation::forward_max},       {"weighted_sum", operation::forward_weighted_sum},
+    {"lookup", operation::forward_lookup}, {"backward_dense", operation::backward_dense},
+    {"backward_sparse", operation::backward_sparse}};
+
+std::optional<operation> operation_from_string(std::string_view name) {
+  for (const auto& [text, op] : operation_names)
+    if (text == name) return op;
+  return std::nullopt;
 }
 
-std::int64_t parse_count(const std::string& flag, const char* text) {
-  char* end = nullptr;
-  const long long v = std::strtoll(text, &end, 10);
-  if (end == text || *end != '\0' || v <= 0) bad_usage(flag + " wants a positive integer, got '" + text + "'");
-  return v;
-}
-
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> parts;
-  std::stringstream in(s);
-  for (std::string part; std::getline(in, part, ',');) parts.push_back(part);
-  return parts;
-}
-
-const char* bench_help =
-    "usage: embag bench [options]\n"
-    "With no workload option: the suite, on the best ISA (and the reference for the speed-up):\n"
-    "tables within L2, within the LLC and past it (sized from this machine's caches), D = 128,\n"
-    "uniform and zipf indices, L = 40 and L = 1, 2048 bags; a one-screen summary, then every result.\n"
-    "  --classes LIST    the suite's table classes, of cache,LLC,DRAM (default: all three)\n"
-    "A workload option runs that one workload on every ISA instead:\n"
-    "  --rows R          table rows (default 1000000)\n"
-    "  --dim D           row length (default 128)\n"
-    "  --pooling L       indices per bag (default 40)\n"
-    "  --bags B          bags per call (default 2048)\n"
-    "  --dist uniform|zipf   index distribution (zipf exponent 1.05)\n"
-    "  --variable        bag lengths uniform in [1, 2L-1]\n"
-    "  --threads LIST    comma-separated thread counts (default: 1 and all)\n"
-    "  --isa LIST        comma-separated ISAs (default: every available one and reference)\n"
-    "  --mode LIST       of sum,mean,max,weighted_sum,lookup,backward_dense,backward_sparse\n"
-    "  --dtype LIST      table element types of fp32,fp16,bf16,int8,int4 (default: all; backward\n"
-    "                    runs on fp32 only)\n"
-    "  --seconds S       time budget per result (default 0.3)\n"
-    "  --json FILE       write the results as Google Benchmark JSON\n"
-    "  --chart FILE      draw them as a PNG with tools/plot_bench.py (needs python3-matplotlib)\n";
-
-bench_options parse(int argc, char** argv) {
-  bench_options o;
-  const int all = default_threads();
-  o.threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
-  o.isas = available_isas();
-  bool isa_given = false;
-  for (int i = 0; i < argc; ++i) {
-    const std::string flag = argv[i];
-    const auto value = [&]() -> const char* {
-      if (i + 1 >= argc) bad_usage(flag + " needs a value");
-      return argv[++i];
-    };
-    const bool workload_option = flag == "--rows" || flag == "--dim" || flag == "--pooling" || flag == "--bags" ||
-                                 flag == "--variable" || flag == "--dist";
-    if (workload_option) o.suite = false;
-    if (flag == "--rows") o.spec.rows = parse_count(flag, value());
-    else if (flag == "--dim") o.spec.dim = parse_count(flag, value());
-    else if (flag == "--pooling") o.spec.pooling = parse_count(flag, value());
-    else if (flag == "--bags") o.spec.bags = parse_count(flag, value());
-    else if (flag == "--variable") o.spec.variable_length = true;
-    else if (flag == "--classes") {
-      o.classes.clear();
-      for (const std::string& c : split(value())) {
-        if (c != "cache" && c != "LLC" && c != "DRAM") bad_usage("unknown table class '" + c + "' (cache, LLC, DRAM)");
-        o.classes.push_back(c);
-      }
-    } else if (flag == "--dist") {
-      const std::string d = value();
-      if (d != "uniform" && d != "zipf") bad_usage("--dist is uniform or zipf, got '" + d + "'");
-      o.spec.dist = d == "zipf" ? distribution::zipf : distribution::uniform;
-    } else if (flag == "--threads") {
-      o.threads.clear();
-      for (const std::string& t : split(value())) o.threads.push_back(t == "all" ? all : static_cast<int>(parse_count(flag, t.c_str())));
-    } else if (flag == "--isa") {
-      isa_given = true;
-      o.isas = {isa::reference};
-      for (const std::string& name : split(value())) {
-        const std::optional<isa> which = isa_from_string(name);
-        if (!which) bad_usage("unknown ISA '" + name + "'");
-        if (*which != isa::reference) o.isas.push_back(*which);
-      }
-    } else if (flag == "--mode") {
-      o.ops.clear();
-      const std::map<std::string, operation> names = {
-          {"sum", operation::forward_sum},       {"mean", operation::forward_mean},
-          {"max", operation::forward_max},       {"weighted_sum", operation::forward_weighted_sum},
-          {"lookup", operation::forward_lookup}, {"backward_dense", operation::backward_dense},
-          {"backward_sparse", operation::backward_sparse}};
-      for (const std::string& m : split(value())) {
-        if (!names.count(m)) bad_usage("unknown mode '" + m + "'");
-        o.ops.push_back(names.at(m));
-      }
-    } else if (flag == "--dtype") {
-      o.types.clear();
-      for (const std::string& name : split(value())) {
-        const std::optional<dtype> type = dtype_from_string(name);
-        if (!type) bad_usage("unknown dtype '" + name + "' (fp32, fp16, bf16, int8, int4)");
-        o.types.push_back(*type);
-      }
-    } else if (flag == "--seconds") {
-      o.seconds_per_result = std::atof(value());
-      if (!(o.seconds_per_result > 0)) bad_usage("--seconds wants a positive number");
-    } else if (flag == "--json") {
-      o.json_path = value();
-    } else if (flag == "--chart") {
-      o.chart_path = value();
-    } else {
-      bad_usage("unknown option '" + flag + "'");
-    }
-  }
-  if (o.suite && !isa_given) o.isas = {isa::reference, available_isas().back()};
-  return o;
+std::optional<distribution> distribution_from_string(std::string_view name) {
+  if (name == "uniform") return distribution::uniform;
+  if (name == "zipf") return distribution::zipf;
+  return std::nullopt;
 }
 
 std::string cpu_model() {
@@ -358,45 +267,47 @@ void print_summary(const std::vector<result>& results, int threads, isa best) {
   }
 }
 
-// The results as Google Benchmark's JSON.
+// The results as Google Benchmark's JSON, with embag's own fields beside its own.
 std::string json_of(const std::vector<result>& results, const std::map<int, double>& sequential) {
-  std::ostringstream out;
+  using json = nlohmann::ordered_json;  // the keys in the order written here, as Google Benchmark writes its own
   char host[256] = "unknown";
   gethostname(host, sizeof host - 1);
-  out << "{\n  \"context\": {\n"
-      << "    \"executable\": \"embag bench\",\n"
-      << "    \"host_name\": \"" << host << "\",\n"
-      << "    \"cpu_model\": \"" << cpu_model() << "\",\n"
-      << "    \"num_cpus\": " << sysconf(_SC_NPROCESSORS_ONLN) << ",\n"
-      << "    \"caches\": [\n"
-      << "      {\"type\": \"Data\", \"level\": 1, \"size\": " << caches().l1d << "},\n"
-      << "      {\"type\": \"Unified\", \"level\": 2, \"size\": " << caches().l2 << "},\n"
-      << "      {\"type\": \"Unified\", \"level\": 3, \"size\": " << caches().llc << "}\n"
-      << "    ],\n"
-      << "    \"library_build_type\": \"release\",\n"
-      << "    \"embag_version\": \"" << version() << "\",\n"
-      << "    \"sequential_read_bytes_per_second\": " << (sequential.empty() ? 0.0 : sequential.begin()->second) << "\n"
-      << "  },\n  \"benchmarks\": [\n";
-  for (std::size_t i = 0; i < results.size(); ++i) {
-    const result& r = results[i];
+  json benchmarks = json::array();
+  for (const result& r : results) {
     const std::string name = benchmark_name(operation_name(r.op), r.which, r.type, r.spec, r.threads);
     const double bytes = r.lookups * double(embag::row_bytes(r.type, r.spec.dim));
-    out << "    {\"name\": \"" << name << "\", \"run_name\": \"" << name
-        << "\", \"run_type\": \"iteration\", \"iterations\": 1, \"repetitions\": 1,"
-        << " \"real_time\": " << r.seconds * 1e3 << ", \"cpu_time\": " << r.seconds * 1e3
-        << ", \"time_unit\": \"ms\", \"bytes_per_second\": " << bytes / r.seconds
-        << ", \"f32_equivalent_bytes_per_second\": " << r.lookups * double(r.spec.dim) * 4.0 / r.seconds
-        << ", \"speedup_vs_f32\": " << (r.f32_seconds > 0 ? r.f32_seconds / r.seconds : 0.0)
-        << ", \"items_per_second\": " << r.lookups / r.seconds
-        << ", \"roofline_fraction\": " << r.roofline_seconds / r.seconds
-        << ", \"roofline_bytes_per_second\": " << bytes / r.roofline_seconds
-        << ", \"speedup_vs_reference\": " << (r.reference_seconds > 0 ? r.reference_seconds / r.seconds : 0.0)
-        << ", \"roofline_prefetch\": \"" << prefetch_name(r.roofline_prefetch) << "\""
-        << ", \"size_class\": \"" << r.table_class << "\", \"table_bytes\": " << r.spec.table_bytes() << "}"
-        << (i + 1 < results.size() ? ",\n" : "\n");
+    benchmarks.push_back({{"name", name},
+                          {"run_name", name},
+                          {"run_type", "iteration"},
+                          {"iterations", 1},
+                          {"repetitions", 1},
+                          {"real_time", r.seconds * 1e3},
+                          {"cpu_time", r.seconds * 1e3},
+                          {"time_unit", "ms"},
+                          {"bytes_per_second", bytes / r.seconds},
+                          {"f32_equivalent_bytes_per_second", r.lookups * double(r.spec.dim) * 4.0 / r.seconds},
+                          {"speedup_vs_f32", r.f32_seconds > 0 ? r.f32_seconds / r.seconds : 0.0},
+                          {"items_per_second", r.lookups / r.seconds},
+                          {"roofline_fraction", r.roofline_seconds / r.seconds},
+                          {"roofline_bytes_per_second", bytes / r.roofline_seconds},
+                          {"speedup_vs_reference", r.reference_seconds > 0 ? r.reference_seconds / r.seconds : 0.0},
+                          {"roofline_prefetch", prefetch_name(r.roofline_prefetch)},
+                          {"size_class", r.table_class},
+                          {"table_bytes", r.spec.table_bytes()}});
   }
-  out << "  ]\n}\n";
-  return out.str();
+  const json context = {
+      {"executable", "embag bench"},
+      {"host_name", std::string(host)},
+      {"cpu_model", cpu_model()},
+      {"num_cpus", sysconf(_SC_NPROCESSORS_ONLN)},
+      {"caches", json::array({{{"type", "Data"}, {"level", 1}, {"size", caches().l1d}},
+                              {{"type", "Unified"}, {"level", 2}, {"size", caches().l2}},
+                              {{"type", "Unified"}, {"level", 3}, {"size", caches().llc}}})},
+      {"library_build_type", "release"},
+      {"embag_version", std::string(version())},
+      {"sequential_read_bytes_per_second", sequential.empty() ? 0.0 : sequential.begin()->second}};
+  // a host or CPU name that is not UTF-8 is written with U+FFFD rather than failing the run
+  return json{{"context", context}, {"benchmarks", benchmarks}}.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 // The JSON file --json names, or the one --chart draws from: declared before the run (a path that
@@ -448,17 +359,7 @@ void draw_chart(const bench_options& o, const std::string& json) {
     std::printf("wrote %s\n", o.chart_path.c_str());
 }
 
-}  // namespace
-
-int bench_command(int argc, char** argv) {
-  for (int i = 0; i < argc; ++i)
-    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-      std::fputs(bench_help, stdout);
-      return 0;
-    }
-  const bench_options o = parse(argc, argv);
-  for (const std::string& path : {o.json_path, o.chart_path})
-    if (path.find('\'') != std::string::npos) bad_usage("output paths may not hold a quote: '" + path + "'");
+int run_bench(const bench_options& o) {
   json_output json(o);
   std::printf("embag %s bench on %s, %d threads, L2 %lld KiB, LLC %lld MiB\n", std::string(version()).c_str(),
               cpu_model().c_str(), default_threads(), (long long)(caches().l2 >> 10), (long long)(caches().llc >> 20));
@@ -486,6 +387,91 @@ int bench_command(int argc, char** argv) {
   json.write(results, sequential);
   if (!o.chart_path.empty()) draw_chart(o, json.path);
   return 0;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& tool, command_run& run) {
+  const auto o = std::make_shared<bench_options>();
+  const int all = default_threads();
+  o->threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
+  CLI::App& bench = *tool.add_subcommand("bench", "The cross-ISA benchmark report; every kernel is verified against the "
+                                                  "reference, bit for bit, first.");
+
+  CLI::Option_group& suite = *bench.add_option_group(
+      "Suite", "With no workload option: the suite, on the best ISA (and the reference for the speed-up):\n"
+               "  tables within L2, within the LLC and past it (sized from this machine's caches), D = 128,\n"
+               "  uniform and zipf indices, L = 40 and L = 1, 2048 bags; a one-screen summary, then every result.");
+  suite.add_option("--classes", o->classes, "the suite's table classes, of cache,LLC,DRAM (default: all three)")
+      ->type_name("LIST")
+      ->delimiter(',')
+      ->check([](const std::string& name) {
+        return name == "cache" || name == "LLC" || name == "DRAM" ? std::string()
+                                                                  : "unknown table class '" + name + "' (cache, LLC, DRAM)";
+      });
+
+  CLI::Option_group& workload = *bench.add_option_group("Workload", "A workload option runs that one workload on every "
+                                                                    "ISA instead.");
+  const CLI::Validator positive = number<std::int64_t>("a positive integer", [](std::int64_t n) { return n > 0; });
+  workload.add_option("--rows", o->spec.rows, "table rows (default 1000000)")->type_name("R")->transform(positive);
+  workload.add_option("--dim", o->spec.dim, "row length (default 128)")->type_name("D")->transform(positive);
+  workload.add_option("--pooling", o->spec.pooling, "indices per bag (default 40)")->type_name("L")->transform(positive);
+  workload.add_option("--bags", o->spec.bags, "bags per call (default 2048)")->type_name("B")->transform(positive);
+  workload.add_option("--dist", o->spec.dist, "the index distribution, uniform or zipf (exponent 1.05)")
+      ->type_name("DIST")
+      ->transform(name_of("distribution", distribution_from_string, "uniform, zipf"));
+  workload.add_flag("--variable", o->spec.variable_length, "bag lengths uniform in [1, 2L-1]");
+
+  CLI::Option_group& runs = *bench.add_option_group("Runs", "What runs, in the suite or the workload.");
+  runs.add_option("--threads", o->threads, "comma-separated thread counts, or all (default: 1 and all)")
+      ->type_name("LIST")
+      ->delimiter(',')
+      ->transform(CLI::Validator(
+          [all, count = number<int>("a positive count or all", [](int n) { return n > 0; })](std::string& text) {
+            if (text == "all") text = std::to_string(all);
+            return count(text);
+          },
+          ""));
+  CLI::Option* isas = runs.add_option("--isa", o->isas, "comma-separated ISAs, of " + isa_names +
+                                                             "\n(default: every one this CPU has, and the reference)")
+                          ->type_name("LIST")
+                          ->delimiter(',')
+                          ->transform(name_of("ISA", isa_from_string, isa_names));
+  std::string operations;
+  for (const auto& [name, op] : operation_names) operations += (operations.empty() ? "" : ", ") + std::string(name);
+  runs.add_option("--mode", o->ops, "comma-separated operations, of\n" + operations + "\n(default: all but lookup)")
+      ->type_name("LIST")
+      ->delimiter(',')
+      ->transform(name_of("mode", operation_from_string, operations));
+  runs.add_option("--dtype", o->types, "comma-separated table element types, of\n" + dtype_names +
+                                           "\n(default: all; backward runs on f32 only)")
+      ->type_name("LIST")
+      ->delimiter(',')
+      ->transform(name_of("dtype", dtype_from_string, dtype_names));
+  runs.add_option("--seconds", o->seconds_per_result, "the time budget per result (default 0.3)")
+      ->type_name("S")
+      ->transform(number<double>("a positive number", [](double s) { return s > 0 && std::isfinite(s); }));
+
+  CLI::Option_group& outputs = *bench.add_option_group("Outputs");
+  // --chart runs the plot script through the shell, the paths in quotes
+  const auto no_quote = [](const std::string& path) {
+    return path.find('\'') == std::string::npos ? std::string() : "may not hold a quote: '" + path + "'";
+  };
+  add_file(outputs, "--json", o->json_path, "FILE", "write the results as Google Benchmark JSON")->check(no_quote);
+  add_file(outputs, "--chart", o->chart_path, "FILE", "draw them as a PNG with tools/plot_bench.py (needs "
+                                                      "python3-matplotlib)")
+      ->check(no_quote);
+
+  bench.callback([o, &workload, isas, &run] {
+    o->suite = workload.count_all() == 0;
+    if (isas->count() == 0) {
+      o->isas = o->suite ? std::vector<isa>{isa::reference, available_isas().back()} : available_isas();
+    } else {  // the reference runs first, whatever the list: the speed-ups are over it
+      std::erase(o->isas, isa::reference);
+      o->isas.insert(o->isas.begin(), isa::reference);
+    }
+    run = [o] { return run_bench(*o); };
+  });
 }
 
 }  // namespace embag::tool

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(g++ pkg-config meson ninja-build libxsimd-dev libtbb-dev libgtest-dev libbenchmark-dev python3)
+packages=(g++ pkg-config meson ninja-build libxsimd-dev libtbb-dev libgtest-dev libbenchmark-dev libcli11-dev
+  nlohmann-json3-dev python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

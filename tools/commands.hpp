@@ -1,15 +1,19 @@
-// The subcommands of the embag tool, each given the arguments after its name.
+// The subcommands of the embag tool. Each add_*_command adds its subcommand and flags to the tool
+// (CLI11); the subcommand's callback, run once the whole command line is parsed, checks what CLI11
+// does not (flags that go together, throwing CLI::ValidationError) and leaves the command's work
+// in `run`, which returns the exit status.
 #pragma once
 
-#include "embag/embag.hpp"
+#include <CLI/CLI.hpp>
+
+#include <functional>
 
 namespace embag::tool {
 
-int bench_command(int argc, char** argv);
-int fuzz_command(int argc, char** argv);
-int forward_command(int argc, char** argv);   // tools/file_commands.cpp
-int backward_command(int argc, char** argv);
-int quantize_command(int argc, char** argv);
-int dequantize_command(int argc, char** argv);
+using command_run = std::function<int()>;
+
+void add_bench_command(CLI::App& tool, command_run& run);
+void add_fuzz_command(CLI::App& tool, command_run& run);
+void add_file_commands(CLI::App& tool, command_run& run);  // forward, backward, quantize, dequantize
 
 }  // namespace embag::tool

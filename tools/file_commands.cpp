@@ -4,10 +4,9 @@
 // and then written through a temporary file renamed into place, so an error (a bad flag, file or
 // index) leaves no output file created or changed.
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
-#include <cstdlib>
+#include <cstdint>
 #include <limits>
+#include <memory>
 #include <new>
 #include <optional>
 #include <span>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "flags.hpp"
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
 #include "embag/quantize.hpp"
@@ -23,34 +23,7 @@
 namespace embag::tool {
 namespace {
 
-const char* forward_help =
-    "usage: embag forward --weight W.npy --indices I.npy (--offsets O.npy | --lengths L.npy)\n"
-    "         [--per-sample-weights P.npy] [--mode sum|mean|max|none|sqrtn] [--padding-idx N]\n"
-    "         [--include-last-offset] [--max-norm X [--norm-type P] [--max-norm-inplace --weight-out W2.npy]]\n"
-    "         [--isa NAME] [--threads N] --out Y.npy [--argmax-out A.npy]\n"
-    "  W is a 2-D <f4 table; I, O, L 1-D <i4 or <i8; P 1-D <f4. Y is B x D <f4 (len(I) x D with mode none),\n"
-    "  A the B x D <i8 argmax of mode max. --max-norm-inplace renorms a copy of W and writes it to W2.\n";
-
-const char* backward_help =
-    "usage: embag backward --weight W.npy --indices I.npy (--offsets O.npy | --lengths L.npy)\n"
-    "         [--per-sample-weights P.npy] [--mode sum|mean|max|none|sqrtn] [--padding-idx N]\n"
-    "         [--include-last-offset] [--max-norm X [--norm-type P]] [--isa NAME] [--threads N]\n"
-    "         --grad-output G.npy [--argmax A.npy] (--out dW.npy | --sparse --out-rows R.npy --out dW.npy)\n"
-    "         [--per-sample-weights-grad-out PG.npy]\n"
-    "  G is the gradient of forward's output; mode max needs the argmax forward wrote (--argmax-out).\n"
-    "  Dense: dW is W's shape, from zero. Sparse: R the sorted unique rows (<i8), dW their gradient rows.\n";
-
-const char* quantize_help =
-    "usage: embag quantize --in W.npy --to fp32|fp16|bf16|int8|int4 --out T.embag [--threads N]\n"
-    "  W is a 2-D <f4 (or <f2) table. int8 and int4 are FBGEMM's fused rowwise layouts (per row: the\n"
-    "  quantised values, then scale and bias); rows with NaN or Inf, or out of the format's range, are errors.\n";
-
-const char* dequantize_help =
-    "usage: embag dequantize --in T.embag --out W.npy [--threads N]\n"
-    "  W is T's table as a 2-D <f4 array.\n";
-
 struct command_line {
-  bool backward = false;
   std::string weight, indices, offsets, lengths, per_sample_weights, out;
   options opts;
   // forward
@@ -61,118 +34,40 @@ struct command_line {
   std::string grad_output, argmax, out_rows, per_sample_weights_grad_out;
 };
 
-class flag_parser {
- public:
-  flag_parser(const char* command, int argc, char** argv) : command_(command), argc_(argc), argv_(argv) {}
-
-  [[noreturn]] void bad(const std::string& message) const {
-    throw error(errc::invalid_option, std::string(command_) + ": " + message + " (see embag " + command_ + " --help)");
-  }
-  bool next() {
-    if (++i_ >= argc_) return false;
-    flag_ = argv_[i_];
-    return true;
-  }
-  const std::string& flag() const { return flag_; }
-  std::string value() {
-    if (i_ + 1 >= argc_) bad(flag_ + " needs a value");
-    return argv_[++i_];
-  }
-  void file(std::string& into) {
-    if (!into.empty()) bad(flag_ + " is given twice");
-    into = value();
-    if (into.empty()) bad(flag_ + " needs a file name");
-  }
-  int threads() {
-    const std::int64_t n = integer();
-    if (n < 0 || n > std::numeric_limits<int>::max()) bad("--threads wants 0 (all) or a positive count");
-    return static_cast<int>(n);
-  }
-  std::int64_t integer() {
-    const std::string text = value();
-    char* end = nullptr;
-    errno = 0;
-    const long long v = std::strtoll(text.c_str(), &end, 10);
-    if (text.empty() || *end != '\0' || errno == ERANGE) bad(flag_ + " wants an integer, got '" + text + "'");
-    return v;
-  }
-  float real() {
-    const std::string text = value();
-    char* end = nullptr;
-    const float v = std::strtof(text.c_str(), &end);
-    if (text.empty() || *end != '\0') bad(flag_ + " wants a number, got '" + text + "'");
-    return v;
-  }
-
- private:
-  const char* command_;
-  int argc_;
-  char** argv_;
-  int i_ = -1;
-  std::string flag_;
-};
-
-mode parse_mode(flag_parser& p) {
-  const std::string m = p.value();
-  if (const std::optional<mode> named = mode_from_string(m)) return *named;
-  p.bad("--mode is sum, mean, max, none or sqrtn, got '" + m + "'");
+// The flags forward and backward share: the table, the bags, the options, how to run. The library
+// checks their values; CLI11 and the callbacks below, which of them go together.
+void add_call_flags(CLI::App& command, command_line& c) {
+  add_file(command, "--weight", c.weight, "W.npy", "the table: a 2-D <f4 array")->required();
+  add_file(command, "--indices", c.indices, "I.npy", "the indices: 1-D <i4 or <i8")->required();
+  add_file(command, "--offsets", c.offsets, "O.npy", "where each bag starts in I: 1-D <i4 or <i8");
+  add_file(command, "--lengths", c.lengths, "L.npy", "each bag's length, instead of --offsets: 1-D <i4 or <i8");
+  add_file(command, "--per-sample-weights", c.per_sample_weights, "P.npy", "a weight per index: 1-D <f4");
+  // add_option_function: CLI11 2.1's add_option on a variable shows its default with to_string, and
+  // finds embag::to_string, whose string_view it cannot take
+  command
+      .add_option_function<mode>("--mode", [&c](mode m) { c.opts.mode = m; },
+                                 "the reduction, of " + mode_names + " (none: one row per index; default sum)")
+      ->type_name("MODE")
+      ->transform(name_of("mode", mode_from_string, mode_names));
+  command.add_option("--padding-idx", c.opts.padding_idx, "rows of this index are skipped (negative: from the end)")
+      ->type_name("N")
+      ->transform(number<std::int64_t>("an integer"));
+  command.add_flag("--include-last-offset", c.opts.include_last_offset, "O has one more entry, the last len(I)");
+  CLI::Option* max_norm = command.add_option("--max-norm", c.opts.max_norm, "rescale the rows whose norm exceeds X")
+                              ->type_name("X")
+                              ->transform(number<float>("a number"));
+  command.add_option("--norm-type", c.opts.norm_type, "the p of --max-norm's p-norm (default 2, inf allowed)")
+      ->type_name("P")
+      ->transform(number<float>("a number"))
+      ->needs(max_norm);
+  command.add_option("--isa", c.opts.execution.isa, "this instruction set, of " + isa_names + " (default: the best)")
+      ->type_name("ISA")
+      ->transform(name_of("ISA", isa_from_string, isa_names));
+  add_threads(command, c.opts.execution.max_threads);
 }
 
-// The flags, and which of them go together; the library checks the values themselves.
-command_line parse(bool backward, int argc, char** argv) {
-  command_line c;
-  c.backward = backward;
-  flag_parser p(backward ? "backward" : "forward", argc, argv);
-  bool norm_type_given = false;
-  while (p.next()) {
-    const std::string& f = p.flag();
-    if (f == "--weight") p.file(c.weight);
-    else if (f == "--indices") p.file(c.indices);
-    else if (f == "--offsets") p.file(c.offsets);
-    else if (f == "--lengths") p.file(c.lengths);
-    else if (f == "--per-sample-weights") p.file(c.per_sample_weights);
-    else if (f == "--out") p.file(c.out);
-    else if (f == "--mode") c.opts.mode = parse_mode(p);
-    else if (f == "--padding-idx") c.opts.padding_idx = p.integer();
-    else if (f == "--include-last-offset") c.opts.include_last_offset = true;
-    else if (f == "--max-norm") c.opts.max_norm = p.real();
-    else if (f == "--norm-type") {
-      c.opts.norm_type = p.real();
-      norm_type_given = true;
-    } else if (f == "--isa") {
-      const std::string name = p.value();
-      c.opts.execution.isa = isa_from_string(name);
-      if (!c.opts.execution.isa) p.bad("unknown ISA '" + name + "' (reference, sse2, avx2, avx512, neon)");
-    } else if (f == "--threads") {
-      c.opts.execution.max_threads = p.threads();
-    } else if (!backward && f == "--max-norm-inplace") c.max_norm_inplace = true;
-    else if (!backward && f == "--weight-out") p.file(c.weight_out);
-    else if (!backward && f == "--argmax-out") p.file(c.argmax_out);
-    else if (backward && f == "--grad-output") p.file(c.grad_output);
-    else if (backward && f == "--argmax") p.file(c.argmax);
-    else if (backward && f == "--sparse") c.sparse = true;
-    else if (backward && f == "--out-rows") p.file(c.out_rows);
-    else if (backward && f == "--per-sample-weights-grad-out") p.file(c.per_sample_weights_grad_out);
-    else p.bad("unknown option '" + f + "'");
-  }
-  if (c.weight.empty()) p.bad("--weight is required");
-  if (c.indices.empty()) p.bad("--indices is required");
-  if (c.offsets.empty() == c.lengths.empty()) p.bad("give exactly one of --offsets and --lengths");
-  if (c.out.empty()) p.bad("--out is required");
-  if (norm_type_given && !c.opts.max_norm) p.bad("--norm-type needs --max-norm");
-  if (c.max_norm_inplace && !c.opts.max_norm) p.bad("--max-norm-inplace needs --max-norm");
-  if (c.max_norm_inplace != !c.weight_out.empty())
-    p.bad("--max-norm-inplace and --weight-out go together (the input table is mapped read-only: the renormed copy "
-          "goes to --weight-out)");
-  if (c.max_norm_inplace) c.opts.max_norm_mode = max_norm_flavour::in_place;
-  if (backward) {
-    if (c.grad_output.empty()) p.bad("--grad-output is required");
-    if (c.sparse == c.out_rows.empty()) p.bad("--sparse and --out-rows go together");
-    if (c.opts.mode == mode::max && c.argmax.empty()) p.bad("mode max needs --argmax (forward's --argmax-out)");
-    if (!c.per_sample_weights_grad_out.empty() && c.per_sample_weights.empty())
-      p.bad("--per-sample-weights-grad-out needs --per-sample-weights");
-  }
-  return c;
+void check_bags(const command_line& c) {
+  if (c.offsets.empty() == c.lengths.empty()) throw CLI::ValidationError("give exactly one of --offsets and --lengths");
 }
 
 // The input files, mapped, and the batch of bags viewing them.
@@ -308,44 +203,18 @@ int run_backward(const command_line& c) {
   return 0;
 }
 
-bool wants_help(int argc, char** argv) {
-  for (int i = 0; i < argc; ++i)
-    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") return true;
-  return false;
-}
-
 // The flags of quantize (with --to) and dequantize.
 struct conversion_line {
   std::string in, out;
-  std::optional<dtype> to;
+  dtype to = dtype::f32;
   execution how;
 };
-
-conversion_line parse_conversion(bool quantizing, int argc, char** argv) {
-  conversion_line c;
-  flag_parser p(quantizing ? "quantize" : "dequantize", argc, argv);
-  while (p.next()) {
-    const std::string& f = p.flag();
-    if (f == "--in") p.file(c.in);
-    else if (f == "--out") p.file(c.out);
-    else if (f == "--threads") c.how.max_threads = p.threads();
-    else if (quantizing && f == "--to") {
-      const std::string name = p.value();
-      c.to = dtype_from_string(name);
-      if (!c.to) p.bad("--to is fp32, fp16, bf16, int8 or int4, got '" + name + "'");
-    } else p.bad("unknown option '" + f + "'");
-  }
-  if (c.in.empty()) p.bad("--in is required");
-  if (c.out.empty()) p.bad("--out is required");
-  if (quantizing && !c.to) p.bad("--to is required");
-  return c;
-}
 
 int run_quantize(const conversion_line& c) {
   output_group outputs = declared_files({{"--in", c.in}}, {{"--out", c.out}});
   const npy_array weight = npy_array::open(c.in);
   if (weight.dtype() != npy_dtype::f16) {
-    stage_embag(outputs, c.out, quantize(weight.as_table(), *c.to, c.how).view());
+    stage_embag(outputs, c.out, quantize(weight.as_table(), c.to, c.how).view());
     outputs.commit();
     return 0;
   }
@@ -356,7 +225,7 @@ int run_quantize(const conversion_line& c) {
                                      dtype::f16};
   table widened(halves.rows, halves.dim);
   dequantize(halves, widened.view(), c.how);
-  stage_embag(outputs, c.out, quantize(std::as_const(widened).view(), *c.to, c.how).view());
+  stage_embag(outputs, c.out, quantize(std::as_const(widened).view(), c.to, c.how).view());
   outputs.commit();
   return 0;
 }
@@ -371,26 +240,72 @@ int run_dequantize(const conversion_line& c) {
   return 0;
 }
 
+void add_forward_command(CLI::App& tool, command_run& run) {
+  const auto c = std::make_shared<command_line>();
+  CLI::App& forward = *tool.add_subcommand("forward", "One forward call of the library on .npy files.");
+  add_call_flags(forward, *c);
+  forward.add_flag("--max-norm-inplace", c->max_norm_inplace, "renorm W's rows as torch does, in a copy: --weight-out")
+      ->needs("--max-norm");
+  add_file(forward, "--weight-out", c->weight_out, "W2.npy", "the renormed copy of W that --max-norm-inplace writes");
+  add_file(forward, "--out", c->out, "Y.npy", "the output: B x D <f4 (len(I) x D with mode none)")->required();
+  add_file(forward, "--argmax-out", c->argmax_out, "A.npy", "mode max's argmax: B x D <i8, for backward's --argmax");
+  forward.callback([c, &run] {
+    check_bags(*c);
+    if (c->max_norm_inplace != !c->weight_out.empty())
+      throw CLI::ValidationError("--max-norm-inplace and --weight-out go together (the input table is mapped read-only: "
+                                 "the renormed copy goes to --weight-out)");
+    if (c->max_norm_inplace) c->opts.max_norm_mode = max_norm_flavour::in_place;
+    run = [c] { return run_forward(*c); };
+  });
+}
+
+void add_backward_command(CLI::App& tool, command_run& run) {
+  const auto c = std::make_shared<command_line>();
+  CLI::App& backward = *tool.add_subcommand("backward", "The gradient of one forward call, on .npy files.");
+  backward.footer("Dense: dW is W's shape, from zero. Sparse: R the sorted unique rows, dW their gradient rows.");
+  add_call_flags(backward, *c);
+  add_file(backward, "--grad-output", c->grad_output, "G.npy", "the gradient of forward's output, its shape")->required();
+  add_file(backward, "--argmax", c->argmax, "A.npy", "the argmax forward wrote (--argmax-out): mode max needs it");
+  backward.add_flag("--sparse", c->sparse, "the sparse gradient: --out-rows R.npy and --out dW.npy");
+  add_file(backward, "--out-rows", c->out_rows, "R.npy", "the sparse gradient's rows: sorted, unique, <i8");
+  add_file(backward, "--out", c->out, "dW.npy", "the table's gradient, dense or --sparse: <f4")->required();
+  add_file(backward, "--per-sample-weights-grad-out", c->per_sample_weights_grad_out, "PG.npy",
+           "the gradient of --per-sample-weights")
+      ->needs("--per-sample-weights");
+  backward.callback([c, &run] {
+    check_bags(*c);
+    if (c->sparse == c->out_rows.empty()) throw CLI::ValidationError("--sparse and --out-rows go together");
+    if (c->opts.mode == mode::max && c->argmax.empty())
+      throw CLI::ValidationError("mode max needs --argmax (forward's --argmax-out)");
+    run = [c] { return run_backward(*c); };
+  });
+}
+
 }  // namespace
 
-int quantize_command(int argc, char** argv) {
-  if (wants_help(argc, argv)) return std::fputs(quantize_help, stdout), 0;
-  return run_quantize(parse_conversion(true, argc, argv));
-}
+void add_file_commands(CLI::App& tool, command_run& run) {
+  add_forward_command(tool, run);
+  add_backward_command(tool, run);
 
-int dequantize_command(int argc, char** argv) {
-  if (wants_help(argc, argv)) return std::fputs(dequantize_help, stdout), 0;
-  return run_dequantize(parse_conversion(false, argc, argv));
-}
+  const auto q = std::make_shared<conversion_line>();
+  CLI::App& quantize = *tool.add_subcommand("quantize", "A .npy table to a compressed .embag table.");
+  quantize.footer("int8_rowwise and int4_rowwise are FBGEMM's fused rowwise layouts (per row: the quantised\n"
+                  "values, then scale and bias); rows with NaN or Inf, or out of the format's range, are errors.");
+  add_file(quantize, "--in", q->in, "W.npy", "the table: a 2-D <f4 (or <f2) array")->required();
+  quantize.add_option_function<dtype>("--to", [q](dtype type) { q->to = type; }, "the element type, of\n" + dtype_names)
+      ->required()
+      ->type_name("DTYPE")
+      ->transform(name_of("dtype", dtype_from_string, dtype_names));
+  add_file(quantize, "--out", q->out, "T.embag", "the compressed table")->required();
+  add_threads(quantize, q->how.max_threads);
+  quantize.callback([q, &run] { run = [q] { return run_quantize(*q); }; });
 
-int forward_command(int argc, char** argv) {
-  if (wants_help(argc, argv)) return std::fputs(forward_help, stdout), 0;
-  return run_forward(parse(false, argc, argv));
-}
-
-int backward_command(int argc, char** argv) {
-  if (wants_help(argc, argv)) return std::fputs(backward_help, stdout), 0;
-  return run_backward(parse(true, argc, argv));
+  const auto d = std::make_shared<conversion_line>();
+  CLI::App& dequantize = *tool.add_subcommand("dequantize", "An .embag table's rows as fp32, to a .npy file.");
+  add_file(dequantize, "--in", d->in, "T.embag", "the compressed table")->required();
+  add_file(dequantize, "--out", d->out, "W.npy", "its rows as a 2-D <f4 array")->required();
+  add_threads(dequantize, d->how.max_threads);
+  dequantize.callback([d, &run] { run = [d] { return run_dequantize(*d); }; });
 }
 
 }  // namespace embag::tool

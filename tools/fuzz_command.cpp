@@ -1,59 +1,26 @@
 // embag fuzz: the differential check of tools/fuzz/ on seeded random calls, for a number of cases
 // or seconds. Case k uses seed + k, so `--seed S --cases 1` replays a reported case alone.
-#include <cctype>
-#include <cerrno>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <string>
+#include <memory>
 
 #include "commands.hpp"
+#include "flags.hpp"
 #include "fuzz/differential.hpp"
 
 namespace embag::tool {
 namespace {
 
-int usage(FILE* to) {
-  std::fprintf(to,
-               "usage: embag fuzz [options]\n"
-               "  --seconds S   run for S seconds (default 10 when --cases is not given)\n"
-               "  --cases N     run N cases\n"
-               "  --seed S      seed of the first case (default 1); case k uses S + k\n"
-               "Each case is a whole call (possibly malformed), run forward and backward on the\n"
-               "reference and every ISA of this CPU; exits 1 if any disagree.\n");
-  return to == stdout ? 0 : 2;
-}
-
-}  // namespace
-
-int fuzz_command(int argc, char** argv) {
+struct fuzz_options {
   double seconds = 0;
   std::int64_t cases = 0;
   std::uint64_t seed = 1;
-  for (int i = 0; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") return usage(stdout);
-    if (i + 1 >= argc) return usage(stderr);
-    char* end = nullptr;
-    const char* value = argv[++i];
-    if (arg == "--seconds") seconds = std::strtod(value, &end);
-    else if (arg == "--cases") {
-      errno = 0;
-      cases = std::strtoll(value, &end, 10);
-      if (errno == ERANGE) end = const_cast<char*>(value);
-    } else if (arg == "--seed") {
-      errno = 0;  // strtoull wraps "-1" and saturates past 2^64 - 1: both are refused
-      seed = std::strtoull(value, &end, 10);
-      if (errno == ERANGE || !std::isdigit(static_cast<unsigned char>(value[0]))) end = const_cast<char*>(value);
-    } else return usage(stderr);
-    if (end == value || *end != '\0' || !(seconds >= 0) || std::isinf(seconds) || cases < 0) {
-      std::fprintf(stderr, "embag fuzz: bad value '%s' for %s\n", value, arg.c_str());
-      return 2;
-    }
-  }
-  if (seconds == 0 && cases == 0) seconds = 10;
+};
 
+int run_fuzz(const fuzz_options& o) {
   using clock = std::chrono::steady_clock;
   const clock::time_point start = clock::now();
   clock::time_point last_report = start;
@@ -63,8 +30,8 @@ int fuzz_command(int argc, char** argv) {
     std::fprintf(stderr, "\rfuzz: %lld cases (%.0f/s), %lld rejected as bad input, %lld mismatches%s", (long long)done,
                  done / std::max(elapsed(), 1e-9), (long long)rejected, (long long)mismatches, end);
   };
-  while ((cases == 0 || done < cases) && (seconds == 0 || elapsed() < seconds)) {
-    const std::uint64_t case_seed = seed + static_cast<std::uint64_t>(done);
+  while ((o.cases == 0 || done < o.cases) && (o.seconds == 0 || elapsed() < o.seconds)) {
+    const std::uint64_t case_seed = o.seed + static_cast<std::uint64_t>(done);
     fuzz::seeded_choices source(case_seed);
     const fuzz::fuzz_call call = fuzz::draw_call(source);
     for (fuzz::operation op : {fuzz::operation::forward, fuzz::operation::backward}) {
@@ -83,9 +50,31 @@ int fuzz_command(int argc, char** argv) {
   }
   report("\n");
   std::printf("embag fuzz: %lld cases in %.1f s, seeds %llu..%llu, %lld rejected as bad input, %lld mismatches\n",
-              (long long)done, elapsed(), (unsigned long long)seed, (unsigned long long)(seed + done - 1),
+              (long long)done, elapsed(), (unsigned long long)o.seed, (unsigned long long)(o.seed + done - 1),
               (long long)rejected, (long long)mismatches);
   return mismatches == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+void add_fuzz_command(CLI::App& tool, command_run& run) {
+  const auto o = std::make_shared<fuzz_options>();
+  CLI::App& fuzz = *tool.add_subcommand("fuzz", "The differential check of every ISA of this CPU against the reference.");
+  fuzz.footer("Each case is a whole call (possibly malformed), run forward and backward on the reference and every\n"
+              "ISA of this CPU; exits 1 if any disagree.");
+  fuzz.add_option("--seconds", o->seconds, "run for S seconds (default 10 when --cases is not given)")
+      ->type_name("S")
+      ->transform(number<double>("a number of seconds, 0 or more", [](double s) { return s >= 0 && std::isfinite(s); }));
+  fuzz.add_option("--cases", o->cases, "run N cases")
+      ->type_name("N")
+      ->transform(number<std::int64_t>("a count, 0 or more", [](std::int64_t n) { return n >= 0; }));
+  fuzz.add_option("--seed", o->seed, "the seed of the first case (default 1); case k uses S + k")
+      ->type_name("S")
+      ->transform(number<std::uint64_t>("an integer from 0 to 2^64 - 1"));
+  fuzz.callback([o, &run] {
+    if (o->seconds == 0 && o->cases == 0) o->seconds = 10;
+    run = [o] { return run_fuzz(*o); };
+  });
 }
 
 }  // namespace embag::tool

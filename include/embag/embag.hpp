@@ -64,6 +64,7 @@ class error : public std::runtime_error {
 // Element types of table rows: f32 is embag::table's; the others are the compressed row formats of
 // embag/quantize.hpp, which describes their bytes. The values are the .embag file's dtype codes.
 enum class dtype : std::uint8_t { f32 = 0, f16 = 1, bf16 = 2, int8_rowwise = 3, int4_rowwise = 4 };
+inline constexpr dtype all_dtypes[] = {dtype::f32, dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise};
 
 // A non-owning view of a rows x dim table whose row r starts at data + r * row_stride elements.
 // The element type is part of the type: `table_view<const float>` is read-only, `table_view<float>`
@@ -171,6 +172,7 @@ enum class mode : std::uint8_t {
   sqrtn,  // TensorFlow's combiner: sum(w x) / sqrt(sum w^2), unweighted sum(x) / sqrt(count); 0 when that is 0
 };
 
+inline constexpr mode all_modes[] = {mode::sum, mode::mean, mode::max, mode::none, mode::sqrtn};
 std::string_view to_string(mode which) noexcept;  // "sum", "mean", "max", "none", "sqrtn"
 std::optional<mode> mode_from_string(std::string_view name) noexcept;
 
@@ -182,6 +184,7 @@ enum class max_norm_flavour : std::uint8_t {
 
 // Instruction sets, lowest first. `reference` is the scalar oracle: plain loops, one thread.
 enum class isa : std::uint8_t { reference, sse2, avx2, avx512, neon };
+inline constexpr isa all_isas[] = {isa::reference, isa::sse2, isa::avx2, isa::avx512, isa::neon};
 
 std::string_view to_string(isa which) noexcept;
 std::optional<isa> isa_from_string(std::string_view name) noexcept;

@@ -76,7 +76,6 @@ bool cpu_runs(isa which) noexcept {
   }
 }
 
-constexpr isa all_isas[] = {isa::reference, isa::sse2, isa::avx2, isa::avx512, isa::neon};
 
 std::string available_list() {
   std::string names;
