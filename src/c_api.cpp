@@ -16,6 +16,7 @@
 #include "embag/npy.hpp"
 #include "embag/quantize.hpp"
 #include "call.hpp"
+#include "formats/formats.hpp"
 
 struct embag_table {
   embag::detail::stored_table stored;  // validated as the C++ API validates its tables
@@ -320,8 +321,9 @@ embag_status embag_table_shape(const embag_table* table, int64_t* rows, int64_t*
 }
 
 const char* embag_dtype_name(int32_t dtype) {
-  if (dtype < EMBAG_DTYPE_F32 || dtype > EMBAG_DTYPE_INT4_ROWWISE) return nullptr;
-  return embag::to_string(static_cast<embag::dtype>(dtype)).data();  // string literals: NUL-terminated
+  const embag::detail::format* f =
+      dtype >= 0 && dtype <= UINT8_MAX ? embag::detail::format_of(static_cast<embag::dtype>(dtype)) : nullptr;
+  return f != nullptr ? f->name.data() : nullptr;  // string literals: NUL-terminated
 }
 
 embag_status embag_row_bytes(int32_t dtype, int64_t dim, int64_t* bytes) {

@@ -3,6 +3,7 @@
 #include "dispatch/dispatch.hpp"
 
 #include "embag/quantize.hpp"
+#include "formats/formats.hpp"
 
 #include <charconv>
 #include <cmath>
@@ -339,13 +340,9 @@ void validate_disjoint(std::span<const byte_range> outputs, std::span<const byte
   }
 }
 
-bool is_dtype(dtype type) noexcept {
-  return static_cast<unsigned>(type) <= static_cast<unsigned>(dtype::int4_rowwise);
-}
-
 std::int64_t validate_compressed(const char* name, const compressed_table_view& t) {
   const std::string n(name);
-  if (!is_dtype(t.element_type))
+  if (format_of(t.element_type) == nullptr)
     fail(errc::invalid_option, n + ".element_type = " + str(std::int64_t(t.element_type)) + " is not a dtype");
   if (t.rows < 0) fail(errc::invalid_shape, n + " has " + str(t.rows) + " rows (must be >= 0)");
   const std::int64_t bytes = row_bytes(t.element_type, t.dim);

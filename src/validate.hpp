@@ -7,14 +7,10 @@
 #include <span>
 
 #include "embag/quantize.hpp"
+#include "limits.hpp"
 #include "request.hpp"
 
 namespace embag::detail {
-
-// The largest array validation admits: 2^56 bytes, the user address space of x86-64 with 5-level
-// paging (AArch64's is smaller). No real array is larger, and one claiming to be would make the
-// overlap checks depend on where the real buffers happen to lie.
-inline constexpr std::int64_t max_array_bytes = std::int64_t{1} << 56;
 
 // The bytes `rows` strided rows span (rows - 1 strides, then one row of row_units), in units of
 // unit_bytes; nothing when that overflows or passes max_array_bytes.
@@ -65,7 +61,6 @@ byte_range matrix_bytes(const char* name, const void* data, std::int64_t rows, s
 
 // A compressed table view (embag/quantize.hpp): a dtype, rows >= 0, a stride (bytes) of at least
 // row_bytes, in range, non-null. Returns the effective row stride in bytes.
-bool is_dtype(dtype type) noexcept;
 std::int64_t validate_compressed(const char* name, const compressed_table_view& t);
 
 }  // namespace embag::detail

@@ -20,6 +20,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <iterator>
 #include <optional>
 #include <span>
 #include <string>
@@ -46,7 +47,7 @@ struct bench_options {
   std::vector<operation> ops = {operation::forward_sum, operation::forward_mean, operation::forward_max,
                                 operation::forward_weighted_sum, operation::backward_dense,
                                 operation::backward_sparse};
-  std::vector<dtype> types = {dtype::f32, dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise};
+  std::vector<dtype> types{std::begin(all_dtypes), std::end(all_dtypes)};
   std::string json_path, chart_path;
   double seconds_per_result = 0.3;
 };

@@ -1,6 +1,6 @@
 #include "reference/reference.hpp"
 
-#include "rows.hpp"
+#include "formats/formats.hpp"
 
 #include <map>
 #include <vector>
