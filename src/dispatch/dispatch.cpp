@@ -23,26 +23,8 @@
 namespace embag {
 namespace {
 
-// What this build compiled (meson defines EMBAG_HAVE_<ISA> for each kernel library it built).
-constexpr bool built(isa which) noexcept {
-  switch (which) {
-    case isa::reference: return true;
-#ifdef EMBAG_HAVE_SSE2
-    case isa::sse2: return true;
-#endif
-#ifdef EMBAG_HAVE_AVX2
-    case isa::avx2: return true;
-#endif
-#ifdef EMBAG_HAVE_AVX512
-    case isa::avx512: return true;
-#endif
-#ifdef EMBAG_HAVE_NEON
-    case isa::neon: return true;
-#endif
-    default: return false;
-  }
-}
-
+// What this CPU runs, per ISA: the instructions its kernel source is compiled with (src/meson.build).
+bool runs_everywhere() noexcept { return true; }
 #if defined(__x86_64__)
 // F16C (the fp16 conversions compressed tables use), from CPUID: clang 14's __builtin_cpu_supports
 // does not know "f16c".
@@ -55,27 +37,85 @@ bool cpu_has_f16c() noexcept {
   }();
   return has;
 }
+// libgcc's __builtin_cpu_supports checks XCR0 (the OS saves the YMM/ZMM state) as well as CPUID,
+// which xsimd 8.1's own detection skips.
+bool runs_sse2() noexcept { return __builtin_cpu_supports("sse2"); }
+bool runs_avx2() noexcept { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c(); }
+bool runs_avx512() noexcept {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && cpu_has_f16c();
+}
+bool runs_neon() noexcept { return false; }
+#else
+bool runs_sse2() noexcept { return false; }
+bool runs_avx2() noexcept { return false; }
+bool runs_avx512() noexcept { return false; }
+bool runs_neon() noexcept {
+#if defined(__aarch64__)
+  return true;  // part of the AArch64 base
+#else
+  return false;
+#endif
+}
 #endif
 
-// What this CPU runs. libgcc's __builtin_cpu_supports checks XCR0 (the OS saves the YMM/ZMM state)
-// as well as CPUID, which xsimd 8.1's own detection skips.
-bool cpu_runs(isa which) noexcept {
+using kernels_fn = const detail::kernel_table& (*)() noexcept;
+
+// The kernel table of each ISA this build compiled (meson defines EMBAG_HAVE_<ISA> for each kernel
+// library it built), else null.
+constexpr kernels_fn compiled_kernels(isa which) noexcept {
   switch (which) {
-    case isa::reference: return true;
-#if defined(__x86_64__)
-    case isa::sse2: return __builtin_cpu_supports("sse2");
-    case isa::avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
-    case isa::avx512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && cpu_has_f16c();
-#elif defined(__aarch64__)
-    case isa::neon: return true;  // part of the AArch64 base
+#ifdef EMBAG_HAVE_SSE2
+    case isa::sse2: return detail::kernels_sse2;
 #endif
-    default: return false;
+#ifdef EMBAG_HAVE_AVX2
+    case isa::avx2: return detail::kernels_avx2;
+#endif
+#ifdef EMBAG_HAVE_AVX512
+    case isa::avx512: return detail::kernels_avx512;
+#endif
+#ifdef EMBAG_HAVE_NEON
+    case isa::neon: return detail::kernels_neon;
+#endif
+    default: return nullptr;
   }
 }
 
+// The ISA registry: one row per ISA, in the order of all_isas (lowest first). The reference has no
+// kernel table: its whole-call algorithm (src/reference/) runs instead. Adding an ISA: its row
+// here (with its CPU predicate and its case in compiled_kernels), its kernel source
+// src/kernels/isa_<name>.cpp, and its flags in src/meson.build; and the enum value.
+struct isa_entry {
+  isa which;
+  std::string_view name;
+  bool (*cpu_runs)() noexcept;
+  kernels_fn kernels;  // null: the reference, or an ISA this build did not compile
+};
+
+constexpr isa_entry registry[] = {
+    {isa::reference, "reference", runs_everywhere, nullptr},
+    {isa::sse2, "sse2", runs_sse2, compiled_kernels(isa::sse2)},
+    {isa::avx2, "avx2", runs_avx2, compiled_kernels(isa::avx2)},
+    {isa::avx512, "avx512", runs_avx512, compiled_kernels(isa::avx512)},
+    {isa::neon, "neon", runs_neon, compiled_kernels(isa::neon)},
+};
+
+constexpr bool registry_follows_all_isas() {
+  if (std::size(registry) != std::size(all_isas)) return false;
+  for (std::size_t i = 0; i < std::size(registry); ++i)
+    if (registry[i].which != all_isas[i]) return false;
+  return true;
+}
+static_assert(registry_follows_all_isas(), "one registry row per ISA, in all_isas' order");
+
+const isa_entry* entry_of(isa which) noexcept {
+  for (const isa_entry& e : registry)
+    if (e.which == which) return &e;
+  return nullptr;
+}
+
+bool built(isa which) noexcept { return which == isa::reference || entry_of(which)->kernels != nullptr; }
+bool cpu_runs(isa which) noexcept { return entry_of(which)->cpu_runs(); }
 
 std::string available_list() {
   std::string names;
@@ -115,14 +155,8 @@ std::atomic<isa>& active() {
 }  // namespace
 
 std::string_view to_string(isa which) noexcept {
-  switch (which) {
-    case isa::reference: return "reference";
-    case isa::sse2: return "sse2";
-    case isa::avx2: return "avx2";
-    case isa::avx512: return "avx512";
-    case isa::neon: return "neon";
-  }
-  return "unknown";
+  const isa_entry* e = entry_of(which);
+  return e != nullptr ? e->name : "unknown";
 }
 
 std::optional<isa> isa_from_string(std::string_view name) noexcept {
@@ -194,22 +228,9 @@ isa resolve_isa(std::optional<isa> requested) {
 }
 
 const kernel_table& kernels_of(isa which) noexcept {
-  switch (which) {
-#ifdef EMBAG_HAVE_SSE2
-    case isa::sse2: return kernels_sse2();
-#endif
-#ifdef EMBAG_HAVE_AVX2
-    case isa::avx2: return kernels_avx2();
-#endif
-#ifdef EMBAG_HAVE_AVX512
-    case isa::avx512: return kernels_avx512();
-#endif
-#ifdef EMBAG_HAVE_NEON
-    case isa::neon: return kernels_neon();
-#endif
-    default: break;
-  }
-  std::abort();  // resolve_isa admits only built ISAs; reference never reaches the kernels
+  const isa_entry* e = entry_of(which);
+  if (e == nullptr || e->kernels == nullptr) std::abort();  // resolve_isa admits only built ISAs; reference never gets here
+  return e->kernels();
 }
 
 index_extremes scan_indices(const void* indices, index_type kind, std::int64_t n) noexcept {
