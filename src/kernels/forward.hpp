@@ -221,7 +221,7 @@ struct fixed_dim_forward {
       if (r.mode == mode::mean) {
         const float divisor = weighted ? weight_sum : static_cast<float>(count);
         const batch div(divisor);
-        for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : acc[k] / div;
+        for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : divide(acc[k], div);
       }
       for (std::int64_t k = 0; k < sum_group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
     }
