@@ -7,10 +7,12 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <new>
 #include <optional>
 #include <string>
+#include <variant>
 
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
@@ -20,8 +22,9 @@
 
 struct embag_table {
   embag::detail::stored_table stored;  // validated as the C++ API validates its tables
-  std::optional<embag::npy_array> file;  // the mapped (or copied) .npy file the rows live in
-  std::optional<embag::compressed_table> owned;  // the rows quantize made, or an .embag file's
+  // what holds the rows when the handle owns them: a mapped (or copied) .npy or .embag file, or
+  // the rows quantize made
+  std::variant<std::monostate, embag::npy_array, embag::compressed_table> storage;
 };
 
 namespace {
@@ -238,6 +241,14 @@ std::unique_ptr<embag_table> new_table(const View& rows) {
   return t;
 }
 
+// A table handle owning `storage`, over the rows rows_of(storage) names.
+template <class Storage, class Rows>
+std::unique_ptr<embag_table> owning_table(Storage storage, Rows rows_of) {
+  auto t = new_table(rows_of(storage));
+  t->storage = std::move(storage);  // the rows stay where they are: mapped, or on the heap
+  return t;
+}
+
 // The table's rows as floats, for the calls that need an f32 table.
 embag::table_view<const float> float_rows(const embag_table& t, const char* call) {
   if (t.stored.type != embag::dtype::f32)
@@ -301,10 +312,7 @@ embag_status embag_table_open_npy(const char* path, uint32_t flags, embag_table*
   return guarded([&] {
     embag_table*& result = required(out, "out");
     required(path, "path");
-    embag::npy_array file = embag::npy_array::open(path, load_of(flags));
-    auto table = new_table(file.as_table());
-    table->file = std::move(file);
-    result = table.release();
+    result = owning_table(embag::npy_array::open(path, load_of(flags)), std::mem_fn(&embag::npy_array::as_table)).release();
   });
 }
 
@@ -354,10 +362,8 @@ embag_status embag_table_open_embag(const char* path, uint32_t flags, embag_tabl
   return guarded([&] {
     embag_table*& result = required(out, "out");
     required(path, "path");
-    embag::compressed_table file = embag::compressed_table::open(path, load_of(flags));
-    auto table = new_table(file.view());
-    table->owned = std::move(file);
-    result = table.release();
+    result = owning_table(embag::compressed_table::open(path, load_of(flags)), std::mem_fn(&embag::compressed_table::view))
+                 .release();
   });
 }
 
@@ -367,10 +373,9 @@ embag_status embag_quantize(const embag_table* source, int32_t dtype, const emba
     embag_table*& result = required(out, "out");
     const embag::table_view<const float> rows = float_rows(required(source, "source"), "embag_quantize");
     const embag::dtype to = dtype_of("dtype", dtype);
-    embag::compressed_table quantized = embag::quantize(rows, to, execution_of(options, rows.rows));
-    auto table = new_table(quantized.view());
-    table->owned = std::move(quantized);
-    result = table.release();
+    result = owning_table(embag::quantize(rows, to, execution_of(options, rows.rows)),
+                          std::mem_fn(&embag::compressed_table::view))
+                 .release();
   });
 }
 

@@ -6,18 +6,27 @@
    older CPU). Kernel objects must share no weak symbol with any other object.
 2. On x86-64, objects outside src/kernels/isa_*.cpp must hold no VEX/EVEX instruction (ymm/zmm
    registers or v-prefixed SSE forms): the library has to run on any x86-64.
-3. On x86-64, every kernel object holds its software prefetches (L1 and L2 hints).
+3. Every kernel object holds its software prefetches (L1 and L2 hints).
 
-usage: check_objects.py libembag.a
+usage: check_objects.py CPU_FAMILY NM OBJDUMP libembag.a
+(meson's host cpu family and its nm and objdump: a cross build's archive needs the cross tools)
 """
 import re
 import subprocess
 import sys
 
 
-def members(archive):
+# Per cpu family: a substring of every prefetch line (tested before the regular expression), the
+# expression that captures the instruction, and what __builtin_prefetch(p, 0, 3) and (p, 0, 1) become.
+PREFETCHES = {
+    "x86_64": ("prefetcht", re.compile(r"\t(prefetcht[012])"), {"prefetcht0", "prefetcht2"}),
+    "aarch64": ("prfm", re.compile(r"\tprfm\t(pldl[123]keep)"), {"pldl1keep", "pldl3keep"}),
+}
+
+
+def members(nm, archive):
     """{member name: nm lines} for each object in the archive."""
-    out = subprocess.run(["nm", "--defined-only", archive], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([nm, "--defined-only", archive], check=True, capture_output=True, text=True).stdout
     result, current = {}, None
     for line in out.splitlines():
         if line.endswith(":") and line.strip():
@@ -28,8 +37,8 @@ def members(archive):
     return result
 
 
-def main(archive):
-    objects = members(archive)
+def main(cpu_family, nm, objdump, archive):
+    objects = members(nm, archive)
     kernels = {m for m in objects if re.search(r"isa_\w+\.cpp\.o$", m)}
     if not kernels:
         print(f"no kernel objects found in {archive}: {sorted(objects)}")
@@ -47,12 +56,13 @@ def main(archive):
             for s in sorted(shared)[:10]:
                 print(f"ODR: weak symbol {s} is defined in {k} and in {other}")
             failures += len(shared)
-    if subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip() == "x86_64":
+    if cpu_family in PREFETCHES:
+        prefetch_substring, prefetch, expected = PREFETCHES[cpu_family]
         vex = re.compile(r"%[yz]mm\d|\tv[a-z0-9]+\s")
         baseline = sorted(set(objects) - kernels)
         # Streamed, with a substring test before any regular expression: a sanitized build's
         # archive disassembles to tens of millions of lines, nearly all of them kernel code.
-        dump = subprocess.Popen(["objdump", "-d", "--no-show-raw-insn", archive], stdout=subprocess.PIPE,
+        dump = subprocess.Popen([objdump, "-d", "--no-show-raw-insn", archive], stdout=subprocess.PIPE,
                                 text=True, bufsize=1 << 20)
         current, in_kernel = None, False
         prefetches = {k: set() for k in kernels}
@@ -63,11 +73,11 @@ def main(archive):
                     current = m.group(1)
                     in_kernel = current in kernels
             elif in_kernel:
-                if "prefetcht" in line:
-                    p = re.search(r"\t(prefetcht[012])", line)
+                if prefetch_substring in line:
+                    p = prefetch.search(line)
                     if p:
                         prefetches[current].add(p.group(1))
-            elif current in baseline and vex.search(line):
+            elif cpu_family == "x86_64" and current in baseline and vex.search(line):
                 print(f"ISA leak: {current}: {line.strip()}")
                 failures += 1
                 if failures > 20:
@@ -81,7 +91,7 @@ def main(archive):
         dump.wait()
         # GCC 12 once deleted every prefetch as a side-effect-free call: each kernel must keep both.
         for k, found in sorted(prefetches.items()):
-            if found != {"prefetcht0", "prefetcht2"}:
+            if found != expected:
                 print(f"prefetch lost: {k} has {sorted(found) or 'no prefetch instructions'}")
                 failures += 1
     print(f"{len(kernels)} kernel objects, {len(objects) - len(kernels)} baseline objects: "
@@ -90,4 +100,4 @@ def main(archive):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:]))

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """`meson install` of the current build into a temporary DESTDIR, then the consumers of
-tests/consumer/ built the way a user would (plain cc / c++ with `pkg-config --cflags --libs embag`)
-and run against the installed shared library. Also checks that the README's C example is
+tests/consumer/ built the way a user would ($CC / $CXX, cc / c++ unless set, with
+`pkg-config --cflags --libs embag`) and run against the installed shared library ($EXE_WRAPPER
+before the program when set: qemu-user in a cross build). Also checks that the README's C example is
 tests/consumer/example.c, word for word.
 
 Usage: install_test.py BUILD_DIR SOURCE_DIR [B_SANITIZE]"""
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -52,12 +54,17 @@ def main():
         env = dict(os.environ, PKG_CONFIG_PATH=str(pc.parent), PKG_CONFIG_SYSROOT_DIR=str(root))
         flags = run(["pkg-config", "--cflags", "--libs", "embag"], env=env).split()
         run_env = dict(os.environ, LD_LIBRARY_PATH=str(shared.parent))
-        for source, compiler, std in (("example.c", "cc", "-std=c99"), ("example.cpp", "c++", "-std=c++20")):
+        wrapper = shlex.split(os.environ.get("EXE_WRAPPER", ""))
+        compilers = (("example.c", os.environ.get("CC", "cc"), "-std=c99"),
+                     ("example.cpp", os.environ.get("CXX", "c++"), "-std=c++20"))
+        for source, compiler, std in compilers:
             exe = pathlib.Path(tmp) / source.replace(".", "_")
-            run([compiler, std, "-Wall", "-Wextra", "-Werror", consumer / source, "-o", exe] + sanitizer_flags + flags)
-            output = run([exe], env=run_env)
-            # the installed library, not the build tree's, answered
-            maps = run(["ldd", exe], env=run_env)
+            run(shlex.split(compiler) + [std, "-Wall", "-Wextra", "-Werror", consumer / source, "-o", exe] +
+                sanitizer_flags + flags)
+            output = run(wrapper + [exe], env=run_env)
+            # the installed library, not the build tree's, answered: the dynamic loader's list of
+            # what it loads (what ldd prints, and the loader of a foreign program prints it too)
+            maps = run(wrapper + [exe], env=dict(run_env, LD_TRACE_LOADED_OBJECTS="1"))
             if str(shared.parent) not in maps:
                 sys.exit(f"install_test: {source} did not load libembag from {shared.parent}:\n{maps}")
             print(f"{source}: {output.strip()}")

@@ -220,7 +220,7 @@ struct fixed_dim_forward {
       if (r.reduce.scaling != bag_scaling::none) {
         const float divisor = bag_divisor(r.reduce.scaling, weighted, tally);
         const batch div(divisor);
-        for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : acc[k] / div;
+        for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : divide(acc[k], div);
       }
       for (std::int64_t k = 0; k < sum_group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
     }

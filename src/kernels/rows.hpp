@@ -1,12 +1,13 @@
 // Table rows as fp32 batches, whatever their element type: the dequantisation forward does inside
 // its loop (layouts in include/embag/quantize.hpp). Each element becomes exactly the fp32 value the
-// scalar decode in src/quantize.cpp gives: fp16 and bf16 widen exactly, the rowwise formats compute
+// scalar decode in src/formats/ gives: fp16 and bf16 widen exactly, the rowwise formats compute
 // float(q) * scale + bias as a multiply then an add (the build disables FMA contraction). So a
 // kernel reading a compressed table agrees bit for bit with the fp32 reference on the dequantised
 // table.
 //
-// The widening uses the ISA's instructions where it has them (AVX-512F and F16C convert fp16;
-// integer widening on SSE2/AVX2/AVX-512) and a portable scalar fill elsewhere (NEON for now).
+// The widening uses each ISA's instructions: AVX-512F, F16C and NEON convert fp16 (exactly, whatever
+// the denormal flags); SSE2 widens it with integer operations; the integer types widen with each
+// ISA's zero extensions.
 #pragma once
 
 #include <bit>
@@ -16,6 +17,8 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 namespace embag::detail::EMBAG_ISA_NS {
@@ -44,15 +47,10 @@ template <class Arch>
 inline constexpr bool is_avx2 = std::is_base_of_v<xsimd::avx2, Arch>;
 template <class Arch>
 inline constexpr bool is_sse2 = std::is_base_of_v<xsimd::sse2, Arch>;
-
-// One batch from `lanes` scalars decoded by element(i): the portable path.
-template <class Arch, class Element>
-inline xsimd::batch<float, Arch> fill_batch(Element&& element) noexcept {
-  using batch = xsimd::batch<float, Arch>;
-  alignas(64) float values[batch::size];
-  for (std::size_t i = 0; i < batch::size; ++i) values[i] = element(i);
-  return batch::load_aligned(values);
-}
+// Each widening below handles every ISA the registry builds; one it does not know fails to
+// compile (static_assert on this) instead of decoding some other way.
+template <class Arch>
+inline constexpr bool no_widening_for = false;
 
 // lanes fp16 values at p.
 template <class Arch>
@@ -75,9 +73,12 @@ inline xsimd::batch<float, Arch> widen_f16(const std::byte* p) noexcept {
     const __m128i is_subnormal = _mm_cmplt_epi32(magnitude, _mm_set1_epi32(0x0400));
     const __m128i bits = _mm_or_si128(_mm_and_si128(is_subnormal, subnormal), _mm_andnot_si128(is_subnormal, normal));
     return _mm_castsi128_ps(_mm_or_si128(sign, bits));
-  } else
+  } else {
+    static_assert(no_widening_for<Arch>, "widen_f16: no widening for this ISA");
+  }
+#elif defined(__aarch64__)
+  return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(reinterpret_cast<const std::uint8_t*>(p))));
 #endif
-    return fill_batch<Arch>([p](std::size_t i) { return float_from_f16_bits(load_bytes<std::uint16_t>(p + 2 * i)); });
 }
 
 // lanes bf16 values at p: each the upper half of an fp32.
@@ -91,8 +92,10 @@ inline xsimd::batch<float, Arch> widen_bf16(const std::byte* p) noexcept {
   else if constexpr (is_sse2<Arch>)
     return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   else
+    static_assert(no_widening_for<Arch>, "widen_bf16: no widening for this ISA");
+#elif defined(__aarch64__)
+  return vreinterpretq_f32_u32(vshll_n_u16(vreinterpret_u16_u8(vld1_u8(reinterpret_cast<const std::uint8_t*>(p))), 16));
 #endif
-    return fill_batch<Arch>([p](std::size_t i) { return float_from_bf16_bits(load_bytes<std::uint16_t>(p + 2 * i)); });
 }
 
 // lanes unsigned bytes at p, as floats 0..255.
@@ -107,9 +110,12 @@ inline xsimd::batch<float, Arch> widen_u8(const std::byte* p) noexcept {
     const __m128i zero = _mm_setzero_si128();
     const __m128i bytes = _mm_cvtsi32_si128(load_bytes<std::int32_t>(p));
     return _mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(bytes, zero), zero));
-  } else
+  } else {
+    static_assert(no_widening_for<Arch>, "widen_u8: no widening for this ISA");
+  }
+#elif defined(__aarch64__)
+  return vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vcreate_u8(load_bytes<std::uint32_t>(p))))));
 #endif
-    return fill_batch<Arch>([p](std::size_t i) { return static_cast<float>(std::to_integer<int>(p[i])); });
 }
 
 // On AVX2 and AVX-512 widen_u4 leaves each odd element's nibble where it is in its byte, so the
@@ -138,11 +144,15 @@ inline xsimd::batch<float, Arch> widen_u4(const std::byte* p) noexcept {
     const __m128i nibbles = _mm_or_si128(_mm_and_si128(words, _mm_set1_epi16(0x000f)),
                                          _mm_and_si128(_mm_slli_epi16(words, 4), _mm_set1_epi16(0x0f00)));
     return _mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(nibbles, zero), zero));
-  } else
+  } else {
+    static_assert(no_widening_for<Arch>, "widen_u4: no widening for this ISA");
+  }
+#elif defined(__aarch64__)
+  // the two bytes in every lane, shifted right by 0, 4, 8 and 12 bits: lane i's nibble at the bottom
+  const int32x4_t nibble_shifts = {0, -4, -8, -12};
+  const uint32x4_t shifted = vshlq_u32(vdupq_n_u32(load_bytes<std::uint16_t>(p)), nibble_shifts);
+  return vcvtq_f32_u32(vandq_u32(shifted, vdupq_n_u32(15)));
 #endif
-    return fill_batch<Arch>([p](std::size_t i) {
-      return static_cast<float>((std::to_integer<unsigned>(p[i / 2]) >> (4 * (i % 2))) & 15u);
-    });
 }
 
 // scale in the even lanes, scale / u4_odd_factor in the odd ones.
