@@ -61,6 +61,18 @@ bool runs_neon() noexcept {
 
 using kernels_fn = const detail::kernel_table& (*)() noexcept;
 
+}  // namespace
+
+namespace detail {
+// Each defined in its src/kernels/isa_<name>.cpp, present when meson built that ISA.
+const kernel_table& kernels_sse2() noexcept;
+const kernel_table& kernels_avx2() noexcept;
+const kernel_table& kernels_avx512() noexcept;
+const kernel_table& kernels_neon() noexcept;
+}  // namespace detail
+
+namespace {
+
 // The kernel table of each ISA this build compiled (meson defines EMBAG_HAVE_<ISA> for each kernel
 // library it built), else null.
 constexpr kernels_fn compiled_kernels(isa which) noexcept {

@@ -7,12 +7,6 @@
 
 namespace embag::detail {
 
-// Each defined in its src/kernels/isa_<name>.cpp, present when meson built that ISA.
-const kernel_table& kernels_sse2() noexcept;
-const kernel_table& kernels_avx2() noexcept;
-const kernel_table& kernels_avx512() noexcept;
-const kernel_table& kernels_neon() noexcept;
-
 // The ISA a call runs on: the per-call choice if any (an error if unavailable), else the active one.
 isa resolve_isa(std::optional<isa> requested);
 // The kernels of an ISA other than reference.
