@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <random>
 
 #include "embag/quantize.hpp"
@@ -66,7 +67,7 @@ TEST(CompressedForward, EveryDtypeModeAndIsaMatchesTheReferenceOnTheDequantisedT
               (unsigned long long)(seed0 + n - 1));
   for (isa which : available_isas()) std::printf(" %s", std::string(to_string(which)).c_str());
   std::printf("\n");
-  int modes_seen[4] = {}, fixed_dims = 0, weighted = 0;
+  int modes_seen[std::size(all_modes)] = {}, fixed_dims = 0, weighted = 0;
   for (int i = 0; i < n; ++i) {
     case_limits limits;
     limits.allow_max_norm = false;  // an error on compressed tables (tested below)
@@ -100,7 +101,7 @@ TEST(CompressedForward, EveryDtypeModeAndIsaMatchesTheReferenceOnTheDequantisedT
   }
   // The draw must have reached what the test claims to cover.
   if (n >= 100) {
-    for (int m = 0; m < 4; ++m) EXPECT_GT(modes_seen[m], 0) << "mode " << m;
+    for (const mode m : all_modes) EXPECT_GT(modes_seen[static_cast<int>(m)], 0) << "mode " << to_string(m);
     EXPECT_GT(fixed_dims, 0);
     EXPECT_GT(weighted, 0);
   }

@@ -73,8 +73,7 @@ struct job {
                               narrow_offsets ? index_span(offsets32) : index_span(offsets), weights);
   }
   std::string describe() const {
-    const char* modes[] = {"sum", "mean", "max", "none"};
-    return std::string(name_of(kind)) + " mode=" + modes[int(opts.mode)] + (weights.empty() ? "" : " weighted") +
+    return std::string(name_of(kind)) + " mode=" + std::string(to_string(opts.mode)) + (weights.empty() ? "" : " weighted") +
            " idx" + (narrow_indices ? "32" : "64") + " offsets" + (narrow_offsets ? "32" : "64") +
            " B=" + std::to_string(num_bags()) + " nnz=" + std::to_string(indices.size()) +
            (opts.padding_idx ? " padding=" + std::to_string(*opts.padding_idx) : "") +
