@@ -2,7 +2,7 @@
 // the forward and backward kernels read a call's mode through its `reduction` (how rows combine,
 // what the combination is divided by) instead of testing modes one by one. A new reduction is a
 // row of reduction_of, and, if it divides differently, a case of bag_divisor and of
-// divisor_slope below.
+// scaled_weight_gradient below.
 //
 // The functions here do float arithmetic and are included by the per-ISA kernel sources as well
 // as by baseline code: they have internal linkage, so each translation unit keeps its own copy,
@@ -75,10 +75,13 @@ inline float bag_divisor(bag_scaling s, bool weighted, const bag_tally& t) noexc
 // x / divisor, or 0 when the divisor is 0.
 inline float divided(float x, float divisor) noexcept { return divisor == 0.0f ? 0.0f : x / divisor; }
 
-// d divisor / d w_j for a weighted bag: 1 for mean, w_j / divisor for sqrtn. The weights' gradient
-// of a scaled bag is (<dY, x_j> - slope_j * (sum_i w_i <dY, x_i>) / divisor) / divisor.
-inline float divisor_slope(bag_scaling s, float weight, float divisor) noexcept {
-  return s == bag_scaling::sqrtn ? weight / divisor : 1.0f;
+// The weights' gradient of position j of a scaled bag, from g = <dY, x_j> and weighted_sum =
+// sum_i w_i <dY, x_i>: (g - slope_j * weighted_sum / divisor) / divisor, slope_j = d divisor / d w_j
+// (1 for mean, w_j / divisor for sqrtn); 0 when the divisor is 0.
+inline float scaled_weight_gradient(bag_scaling s, float g, float weight, float weighted_sum, float divisor) noexcept {
+  if (divisor == 0.0f) return 0.0f;
+  const float slope = s == bag_scaling::sqrtn ? weight / divisor : 1.0f;
+  return (g - slope * (weighted_sum / divisor)) / divisor;
 }
 
 }  // namespace

@@ -166,8 +166,7 @@ void weights_grad_typed(const weights_grad_request& w, const bag_block& block) {
     const float divisor = bag_divisor(scaling, true, tally);
     for (std::int64_t p = begin; p < end; ++p) {
       if (indices[p] == r.padding_idx) continue;
-      const float slope = divisor_slope(scaling, r.bags.weights[p], divisor);
-      w.grad_weights[p] = divisor == 0.0f ? 0.0f : (w.grad_weights[p] - slope * (weighted_sum / divisor)) / divisor;
+      w.grad_weights[p] = scaled_weight_gradient(scaling, w.grad_weights[p], r.bags.weights[p], weighted_sum, divisor);
     }
   });
 }

@@ -192,8 +192,7 @@ void weights_grad(const weights_grad_request& w) {
     const float divisor = bag_divisor(r.reduce.scaling, true, tally);
     for (std::int64_t j = bags.begin[b]; j < bags.begin[b + 1]; ++j) {
       if (bags.indices[j] == r.padding_idx) continue;
-      const float slope = divisor_slope(r.reduce.scaling, r.bags.weights[j], divisor);
-      w.grad_weights[j] = divisor == 0.0f ? 0.0f : (w.grad_weights[j] - slope * (weighted_sum / divisor)) / divisor;
+      w.grad_weights[j] = scaled_weight_gradient(r.reduce.scaling, w.grad_weights[j], r.bags.weights[j], weighted_sum, divisor);
     }
   }
 }
