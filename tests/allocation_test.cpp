@@ -99,8 +99,8 @@ TEST(Allocation, CounterSeesAllocations) {
 }
 
 // Calls big enough to split into blocks on several threads.
-case_limits medium_calls() {
-  case_limits limits;
+call_limits medium_calls() {
+  call_limits limits;
   limits.max_rows = 5000;
   limits.max_bags = 400;
   limits.max_bag_length = 40;
@@ -112,7 +112,7 @@ class ForwardAllocation : public ::testing::TestWithParam<isa> {};
 TEST_P(ForwardAllocation, NoneAfterWarmUp) {
   SKIP_WITHOUT_COUNTER();
   for (std::uint64_t seed = 1; seed <= 40; ++seed) {
-    call_case c = random_case(seed, medium_calls());
+    call_case c = random_call(seed, medium_calls());
     if (c.opts.max_norm && c.opts.max_norm_mode == max_norm_flavour::in_place) c.opts.max_norm_mode = max_norm_flavour::clip;
     SCOPED_TRACE(c.describe());
     std::vector<float> out(static_cast<std::size_t>(std::max<std::int64_t>(c.out_rows() * c.out_stride, 1)));
@@ -144,7 +144,7 @@ INSTANTIATE_TEST_SUITE_P(Available, ForwardAllocation, ::testing::ValuesIn(simd_
 TEST(Allocation, BackwardWithReusedWorkspaceAfterWarmUp) {
   SKIP_WITHOUT_COUNTER();
   for (std::uint64_t seed = 100; seed <= 120; ++seed) {
-    const call_case c = random_case(seed, medium_calls());
+    const call_case c = random_call(seed, medium_calls());
     SCOPED_TRACE(c.describe());
     const call_results r = run_case(c, active_isa(), 0);
     if (active_isa() == isa::reference) GTEST_SKIP() << "the reference may allocate";

@@ -69,9 +69,9 @@ TEST(CompressedForward, EveryDtypeModeAndIsaMatchesTheReferenceOnTheDequantisedT
   std::printf("\n");
   int modes_seen[std::size(all_modes)] = {}, fixed_dims = 0, weighted = 0;
   for (int i = 0; i < n; ++i) {
-    case_limits limits;
+    call_limits limits;
     limits.allow_max_norm = false;  // an error on compressed tables (tested below)
-    const call_case c = random_case(seed0 + i, limits);
+    const call_case c = random_call(seed0 + i, limits);
     ++modes_seen[static_cast<int>(c.opts.mode)];
     fixed_dims += c.dim == 16 || c.dim == 32 || c.dim == 64 || c.dim == 128 || c.dim == 256;
     weighted += !c.weights.empty();
@@ -214,7 +214,7 @@ TEST(CompressedForward, BadCallsAreErrorsThatWriteNothing) {
     std::vector<float> out = canary_buffer(2, 32);
     const std::vector<float> before = out;
     try {
-      forward(t, bags::from_offsets(indices, c.boundaries64), opts, {out.data(), 2, 32, 0});
+      forward(t, bags::from_offsets(indices, c.boundaries), opts, {out.data(), 2, 32, 0});
       ADD_FAILURE() << "no error for " << fragment;
     } catch (const error& e) {
       EXPECT_EQ(e.code(), code) << e.what();
@@ -224,16 +224,16 @@ TEST(CompressedForward, BadCallsAreErrorsThatWriteNothing) {
   };
   options clip;
   clip.max_norm = 1.0f;
-  expect_error(clip, c.indices64, q.view(), errc::invalid_option, "max_norm needs an f32 table; this one is int8_rowwise");
+  expect_error(clip, c.indices, q.view(), errc::invalid_option, "max_norm needs an f32 table; this one is int8_rowwise");
   expect_error({}, {1, 2, 10, 4}, q.view(), errc::index_out_of_range, "indices[2] = 10");
   compressed_table_view narrow = q.view();
   narrow.row_stride = row_bytes(dtype::int8_rowwise, 32) - 1;
-  expect_error({}, c.indices64, narrow, errc::invalid_shape, "row_stride");
+  expect_error({}, c.indices, narrow, errc::invalid_shape, "row_stride");
   compressed_table_view unknown = q.view();
   unknown.element_type = static_cast<dtype>(9);
-  expect_error({}, c.indices64, unknown, errc::invalid_option, "is not a dtype");
+  expect_error({}, c.indices, unknown, errc::invalid_option, "is not a dtype");
   compressed_table_view misaligned_f32{q.view().data + 1, 10, 32, 128, dtype::f32};
-  expect_error({}, c.indices64, misaligned_f32, errc::misaligned, "misaligned");
+  expect_error({}, c.indices, misaligned_f32, errc::misaligned, "misaligned");
 }
 
 TEST(CompressedForward, F32ViewsAreTheFp32Path) {

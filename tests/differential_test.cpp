@@ -26,7 +26,7 @@ TEST(Differential, ReferenceAgreesWithLinear) {
   std::printf("reference vs Linear: %d cases, seeds %llu..%llu\n", n, (unsigned long long)base_seed,
               (unsigned long long)(base_seed + n - 1));
   for (int i = 0; i < n; ++i) {
-    const call_case c = random_case(base_seed + i);
+    const call_case c = random_call(base_seed + i);
     SCOPED_TRACE(c.describe());
     const call_results r = run_case(c, isa::reference, 1);
     ASSERT_TRUE(agrees_with_linear(c, r));
@@ -73,9 +73,9 @@ TEST_P(EveryIsa, MatchesReferenceBitForBit) {
   std::printf("%s vs reference: %d cases, seeds %llu..%llu\n", std::string(to_string(which)).c_str(), n,
               (unsigned long long)seed0, (unsigned long long)(seed0 + n - 1));
   for (int i = 0; i < n; ++i) {
-    case_limits limits;
+    call_limits limits;
     limits.allow_nan = true;
-    const call_case c = random_case(seed0 + i, limits);
+    const call_case c = random_call(seed0 + i, limits);
     const int threads = 1 + i % 3;
     SCOPED_TRACE(c.describe() + " threads=" + std::to_string(threads));
     const call_results want = run_case(c, isa::reference, 1);

@@ -13,12 +13,12 @@ namespace {
 
 // Large enough that the plan splits it into many blocks on every thread count above one.
 call_case large_case(std::uint64_t seed) {
-  case_limits limits;
+  call_limits limits;
   limits.max_dim = 130;
   limits.max_rows = 20000;
   limits.max_bags = 3000;
   limits.max_bag_length = 50;
-  return random_case(seed, limits);
+  return random_call(seed, limits);
 }
 
 void expect_same_bits(const call_case& c, const call_results& one, const call_results& many) {
@@ -84,9 +84,8 @@ struct shared_table_calls {
       c.table.clear();
       c.opts.max_norm_mode = max_norm_flavour::clip;  // readers only: the table is never written
       c.out_stride = c.dim;
-      for (std::size_t j = 0; j < c.indices.size(); ++j) c.indices[j] %= c.rows;
-      c.indices32.assign(c.indices.begin(), c.indices.end());
-      c.indices64 = c.indices;
+      for (std::int64_t& i : c.indices) i %= c.rows;
+      c.copy_to_32_bits();
       if (c.opts.padding_idx) c.opts.padding_idx = *c.opts.padding_idx % c.rows;
       batches.push_back(c);
       expected.push_back(call(t, isa::reference, 1));

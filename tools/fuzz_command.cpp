@@ -33,7 +33,7 @@ int run_fuzz(const fuzz_options& o) {
   while ((o.cases == 0 || done < o.cases) && (o.seconds == 0 || elapsed() < o.seconds)) {
     const std::uint64_t case_seed = o.seed + static_cast<std::uint64_t>(done);
     fuzz::seeded_choices source(case_seed);
-    const fuzz::fuzz_call call = fuzz::draw_call(source);
+    const fuzz::fuzz_call call = fuzz::draw_fuzz_call(source);
     for (fuzz::operation op : {fuzz::operation::forward, fuzz::operation::backward}) {
       const fuzz::verdict v = fuzz::check_call(call, op);
       rejected += v.rejected && op == fuzz::operation::forward;

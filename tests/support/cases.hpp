@@ -1,59 +1,27 @@
-// Seeded random calls for the differential tests: a table, bags and options covering the whole
-// option space, and the buffers a call writes, with a one-line description that reproduces it.
+// The calls the tests make, drawn at random or written by hand, and checks of the buffers they
+// write.
 #pragma once
 
 #include <cstdint>
-#include <random>
-#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "embag/embag.hpp"
+#include "fuzz/random_call.hpp"
 
 namespace embag::test {
 
-struct call_case {
-  std::uint64_t seed = 0;
-  std::int64_t rows = 0, dim = 0, row_stride = 0;
-  std::vector<float> table;  // rows x row_stride
-  bool index32 = false, boundary32 = false;
-  std::vector<std::int32_t> indices32, boundaries32;
-  std::vector<std::int64_t> indices64, boundaries64;
-  bag_layout layout = bag_layout::offsets;
-  std::int64_t fixed_length = 0;
-  std::vector<float> weights;
-  options opts;
-  std::int64_t out_stride = 0;  // >= dim
+// The calls are the shared generator's (tools/fuzz/random_call.hpp), which the fuzzers draw from
+// too: random_call(seed, limits) is a test's seeded random call.
+using fuzz::call_case;
+using fuzz::call_limits;
+using fuzz::random_call;
 
-  // Plain copies, whatever the stored types: what tests and the Linear reference read.
-  std::vector<std::int64_t> indices;
-  std::vector<std::int64_t> bag_begin;  // B + 1 entries
-
-  table_view<const float> view() const { return {table.data(), rows, dim, row_stride}; }
-  table_view<float> mutable_view() { return {table.data(), rows, dim, row_stride}; }
-  bags batch() const;
-  std::int64_t num_bags() const { return static_cast<std::int64_t>(bag_begin.size()) - 1; }
-  std::int64_t out_rows() const { return opts.mode == mode::none ? static_cast<std::int64_t>(indices.size()) : num_bags(); }
-  std::int64_t padding() const;  // normalised, or -1
-  std::string describe() const;
-};
-
-struct case_limits {
-  std::int64_t max_dim = 300;
-  std::int64_t max_rows = 400;
-  std::int64_t max_bags = 12;
-  std::int64_t max_bag_length = 24;
-  bool allow_max_norm = true;
-  bool allow_nan = false;  // NaN in some table cells (max must propagate it)
-};
-
-// A random valid call drawn from `seed`.
-call_case random_case(std::uint64_t seed, const case_limits& limits = {});
-
-// A call with bag lengths given explicitly, for hand-written tests.
+// A call with its bags given as offsets and default options, on a normal table (seed 1), for
+// hand-written tests.
 call_case make_case(std::int64_t rows, std::int64_t dim, const std::vector<std::int64_t>& indices,
-                    const std::vector<std::int64_t>& offsets, options opts = {}, std::uint64_t seed = 1);
+                    const std::vector<std::int64_t>& offsets);
 
 // An output buffer (rows x stride) filled with a canary pattern, so unwritten cells are visible.
 std::vector<float> canary_buffer(std::int64_t rows, std::int64_t stride);

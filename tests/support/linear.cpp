@@ -42,9 +42,10 @@ dense incidence(const call_case& c, bool magnitudes) {
       if (c.indices[j] != pad) a.at(static_cast<std::int64_t>(j), c.indices[j]) = 1.0;
     return a;
   }
+  const std::vector<std::int64_t> starts = c.bag_starts();
   for (std::int64_t b = 0; b < c.num_bags(); ++b) {
     double total = 0.0, abs_total = 0.0, squares = 0.0;
-    for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
+    for (std::int64_t j = starts[b]; j < starts[b + 1]; ++j) {
       if (c.indices[j] == pad) continue;
       const double w = c.weights.empty() ? 1.0 : c.weights[j];
       a.at(b, c.indices[j]) += magnitudes ? std::fabs(w) : w;
@@ -103,6 +104,7 @@ dense linear_backward(const call_case& c, const dense& grad_output, bool magnitu
 }
 
 weights_grad_expectation linear_weights_grad(const call_case& c, const dense& grad_output) {
+  const std::vector<std::int64_t> starts = c.bag_starts();
   const dense w = effective_table(c);
   const dense g = matmul(grad_output, transpose(w));                          // B x R: <dY_b, W_r>
   const dense g_abs = matmul(absolute(grad_output), transpose(absolute(w)));  // its error scale
@@ -112,7 +114,7 @@ weights_grad_expectation linear_weights_grad(const call_case& c, const dense& gr
   e.scale.assign(c.indices.size(), 0.0);
   for (std::int64_t b = 0; b < c.num_bags(); ++b) {
     double total = 0.0, abs_total = 0.0, squares = 0.0, weighted = 0.0, weighted_abs = 0.0;
-    for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
+    for (std::int64_t j = starts[b]; j < starts[b + 1]; ++j) {
       if (c.indices[j] == pad) continue;
       e.value[j] = g.at(b, c.indices[j]);
       e.scale[j] = g_abs.at(b, c.indices[j]);
@@ -125,7 +127,7 @@ weights_grad_expectation linear_weights_grad(const call_case& c, const dense& gr
     if (c.opts.mode == mode::sqrtn) {
       // y = sum(w x) / N, N = sqrt(sum w^2): dy/dw_j = (x_j - w_j y / N) / N
       const double n = std::sqrt(squares);
-      for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
+      for (std::int64_t j = starts[b]; j < starts[b + 1]; ++j) {
         if (c.indices[j] == pad) continue;
         const double w = c.weights[j];
         e.value[j] = n == 0.0 ? 0.0 : (e.value[j] - w * weighted / squares) / n;
@@ -133,7 +135,7 @@ weights_grad_expectation linear_weights_grad(const call_case& c, const dense& gr
       }
     }
     if (c.opts.mode != mode::mean) continue;
-    for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
+    for (std::int64_t j = starts[b]; j < starts[b + 1]; ++j) {
       if (c.indices[j] == pad) continue;
       e.value[j] = total == 0.0 ? 0.0 : (e.value[j] - weighted / total) / total;
       // divided by the float sum of the weights twice, whose own rounding is relative to sum|w| / |sum w|
@@ -181,11 +183,12 @@ call_case after_forward(const call_case& c, const call_results& r) {
 
 // Max has no matrix form: each output is the largest value of its bag, from the row argmax names.
 ::testing::AssertionResult max_agrees_with_table(const call_case& c, const call_results& r) {
+  const std::vector<std::int64_t> starts = c.bag_starts();
   const dense w = effective_table(c);
   const std::int64_t pad = c.padding();
   for (std::int64_t b = 0; b < c.num_bags(); ++b) {
     bool any = false;
-    for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) any |= c.indices[j] != pad;
+    for (std::int64_t j = starts[b]; j < starts[b + 1]; ++j) any |= c.indices[j] != pad;
     for (std::int64_t d = 0; d < c.dim; ++d) {
       const std::int64_t winner = r.argmax[b * c.dim + d];
       const float y = r.out[b * c.out_stride + d];
@@ -197,7 +200,7 @@ call_case after_forward(const call_case& c, const call_results& r) {
       // the winner is the first non-padding entry of the bag holding the largest value
       std::int64_t first_best = -1;
       double best = 0;
-      for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
+      for (std::int64_t j = starts[b]; j < starts[b + 1]; ++j) {
         if (c.indices[j] == pad) continue;
         const double v = w.at(c.indices[j], d);
         if (first_best < 0 || v > best) {
@@ -219,6 +222,7 @@ call_case after_forward(const call_case& c, const call_results& r) {
 }  // namespace
 
 ::testing::AssertionResult agrees_with_linear(const call_case& c, const call_results& r) {
+  const std::vector<std::int64_t> starts = c.bag_starts();
   const call_case seen = after_forward(c, r);
   const dense dy = as_dense(r.grad_output, c.out_rows(), c.dim, c.dim);
   // A float sum of n terms may be off by about n roundings of its running value: the allowed
@@ -227,7 +231,7 @@ call_case after_forward(const call_case& c, const call_results& r) {
   std::map<std::int64_t, std::int64_t> repeats;
   for (std::int64_t b = 0; b < c.num_bags(); ++b) {
     std::int64_t n = 0;
-    for (std::int64_t j = c.bag_begin[b]; j < c.bag_begin[b + 1]; ++j) {
+    for (std::int64_t j = starts[b]; j < starts[b + 1]; ++j) {
       if (c.indices[j] == c.padding()) continue;
       ++n;
       most_repeated = std::max(most_repeated, ++repeats[c.indices[j]]);

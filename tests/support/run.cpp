@@ -3,7 +3,7 @@
 namespace embag::test {
 
 std::vector<float> grad_output_for(const call_case& c) {
-  std::mt19937_64 rng(c.seed * 7919 + 17);
+  std::mt19937_64 rng(c.seed.value_or(0) * 7919 + 17);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> g(static_cast<std::size_t>(std::max<std::int64_t>(c.out_rows() * c.dim, 1)));
   for (float& v : g) v = normal(rng);

@@ -8,7 +8,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   embag::fuzz::byte_choices source(data, size);
-  const embag::fuzz::fuzz_call call = embag::fuzz::draw_call(source);
+  const embag::fuzz::fuzz_call call = embag::fuzz::draw_fuzz_call(source);
   const embag::fuzz::verdict v = embag::fuzz::check_call(call, embag::fuzz::operation::EMBAG_FUZZ_OPERATION);
   if (v.mismatch) {
     std::fprintf(stderr, "MISMATCH: %s\n  call: %s\n", v.mismatch->c_str(), call.recipe.c_str());
