@@ -23,4 +23,15 @@ std::vector<T> allocated(std::size_t count, const std::string& what) {
   }
 }
 
+// Grows v's capacity to `count` elements (it never shrinks: a reused vector stops allocating);
+// `what` names it should it not fit.
+template <class T>
+void reserved(std::vector<T>& v, std::size_t count, const std::string& what) {
+  try {
+    v.reserve(count);
+  } catch (const std::bad_alloc&) {
+    out_of_memory(what, count * sizeof(T));
+  }
+}
+
 }  // namespace embag::detail

@@ -12,6 +12,7 @@
 #include <new>
 #include <utility>
 
+#include "embag/batched.hpp"
 #include "embag/quantize.hpp"
 #include "embag/roofline.hpp"
 #include "allocation.hpp"
@@ -21,6 +22,7 @@
 #include "plan.hpp"
 #include "reference/reference.hpp"
 #include "validate.hpp"
+#include "workspace.hpp"
 
 namespace embag {
 namespace {
@@ -34,6 +36,7 @@ class scratch_or_local {
     if (scratch_ == nullptr) scratch_ = &local_.emplace();
   }
   workspace::impl& get() { return scratch_->get(); }
+  workspace& whole() { return *scratch_; }
 
  private:
   workspace* scratch_;
@@ -143,23 +146,6 @@ std::string_view to_string(errc code) noexcept {
   return "unknown";
 }
 
-std::string_view to_string(mode which) noexcept {
-  switch (which) {
-    case mode::sum: return "sum";
-    case mode::mean: return "mean";
-    case mode::max: return "max";
-    case mode::none: return "none";
-    case mode::sqrtn: return "sqrtn";
-  }
-  return "unknown";
-}
-
-std::optional<mode> mode_from_string(std::string_view name) noexcept {
-  for (mode which : all_modes)
-    if (to_string(which) == name) return which;
-  return std::nullopt;
-}
-
 std::int64_t output_rows(const bags& batch, const options& opts) {
   if (reduction_of(opts.mode).pool == pooling::lookup) return batch.indices.size;
   switch (batch.layout) {
@@ -180,14 +166,37 @@ void detail::execute(forward_call& call, workspace* scratch) {
   run_forward(call.which, req, call.how);
 }
 
-void detail::execute(backward_call& call, workspace* scratch) {
-  backward_request& r = call.req;
-  if (call.which == isa::reference) return reference_backward(r, nullptr);
-  if (r.reduce.pool == pooling::sum && !r.scale_grad_by_freq) return run_scatter_kernels(call.which, r, call.how);
-  scratch_or_local ws(scratch);
-  r.transpose = transposed(r, call.how, ws.get());
-  run_row_kernels(call.which, r, call.how);
+// One parallel loop over every table's blocks; the prefetch per table, as its own call would
+// choose it (a table past the LLC takes the candidate its trials decided: the batch cannot time
+// one table alone).
+void detail::execute(const batched_forward_call& call, workspace::impl& ws) {
+  if (call.which == isa::reference) {
+    for (forward_request& req : call.tables) reference::forward(req);
+    return;
+  }
+  for (forward_request& req : call.tables) choose_prefetch(req, call.how.prefetch, false);
+  plan_batched_forward_blocks(call.tables, threads_for(call.how), ws.batched_blocks);
+  const kernel_table& k = kernels_of(call.which);
+  const std::span<const table_block> blocks = ws.batched_blocks;
+  run_blocks(static_cast<std::int64_t>(blocks.size()), call.how,
+             [&](std::int64_t i) { k.forward(call.tables[blocks[i].table], blocks[i].block); });
 }
+
+namespace {
+
+// A validated dense backward: straight from the bags (no workspace needed), or through the row
+// transpose.
+void execute_backward(backward_request& r, isa which, const execution& how, workspace* scratch) {
+  if (which == isa::reference) return reference_backward(r, nullptr);
+  if (r.reduce.pool == pooling::sum && !r.scale_grad_by_freq) return run_scatter_kernels(which, r, how);
+  scratch_or_local ws(scratch);
+  r.transpose = transposed(r, how, ws.get());
+  run_row_kernels(which, r, how);
+}
+
+}  // namespace
+
+void detail::execute(backward_call& call, workspace* scratch) { execute_backward(call.req, call.which, call.how, scratch); }
 
 void detail::execute(const weights_grad_call& call) {
   if (call.which == isa::reference) return reference::weights_grad(call.req);
@@ -216,26 +225,40 @@ void forward(compressed_table_view table, const bags& batch, const options& opts
   execute(call, nullptr);
 }
 
+void concatenate_outputs(std::span<table_lookup> tables, matrix_view<float> out) {
+  std::int64_t cols = 0;
+  for (const table_lookup& t : tables) cols += std::max<std::int64_t>(t.table.dim, 0);
+  if (cols != out.cols)
+    throw error(errc::invalid_shape, "out has " + std::to_string(out.cols) + " columns; the tables' dims sum to " +
+                                         std::to_string(cols));
+  const std::int64_t stride = out.row_stride == 0 ? out.cols : out.row_stride;
+  std::int64_t column = 0;
+  for (table_lookup& t : tables) {
+    t.out = {out.data == nullptr ? nullptr : out.data + column, out.rows, t.table.dim, stride};
+    column += t.table.dim;
+  }
+}
+
+void forward_batched(std::span<const table_lookup> tables, const execution& how, workspace* scratch) {
+  scratch_or_local ws(scratch);
+  const batched_forward_call call = validate_forward_batched(tables, how, ws.get().batched_requests);
+  execute(call, ws.get());
+}
+
 void backward_dense(const bags& batch, const options& opts, matrix_view<const float> grad_output,
                     matrix_view<float> grad_table, std::span<const std::int64_t> argmax, workspace* scratch) {
   backward_call call = validate_backward_dense(batch, opts, grad_output, grad_table, argmax);
   execute(call, scratch);
 }
 
-void backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
-                     matrix_view<const float> grad_output, sparse_gradient& grad,
-                     std::span<const std::int64_t> argmax, workspace* scratch) {
-  const std::int64_t dim = grad_output.cols;
-  backward_call call = validate_backward_sparse(table_rows, batch, opts, grad_output, argmax);
-  const byte_range outputs[] = {
-      {"grad.rows", grad.rows.data(), static_cast<std::int64_t>(grad.rows.capacity() * sizeof(std::int64_t))},
-      {"grad.values", grad.values.data(), static_cast<std::int64_t>(grad.values.capacity() * sizeof(float))}};
-  validate_disjoint(outputs, call.inputs.span());
+namespace {
 
-  if (call.which == isa::reference) return reference_backward(call.req, &grad);
-  scratch_or_local ws(scratch);
-  backward_request& r = call.req;
-  r.transpose = transposed(r, call.how, ws.get());
+// A validated sparse backward's gradient into grad, replacing its contents.
+void sparse_gradient_of(backward_request& r, isa which, const execution& how, sparse_gradient& grad,
+                        workspace::impl& ws) {
+  if (which == isa::reference) return reference_backward(r, &grad);
+  const std::int64_t dim = r.dim;
+  r.transpose = transposed(r, how, ws);
   const std::int64_t unique = r.transpose.num_unique;
   // reserve first: if memory runs out, grad is still what it was
   try {
@@ -249,7 +272,36 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
   grad.rows.assign(r.transpose.unique_rows, r.transpose.unique_rows + unique);
   grad.values.resize(static_cast<std::size_t>(unique * dim));
   r.sparse_values = grad.values.data();
-  run_row_kernels(call.which, r, call.how);
+  run_row_kernels(which, r, how);
+}
+
+}  // namespace
+
+void backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
+                     matrix_view<const float> grad_output, sparse_gradient& grad,
+                     std::span<const std::int64_t> argmax, workspace* scratch) {
+  backward_call call = validate_backward_sparse(table_rows, batch, opts, grad_output, argmax);
+  const byte_range outputs[] = {
+      {"grad.rows", grad.rows.data(), static_cast<std::int64_t>(grad.rows.capacity() * sizeof(std::int64_t))},
+      {"grad.values", grad.values.data(), static_cast<std::int64_t>(grad.values.capacity() * sizeof(float))}};
+  validate_disjoint(outputs, call.inputs.span());
+  scratch_or_local ws(scratch);
+  sparse_gradient_of(call.req, call.which, call.how, grad, ws.get());
+}
+
+void backward_dense_batched(std::span<const table_gradient> tables, std::span<const matrix_view<float>> grad_tables,
+                            const execution& how, workspace* scratch) {
+  scratch_or_local ws(scratch);
+  const batched_backward_call call = validate_backward_batched(tables, grad_tables, {}, how, ws.get().batched_gradients);
+  for (backward_request& r : call.tables) execute_backward(r, call.which, call.how, &ws.whole());
+}
+
+void backward_sparse_batched(std::span<const table_gradient> tables, std::span<sparse_gradient> grads,
+                             const execution& how, workspace* scratch) {
+  scratch_or_local ws(scratch);
+  const batched_backward_call call = validate_backward_batched(tables, {}, grads, how, ws.get().batched_gradients);
+  for (std::size_t t = 0; t < call.tables.size(); ++t)
+    sparse_gradient_of(call.tables[t], call.which, call.how, grads[t], ws.get());
 }
 
 void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, const options& opts,

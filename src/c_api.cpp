@@ -18,7 +18,6 @@
 #include "embag/npy.hpp"
 #include "embag/quantize.hpp"
 #include "call.hpp"
-#include "formats/formats.hpp"
 
 struct embag_table {
   embag::detail::stored_table stored;  // validated as the C++ API validates its tables
@@ -44,12 +43,6 @@ static_assert(EMBAG_ERR_INDEX_OUT_OF_RANGE == int(errc::index_out_of_range) &&
               EMBAG_ERR_BAD_FILE == int(errc::bad_file) && EMBAG_ERR_OUT_OF_MEMORY == int(errc::out_of_memory),
               "embag.h's status codes are embag::errc's values");
 static_assert(EMBAG_ERR_INTERNAL > int(errc::out_of_memory));
-static_assert(EMBAG_ISA_REFERENCE == int(embag::isa::reference) && EMBAG_ISA_SSE2 == int(embag::isa::sse2) &&
-              EMBAG_ISA_AVX2 == int(embag::isa::avx2) && EMBAG_ISA_AVX512 == int(embag::isa::avx512) &&
-              EMBAG_ISA_NEON == int(embag::isa::neon));
-static_assert(EMBAG_MODE_SUM == int(embag::mode::sum) && EMBAG_MODE_MEAN == int(embag::mode::mean) &&
-              EMBAG_MODE_MAX == int(embag::mode::max) && EMBAG_MODE_NONE == int(embag::mode::none) &&
-              EMBAG_MODE_SQRTN == int(embag::mode::sqrtn));
 static_assert(EMBAG_PREFETCH_AUTOMATIC == int(embag::prefetch_level::automatic) &&
               EMBAG_PREFETCH_NONE == int(embag::prefetch_level::none) &&
               EMBAG_PREFETCH_L1 == int(embag::prefetch_level::l1) && EMBAG_PREFETCH_L2 == int(embag::prefetch_level::l2));
@@ -57,10 +50,14 @@ static_assert(EMBAG_BAGS_OFFSETS == int(embag::bag_layout::offsets) &&
               EMBAG_BAGS_LENGTHS == int(embag::bag_layout::lengths) &&
               EMBAG_BAGS_FIXED == int(embag::bag_layout::fixed_length));
 static_assert(EMBAG_INT32 == int(embag::index_type::i32) && EMBAG_INT64 == int(embag::index_type::i64));
-static_assert(EMBAG_DTYPE_F32 == int(embag::dtype::f32) && EMBAG_DTYPE_F16 == int(embag::dtype::f16) &&
-              EMBAG_DTYPE_BF16 == int(embag::dtype::bf16) &&
-              EMBAG_DTYPE_INT8_ROWWISE == int(embag::dtype::int8_rowwise) &&
-              EMBAG_DTYPE_INT4_ROWWISE == int(embag::dtype::int4_rowwise));
+// EMBAG_ISA_*, EMBAG_MODE_* and EMBAG_DTYPE_* need no check: both headers make them from
+// embag/enums.h.
+
+// Whether a C caller's integer is one of an enum's values (`all`: all_isas, all_modes, all_dtypes).
+template <class Enum, std::size_t N>
+bool listed(const Enum (&all)[N], std::int64_t value) noexcept {
+  return std::any_of(std::begin(all), std::end(all), [&](Enum e) { return static_cast<std::int64_t>(e) == value; });
+}
 
 // A fixed buffer: recording an error must not allocate (it may be reporting that memory ran out).
 thread_local char last_error[1024];
@@ -181,7 +178,7 @@ embag::options options_of(const embag_options* given) {
   const embag_options o = read_c_options(given);
   if ((o.flags & ~known_flags) != 0)
     throw error(errc::invalid_option, "options.flags has unknown bits " + std::to_string(o.flags & ~known_flags));
-  if (o.mode < EMBAG_MODE_SUM || o.mode > EMBAG_MODE_SQRTN)
+  if (!listed(embag::all_modes, o.mode))
     throw error(errc::invalid_option, "options.mode = " + std::to_string(o.mode) + " is not an EMBAG_MODE_* mode");
   if (o.isa != EMBAG_ISA_DEFAULT && embag_isa_name(o.isa) == nullptr)
     throw error(errc::invalid_option, "options.isa = " + std::to_string(o.isa) + " is not an EMBAG_ISA_* value");
@@ -329,9 +326,8 @@ embag_status embag_table_shape(const embag_table* table, int64_t* rows, int64_t*
 }
 
 const char* embag_dtype_name(int32_t dtype) {
-  const embag::detail::format* f =
-      dtype >= 0 && dtype <= UINT8_MAX ? embag::detail::format_of(static_cast<embag::dtype>(dtype)) : nullptr;
-  return f != nullptr ? f->name.data() : nullptr;  // string literals: NUL-terminated
+  if (!listed(embag::all_dtypes, dtype)) return nullptr;
+  return embag::to_string(static_cast<embag::dtype>(dtype)).data();  // string literals: NUL-terminated
 }
 
 embag_status embag_row_bytes(int32_t dtype, int64_t dim, int64_t* bytes) {
@@ -470,7 +466,7 @@ embag_status embag_force_isa(int32_t isa) {
 }
 
 const char* embag_isa_name(int32_t isa) {
-  if (isa < EMBAG_ISA_REFERENCE || isa > EMBAG_ISA_NEON) return nullptr;
+  if (!listed(embag::all_isas, isa)) return nullptr;
   return embag::to_string(static_cast<embag::isa>(isa)).data();  // string literals: NUL-terminated
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "allocation.hpp"
 #include "dispatch/dispatch.hpp"
 
 namespace embag::detail {
@@ -104,6 +105,71 @@ forward_call validate_forward(const stored_table& t, const bags& batch, const op
 
 namespace {
 
+// A batched table's output: rows x cols floats, row r at data + r * stride floats.
+struct output_cells {
+  const float* data;
+  std::int64_t rows, cols, stride;
+
+  byte_range bytes(const char* name) const { return matrix_bytes(name, data, rows, cols, stride); }
+};
+
+// Whether two outputs share a cell. With one row stride, outputs side by side in one buffer (a
+// KeyedTensor's tables) overlap as byte ranges but not cell by cell: b's columns start m floats
+// into a's rows (mod the stride), so the windows [0, a.cols) and [m, m + b.cols) never meet when
+// a.cols <= m and m + b.cols <= stride. Other layouts are judged by their byte ranges.
+bool share_a_cell(const output_cells& a, const output_cells& b) {
+  if (!overlap(a.bytes("a"), b.bytes("b"))) return false;
+  if (a.stride != b.stride) return true;
+  // both float-aligned (validated), so their distance is whole floats
+  const auto distance = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data) / sizeof(float) -
+                                                  reinterpret_cast<std::uintptr_t>(a.data) / sizeof(float));
+  const std::int64_t m = ((distance % a.stride) + a.stride) % a.stride;
+  return !(a.cols <= m && m + b.cols <= a.stride);
+}
+
+std::string table_name(std::size_t t) { return "tables[" + std::to_string(t) + "]"; }
+
+}  // namespace
+
+batched_forward_call validate_forward_batched(std::span<const table_lookup> tables, const execution& how,
+                                              std::vector<forward_request>& requests) {
+  validate_execution(how);
+  reserved(requests, tables.size(), "the requests of a batched forward");
+  requests.clear();
+  for (std::size_t t = 0; t < tables.size(); ++t) {
+    const table_lookup& l = tables[t];
+    try {
+      if (!default_execution(l.opts.execution))
+        throw error(errc::invalid_option, "opts.execution is set: a batched call runs every table with its own execution");
+      if (l.opts.max_norm && l.opts.max_norm_mode == max_norm_flavour::in_place)
+        throw error(errc::invalid_option, "max_norm in place in a batched call (other tables' lookups may read the table): clip instead");
+      requests.push_back(validate_forward(stored(l.table), l.batch, l.opts, l.out, {}).req);
+    } catch (const error& e) {
+      throw error(e.code(), table_name(t) + ": " + e.what());
+    }
+  }
+  const auto cells = [&](std::size_t t) {
+    const forward_request& r = requests[t];
+    return output_cells{r.out, rows_of(r.bags, tables[t].opts.mode), r.dim, r.out_stride};
+  };
+  for (std::size_t t = 0; t < tables.size(); ++t) {
+    const output_cells out = cells(t);
+    for (std::size_t u = 0; u < tables.size(); ++u) {
+      if (u == t) continue;
+      const forward_request& r = requests[u];
+      const call_inputs inputs(tables[u].batch, {"table", r.table, r.rows == 0 ? 0 : (r.rows - 1) * r.row_stride + r.row_bytes});
+      for (const byte_range& in : inputs.span())
+        if (overlap(out.bytes("out"), in))
+          throw error(errc::aliasing, table_name(t) + ".out overlaps " + table_name(u) + "'s " + in.name);
+      if (u > t && share_a_cell(out, cells(u)))
+        throw error(errc::aliasing, table_name(t) + ".out and " + table_name(u) + ".out share cells");
+    }
+  }
+  return {requests, resolve_isa(how.isa), how};
+}
+
+namespace {
+
 // What every form of backward checks: options, bags, dY and argmax against a table of
 // table_rows x dim.
 backward_call validate_backward_inputs(std::int64_t table_rows, std::int64_t dim, const bags& batch, const options& opts,
@@ -155,6 +221,73 @@ backward_call validate_backward_sparse(std::int64_t table_rows, const bags& batc
   if (table_rows < 0)
     throw error(errc::invalid_shape, "table_rows = " + std::to_string(table_rows) + " must be >= 0");
   return validate_backward_inputs(table_rows, grad_output.cols, batch, opts, grad_output, argmax);
+}
+
+namespace {
+
+// What a table of a batched backward reads: its bags, dY and argmax.
+call_inputs gradient_inputs(const table_gradient& t, const backward_request& r) {
+  call_inputs inputs(t.batch, matrix_bytes("grad_output", r.grad_output, rows_of(r.bags, t.opts.mode), r.dim,
+                                           r.grad_output_stride));
+  inputs.add({"argmax", t.argmax.data(), static_cast<std::int64_t>(t.argmax.size_bytes())});
+  return inputs;
+}
+
+}  // namespace
+
+batched_backward_call validate_backward_batched(std::span<const table_gradient> tables,
+                                                std::span<const matrix_view<float>> grad_tables,
+                                                std::span<const sparse_gradient> grads, const execution& how,
+                                                std::vector<backward_request>& requests) {
+  validate_execution(how);
+  const bool dense = grads.empty();
+  const std::size_t outputs = dense ? grad_tables.size() : grads.size();
+  if (outputs != tables.size())
+    throw error(errc::size_mismatch, std::to_string(tables.size()) + " tables and " + std::to_string(outputs) +
+                                         (dense ? " grad_tables" : " grads"));
+  reserved(requests, tables.size(), "the requests of a batched backward");
+  requests.clear();
+  for (std::size_t t = 0; t < tables.size(); ++t) {
+    const table_gradient& g = tables[t];
+    try {
+      if (!default_execution(g.opts.execution))
+        throw error(errc::invalid_option, "opts.execution is set: a batched call runs every table with its own execution");
+      if (dense && grad_tables[t].rows != g.table_rows)
+        throw error(errc::size_mismatch, "grad_table has " + std::to_string(grad_tables[t].rows) +
+                                             " rows; the table has table_rows = " + std::to_string(g.table_rows));
+      requests.push_back(dense ? validate_backward_dense(g.batch, g.opts, g.grad_output, grad_tables[t], g.argmax).req
+                               : validate_backward_sparse(g.table_rows, g.batch, g.opts, g.grad_output, g.argmax).req);
+    } catch (const error& e) {
+      throw error(e.code(), table_name(t) + ": " + e.what());
+    }
+  }
+  // what each table writes: its dense gradient, or the storage its sparse one may reuse
+  const auto written = [&](std::size_t t, int part) -> byte_range {
+    if (dense) {
+      const backward_request& r = requests[t];
+      return part == 0 ? matrix_bytes("grad_table", r.grad_table, r.rows, r.dim, r.grad_table_stride) : byte_range{};
+    }
+    const sparse_gradient& s = grads[t];
+    return part == 0 ? byte_range{"grads.rows", s.rows.data(), static_cast<std::int64_t>(s.rows.capacity() * 8)}
+                     : byte_range{"grads.values", s.values.data(), static_cast<std::int64_t>(s.values.capacity() * 4)};
+  };
+  for (std::size_t t = 0; t < tables.size(); ++t)
+    for (int part = 0; part < 2; ++part) {
+      const byte_range out = written(t, part);
+      for (std::size_t u = 0; u < tables.size(); ++u) {
+        if (u == t && dense) continue;  // validate_backward_dense checked a table against its own inputs
+        const call_inputs inputs = gradient_inputs(tables[u], requests[u]);
+        for (const byte_range& in : inputs.span())
+          if (overlap(out, in))
+            throw error(errc::aliasing, table_name(t) + "'s " + out.name + " overlaps " + table_name(u) + "'s " + in.name);
+        if (u > t)
+          for (int other = 0; other < 2; ++other)
+            if (overlap(out, written(u, other)))
+              throw error(errc::aliasing, table_name(t) + "'s " + out.name + " overlaps " + table_name(u) + "'s " +
+                                              written(u, other).name);
+      }
+    }
+  return {requests, resolve_isa(how.isa), how};
 }
 
 weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch, const options& opts,

@@ -8,7 +8,9 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <vector>
 
+#include "embag/batched.hpp"
 #include "embag/embag.hpp"
 #include "embag/quantize.hpp"
 #include "request.hpp"
@@ -56,6 +58,20 @@ struct forward_call {
 forward_call validate_forward(const stored_table& t, const bags& batch, const options& opts, matrix_view<float> out,
                               std::span<std::int64_t> argmax);
 
+// A batched forward (embag/batched.hpp): every table's request, in table order.
+struct batched_forward_call {
+  std::span<forward_request> tables;
+  isa which = isa::reference;
+  execution how;
+};
+
+// Each table checked as its own forward would be (an error names it: "tables[3]: ..."), with
+// its execution left at the defaults and max_norm clipping only; then every output against every
+// other table's inputs and output (outputs side by side in one buffer, with one row stride, share
+// no cell). The requests go in `requests`, grown as needed.
+batched_forward_call validate_forward_batched(std::span<const table_lookup> tables, const execution& how,
+                                              std::vector<forward_request>& requests);
+
 struct backward_call {
   backward_request req;
   isa which = isa::reference;
@@ -69,6 +85,22 @@ backward_call validate_backward_dense(const bags& batch, const options& opts, ma
 // The sparse forms: the inputs only; the entry point checks its outputs against call.inputs.
 backward_call validate_backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
                                        matrix_view<const float> grad_output, std::span<const std::int64_t> argmax);
+
+// A batched backward (embag/batched.hpp): every table's request, in table order. Dense: each
+// request's grad_table set; sparse: the entry point fills each table's gradient in turn.
+struct batched_backward_call {
+  std::span<backward_request> tables;
+  isa which = isa::reference;
+  execution how;
+};
+
+// Each table checked as its own backward would be (an error names it), then every gradient output
+// against the other tables' inputs and gradients: `grad_tables` for the dense form, or the storage
+// `grads` may reuse for the sparse form (one of the two is empty).
+batched_backward_call validate_backward_batched(std::span<const table_gradient> tables,
+                                                std::span<const matrix_view<float>> grad_tables,
+                                                std::span<const sparse_gradient> grads, const execution& how,
+                                                std::vector<backward_request>& requests);
 
 struct weights_grad_call {
   weights_grad_request req;
@@ -84,6 +116,7 @@ weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch
 // kernels block by block. Backward's sparse forms run in api.cpp's entry points, which own their
 // outputs.
 void execute(forward_call& call, workspace* scratch);
+void execute(const batched_forward_call& call, workspace::impl& ws);
 void execute(backward_call& call, workspace* scratch);  // dense
 void execute(const weights_grad_call& call);
 

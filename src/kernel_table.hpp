@@ -1,5 +1,5 @@
-// What each ISA's kernel source (src/kernels/isa_<name>.cpp) hands dispatch: one function pointer
-// per kernel. A plain struct, like request.hpp: included by per-ISA code and baseline code alike.
+// What each ISA's kernel source (made from src/kernels/isa.cpp.in) hands dispatch: one function
+// pointer per kernel. A plain struct, like request.hpp: included by per-ISA code and baseline code alike.
 #pragma once
 
 #include <cstdint>

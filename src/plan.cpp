@@ -2,6 +2,7 @@
 
 #include "allocation.hpp"
 #include "parallel.hpp"
+#include "workspace.hpp"
 
 #include <algorithm>
 #include <bit>
@@ -94,33 +95,64 @@ void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int thread
   }
 }
 
-void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim, int threads,
-                         bag_blocks& out) {
-  out.count = 0;
-  if (pool == pooling::lookup) {  // each index its own "bag": bag_begin == index_begin
-    range_blocks runs;
-    plan_even_blocks(bags.nnz, dim, threads, runs);
-    for (const item_range& r : std::span(runs.blocks.data(), static_cast<std::size_t>(runs.count)))
-      out.blocks[out.count++] = {r.begin, r.end, r.begin};
+namespace {
+
+// A forward's work: rows read plus rows written (for mode none, one per index), times dim.
+std::int64_t forward_work(const bag_source& bags, pooling pool, std::int64_t dim) {
+  return (pool == pooling::lookup ? bags.nnz : bags.nnz + bags.num_bags) * dim;
+}
+
+// Cuts the bags (or, for mode none, the indices: each its own "bag", bag_begin == index_begin)
+// into at most k blocks of about equal work, handing each to emit in order.
+template <class Emit>
+void cut_forward_blocks(const bag_source& bags, pooling pool, int k, Emit&& emit) {
+  if (pool == pooling::lookup) {
+    for (int i = 0; i < k; ++i) {
+      const std::int64_t begin = bags.nnz * i / k, end = bags.nnz * (i + 1) / k;
+      if (end > begin) emit(bag_block{begin, end, begin});
+    }
+    return;
+  }
+  if (k == 1) {
+    if (bags.num_bags > 0) emit(bag_block{0, bags.num_bags, 0});
     return;
   }
   const std::int64_t total = bags.nnz + bags.num_bags;  // rows read + rows written
-  const int k = block_count(total * dim, threads);
-  if (k == 1) {
-    if (bags.num_bags > 0) out.blocks[out.count++] = {0, bags.num_bags, 0};
-    return;
-  }
-  std::int64_t start = 0, done = 0, block_bag = 0, block_index = 0;
+  std::int64_t start = 0, done = 0, block_bag = 0, block_index = 0, cut = 0;
   for (std::int64_t b = 0; b < bags.num_bags; ++b) {
     const std::int64_t end = end_of_bag(bags, b, start);
     done += end - start + 1;
     start = end;
     // cut after bag b once this block's share of the total is reached
-    if (done * k >= total * (out.count + 1) || b + 1 == bags.num_bags) {
-      out.blocks[out.count++] = {block_bag, b + 1, block_index};
+    if (done * k >= total * (cut + 1) || b + 1 == bags.num_bags) {
+      emit(bag_block{block_bag, b + 1, block_index});
+      ++cut;
       block_bag = b + 1;
       block_index = end;
     }
+  }
+}
+
+}  // namespace
+
+void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim, int threads,
+                         bag_blocks& out) {
+  out.count = 0;
+  cut_forward_blocks(bags, pool, block_count(forward_work(bags, pool, dim), threads),
+                     [&](const bag_block& b) { out.blocks[out.count++] = b; });
+}
+
+void plan_batched_forward_blocks(std::span<const forward_request> tables, int threads, std::vector<table_block>& out) {
+  out.clear();
+  reserved(out, tables.size() + max_blocks, "the blocks of a batched forward");  // the most cut below
+  std::int64_t total = 0;
+  for (const forward_request& r : tables) total += forward_work(r.bags, r.reduce.pool, r.dim);
+  const int k = block_count(total, threads);
+  for (std::size_t t = 0; t < tables.size(); ++t) {
+    const forward_request& r = tables[t];
+    const double share = total == 0 ? 1.0 : std::ceil(double(forward_work(r.bags, r.reduce.pool, r.dim)) * k / double(total));
+    cut_forward_blocks(r.bags, r.reduce.pool, static_cast<int>(std::clamp(share, 1.0, double(max_blocks))),
+                       [&](const bag_block& b) { out.push_back({static_cast<std::int64_t>(t), b}); });
   }
 }
 
@@ -227,7 +259,7 @@ constexpr std::int64_t min_trial_bytes = std::int64_t{1} << 18;
 
 }  // namespace
 
-void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
+void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool may_trial) {
   static const prefetch_setting from_environment = prefetch_from_environment();
   const std::int64_t l2 = caches().l2 > 0 ? caches().l2 : std::int64_t{1} << 20;
   const std::int64_t llc = caches().llc > 0 ? caches().llc : std::int64_t{32} << 20;
@@ -244,7 +276,7 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked) {
   req.prefetch_trial = -1;
   if (table_bytes > llc && setting.level == prefetch_level::automatic && !skewed(req.bags)) {
     bool on_trial = false;
-    const bool long_enough = req.bags.nnz * row_bytes >= min_trial_bytes;
+    const bool long_enough = may_trial && req.bags.nnz * row_bytes >= min_trial_bytes;
     prefetch_trials& trials = far_tables_of(req);
     const int candidate = long_enough ? trials.next(on_trial) : std::max(trials.chosen(), 0);
     level = candidate == l1_one_pass ? prefetch_level::l1 : prefetch_level::l2;

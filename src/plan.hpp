@@ -8,10 +8,11 @@
 
 #include <array>
 #include <cstdint>
+#include <span>
 #include <vector>
 
+#include "embag/embag.hpp"
 #include "request.hpp"
-#include "workspace.hpp"
 
 namespace embag {
 
@@ -34,10 +35,22 @@ struct block_list {
 using bag_blocks = block_list<bag_block>;
 using range_blocks = block_list<item_range>;
 
+// A block of one table of a batched forward.
+struct table_block {
+  std::int64_t table = 0;  // its index in the batch
+  bag_block block;
+};
+
 // Blocks of bags (or, for mode none, of indices) of about equal work: the number of rows read
 // plus the rows written, times dim. One block when the call runs on one thread.
 void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim, int threads,
                          bag_blocks& out);
+
+// The blocks of every table of a batched forward, for one parallel loop: the tables' work (as
+// plan_forward_blocks counts it) split as one call's would be, each table's share of the blocks
+// proportional to its work and at least one (none for a table without bags). Every table in one
+// block when the call runs on one thread. `out` only grows (a reused workspace stops allocating).
+void plan_batched_forward_blocks(std::span<const forward_request> tables, int threads, std::vector<table_block>& out);
 
 // [0, items) cut into runs of about equal work (items x work_per_item): what mode none's indices
 // and quantize's table rows are split by.
@@ -80,8 +93,9 @@ class prefetch_trials {
 // narrow passes, into L2 in one pass, and into L1 (8 KiB in flight) each won on some machine of
 // this project (DESIGN.md section 4 and issue 13's measurements): such calls are prefetch_trials
 // among the three, and req.prefetch_trial names the candidate whose time run_forward reports
-// (-1: not a trial).
-void choose_prefetch(forward_request& req, const prefetch_setting& asked);
+// (-1: not a trial). may_trial = false: a call that cannot time this table on its own (a batched
+// forward) takes the candidate decided so far instead.
+void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool may_trial = true);
 // How far ahead, and into which cache, backward_scatter prefetches the gradient rows it will
 // write: by the gradient's size against L2, or as the caller (or EMBAG_PREFETCH) forces.
 void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked);

@@ -156,6 +156,24 @@ std::int64_t validate_matrix(const char* name, const void* data, std::int64_t ro
   return stride;
 }
 
+void validate_execution(const execution& how) {
+  if (how.prefetch.level > prefetch_level::l2)
+    fail(errc::invalid_option, "execution.prefetch.level = " + str(std::int64_t(how.prefetch.level)) +
+                                   " is not a prefetch level");
+  if (how.prefetch.rows < 0)
+    fail(errc::invalid_option, "execution.prefetch.rows = " + str(std::int64_t{how.prefetch.rows}) + " must be >= 0");
+  if (how.max_threads < 0)
+    fail(errc::invalid_option, "execution.max_threads = " + str(std::int64_t{how.max_threads}) + " must be >= 0");
+  if (how.arena != nullptr && how.max_threads != 0)
+    fail(errc::invalid_option, "execution.max_threads = " + str(std::int64_t{how.max_threads}) +
+                                   " with execution.arena: the arena's size is the limit, max_threads must be 0");
+}
+
+bool default_execution(const execution& how) noexcept {
+  return how.max_threads == 0 && !how.isa && how.prefetch.level == prefetch_level::automatic &&
+         how.prefetch.rows == 0 && how.arena == nullptr;
+}
+
 std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
   if (to_string(opts.mode) == "unknown") fail(errc::invalid_option, "mode = " + str(std::int64_t(opts.mode)) + " is not a mode");
   if (opts.max_norm_mode > max_norm_flavour::in_place)
@@ -166,17 +184,7 @@ std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
     if (!(opts.norm_type > 0.0f))
       fail(errc::invalid_option, "norm_type = " + str(double(opts.norm_type)) + " must be > 0");
   }
-  if (opts.execution.prefetch.level > prefetch_level::l2)
-    fail(errc::invalid_option, "execution.prefetch.level = " + str(std::int64_t(opts.execution.prefetch.level)) +
-                                   " is not a prefetch level");
-  if (opts.execution.prefetch.rows < 0)
-    fail(errc::invalid_option, "execution.prefetch.rows = " + str(std::int64_t{opts.execution.prefetch.rows}) +
-                                   " must be >= 0");
-  if (opts.execution.max_threads < 0)
-    fail(errc::invalid_option, "execution.max_threads = " + str(std::int64_t{opts.execution.max_threads}) + " must be >= 0");
-  if (opts.execution.arena != nullptr && opts.execution.max_threads != 0)
-    fail(errc::invalid_option, "execution.max_threads = " + str(std::int64_t{opts.execution.max_threads}) +
-                                   " with execution.arena: the arena's size is the limit, max_threads must be 0");
+  validate_execution(opts.execution);
   if (!opts.padding_idx) return no_padding;
   const std::int64_t p = *opts.padding_idx;
   if (p < -table_rows || p >= table_rows)
@@ -324,12 +332,13 @@ byte_range matrix_bytes(const char* name, const void* data, std::int64_t rows, s
   return {name, data, elements * 4};
 }
 
+bool overlap(const byte_range& a, const byte_range& b) noexcept {
+  if (a.bytes == 0 || b.bytes == 0 || a.begin == nullptr || b.begin == nullptr) return false;
+  const auto a0 = reinterpret_cast<std::uintptr_t>(a.begin), b0 = reinterpret_cast<std::uintptr_t>(b.begin);
+  return a0 < b0 + static_cast<std::uintptr_t>(b.bytes) && b0 < a0 + static_cast<std::uintptr_t>(a.bytes);
+}
+
 void validate_disjoint(std::span<const byte_range> outputs, std::span<const byte_range> inputs) {
-  const auto overlap = [](const byte_range& a, const byte_range& b) {
-    if (a.bytes == 0 || b.bytes == 0 || a.begin == nullptr || b.begin == nullptr) return false;
-    const auto a0 = reinterpret_cast<std::uintptr_t>(a.begin), b0 = reinterpret_cast<std::uintptr_t>(b.begin);
-    return a0 < b0 + static_cast<std::uintptr_t>(b.bytes) && b0 < a0 + static_cast<std::uintptr_t>(a.bytes);
-  };
   for (std::size_t i = 0; i < outputs.size(); ++i) {
     for (const byte_range& in : inputs)
       if (overlap(outputs[i], in))

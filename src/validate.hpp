@@ -25,6 +25,8 @@ std::int64_t validate_matrix(const char* name, const void* data, std::int64_t ro
 // The options that do not depend on the bags; returns padding_idx normalised to [0, rows) or
 // no_padding.
 std::int64_t validate_options(const options& opts, std::int64_t table_rows);
+void validate_execution(const execution& how);  // validate_options' checks of opts.execution
+bool default_execution(const execution& how) noexcept;  // every field at its default
 
 // An array of `size` elements: size >= 0, byte size in range, data non-null and aligned to its
 // elements when it has any.
@@ -56,6 +58,7 @@ struct byte_range {
   std::int64_t bytes;
 };
 void validate_disjoint(std::span<const byte_range> outputs, std::span<const byte_range> inputs);
+bool overlap(const byte_range& a, const byte_range& b) noexcept;  // any byte in common
 byte_range matrix_bytes(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
                         std::int64_t row_stride);
 

@@ -1,11 +1,14 @@
-// The scratch memory behind embag::workspace: the row transpose of backward and the distinct rows
-// of in-place max_norm (plan.cpp). Vectors only grow, so a reused workspace stops allocating.
+// The scratch memory behind embag::workspace: the row transpose of backward, the distinct rows of
+// in-place max_norm (plan.cpp), and a batched call's requests and blocks (call.cpp, plan.cpp).
+// Vectors only grow, so a reused workspace stops allocating.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "embag/embag.hpp"
+#include "plan.hpp"
+#include "request.hpp"
 
 namespace embag {
 
@@ -14,6 +17,9 @@ struct workspace::impl {
   std::vector<std::int64_t> unique_rows, segment_begin, bag_of_position;
   std::vector<float> bag_divisor;
   std::vector<std::int64_t> histogram, chunk_start;
+  std::vector<detail::forward_request> batched_requests;
+  std::vector<detail::backward_request> batched_gradients;
+  std::vector<detail::table_block> batched_blocks;
 };
 
 }  // namespace embag

@@ -4,8 +4,9 @@
 1. ODR: a weak (inline/template) symbol defined in a kernel object and also in another object may
    be linked from the kernel copy, compiled with AVX-512 flags, into baseline code (SIGILL on an
    older CPU). Kernel objects must share no weak symbol with any other object.
-2. On x86-64, objects outside src/kernels/isa_*.cpp must hold no VEX/EVEX instruction (ymm/zmm
-   registers or v-prefixed SSE forms): the library has to run on any x86-64.
+2. On x86-64, objects other than the kernel sources isa_<name>.cpp (made from src/kernels/isa.cpp.in)
+   must hold no VEX/EVEX instruction (ymm/zmm registers or v-prefixed SSE forms): the library has to
+   run on any x86-64.
 3. Every kernel object holds its software prefetches (L1 and L2 hints).
 
 usage: check_objects.py CPU_FAMILY NM OBJDUMP libembag.a

@@ -587,6 +587,25 @@ TEST_F(Cli, BenchSuiteOpensWithItsSummary) {
   EXPECT_EQ(count_of(r.output.substr(table), " reference "), 4u) << r.output;
 }
 
+// The table-batched report: 26 DLRM tables (capped to a few rows here), the batched call checked
+// against the single calls, one row per element type and thread count.
+TEST_F(Cli, BenchDlrmWorkload) {
+  const tool_run r = embag("bench --workload dlrm --scale 0.0002 --bags 64 --threads 1 --seconds 0.002 --json dlrm.json");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("26 tables (MLPerf DLRM-DCNv2), rows capped at 200 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("verified: the batched call's outputs match the single calls' bit for bit"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("\nfp32  1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\nint8  1 "), std::string::npos) << r.output;
+  std::ifstream json(in("dlrm.json"));
+  const std::string text((std::istreambuf_iterator<char>(json)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(count_of(text, "\"name\": \"dlrm/"), 6u) << text;  // batched, single calls, ideal; fp32 and int8
+  const tool_run mixed = embag("bench --workload dlrm --rows 10");
+  EXPECT_EQ(mixed.status, 2) << mixed.output;
+  EXPECT_NE(mixed.output.find("only --bags applies"), std::string::npos) << mixed.output;
+  EXPECT_EQ(embag("bench --workload criteo").status, 2);
+}
+
 // A workload option runs that one workload on every ISA; --json writes every result.
 TEST_F(Cli, BenchOneWorkloadOnEveryIsaWithJson) {
   const tool_run r = embag("bench --rows 300 --dim 16 --bags 16 --pooling 3 --mode sum,max --dtype fp32,int8 "

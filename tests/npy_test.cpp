@@ -383,8 +383,9 @@ TEST_F(NpyFiles, ACommitFailingMidwayPutsBackWhatItAlreadyReplaced) {
   group.stage(path("new.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
   group.stage(path("a.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
   group.stage(path("c.npy"), npy_dtype::f32, std::vector<std::int64_t>{3}, values);
-  for (const std::string& name : listing())
+  for (const std::string& name : listing()) {
     if (name.rfind("c.npy.tmp-", 0) == 0) ASSERT_EQ(::unlink(path(name).c_str()), 0);
+  }
   try {
     group.commit();
     ADD_FAILURE() << "committed without c.npy's temporary";

@@ -264,7 +264,9 @@ void expect_rowwise_bound(const std::vector<float>& x, dtype type) {
     EXPECT_LE(bias, lo);
     const std::uint16_t b = read<std::uint16_t>(row, tail + 2);
     const std::uint16_t toward_min = static_cast<std::uint16_t>(b & 0x8000 ? (b == 0x8000 ? 0x0001 : b - 1) : b + 1);
-    if (bias != lo) EXPECT_GT(f16_value(toward_min), lo) << "bias " << bias << " is not the largest fp16 <= " << lo;
+    if (bias != lo) {
+      EXPECT_GT(f16_value(toward_min), lo) << "bias " << bias << " is not the largest fp16 <= " << lo;
+    }
   }
   // scale: the smallest value of its format with levels x scale >= max - bias; 0 only for max == bias
   EXPECT_GE(scale * levels, hi - bias);

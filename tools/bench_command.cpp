@@ -30,6 +30,7 @@
 
 #include "commands.hpp"
 #include "flags.hpp"
+#include "embag/batched.hpp"
 #include "embag/npy.hpp"
 #include "workload.hpp"
 
@@ -50,6 +51,8 @@ struct bench_options {
   std::vector<dtype> types{std::begin(all_dtypes), std::end(all_dtypes)};
   std::string json_path, chart_path;
   double seconds_per_result = 0.3;
+  bool dlrm = false;  // --workload dlrm: the table-batched report instead
+  double scale = 1.0;  // of the DLRM tables' row cap
 };
 
 struct result {
@@ -268,11 +271,34 @@ void print_summary(const std::vector<result>& results, int threads, isa best) {
   }
 }
 
-// The results as Google Benchmark's JSON, with embag's own fields beside its own.
-std::string json_of(const std::vector<result>& results, const std::map<int, double>& sequential) {
-  using json = nlohmann::ordered_json;  // the keys in the order written here, as Google Benchmark writes its own
+using json = nlohmann::ordered_json;  // the keys in the order written here, as Google Benchmark writes its own
+
+// Google Benchmark's context: this machine and build.
+json context_of(double sequential_read_bytes_per_second) {
   char host[256] = "unknown";
   gethostname(host, sizeof host - 1);
+  return {{"executable", "embag bench"},
+          {"host_name", std::string(host)},
+          {"cpu_model", cpu_model()},
+          {"num_cpus", sysconf(_SC_NPROCESSORS_ONLN)},
+          {"caches", json::array({{{"type", "Data"}, {"level", 1}, {"size", caches().l1d}},
+                                  {{"type", "Unified"}, {"level", 2}, {"size", caches().l2}},
+                                  {{"type", "Unified"}, {"level", 3}, {"size", caches().llc}}})},
+          {"library_build_type", "release"},
+          {"embag_version", std::string(version())},
+          {"sequential_read_bytes_per_second", sequential_read_bytes_per_second}};
+}
+
+// The JSON text of a report; a host or CPU name that is not UTF-8 is written with U+FFFD rather
+// than failing the run.
+std::string json_text(const json& benchmarks, double sequential_read_bytes_per_second) {
+  return json{{"context", context_of(sequential_read_bytes_per_second)}, {"benchmarks", benchmarks}}.dump(
+             2, ' ', false, json::error_handler_t::replace) +
+         "\n";
+}
+
+// The results as Google Benchmark's JSON, with embag's own fields beside its own.
+json benchmarks_of(const std::vector<result>& results) {
   json benchmarks = json::array();
   for (const result& r : results) {
     const std::string name = benchmark_name(operation_name(r.op), r.which, r.type, r.spec, r.threads);
@@ -296,19 +322,7 @@ std::string json_of(const std::vector<result>& results, const std::map<int, doub
                           {"size_class", r.table_class},
                           {"table_bytes", r.spec.table_bytes()}});
   }
-  const json context = {
-      {"executable", "embag bench"},
-      {"host_name", std::string(host)},
-      {"cpu_model", cpu_model()},
-      {"num_cpus", sysconf(_SC_NPROCESSORS_ONLN)},
-      {"caches", json::array({{{"type", "Data"}, {"level", 1}, {"size", caches().l1d}},
-                              {{"type", "Unified"}, {"level", 2}, {"size", caches().l2}},
-                              {{"type", "Unified"}, {"level", 3}, {"size", caches().llc}}})},
-      {"library_build_type", "release"},
-      {"embag_version", std::string(version())},
-      {"sequential_read_bytes_per_second", sequential.empty() ? 0.0 : sequential.begin()->second}};
-  // a host or CPU name that is not UTF-8 is written with U+FFFD rather than failing the run
-  return json{{"context", context}, {"benchmarks", benchmarks}}.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+  return benchmarks;
 }
 
 // The JSON file --json names, or the one --chart draws from: declared before the run (a path that
@@ -320,9 +334,9 @@ struct json_output {
       : path(!o.json_path.empty() || o.chart_path.empty() ? o.json_path : o.chart_path + ".json") {
     if (!path.empty()) files.writes(path, o.json_path.empty() ? "--chart" : "--json");
   }
-  void write(const std::vector<result>& results, const std::map<int, double>& sequential) {
+  void write(const json& benchmarks, double sequential_read_bytes_per_second) {
     if (path.empty()) return;
-    const std::string text = json_of(results, sequential);
+    const std::string text = json_text(benchmarks, sequential_read_bytes_per_second);
     files.stage_bytes(path, {std::as_bytes(std::span(text.data(), text.size()))});
     files.commit();
     std::printf("\nwrote %s\n", path.c_str());
@@ -360,8 +374,132 @@ void draw_chart(const bench_options& o, const std::string& json) {
     std::printf("wrote %s\n", o.chart_path.c_str());
 }
 
+// MLPerf's DLRM-DCNv2 (Criteo 1TB click logs): its 26 tables' published row counts and multi-hot
+// sizes (the indices per bag), D = 128.
+constexpr std::int64_t dlrm_rows[] = {40000000, 39060, 17295, 7424,    20265,    3,        7122,     1543,  63,
+                                      40000000, 3067956, 405282, 10,  2209,     11938,    155,      4,     976,
+                                      14,       40000000, 40000000, 40000000, 590152, 12973, 108,   36};
+constexpr std::int64_t dlrm_hot[] = {3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1};
+static_assert(std::size(dlrm_rows) == 26 && std::size(dlrm_hot) == 26);
+// Rows kept per table at --scale 1: five 40M-row tables of 512-byte rows are 100 GB; capped, the 26
+// take about 3.6 GB in fp32 (and 1 GB more in int8).
+constexpr std::int64_t dlrm_row_cap = 1'000'000;
+
+// One DLRM table's workload: capped rows, Zipf ids, its multi-hot size per bag.
+workload_spec dlrm_table(const bench_options& o, std::size_t t) {
+  workload_spec spec = o.spec;
+  spec.rows = std::min(dlrm_rows[t], std::max<std::int64_t>(1, std::llround(double(dlrm_row_cap) * o.scale)));
+  spec.pooling = dlrm_hot[t];
+  spec.dist = distribution::zipf;
+  spec.index_sets = 4;
+  spec.seed = 1000 + t;
+  return spec;
+}
+
+struct dlrm_result {
+  dtype type;
+  int threads;
+  double batched, loop, ideal;  // seconds per call: forward_batched, the loop of single calls, the ideal loops
+};
+
+// One index set of every table, at a thread count: the batched call's tables side by side in one
+// B x 26D output, the single calls' and the ideal loops' in the same places.
+struct dlrm_call {
+  std::vector<table_lookup> tables;
+  std::vector<gather_roofline> ideal;
+};
+
+// The DLRM workload: forward_batched against the loop of single-table calls on the same work and
+// against the sum of the tables' ideal loops (gather_roofline, the minimal gather each), per
+// element type and thread count, interleaved call by call; the batched call's outputs first
+// checked bit for bit against the single calls'.
+int run_dlrm_bench(const bench_options& o) {
+  json_output report(o);
+  std::printf("embag %s bench --workload dlrm on %s, L2 %lld KiB, LLC %lld MiB\n", std::string(version()).c_str(),
+              cpu_model().c_str(), (long long)(caches().l2 >> 10), (long long)(caches().llc >> 20));
+  std::vector<workload> tables;
+  std::int64_t bytes = 0, lookups = 0;
+  for (std::size_t t = 0; t < std::size(dlrm_rows); ++t) {
+    tables.emplace_back(dlrm_table(o, t));
+    for (dtype type : o.types) tables.back().add(type);
+    bytes += tables.back().spec.table_bytes();
+    lookups += tables.back().lookups(0);
+  }
+  const std::int64_t bags = o.spec.bags, dim = o.spec.dim, cols = dim * std::ssize(tables);
+  std::printf("26 tables (MLPerf DLRM-DCNv2), rows capped at %lld (--scale %g), %.2f GB in fp32, D = %lld, B = %lld, "
+              "Zipf ids (exponent %.2f), %lld lookups per call; ISA %s\n",
+              (long long)tables.front().spec.rows, o.scale, double(bytes) / 1e9, (long long)dim, (long long)bags,
+              o.spec.zipf_exponent, (long long)lookups, std::string(to_string(o.isas.back())).c_str());
+  const int sets = tables.front().spec.index_sets;
+  std::vector<float> out(static_cast<std::size_t>(bags * cols)), single(out.size());
+  workspace scratch;
+  std::vector<dlrm_result> results;
+  for (int threads : o.threads)
+    for (dtype type : o.types) {
+      const execution how = execution_for(o.isas.back(), threads);
+      std::vector<dlrm_call> calls(static_cast<std::size_t>(sets));
+      for (int set = 0; set < sets; ++set) {
+        for (const workload& w : tables) calls[set].tables.push_back({w.table_in(type), w.batch(set), {}, {}});
+        concatenate_outputs(calls[set].tables, {out.data(), bags, cols, cols});
+        for (std::size_t t = 0; t < tables.size(); ++t)
+          calls[set].ideal.emplace_back(tables[t].table_in(type), tables[t].batch(set),
+                                        matrix_view<float>{out.data() + t * dim, bags, dim, cols}, how);
+      }
+      const auto run_single_calls = [&](const dlrm_call& call, float* into) {
+        options opts;
+        opts.execution = how;
+        for (std::size_t t = 0; t < call.tables.size(); ++t)
+          forward(call.tables[t].table, call.tables[t].batch, opts, {into + t * dim, bags, dim, cols});
+      };
+      forward_batched(calls[0].tables, how, &scratch);
+      run_single_calls(calls[0], single.data());
+      if (out != single) throw error(errc::invalid_option, "bench: forward_batched differs from the single calls");
+      std::vector<double> batched, loop, ideal;
+      const auto start = std::chrono::steady_clock::now();
+      for (int call = 0; call < 5 || (call < 2000 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < o.seconds_per_result * 3); ++call) {
+        const dlrm_call& c = calls[static_cast<std::size_t>(call % sets)];
+        const auto t0 = std::chrono::steady_clock::now();
+        forward_batched(c.tables, how, &scratch);
+        const auto t1 = std::chrono::steady_clock::now();
+        run_single_calls(c, out.data());
+        const auto t2 = std::chrono::steady_clock::now();
+        for (const gather_roofline& g : c.ideal) g.run();
+        const auto t3 = std::chrono::steady_clock::now();
+        batched.push_back(std::chrono::duration<double>(t1 - t0).count());
+        loop.push_back(std::chrono::duration<double>(t2 - t1).count());
+        ideal.push_back(std::chrono::duration<double>(t3 - t2).count());
+      }
+      const auto median = [](std::vector<double> v) {
+        std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+        return v[v.size() / 2];
+      };
+      results.push_back({type, threads, median(batched), median(loop), median(ideal)});
+    }
+  std::printf("verified: the batched call's outputs match the single calls' bit for bit\n\n");
+  std::printf("%-5s %-7s %11s %11s %11s %9s %9s\n", "dtype", "threads", "batched ms", "loop ms", "ideal ms",
+              "vs loop", "of ideal");
+  json benchmarks = json::array();
+  for (const dlrm_result& r : results) {
+    std::printf("%-5s %-7d %11.3f %11.3f %11.3f %8.2fx %9.2f\n", short_name(r.type).c_str(), r.threads, r.batched * 1e3,
+                r.loop * 1e3, r.ideal * 1e3, r.loop / r.batched, r.ideal / r.batched);
+    for (const auto& [family, seconds] : {std::pair{"dlrm/batched", r.batched}, std::pair{"dlrm/single_calls", r.loop},
+                                          std::pair{"dlrm/ideal", r.ideal}}) {
+      const std::string name = std::string(family) + "/" + std::string(to_string(o.isas.back())) + "/" +
+                               std::string(to_string(r.type)) + "/scale:" + std::to_string(o.scale) +
+                               "/threads:" + std::to_string(r.threads);
+      benchmarks.push_back({{"name", name}, {"run_name", name}, {"run_type", "iteration"}, {"iterations", 1},
+                            {"repetitions", 1}, {"real_time", seconds * 1e3}, {"cpu_time", seconds * 1e3},
+                            {"time_unit", "ms"}, {"items_per_second", double(lookups) / seconds},
+                            {"speedup_vs_single_calls", r.loop / seconds}, {"ideal_fraction", r.ideal / seconds}});
+    }
+  }
+  report.write(benchmarks, 0.0);
+  return 0;
+}
+
 int run_bench(const bench_options& o) {
-  json_output json(o);
+  if (o.dlrm) return run_dlrm_bench(o);
+  json_output report(o);
   std::printf("embag %s bench on %s, %d threads, L2 %lld KiB, LLC %lld MiB\n", std::string(version()).c_str(),
               cpu_model().c_str(), default_threads(), (long long)(caches().l2 >> 10), (long long)(caches().llc >> 20));
   const std::vector<workload_spec> specs = o.suite ? suite_workloads(o) : std::vector<workload_spec>{o.spec};
@@ -385,8 +523,8 @@ int run_bench(const bench_options& o) {
                 specs.front().name().c_str());
     print_table(results, threads);
   }
-  json.write(results, sequential);
-  if (!o.chart_path.empty()) draw_chart(o, json.path);
+  report.write(benchmarks_of(results), sequential.empty() ? 0.0 : sequential.begin()->second);
+  if (!o.chart_path.empty()) draw_chart(o, report.path);
   return 0;
 }
 
@@ -423,6 +561,25 @@ void add_bench_command(CLI::App& tool, command_run& run) {
       ->transform(name_of("distribution", distribution_from_string, "uniform, zipf"));
   workload.add_flag("--variable", o->spec.variable_length, "bag lengths uniform in [1, 2L-1]");
 
+  CLI::Option_group& dlrm = *bench.add_option_group(
+      "Table-batched", "--workload dlrm: MLPerf DLRM-DCNv2's 26 tables (rows capped at 1000000 x --scale), Zipf ids,\n"
+                       "  its multi-hot sizes, B = --bags; forward_batched against the loop of single-table calls and\n"
+                       "  against the tables' ideal loops, on the best ISA (default element types fp32 and int8).");
+  CLI::Option* dlrm_workload =
+      dlrm.add_option("--workload", o->dlrm, "the table-batched workload: dlrm")
+          ->type_name("NAME")
+          ->transform(CLI::Validator(
+              [](std::string& name) {
+                if (name != "dlrm") return "unknown workload '" + name + "' (dlrm)";
+                name = "true";
+                return std::string();
+              },
+              ""));
+  dlrm.add_option("--scale", o->scale, "the DLRM tables' row cap, times this (default 1)")
+      ->type_name("X")
+      ->needs(dlrm_workload)
+      ->transform(number<double>("a positive number", [](double s) { return s > 0 && std::isfinite(s); }));
+
   CLI::Option_group& runs = *bench.add_option_group("Runs", "What runs, in the suite or the workload.");
   runs.add_option("--threads", o->threads, "comma-separated thread counts, or all (default: 1 and all)")
       ->type_name("LIST")
@@ -444,7 +601,7 @@ void add_bench_command(CLI::App& tool, command_run& run) {
       ->type_name("LIST")
       ->delimiter(',')
       ->transform(name_of("mode", operation_from_string, operations));
-  runs.add_option("--dtype", o->types, "comma-separated table element types, of\n" + dtype_names +
+  CLI::Option* types = runs.add_option("--dtype", o->types, "comma-separated table element types, of\n" + dtype_names +
                                            "\n(default: all; backward runs on f32 only)")
       ->type_name("LIST")
       ->delimiter(',')
@@ -463,8 +620,11 @@ void add_bench_command(CLI::App& tool, command_run& run) {
                                                       "python3-matplotlib)")
       ->check(no_quote);
 
-  bench.callback([o, &workload, isas, &run] {
-    o->suite = workload.count_all() == 0;
+  bench.callback([o, &workload, isas, types, &run] {
+    if (o->dlrm && (workload.count_all() - (workload.count("--bags") > 0 ? 1 : 0)) > 0)
+      throw CLI::ValidationError("--workload dlrm", "sets its own tables: of the workload options, only --bags applies");
+    o->suite = workload.count_all() == 0 && !o->dlrm;
+    if (o->dlrm && types->count() == 0) o->types = {dtype::f32, dtype::int8_rowwise};
     if (isas->count() == 0) {
       o->isas = o->suite ? std::vector<isa>{isa::reference, available_isas().back()} : available_isas();
     } else {  // the reference runs first, whatever the list: the speed-ups are over it

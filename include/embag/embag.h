@@ -7,7 +7,9 @@
  *   so (the row count of embag_backward_sparse). Bad input never aborts.
  * - The message of the last failed call on the calling thread is embag_last_error(); every call
  *   that returns a status clears it first, so after EMBAG_OK it is "".
- * - Enumerations are int32_t constants (#define), so their size never depends on the compiler.
+ * - Enumerations are int constants carried in int32_t fields and arguments, so no struct's size
+ *   depends on the compiler's choice of enum size. The instruction sets, modes and dtypes are made
+ *   from embag/enums.h's lists, which embag.hpp's enums are made from too.
  * - Arrays are passed as a pointer and an element count; matrices as an embag_matrix whose
  *   row_stride (in elements) may exceed cols, 0 meaning cols.
  * - Tables are opaque handles over the caller's rows, a .npy or .embag file, or rows embag_quantize
@@ -19,6 +21,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "embag/enums.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -115,18 +119,16 @@ typedef struct embag_bags {
  * (an uninitialised struct, most likely): EMBAG_ERR_INVALID_OPTION, before a byte past the fields
  * this library knows is read. */
 #define EMBAG_OPTIONS_MAX_STRUCT_SIZE 4096
-#define EMBAG_MODE_SUM 0
-#define EMBAG_MODE_MEAN 1
-#define EMBAG_MODE_MAX 2
-#define EMBAG_MODE_NONE 3  /* plain lookup: one output row per index */
-#define EMBAG_MODE_SQRTN 4 /* sum(w x) / sqrt(sum w^2), unweighted sum(x) / sqrt(count); 0 when that is 0 */
+/* EMBAG_MODE_SUM, _MEAN, _MAX, _NONE (plain lookup: one output row per index), _SQRTN */
+#define EMBAG_MODE_CONSTANT_(name, NAME, value) EMBAG_MODE_##NAME = value,
+enum { EMBAG_FOR_EACH_MODE(EMBAG_MODE_CONSTANT_) };
+#undef EMBAG_MODE_CONSTANT_
 
+/* EMBAG_ISA_REFERENCE (the scalar oracle: plain loops, one thread), _SSE2, _AVX2, _AVX512, _NEON */
+#define EMBAG_ISA_CONSTANT_(name, NAME, value) EMBAG_ISA_##NAME = value,
+enum { EMBAG_FOR_EACH_ISA(EMBAG_ISA_CONSTANT_) };
+#undef EMBAG_ISA_CONSTANT_
 #define EMBAG_ISA_DEFAULT (-1) /* the process-wide choice */
-#define EMBAG_ISA_REFERENCE 0  /* the scalar oracle: plain loops, one thread */
-#define EMBAG_ISA_SSE2 1
-#define EMBAG_ISA_AVX2 2
-#define EMBAG_ISA_AVX512 3
-#define EMBAG_ISA_NEON 4
 
 #define EMBAG_PREFETCH_AUTOMATIC 0
 #define EMBAG_PREFETCH_NONE 1
@@ -210,11 +212,10 @@ embag_status embag_per_sample_weights_grad(const embag_table* table, const embag
  * fp16 scale and bias per row (FBGEMM's fused rowwise layouts). embag/quantize.hpp has their bytes
  * and error bounds. embag_forward reads every dtype (dequantising as it goes); the gradients and
  * max_norm need f32 tables. */
-#define EMBAG_DTYPE_F32 0
-#define EMBAG_DTYPE_F16 1
-#define EMBAG_DTYPE_BF16 2
-#define EMBAG_DTYPE_INT8_ROWWISE 3 /* D uint8, fp32 scale, fp32 bias: D + 8 bytes */
-#define EMBAG_DTYPE_INT4_ROWWISE 4 /* ceil(D/2) bytes of nibbles, fp16 scale, fp16 bias: ceil(D/2) + 4 */
+/* EMBAG_DTYPE_F32, _F16, _BF16, _INT8_ROWWISE, _INT4_ROWWISE (their bytes: embag/enums.h) */
+#define EMBAG_DTYPE_CONSTANT_(name, NAME, value) EMBAG_DTYPE_##NAME = value,
+enum { EMBAG_FOR_EACH_DTYPE(EMBAG_DTYPE_CONSTANT_) };
+#undef EMBAG_DTYPE_CONSTANT_
 
 /* "f32", "f16", "bf16", "int8_rowwise", "int4_rowwise"; NULL for other values. */
 const char* embag_dtype_name(int32_t dtype);

@@ -20,6 +20,8 @@
 #include <string_view>
 #include <vector>
 
+#include "embag/enums.h"
+
 namespace embag {
 
 inline constexpr int version_major = 0;
@@ -63,8 +65,12 @@ class error : public std::runtime_error {
 
 // Element types of table rows: f32 is embag::table's; the others are the compressed row formats of
 // embag/quantize.hpp, which describes their bytes. The values are the .embag file's dtype codes.
-enum class dtype : std::uint8_t { f32 = 0, f16 = 1, bf16 = 2, int8_rowwise = 3, int4_rowwise = 4 };
-inline constexpr dtype all_dtypes[] = {dtype::f32, dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise};
+// embag/enums.h lists them (with their bytes).
+#define EMBAG_ENUMERATOR_(name, NAME, value) name = value,
+#define EMBAG_DTYPE_ITEM_(name, NAME, value) dtype::name,
+enum class dtype : std::uint8_t { EMBAG_FOR_EACH_DTYPE(EMBAG_ENUMERATOR_) };
+inline constexpr dtype all_dtypes[] = {EMBAG_FOR_EACH_DTYPE(EMBAG_DTYPE_ITEM_)};
+#undef EMBAG_DTYPE_ITEM_
 
 // A non-owning view of a rows x dim table whose row r starts at data + r * row_stride elements.
 // The element type is part of the type: `table_view<const float>` is read-only, `table_view<float>`
@@ -164,15 +170,13 @@ struct bags {
 // ---------------------------------------------------------------------------------------------
 // Options.
 
-enum class mode : std::uint8_t {
-  sum,
-  mean,
-  max,
-  none,   // plain lookup (nn.Embedding): one output row per index; bag boundaries are validated only
-  sqrtn,  // TensorFlow's combiner: sum(w x) / sqrt(sum w^2), unweighted sum(x) / sqrt(count); 0 when that is 0
-};
-
-inline constexpr mode all_modes[] = {mode::sum, mode::mean, mode::max, mode::none, mode::sqrtn};
+// sum, mean, max, none (plain lookup, nn.Embedding: one output row per index; bag boundaries are
+// validated only), sqrtn (TensorFlow's combiner: sum(w x) / sqrt(sum w^2), unweighted
+// sum(x) / sqrt(count); 0 when that is 0). embag/enums.h lists them.
+#define EMBAG_MODE_ITEM_(name, NAME, value) mode::name,
+enum class mode : std::uint8_t { EMBAG_FOR_EACH_MODE(EMBAG_ENUMERATOR_) };
+inline constexpr mode all_modes[] = {EMBAG_FOR_EACH_MODE(EMBAG_MODE_ITEM_)};
+#undef EMBAG_MODE_ITEM_
 std::string_view to_string(mode which) noexcept;  // "sum", "mean", "max", "none", "sqrtn"
 std::optional<mode> mode_from_string(std::string_view name) noexcept;
 
@@ -182,9 +186,13 @@ enum class max_norm_flavour : std::uint8_t {
              // not safe while any other call reads those rows
 };
 
-// Instruction sets, lowest first. `reference` is the scalar oracle: plain loops, one thread.
-enum class isa : std::uint8_t { reference, sse2, avx2, avx512, neon };
-inline constexpr isa all_isas[] = {isa::reference, isa::sse2, isa::avx2, isa::avx512, isa::neon};
+// Instruction sets, lowest first (embag/enums.h lists them). `reference` is the scalar oracle:
+// plain loops, one thread.
+#define EMBAG_ISA_ITEM_(name, NAME, value) isa::name,
+enum class isa : std::uint8_t { EMBAG_FOR_EACH_ISA(EMBAG_ENUMERATOR_) };
+inline constexpr isa all_isas[] = {EMBAG_FOR_EACH_ISA(EMBAG_ISA_ITEM_)};
+#undef EMBAG_ISA_ITEM_
+#undef EMBAG_ENUMERATOR_
 
 std::string_view to_string(isa which) noexcept;
 std::optional<isa> isa_from_string(std::string_view name) noexcept;

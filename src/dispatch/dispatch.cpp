@@ -12,7 +12,7 @@
 #include <string>
 
 #if defined(__AVX__) || defined(__AVX2__) || defined(__AVX512F__)
-#error "baseline sources must not be compiled with AVX flags: only src/kernels/isa_*.cpp get them"
+#error "baseline sources must not be compiled with AVX flags: only the kernel sources made from src/kernels/isa.cpp.in get them"
 #endif
 
 // Validation's scans for the reference ISA: the kernels' loops, compiled with the baseline flags.
@@ -64,7 +64,8 @@ using kernels_fn = const detail::kernel_table& (*)() noexcept;
 }  // namespace
 
 namespace detail {
-// Each defined in its src/kernels/isa_<name>.cpp, present when meson built that ISA.
+// Each defined in the kernel source src/meson.build generates for its ISA (src/kernels/isa.cpp.in),
+// present when meson built that ISA.
 const kernel_table& kernels_sse2() noexcept;
 const kernel_table& kernels_avx2() noexcept;
 const kernel_table& kernels_avx512() noexcept;
@@ -94,22 +95,22 @@ constexpr kernels_fn compiled_kernels(isa which) noexcept {
 }
 
 // The ISA registry: one row per ISA, in the order of all_isas (lowest first). The reference has no
-// kernel table: its whole-call algorithm (src/reference/) runs instead. Adding an ISA: its row
-// here (with its CPU predicate and its case in compiled_kernels), its kernel source
-// src/kernels/isa_<name>.cpp, and its flags in src/meson.build; and the enum value.
+// kernel table: its whole-call algorithm (src/reference/) runs instead. Adding an ISA: its line in
+// embag/enums.h (its value and name), its xsimd architecture and flags in src/meson.build, and
+// here its row, CPU predicate, kernel table declaration and case in compiled_kernels (and, in
+// src/kernels/rows.hpp, its widenings of compressed rows, which fail to compile until written).
 struct isa_entry {
   isa which;
-  std::string_view name;
   bool (*cpu_runs)() noexcept;
   kernels_fn kernels;  // null: the reference, or an ISA this build did not compile
 };
 
 constexpr isa_entry registry[] = {
-    {isa::reference, "reference", runs_everywhere, nullptr},
-    {isa::sse2, "sse2", runs_sse2, compiled_kernels(isa::sse2)},
-    {isa::avx2, "avx2", runs_avx2, compiled_kernels(isa::avx2)},
-    {isa::avx512, "avx512", runs_avx512, compiled_kernels(isa::avx512)},
-    {isa::neon, "neon", runs_neon, compiled_kernels(isa::neon)},
+    {isa::reference, runs_everywhere, nullptr},
+    {isa::sse2, runs_sse2, compiled_kernels(isa::sse2)},
+    {isa::avx2, runs_avx2, compiled_kernels(isa::avx2)},
+    {isa::avx512, runs_avx512, compiled_kernels(isa::avx512)},
+    {isa::neon, runs_neon, compiled_kernels(isa::neon)},
 };
 
 constexpr bool registry_follows_all_isas() {
@@ -165,17 +166,6 @@ std::atomic<isa>& active() {
 }
 
 }  // namespace
-
-std::string_view to_string(isa which) noexcept {
-  const isa_entry* e = entry_of(which);
-  return e != nullptr ? e->name : "unknown";
-}
-
-std::optional<isa> isa_from_string(std::string_view name) noexcept {
-  for (isa which : all_isas)
-    if (to_string(which) == name) return which;
-  return std::nullopt;
-}
 
 std::vector<isa> available_isas() {
   std::vector<isa> list;

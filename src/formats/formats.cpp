@@ -24,13 +24,13 @@ void decode_f32(const std::byte* row, std::int64_t dim, float* out) noexcept {
   std::memcpy(out, row, static_cast<std::size_t>(dim) * sizeof(float));
 }
 
-// Indexed by the dtype's value (embag.hpp fixes them: the C ABI and the .embag file use them too).
+// Indexed by the dtype's value (embag/enums.h fixes them: the C ABI and the .embag file use them too).
 constexpr format formats[] = {
-    {dtype::f32, "f32", "fp32", 32, 0, encode_f32, decode_f32},
-    {dtype::f16, "f16", "fp16", 16, 0, encode_f16, decode_f16},
-    {dtype::bf16, "bf16", "", 16, 0, encode_bf16, decode_bf16},
-    {dtype::int8_rowwise, "int8_rowwise", "int8", 8, 8, encode_int8_rowwise, decode_int8_rowwise},
-    {dtype::int4_rowwise, "int4_rowwise", "int4", 4, 4, encode_int4_rowwise, decode_int4_rowwise},
+    {dtype::f32, "fp32", 32, 0, encode_f32, decode_f32},
+    {dtype::f16, "fp16", 16, 0, encode_f16, decode_f16},
+    {dtype::bf16, "", 16, 0, encode_bf16, decode_bf16},
+    {dtype::int8_rowwise, "int8", 8, 8, encode_int8_rowwise, decode_int8_rowwise},
+    {dtype::int4_rowwise, "int4", 4, 4, encode_int4_rowwise, decode_int4_rowwise},
 };
 static_assert(std::size(formats) == std::size(all_dtypes));
 
@@ -59,19 +59,6 @@ void decode_row(dtype type, const std::byte* row, std::int64_t dim, float* out) 
 
 }  // namespace detail
 
-std::string_view to_string(dtype type) noexcept {
-  const detail::format* f = detail::format_of(type);
-  return f != nullptr ? f->name : "?";
-}
-
-std::optional<dtype> dtype_from_string(std::string_view name) noexcept {
-  for (const dtype type : all_dtypes) {
-    const detail::format& f = *detail::format_of(type);
-    if (name == f.name || (!f.short_name.empty() && name == f.short_name)) return type;
-  }
-  return std::nullopt;
-}
-
 std::int64_t row_bytes(dtype type, std::int64_t dim) {
   const detail::format* f = detail::format_of(type);
   if (f == nullptr) throw error(errc::invalid_option, "dtype " + std::to_string(static_cast<int>(type)) + " is not a dtype");
@@ -79,7 +66,7 @@ std::int64_t row_bytes(dtype type, std::int64_t dim) {
   const std::optional<std::int64_t> bytes = detail::packed_row_bytes(*f, dim);
   if (!bytes)
     throw error(errc::size_overflow,
-                "a " + std::string(f->name) + " row of dim " + std::to_string(dim) + " overflows the address space");
+                "a " + std::string(to_string(type)) + " row of dim " + std::to_string(dim) + " overflows the address space");
   return *bytes;
 }
 

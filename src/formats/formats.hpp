@@ -1,4 +1,4 @@
-// The element types of stored tables, one entry each: the name, the row size and the scalar
+// The element types of stored tables, one entry each: the short name, the row size and the scalar
 // encode and decode of the layouts in include/embag/quantize.hpp. Validation, quantize and
 // dequantize, the reference, the .embag file, the C ABI and the tool read a dtype's facts here;
 // the SIMD kernels (src/kernels/rows.hpp) reproduce decode bit for bit.
@@ -21,8 +21,7 @@ struct row_problem {
 
 struct format {
   dtype type;
-  std::string_view name;        // the one spelling: to_string(type)
-  std::string_view short_name;  // also accepted by dtype_from_string ("" when none)
+  std::string_view short_name;  // accepted by dtype_from_string beside to_string(type) ("" when none)
   std::int64_t element_bits;    // per element, packed (int4: two to a byte, the low nibble first)
   std::int64_t trailer_bytes;   // after a row's elements: its scale and bias
   // x[0..dim) stored at out (row bytes), or why the row cannot be stored

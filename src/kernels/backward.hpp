@@ -82,7 +82,8 @@ void backward_rows(const backward_request& r, std::int64_t unique_begin, std::in
 template <class Arch, class Index, prefetch_level Prefetch, std::int64_t Dim>
 void backward_scatter_typed(const backward_request& r, std::int64_t row_begin, std::int64_t row_end) {
   const Index* indices = static_cast<const Index*>(r.bags.indices);
-  const std::int64_t dim = Dim != 0 ? Dim : r.dim, row_bytes = dim * static_cast<std::int64_t>(sizeof(float));
+  const std::int64_t dim = Dim != 0 ? Dim : r.dim;
+  [[maybe_unused]] const std::int64_t row_bytes = dim * static_cast<std::int64_t>(sizeof(float));  // Dim 0's prefetch
   // gradient rows start a cache line when the buffer and its stride do
   const bool line_aligned = reinterpret_cast<std::uintptr_t>(r.grad_table) % 64 == 0 && r.grad_table_stride % 16 == 0;
   const std::int64_t ahead = r.prefetch_rows;

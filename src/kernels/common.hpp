@@ -1,6 +1,7 @@
-// Helpers shared by the kernels of one ISA. Included only by src/kernels/isa_*.cpp, each of which
-// defines EMBAG_ISA_NS, so every inline function here gets a per-ISA name (no ODR sharing between
-// translation units compiled with different instruction-set flags).
+// Helpers shared by the kernels of one ISA. Included only by the kernel sources made from
+// src/kernels/isa.cpp.in, each of which defines EMBAG_ISA_NS, so every inline function here gets a
+// per-ISA name (no ODR sharing between translation units compiled with different instruction-set
+// flags).
 #pragma once
 
 #include <cstdint>
@@ -10,7 +11,7 @@
 #include "request.hpp"
 
 #ifndef EMBAG_ISA_NS
-#error "kernels are compiled only through src/kernels/isa_<name>.cpp"
+#error "kernels are compiled only through the per-ISA sources made from src/kernels/isa.cpp.in"
 #endif
 
 namespace embag::detail::EMBAG_ISA_NS {

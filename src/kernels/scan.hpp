@@ -11,7 +11,7 @@
 #include "request.hpp"
 
 #ifndef EMBAG_ISA_NS
-#error "kernels are compiled only through src/kernels/isa_<name>.cpp"
+#error "kernels are compiled only through the per-ISA sources made from src/kernels/isa.cpp.in"
 #endif
 
 namespace embag::detail::EMBAG_ISA_NS {

@@ -1,0 +1,303 @@
+// Table-batched forward (embag/batched.hpp): every table's output bit for bit its own single
+// call's, on every ISA and thread count, with tables of every dtype, mode, layout and option, in
+// separate outputs or side by side in one; a bad table refused by name before anything is written.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <random>
+#include <string>
+
+#include "embag/batched.hpp"
+#include "embag/quantize.hpp"
+#include "support/cases.hpp"
+
+namespace embag::test {
+namespace {
+
+int batches_per_isa() {
+  const char* env = std::getenv("EMBAG_TEST_CASES");
+  return std::max(1, (env ? std::atoi(env) : 2000) / 20);
+}
+
+execution on(isa which, int threads) {
+  execution how;
+  how.isa = which;
+  how.max_threads = threads;
+  return how;
+}
+
+// One table of a batch: a random call, its rows stored in some dtype.
+struct batched_table {
+  call_case c;
+  std::optional<compressed_table> compressed;  // f32 tables are read in place
+
+  compressed_table_view rows() const {
+    if (compressed) return compressed->view();
+    return {reinterpret_cast<const std::byte*>(c.table.data()), c.rows, c.dim, c.row_stride * 4, dtype::f32};
+  }
+};
+
+// A call drawn from seed, on a table of a random dtype; max_norm (f32 only) clips, as a batch
+// requires. With bags >= 0, redrawn until it has that many bags and pools them (not mode none).
+batched_table draw_table(std::uint64_t seed, std::int64_t bags = -1) {
+  batched_table t;
+  for (std::uint64_t attempt = 0;; ++attempt) {
+    t.c = fuzz::random_call(seed * 1000 + attempt, {.max_dim = 80, .max_rows = 200});
+    if (bags < 0 || (t.c.num_bags() == bags && t.c.opts.mode != mode::none)) break;
+  }
+  const dtype type = all_dtypes[seed % std::size(all_dtypes)];
+  if (type != dtype::f32) {
+    t.c.opts.max_norm.reset();
+    t.compressed.emplace(quantize(t.c.view(), type));
+  }
+  t.c.opts.max_norm_mode = max_norm_flavour::clip;
+  t.c.opts.execution = {};
+  return t;
+}
+
+// The table's own forward on `how`, into a canary buffer of its out_stride.
+std::vector<float> single_call(const batched_table& t, const execution& how) {
+  std::vector<float> out = canary_buffer(t.c.out_rows(), t.c.out_stride);
+  options opts = t.c.opts;
+  opts.execution = how;
+  forward(t.rows(), t.c.batch(), opts, {out.data(), t.c.out_rows(), t.c.dim, t.c.out_stride});
+  return out;
+}
+
+std::string describe(const std::vector<batched_table>& tables) {
+  std::string s;
+  for (std::size_t i = 0; i < tables.size(); ++i)
+    s += "\n  tables[" + std::to_string(i) + "] " + std::string(to_string(tables[i].rows().element_type)) + " " +
+         tables[i].c.describe();
+  return s;
+}
+
+class Batched : public ::testing::TestWithParam<isa> {};
+
+// Separate outputs: each table's is bitwise its single call's, gaps of its stride untouched.
+TEST_P(Batched, EachTableAsItsOwnCall) {
+  for (int n = 0; n < batches_per_isa(); ++n) {
+    const int threads = (n % 3 == 0) ? 1 : (n % 3 == 1) ? 2 : 8;
+    std::vector<batched_table> tables;
+    const int count = 1 + n % 7;
+    for (int t = 0; t < count; ++t) tables.push_back(draw_table(std::uint64_t(n) * 16 + std::uint64_t(t)));
+    const execution how = on(GetParam(), threads);
+    std::vector<std::vector<float>> outs;
+    std::vector<table_lookup> lookups;
+    for (const batched_table& t : tables) outs.push_back(canary_buffer(t.c.out_rows(), t.c.out_stride));
+    for (std::size_t t = 0; t < tables.size(); ++t)
+      lookups.push_back({tables[t].rows(), tables[t].c.batch(), tables[t].c.opts,
+                         {outs[t].data(), tables[t].c.out_rows(), tables[t].c.dim, tables[t].c.out_stride}});
+    forward_batched(lookups, how);
+    for (std::size_t t = 0; t < tables.size(); ++t) {
+      const call_case& c = tables[t].c;
+      ASSERT_TRUE(same_bits(single_call(tables[t], how), outs[t], c.out_rows(), c.dim, c.out_stride))
+          << "tables[" << t << "] on " << threads << " threads" << describe(tables);
+    }
+  }
+}
+
+// One B x sum(D) output, tables side by side (concatenate_outputs): each table's columns are its
+// single call's.
+TEST_P(Batched, SideBySideInOneOutput) {
+  for (int n = 0; n < batches_per_isa(); ++n) {
+    const int threads = (n % 2 == 0) ? 1 : 2;
+    const std::int64_t bags = 1 + n % 9;
+    std::vector<batched_table> tables;
+    std::int64_t cols = 0;
+    for (int t = 0; t < 1 + n % 6; ++t) {
+      tables.push_back(draw_table(std::uint64_t(n) * 16 + std::uint64_t(t) + 7, bags));
+      cols += tables.back().c.dim;
+    }
+    std::vector<table_lookup> lookups;
+    for (const batched_table& t : tables) lookups.push_back({t.rows(), t.c.batch(), t.c.opts, {}});
+    const std::int64_t stride = cols + n % 3;
+    std::vector<float> out = canary_buffer(bags, stride);
+    concatenate_outputs(lookups, {out.data(), bags, cols, stride});
+    const execution how = on(GetParam(), threads);
+    forward_batched(lookups, how);
+    std::int64_t column = 0;
+    for (std::size_t t = 0; t < tables.size(); ++t) {
+      const call_case& c = tables[t].c;
+      const std::vector<float> want = single_call(tables[t], how);
+      for (std::int64_t b = 0; b < bags; ++b)
+        ASSERT_EQ(std::memcmp(&want[std::size_t(b * c.out_stride)], &out[std::size_t(b * stride + column)],
+                              std::size_t(c.dim) * sizeof(float)),
+                  0)
+            << "tables[" << t << "] bag " << b << describe(tables);
+      column += c.dim;
+    }
+    for (std::int64_t b = 0; b < bags; ++b)
+      for (std::int64_t j = cols; j < stride; ++j)
+        ASSERT_EQ(out[std::size_t(b * stride + j)], canary_buffer(bags, stride)[std::size_t(b * stride + j)]);
+  }
+}
+
+// One table of a batched backward: a random f32 call, forward's argmax for max, a random dY.
+struct gradient_case {
+  call_case c;
+  std::vector<std::int64_t> argmax;
+  std::vector<float> grad_output;
+
+  table_gradient gradient() const {
+    return {c.rows, c.batch(), c.opts, {grad_output.data(), c.out_rows(), c.dim, c.dim}, argmax};
+  }
+};
+
+gradient_case draw_gradient(std::uint64_t seed) {
+  gradient_case g{fuzz::random_call(seed, {.max_dim = 80, .max_rows = 200}), {}, {}};
+  g.c.opts.execution = {};
+  g.c.opts.max_norm.reset();  // forward's: changes nothing backward reads
+  std::vector<float> out(static_cast<std::size_t>(std::max<std::int64_t>(g.c.out_rows() * g.c.dim, 1)));
+  if (g.c.opts.mode == mode::max) {
+    g.argmax.resize(static_cast<std::size_t>(g.c.out_rows() * g.c.dim));
+    forward(g.c.view(), g.c.batch(), g.c.opts, {out.data(), g.c.out_rows(), g.c.dim, g.c.dim}, g.argmax);
+  }
+  std::mt19937 rng(static_cast<std::uint32_t>(seed));
+  std::normal_distribution<float> normal;
+  g.grad_output.resize(static_cast<std::size_t>(g.c.out_rows() * g.c.dim));
+  for (float& v : g.grad_output) v = normal(rng);
+  return g;
+}
+
+// Dense and sparse: each table's gradient bitwise its own backward's.
+TEST_P(Batched, BackwardEachTableAsItsOwnCall) {
+  for (int n = 0; n < batches_per_isa() / 2; ++n) {
+    const execution how = on(GetParam(), n % 2 == 0 ? 1 : 2);
+    std::vector<gradient_case> cases;
+    for (int t = 0; t < 1 + n % 5; ++t) cases.push_back(draw_gradient(std::uint64_t(n) * 16 + std::uint64_t(t) + 3));
+    std::vector<table_gradient> tables;
+    std::vector<std::vector<float>> dense;
+    std::vector<matrix_view<float>> dense_views;
+    for (const gradient_case& g : cases) {
+      tables.push_back(g.gradient());
+      dense.emplace_back(static_cast<std::size_t>(g.c.rows * g.c.dim), 0.5f);
+    }
+    for (std::size_t t = 0; t < cases.size(); ++t) dense_views.push_back({dense[t].data(), cases[t].c.rows, cases[t].c.dim, 0});
+    std::vector<sparse_gradient> sparse(cases.size());
+    backward_dense_batched(tables, dense_views, how);
+    backward_sparse_batched(tables, sparse, how);
+    for (std::size_t t = 0; t < cases.size(); ++t) {
+      const gradient_case& g = cases[t];
+      options opts = g.c.opts;
+      opts.execution = how;
+      std::vector<float> want(dense[t].size(), 0.5f);
+      backward_dense(g.c.batch(), opts, tables[t].grad_output, {want.data(), g.c.rows, g.c.dim, 0}, g.argmax);
+      ASSERT_TRUE(same_bits(want, dense[t], g.c.rows, g.c.dim, g.c.dim)) << "dense tables[" << t << "]" << g.c.describe();
+      sparse_gradient one;
+      backward_sparse(g.c.rows, g.c.batch(), opts, tables[t].grad_output, one, g.argmax);
+      ASSERT_EQ(one.rows, sparse[t].rows) << "sparse tables[" << t << "]" << g.c.describe();
+      ASSERT_EQ(std::memcmp(one.values.data(), sparse[t].values.data(), one.values.size() * sizeof(float)), 0)
+          << "sparse tables[" << t << "]" << g.c.describe();
+      ASSERT_EQ(one.values.size(), sparse[t].values.size());
+    }
+  }
+}
+
+// Table 0's gradient written over table 1's dY: refused by name, nothing written.
+TEST(BatchedRefusals, BackwardGradientOverAnotherTablesGradOutput) {
+  const std::vector<std::int64_t> indices{0, 1}, offsets{0, 1};
+  std::vector<float> dy0{1, 2, 3, 4}, dy1{5, 6, 7, 8}, grad1(6);
+  const std::vector<table_gradient> tables{{2, bags::from_offsets(indices, offsets), {}, {dy0.data(), 2, 2, 0}, {}},
+                                           {3, bags::from_offsets(indices, offsets), {}, {dy1.data(), 2, 2, 0}, {}}};
+  const std::vector<matrix_view<float>> grads{{dy1.data(), 2, 2, 0}, {grad1.data(), 3, 2, 0}};
+  try {
+    backward_dense_batched(tables, grads);
+    ADD_FAILURE() << "accepted a gradient over another table's dY";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::aliasing) << e.what();
+    EXPECT_NE(std::string(e.what()).find("tables[0]'s grad_table overlaps tables[1]'s grad_output"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(dy1, (std::vector<float>{5, 6, 7, 8}));
+  EXPECT_EQ(grad1, std::vector<float>(6));
+}
+
+INSTANTIATE_TEST_SUITE_P(Isas, Batched, ::testing::ValuesIn(available_isas()),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
+
+// Three small tables side by side, the second given `bad`; the call must fail naming it and write
+// nothing anywhere.
+struct three_tables {
+  std::vector<float> w0{1, 2, 3, 4}, w1{5, 6, 7, 8, 9, 10}, w2{11, 12};
+  std::vector<std::int64_t> i0{0, 1}, i1{2, 0}, i2{0, 0}, offsets{0, 1};
+  std::vector<float> out = canary_buffer(2, 5);  // 2 bags x (2 + 2 + 1)
+  std::vector<table_lookup> lookups;
+
+  three_tables() {
+    lookups = {
+        {{reinterpret_cast<const std::byte*>(w0.data()), 2, 2, 0, dtype::f32}, bags::from_offsets(i0, offsets), {}, {}},
+        {{reinterpret_cast<const std::byte*>(w1.data()), 3, 2, 0, dtype::f32}, bags::from_offsets(i1, offsets), {}, {}},
+        {{reinterpret_cast<const std::byte*>(w2.data()), 2, 1, 0, dtype::f32}, bags::from_offsets(i2, offsets), {}, {}},
+    };
+    concatenate_outputs(lookups, {out.data(), 2, 5, 5});
+  }
+  bool untouched() const { return std::memcmp(out.data(), canary_buffer(2, 5).data(), out.size() * sizeof(float)) == 0; }
+};
+
+void expect_refused(three_tables& t, errc code, const std::string& words) {
+  try {
+    forward_batched(t.lookups);
+    ADD_FAILURE() << "accepted; wanted " << to_string(code) << " with \"" << words << "\"";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(t.untouched()) << "a refused batch wrote its outputs";
+}
+
+TEST(BatchedRefusals, GoodBatchSums) {
+  three_tables t;
+  forward_batched(t.lookups);
+  // bag b of each table is its row i_t[b]; the rows side by side
+  const float expected[] = {1, 2, 9, 10, 11, 3, 4, 5, 6, 11};
+  EXPECT_EQ(std::memcmp(t.out.data(), expected, sizeof expected), 0);
+}
+
+TEST(BatchedRefusals, BadIndexNamesItsTable) {
+  three_tables t;
+  t.i1[1] = 3;
+  expect_refused(t, errc::index_out_of_range, "tables[1]: ");
+}
+
+TEST(BatchedRefusals, PerTableExecution) {
+  three_tables t;
+  t.lookups[2].opts.execution.max_threads = 1;
+  expect_refused(t, errc::invalid_option, "tables[2]: opts.execution is set");
+}
+
+TEST(BatchedRefusals, MaxNormInPlace) {
+  three_tables t;
+  t.lookups[0].opts.max_norm = 1.0f;
+  t.lookups[0].opts.max_norm_mode = max_norm_flavour::in_place;
+  expect_refused(t, errc::invalid_option, "tables[0]: max_norm in place");
+}
+
+TEST(BatchedRefusals, OutputsSharingCells) {
+  three_tables t;
+  t.lookups[2].out.data = t.out.data() + 3;  // onto table 1's second column
+  expect_refused(t, errc::aliasing, "tables[1].out and tables[2].out share cells");
+}
+
+TEST(BatchedRefusals, OutputOverAnotherTablesIndices) {
+  three_tables t;
+  std::vector<float> shared(8);
+  t.lookups[0].out = {shared.data(), 2, 2, 2};
+  t.lookups[2].batch.indices = index_span(reinterpret_cast<const std::int64_t*>(shared.data()), 2, index_type::i64);
+  expect_refused(t, errc::aliasing, "tables[0].out overlaps tables[2]'s indices");
+}
+
+TEST(BatchedRefusals, ConcatenationOfTheWrongWidth) {
+  three_tables t;
+  try {
+    concatenate_outputs(t.lookups, {t.out.data(), 2, 4, 5});
+    ADD_FAILURE() << "accepted 4 columns for dims 2 + 2 + 1";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_shape) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace embag::test
