@@ -14,6 +14,7 @@
 #include <string>
 #include <variant>
 
+#include "embag/batched.hpp"
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
 #include "embag/quantize.hpp"
@@ -149,29 +150,34 @@ embag_options default_c_options() noexcept {
 static_assert(sizeof(embag_options) <= EMBAG_OPTIONS_MAX_STRUCT_SIZE,
               "embag.h's bound on struct_size admits this embag_options");
 
-// The caller's options as this library knows them: struct_size bytes of them over the defaults.
-embag_options read_c_options(const embag_options* given) {
-  embag_options o = default_c_options();
-  if (given == nullptr) return o;
-  const std::uint32_t size = given->struct_size;
-  if (size < sizeof(embag_options))
-    throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) +
-                                          " is smaller than any embag_options (" +
-                                          std::to_string(sizeof(embag_options)) + "): call embag_options_init");
+// A struct that grows (embag_options, embag_table_lookup) as this library knows it: its first
+// struct_size bytes, at least this library's sizeof(T) and at most EMBAG_OPTIONS_MAX_STRUCT_SIZE,
+// none of those past the fields it knows set. `name` and `how_to_set` word the errors.
+template <class T>
+T read_versioned(const T& given, const std::string& name, const char* how_to_set) {
+  const std::uint32_t size = given.struct_size;
+  if (size < sizeof(T))
+    throw error(errc::invalid_option, name + ".struct_size = " + std::to_string(size) + " is smaller than any " +
+                                          name + " (" + std::to_string(sizeof(T)) + "): " + how_to_set);
   // the bytes past the known fields are read below: a garbage size must not send that scan
   // through gigabytes of the caller's memory
   if (size > EMBAG_OPTIONS_MAX_STRUCT_SIZE)
-    throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) +
+    throw error(errc::invalid_option, name + ".struct_size = " + std::to_string(size) +
                                           " is larger than EMBAG_OPTIONS_MAX_STRUCT_SIZE (" +
-                                          std::to_string(EMBAG_OPTIONS_MAX_STRUCT_SIZE) +
-                                          "): no embag_options is; call embag_options_init");
-  const auto* bytes = reinterpret_cast<const unsigned char*>(given);
-  if (std::any_of(bytes + sizeof(embag_options), bytes + size, [](unsigned char c) { return c != 0; }))
-    throw error(errc::invalid_option, "options.struct_size = " + std::to_string(size) + " sets fields past the " +
-                                          std::to_string(sizeof(embag_options)) +
-                                          " bytes this embag knows: they need a newer library");
-  std::memcpy(&o, given, sizeof o);
-  return o;
+                                          std::to_string(EMBAG_OPTIONS_MAX_STRUCT_SIZE) + "): no " + name + " is; " +
+                                          how_to_set);
+  const auto* bytes = reinterpret_cast<const unsigned char*>(&given);
+  if (std::any_of(bytes + sizeof(T), bytes + size, [](unsigned char c) { return c != 0; }))
+    throw error(errc::invalid_option, name + ".struct_size = " + std::to_string(size) + " sets fields past the " +
+                                          std::to_string(sizeof(T)) + " bytes this embag knows: they need a newer library");
+  T known;
+  std::memcpy(&known, &given, sizeof known);
+  return known;
+}
+
+// The caller's options as this library knows them, or the defaults.
+embag_options read_c_options(const embag_options* given) {
+  return given == nullptr ? default_c_options() : read_versioned(*given, "options", "call embag_options_init");
 }
 
 embag::options options_of(const embag_options* given) {
@@ -410,6 +416,35 @@ embag_status embag_forward(const embag_table* table, const embag_bags* bags, con
     embag::detail::forward_call call = embag::detail::validate_forward(
         t.stored, bags_of(bags), options_of(options), view_of(out, "out"), array_of("argmax", argmax, argmax_size));
     embag::detail::execute(call, nullptr);
+  });
+}
+
+embag_status embag_forward_batched(const embag_table_lookup* tables, int64_t num_tables, const embag_options* options) {
+  return guarded([&] {
+    embag::detail::validate_array("tables", tables, num_tables, alignof(embag_table_lookup));
+    // each entry struct_size bytes apart: a caller built against a later embag_table_lookup
+    const std::uint32_t stride = num_tables > 0 ? tables[0].struct_size : 0;
+    if (num_tables > 0) read_versioned(tables[0], "tables[0]", "set it to sizeof(embag_table_lookup)");
+    if (num_tables > embag::detail::max_array_bytes / std::max<std::uint32_t>(stride, 1))
+      throw error(errc::size_overflow, std::to_string(num_tables) + " tables of " + std::to_string(stride) +
+                                           " bytes each overflow the address space");
+    thread_local std::vector<embag::table_lookup> lookups;  // grown once per thread, then reused
+    lookups.clear();
+    for (std::int64_t i = 0; i < num_tables; ++i) {
+      const std::string name = "tables[" + std::to_string(i) + "]";
+      const auto& given = *reinterpret_cast<const embag_table_lookup*>(reinterpret_cast<const char*>(tables) + i * stride);
+      if (given.struct_size != stride)
+        throw error(errc::invalid_option, name + ".struct_size = " + std::to_string(given.struct_size) +
+                                              " differs from tables[0]'s " + std::to_string(stride));
+      const embag_table_lookup l = read_versioned(given, name, "set it to sizeof(embag_table_lookup)");
+      try {
+        lookups.push_back({required(l.table, "table").stored.view(), bags_of(l.bags), options_of(l.options),
+                           view_of(l.out, "out")});
+      } catch (const error& e) {
+        throw error(e.code(), name + ": " + e.what());
+      }
+    }
+    embag::forward_batched(lookups, execution_of(options, 0));
   });
 }
 

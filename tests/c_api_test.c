@@ -1216,6 +1216,78 @@ static void test_compressed_tables(void) {
   CHECK(rmdir(temporary_dir) == 0); /* every file removed */
 }
 
+/* Two tables in one call, side by side in one 2 x (4 + 4 + 1 pad) output: the table itself with
+ * sum and a second view of its first 3 rows with mean; then refusals that name the table and
+ * write nothing. */
+static void test_forward_batched(const embag_table* t) {
+  enum { stride = 2 * dim + 1 };
+  embag_table* head = NULL;
+  embag_options mean;
+  embag_bags b = offsets_bags(), small;
+  const int64_t small_indices[] = {0, 2, 1};
+  float out[2 * stride];
+  embag_matrix left = {out, 2, dim, stride}, right = {out + dim, 2, dim, stride};
+  embag_table_lookup lookups[2];
+  int col;
+  EXPECT_OK(embag_table_from_memory(table_rows, 3, dim, 0, &head));
+  EXPECT_OK(embag_options_init(&mean));
+  mean.mode = EMBAG_MODE_MEAN;
+  small = offsets_bags();
+  small.indices = small_indices;
+  small.num_indices = 3;
+  memset(lookups, 0, sizeof lookups);
+  lookups[0].struct_size = lookups[1].struct_size = sizeof(embag_table_lookup);
+  lookups[0].table = t;
+  lookups[0].bags = &b;
+  lookups[0].out = &left;
+  lookups[1].table = head;
+  lookups[1].bags = &small;
+  lookups[1].options = &mean;
+  lookups[1].out = &right;
+  fill(out, 2 * stride, canary);
+  EXPECT_OK(embag_forward_batched(lookups, 2, NULL));
+  for (col = 0; col < dim; ++col) {
+    /* table 0, sum: bag {1, 2, 2}, bag {7}; table 1, mean: bag {0, 2, 1}, bag {} */
+    CHECK(out[col] == value(1, col) + value(2, col) + value(2, col));
+    CHECK(out[stride + col] == value(7, col));
+    CHECK(out[dim + col] == (value(0, col) + value(2, col) + value(1, col)) / 3.0f);
+    CHECK(out[stride + dim + col] == 0.0f);
+  }
+  CHECK(out[2 * dim] == canary && out[stride + 2 * dim] == canary);
+
+  /* table 1's index out of its 3 rows: refused by name, nothing written */
+  fill(out, 2 * stride, canary);
+  small.indices = indices64;
+  small.num_indices = 4;
+  EXPECT_STATUS(embag_forward_batched(lookups, 2, NULL), EMBAG_ERR_INDEX_OUT_OF_RANGE);
+  CHECK(error_mentions("tables[1]: "));
+  CHECK(all_equal(out, 2 * stride, canary));
+  small.indices = small_indices;
+  small.num_indices = 3;
+  /* outputs sharing cells */
+  right.data = out + 1;
+  EXPECT_STATUS(embag_forward_batched(lookups, 2, NULL), EMBAG_ERR_ALIASING);
+  CHECK(error_mentions("tables[0].out and tables[1].out share cells"));
+  right.data = out + dim;
+  /* a table's own execution options */
+  mean.max_threads = 1;
+  EXPECT_STATUS(embag_forward_batched(lookups, 2, NULL), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("tables[1]: opts.execution is set"));
+  mean.max_threads = 0;
+  /* struct_size: too small, or entries of different sizes */
+  lookups[1].struct_size = 8;
+  EXPECT_STATUS(embag_forward_batched(lookups, 2, NULL), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("tables[1].struct_size = 8 differs"));
+  lookups[0].struct_size = lookups[1].struct_size = 8;
+  EXPECT_STATUS(embag_forward_batched(lookups, 2, NULL), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("tables[0].struct_size = 8 is smaller"));
+  lookups[0].struct_size = lookups[1].struct_size = sizeof(embag_table_lookup);
+  EXPECT_STATUS(embag_forward_batched(NULL, 2, NULL), EMBAG_ERR_NULL_POINTER);
+  EXPECT_OK(embag_forward_batched(NULL, 0, NULL));
+  CHECK(all_equal(out, 2 * stride, canary));
+  embag_table_destroy(head);
+}
+
 int main(void) {
   embag_table* t = NULL;
   int r, c;
@@ -1230,6 +1302,7 @@ int main(void) {
     return 1;
   }
   test_forward_modes(t);
+  test_forward_batched(t);
   test_max_norm_in_place();
   test_bad_input(t);
   test_backward(t);

@@ -182,6 +182,22 @@ embag_status embag_output_rows(const embag_bags* bags, const embag_options* opti
 embag_status embag_forward(const embag_table* table, const embag_bags* bags, const embag_options* options,
                            const embag_matrix* out, int64_t* argmax, int64_t argmax_size);
 
+/* Many tables in one call (embag/batched.hpp's forward_batched): every table's lookups validated
+ * first (nothing is written unless all pass; an error names the table, "tables[3]: ..."), then one
+ * parallel loop over all of them; each out bitwise what embag_forward writes for its table. The
+ * outs may be one buffer's columns side by side (data at each table's column, row_stride the
+ * buffer's) but share no cell. options: the call's execution (max_threads, isa, prefetch), as
+ * embag_quantize reads them; a table's own options must leave those at their defaults, and its
+ * max_norm may only clip. */
+typedef struct embag_table_lookup {
+  uint32_t struct_size; /* sizeof(embag_table_lookup): entries lie struct_size bytes apart */
+  const embag_table* table;
+  const embag_bags* bags;
+  const embag_options* options; /* NULL: the defaults */
+  const embag_matrix* out;      /* output_rows x the table's dim */
+} embag_table_lookup;
+embag_status embag_forward_batched(const embag_table_lookup* tables, int64_t num_tables, const embag_options* options);
+
 /* grad_table (rows x dim) += the gradient of forward's output, grad_output (output_rows x dim). */
 embag_status embag_backward_dense(const embag_bags* bags, const embag_options* options,
                                   const embag_const_matrix* grad_output, const embag_matrix* grad_table,
