@@ -129,25 +129,35 @@ bool share_a_cell(const output_cells& a, const output_cells& b) {
 
 std::string table_name(std::size_t t) { return "tables[" + std::to_string(t) + "]"; }
 
+// Each table of a batch validated by validate_one(t), which returns its request, after the check
+// every batched table shares (its execution left to the call's); an error names the table.
+template <class Table, class Request, class Validate>
+void validate_each_table(std::span<const Table> tables, std::vector<Request>& requests, const char* what,
+                         Validate&& validate_one) {
+  reserved(requests, tables.size(), what);
+  requests.clear();
+  for (std::size_t t = 0; t < tables.size(); ++t) {
+    try {
+      if (!default_execution(tables[t].opts.execution))
+        throw error(errc::invalid_option, "opts.execution is set: a batched call runs every table with its own execution");
+      requests.push_back(validate_one(t));
+    } catch (const error& e) {
+      throw error(e.code(), table_name(t) + ": " + e.what());
+    }
+  }
+}
+
 }  // namespace
 
 batched_forward_call validate_forward_batched(std::span<const table_lookup> tables, const execution& how,
                                               std::vector<forward_request>& requests) {
   validate_execution(how);
-  reserved(requests, tables.size(), "the requests of a batched forward");
-  requests.clear();
-  for (std::size_t t = 0; t < tables.size(); ++t) {
+  validate_each_table(tables, requests, "the requests of a batched forward", [&](std::size_t t) {
     const table_lookup& l = tables[t];
-    try {
-      if (!default_execution(l.opts.execution))
-        throw error(errc::invalid_option, "opts.execution is set: a batched call runs every table with its own execution");
-      if (l.opts.max_norm && l.opts.max_norm_mode == max_norm_flavour::in_place)
-        throw error(errc::invalid_option, "max_norm in place in a batched call (other tables' lookups may read the table): clip instead");
-      requests.push_back(validate_forward(stored(l.table), l.batch, l.opts, l.out, {}).req);
-    } catch (const error& e) {
-      throw error(e.code(), table_name(t) + ": " + e.what());
-    }
-  }
+    if (l.opts.max_norm && l.opts.max_norm_mode == max_norm_flavour::in_place)
+      throw error(errc::invalid_option, "max_norm in place in a batched call (other tables' lookups may read the table): clip instead");
+    return validate_forward(stored(l.table), l.batch, l.opts, l.out, {}).req;
+  });
   const auto cells = [&](std::size_t t) {
     const forward_request& r = requests[t];
     return output_cells{r.out, rows_of(r.bags, tables[t].opts.mode), r.dim, r.out_stride};
@@ -245,22 +255,14 @@ batched_backward_call validate_backward_batched(std::span<const table_gradient> 
   if (outputs != tables.size())
     throw error(errc::size_mismatch, std::to_string(tables.size()) + " tables and " + std::to_string(outputs) +
                                          (dense ? " grad_tables" : " grads"));
-  reserved(requests, tables.size(), "the requests of a batched backward");
-  requests.clear();
-  for (std::size_t t = 0; t < tables.size(); ++t) {
+  validate_each_table(tables, requests, "the requests of a batched backward", [&](std::size_t t) {
     const table_gradient& g = tables[t];
-    try {
-      if (!default_execution(g.opts.execution))
-        throw error(errc::invalid_option, "opts.execution is set: a batched call runs every table with its own execution");
-      if (dense && grad_tables[t].rows != g.table_rows)
-        throw error(errc::size_mismatch, "grad_table has " + std::to_string(grad_tables[t].rows) +
-                                             " rows; the table has table_rows = " + std::to_string(g.table_rows));
-      requests.push_back(dense ? validate_backward_dense(g.batch, g.opts, g.grad_output, grad_tables[t], g.argmax).req
-                               : validate_backward_sparse(g.table_rows, g.batch, g.opts, g.grad_output, g.argmax).req);
-    } catch (const error& e) {
-      throw error(e.code(), table_name(t) + ": " + e.what());
-    }
-  }
+    if (!dense) return validate_backward_sparse(g.table_rows, g.batch, g.opts, g.grad_output, g.argmax).req;
+    if (grad_tables[t].rows != g.table_rows)
+      throw error(errc::size_mismatch, "grad_table has " + std::to_string(grad_tables[t].rows) +
+                                           " rows; the table has table_rows = " + std::to_string(g.table_rows));
+    return validate_backward_dense(g.batch, g.opts, g.grad_output, grad_tables[t], g.argmax).req;
+  });
   // what each table writes: its dense gradient, or the storage its sparse one may reuse
   const auto written = [&](std::size_t t, int part) -> byte_range {
     if (dense) {
