@@ -127,6 +127,40 @@ TEST_F(Cli, ForwardMatchesTheLibraryInEveryMode) {
   }
 }
 
+// forward-batched: the spec's tables side by side, each column block its own `embag forward`'s
+// output; a table the spec gets wrong is named and no output is written.
+TEST_F(Cli, ForwardBatchedAsTheSingleCalls) {
+  write_embag(in("w.embag"), quantize(table(), dtype::int8_rowwise).view());
+  std::ofstream(in("spec.json")) << R"({"tables": [
+      {"weight": "w.npy", "indices": "i.npy", "offsets": "o.npy", "mode": "mean", "padding_idx": 7},
+      {"weight": "w.embag", "indices": "i.npy", "lengths": "l.npy", "per_sample_weights": "p.npy"}]})";
+  const tool_run r = embag("forward-batched --tables spec.json --out y.npy --threads 1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  ASSERT_EQ(embag("forward --weight w.npy --indices i.npy --offsets o.npy --mode mean --padding-idx 7 --out y0.npy").status, 0);
+  const compressed_table int8 = compressed_table::open(in("w.embag"));
+  std::vector<float> y1(4 * dim);
+  forward(int8.view(), by_offsets(true), {}, {y1.data(), 4, dim});
+  const std::vector<float> y = floats("y.npy"), y0 = floats("y0.npy");
+  EXPECT_EQ(npy_array::open(in("y.npy")).shape(), (std::vector<std::int64_t>{4, 2 * dim}));
+  for (std::int64_t b = 0; b < 4; ++b)
+    for (std::int64_t d = 0; d < dim; ++d) {
+      EXPECT_EQ(y[b * 2 * dim + d], y0[b * dim + d]) << b << " " << d;
+      EXPECT_EQ(y[b * 2 * dim + dim + d], y1[b * dim + d]) << b << " " << d;
+    }
+
+  std::ofstream(in("typo.json")) << R"({"tables": [{"weight": "w.npy", "indices": "i.npy", "offset": "o.npy"}]})";
+  const tool_run typo = embag("forward-batched --tables typo.json --out z.npy");
+  EXPECT_NE(typo.status, 0);
+  EXPECT_NE(typo.output.find("typo.json: tables[0] has the unknown key 'offset'"), std::string::npos) << typo.output;
+  std::ofstream(in("bad.json")) << R"({"tables": [{"weight": "w.npy", "indices": "i.npy", "offsets": "o.npy"},
+      {"weight": "w.npy", "indices": "i.npy", "offsets": "o.npy", "padding_idx": 20}]})";
+  const tool_run bad = embag("forward-batched --tables bad.json --out z.npy");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.output.find("tables[1]: padding_idx = 20"), std::string::npos) << bad.output;
+  EXPECT_NE(embag("forward-batched --tables nothing.json --out z.npy").status, 0);
+  EXPECT_FALSE(std::ifstream(in("z.npy")).good()) << "a failed call wrote its output";
+}
+
 TEST_F(Cli, IncludeLastOffsetAndIsa) {
   const std::vector<std::int32_t> offsets = {0, 3, 3, 6, 9};
   write_npy(in("o5.npy"), npy_dtype::i32, std::vector<std::int64_t>{5}, offsets.data());

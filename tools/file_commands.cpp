@@ -14,8 +14,15 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
 #include "commands.hpp"
 #include "flags.hpp"
+#include "embag/batched.hpp"
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
 #include "embag/quantize.hpp"
@@ -240,6 +247,112 @@ int run_dequantize(const conversion_line& c) {
   return 0;
 }
 
+// `embag forward --tables spec.json`: many tables in one forward_batched call, side by side in
+// one B x sum(D) output. The spec lists the tables, each an object of the flags' names (paths
+// relative to the spec's folder): {"tables": [{"weight": "W0.npy", "indices": "I0.npy",
+// "offsets": "O0.npy", "mode": "mean", "padding_idx": 0}, {"weight": "T1.embag", ...}]}.
+struct batched_line {
+  std::string tables, out;
+  execution how;
+};
+
+// One table of the spec: its files, mapped, and its lookup.
+struct spec_table {
+  std::optional<npy_array> weight_npy;
+  std::optional<compressed_table> weight_embag;
+  std::optional<bag_files> files;
+  table_lookup lookup;
+};
+
+// What a spec's table says, its paths made relative to the spec's folder. A key it does not know
+// (a typo of "offsets", say) is an error naming it, not a default.
+command_line table_of_spec(const nlohmann::json& entry, const std::string& name, const std::filesystem::path& folder) {
+  if (!entry.is_object()) throw error(errc::bad_file, name + " is not an object");
+  command_line c;
+  const auto text = [&](const std::string& key) {
+    if (!entry[key].is_string()) throw error(errc::bad_file, name + "." + key + " is not a string");
+    return entry[key].get<std::string>();
+  };
+  const auto path = [&](const std::string& key) { return (folder / text(key)).string(); };
+  for (const auto& [key, value] : entry.items()) {
+    if (key == "weight") c.weight = path(key);
+    else if (key == "indices") c.indices = path(key);
+    else if (key == "offsets") c.offsets = path(key);
+    else if (key == "lengths") c.lengths = path(key);
+    else if (key == "per_sample_weights") c.per_sample_weights = path(key);
+    else if (key == "mode") {
+      const std::optional<mode> m = mode_from_string(text(key));
+      if (!m) throw error(errc::bad_file, name + ".mode = '" + text(key) + "' is not one of " + mode_names);
+      c.opts.mode = *m;
+    } else if (key == "padding_idx") {
+      if (!value.is_number_integer()) throw error(errc::bad_file, name + ".padding_idx is not an integer");
+      c.opts.padding_idx = value.get<std::int64_t>();
+    } else if (key == "include_last_offset") {
+      if (!value.is_boolean()) throw error(errc::bad_file, name + ".include_last_offset is not true or false");
+      c.opts.include_last_offset = value.get<bool>();
+    } else {
+      throw error(errc::bad_file, name + " has the unknown key '" + key + "'");
+    }
+  }
+  if (c.weight.empty() || c.indices.empty()) throw error(errc::bad_file, name + " needs \"weight\" and \"indices\"");
+  if (c.offsets.empty() == c.lengths.empty())
+    throw error(errc::bad_file, name + " needs exactly one of \"offsets\" and \"lengths\"");
+  return c;
+}
+
+int run_forward_batched(const batched_line& b) {
+  std::ifstream in(b.tables);
+  if (!in) throw error(errc::io_error, "cannot read " + b.tables);
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json spec;
+  try {
+    spec = nlohmann::json::parse(text.str());
+  } catch (const nlohmann::json::exception& e) {
+    throw error(errc::bad_file, b.tables + ": not JSON: " + e.what());
+  }
+  if (!spec.is_object() || !spec["tables"].is_array() || spec["tables"].empty())
+    throw error(errc::bad_file, b.tables + ": needs {\"tables\": [...]}, one object per table");
+  const std::filesystem::path folder = std::filesystem::path(b.tables).parent_path();
+  std::vector<command_line> lines;
+  for (std::size_t t = 0; t < spec["tables"].size(); ++t)
+    lines.push_back(table_of_spec(spec["tables"][t], b.tables + ": tables[" + std::to_string(t) + "]", folder));
+  std::vector<std::pair<std::string, std::string>> inputs{{"--tables", b.tables}};
+  for (const command_line& c : lines)
+    for (const auto& input : inputs_of(c)) inputs.push_back(input);
+  output_group outputs = declared_files(inputs, {{"--out", b.out}});
+
+  std::vector<spec_table> tables(lines.size());
+  std::vector<table_lookup> lookups;
+  std::int64_t cols = 0, rows = -1;
+  for (std::size_t t = 0; t < lines.size(); ++t) {
+    spec_table& s = tables[t];
+    const std::string& weight = lines[t].weight;
+    compressed_table_view view;
+    if (weight.size() >= 6 && weight.compare(weight.size() - 6, 6, ".embag") == 0) {
+      view = s.weight_embag.emplace(compressed_table::open(weight)).view();
+    } else {
+      const table_view<const float> f = s.weight_npy.emplace(npy_array::open(weight)).as_table();
+      view = {reinterpret_cast<const std::byte*>(f.data), f.rows, f.dim, f.row_stride * 4, dtype::f32};
+    }
+    const bags& batch = s.files.emplace(lines[t]).batch;
+    const std::int64_t table_rows = std::max<std::int64_t>(0, output_rows(batch, lines[t].opts));
+    if (rows >= 0 && table_rows != rows)
+      throw error(errc::size_mismatch, "tables[" + std::to_string(t) + "] has " + std::to_string(table_rows) +
+                                           " output rows, tables[0] " + std::to_string(rows) +
+                                           ": side by side, every table needs as many");
+    rows = table_rows;
+    cols += view.dim;
+    lookups.push_back({view, batch, lines[t].opts, {}});
+  }
+  std::vector<float> out = zeros<float>("the output", rows, cols);
+  concatenate_outputs(lookups, {out.data(), rows, cols, cols});
+  forward_batched(lookups, b.how);
+  outputs.stage(b.out, npy_dtype::f32, shape{rows, cols}, out.data());
+  outputs.commit();
+  return 0;
+}
+
 void add_forward_command(CLI::App& tool, command_run& run) {
   const auto c = std::make_shared<command_line>();
   CLI::App& forward = *tool.add_subcommand("forward", "One forward call of the library on .npy files.");
@@ -283,8 +396,25 @@ void add_backward_command(CLI::App& tool, command_run& run) {
 
 }  // namespace
 
+void add_forward_batched_command(CLI::App& tool, command_run& run) {
+  const auto b = std::make_shared<batched_line>();
+  CLI::App& batched = *tool.add_subcommand("forward-batched", "Many tables in one forward call (forward_batched), "
+                                                              "their outputs side by side.");
+  batched.footer("The spec: {\"tables\": [{\"weight\": \"W0.npy\", \"indices\": \"I0.npy\", \"offsets\": \"O0.npy\"}, ...]}\n"
+                 "per table: weight (.npy <f4, or .embag), indices, offsets or lengths, and optionally\n"
+                 "per_sample_weights, mode, padding_idx, include_last_offset; paths relative to the spec.");
+  add_file(batched, "--tables", b->tables, "SPEC.json", "the tables and their bags")->required();
+  add_file(batched, "--out", b->out, "Y.npy", "the output: B x sum(D) <f4, the tables' columns in order")->required();
+  batched.add_option("--isa", b->how.isa, "this instruction set, of " + isa_names + " (default: the best)")
+      ->type_name("ISA")
+      ->transform(name_of("ISA", isa_from_string, isa_names));
+  add_threads(batched, b->how.max_threads);
+  batched.callback([b, &run] { run = [b] { return run_forward_batched(*b); }; });
+}
+
 void add_file_commands(CLI::App& tool, command_run& run) {
   add_forward_command(tool, run);
+  add_forward_batched_command(tool, run);
   add_backward_command(tool, run);
 
   const auto q = std::make_shared<conversion_line>();
