@@ -60,8 +60,8 @@ int run_fuzz(const fuzz_options& o) {
 void add_fuzz_command(CLI::App& tool, command_run& run) {
   const auto o = std::make_shared<fuzz_options>();
   CLI::App& fuzz = *tool.add_subcommand("fuzz", "The differential check of every ISA of this CPU against the reference.");
-  fuzz.footer("Each case is a whole call (possibly malformed), run forward and backward on the reference and every\n"
-              "ISA of this CPU; exits 1 if any disagree.");
+  fuzz.footer("Each case is a whole call (possibly malformed), run forward (single and batched) and backward on the\n"
+              "reference and every ISA of this CPU; exits 1 if any disagree.");
   fuzz.add_option("--seconds", o->seconds, "run for S seconds (default 10 when --cases is not given)")
       ->type_name("S")
       ->transform(number<double>("a number of seconds, 0 or more", [](double s) { return s >= 0 && std::isfinite(s); }));

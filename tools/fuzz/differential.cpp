@@ -8,6 +8,8 @@
 #include <sstream>
 #include <type_traits>
 
+#include "embag/batched.hpp"
+
 namespace embag::fuzz {
 
 bags fuzz_call::batch() const {
@@ -376,6 +378,23 @@ std::vector<entry_point> entry_points(const fuzz_call& f, operation op) {
                         attempt(o, [&] {
                           forward(table_view<float>{o.table.data(), c.rows, c.dim, c.row_stride}, batch, on(c, which),
                                   {o.floats.data(), out_rows, c.dim, c.out_stride}, o.ints);
+                        });
+                        return o;
+                      },
+                      unchanged, exact});
+    // the call's execution becomes the batch's; its table and bags twice, into two outputs
+    points.push_back({"forward_batched (the call twice)",
+                      [=](isa which) {
+                        outcome o{{}, {}, canaries(2 * out_cells), {}, {}};
+                        attempt(o, [&] {
+                          options per_table = c.opts;
+                          execution how = per_table.execution;
+                          how.isa = which;
+                          per_table.execution = {};
+                          const table_lookup lookups[] = {
+                              {compressed, batch, per_table, {o.floats.data(), out_rows, c.dim, c.out_stride}},
+                              {compressed, batch, per_table, {o.floats.data() + out_cells, out_rows, c.dim, c.out_stride}}};
+                          forward_batched(lookups, how);
                         });
                         return o;
                       },
