@@ -23,6 +23,7 @@
 #include <typeinfo>
 #include <vector>
 
+#include "embag/batched.hpp"
 #include "embag/embag.hpp"
 #include "embag/roofline.hpp"
 #include "call.hpp"  // the C ABI's sparse backward, into the caller's buffers
@@ -198,10 +199,18 @@ std::optional<isa> missing_isa() {
 
 std::string str(std::int64_t v) { return std::to_string(v); }
 
-std::vector<catalogue_case> catalogue() {
+// Every row; with `batched`, the rows' forward calls go through forward_batched instead, as the one
+// table of a batch (the options' execution the batch's), which must refuse them alike.
+std::vector<catalogue_case> catalogue(bool batched = false) {
   using F = fixture;
-  const auto fwd = [](F& f, const bags& batch, const options& opts = {}) {
-    forward(f.table(), batch, opts, f.out());
+  const auto fwd = [batched](F& f, const bags& batch, const options& opts = {}) {
+    if (!batched) return forward(f.table(), batch, opts, f.out());
+    const table_view<const float> t = f.table();
+    options one = opts;
+    one.execution = {};
+    const table_lookup table{{reinterpret_cast<const std::byte*>(t.data), t.rows, t.dim, t.row_stride * 4, dtype::f32},
+                             batch, one, f.out()};
+    forward_batched({&table, 1}, opts.execution);
   };
   const auto dense = [](F& f, const bags& batch, const options& opts = {}) {
     backward_dense(batch, opts, f.grad_output(), f.grad_table());
@@ -872,6 +881,20 @@ TEST_P(BadInputCatalogue, ThrowsItsCodeNamesTheCulpritAndWritesNothing) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Catalogue, BadInputCatalogue, ::testing::ValuesIn(catalogue()),
+                         [](const ::testing::TestParamInfo<catalogue_case>& info) { return info.param.name; });
+
+// The forward rows again, each call one table of a batched forward. A batch refuses max_norm in
+// place whatever the table (other tables' lookups may read it), so that row names the batch's rule.
+std::vector<catalogue_case> batched_forward_rows() {
+  std::vector<catalogue_case> rows;
+  for (catalogue_case& c : catalogue(true)) {
+    if (c.name.rfind("forward_", 0) != 0) continue;
+    if (c.name == "forward_in_place_max_norm_on_a_const_table") c.fragment = "tables[0]: max_norm in place in a batched call";
+    rows.push_back(std::move(c));
+  }
+  return rows;
+}
+INSTANTIATE_TEST_SUITE_P(Batched, BadInputCatalogue, ::testing::ValuesIn(batched_forward_rows()),
                          [](const ::testing::TestParamInfo<catalogue_case>& info) { return info.param.name; });
 
 TEST(BadInputCatalogueFixture, HasARowForEveryErrorCode) {
