@@ -400,6 +400,7 @@ struct dlrm_result {
   dtype type;
   int threads;
   double batched, loop, ideal;  // seconds per call: forward_batched, the loop of single calls, the ideal loops
+  double backward_sparse;       // backward_sparse_batched (f32 rows only: backward reads no table), or 0
 };
 
 // One index set of every table, at a thread count: the batched call's tables side by side in one
@@ -407,6 +408,7 @@ struct dlrm_result {
 struct dlrm_call {
   std::vector<table_lookup> tables;
   std::vector<gather_roofline> ideal;
+  std::vector<table_gradient> gradients;  // dY: the output's columns
 };
 
 // The DLRM workload: forward_batched against the loop of single-table calls on the same work and
@@ -441,10 +443,15 @@ int run_dlrm_bench(const bench_options& o) {
       for (int set = 0; set < sets; ++set) {
         for (const workload& w : tables) calls[set].tables.push_back({w.table_in(type), w.batch(set), {}, {}});
         concatenate_outputs(calls[set].tables, {out.data(), bags, cols, cols});
-        for (std::size_t t = 0; t < tables.size(); ++t)
+        for (std::size_t t = 0; t < tables.size(); ++t) {
           calls[set].ideal.emplace_back(tables[t].table_in(type), tables[t].batch(set),
                                         matrix_view<float>{out.data() + t * dim, bags, dim, cols}, how);
+          calls[set].gradients.push_back({tables[t].spec.rows, tables[t].batch(set), {},
+                                          {out.data() + t * dim, bags, dim, cols}, {}});
+        }
       }
+      const bool with_backward = type == dtype::f32;
+      std::vector<sparse_gradient> grads(tables.size());
       const auto run_single_calls = [&](const dlrm_call& call, float* into) {
         options opts;
         opts.execution = how;
@@ -454,7 +461,7 @@ int run_dlrm_bench(const bench_options& o) {
       forward_batched(calls[0].tables, how, &scratch);
       run_single_calls(calls[0], single.data());
       if (out != single) throw error(errc::invalid_option, "bench: forward_batched differs from the single calls");
-      std::vector<double> batched, loop, ideal;
+      std::vector<double> batched, loop, ideal, backward = {0.0};
       const auto start = std::chrono::steady_clock::now();
       for (int call = 0; call < 5 || (call < 2000 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < o.seconds_per_result * 3); ++call) {
         const dlrm_call& c = calls[static_cast<std::size_t>(call % sets)];
@@ -465,6 +472,10 @@ int run_dlrm_bench(const bench_options& o) {
         const auto t2 = std::chrono::steady_clock::now();
         for (const gather_roofline& g : c.ideal) g.run();
         const auto t3 = std::chrono::steady_clock::now();
+        if (with_backward) {
+          backward_sparse_batched(c.gradients, grads, how, &scratch);
+          backward.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t3).count());
+        }
         batched.push_back(std::chrono::duration<double>(t1 - t0).count());
         loop.push_back(std::chrono::duration<double>(t2 - t1).count());
         ideal.push_back(std::chrono::duration<double>(t3 - t2).count());
@@ -473,17 +484,22 @@ int run_dlrm_bench(const bench_options& o) {
         std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
         return v[v.size() / 2];
       };
-      results.push_back({type, threads, median(batched), median(loop), median(ideal)});
+      if (with_backward) backward.erase(backward.begin());
+      results.push_back({type, threads, median(batched), median(loop), median(ideal), median(backward)});
     }
   std::printf("verified: the batched call's outputs match the single calls' bit for bit\n\n");
-  std::printf("%-5s %-7s %11s %11s %11s %9s %9s\n", "dtype", "threads", "batched ms", "loop ms", "ideal ms",
-              "vs loop", "of ideal");
+  std::printf("%-5s %-7s %11s %11s %11s %9s %9s %14s\n", "dtype", "threads", "batched ms", "loop ms", "ideal ms",
+              "vs loop", "of ideal", "bwd-sparse/fwd");
   json benchmarks = json::array();
   for (const dlrm_result& r : results) {
-    std::printf("%-5s %-7d %11.3f %11.3f %11.3f %8.2fx %9.2f\n", short_name(r.type).c_str(), r.threads, r.batched * 1e3,
-                r.loop * 1e3, r.ideal * 1e3, r.loop / r.batched, r.ideal / r.batched);
+    char backward[16] = "-";
+    if (r.backward_sparse > 0) std::snprintf(backward, sizeof backward, "%.2f", r.backward_sparse / r.batched);
+    std::printf("%-5s %-7d %11.3f %11.3f %11.3f %8.2fx %9.2f %14s\n", short_name(r.type).c_str(), r.threads,
+                r.batched * 1e3, r.loop * 1e3, r.ideal * 1e3, r.loop / r.batched, r.ideal / r.batched, backward);
     for (const auto& [family, seconds] : {std::pair{"dlrm/batched", r.batched}, std::pair{"dlrm/single_calls", r.loop},
-                                          std::pair{"dlrm/ideal", r.ideal}}) {
+                                          std::pair{"dlrm/ideal", r.ideal},
+                                          std::pair{"dlrm/backward_sparse_batched", r.backward_sparse}}) {
+      if (seconds == 0) continue;
       const std::string name = std::string(family) + "/" + std::string(to_string(o.isas.back())) + "/" +
                                std::string(to_string(r.type)) + "/scale:" + std::to_string(o.scale) +
                                "/threads:" + std::to_string(r.threads);
@@ -564,7 +580,8 @@ void add_bench_command(CLI::App& tool, command_run& run) {
   CLI::Option_group& dlrm = *bench.add_option_group(
       "Table-batched", "--workload dlrm: MLPerf DLRM-DCNv2's 26 tables (rows capped at 1000000 x --scale), Zipf ids,\n"
                        "  its multi-hot sizes, B = --bags; forward_batched against the loop of single-table calls and\n"
-                       "  against the tables' ideal loops, on the best ISA (default element types fp32 and int8).");
+                       "  against the tables' ideal loops, and backward_sparse_batched against the batched forward,\n"
+                       "  on the best ISA (default element types fp32 and int8).");
   CLI::Option* dlrm_workload =
       dlrm.add_option("--workload", o->dlrm, "the table-batched workload: dlrm")
           ->type_name("NAME")
