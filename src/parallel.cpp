@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <memory>
 #include <mutex>
 
@@ -49,10 +50,21 @@ void run_blocks(std::int64_t count, const execution& how, void (*body)(const voi
     for (std::int64_t i = 0; i < count; ++i) body(ctx, i);
     return;
   }
+  // TBB's spawn and wait order the caller's writes before the blocks and the blocks' writes
+  // before the caller's next reads, but Debian's libtbb is not built for ThreadSanitizer, which
+  // then sees neither. These two atomics state the same order in C++ it sees (one acquire and one
+  // release per range of blocks: nothing next to the blocks' work), so the TSan lane does not hang
+  // on its libtbb suppression, which a worker stack TSan failed to restore escapes.
+  std::atomic<bool> handed_over{false};
+  std::atomic<std::int64_t> finished{0};
+  handed_over.store(true, std::memory_order_release);
   const auto loop = [&] {
     tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, count, 1), [&](const tbb::blocked_range<std::int64_t>& r) {
+      (void)handed_over.load(std::memory_order_acquire);
       for (std::int64_t i = r.begin(); i != r.end(); ++i) body(ctx, i);
+      finished.fetch_add(static_cast<std::int64_t>(r.size()), std::memory_order_release);
     });
+    (void)finished.load(std::memory_order_acquire);
   };
   // An arena the caller handed over runs it; below the current arena's size, a cached smaller
   // arena enforces the cap; otherwise run in the caller's arena (nested inside its own TBB tasks

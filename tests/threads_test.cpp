@@ -4,6 +4,7 @@
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
+#include <atomic>
 #include <thread>
 
 #include "support/run.hpp"
@@ -123,9 +124,17 @@ TEST(Concurrency, NestedInsideCallerTbbTasksAndArenas) {
   constexpr int callers = 8;
   const shared_table_calls work(callers);
   std::vector<int> mismatches(callers, 0);
+  // the order TBB's spawn and wait give, stated in atomics ThreadSanitizer sees (Debian's libtbb
+  // is not built for it; src/parallel.cpp's run_blocks does the same)
+  std::atomic<bool> handed_over{false};
+  std::atomic<int> finished{0};
+  handed_over.store(true, std::memory_order_release);
   tbb::parallel_for(0, callers, [&](int t) {
+    (void)handed_over.load(std::memory_order_acquire);
     if (work.call(t, active_isa(), 0) != work.expected[t]) ++mismatches[t];
+    finished.fetch_add(1, std::memory_order_release);
   });
+  (void)finished.load(std::memory_order_acquire);
   tbb::task_arena single(1);
   single.execute([&] {
     for (int t = 0; t < callers; ++t)
