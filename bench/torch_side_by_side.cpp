@@ -50,10 +50,6 @@ timing interleaved(const workload& w, operation op, int threads) {
     ours.push_back(std::chrono::duration<double>(t1 - t0).count());
     theirs.push_back(std::chrono::duration<double>(t2 - t1).count());
   }
-  const auto median = [](std::vector<double> v) {
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-    return v[v.size() / 2];
-  };
   return {median(ours), median(theirs)};
 }
 

@@ -51,8 +51,8 @@ workload::workload(const workload_spec& s) : spec(s), rows_table(s.rows, s.dim) 
   }
   std::uniform_int_distribution<std::int64_t> uniform_row(0, s.rows - 1);
   std::uniform_int_distribution<std::int64_t> length(1, 2 * s.pooling - 1);
-  const std::optional<zipf_rows> zipf = s.dist == distribution::zipf ? std::optional(zipf_rows(s.rows, s.zipf_exponent))
-                                                                      : std::nullopt;
+  std::optional<zipf_rows> zipf;
+  if (s.dist == distribution::zipf) zipf.emplace(s.rows, s.zipf_exponent);
   for (int k = 0; k < s.index_sets; ++k) {
     index_set set;
     for (std::int64_t b = 0; b < s.bags; ++b) {

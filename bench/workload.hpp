@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "embag/embag.hpp"
@@ -91,6 +92,18 @@ void run_operation(operation op, const workload& w, int set, const execution& ho
 // (D x 4 for f32, what the fp32-equivalent rates count).
 double row_bytes(const workload& w, int set, dtype type = dtype::f32);
 
+// The median of some timings (of an even count, the upper of the middle two); not empty.
+inline double median(std::vector<double> seconds) {
+  std::nth_element(seconds.begin(), seconds.begin() + std::ssize(seconds) / 2, seconds.end());
+  return seconds[seconds.size() / 2];
+}
+
+// Whether a loop of timed calls that began at `start` makes call number `call`: at least 5 calls,
+// then until `budget` seconds have passed, at most 2000.
+inline bool keep_timing(int call, std::chrono::steady_clock::time_point start, double budget) {
+  return call < 5 || (call < 2000 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < budget);
+}
+
 // Seconds per call of f: the median of `calls` timed calls after one untimed warm-up call.
 template <class F>
 double median_seconds(int calls, F&& f) {
@@ -101,8 +114,7 @@ double median_seconds(int calls, F&& f) {
     f();
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
-  std::nth_element(seconds.begin(), seconds.begin() + calls / 2, seconds.end());
-  return seconds[calls / 2];
+  return median(std::move(seconds));
 }
 
 // The roofline on a workload: one gather_roofline per index set over the table in `type`, run with

@@ -53,7 +53,7 @@ void run_blocks(std::int64_t count, const execution& how, void (*body)(const voi
   // TBB's spawn and wait order the caller's writes before the blocks and the blocks' writes
   // before the caller's next reads, but Debian's libtbb is not built for ThreadSanitizer, which
   // then sees neither. These two atomics state the same order in C++ it sees (one acquire and one
-  // release per range of blocks: nothing next to the blocks' work), so the TSan lane does not hang
+  // release per range of blocks: nothing next to the blocks' work), so the TSan lane does not depend
   // on its libtbb suppression, which a worker stack TSan failed to restore escapes.
   std::atomic<bool> handed_over{false};
   std::atomic<std::int64_t> finished{0};

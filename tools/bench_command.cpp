@@ -153,7 +153,7 @@ result measure(operation op, dtype type, isa which, int threads, const workload&
   run_operation(op, w, 0, execution_for(which, threads), buffers, type);  // warm-up, sizes the buffers
   std::vector<double> kernel, roofline_times;
   const auto start = std::chrono::steady_clock::now();
-  for (int call = 0; call < 5 || (call < 2000 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < budget); ++call) {
+  for (int call = 0; keep_timing(call, start, budget); ++call) {
     const int set = call % sets;
     auto t0 = std::chrono::steady_clock::now();
     run_operation(op, w, set, execution_for(which, threads), buffers, type);
@@ -163,10 +163,6 @@ result measure(operation op, dtype type, isa which, int threads, const workload&
     kernel.push_back(std::chrono::duration<double>(t1 - t0).count());
     roofline_times.push_back(std::chrono::duration<double>(t2 - t1).count());
   }
-  const auto median = [](std::vector<double> v) {
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-    return v[v.size() / 2];
-  };
   double lookups = 0;
   for (int set = 0; set < sets; ++set) lookups += double(w.lookups(set)) / sets;
   return {w.spec, size_class(w.spec.table_bytes()), op, type, which, threads, median(kernel), median(roofline_times),
@@ -461,9 +457,9 @@ int run_dlrm_bench(const bench_options& o) {
       forward_batched(calls[0].tables, how, &scratch);
       run_single_calls(calls[0], single.data());
       if (out != single) throw error(errc::invalid_option, "bench: forward_batched differs from the single calls");
-      std::vector<double> batched, loop, ideal, backward = {0.0};
+      std::vector<double> batched, loop, ideal, backward;
       const auto start = std::chrono::steady_clock::now();
-      for (int call = 0; call < 5 || (call < 2000 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < o.seconds_per_result * 3); ++call) {
+      for (int call = 0; keep_timing(call, start, o.seconds_per_result * 3); ++call) {
         const dlrm_call& c = calls[static_cast<std::size_t>(call % sets)];
         const auto t0 = std::chrono::steady_clock::now();
         forward_batched(c.tables, how, &scratch);
@@ -480,12 +476,8 @@ int run_dlrm_bench(const bench_options& o) {
         loop.push_back(std::chrono::duration<double>(t2 - t1).count());
         ideal.push_back(std::chrono::duration<double>(t3 - t2).count());
       }
-      const auto median = [](std::vector<double> v) {
-        std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-        return v[v.size() / 2];
-      };
-      if (with_backward) backward.erase(backward.begin());
-      results.push_back({type, threads, median(batched), median(loop), median(ideal), median(backward)});
+      results.push_back({type, threads, median(batched), median(loop), median(ideal),
+                         with_backward ? median(backward) : 0.0});
     }
   std::printf("verified: the batched call's outputs match the single calls' bit for bit\n\n");
   std::printf("%-5s %-7s %11s %11s %11s %9s %9s %14s\n", "dtype", "threads", "batched ms", "loop ms", "ideal ms",
