@@ -431,7 +431,7 @@ embag_status embag_forward_batched(const embag_table_lookup* tables, int64_t num
     thread_local std::vector<embag::table_lookup> lookups;  // grown once per thread, then reused
     lookups.clear();
     for (std::int64_t i = 0; i < num_tables; ++i) {
-      const std::string name = "tables[" + std::to_string(i) + "]";
+      const std::string name = "tables[" + std::to_string(i) + "]";  // fits the small-string buffer
       const auto& given = *reinterpret_cast<const embag_table_lookup*>(reinterpret_cast<const char*>(tables) + i * stride);
       if (given.struct_size != stride)
         throw error(errc::invalid_option, name + ".struct_size = " + std::to_string(given.struct_size) +
