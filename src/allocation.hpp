@@ -34,4 +34,14 @@ void reserved(std::vector<T>& v, std::size_t count, const std::string& what) {
   }
 }
 
+// Resizes v to `count` elements (its capacity never shrinks); `what` names it should it not fit.
+template <class T>
+void resized(std::vector<T>& v, std::size_t count, const std::string& what) {
+  try {
+    v.resize(count);
+  } catch (const std::bad_alloc&) {
+    out_of_memory(what, count * sizeof(T));
+  }
+}
+
 }  // namespace embag::detail

@@ -91,7 +91,8 @@ roofline_call prepare_roofline(const stored_table& t, const bags& batch, matrix_
     throw error(errc::invalid_option, "gather_roofline takes bags given by offsets of the indices' own type");
   if (!batch.per_sample_weights.empty())
     throw error(errc::invalid_option, "gather_roofline sums rows unweighted: it takes no per_sample_weights");
-  const forward_call sum = validate_forward(t, batch, opts, out, {});
+  std::vector<std::int64_t> never_rewritten;  // default options have no index policy
+  const forward_call sum = validate_forward(t, batch, opts, out, {}, never_rewritten);
   if (sum.which == isa::reference)
     throw error(errc::unsupported_isa, "gather_roofline measures the memory system: it needs a SIMD ISA, not reference");
   roofline_call call{sum.req, {}, &kernels_of(sum.which), how};
@@ -157,6 +158,7 @@ std::int64_t output_rows(const bags& batch, const options& opts) {
 }
 
 void detail::execute(forward_call& call, workspace* scratch) {
+  call.census.publish();
   forward_request& req = call.req;
   if (call.renorm_table != nullptr) {
     scratch_or_local ws(scratch);
@@ -170,6 +172,7 @@ void detail::execute(forward_call& call, workspace* scratch) {
 // choose it (a table past the LLC takes the candidate its trials decided: the batch cannot time
 // one table alone).
 void detail::execute(const batched_forward_call& call, workspace::impl& ws) {
+  for (const index_census& c : call.censuses) c.publish();
   if (call.which == isa::reference) {
     for (forward_request& req : call.tables) reference::forward(req);
     return;
@@ -196,9 +199,13 @@ void execute_backward(backward_request& r, isa which, const execution& how, work
 
 }  // namespace
 
-void detail::execute(backward_call& call, workspace* scratch) { execute_backward(call.req, call.which, call.how, scratch); }
+void detail::execute(backward_call& call, workspace* scratch) {
+  call.census.publish();
+  execute_backward(call.req, call.which, call.how, scratch);
+}
 
 void detail::execute(const weights_grad_call& call) {
+  call.census.publish();
   if (call.which == isa::reference) return reference::weights_grad(call.req);
   bag_blocks plan;
   const forward_request& f = call.req.forward;
@@ -207,22 +214,30 @@ void detail::execute(const weights_grad_call& call) {
   run_blocks(plan.count, call.how, [&](std::int64_t i) { k.weights_grad(call.req, plan.blocks[i]); });
 }
 
+namespace {
+
+void forward_stored(const stored_table& table, const bags& batch, const options& opts, matrix_view<float> out,
+                    std::span<std::int64_t> argmax, workspace* scratch) {
+  std::vector<std::int64_t> own_indices;
+  forward_call call = validate_forward(table, batch, opts, out, argmax, index_storage(scratch, own_indices));
+  execute(call, scratch);
+}
+
+}  // namespace
+
 void forward(table_view<const float> table, const bags& batch, const options& opts, matrix_view<float> out,
-             std::span<std::int64_t> argmax) {
-  forward_call call = validate_forward(stored(table), batch, opts, out, argmax);
-  execute(call, nullptr);
+             std::span<std::int64_t> argmax, workspace* scratch) {
+  forward_stored(stored(table), batch, opts, out, argmax, scratch);
 }
 
 void forward(table_view<float> table, const bags& batch, const options& opts, matrix_view<float> out,
              std::span<std::int64_t> argmax, workspace* scratch) {
-  forward_call call = validate_forward(stored(table), batch, opts, out, argmax);
-  execute(call, scratch);
+  forward_stored(stored(table), batch, opts, out, argmax, scratch);
 }
 
 void forward(compressed_table_view table, const bags& batch, const options& opts, matrix_view<float> out,
-             std::span<std::int64_t> argmax) {
-  forward_call call = validate_forward(stored(table), batch, opts, out, argmax);
-  execute(call, nullptr);
+             std::span<std::int64_t> argmax, workspace* scratch) {
+  forward_stored(stored(table), batch, opts, out, argmax, scratch);
 }
 
 void concatenate_outputs(std::span<table_lookup> tables, matrix_view<float> out) {
@@ -241,13 +256,15 @@ void concatenate_outputs(std::span<table_lookup> tables, matrix_view<float> out)
 
 void forward_batched(std::span<const table_lookup> tables, const execution& how, workspace* scratch) {
   scratch_or_local ws(scratch);
-  const batched_forward_call call = validate_forward_batched(tables, how, ws.get().batched_requests);
+  const batched_forward_call call = validate_forward_batched(tables, how, ws.get());
   execute(call, ws.get());
 }
 
 void backward_dense(const bags& batch, const options& opts, matrix_view<const float> grad_output,
                     matrix_view<float> grad_table, std::span<const std::int64_t> argmax, workspace* scratch) {
-  backward_call call = validate_backward_dense(batch, opts, grad_output, grad_table, argmax);
+  std::vector<std::int64_t> own_indices;
+  backward_call call =
+      validate_backward_dense(batch, opts, grad_output, grad_table, argmax, index_storage(scratch, own_indices));
   execute(call, scratch);
 }
 
@@ -280,26 +297,29 @@ void sparse_gradient_of(backward_request& r, isa which, const execution& how, sp
 void backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
                      matrix_view<const float> grad_output, sparse_gradient& grad,
                      std::span<const std::int64_t> argmax, workspace* scratch) {
-  backward_call call = validate_backward_sparse(table_rows, batch, opts, grad_output, argmax);
+  scratch_or_local ws(scratch);
+  backward_call call = validate_backward_sparse(table_rows, batch, opts, grad_output, argmax, ws.get().rewritten_indices);
   const byte_range outputs[] = {
       {"grad.rows", grad.rows.data(), static_cast<std::int64_t>(grad.rows.capacity() * sizeof(std::int64_t))},
       {"grad.values", grad.values.data(), static_cast<std::int64_t>(grad.values.capacity() * sizeof(float))}};
   validate_disjoint(outputs, call.inputs.span());
-  scratch_or_local ws(scratch);
+  call.census.publish();
   sparse_gradient_of(call.req, call.which, call.how, grad, ws.get());
 }
 
 void backward_dense_batched(std::span<const table_gradient> tables, std::span<const matrix_view<float>> grad_tables,
                             const execution& how, workspace* scratch) {
   scratch_or_local ws(scratch);
-  const batched_backward_call call = validate_backward_batched(tables, grad_tables, {}, how, ws.get().batched_gradients);
+  const batched_backward_call call = validate_backward_batched(tables, grad_tables, {}, how, ws.get());
+  for (const index_census& c : call.censuses) c.publish();
   for (backward_request& r : call.tables) execute_backward(r, call.which, call.how, &ws.whole());
 }
 
 void backward_sparse_batched(std::span<const table_gradient> tables, std::span<sparse_gradient> grads,
                              const execution& how, workspace* scratch) {
   scratch_or_local ws(scratch);
-  const batched_backward_call call = validate_backward_batched(tables, {}, grads, how, ws.get().batched_gradients);
+  const batched_backward_call call = validate_backward_batched(tables, {}, grads, how, ws.get());
+  for (const index_census& c : call.censuses) c.publish();
   for (std::size_t t = 0; t < call.tables.size(); ++t)
     sparse_gradient_of(call.tables[t], call.which, call.how, grads[t], ws.get());
 }
@@ -307,7 +327,8 @@ void backward_sparse_batched(std::span<const table_gradient> tables, std::span<s
 void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, const options& opts,
                                   matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
                                   const sparse_gradient_buffers& out, std::int64_t& num_rows) {
-  backward_call call = validate_backward_sparse(table_rows, batch, opts, grad_output, argmax);
+  scratch_or_local ws(nullptr);
+  backward_call call = validate_backward_sparse(table_rows, batch, opts, grad_output, argmax, ws.get().rewritten_indices);
   const std::int64_t dim = call.req.dim;
   const auto capacity = static_cast<std::int64_t>(out.rows.size());
   validate_array("rows_out", out.rows.data(), capacity, sizeof(std::int64_t));
@@ -320,6 +341,7 @@ void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, co
                                 {"rows_out", out.rows.data(), static_cast<std::int64_t>(out.rows.size_bytes())},
                                 {"values_out", out.values, values_size * std::int64_t{sizeof(float)}}};
   validate_disjoint(outputs, call.inputs.span());
+  call.census.publish();
 
   // num_rows is written even when the rows do not fit: that is how a caller learns the capacity
   const auto count_rows = [&](std::int64_t unique) {
@@ -336,7 +358,6 @@ void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, co
     std::copy(grad.values.begin(), grad.values.end(), out.values);
     return;
   }
-  scratch_or_local ws(nullptr);
   backward_request& r = call.req;
   r.transpose = transposed(r, call.how, ws.get());
   count_rows(r.transpose.num_unique);
@@ -347,7 +368,8 @@ void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, co
 
 void per_sample_weights_grad(table_view<const float> table, const bags& batch, const options& opts,
                              matrix_view<const float> grad_output, std::span<float> grad_weights) {
-  execute(validate_weights_grad(stored(table), batch, opts, grad_output, grad_weights));
+  std::vector<std::int64_t> own_indices;
+  execute(validate_weights_grad(stored(table), batch, opts, grad_output, grad_weights, own_indices));
 }
 
 struct gather_roofline::impl {

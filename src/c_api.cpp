@@ -5,6 +5,7 @@
 #include "embag/embag.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -134,7 +135,7 @@ embag::bags bags_of(const embag_bags* c_bags) {
 }
 
 constexpr std::uint32_t known_flags = EMBAG_HAS_PADDING_IDX | EMBAG_INCLUDE_LAST_OFFSET | EMBAG_HAS_MAX_NORM |
-                                      EMBAG_MAX_NORM_IN_PLACE | EMBAG_SCALE_GRAD_BY_FREQ;
+                                      EMBAG_MAX_NORM_IN_PLACE | EMBAG_SCALE_GRAD_BY_FREQ | EMBAG_PRUNED_IDS;
 
 embag_options default_c_options() noexcept {
   embag_options o;
@@ -151,14 +152,20 @@ static_assert(sizeof(embag_options) <= EMBAG_OPTIONS_MAX_STRUCT_SIZE,
               "embag.h's bound on struct_size admits this embag_options");
 
 // A struct that grows (embag_options, embag_table_lookup) as this library knows it: its first
-// struct_size bytes, at least this library's sizeof(T) and at most EMBAG_OPTIONS_MAX_STRUCT_SIZE,
-// none of those past the fields it knows set. `name` and `how_to_set` word the errors.
+// struct_size bytes over `defaults` (fields a caller built against an older embag does not have keep
+// them). struct_size is `older` (an earlier version's size, which ends between two fields), or at
+// least this library's sizeof(T) and at most EMBAG_OPTIONS_MAX_STRUCT_SIZE, none of the bytes past
+// the fields this library knows set. `name` and `how_to_set` word the errors.
 template <class T>
-T read_versioned(const T& given, const std::string& name, const char* how_to_set) {
+T read_versioned(const T& given, const T& defaults, std::size_t older, const std::string& name, const char* how_to_set) {
   const std::uint32_t size = given.struct_size;
-  if (size < sizeof(T))
+  if (size < older)
     throw error(errc::invalid_option, name + ".struct_size = " + std::to_string(size) + " is smaller than any " +
-                                          name + " (" + std::to_string(sizeof(T)) + "): " + how_to_set);
+                                          name + " (" + std::to_string(older) + "): " + how_to_set);
+  if (size != older && size < sizeof(T))  // it would end inside a field
+    throw error(errc::invalid_option, name + ".struct_size = " + std::to_string(size) + " matches no version of " +
+                                          name + " (" + std::to_string(older) + " or " + std::to_string(sizeof(T)) +
+                                          " bytes): " + how_to_set);
   // the bytes past the known fields are read below: a garbage size must not send that scan
   // through gigabytes of the caller's memory
   if (size > EMBAG_OPTIONS_MAX_STRUCT_SIZE)
@@ -167,17 +174,23 @@ T read_versioned(const T& given, const std::string& name, const char* how_to_set
                                           std::to_string(EMBAG_OPTIONS_MAX_STRUCT_SIZE) + "): no " + name + " is; " +
                                           how_to_set);
   const auto* bytes = reinterpret_cast<const unsigned char*>(&given);
-  if (std::any_of(bytes + sizeof(T), bytes + size, [](unsigned char c) { return c != 0; }))
+  if (size > sizeof(T) && std::any_of(bytes + sizeof(T), bytes + size, [](unsigned char c) { return c != 0; }))
     throw error(errc::invalid_option, name + ".struct_size = " + std::to_string(size) + " sets fields past the " +
                                           std::to_string(sizeof(T)) + " bytes this embag knows: they need a newer library");
-  T known;
-  std::memcpy(&known, &given, sizeof known);
+  T known = defaults;
+  std::memcpy(&known, &given, std::min<std::size_t>(size, sizeof known));
+  known.struct_size = sizeof known;
   return known;
 }
 
+// embag_options as 0.1 laid it out, before the index policies' fields.
+constexpr std::size_t options_0_1_size = offsetof(embag_options, remap);
+static_assert(options_0_1_size == 48, "0.1's embag_options was 48 bytes: its fields must not move");
+
 // The caller's options as this library knows them, or the defaults.
 embag_options read_c_options(const embag_options* given) {
-  return given == nullptr ? default_c_options() : read_versioned(*given, "options", "call embag_options_init");
+  return given == nullptr ? default_c_options()
+                          : read_versioned(*given, default_c_options(), options_0_1_size, "options", "call embag_options_init");
 }
 
 embag::options options_of(const embag_options* given) {
@@ -206,6 +219,19 @@ embag::options options_of(const embag_options* given) {
   opts.execution.max_threads = o.max_threads;
   if (o.isa != EMBAG_ISA_DEFAULT) opts.execution.isa = static_cast<embag::isa>(o.isa);
   opts.execution.prefetch = {static_cast<embag::prefetch_level>(o.prefetch_level), o.prefetch_rows};
+  if (o.bad_indices != EMBAG_BAD_INDICES_ERROR && o.bad_indices != EMBAG_BAD_INDICES_SKIP)
+    throw error(errc::invalid_option,
+                "options.bad_indices = " + std::to_string(o.bad_indices) + " is not an EMBAG_BAD_INDICES_* policy");
+  opts.bad_indices = static_cast<embag::bad_index_policy>(o.bad_indices);
+  opts.pruned_ids = (o.flags & EMBAG_PRUNED_IDS) != 0;
+  if (o.remap != nullptr || o.remap_size != 0)
+    opts.remap = {o.remap, o.remap_size, index_type_of("options.remap_type", o.remap_type)};
+  // the report is written with memcpy (index_census::publish): the two structs' bytes must agree
+  static_assert(sizeof(embag_index_report) == sizeof(embag::index_report) &&
+                offsetof(embag_index_report, first_position) == offsetof(embag::index_report, first_position) &&
+                offsetof(embag_index_report, first_value) == offsetof(embag::index_report, first_value) &&
+                offsetof(embag_index_report, pruned) == offsetof(embag::index_report, pruned));
+  opts.report = reinterpret_cast<embag::index_report*>(o.report);
   return opts;
 }
 
@@ -413,8 +439,10 @@ embag_status embag_forward(const embag_table* table, const embag_bags* bags, con
                            const embag_matrix* out, int64_t* argmax, int64_t argmax_size) {
   return guarded([&] {
     const embag_table& t = required(table, "table");
-    embag::detail::forward_call call = embag::detail::validate_forward(
-        t.stored, bags_of(bags), options_of(options), view_of(out, "out"), array_of("argmax", argmax, argmax_size));
+    std::vector<std::int64_t> rewritten_indices;  // allocated only if index policies rewrite
+    embag::detail::forward_call call =
+        embag::detail::validate_forward(t.stored, bags_of(bags), options_of(options), view_of(out, "out"),
+                                        array_of("argmax", argmax, argmax_size), rewritten_indices);
     embag::detail::execute(call, nullptr);
   });
 }
@@ -424,7 +452,8 @@ embag_status embag_forward_batched(const embag_table_lookup* tables, int64_t num
     embag::detail::validate_array("tables", tables, num_tables, alignof(embag_table_lookup));
     // each entry struct_size bytes apart: a caller built against a later embag_table_lookup
     const std::uint32_t stride = num_tables > 0 ? tables[0].struct_size : 0;
-    if (num_tables > 0) read_versioned(tables[0], "tables[0]", "set it to sizeof(embag_table_lookup)");
+    if (num_tables > 0) read_versioned(tables[0], embag_table_lookup{}, sizeof(embag_table_lookup), "tables[0]",
+                                   "set it to sizeof(embag_table_lookup)");
     if (num_tables > embag::detail::max_array_bytes / std::max<std::uint32_t>(stride, 1))
       throw error(errc::size_overflow, std::to_string(num_tables) + " tables of " + std::to_string(stride) +
                                            " bytes each overflow the address space");
@@ -436,7 +465,8 @@ embag_status embag_forward_batched(const embag_table_lookup* tables, int64_t num
       if (given.struct_size != stride)
         throw error(errc::invalid_option, name + ".struct_size = " + std::to_string(given.struct_size) +
                                               " differs from tables[0]'s " + std::to_string(stride));
-      const embag_table_lookup l = read_versioned(given, name, "set it to sizeof(embag_table_lookup)");
+      const embag_table_lookup l = read_versioned(given, embag_table_lookup{}, sizeof(embag_table_lookup), name,
+                                                  "set it to sizeof(embag_table_lookup)");
       try {
         lookups.push_back({required(l.table, "table").stored.view(), bags_of(l.bags), options_of(l.options),
                            view_of(l.out, "out")});

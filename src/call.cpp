@@ -34,6 +34,11 @@ forward_request forward_request_for(const stored_table& t, const bag_source& bag
   return req;
 }
 
+// options.report: an output of the call.
+byte_range report_bytes(const options& opts) {
+  return {"report", opts.report, opts.report != nullptr ? std::int64_t{sizeof(index_report)} : 0};
+}
+
 }  // namespace
 
 table_view<const float> stored_table::floats() const {
@@ -65,7 +70,7 @@ stored_table stored(compressed_table_view t) {
   return {t.data, t.element_type, t.rows, t.dim, stride, row_bytes(t.element_type, t.dim)};
 }
 
-call_inputs::call_inputs(const bags& batch, byte_range table_or_grad) {
+call_inputs::call_inputs(const bags& batch, const options& opts, byte_range table_or_grad) {
   ranges_[count_++] = table_or_grad;
   ranges_[count_++] = {"indices", batch.indices.data, bytes_of(batch.indices)};
   // fixed-length bags have no boundaries array: whatever the span holds is not read
@@ -73,14 +78,20 @@ call_inputs::call_inputs(const bags& batch, byte_range table_or_grad) {
                        batch.layout == bag_layout::fixed_length ? 0 : bytes_of(batch.boundaries)};
   ranges_[count_++] = {"per_sample_weights", batch.per_sample_weights.data(),
                        static_cast<std::int64_t>(batch.per_sample_weights.size_bytes())};
+  ranges_[count_++] = {"remap", opts.remap.data, bytes_of(opts.remap)};
+}
+
+std::vector<std::int64_t>& index_storage(workspace* scratch, std::vector<std::int64_t>& own) {
+  return scratch != nullptr ? scratch->get().rewritten_indices : own;
 }
 
 forward_call validate_forward(const stored_table& t, const bags& batch, const options& opts, matrix_view<float> out,
-                              std::span<std::int64_t> argmax) {
+                              std::span<std::int64_t> argmax, std::vector<std::int64_t>& rewritten) {
   const std::int64_t padding = validate_options(opts, t.rows);
   if (opts.max_norm && t.type != dtype::f32)
     throw error(errc::invalid_option, "max_norm needs an f32 table; this one is " + std::string(to_string(t.type)));
-  const bag_source bags = validate_bags(batch, opts, t.rows);
+  index_census census;
+  const bag_source bags = validate_bags(batch, opts, t.rows, padding, rewritten, census);
   const std::int64_t out_rows = rows_of(bags, opts.mode);
   const std::int64_t out_stride = validate_output("out", out, out_rows, t.dim);
   validate_argmax_size(argmax, opts, out_rows, t.dim);
@@ -88,15 +99,16 @@ forward_call validate_forward(const stored_table& t, const bags& batch, const op
   if (in_place && t.writable == nullptr && t.rows > 0)
     throw error(errc::invalid_option, "max_norm_mode in_place needs a mutable table (a table_view<float>)");
   const byte_range outputs[] = {matrix_bytes("out", out.data, out_rows, t.dim, out_stride),
-                                {"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())}};
-  const call_inputs inputs(batch, t.bytes());
+                                {"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())},
+                                report_bytes(opts)};
+  const call_inputs inputs(batch, opts, t.bytes());
   validate_disjoint(outputs, inputs.span());
   if (in_place) {  // the table is written too: it must not hold the indices, offsets or weights
     const byte_range written[] = {t.bytes()};
     validate_disjoint(written, inputs.span().subspan(1));
   }
-  forward_call call{forward_request_for(t, bags, opts, padding), resolve_isa(opts.execution.isa), opts.execution,
-                    in_place ? t.writable : nullptr};
+  forward_call call{forward_request_for(t, bags, opts, padding), census, resolve_isa(opts.execution.isa),
+                    opts.execution, in_place ? t.writable : nullptr};
   call.req.out = out.data;
   call.req.out_stride = out_stride;
   call.req.argmax = argmax.empty() ? nullptr : argmax.data();
@@ -129,6 +141,23 @@ bool share_a_cell(const output_cells& a, const output_cells& b) {
 
 std::string table_name(std::size_t t) { return "tables[" + std::to_string(t) + "]"; }
 
+// Room for a batch's censuses and each table's rewritten indices (which only grow: a reused
+// workspace stops allocating).
+void prepare_censuses(std::size_t tables, workspace::impl& ws) {
+  reserved(ws.batched_censuses, tables, "the index censuses of a batched call");
+  ws.batched_censuses.clear();
+  if (ws.batched_indices.size() < tables) resized(ws.batched_indices, tables, "the rewritten indices of a batched call");
+}
+
+// Every table's report its own: one shared would hold whichever table was written last.
+template <class Table>
+void validate_distinct_reports(std::span<const Table> tables) {
+  for (std::size_t t = 0; t < tables.size(); ++t)
+    for (std::size_t u = t + 1; u < tables.size(); ++u)
+      if (tables[t].opts.report != nullptr && tables[t].opts.report == tables[u].opts.report)
+        throw error(errc::aliasing, table_name(t) + " and " + table_name(u) + " share one opts.report");
+}
+
 // Each table of a batch validated by validate_one(t), which returns its request, after the check
 // every batched table shares (its execution left to the call's); an error names the table.
 template <class Table, class Request, class Validate>
@@ -150,14 +179,19 @@ void validate_each_table(std::span<const Table> tables, std::vector<Request>& re
 }  // namespace
 
 batched_forward_call validate_forward_batched(std::span<const table_lookup> tables, const execution& how,
-                                              std::vector<forward_request>& requests) {
+                                              workspace::impl& ws) {
   validate_execution(how);
+  std::vector<forward_request>& requests = ws.batched_requests;
+  prepare_censuses(tables.size(), ws);
   validate_each_table(tables, requests, "the requests of a batched forward", [&](std::size_t t) {
     const table_lookup& l = tables[t];
     if (l.opts.max_norm && l.opts.max_norm_mode == max_norm_flavour::in_place)
       throw error(errc::invalid_option, "max_norm in place in a batched call (other tables' lookups may read the table): clip instead");
-    return validate_forward(stored(l.table), l.batch, l.opts, l.out, {}).req;
+    const forward_call call = validate_forward(stored(l.table), l.batch, l.opts, l.out, {}, ws.batched_indices[t]);
+    ws.batched_censuses.push_back(call.census);
+    return call.req;
   });
+  validate_distinct_reports(tables);
   const auto cells = [&](std::size_t t) {
     const forward_request& r = requests[t];
     return output_cells{r.out, rows_of(r.bags, tables[t].opts.mode), r.dim, r.out_stride};
@@ -167,7 +201,7 @@ batched_forward_call validate_forward_batched(std::span<const table_lookup> tabl
     for (std::size_t u = 0; u < tables.size(); ++u) {
       if (u == t) continue;
       const forward_request& r = requests[u];
-      const call_inputs inputs(tables[u].batch, {"table", r.table, r.rows == 0 ? 0 : (r.rows - 1) * r.row_stride + r.row_bytes});
+      const call_inputs inputs(tables[u].batch, tables[u].opts, {"table", r.table, r.rows == 0 ? 0 : (r.rows - 1) * r.row_stride + r.row_bytes});
       for (const byte_range& in : inputs.span())
         if (overlap(out.bytes("out"), in))
           throw error(errc::aliasing, table_name(t) + ".out overlaps " + table_name(u) + "'s " + in.name);
@@ -175,7 +209,7 @@ batched_forward_call validate_forward_batched(std::span<const table_lookup> tabl
         throw error(errc::aliasing, table_name(t) + ".out and " + table_name(u) + ".out share cells");
     }
   }
-  return {requests, resolve_isa(how.isa), how};
+  return {requests, ws.batched_censuses, resolve_isa(how.isa), how};
 }
 
 namespace {
@@ -183,9 +217,11 @@ namespace {
 // What every form of backward checks: options, bags, dY and argmax against a table of
 // table_rows x dim.
 backward_call validate_backward_inputs(std::int64_t table_rows, std::int64_t dim, const bags& batch, const options& opts,
-                                       matrix_view<const float> grad_output, std::span<const std::int64_t> argmax) {
+                                       matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
+                                       std::vector<std::int64_t>& rewritten) {
   const std::int64_t padding = validate_options(opts, table_rows);
-  const bag_source bags = validate_bags(batch, opts, table_rows);
+  index_census census;
+  const bag_source bags = validate_bags(batch, opts, table_rows, padding, rewritten, census);
   const std::int64_t out_rows = rows_of(bags, opts.mode);
   const std::int64_t grad_stride = validate_input("grad_output", grad_output, out_rows, dim);
   if (opts.mode == mode::max) {
@@ -196,8 +232,8 @@ backward_call validate_backward_inputs(std::int64_t table_rows, std::int64_t dim
   } else if (!argmax.empty()) {
     throw error(errc::invalid_option, "argmax is only defined for mode max");
   }
-  backward_call call{{}, resolve_isa(opts.execution.isa), opts.execution,
-                     call_inputs(batch, matrix_bytes("grad_output", grad_output.data, out_rows, dim, grad_stride))};
+  backward_call call{{}, census, resolve_isa(opts.execution.isa), opts.execution,
+                     call_inputs(batch, opts, matrix_bytes("grad_output", grad_output.data, out_rows, dim, grad_stride))};
   call.inputs.add({"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())});
   backward_request& r = call.req;
   r.bags = bags;
@@ -215,11 +251,14 @@ backward_call validate_backward_inputs(std::int64_t table_rows, std::int64_t dim
 }  // namespace
 
 backward_call validate_backward_dense(const bags& batch, const options& opts, matrix_view<const float> grad_output,
-                                      matrix_view<float> grad_table, std::span<const std::int64_t> argmax) {
+                                      matrix_view<float> grad_table, std::span<const std::int64_t> argmax,
+                                      std::vector<std::int64_t>& rewritten) {
   const std::int64_t stride =
       validate_matrix("grad_table", grad_table.data, grad_table.rows, grad_table.cols, grad_table.row_stride);
-  backward_call call = validate_backward_inputs(grad_table.rows, grad_table.cols, batch, opts, grad_output, argmax);
-  const byte_range outputs[] = {matrix_bytes("grad_table", grad_table.data, grad_table.rows, grad_table.cols, stride)};
+  backward_call call =
+      validate_backward_inputs(grad_table.rows, grad_table.cols, batch, opts, grad_output, argmax, rewritten);
+  const byte_range outputs[] = {matrix_bytes("grad_table", grad_table.data, grad_table.rows, grad_table.cols, stride),
+                                report_bytes(opts)};
   validate_disjoint(outputs, call.inputs.span());
   call.req.grad_table = grad_table.data;
   call.req.grad_table_stride = stride;
@@ -227,18 +266,22 @@ backward_call validate_backward_dense(const bags& batch, const options& opts, ma
 }
 
 backward_call validate_backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
-                                       matrix_view<const float> grad_output, std::span<const std::int64_t> argmax) {
+                                       matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
+                                       std::vector<std::int64_t>& rewritten) {
   if (table_rows < 0)
     throw error(errc::invalid_shape, "table_rows = " + std::to_string(table_rows) + " must be >= 0");
-  return validate_backward_inputs(table_rows, grad_output.cols, batch, opts, grad_output, argmax);
+  backward_call call = validate_backward_inputs(table_rows, grad_output.cols, batch, opts, grad_output, argmax, rewritten);
+  const byte_range outputs[] = {report_bytes(opts)};
+  validate_disjoint(outputs, call.inputs.span());
+  return call;
 }
 
 namespace {
 
 // What a table of a batched backward reads: its bags, dY and argmax.
 call_inputs gradient_inputs(const table_gradient& t, const backward_request& r) {
-  call_inputs inputs(t.batch, matrix_bytes("grad_output", r.grad_output, rows_of(r.bags, t.opts.mode), r.dim,
-                                           r.grad_output_stride));
+  call_inputs inputs(t.batch, t.opts,
+                     matrix_bytes("grad_output", r.grad_output, rows_of(r.bags, t.opts.mode), r.dim, r.grad_output_stride));
   inputs.add({"argmax", t.argmax.data(), static_cast<std::int64_t>(t.argmax.size_bytes())});
   return inputs;
 }
@@ -248,21 +291,27 @@ call_inputs gradient_inputs(const table_gradient& t, const backward_request& r) 
 batched_backward_call validate_backward_batched(std::span<const table_gradient> tables,
                                                 std::span<const matrix_view<float>> grad_tables,
                                                 std::span<const sparse_gradient> grads, const execution& how,
-                                                std::vector<backward_request>& requests) {
+                                                workspace::impl& ws) {
   validate_execution(how);
+  std::vector<backward_request>& requests = ws.batched_gradients;
   const bool dense = grads.empty();
   const std::size_t outputs = dense ? grad_tables.size() : grads.size();
   if (outputs != tables.size())
     throw error(errc::size_mismatch, std::to_string(tables.size()) + " tables and " + std::to_string(outputs) +
                                          (dense ? " grad_tables" : " grads"));
+  prepare_censuses(tables.size(), ws);
   validate_each_table(tables, requests, "the requests of a batched backward", [&](std::size_t t) {
     const table_gradient& g = tables[t];
-    if (!dense) return validate_backward_sparse(g.table_rows, g.batch, g.opts, g.grad_output, g.argmax).req;
-    if (grad_tables[t].rows != g.table_rows)
+    if (dense && grad_tables[t].rows != g.table_rows)
       throw error(errc::size_mismatch, "grad_table has " + std::to_string(grad_tables[t].rows) +
                                            " rows; the table has table_rows = " + std::to_string(g.table_rows));
-    return validate_backward_dense(g.batch, g.opts, g.grad_output, grad_tables[t], g.argmax).req;
+    const backward_call call =
+        dense ? validate_backward_dense(g.batch, g.opts, g.grad_output, grad_tables[t], g.argmax, ws.batched_indices[t])
+              : validate_backward_sparse(g.table_rows, g.batch, g.opts, g.grad_output, g.argmax, ws.batched_indices[t]);
+    ws.batched_censuses.push_back(call.census);
+    return call.req;
   });
+  validate_distinct_reports(tables);
   // what each table writes: its dense gradient, or the storage its sparse one may reuse
   const auto written = [&](std::size_t t, int part) -> byte_range {
     if (dense) {
@@ -289,13 +338,15 @@ batched_backward_call validate_backward_batched(std::span<const table_gradient> 
                                               written(u, other).name);
       }
     }
-  return {requests, resolve_isa(how.isa), how};
+  return {requests, ws.batched_censuses, resolve_isa(how.isa), how};
 }
 
 weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch, const options& opts,
-                                        matrix_view<const float> grad_output, std::span<float> grad_weights) {
+                                        matrix_view<const float> grad_output, std::span<float> grad_weights,
+                                        std::vector<std::int64_t>& rewritten) {
   const std::int64_t padding = validate_options(opts, t.rows);
-  const bag_source bags = validate_bags(batch, opts, t.rows);
+  index_census census;
+  const bag_source bags = validate_bags(batch, opts, t.rows, padding, rewritten, census);
   if (bags.weights == nullptr && bags.nnz > 0)
     throw error(errc::invalid_option, "per_sample_weights_grad needs per_sample_weights");
   if (!takes_weights(reduction_of(opts.mode)))
@@ -305,12 +356,12 @@ weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch
     throw error(errc::size_mismatch, "grad_weights has " + std::to_string(grad_weights.size()) +
                                          " entries but indices has " + std::to_string(bags.nnz));
   validate_array("grad_weights", grad_weights.data(), bags.nnz, sizeof(float));
-  call_inputs inputs(batch, t.bytes());
+  call_inputs inputs(batch, opts, t.bytes());
   inputs.add(matrix_bytes("grad_output", grad_output.data, bags.num_bags, t.dim, grad_stride));
   const byte_range outputs[] = {
-      {"grad_weights", grad_weights.data(), static_cast<std::int64_t>(grad_weights.size_bytes())}};
+      {"grad_weights", grad_weights.data(), static_cast<std::int64_t>(grad_weights.size_bytes())}, report_bytes(opts)};
   validate_disjoint(outputs, inputs.span());
-  weights_grad_call call{{}, resolve_isa(opts.execution.isa), opts.execution};
+  weights_grad_call call{{}, census, resolve_isa(opts.execution.isa), opts.execution};
   call.req.forward = forward_request_for(t, bags, opts, padding);
   call.req.grad_output = grad_output.data;
   call.req.grad_output_stride = grad_stride;

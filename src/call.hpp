@@ -15,6 +15,7 @@
 #include "embag/quantize.hpp"
 #include "request.hpp"
 #include "validate.hpp"
+#include "workspace.hpp"
 
 namespace embag::detail {
 
@@ -38,17 +39,20 @@ stored_table stored(compressed_table_view t);
 // The caller's read-only arrays of a call, which no output may overlap.
 class call_inputs {
  public:
-  call_inputs(const bags& batch, byte_range table_or_grad);
+  call_inputs(const bags& batch, const options& opts, byte_range table_or_grad);
   void add(byte_range r) { ranges_[count_++] = r; }
   std::span<const byte_range> span() const { return {ranges_.data(), static_cast<std::size_t>(count_)}; }
 
  private:
-  std::array<byte_range, 5> ranges_;
+  std::array<byte_range, 6> ranges_;
   int count_ = 0;
 };
 
+// Each call's validation takes `rewritten`, where its indices go if its index policies rewrite them
+// (validate_bags), which must outlive the call; and returns the census execute() publishes.
 struct forward_call {
   forward_request req;
+  index_census census;
   isa which = isa::reference;
   execution how;
   // max_norm in place: the referenced rows of the table (stored.writable) are rescaled first
@@ -56,11 +60,12 @@ struct forward_call {
 };
 
 forward_call validate_forward(const stored_table& t, const bags& batch, const options& opts, matrix_view<float> out,
-                              std::span<std::int64_t> argmax);
+                              std::span<std::int64_t> argmax, std::vector<std::int64_t>& rewritten);
 
-// A batched forward (embag/batched.hpp): every table's request, in table order.
+// A batched forward (embag/batched.hpp): every table's request and census, in table order.
 struct batched_forward_call {
   std::span<forward_request> tables;
+  std::span<const index_census> censuses;
   isa which = isa::reference;
   execution how;
 };
@@ -68,12 +73,14 @@ struct batched_forward_call {
 // Each table checked as its own forward would be (an error names it: "tables[3]: ..."), with
 // its execution left at the defaults and max_norm clipping only; then every output against every
 // other table's inputs and output (outputs side by side in one buffer, with one row stride, share
-// no cell). The requests go in `requests`, grown as needed.
+// no cell), and every report against the others. The requests, censuses and rewritten indices
+// go in the workspace, grown as needed.
 batched_forward_call validate_forward_batched(std::span<const table_lookup> tables, const execution& how,
-                                              std::vector<forward_request>& requests);
+                                              workspace::impl& ws);
 
 struct backward_call {
   backward_request req;
+  index_census census;
   isa which = isa::reference;
   execution how;
   call_inputs inputs;  // what the gradient output must not overlap
@@ -81,15 +88,18 @@ struct backward_call {
 
 // backward_dense: grad_table (whose shape is the table's) checked first, then the call.
 backward_call validate_backward_dense(const bags& batch, const options& opts, matrix_view<const float> grad_output,
-                                      matrix_view<float> grad_table, std::span<const std::int64_t> argmax);
+                                      matrix_view<float> grad_table, std::span<const std::int64_t> argmax,
+                                      std::vector<std::int64_t>& rewritten);
 // The sparse forms: the inputs only; the entry point checks its outputs against call.inputs.
 backward_call validate_backward_sparse(std::int64_t table_rows, const bags& batch, const options& opts,
-                                       matrix_view<const float> grad_output, std::span<const std::int64_t> argmax);
+                                       matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
+                                       std::vector<std::int64_t>& rewritten);
 
 // A batched backward (embag/batched.hpp): every table's request, in table order. Dense: each
 // request's grad_table set; sparse: the entry point fills each table's gradient in turn.
 struct batched_backward_call {
   std::span<backward_request> tables;
+  std::span<const index_census> censuses;
   isa which = isa::reference;
   execution how;
 };
@@ -100,17 +110,19 @@ struct batched_backward_call {
 batched_backward_call validate_backward_batched(std::span<const table_gradient> tables,
                                                 std::span<const matrix_view<float>> grad_tables,
                                                 std::span<const sparse_gradient> grads, const execution& how,
-                                                std::vector<backward_request>& requests);
+                                                workspace::impl& ws);
 
 struct weights_grad_call {
   weights_grad_request req;
+  index_census census;
   isa which = isa::reference;
   execution how;
 };
 
 // t: an f32 table.
 weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch, const options& opts,
-                                        matrix_view<const float> grad_output, std::span<float> grad_weights);
+                                        matrix_view<const float> grad_output, std::span<float> grad_weights,
+                                        std::vector<std::int64_t>& rewritten);
 
 // Running validated calls (api.cpp): plan, then the reference's whole-call algorithm or the ISA's
 // kernels block by block. Backward's sparse forms run in api.cpp's entry points, which own their
@@ -134,5 +146,9 @@ struct sparse_gradient_buffers {
 void backward_sparse_into(std::int64_t table_rows, const bags& batch, const options& opts,
                           matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
                           const sparse_gradient_buffers& out, std::int64_t& num_rows);
+
+// The vector a call's rewritten indices go in: the workspace's, or `own` (allocated only if the
+// call rewrites) when the caller gave none.
+std::vector<std::int64_t>& index_storage(workspace* scratch, std::vector<std::int64_t>& own);
 
 }  // namespace embag::detail

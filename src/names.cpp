@@ -1,6 +1,6 @@
-// The names of the instruction sets, reductions and element types, made from embag/enums.h's
-// lists: a value is named where it is listed, and every enum is read back from its names the
-// same way.
+// The names of the instruction sets, reductions, element types and index policies; the first
+// three made from embag/enums.h's lists: a value is named where it is listed, and every enum is
+// read back from its names the same way.
 #include <optional>
 #include <string_view>
 
@@ -37,6 +37,18 @@ std::string_view to_string(mode which) noexcept {
 std::string_view to_string(dtype type) noexcept {
   switch (static_cast<int>(type)) { EMBAG_FOR_EACH_DTYPE(EMBAG_NAME_CASE_) }
   return "unknown";
+}
+
+std::string_view to_string(bad_index_policy which) noexcept {
+  switch (which) {
+    case bad_index_policy::error: return "error";
+    case bad_index_policy::skip: return "skip";
+  }
+  return "unknown";
+}
+
+std::optional<bad_index_policy> bad_index_policy_from_string(std::string_view name) noexcept {
+  return named(all_bad_index_policies, name);
 }
 
 std::optional<isa> isa_from_string(std::string_view name) noexcept { return named(all_isas, name); }

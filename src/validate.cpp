@@ -2,6 +2,7 @@
 
 #include "dispatch/dispatch.hpp"
 
+#include "allocation.hpp"
 #include "embag/quantize.hpp"
 #include "formats/formats.hpp"
 
@@ -185,6 +186,15 @@ std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
       fail(errc::invalid_option, "norm_type = " + str(double(opts.norm_type)) + " must be > 0");
   }
   validate_execution(opts.execution);
+  if (opts.bad_indices > bad_index_policy::skip)
+    fail(errc::invalid_option, "bad_indices = " + str(std::int64_t(opts.bad_indices)) + " is not a bad_index_policy");
+  if (opts.bad_indices == bad_index_policy::skip && opts.report == nullptr)
+    fail(errc::invalid_option, "bad_indices = skip needs opts.report: what it skips is reported, never dropped unseen");
+  if (opts.report != nullptr) check_aligned("report", opts.report, alignof(index_report));
+  validate_array("remap", opts.remap.data, opts.remap.size, element_bytes("remap", opts.remap.type));
+  if (has_index_policies(opts) && opts.max_norm && opts.max_norm_mode == max_norm_flavour::in_place)
+    fail(errc::invalid_option, "max_norm in place takes no index policy (bad_indices = skip, pruned_ids, remap): "
+                               "it would rescale the rows skipped indices stand in for");
   if (!opts.padding_idx) return no_padding;
   const std::int64_t p = *opts.padding_idx;
   if (p < -table_rows || p >= table_rows)
@@ -193,7 +203,82 @@ std::int64_t validate_options(const options& opts, std::int64_t table_rows) {
   return p < 0 ? p + table_rows : p;
 }
 
-bag_source validate_bags(const bags& batch, const options& opts, std::int64_t table_rows) {
+bool has_index_policies(const options& opts) noexcept {
+  return opts.bad_indices != bad_index_policy::error || opts.pruned_ids || opts.remap.data != nullptr ||
+         opts.remap.size != 0;
+}
+
+namespace {
+
+// The rows a call reads under its index policies, into `rows` (n int64 values): remap[id] or the id
+// itself; `padding` for each position skipped, pruned or bad (bad_indices = error: the first bad
+// one fails instead). Remap is null without a remap.
+template <class Index, class Remap>
+void rewrite_indices(const Index* indices, std::int64_t n, const Remap* remap, std::int64_t remap_size,
+                     std::int64_t table_rows, const options& opts, std::int64_t padding, std::int64_t* rows,
+                     index_report& found) {
+  const std::int64_t limit = remap != nullptr ? remap_size : table_rows;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const std::int64_t id = indices[j];
+    std::int64_t row = id;
+    bool pruned = id == -1 && opts.pruned_ids, bad = false;
+    if (!pruned && (id < 0 || id >= limit)) {
+      bad = true;
+    } else if (!pruned && remap != nullptr) {
+      row = remap[id];
+      pruned = row == -1;
+      if (row < -1 || row >= table_rows)
+        fail(errc::invalid_option, "remap[" + str(id) + "] = " + str(row) + " (for indices[" + str(j) +
+                                       "]) is out of range [-1, " + str(table_rows) + ")");
+    }
+    if (bad) {
+      if (opts.bad_indices == bad_index_policy::error)
+        fail(errc::index_out_of_range, "indices[" + str(j) + "] = " + str(id) + " is out of range [0, " + str(limit) +
+                                           (remap != nullptr ? ") of remap" : ")"));
+      if (found.skipped++ == 0) {
+        found.first_position = j;
+        found.first_value = id;
+      }
+    }
+    found.pruned += pruned;
+    rows[j] = bad || pruned ? padding : row;
+  }
+}
+
+// f(indices typed) for an int32 or int64 array.
+template <class F>
+void with_typed(const index_span& s, F&& f) {
+  if (s.type == index_type::i32) f(static_cast<const std::int32_t*>(s.data));
+  else f(static_cast<const std::int64_t*>(s.data));
+}
+
+// The indices of a call with index policies: the caller's when nothing needs skipping or
+// remapping (no remap, and every index a row), else rewritten.
+void apply_index_policies(const index_span& ix, const options& opts, std::int64_t table_rows, std::int64_t padding,
+                          std::vector<std::int64_t>& rewritten, index_census& census, bag_source& s) {
+  const bool remapping = opts.remap.data != nullptr || opts.remap.size != 0;
+  const index_extremes e = scan_indices(ix.data, ix.type, ix.size);
+  if (!remapping && (ix.size == 0 || (e.lowest >= 0 && e.highest < table_rows))) return;
+  resized(rewritten, static_cast<std::size_t>(ix.size), "the rewritten indices of index policies over " + str(ix.size) + " indices");
+  with_typed(ix, [&](const auto* indices) {
+    if (!remapping) {
+      rewrite_indices(indices, ix.size, static_cast<const std::int64_t*>(nullptr), 0, table_rows, opts, padding,
+                      rewritten.data(), census.found);
+      return;
+    }
+    with_typed(opts.remap, [&](const auto* remap) {
+      rewrite_indices(indices, ix.size, remap, opts.remap.size, table_rows, opts, padding, rewritten.data(),
+                      census.found);
+    });
+  });
+  s.indices = rewritten.data();
+  s.index_kind = index_type::i64;
+}
+
+}  // namespace
+
+bag_source validate_bags(const bags& batch, const options& opts, std::int64_t table_rows, std::int64_t padding,
+                         std::vector<std::int64_t>& rewritten, index_census& census) {
   const index_span& ix = batch.indices;
   validate_array("indices", ix.data, ix.size, element_bytes("indices", ix.type));
   bag_source s;
@@ -245,7 +330,9 @@ bag_source validate_bags(const bags& batch, const options& opts, std::int64_t ta
     s.weights = w.data();
   }
 
-  validate_indices("indices", ix, table_rows);
+  census = {{}, opts.report};
+  if (!has_index_policies(opts)) validate_indices("indices", ix, table_rows);
+  else apply_index_policies(ix, opts, table_rows, padding, rewritten, census, s);
   return s;
 }
 

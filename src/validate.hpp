@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "embag/quantize.hpp"
 #include "limits.hpp"
@@ -35,8 +37,27 @@ void validate_array(const char* name, const void* data, std::int64_t size, std::
 // An int32/int64 array whose every value must be in [0, table_rows).
 void validate_indices(const char* name, const index_span& indices, std::int64_t table_rows);
 
-// Indices (each in [0, table_rows)), bag boundaries and per-sample weights, against the options.
-bag_source validate_bags(const bags& batch, const options& opts, std::int64_t table_rows);
+// What a call's index policies (options.bad_indices, pruned_ids, remap) skipped, and where
+// options.report wants it: publish() writes it once the whole call is valid.
+struct index_census {
+  index_report found;
+  index_report* report = nullptr;
+  // memcpy: the C ABI's report is an embag_index_report, the same bytes under another type
+  void publish() const noexcept {
+    if (report != nullptr) std::memcpy(static_cast<void*>(report), &found, sizeof found);
+  }
+};
+
+// Whether the options ask for any index policy (then the indices may be read from a rewrite).
+bool has_index_policies(const options& opts) noexcept;
+
+// Bag boundaries, per-sample weights and indices against the options. Without index policies every
+// index must be in [0, table_rows) and the caller's indices are read in place. With them, a call
+// that has something to skip or remap reads `rewritten` instead: int64 rows, each skipped
+// position set to `padding` (validate_options' result), so that the kernels skip it as padding;
+// census receives what was skipped.
+bag_source validate_bags(const bags& batch, const options& opts, std::int64_t table_rows, std::int64_t padding,
+                         std::vector<std::int64_t>& rewritten, index_census& census);
 
 // An output (or gradient) matrix for `rows_needed` x `dim`; returns its effective stride.
 std::int64_t validate_output(const char* name, const matrix_view<float>& out, std::int64_t rows_needed,

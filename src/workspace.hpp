@@ -1,5 +1,6 @@
 // The scratch memory behind embag::workspace: the row transpose of backward, the distinct rows of
-// in-place max_norm (plan.cpp), and a batched call's requests and blocks (call.cpp, plan.cpp).
+// in-place max_norm (plan.cpp), the indices index policies rewrite (validate.cpp), and a batched
+// call's requests and blocks (call.cpp, plan.cpp).
 // Vectors only grow, so a reused workspace stops allocating.
 #pragma once
 
@@ -9,6 +10,7 @@
 #include "embag/embag.hpp"
 #include "plan.hpp"
 #include "request.hpp"
+#include "validate.hpp"
 
 namespace embag {
 
@@ -17,7 +19,10 @@ struct workspace::impl {
   std::vector<std::int64_t> unique_rows, segment_begin, bag_of_position;
   std::vector<float> bag_divisor;
   std::vector<std::int64_t> histogram, chunk_start;
+  std::vector<std::int64_t> rewritten_indices;  // a single call's, under index policies
   std::vector<detail::forward_request> batched_requests;
+  std::vector<detail::index_census> batched_censuses;
+  std::vector<std::vector<std::int64_t>> batched_indices;  // each table's rewritten indices
   std::vector<detail::backward_request> batched_gradients;
   std::vector<detail::table_block> batched_blocks;
 };

@@ -486,6 +486,72 @@ std::vector<catalogue_case> catalogue(bool batched = false) {
          dense(f, f.batch(), o);
        },
        errc::invalid_option, "norm_type = nan must be > 0"},
+      // Index policies (bad_indices, pruned_ids, remap) and their report.
+      {"forward_skip_without_a_report",
+       [=](F& f) {
+         options o;
+         o.bad_indices = bad_index_policy::skip;
+         fwd(f, bags::from_offsets(i64s{1, 2, 3, 4, 50, 6}, f.offsets()), o);
+       },
+       errc::invalid_option, "bad_indices = skip needs opts.report"},
+      {"forward_bad_indices_not_a_policy",
+       [=](F& f) {
+         options o;
+         o.bad_indices = static_cast<bad_index_policy>(7);
+         fwd(f, f.batch(), o);
+       },
+       errc::invalid_option, "bad_indices = 7 is not a bad_index_policy"},
+      {"backward_dense_pruned_ids_then_minus_2",
+       [=](F& f) {
+         options o;
+         o.pruned_ids = true;
+         dense(f, bags::from_offsets(i64s{1, -1, -2, 4, 5, 6}, f.offsets()), o);
+       },
+       errc::index_out_of_range, "indices[2] = -2 is out of range [0, 10)"},
+      {"backward_sparse_remap_value_past_the_table",
+       [=](F& f) {
+         options o;
+         const i64s remap{0, 1, 2, 10, 4, 5, 6};
+         o.remap = remap;
+         sparse(f, bags::from_offsets(i64s{1, 2, 3, 4, 5, 6}, f.offsets()), o);
+       },
+       errc::invalid_option, "remap[3] = 10 (for indices[2]) is out of range [-1, 10)"},
+      {"weights_grad_id_past_the_remap",
+       [=](F& f) {
+         options o;
+         const i32s remap{0, 1, 2, 3, 4};
+         o.remap = remap;
+         wgrad(f, bags::from_offsets(i64s{1, 2, 3, 4, 5, 6}, f.offsets(), f.weights), o);
+       },
+       errc::index_out_of_range, "indices[4] = 5 is out of range [0, 5) of remap"},
+      {"forward_remap_null_with_a_size",
+       [=](F& f) {
+         options o;
+         o.remap = index_span(nullptr, 3, index_type::i64);
+         fwd(f, f.batch(), o);
+       },
+       errc::null_pointer, "remap is null but has size 3"},
+      {"forward_remap_misaligned",
+       [=](F& f) {
+         options o;
+         o.remap = index_span(f.pool_at<std::int64_t>(4), 8, index_type::i64);
+         fwd(f, f.batch(), o);
+       },
+       errc::misaligned, "remap is misaligned by 4 bytes"},
+      {"forward_report_misaligned",
+       [=](F& f) {
+         options o;
+         o.report = f.pool_at<index_report>(4);
+         fwd(f, f.batch(), o);
+       },
+       errc::misaligned, "report is misaligned by 4 bytes"},
+      {"backward_dense_report_over_grad_table",
+       [=](F& f) {
+         options o;
+         o.report = reinterpret_cast<index_report*>(f.grad_table_store.data());
+         dense(f, f.batch(), o);
+       },
+       errc::aliasing, "grad_table overlaps report"},
       {"renorm_rows_max_norm_0", [](F& f) { renorm_rows(f.mutable_table(), i64s{0, 5}, 0.0f); },
        errc::invalid_option, "max_norm = 0.000000 must be > 0"},
       {"renorm_rows_norm_type_negative", [](F& f) { renorm_rows(f.mutable_table(), i64s{0, 5}, 1.0f, -2.0f); },

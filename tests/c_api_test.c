@@ -1219,6 +1219,65 @@ static void test_compressed_tables(void) {
 /* Two tables in one call, side by side in one 2 x (4 + 4 + 1 pad) output: the table itself with
  * sum and a second view of its first 3 rows with mean; then refusals that name the table and
  * write nothing. */
+/* Index policies: skip reports what it skipped; pruned ids (-1) and a remap; an embag_options of
+ * 0.1's size (48 bytes, before the policies' fields) keeps their defaults. */
+static void test_index_policies(const embag_table* t) {
+  embag_options o;
+  embag_index_report report;
+  embag_bags b = offsets_bags();
+  const int64_t damaged[] = {1, 99, -1, 7};          /* bags {1, 99, -1} and {7} */
+  const int32_t remap[] = {-1, 7, 1, 1, 1, 1, 1, 1, 1, 1}; /* id 0 pruned, id 1 -> row 7, the rest -> row 1 */
+  float out[2 * dim];
+  embag_matrix two_rows = {out, 2, dim, 0};
+  int col;
+  b.indices = damaged;
+  EXPECT_OK(embag_options_init(&o));
+  o.bad_indices = EMBAG_BAD_INDICES_SKIP;
+  o.flags = EMBAG_PRUNED_IDS;
+  fill(out, 2 * dim, canary);
+  EXPECT_STATUS(embag_forward(t, &b, &o, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("bad_indices = skip needs opts.report"));
+  CHECK(all_equal(out, 2 * dim, canary));
+  o.report = &report;
+  memset(&report, 0xff, sizeof report);
+  EXPECT_OK(embag_forward(t, &b, &o, &two_rows, NULL, 0));
+  CHECK(report.skipped == 1 && report.first_position == 1 && report.first_value == 99 && report.pruned == 1);
+  for (col = 0; col < dim; ++col) CHECK(out[col] == value(1, col) && out[dim + col] == value(7, col));
+  /* under error, 99 is refused by name */
+  o.bad_indices = EMBAG_BAD_INDICES_ERROR;
+  EXPECT_STATUS(embag_forward(t, &b, &o, &two_rows, NULL, 0), EMBAG_ERR_INDEX_OUT_OF_RANGE);
+  CHECK(error_mentions("indices[1] = 99 is out of range [0, 10)"));
+  o.bad_indices = 2;
+  EXPECT_STATUS(embag_forward(t, &b, &o, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("options.bad_indices = 2"));
+  /* a remap: indices are ids; {1, 2, 2} -> rows {7, 1, 1}, {0} pruned */
+  {
+    const int64_t ids[] = {1, 2, 2, 0};
+    b.indices = ids;
+    EXPECT_OK(embag_options_init(&o));
+    o.remap = remap;
+    o.remap_size = 10;
+    o.remap_type = EMBAG_INT32;
+    o.report = &report;
+    EXPECT_OK(embag_forward(t, &b, &o, &two_rows, NULL, 0));
+    CHECK(report.skipped == 0 && report.first_position == -1 && report.pruned == 1);
+    for (col = 0; col < dim; ++col)
+      CHECK(out[col] == value(7, col) + value(1, col) + value(1, col) && out[dim + col] == 0.0f);
+  }
+  /* 0.1's options: 48 bytes, the policies' fields (here garbage past them) never read */
+  {
+    embag_options old;
+    b = offsets_bags();
+    EXPECT_OK(embag_options_init(&old));
+    memset((char*)&old + 48, 0x7f, sizeof old - 48);
+    old.struct_size = 48;
+    EXPECT_OK(embag_forward(t, &b, &old, &two_rows, NULL, 0));
+    old.struct_size = 52;
+    EXPECT_STATUS(embag_forward(t, &b, &old, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
+    CHECK(error_mentions("options.struct_size = 52 matches no version of options (48 or"));
+  }
+}
+
 static void test_forward_batched(const embag_table* t) {
   enum { stride = 2 * dim + 1 };
   embag_table* head = NULL;
@@ -1303,6 +1362,7 @@ int main(void) {
   }
   test_forward_modes(t);
   test_forward_batched(t);
+  test_index_policies(t);
   test_max_norm_in_place();
   test_bad_input(t);
   test_backward(t);

@@ -263,6 +263,62 @@ TEST_F(Cli, BadIndexNamesItAndWritesNothing) {
   EXPECT_EQ(dir_.read("y.npy"), "an earlier result");
 }
 
+// --bad-indices skip, --pruned-ids and --remap: the library's output, the report on stderr; the
+// same keys in a forward-batched spec, each table's report named.
+TEST_F(Cli, IndexPoliciesSkipReportAndRemap) {
+  std::vector<std::int64_t> damaged = indices_;
+  damaged[4] = 99;
+  damaged[7] = -1;
+  write_npy(in("d.npy"), npy_dtype::i64, std::vector<std::int64_t>{nnz}, damaged.data());
+  index_report report;
+  options opts;
+  opts.bad_indices = bad_index_policy::skip;
+  opts.pruned_ids = true;
+  opts.report = &report;
+  std::vector<float> want(4 * dim);
+  forward(table(), bags::from_offsets(damaged, offsets_), opts, {want.data(), 4, dim});
+  const std::string said = "index policies skipped 1 bad indices (the first indices[4] = 99) and 1 pruned\n";
+  const tool_run r = embag("forward --weight w.npy --indices d.npy --offsets o.npy --bad-indices skip --pruned-ids --out y.npy");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output, "embag: " + said);
+  EXPECT_EQ(floats("y.npy"), want);
+  expect_one_line_error(embag("forward --weight w.npy --indices d.npy --offsets o.npy --pruned-ids --out z.npy"),
+                        "indices[4] = 99 is out of range [0, 20)");
+  expect_one_line_error(embag("forward --weight w.npy --indices d.npy --offsets o.npy --bad-indices drop --out z.npy"),
+                        "unknown policy 'drop' (error, skip)");
+
+  // ids 10.. are rows 0..; ids below 10 pruned
+  std::vector<std::int64_t> remap(rows + 10, -1), ids = indices_;
+  for (std::int64_t r = 0; r < rows; ++r) remap[std::size_t(r + 10)] = r;
+  for (std::int64_t& id : ids) id += 10;
+  ids[0] = 3;  // pruned
+  write_npy(in("m.npy"), npy_dtype::i64, std::vector<std::int64_t>{rows + 10}, remap.data());
+  write_npy(in("ids.npy"), npy_dtype::i64, std::vector<std::int64_t>{nnz}, ids.data());
+  std::vector<std::int64_t> rows_read = indices_;
+  rows_read[0] = 12;  // padding below: the pruned position reads nothing either way
+  options padded;
+  padded.padding_idx = 12;
+  std::vector<float> want_remapped(4 * dim);
+  forward(table(), bags::from_offsets(rows_read, offsets_), padded, {want_remapped.data(), 4, dim});
+  const tool_run m = embag("forward --weight w.npy --indices ids.npy --offsets o.npy --remap m.npy --padding-idx 12 --out y.npy");
+  ASSERT_EQ(m.status, 0) << m.output;
+  EXPECT_EQ(m.output, "embag: index policies skipped 0 bad indices and 1 pruned\n");
+  EXPECT_EQ(floats("y.npy"), want_remapped);
+
+  std::ofstream(in("spec.json")) << R"({"tables": [
+      {"weight": "w.npy", "indices": "ids.npy", "offsets": "o.npy", "remap": "m.npy", "padding_idx": 12},
+      {"weight": "w.npy", "indices": "d.npy", "offsets": "o.npy", "bad_indices": "skip", "pruned_ids": true}]})";
+  const tool_run b = embag("forward-batched --tables spec.json --out yb.npy");
+  ASSERT_EQ(b.status, 0) << b.output;
+  EXPECT_EQ(b.output, "embag: tables[0]: index policies skipped 0 bad indices and 1 pruned\nembag: tables[1]: " + said);
+  const std::vector<float> yb = floats("yb.npy");
+  for (std::int64_t row = 0; row < 4; ++row)
+    for (std::int64_t d = 0; d < dim; ++d) {
+      EXPECT_EQ(yb[std::size_t(row * 2 * dim + d)], want_remapped[std::size_t(row * dim + d)]);
+      EXPECT_EQ(yb[std::size_t(row * 2 * dim + dim + d)], want[std::size_t(row * dim + d)]);
+    }
+}
+
 TEST_F(Cli, MissingOrMalformedFilesAndBadFlags) {
   dir_.write("junk.npy", "not numpy at all");
   const std::set<std::string> files = dir_.listing();

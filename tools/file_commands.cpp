@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <iostream>
 #include <fstream>
 #include <sstream>
 
@@ -31,7 +32,7 @@ namespace embag::tool {
 namespace {
 
 struct command_line {
-  std::string weight, indices, offsets, lengths, per_sample_weights, out;
+  std::string weight, indices, offsets, lengths, per_sample_weights, remap, out;
   options opts;
   // forward
   bool max_norm_inplace = false;
@@ -71,6 +72,13 @@ void add_call_flags(CLI::App& command, command_line& c) {
       ->type_name("ISA")
       ->transform(name_of("ISA", isa_from_string, isa_names));
   add_threads(command, c.opts.execution.max_threads);
+  command
+      .add_option_function<bad_index_policy>("--bad-indices", [&c](bad_index_policy p) { c.opts.bad_indices = p; },
+                                             "an index outside W: error (the default) or skip (reported on stderr)")
+      ->type_name("POLICY")
+      ->transform(name_of("policy", bad_index_policy_from_string, names_of(all_bad_index_policies)));
+  command.add_flag("--pruned-ids", c.opts.pruned_ids, "index -1 is a pruned row: skipped like padding");
+  add_file(command, "--remap", c.remap, "M.npy", "ids to rows of W (-1: pruned), for a pruned table: 1-D <i4 or <i8");
 }
 
 void check_bags(const command_line& c) {
@@ -80,15 +88,30 @@ void check_bags(const command_line& c) {
 // The input files, mapped, and the batch of bags viewing them.
 struct bag_files {
   npy_array indices, boundaries;
-  std::optional<npy_array> weights;
+  std::optional<npy_array> weights, remap;
   bags batch;
+  options opts;          // the command line's, with the remap file and the report
+  index_report report;  // what the index policies skipped
 
   explicit bag_files(const command_line& c)
-      : indices(npy_array::open(c.indices)), boundaries(npy_array::open(c.offsets.empty() ? c.lengths : c.offsets)) {
+      : indices(npy_array::open(c.indices)), boundaries(npy_array::open(c.offsets.empty() ? c.lengths : c.offsets)),
+        opts(c.opts) {
     if (!c.per_sample_weights.empty()) weights = npy_array::open(c.per_sample_weights);
     const std::span<const float> w = weights ? weights->as_floats() : std::span<const float>();
     batch = c.offsets.empty() ? bags::from_lengths(indices.as_indices(), boundaries.as_indices(), w)
                               : bags::from_offsets(indices.as_indices(), boundaries.as_indices(), w);
+    if (!c.remap.empty()) opts.remap = remap.emplace(npy_array::open(c.remap)).as_indices();
+    opts.report = &report;
+  }
+  bag_files(const bag_files&) = delete;  // opts points at its own report
+
+  // The report on stderr, `who` naming the call, when an index policy was asked for.
+  void print_report(const std::string& who) const {
+    if (opts.bad_indices == bad_index_policy::error && !opts.pruned_ids && !remap) return;
+    std::cerr << "embag: " << who << "index policies skipped " << report.skipped << " bad indices";
+    if (report.skipped > 0)
+      std::cerr << " (the first indices[" << report.first_position << "] = " << report.first_value << ")";
+    std::cerr << " and " << report.pruned << " pruned\n";
   }
 };
 
@@ -130,6 +153,7 @@ std::vector<std::pair<std::string, std::string>> inputs_of(const command_line& c
           {"--offsets", c.offsets},
           {"--lengths", c.lengths},
           {"--per-sample-weights", c.per_sample_weights},
+          {"--remap", c.remap},
           {"--grad-output", c.grad_output},
           {"--argmax", c.argmax}};
 }
@@ -140,7 +164,7 @@ int run_forward(const command_line& c) {
   const table_view<const float> table = weight.as_table();
   const bag_files in(c);
   // output_rows is -1 for an empty offsets array with include_last_offset, which the library rejects
-  const std::int64_t out_rows = std::max<std::int64_t>(0, output_rows(in.batch, c.opts));
+  const std::int64_t out_rows = std::max<std::int64_t>(0, output_rows(in.batch, in.opts));
   std::vector<float> out = zeros<float>("the output", out_rows, table.dim);
   std::vector<std::int64_t> argmax = zeros<std::int64_t>("the argmax", c.argmax_out.empty() ? 0 : out_rows, table.dim);
   std::vector<float> renormed;
@@ -148,10 +172,11 @@ int run_forward(const command_line& c) {
   if (c.max_norm_inplace) {
     renormed = zeros<float>("the renormed copy of the table", table.rows, table.dim);
     std::copy(table.data, table.data + table.rows * table.dim, renormed.begin());
-    forward(table_view<float>{renormed.data(), table.rows, table.dim, table.dim}, in.batch, c.opts, out_view, argmax);
+    forward(table_view<float>{renormed.data(), table.rows, table.dim, table.dim}, in.batch, in.opts, out_view, argmax);
   } else {
-    forward(table, in.batch, c.opts, out_view, argmax);
+    forward(table, in.batch, in.opts, out_view, argmax);
   }
+  in.print_report("");
   outputs.stage(c.out, npy_dtype::f32, shape{out_rows, table.dim}, out.data());
   if (!c.argmax_out.empty()) outputs.stage(c.argmax_out, npy_dtype::i64, shape{out_rows, table.dim}, argmax.data());
   if (c.max_norm_inplace) outputs.stage(c.weight_out, npy_dtype::f32, shape{table.rows, table.dim}, renormed.data());
@@ -168,7 +193,7 @@ int run_backward(const command_line& c) {
   const npy_array grad_file = npy_array::open(c.grad_output);
   const table_view<const float> grad = grad_file.as_table();
   // the library accepts a taller gradient (a slice of a larger buffer); a file is the whole gradient
-  const std::int64_t out_rows = std::max<std::int64_t>(0, output_rows(in.batch, c.opts));
+  const std::int64_t out_rows = std::max<std::int64_t>(0, output_rows(in.batch, in.opts));
   if (grad.rows != out_rows)
     throw error(errc::size_mismatch, c.grad_output + ": the gradient has " + std::to_string(grad.rows) +
                                          " rows, forward's output has " + std::to_string(out_rows));
@@ -187,16 +212,17 @@ int run_backward(const command_line& c) {
   std::vector<float> dense;
   sparse_gradient sparse;
   if (c.sparse) {
-    backward_sparse(table.rows, in.batch, c.opts, grad_output, sparse, argmax);
+    backward_sparse(table.rows, in.batch, in.opts, grad_output, sparse, argmax);
   } else {
     dense = zeros<float>("the table gradient", table.rows, table.dim);
-    backward_dense(in.batch, c.opts, grad_output, {dense.data(), table.rows, table.dim}, argmax);
+    backward_dense(in.batch, in.opts, grad_output, {dense.data(), table.rows, table.dim}, argmax);
   }
   std::vector<float> weights_grad;
   if (!c.per_sample_weights_grad_out.empty()) {
     weights_grad = zeros<float>("the per-sample-weights gradient", 1, in.batch.indices.size);
-    per_sample_weights_grad(table, in.batch, c.opts, grad_output, weights_grad);
+    per_sample_weights_grad(table, in.batch, in.opts, grad_output, weights_grad);
   }
+  in.print_report("");
   if (c.sparse) {
     const auto unique_rows = static_cast<std::int64_t>(sparse.rows.size());
     outputs.stage(c.out_rows, npy_dtype::i64, shape{unique_rows}, sparse.rows.data());
@@ -287,9 +313,16 @@ command_line table_of_spec(const nlohmann::json& entry, const std::string& name,
     } else if (key == "padding_idx") {
       if (!value.is_number_integer()) throw error(errc::bad_file, name + ".padding_idx is not an integer");
       c.opts.padding_idx = value.get<std::int64_t>();
-    } else if (key == "include_last_offset") {
-      if (!value.is_boolean()) throw error(errc::bad_file, name + ".include_last_offset is not true or false");
-      c.opts.include_last_offset = value.get<bool>();
+    } else if (key == "include_last_offset" || key == "pruned_ids") {
+      if (!value.is_boolean()) throw error(errc::bad_file, name + "." + key + " is not true or false");
+      (key == "pruned_ids" ? c.opts.pruned_ids : c.opts.include_last_offset) = value.get<bool>();
+    } else if (key == "bad_indices") {
+      const std::optional<bad_index_policy> p = bad_index_policy_from_string(text(key));
+      if (!p) throw error(errc::bad_file, name + ".bad_indices = '" + text(key) + "' is not one of " +
+                                              names_of(all_bad_index_policies));
+      c.opts.bad_indices = *p;
+    } else if (key == "remap") {
+      c.remap = path(key);
     } else {
       throw error(errc::bad_file, name + " has the unknown key '" + key + "'");
     }
@@ -335,19 +368,20 @@ int run_forward_batched(const batched_line& b) {
       const table_view<const float> f = s.weight_npy.emplace(npy_array::open(weight)).as_table();
       view = {reinterpret_cast<const std::byte*>(f.data), f.rows, f.dim, f.row_stride * 4, dtype::f32};
     }
-    const bags& batch = s.files.emplace(lines[t]).batch;
-    const std::int64_t table_rows = std::max<std::int64_t>(0, output_rows(batch, lines[t].opts));
+    const bag_files& files = s.files.emplace(lines[t]);
+    const std::int64_t table_rows = std::max<std::int64_t>(0, output_rows(files.batch, files.opts));
     if (rows >= 0 && table_rows != rows)
       throw error(errc::size_mismatch, "tables[" + std::to_string(t) + "] has " + std::to_string(table_rows) +
                                            " output rows, tables[0] " + std::to_string(rows) +
                                            ": side by side, every table needs as many");
     rows = table_rows;
     cols += view.dim;
-    lookups.push_back({view, batch, lines[t].opts, {}});
+    lookups.push_back({view, files.batch, files.opts, {}});
   }
   std::vector<float> out = zeros<float>("the output", rows, cols);
   concatenate_outputs(lookups, {out.data(), rows, cols, cols});
   forward_batched(lookups, b.how);
+  for (std::size_t t = 0; t < tables.size(); ++t) tables[t].files->print_report("tables[" + std::to_string(t) + "]: ");
   outputs.stage(b.out, npy_dtype::f32, shape{rows, cols}, out.data());
   outputs.commit();
   return 0;
@@ -402,7 +436,8 @@ void add_forward_batched_command(CLI::App& tool, command_run& run) {
                                                               "their outputs side by side.");
   batched.footer("The spec: {\"tables\": [{\"weight\": \"W0.npy\", \"indices\": \"I0.npy\", \"offsets\": \"O0.npy\"}, ...]}\n"
                  "per table: weight (.npy <f4, or .embag), indices, offsets or lengths, and optionally\n"
-                 "per_sample_weights, mode, padding_idx, include_last_offset; paths relative to the spec.");
+                 "per_sample_weights, mode, padding_idx, include_last_offset, bad_indices, pruned_ids, remap;\n"
+                 "paths relative to the spec.");
   add_file(batched, "--tables", b->tables, "SPEC.json", "the tables and their bags")->required();
   add_file(batched, "--out", b->out, "Y.npy", "the output: B x sum(D) <f4, the tables' columns in order")->required();
   batched.add_option("--isa", b->how.isa, "this instruction set, of " + isa_names + " (default: the best)")

@@ -141,6 +141,19 @@ enum { EMBAG_FOR_EACH_ISA(EMBAG_ISA_CONSTANT_) };
 #define EMBAG_HAS_MAX_NORM 0x4u          /* max_norm is used (clip: the gathered copy is scaled) */
 #define EMBAG_MAX_NORM_IN_PLACE 0x8u     /* with EMBAG_HAS_MAX_NORM: rescale the (mutable) table */
 #define EMBAG_SCALE_GRAD_BY_FREQ 0x10u   /* backward: divide by each row's count in the call */
+#define EMBAG_PRUNED_IDS 0x20u           /* index -1 is a pruned row: skipped like padding */
+
+/* What a call does with an index outside the table (embag.hpp's bad_index_policy). */
+#define EMBAG_BAD_INDICES_ERROR 0 /* EMBAG_ERR_INDEX_OUT_OF_RANGE naming it; nothing written (default) */
+#define EMBAG_BAD_INDICES_SKIP 1  /* skipped like padding and counted in options.report (required) */
+
+/* What the index policies skipped, written once the whole call is valid. */
+typedef struct embag_index_report {
+  int64_t skipped;        /* indices outside the table (or the remap) skipped */
+  int64_t first_position; /* the first of them: its position in indices, -1 when none */
+  int64_t first_value;    /* and its value */
+  int64_t pruned;         /* indices skipped as pruned: -1 with EMBAG_PRUNED_IDS, or remapped to -1 */
+} embag_index_report;
 
 typedef struct embag_options {
   uint32_t struct_size; /* sizeof(embag_options), set by embag_options_init */
@@ -153,6 +166,12 @@ typedef struct embag_options {
   int32_t isa;          /* EMBAG_ISA_*; default EMBAG_ISA_DEFAULT */
   int32_t prefetch_level; /* EMBAG_PREFETCH_*; default automatic */
   int32_t prefetch_rows;  /* how far ahead; 0: chosen from the row size */
+  /* Since 0.2 (a struct_size of 48, 0.1's, leaves them at their defaults): index policies. */
+  const void* remap;          /* NULL: ids are rows; else remap_size values of remap_type: id -> row, -1 pruned */
+  int64_t remap_size;
+  embag_index_report* report; /* receives what the policies skipped; EMBAG_BAD_INDICES_SKIP needs it */
+  int32_t remap_type;         /* EMBAG_INT32 or EMBAG_INT64 */
+  int32_t bad_indices;        /* EMBAG_BAD_INDICES_*; default error */
 } embag_options;
 
 embag_status embag_options_init(embag_options* options);

@@ -25,7 +25,7 @@
 namespace embag {
 
 inline constexpr int version_major = 0;
-inline constexpr int version_minor = 1;
+inline constexpr int version_minor = 2;
 inline constexpr int version_patch = 0;
 std::string_view version() noexcept;
 
@@ -218,6 +218,26 @@ struct execution {
   void* arena = nullptr;
 };
 
+// Serving policies for indices a table cannot serve (one bad id from one client must not fail a
+// whole request, nor pass unseen). FBGEMM's bounds-check modes are FATAL (our error), WARNING and
+// IGNORE (both read row 0 instead: a wrong row in the output); skip reads no row at all.
+enum class bad_index_policy : std::uint8_t {
+  error,  // errc::index_out_of_range naming the first bad index; nothing is written (the default)
+  skip,   // an index outside the table is treated like padding: no row read, not in a mean's divisor,
+          // a zero row for mode none; counted in options.report, which is then required
+};
+inline constexpr bad_index_policy all_bad_index_policies[] = {bad_index_policy::error, bad_index_policy::skip};
+std::string_view to_string(bad_index_policy which) noexcept;  // "error", "skip"
+std::optional<bad_index_policy> bad_index_policy_from_string(std::string_view name) noexcept;
+
+// What a call's index policies skipped, written once the whole call is valid (before any output).
+struct index_report {
+  std::int64_t skipped = 0;         // indices outside the table (or the remap) skipped by skip
+  std::int64_t first_position = -1;  // the first of them: its position in indices, -1 when none
+  std::int64_t first_value = 0;      // and its value
+  std::int64_t pruned = 0;           // indices skipped as pruned rows: -1 with pruned_ids, or remapped to -1
+};
+
 struct options {
   embag::mode mode = mode::sum;
   std::optional<std::int64_t> padding_idx;  // negative counts from the end, as in torch
@@ -227,11 +247,23 @@ struct options {
   max_norm_flavour max_norm_mode = max_norm_flavour::clip;
   bool scale_grad_by_freq = false;  // backward: divide each row's gradient by its count in the call
   embag::execution execution;
+  // Index policies (forward, backward and the weights' gradient alike). A call with none of them
+  // reads the caller's indices in place; one that has something to skip or remap reads a rewritten
+  // copy (in the workspace when one is given), bad and pruned positions turned into padding.
+  // max_norm in place takes none of them (it would rescale the rows the rewrite stands in).
+  bad_index_policy bad_indices = bad_index_policy::error;
+  bool pruned_ids = false;  // index -1 is a pruned row (FBGEMM's convention): skipped like padding
+  // For a table whose unused rows were removed: indices are original ids in [0, remap.size), and
+  // the row read is remap[id] (-1: pruned, skipped). Empty: ids are rows. Its values are checked as
+  // they are used: one outside [-1, rows) is errc::invalid_option, whatever bad_indices says.
+  index_span remap;
+  index_report* report = nullptr;  // where the policies report what they skipped; skip needs one
 };
 
 // ---------------------------------------------------------------------------------------------
-// Reusable scratch memory for backward and in-place max_norm. A caller that reuses one workspace
-// per thread makes those calls allocation-free once it has grown. Not shared between threads.
+// Reusable scratch memory for backward, in-place max_norm and the indices that index policies
+// rewrite. A caller that reuses one workspace per thread makes those calls allocation-free once it
+// has grown. Not shared between threads.
 class workspace {
  public:
   workspace();
@@ -262,7 +294,7 @@ std::int64_t output_rows(const bags& batch, const options& opts);
 // Y = A.W into out (output_rows x dim). For mode max, argmax (output_rows x dim, optional) receives
 // the table row each maximum came from, -1 for an empty bag: it is what backward needs for max.
 void forward(table_view<const float> table, const bags& batch, const options& opts,
-             matrix_view<float> out, std::span<std::int64_t> argmax = {});
+             matrix_view<float> out, std::span<std::int64_t> argmax = {}, workspace* scratch = nullptr);
 // The same, allowing max_norm_flavour::in_place to rescale rows of the table first.
 void forward(table_view<float> table, const bags& batch, const options& opts, matrix_view<float> out,
              std::span<std::int64_t> argmax = {}, workspace* scratch = nullptr);

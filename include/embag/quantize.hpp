@@ -125,7 +125,7 @@ void dequantize(compressed_table_view table, table_view<float> out, const execut
 // the output is bit for bit forward on dequantize(table). max_norm is an error
 // (errc::invalid_option): clipping needs fp32 rows, and in place would write the table.
 void forward(compressed_table_view table, const bags& batch, const options& opts, matrix_view<float> out,
-             std::span<std::int64_t> argmax = {});
+             std::span<std::int64_t> argmax = {}, workspace* scratch = nullptr);
 
 // The .embag file, little-endian:
 //   offset  0  magic "EMBAGTBL"        offset 24  dim (u64)
