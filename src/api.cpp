@@ -18,6 +18,7 @@
 #include "allocation.hpp"
 #include "call.hpp"
 #include "dispatch/dispatch.hpp"
+#include "formats/codecs.hpp"
 #include "parallel.hpp"
 #include "plan.hpp"
 #include "reference/reference.hpp"
@@ -43,15 +44,46 @@ class scratch_or_local {
   std::optional<workspace> local_;
 };
 
+// The reference's forward; into a 16-bit output, through an fp32 copy of the whole output rounded
+// by the scalar codec (the oracle of the kernels' staged rounding).
+void reference_forward(forward_request req) {
+  if (req.narrowed.type == dtype::f32) return reference::forward(req);
+  const std::int64_t rows = req.reduce.pool == pooling::lookup ? req.bags.nnz : req.bags.num_bags;
+  std::vector<float> all = allocated<float>(static_cast<std::size_t>(rows * req.dim), "the reference's fp32 output");
+  req.out = all.data();
+  req.out_stride = req.dim;
+  reference::forward(req);
+  for (std::int64_t r = 0; r < rows; ++r)
+    narrow_halves(all.data() + r * req.dim, req.dim, req.narrowed.type, req.narrowed.data + 2 * r * req.narrowed.stride);
+}
+
+// One block of a forward: straight into an f32 output; into a 16-bit one, in parts whose fp32 rows
+// fill at most 16 KiB of a stage on this thread's stack (cache-resident: written, then read once as
+// they are rounded into the output), so that a 16-bit output costs little over an f32 one.
+void forward_block(const kernel_table& k, const forward_request& req, const bag_block& block) {
+  if (req.narrowed.type == dtype::f32) return k.forward(req, block);
+  alignas(64) float stage[narrowing_stage_floats];
+  forward_request staged = req;
+  staged.out = stage;
+  staged.out_stride = req.dim;
+  const std::int64_t most = std::max<std::int64_t>(1, narrowing_stage_floats / 4 / req.dim);
+  for (bag_block rest = block; rest.bag_begin < rest.bag_end;) {
+    const bag_block part = take_front(req.bags, req.reduce.pool, rest, most);
+    staged.out_first_bag = part.bag_begin;
+    k.forward(staged, part);
+    k.narrow_rows(stage, part.bag_end - part.bag_begin, req.dim, req.narrowed, part.bag_begin);
+  }
+}
+
 void run_forward(isa which, forward_request& req, const execution& how) {
-  if (which == isa::reference) return reference::forward(req);
+  if (which == isa::reference) return reference_forward(req);
   choose_prefetch(req, how.prefetch);
   bag_blocks plan;
   plan_forward_blocks(req.bags, req.reduce.pool, req.dim, threads_for(how), plan);
   const kernel_table& k = kernels_of(which);
   using clock = std::chrono::steady_clock;
   const clock::time_point start = req.prefetch_trial >= 0 ? clock::now() : clock::time_point{};
-  run_blocks(plan.count, how, [&](std::int64_t i) { k.forward(req, plan.blocks[i]); });
+  run_blocks(plan.count, how, [&](std::int64_t i) { forward_block(k, req, plan.blocks[i]); });
   if (req.prefetch_trial >= 0) report_prefetch_trial(req, std::chrono::duration<double>(clock::now() - start).count());
 }
 
@@ -174,7 +206,7 @@ void detail::execute(forward_call& call, workspace* scratch) {
 void detail::execute(const batched_forward_call& call, workspace::impl& ws) {
   for (const index_census& c : call.censuses) c.publish();
   if (call.which == isa::reference) {
-    for (forward_request& req : call.tables) reference::forward(req);
+    for (forward_request& req : call.tables) reference_forward(req);
     return;
   }
   for (forward_request& req : call.tables) choose_prefetch(req, call.how.prefetch, false);
@@ -182,7 +214,7 @@ void detail::execute(const batched_forward_call& call, workspace::impl& ws) {
   const kernel_table& k = kernels_of(call.which);
   const std::span<const table_block> blocks = ws.batched_blocks;
   run_blocks(static_cast<std::int64_t>(blocks.size()), call.how,
-             [&](std::int64_t i) { k.forward(call.tables[blocks[i].table], blocks[i].block); });
+             [&](std::int64_t i) { forward_block(k, call.tables[blocks[i].table], blocks[i].block); });
 }
 
 namespace {
@@ -240,7 +272,7 @@ void forward(compressed_table_view table, const bags& batch, const options& opts
   forward_stored(stored(table), batch, opts, out, argmax, scratch);
 }
 
-void concatenate_outputs(std::span<table_lookup> tables, matrix_view<float> out) {
+void concatenate_outputs(std::span<table_lookup> tables, output_view out) {
   std::int64_t cols = 0;
   for (const table_lookup& t : tables) cols += std::max<std::int64_t>(t.table.dim, 0);
   if (cols != out.cols)
@@ -249,7 +281,9 @@ void concatenate_outputs(std::span<table_lookup> tables, matrix_view<float> out)
   const std::int64_t stride = out.row_stride == 0 ? out.cols : out.row_stride;
   std::int64_t column = 0;
   for (table_lookup& t : tables) {
-    t.out = {out.data == nullptr ? nullptr : out.data + column, out.rows, t.table.dim, stride};
+    const std::int64_t offset = column * std::max<std::int64_t>(output_element_bytes(out.type), 1);
+    t.out = {out.data == nullptr ? nullptr : static_cast<std::byte*>(out.data) + offset, out.rows, t.table.dim, stride,
+             out.type};
     column += t.table.dim;
   }
 }

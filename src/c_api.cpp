@@ -187,6 +187,10 @@ T read_versioned(const T& given, const T& defaults, std::size_t older, const std
 constexpr std::size_t options_0_1_size = offsetof(embag_options, remap);
 static_assert(options_0_1_size == 48, "0.1's embag_options was 48 bytes: its fields must not move");
 
+// embag_table_lookup as 0.1 laid it out, before out_type.
+constexpr std::size_t lookup_0_1_size = offsetof(embag_table_lookup, out_type);
+static_assert(lookup_0_1_size == 40, "0.1's embag_table_lookup was 40 bytes: its fields must not move");
+
 // The caller's options as this library knows them, or the defaults.
 embag_options read_c_options(const embag_options* given) {
   return given == nullptr ? default_c_options()
@@ -452,7 +456,7 @@ embag_status embag_forward_batched(const embag_table_lookup* tables, int64_t num
     embag::detail::validate_array("tables", tables, num_tables, alignof(embag_table_lookup));
     // each entry struct_size bytes apart: a caller built against a later embag_table_lookup
     const std::uint32_t stride = num_tables > 0 ? tables[0].struct_size : 0;
-    if (num_tables > 0) read_versioned(tables[0], embag_table_lookup{}, sizeof(embag_table_lookup), "tables[0]",
+    if (num_tables > 0) read_versioned(tables[0], embag_table_lookup{}, lookup_0_1_size, "tables[0]",
                                    "set it to sizeof(embag_table_lookup)");
     if (num_tables > embag::detail::max_array_bytes / std::max<std::uint32_t>(stride, 1))
       throw error(errc::size_overflow, std::to_string(num_tables) + " tables of " + std::to_string(stride) +
@@ -465,11 +469,12 @@ embag_status embag_forward_batched(const embag_table_lookup* tables, int64_t num
       if (given.struct_size != stride)
         throw error(errc::invalid_option, name + ".struct_size = " + std::to_string(given.struct_size) +
                                               " differs from tables[0]'s " + std::to_string(stride));
-      const embag_table_lookup l = read_versioned(given, embag_table_lookup{}, sizeof(embag_table_lookup), name,
+      const embag_table_lookup l = read_versioned(given, embag_table_lookup{}, lookup_0_1_size, name,
                                                   "set it to sizeof(embag_table_lookup)");
       try {
+        const embag::matrix_view<float> out = view_of(l.out, "out");
         lookups.push_back({required(l.table, "table").stored.view(), bags_of(l.bags), options_of(l.options),
-                           view_of(l.out, "out")});
+                           {out.data, out.rows, out.cols, out.row_stride, dtype_of("out_type", l.out_type)}});
       } catch (const error& e) {
         throw error(e.code(), name + ": " + e.what());
       }

@@ -85,7 +85,7 @@ std::vector<std::int64_t>& index_storage(workspace* scratch, std::vector<std::in
   return scratch != nullptr ? scratch->get().rewritten_indices : own;
 }
 
-forward_call validate_forward(const stored_table& t, const bags& batch, const options& opts, matrix_view<float> out,
+forward_call validate_forward(const stored_table& t, const bags& batch, const options& opts, const output_view& out,
                               std::span<std::int64_t> argmax, std::vector<std::int64_t>& rewritten) {
   const std::int64_t padding = validate_options(opts, t.rows);
   if (opts.max_norm && t.type != dtype::f32)
@@ -94,11 +94,16 @@ forward_call validate_forward(const stored_table& t, const bags& batch, const op
   const bag_source bags = validate_bags(batch, opts, t.rows, padding, rewritten, census);
   const std::int64_t out_rows = rows_of(bags, opts.mode);
   const std::int64_t out_stride = validate_output("out", out, out_rows, t.dim);
+  const std::int64_t out_bytes = output_element_bytes(out.type);
+  if (out.type != dtype::f32 && t.dim > narrowing_stage_floats)
+    throw error(errc::invalid_shape, "out of " + std::string(to_string(out.type)) + " elements has dim " +
+                                         std::to_string(t.dim) + ": 16-bit outputs take at most " +
+                                         std::to_string(narrowing_stage_floats) + " columns");
   validate_argmax_size(argmax, opts, out_rows, t.dim);
   const bool in_place = opts.max_norm && opts.max_norm_mode == max_norm_flavour::in_place;
   if (in_place && t.writable == nullptr && t.rows > 0)
     throw error(errc::invalid_option, "max_norm_mode in_place needs a mutable table (a table_view<float>)");
-  const byte_range outputs[] = {matrix_bytes("out", out.data, out_rows, t.dim, out_stride),
+  const byte_range outputs[] = {matrix_bytes("out", out.data, out_rows, t.dim, out_stride, out_bytes),
                                 {"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())},
                                 report_bytes(opts)};
   const call_inputs inputs(batch, opts, t.bytes());
@@ -109,32 +114,37 @@ forward_call validate_forward(const stored_table& t, const bags& batch, const op
   }
   forward_call call{forward_request_for(t, bags, opts, padding), census, resolve_isa(opts.execution.isa),
                     opts.execution, in_place ? t.writable : nullptr};
-  call.req.out = out.data;
-  call.req.out_stride = out_stride;
+  if (out.type == dtype::f32) {
+    call.req.out = static_cast<float*>(out.data);
+    call.req.out_stride = out_stride;
+  } else {  // the dispatch stages fp32 rows (req.out) and rounds them into the output
+    call.req.narrowed = {static_cast<std::byte*>(out.data), out_stride, out.type};
+  }
   call.req.argmax = argmax.empty() ? nullptr : argmax.data();
   return call;
 }
 
 namespace {
 
-// A batched table's output: rows x cols floats, row r at data + r * stride floats.
+// A batched table's output: rows x cols elements of element_bytes, row r at data + r * stride elements.
 struct output_cells {
-  const float* data;
-  std::int64_t rows, cols, stride;
+  const void* data;
+  std::int64_t rows, cols, stride, element_bytes;
 
-  byte_range bytes(const char* name) const { return matrix_bytes(name, data, rows, cols, stride); }
+  byte_range bytes(const char* name) const { return matrix_bytes(name, data, rows, cols, stride, element_bytes); }
 };
 
-// Whether two outputs share a cell. With one row stride, outputs side by side in one buffer (a
-// KeyedTensor's tables) overlap as byte ranges but not cell by cell: b's columns start m floats
-// into a's rows (mod the stride), so the windows [0, a.cols) and [m, m + b.cols) never meet when
-// a.cols <= m and m + b.cols <= stride. Other layouts are judged by their byte ranges.
+// Whether two outputs share a cell. With one element type and row stride, outputs side by side in
+// one buffer (a KeyedTensor's tables) overlap as byte ranges but not cell by cell: b's columns
+// start m elements into a's rows (mod the stride), so the windows [0, a.cols) and [m, m + b.cols)
+// never meet when a.cols <= m and m + b.cols <= stride. Other layouts are judged by their bytes.
 bool share_a_cell(const output_cells& a, const output_cells& b) {
   if (!overlap(a.bytes("a"), b.bytes("b"))) return false;
-  if (a.stride != b.stride) return true;
-  // both float-aligned (validated), so their distance is whole floats
-  const auto distance = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data) / sizeof(float) -
-                                                  reinterpret_cast<std::uintptr_t>(a.data) / sizeof(float));
+  if (a.stride != b.stride || a.element_bytes != b.element_bytes) return true;
+  // both aligned to their elements (validated), so their distance is whole elements
+  const auto unit = static_cast<std::uintptr_t>(a.element_bytes);
+  const auto distance = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data) / unit -
+                                                  reinterpret_cast<std::uintptr_t>(a.data) / unit);
   const std::int64_t m = ((distance % a.stride) + a.stride) % a.stride;
   return !(a.cols <= m && m + b.cols <= a.stride);
 }
@@ -193,8 +203,9 @@ batched_forward_call validate_forward_batched(std::span<const table_lookup> tabl
   });
   validate_distinct_reports(tables);
   const auto cells = [&](std::size_t t) {
-    const forward_request& r = requests[t];
-    return output_cells{r.out, rows_of(r.bags, tables[t].opts.mode), r.dim, r.out_stride};
+    const output_view& out = tables[t].out;
+    return output_cells{out.data, rows_of(requests[t].bags, tables[t].opts.mode), requests[t].dim,
+                        out.row_stride == 0 ? out.cols : out.row_stride, output_element_bytes(out.type)};
   };
   for (std::size_t t = 0; t < tables.size(); ++t) {
     const output_cells out = cells(t);

@@ -59,7 +59,7 @@ struct forward_call {
   float* renorm_table = nullptr;
 };
 
-forward_call validate_forward(const stored_table& t, const bags& batch, const options& opts, matrix_view<float> out,
+forward_call validate_forward(const stored_table& t, const bags& batch, const options& opts, const output_view& out,
                               std::span<std::int64_t> argmax, std::vector<std::int64_t>& rewritten);
 
 // A batched forward (embag/batched.hpp): every table's request and census, in table order.

@@ -10,6 +10,9 @@ namespace embag::detail {
 
 struct kernel_table {
   void (*forward)(const forward_request&, const bag_block&);
+  // A 16-bit output's rows [first_row, first_row + rows) from rows x dim fp32 results at stage.
+  void (*narrow_rows)(const float* stage, std::int64_t rows, std::int64_t dim, const output_narrowing& to,
+                      std::int64_t first_row);
   void (*backward_rows)(const backward_request&, std::int64_t unique_begin, std::int64_t unique_end);
   // Dense pooled sums (sum, mean, sqrtn) without scale_grad_by_freq, from the bags (no transpose): the rows in
   // [row_begin, row_end) only.

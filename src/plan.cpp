@@ -142,6 +142,18 @@ void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim,
                      [&](const bag_block& b) { out.blocks[out.count++] = b; });
 }
 
+bag_block take_front(const bag_source& bags, pooling pool, bag_block& rest, std::int64_t most) {
+  const std::int64_t end = std::min(rest.bag_end, rest.bag_begin + most);
+  std::int64_t index_end = end;  // mode none: a "bag" is its index
+  if (pool != pooling::lookup) {
+    index_end = rest.index_begin;
+    for (std::int64_t b = rest.bag_begin; b < end; ++b) index_end = end_of_bag(bags, b, index_end);
+  }
+  const bag_block front{rest.bag_begin, end, rest.index_begin};
+  rest = {end, rest.bag_end, index_end};
+  return front;
+}
+
 void plan_batched_forward_blocks(std::span<const forward_request> tables, int threads, std::vector<table_block>& out) {
   out.clear();
   reserved(out, tables.size() + max_blocks, "the blocks of a batched forward");  // the most cut below

@@ -52,6 +52,10 @@ void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim,
 // block when the call runs on one thread. `out` only grows (a reused workspace stops allocating).
 void plan_batched_forward_blocks(std::span<const forward_request> tables, int threads, std::vector<table_block>& out);
 
+// The first at most `most` bags of `rest` (mode none: indices) as a block, and `rest` advanced past
+// them: how a block is cut into parts whose fp32 rows fit a narrowing stage.
+bag_block take_front(const bag_source& bags, pooling pool, bag_block& rest, std::int64_t most);
+
 // [0, items) cut into runs of about equal work (items x work_per_item): what mode none's indices
 // and quantize's table rows are split by.
 void plan_even_blocks(std::int64_t items, std::int64_t work_per_item, int threads, range_blocks& out);

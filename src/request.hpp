@@ -36,6 +36,14 @@ struct bag_block {
   std::int64_t index_begin = 0;
 };
 
+// A 16-bit float output (f16 or bf16): row r at data + r * stride elements, each the fp32 result
+// rounded once to nearest even. type f32: the output is `out` itself.
+struct output_narrowing {
+  std::byte* data = nullptr;
+  std::int64_t stride = 0;  // in elements
+  dtype type = dtype::f32;
+};
+
 struct forward_request {
   // Row r of the table starts at table + r * row_stride bytes and holds row_bytes bytes in
   // element_type's layout (embag/quantize.hpp): dim floats, or their compressed encoding.
@@ -48,9 +56,13 @@ struct forward_request {
   std::int64_t padding_idx = no_padding;  // normalised to [0, rows) or no_padding
   bool clip_max_norm = false;              // scale gathered rows whose norm exceeds max_norm
   float max_norm = 0, norm_type = 2;
+  // Output row `bag` (mode none: position) is at out + (bag - out_first_bag) * out_stride: the
+  // call's output, or a stage of a few rows the dispatch narrows into `narrowed` afterwards.
   float* out = nullptr;
   std::int64_t out_stride = 0;
-  std::int64_t* argmax = nullptr;  // output_rows x dim, or null
+  std::int64_t out_first_bag = 0;
+  output_narrowing narrowed;
+  std::int64_t* argmax = nullptr;  // output_rows x dim, or null (never staged)
   int prefetch_rows = 0;
   prefetch_level prefetch = prefetch_level::none;  // resolved: never automatic here
   bool narrow_passes = false;  // rows read in passes of at most 256 bytes (prefetch into L2 only)

@@ -142,18 +142,19 @@ std::optional<std::int64_t> span_bytes(std::int64_t rows, std::int64_t stride_un
 }
 
 std::int64_t validate_matrix(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
-                             std::int64_t row_stride) {
+                             std::int64_t row_stride, std::int64_t element_bytes) {
   const std::string n(name);
   if (rows < 0) fail(errc::invalid_shape, n + " has " + str(rows) + " rows (must be >= 0)");
   if (cols <= 0) fail(errc::invalid_shape, n + " has dim " + str(cols) + " (must be > 0)");
   const std::int64_t stride = row_stride == 0 ? cols : row_stride;
   if (stride < cols)
     fail(errc::invalid_shape, n + " has row_stride " + str(row_stride) + " smaller than its dim " + str(cols));
-  if (rows > 0 && !span_bytes(rows, stride, cols, sizeof(float)))
+  if (rows > 0 && !span_bytes(rows, stride, cols, element_bytes))
     fail(errc::size_overflow, n + " of " + str(rows) + " rows x stride " + str(stride) +
-                                  " floats overflows the address space");
+                                  (element_bytes == 4 ? " floats" : " elements of " + str(element_bytes) + " bytes") +
+                                  " overflows the address space");
   if (data == nullptr && rows > 0) fail(errc::null_pointer, n + " is null but has " + str(rows) + " rows");
-  if (rows > 0) check_aligned(name, data, sizeof(float));
+  if (rows > 0) check_aligned(name, data, element_bytes);
   return stride;
 }
 
@@ -345,10 +346,10 @@ void validate_indices(const char* name, const index_span& indices, std::int64_t 
 }
 
 namespace {
-template <class T>
-std::int64_t validate_matrix_for(const char* name, const matrix_view<T>& m, std::int64_t rows_needed,
-                                 std::int64_t dim) {
-  const std::int64_t stride = validate_matrix(name, m.data, m.rows, m.cols, m.row_stride);
+template <class Matrix>
+std::int64_t validate_matrix_for(const char* name, const Matrix& m, std::int64_t rows_needed, std::int64_t dim,
+                                 std::int64_t element_bytes = 4) {
+  const std::int64_t stride = validate_matrix(name, m.data, m.rows, m.cols, m.row_stride, element_bytes);
   if (m.cols != dim)
     fail(errc::size_mismatch, std::string(name) + " has " + str(m.cols) + " columns but dim is " + str(dim));
   if (m.rows < rows_needed)
@@ -360,6 +361,18 @@ std::int64_t validate_matrix_for(const char* name, const matrix_view<T>& m, std:
 std::int64_t validate_output(const char* name, const matrix_view<float>& out, std::int64_t rows_needed,
                              std::int64_t dim) {
   return validate_matrix_for(name, out, rows_needed, dim);
+}
+
+std::int64_t output_element_bytes(dtype type) noexcept {
+  return type == dtype::f32 ? 4 : type == dtype::f16 || type == dtype::bf16 ? 2 : 0;
+}
+
+std::int64_t validate_output(const char* name, const output_view& out, std::int64_t rows_needed, std::int64_t dim) {
+  const std::int64_t bytes = output_element_bytes(out.type);
+  if (bytes == 0)
+    fail(errc::invalid_option, std::string(name) + ".type = " + std::string(to_string(out.type)) + " (" +
+                                   str(std::int64_t(out.type)) + ") is no output type: f32, f16 or bf16");
+  return validate_matrix_for(name, out, rows_needed, dim, bytes);
 }
 
 std::int64_t validate_input(const char* name, const matrix_view<const float>& in, std::int64_t rows_needed,
@@ -414,9 +427,9 @@ void validate_argmax_values(std::span<const std::int64_t> argmax, const bag_sour
 }
 
 byte_range matrix_bytes(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
-                        std::int64_t row_stride) {
+                        std::int64_t row_stride, std::int64_t element_bytes) {
   const std::int64_t elements = rows == 0 ? 0 : (rows - 1) * row_stride + cols;
-  return {name, data, elements * 4};
+  return {name, data, elements * element_bytes};
 }
 
 bool overlap(const byte_range& a, const byte_range& b) noexcept {

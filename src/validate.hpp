@@ -20,9 +20,10 @@ std::optional<std::int64_t> span_bytes(std::int64_t rows, std::int64_t stride_un
                                        std::int64_t unit_bytes);
 
 // A matrix or table shape: rows >= 0, cols > 0, stride >= cols (0 means cols), byte size in range,
-// data non-null and float-aligned when it has rows. Returns the effective row stride.
+// data non-null and aligned to its elements (floats unless said) when it has rows. Returns the
+// effective row stride.
 std::int64_t validate_matrix(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
-                             std::int64_t row_stride);
+                             std::int64_t row_stride, std::int64_t element_bytes = 4);
 
 // The options that do not depend on the bags; returns padding_idx normalised to [0, rows) or
 // no_padding.
@@ -62,6 +63,10 @@ bag_source validate_bags(const bags& batch, const options& opts, std::int64_t ta
 // An output (or gradient) matrix for `rows_needed` x `dim`; returns its effective stride.
 std::int64_t validate_output(const char* name, const matrix_view<float>& out, std::int64_t rows_needed,
                              std::int64_t dim);
+// The same for a forward's output of any element type (f32, f16, bf16).
+std::int64_t validate_output(const char* name, const output_view& out, std::int64_t rows_needed, std::int64_t dim);
+// Bytes per element of an output type, 0 for a dtype that is none.
+std::int64_t output_element_bytes(dtype type) noexcept;
 std::int64_t validate_input(const char* name, const matrix_view<const float>& in, std::int64_t rows_needed,
                             std::int64_t dim);
 
@@ -81,7 +86,7 @@ struct byte_range {
 void validate_disjoint(std::span<const byte_range> outputs, std::span<const byte_range> inputs);
 bool overlap(const byte_range& a, const byte_range& b) noexcept;  // any byte in common
 byte_range matrix_bytes(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
-                        std::int64_t row_stride);
+                        std::int64_t row_stride, std::int64_t element_bytes = 4);
 
 // A compressed table view (embag/quantize.hpp): a dtype, rows >= 0, a stride (bytes) of at least
 // row_bytes, in range, non-null. Returns the effective row stride in bytes.

@@ -3,6 +3,8 @@
 // separate outputs or side by side in one; a bad table refused by name before anything is written.
 #include <gtest/gtest.h>
 
+#include <bit>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -214,6 +216,65 @@ TEST(BatchedRefusals, BackwardGradientOverAnotherTablesGradOutput) {
   EXPECT_EQ(grad1, std::vector<float>(6));
 }
 
+// fp32 rows rounded to f16 or bf16 by the library's scalar codec (quantize's row encoding): what a
+// 16-bit output must hold, bit for bit.
+std::vector<std::uint16_t> rounded(const std::vector<float>& rows, std::int64_t count, std::int64_t dim,
+                                   std::int64_t stride, dtype type) {
+  std::vector<float> dense;
+  for (std::int64_t r = 0; r < count; ++r)
+    dense.insert(dense.end(), rows.begin() + r * stride, rows.begin() + r * stride + dim);
+  const compressed_table halves = quantize(table_view<const float>{dense.data(), count, dim, dim}, type);
+  std::vector<std::uint16_t> bits(std::size_t(count * dim));
+  for (std::int64_t r = 0; r < count; ++r)
+    std::memcpy(&bits[std::size_t(r * dim)], halves.view().data + r * halves.view().row_stride, std::size_t(dim) * 2);
+  return bits;
+}
+
+// f16 and bf16 outputs, separate or side by side: each table's the rounding of its f32 output,
+// whatever its dtype, mode and layout, on 1, 2 and 8 threads; the stride's gaps untouched.
+TEST_P(Batched, HalfOutputsAreTheRoundedF32Outputs) {
+  constexpr std::uint16_t canary = 0xbeef;
+  for (int n = 0; n < batches_per_isa() / 2; ++n) {
+    const dtype type = n % 2 == 0 ? dtype::f16 : dtype::bf16;
+    const execution how = on(GetParam(), n % 3 == 0 ? 1 : n % 3 == 1 ? 2 : 8);
+    const bool side_by_side = n % 4 >= 2;
+    const std::int64_t bags = 1 + n % 7;
+    std::vector<batched_table> tables;
+    std::int64_t cols = 0;
+    for (int t = 0; t < 1 + n % 5; ++t) {
+      tables.push_back(draw_table(std::uint64_t(n) * 16 + std::uint64_t(t) + 11, side_by_side ? bags : -1));
+      cols += tables.back().c.dim;
+    }
+    std::vector<std::vector<std::uint16_t>> outs;
+    std::vector<table_lookup> lookups;
+    for (const batched_table& t : tables) {
+      outs.emplace_back(std::size_t(std::max<std::int64_t>(1, t.c.out_rows() * t.c.out_stride)), canary);
+      lookups.push_back({t.rows(), t.c.batch(), t.c.opts,
+                         {outs.back().data(), t.c.out_rows(), t.c.dim, t.c.out_stride, type}});
+    }
+    const std::int64_t stride = cols + n % 3;
+    std::vector<std::uint16_t> one(std::size_t(bags * stride), canary);
+    if (side_by_side) concatenate_outputs(lookups, {one.data(), bags, cols, stride, type});
+    forward_batched(lookups, how);
+    std::int64_t column = 0;
+    for (std::size_t t = 0; t < tables.size(); ++t) {
+      const call_case& c = tables[t].c;
+      const std::vector<std::uint16_t> want = rounded(single_call(tables[t], how), c.out_rows(), c.dim, c.out_stride, type);
+      const std::uint16_t* got = side_by_side ? one.data() + column : outs[t].data();
+      const std::int64_t got_stride = side_by_side ? stride : c.out_stride;
+      for (std::int64_t r = 0; r < c.out_rows(); ++r)
+        for (std::int64_t d = 0; d < got_stride; ++d) {
+          const bool cell = d < c.dim;
+          if (side_by_side && !cell) continue;  // the other tables' columns
+          const std::uint16_t expected = cell ? want[std::size_t(r * c.dim + d)] : canary;
+          ASSERT_EQ(got[r * got_stride + d], expected)
+              << to_string(type) << " tables[" << t << "] row " << r << " col " << d << describe(tables);
+        }
+      column += c.dim;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Isas, Batched, ::testing::ValuesIn(available_isas()),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
@@ -286,6 +347,48 @@ TEST(BatchedRefusals, OutputOverAnotherTablesIndices) {
   t.lookups[0].out = {shared.data(), 2, 2, 2};
   t.lookups[2].batch.indices = index_span(reinterpret_cast<const std::int64_t*>(shared.data()), 2, index_type::i64);
   expect_refused(t, errc::aliasing, "tables[0].out overlaps tables[2]'s indices");
+}
+
+// Rounding's edge cases, through mode none (a row copied): ties to even, fp16's subnormals and its
+// overflow to infinity, signed zero, infinities and NaNs (quiet, payload's top bits), on every ISA
+// and across the SIMD widths' tails (dim 19).
+TEST(HalfOutputs, RoundToNearestEvenOnEveryIsa) {
+  const auto bits = [](std::uint32_t b) { return std::bit_cast<float>(b); };
+  const std::vector<float> row = {1.0f, 1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, 65504.0f, 65519.0f, 65520.0f, -0.0f,
+                                  0x1p-24f, 0x1p-25f, 3 * 0x1p-25f, INFINITY, -INFINITY, bits(0x7fc00000u),
+                                  bits(0xff812345u), 1e-8f, 1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 3.4028235e38f, 1e-40f};
+  const std::vector<std::uint16_t> f16 = {0x3c00, 0x3c00, 0x3c02, 0x7bff, 0x7bff, 0x7c00, 0x8000, 0x0001, 0x0000, 0x0002,
+                                          0x7c00, 0xfc00, 0x7e00, 0xfe09, 0x0000, 0x3c04, 0x3c0c, 0x7c00, 0x0000};
+  const std::vector<std::uint16_t> bf16 = {0x3f80, 0x3f80, 0x3f80, 0x4780, 0x4780, 0x4780, 0x8000, 0x3380, 0x3300, 0x33c0,
+                                           0x7f80, 0xff80, 0x7fc0, 0xffc1, 0x322c, 0x3f80, 0x3f82, 0x7f80, 0x0001};
+  const std::int64_t dim = std::ssize(row);
+  const std::vector<std::int64_t> indices{0, 0}, offsets{0, 1};
+  for (const isa which : available_isas())
+    for (const dtype type : {dtype::f16, dtype::bf16}) {
+      options none;
+      none.mode = mode::none;
+      std::vector<std::uint16_t> out(std::size_t(2 * dim), 0xbeef);
+      const table_lookup one{{reinterpret_cast<const std::byte*>(row.data()), 1, dim, 0, dtype::f32},
+                             bags::from_offsets(indices, offsets), none, {out.data(), 2, dim, dim, type}};
+      forward_batched({&one, 1}, on(which, 1));
+      const std::vector<std::uint16_t>& want = type == dtype::f16 ? f16 : bf16;
+      for (std::int64_t d = 0; d < 2 * dim; ++d)
+        EXPECT_EQ(out[std::size_t(d)], want[std::size_t(d % dim)])
+            << to_string(which) << " " << to_string(type) << " of " << row[std::size_t(d % dim)] << " (column " << d % dim << ")";
+    }
+}
+
+TEST(BatchedRefusals, HalfOutputsTheirTypeAlignmentAndWidth) {
+  three_tables t;
+  std::vector<std::uint16_t> halves(64);
+  t.lookups[1].out = {halves.data(), 2, 2, 2, dtype::int8_rowwise};
+  expect_refused(t, errc::invalid_option, "tables[1]: out.type = int8_rowwise (3) is no output type");
+  t.lookups[1].out = {reinterpret_cast<std::byte*>(halves.data()) + 1, 2, 2, 2, dtype::f16};
+  expect_refused(t, errc::misaligned, "tables[1]: out is misaligned by 1 byte for its 2-byte elements");
+  const std::vector<float> wide(16385, 1.0f);
+  t.lookups[1] = {{reinterpret_cast<const std::byte*>(wide.data()), 1, 16385, 0, dtype::f32}, bags::from_offsets(t.i2, t.offsets),
+                  {}, {halves.data(), 2, 16385, 16385, dtype::bf16}};
+  expect_refused(t, errc::invalid_shape, "tables[1]: out of bf16 elements has dim 16385: 16-bit outputs take at most 16384");
 }
 
 TEST(BatchedRefusals, ConcatenationOfTheWrongWidth) {

@@ -1333,6 +1333,35 @@ static void test_forward_batched(const embag_table* t) {
   EXPECT_STATUS(embag_forward_batched(lookups, 2, NULL), EMBAG_ERR_INVALID_OPTION);
   CHECK(error_mentions("tables[1]: opts.execution is set"));
   mean.max_threads = 0;
+  /* an f16 output, and an entry of 0.1's size (40 bytes, no out_type: f32) */
+  {
+    uint16_t halves[2 * dim];
+    embag_matrix half_out = {(float*)halves, 2, dim, 0};
+    lookups[1].out = &half_out;
+    lookups[1].out_type = EMBAG_DTYPE_F16;
+    EXPECT_OK(embag_forward_batched(lookups, 2, NULL));
+    /* bag {0, 2, 1} mean: (c + 20 + c + 10 + c) / 3 = c + 10, exact in fp16 (col 0..3: 10..13) */
+    CHECK(halves[0] == 0x4900 && halves[1] == 0x4980 && halves[2] == 0x4a00 && halves[3] == 0x4a80);
+    CHECK(halves[dim] == 0 && halves[dim + 3] == 0);
+    lookups[1].out_type = EMBAG_DTYPE_INT8_ROWWISE;
+    EXPECT_STATUS(embag_forward_batched(lookups, 2, NULL), EMBAG_ERR_INVALID_OPTION);
+    CHECK(error_mentions("tables[1]: out.type = int8_rowwise"));
+    lookups[1].out_type = EMBAG_DTYPE_F32;
+    lookups[1].out = &right;
+    {
+      /* 0.1's entries: 40 bytes apart, no out_type */
+      uint64_t old[2][5];
+      const uint32_t old_size = 40;
+      memcpy(old[0], &lookups[0], 40);
+      memcpy(old[1], &lookups[1], 40);
+      memcpy(old[0], &old_size, sizeof old_size);
+      memcpy(old[1], &old_size, sizeof old_size);
+      fill(out, 2 * stride, canary);
+      EXPECT_OK(embag_forward_batched((const embag_table_lookup*)(void*)old, 2, NULL));
+      CHECK(out[stride] == value(7, 0) && out[dim] == 10.0f);
+      fill(out, 2 * stride, canary);
+    }
+  }
   /* struct_size: too small, or entries of different sizes */
   lookups[1].struct_size = 8;
   EXPECT_STATUS(embag_forward_batched(lookups, 2, NULL), EMBAG_ERR_INVALID_OPTION);

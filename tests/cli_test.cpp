@@ -148,6 +148,21 @@ TEST_F(Cli, ForwardBatchedAsTheSingleCalls) {
       EXPECT_EQ(y[b * 2 * dim + dim + d], y1[b * dim + d]) << b << " " << d;
     }
 
+  // --out-dtype f16: the f32 output rounded once (the library's fp16 codec, through quantize)
+  const tool_run half = embag("forward-batched --tables spec.json --out y16.npy --out-dtype f16");
+  ASSERT_EQ(half.status, 0) << half.output;
+  const npy_array y16 = npy_array::open(in("y16.npy"));
+  ASSERT_EQ(y16.dtype(), npy_dtype::f16);
+  ASSERT_EQ(y16.shape(), (std::vector<std::int64_t>{4, 2 * dim}));
+  const compressed_table want16 = quantize(table_view<const float>{y.data(), 4, 2 * dim, 2 * dim}, dtype::f16);
+  for (std::int64_t b = 0; b < 4; ++b)
+    EXPECT_EQ(std::memcmp(static_cast<const std::byte*>(y16.data()) + b * 4 * dim,
+                          want16.view().data + b * want16.view().row_stride, std::size_t(4 * dim)),
+              0)
+        << "row " << b;
+  EXPECT_NE(embag("forward-batched --tables spec.json --out z.npy --out-dtype bf16").output.find(".npy has no bf16"),
+            std::string::npos);
+
   std::ofstream(in("typo.json")) << R"({"tables": [{"weight": "w.npy", "indices": "i.npy", "offset": "o.npy"}]})";
   const tool_run typo = embag("forward-batched --tables typo.json --out z.npy");
   EXPECT_NE(typo.status, 0);
@@ -689,8 +704,9 @@ TEST_F(Cli, BenchDlrmWorkload) {
   EXPECT_NE(r.output.find("\nint8  1 "), std::string::npos) << r.output;
   std::ifstream json(in("dlrm.json"));
   const std::string text((std::istreambuf_iterator<char>(json)), std::istreambuf_iterator<char>());
-  // batched, single calls, ideal: fp32 and int8; backward_sparse_batched: fp32 only
-  EXPECT_EQ(count_of(text, "\"name\": \"dlrm/"), 7u) << text;
+  // batched, single calls, ideal, batched into f16 and bf16: fp32 and int8; backward_sparse_batched: fp32 only
+  EXPECT_EQ(count_of(text, "\"name\": \"dlrm/"), 11u) << text;
+  EXPECT_EQ(count_of(text, "\"name\": \"dlrm/batched_f16_out/"), 2u) << text;
   const tool_run mixed = embag("bench --workload dlrm --rows 10");
   EXPECT_EQ(mixed.status, 2) << mixed.output;
   EXPECT_NE(mixed.output.find("only --bags applies"), std::string::npos) << mixed.output;

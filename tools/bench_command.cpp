@@ -397,12 +397,15 @@ struct dlrm_result {
   int threads;
   double batched, loop, ideal;  // seconds per call: forward_batched, the loop of single calls, the ideal loops
   double backward_sparse;       // backward_sparse_batched (f32 rows only: backward reads no table), or 0
+  // forward_batched into f32, f16 and bf16 outputs again, equally warm (after the runs above, in
+  // an order rotating call by call): what a 16-bit output costs
+  double f32_out, f16_out, bf16_out;
 };
 
 // One index set of every table, at a thread count: the batched call's tables side by side in one
 // B x 26D output, the single calls' and the ideal loops' in the same places.
 struct dlrm_call {
-  std::vector<table_lookup> tables;
+  std::vector<table_lookup> tables, tables_f16, tables_bf16;  // into f32, f16 and bf16 outputs
   std::vector<gather_roofline> ideal;
   std::vector<table_gradient> gradients;  // dY: the output's columns
 };
@@ -430,6 +433,7 @@ int run_dlrm_bench(const bench_options& o) {
               o.spec.zipf_exponent, (long long)lookups, std::string(to_string(o.isas.back())).c_str());
   const int sets = tables.front().spec.index_sets;
   std::vector<float> out(static_cast<std::size_t>(bags * cols)), single(out.size());
+  std::vector<std::uint16_t> out16(out.size());
   workspace scratch;
   std::vector<dlrm_result> results;
   for (int threads : o.threads)
@@ -439,6 +443,9 @@ int run_dlrm_bench(const bench_options& o) {
       for (int set = 0; set < sets; ++set) {
         for (const workload& w : tables) calls[set].tables.push_back({w.table_in(type), w.batch(set), {}, {}});
         concatenate_outputs(calls[set].tables, {out.data(), bags, cols, cols});
+        calls[set].tables_f16 = calls[set].tables_bf16 = calls[set].tables;
+        concatenate_outputs(calls[set].tables_f16, {out16.data(), bags, cols, cols, dtype::f16});
+        concatenate_outputs(calls[set].tables_bf16, {out16.data(), bags, cols, cols, dtype::bf16});
         for (std::size_t t = 0; t < tables.size(); ++t) {
           calls[set].ideal.emplace_back(tables[t].table_in(type), tables[t].batch(set),
                                         matrix_view<float>{out.data() + t * dim, bags, dim, cols}, how);
@@ -457,7 +464,7 @@ int run_dlrm_bench(const bench_options& o) {
       forward_batched(calls[0].tables, how, &scratch);
       run_single_calls(calls[0], single.data());
       if (out != single) throw error(errc::invalid_option, "bench: forward_batched differs from the single calls");
-      std::vector<double> batched, loop, ideal, backward;
+      std::vector<double> batched, loop, ideal, backward, f32_out, f16_out, bf16_out;
       const auto start = std::chrono::steady_clock::now();
       for (int call = 0; keep_timing(call, start, o.seconds_per_result * 3); ++call) {
         const dlrm_call& c = calls[static_cast<std::size_t>(call % sets)];
@@ -468,29 +475,39 @@ int run_dlrm_bench(const bench_options& o) {
         const auto t2 = std::chrono::steady_clock::now();
         for (const gather_roofline& g : c.ideal) g.run();
         const auto t3 = std::chrono::steady_clock::now();
+        for (int k = 0; k < 3; ++k) {
+          const int which = (call + k) % 3;
+          const auto u0 = std::chrono::steady_clock::now();
+          forward_batched(which == 0 ? c.tables : which == 1 ? c.tables_f16 : c.tables_bf16, how, &scratch);
+          (which == 0 ? f32_out : which == 1 ? f16_out : bf16_out)
+              .push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - u0).count());
+        }
+        const auto t4 = std::chrono::steady_clock::now();
         if (with_backward) {
           backward_sparse_batched(c.gradients, grads, how, &scratch);
-          backward.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t3).count());
+          backward.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t4).count());
         }
         batched.push_back(std::chrono::duration<double>(t1 - t0).count());
         loop.push_back(std::chrono::duration<double>(t2 - t1).count());
         ideal.push_back(std::chrono::duration<double>(t3 - t2).count());
       }
       results.push_back({type, threads, median(batched), median(loop), median(ideal),
-                         with_backward ? median(backward) : 0.0});
+                         with_backward ? median(backward) : 0.0, median(f32_out), median(f16_out), median(bf16_out)});
     }
   std::printf("verified: the batched call's outputs match the single calls' bit for bit\n\n");
-  std::printf("%-5s %-7s %11s %11s %11s %9s %9s %14s\n", "dtype", "threads", "batched ms", "loop ms", "ideal ms",
-              "vs loop", "of ideal", "bwd-sparse/fwd");
+  std::printf("%-5s %-7s %11s %11s %11s %9s %9s %14s %9s %9s\n", "dtype", "threads", "batched ms", "loop ms",
+              "ideal ms", "vs loop", "of ideal", "bwd-sparse/fwd", "f16-out", "bf16-out");
   json benchmarks = json::array();
   for (const dlrm_result& r : results) {
     char backward[16] = "-";
     if (r.backward_sparse > 0) std::snprintf(backward, sizeof backward, "%.2f", r.backward_sparse / r.batched);
-    std::printf("%-5s %-7d %11.3f %11.3f %11.3f %8.2fx %9.2f %14s\n", short_name(r.type).c_str(), r.threads,
-                r.batched * 1e3, r.loop * 1e3, r.ideal * 1e3, r.loop / r.batched, r.ideal / r.batched, backward);
-    for (const auto& [family, seconds] : {std::pair{"dlrm/batched", r.batched}, std::pair{"dlrm/single_calls", r.loop},
-                                          std::pair{"dlrm/ideal", r.ideal},
-                                          std::pair{"dlrm/backward_sparse_batched", r.backward_sparse}}) {
+    std::printf("%-5s %-7d %11.3f %11.3f %11.3f %8.2fx %9.2f %14s %8.3fx %8.3fx\n", short_name(r.type).c_str(),
+                r.threads, r.batched * 1e3, r.loop * 1e3, r.ideal * 1e3, r.loop / r.batched, r.ideal / r.batched, backward,
+                r.f16_out / r.f32_out, r.bf16_out / r.f32_out);
+    for (const auto& [family, seconds] :
+         {std::pair{"dlrm/batched", r.batched}, std::pair{"dlrm/single_calls", r.loop}, std::pair{"dlrm/ideal", r.ideal},
+          std::pair{"dlrm/backward_sparse_batched", r.backward_sparse}, std::pair{"dlrm/batched_f16_out", r.f16_out},
+          std::pair{"dlrm/batched_bf16_out", r.bf16_out}}) {
       if (seconds == 0) continue;
       const std::string name = std::string(family) + "/" + std::string(to_string(o.isas.back())) + "/" +
                                std::string(to_string(r.type)) + "/scale:" + std::to_string(o.scale) +

@@ -280,6 +280,7 @@ int run_dequantize(const conversion_line& c) {
 struct batched_line {
   std::string tables, out;
   execution how;
+  dtype out_type = dtype::f32;  // f32 or f16 (.npy has no bf16)
 };
 
 // One table of the spec: its files, mapped, and its lookup.
@@ -378,11 +379,15 @@ int run_forward_batched(const batched_line& b) {
     cols += view.dim;
     lookups.push_back({view, files.batch, files.opts, {}});
   }
-  std::vector<float> out = zeros<float>("the output", rows, cols);
-  concatenate_outputs(lookups, {out.data(), rows, cols, cols});
+  const bool halves = b.out_type == dtype::f16;
+  std::vector<float> out = zeros<float>("the output", halves ? 0 : rows, cols);
+  std::vector<std::uint16_t> out16 = zeros<std::uint16_t>("the output", halves ? rows : 0, cols);
+  concatenate_outputs(lookups, halves ? output_view{out16.data(), rows, cols, cols, dtype::f16}
+                                      : output_view{out.data(), rows, cols, cols});
   forward_batched(lookups, b.how);
   for (std::size_t t = 0; t < tables.size(); ++t) tables[t].files->print_report("tables[" + std::to_string(t) + "]: ");
-  outputs.stage(b.out, npy_dtype::f32, shape{rows, cols}, out.data());
+  if (halves) outputs.stage(b.out, npy_dtype::f16, shape{rows, cols}, out16.data());
+  else outputs.stage(b.out, npy_dtype::f32, shape{rows, cols}, out.data());
   outputs.commit();
   return 0;
 }
@@ -439,7 +444,17 @@ void add_forward_batched_command(CLI::App& tool, command_run& run) {
                  "per_sample_weights, mode, padding_idx, include_last_offset, bad_indices, pruned_ids, remap;\n"
                  "paths relative to the spec.");
   add_file(batched, "--tables", b->tables, "SPEC.json", "the tables and their bags")->required();
-  add_file(batched, "--out", b->out, "Y.npy", "the output: B x sum(D) <f4, the tables' columns in order")->required();
+  add_file(batched, "--out", b->out, "Y.npy", "the output: B x sum(D) <f4 (or <f2), the tables' columns in order")->required();
+  batched.add_option_function<dtype>("--out-dtype", [b](dtype type) { b->out_type = type; },
+                                     "the output's element type: f32 (the default) or f16, accumulated in fp32 and "
+                                     "rounded once (.npy has no bf16)")
+      ->type_name("DTYPE")
+      ->transform(name_of("output dtype", dtype_from_string, std::string("f32, f16")))
+      ->check([](const std::string& type) {
+        return type == std::to_string(int(dtype::f32)) || type == std::to_string(int(dtype::f16))
+                   ? std::string()
+                   : std::string("--out-dtype is f32 or f16 (.npy has no bf16)");
+      });
   batched.add_option("--isa", b->how.isa, "this instruction set, of " + isa_names + " (default: the best)")
       ->type_name("ISA")
       ->transform(name_of("ISA", isa_from_string, isa_names));

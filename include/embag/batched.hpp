@@ -24,17 +24,20 @@ struct table_lookup {
   compressed_table_view table;
   bags batch;
   options opts;
-  matrix_view<float> out;  // output_rows(batch, opts) x table.dim
+  // output_rows(batch, opts) x table.dim: f32, or f16 / bf16 (accumulated in fp32 and rounded once
+  // to nearest even, whatever the table's dtype and mode)
+  output_view out;
 };
 
 // Points each table's `out` at its columns of `out`, side by side in order, as TorchRec's
-// KeyedTensor lays a batch out: table t at column sum(dim of tables before t), out.rows rows.
-// Throws errc::invalid_shape unless out.cols is the sum of the tables' dims.
-void concatenate_outputs(std::span<table_lookup> tables, matrix_view<float> out);
+// KeyedTensor lays a batch out: table t at column sum(dim of tables before t), out.rows rows, of
+// out's element type. Throws errc::invalid_shape unless out.cols is the sum of the tables' dims.
+void concatenate_outputs(std::span<table_lookup> tables, output_view out);
 
 // Forward of every table: tables[t].out = A_t . W_t. An error names the table ("tables[3]: ...");
-// outputs may share a buffer (concatenate_outputs) but no cell, nor any input's bytes.
-// A workspace (embag.hpp) reused per thread makes the call allocation-free once it has grown.
+// outputs may share a buffer (concatenate_outputs) but no cell, nor any input's bytes. A workspace
+// (embag.hpp) reused per thread makes the call allocation-free once it has grown. One table alone
+// is a single forward, with any output type.
 void forward_batched(std::span<const table_lookup> tables, const execution& how = {}, workspace* scratch = nullptr);
 
 // One table of a batched backward: its forward's bags and options (argmax too, for mode max), the

@@ -214,6 +214,10 @@ typedef struct embag_table_lookup {
   const embag_bags* bags;
   const embag_options* options; /* NULL: the defaults */
   const embag_matrix* out;      /* output_rows x the table's dim */
+  /* Since 0.2 (0.1's struct_size, 40, leaves it f32): the element type of out: EMBAG_DTYPE_F32, or
+   * EMBAG_DTYPE_F16 / EMBAG_DTYPE_BF16 (out->data then points at 16-bit elements, cast to float*;
+   * row_stride counts them; each the fp32 result rounded once to nearest even). */
+  int32_t out_type;
 } embag_table_lookup;
 embag_status embag_forward_batched(const embag_table_lookup* tables, int64_t num_tables, const embag_options* options);
 

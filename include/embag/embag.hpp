@@ -97,6 +97,22 @@ struct matrix_view {
   operator matrix_view<const T>() const noexcept { return {data, rows, cols, row_stride}; }
 };
 
+// An output matrix of f32, or of 16-bit floats (dtype::f16, dtype::bf16: each element the fp32
+// result rounded once to nearest even, for serving paths that hand fp16/bf16 features on).
+// row_stride in elements; 0 means cols. Where a call takes one, a matrix_view<float> is one.
+struct output_view {
+  void* data = nullptr;
+  std::int64_t rows = 0, cols = 0, row_stride = 0;
+  dtype type = dtype::f32;  // f32, f16 or bf16
+
+  output_view() = default;
+  output_view(matrix_view<float> m) noexcept : data(m.data), rows(m.rows), cols(m.cols), row_stride(m.row_stride) {}
+  output_view(float* d, std::int64_t r, std::int64_t c, std::int64_t stride = 0) noexcept
+      : data(d), rows(r), cols(c), row_stride(stride) {}
+  output_view(void* d, std::int64_t r, std::int64_t c, std::int64_t stride, dtype t) noexcept
+      : data(d), rows(r), cols(c), row_stride(stride), type(t) {}
+};
+
 // An owning fp32 table: rows padded to whole cache lines, the block 2 MiB aligned and advised to
 // use transparent huge pages (random row reads lose up to 2.6x on 4 KiB pages). Contents start at 0.
 class table {

@@ -23,7 +23,10 @@ void store(std::byte* p, T v) noexcept {
 
 // fp16 and bf16 bit maths (halves.cpp), round to nearest even.
 std::uint16_t f16_from_float(float x) noexcept;
+std::uint16_t bf16_from_float(float x) noexcept;
 float float_from_f16(std::uint16_t h) noexcept;
+// n floats rounded to `to` (f16 or bf16), 2 bytes each: 16-bit outputs, as the reference writes them.
+void narrow_halves(const float* x, std::int64_t n, dtype to, std::byte* out) noexcept;
 // The nearest fp16 at or below (up = false) or at or above (up = true) a finite x within fp16's
 // range, as an fp32.
 float f16_rounded(float x, bool up) noexcept;

@@ -16,6 +16,8 @@ std::uint32_t shift_right_rounded(std::uint32_t m, int shift) {
 
 constexpr std::uint16_t f16_infinity = 0x7c00;
 
+}  // namespace
+
 std::uint16_t bf16_from_float(float x) noexcept {
   const std::uint32_t bits = std::bit_cast<std::uint32_t>(x);
   // NaN: keep the top bits and force the quiet bit, so that a payload only in the dropped bits
@@ -23,6 +25,8 @@ std::uint16_t bf16_from_float(float x) noexcept {
   if ((bits & 0x7fffffff) > 0x7f800000) return static_cast<std::uint16_t>((bits >> 16) | 0x0040);
   return static_cast<std::uint16_t>((bits >> 16) + ((bits & 0xffff) > 0x8000 || ((bits & 0xffff) == 0x8000 && (bits >> 16 & 1))));
 }
+
+namespace {
 
 float float_from_bf16(std::uint16_t b) noexcept { return std::bit_cast<float>(std::uint32_t{b} << 16); }
 
@@ -90,6 +94,10 @@ std::optional<row_problem> encode_bf16(const float* x, std::int64_t dim, std::by
 
 void decode_bf16(const std::byte* row, std::int64_t dim, float* out) noexcept {
   for (std::int64_t d = 0; d < dim; ++d) out[d] = float_from_bf16(load<std::uint16_t>(row + 2 * d));
+}
+
+void narrow_halves(const float* x, std::int64_t n, dtype to, std::byte* out) noexcept {
+  for (std::int64_t d = 0; d < n; ++d) store(out + 2 * d, to == dtype::f16 ? f16_from_float(x[d]) : bf16_from_float(x[d]));
 }
 
 }  // namespace embag::detail

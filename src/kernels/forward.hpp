@@ -84,7 +84,7 @@ struct forward_context {
     return 1.0f;
   }
 
-  float* out_row(std::int64_t bag) const noexcept { return req.out + bag * req.out_stride; }
+  float* out_row(std::int64_t bag) const noexcept { return req.out + (bag - req.out_first_bag) * req.out_stride; }
 
   // body(position, index, row, clip scale) for each non-padding index in [begin, end), in order,
   // prefetching ahead as it goes when asked. The scale is 1 unless Clip (the path clips).

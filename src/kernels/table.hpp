@@ -3,6 +3,7 @@
 
 #include "kernels/backward.hpp"
 #include "kernels/forward.hpp"
+#include "kernels/narrow.hpp"
 #include "kernels/roofline.hpp"
 #include "kernels/scan.hpp"
 #include "kernel_table.hpp"
@@ -10,7 +11,8 @@
 namespace embag::detail::EMBAG_ISA_NS {
 
 template <class Arch>
-inline constexpr kernel_table kernels_for{&forward_block<Arch>, &backward_rows<Arch>, &backward_scatter<Arch>, &weights_grad<Arch>,
-                                             &gather_bags<Arch>, &scan_indices<Arch>, &offsets_in_order<Arch>};
+inline constexpr kernel_table kernels_for{&forward_block<Arch>, &narrow_rows<Arch>,    &backward_rows<Arch>,
+                                          &backward_scatter<Arch>, &weights_grad<Arch>, &gather_bags<Arch>,
+                                          &scan_indices<Arch>,   &offsets_in_order<Arch>};
 
 }  // namespace embag::detail::EMBAG_ISA_NS
