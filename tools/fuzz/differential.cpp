@@ -399,6 +399,50 @@ std::vector<entry_point> entry_points(const fuzz_call& f, operation op) {
                         return o;
                       },
                       unchanged, exact});
+    // index policy skip: indices out of range (a malformed call's) read nothing; the report joins
+    // the compared integers after argmax
+    points.push_back({"forward (bad indices skipped)",
+                      [=](isa which) {
+                        outcome o{{}, {}, canaries(out_cells), std::vector<std::int64_t>(argmax_cells, int_canary), {}};
+                        index_report report{int_canary, int_canary, int_canary, int_canary};
+                        attempt(o, [&] {
+                          options opts = on(c, which);
+                          opts.bad_indices = bad_index_policy::skip;
+                          opts.report = &report;
+                          if (opts.max_norm_mode == max_norm_flavour::in_place) opts.max_norm_mode = max_norm_flavour::clip;
+                          forward(c.view(), batch, opts, {o.floats.data(), out_rows, c.dim, c.out_stride},
+                                  std::span<std::int64_t>(o.ints));
+                        });
+                        o.ints.insert(o.ints.end(), {report.skipped, report.first_position, report.first_value, report.pruned});
+                        return o;
+                      },
+                      unchanged, exact});
+    // a 16-bit output (fp16 or bf16, by the call's seed), its bits compared as floats
+    points.push_back({"forward_batched (a 16-bit output)",
+                      [=](isa which) {
+                        outcome o;
+                        constexpr std::uint16_t half_canary = 0xbeef;
+                        std::vector<std::uint16_t> halves(static_cast<std::size_t>(out_cells), half_canary);
+                        const dtype type = c.out_stride % 2 == 0 ? dtype::f16 : dtype::bf16;
+                        attempt(o, [&] {
+                          options per_table = c.opts;
+                          execution how = per_table.execution;
+                          how.isa = which;
+                          per_table.execution = {};
+                          const table_lookup one{compressed, batch, per_table,
+                                                 {halves.data(), out_rows, c.dim, c.out_stride, type}};
+                          forward_batched({&one, 1}, how);
+                        });
+                        // a NaN's sign and payload are the fp32 sum's, which no source order pins down
+                        // (same_value): any NaN half is read as NaN
+                        const std::uint16_t exponent = type == dtype::f16 ? 0x7c00 : 0x7f80;
+                        const auto is_nan = [&](std::uint16_t h) { return (h & exponent) == exponent && (h & ~exponent & 0x7fff) != 0; };
+                        for (const std::uint16_t h : halves)
+                          o.floats.push_back(o.code ? (h == half_canary ? canary : 0.0f)
+                                                    : is_nan(h) ? std::numeric_limits<float>::quiet_NaN() : float(h));
+                        return o;
+                      },
+                      unchanged, exact});
     return points;
   }
 
