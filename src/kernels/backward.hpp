@@ -28,22 +28,26 @@ inline float row_gradient_coefficient(const backward_request& r, std::int64_t po
   return c;
 }
 
-// Rows ahead whose first dY row and gradient destination (dense: a random row of the caller's
-// R x D buffer) are prefetched into L1; the destination also 4x as far ahead into L2.
+// Rows ahead whose gradient destination (dense: a random row of the caller's R x D buffer) is
+// prefetched into L1, and 4x as far ahead into L2; positions ahead whose dY row is prefetched into
+// L1. The positions are one stream across rows: a hot row's many bags are random rows of dY, which
+// a prefetch of each row's first one left to miss one by one (sparse backward on Zipf ids).
 inline constexpr std::int64_t backward_prefetch_rows = 8;
+inline constexpr std::int64_t backward_prefetch_positions = 16;
 
 template <class Arch>
 void backward_rows(const backward_request& r, std::int64_t unique_begin, std::int64_t unique_end) {
   const row_transpose& t = r.transpose;
   const std::int64_t dim = r.dim;
   const std::int64_t row_bytes = dim * static_cast<std::int64_t>(sizeof(float));
+  const std::int64_t positions_end = t.segment_begin[unique_end];
+  for (std::int64_t k = t.segment_begin[unique_begin]; k < std::min(t.segment_begin[unique_begin] + backward_prefetch_positions, positions_end); ++k)
+    prefetch_row<3>(r.grad_output + t.bags[k] * r.grad_output_stride, row_bytes);
   for (std::int64_t u = unique_begin; u < unique_end; ++u) {
     if (const std::int64_t far = u + 4 * backward_prefetch_rows; far < unique_end && !r.sparse_values)
       prefetch_row<1>(r.grad_table + t.unique_rows[far] * r.grad_table_stride, row_bytes);
-    if (const std::int64_t ahead = u + backward_prefetch_rows; ahead < unique_end) {
-      if (!r.sparse_values) prefetch_row<3, 1>(r.grad_table + t.unique_rows[ahead] * r.grad_table_stride, row_bytes);
-      prefetch_row<3>(r.grad_output + t.bags[t.segment_begin[ahead]] * r.grad_output_stride, row_bytes);
-    }
+    if (const std::int64_t ahead = u + backward_prefetch_rows; ahead < unique_end && !r.sparse_values)
+      prefetch_row<3, 1>(r.grad_table + t.unique_rows[ahead] * r.grad_table_stride, row_bytes);
     const std::int64_t row = t.unique_rows[u];
     float* grad = r.sparse_values ? r.sparse_values + u * dim : r.grad_table + row * r.grad_table_stride;
     if (r.sparse_values && r.reduce.pool == pooling::max)
@@ -52,6 +56,8 @@ void backward_rows(const backward_request& r, std::int64_t unique_begin, std::in
     const std::int64_t count = last - first;
     std::int64_t previous_bag = -1;
     for (std::int64_t k = first; k < last; ++k) {
+      if (k + backward_prefetch_positions < positions_end)
+        prefetch_row<3>(r.grad_output + t.bags[k + backward_prefetch_positions] * r.grad_output_stride, row_bytes);
       const std::int64_t position = t.positions[k];
       const std::int64_t bag = t.bags[k];
       const float* dy = r.grad_output + bag * r.grad_output_stride;
