@@ -58,15 +58,15 @@ void reference_forward(forward_request req) {
 }
 
 // One block of a forward: straight into an f32 output; into a 16-bit one, in parts whose fp32 rows
-// fill at most 16 KiB of a stage on this thread's stack (cache-resident: written, then read once as
-// they are rounded into the output), so that a 16-bit output costs little over an f32 one.
+// fill the 16 KiB stage on this thread's stack (cache-resident: written, then read once as they are
+// rounded into the output), so that a 16-bit output costs little over an f32 one.
 void forward_block(const kernel_table& k, const forward_request& req, const bag_block& block) {
   if (req.narrowed.type == dtype::f32) return k.forward(req, block);
   alignas(64) float stage[narrowing_stage_floats];
   forward_request staged = req;
   staged.out = stage;
   staged.out_stride = req.dim;
-  const std::int64_t most = std::max<std::int64_t>(1, narrowing_stage_floats / 4 / req.dim);
+  const std::int64_t most = std::max<std::int64_t>(1, narrowing_stage_floats / req.dim);
   for (bag_block rest = block; rest.bag_begin < rest.bag_end;) {
     const bag_block part = take_front(req.bags, req.reduce.pool, rest, most);
     staged.out_first_bag = part.bag_begin;

@@ -380,15 +380,15 @@ TEST(HalfOutputs, RoundToNearestEvenOnEveryIsa) {
 
 TEST(BatchedRefusals, HalfOutputsTheirTypeAlignmentAndWidth) {
   three_tables t;
-  std::vector<std::uint16_t> halves(64);
+  std::vector<std::uint16_t> halves(2 * 4097);
   t.lookups[1].out = {halves.data(), 2, 2, 2, dtype::int8_rowwise};
   expect_refused(t, errc::invalid_option, "tables[1]: out.type = int8_rowwise (3) is no output type");
   t.lookups[1].out = {reinterpret_cast<std::byte*>(halves.data()) + 1, 2, 2, 2, dtype::f16};
   expect_refused(t, errc::misaligned, "tables[1]: out is misaligned by 1 byte for its 2-byte elements");
-  const std::vector<float> wide(16385, 1.0f);
-  t.lookups[1] = {{reinterpret_cast<const std::byte*>(wide.data()), 1, 16385, 0, dtype::f32}, bags::from_offsets(t.i2, t.offsets),
-                  {}, {halves.data(), 2, 16385, 16385, dtype::bf16}};
-  expect_refused(t, errc::invalid_shape, "tables[1]: out of bf16 elements has dim 16385: 16-bit outputs take at most 16384");
+  const std::vector<float> wide(4097, 1.0f);
+  t.lookups[1] = {{reinterpret_cast<const std::byte*>(wide.data()), 1, 4097, 0, dtype::f32}, bags::from_offsets(t.i2, t.offsets),
+                  {}, {halves.data(), 2, 4097, 4097, dtype::bf16}};
+  expect_refused(t, errc::invalid_shape, "tables[1]: out of bf16 elements has dim 4097: 16-bit outputs take at most 4096");
 }
 
 TEST(BatchedRefusals, ConcatenationOfTheWrongWidth) {
