@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "embag/batched.hpp"
+#include "embag/quantize.hpp"
 #include "support/cases.hpp"
 
 namespace embag::test {
@@ -201,8 +202,8 @@ TEST_P(IndexPolicies, BackwardSkipsAsIfAbsent) {
   }
 }
 
-// A batch whose tables skip: each table bitwise its own single call, each report its own, on 1, 2
-// and 8 threads; backward batched likewise.
+// A batch whose tables (of every dtype) skip: each table bitwise its own single call, each report
+// its own, on 1, 2 and 8 threads.
 TEST_P(IndexPolicies, BatchedAsSingleCalls) {
   for (int n = 0; n < calls_per_isa() / 4; ++n) {
     const execution how = on(GetParam(), n % 3 == 0 ? 1 : n % 3 == 1 ? 2 : 8);
@@ -211,12 +212,19 @@ TEST_P(IndexPolicies, BatchedAsSingleCalls) {
     std::vector<index_report> reports(calls.size()), single_reports(calls.size());
     std::vector<std::vector<float>> outs;
     std::vector<table_lookup> lookups;
+    std::vector<compressed_table> stored;  // the tables of other dtypes than f32
+    stored.reserve(calls.size());
     for (std::size_t t = 0; t < calls.size(); ++t) {
       call_case& c = calls[t].c;
       c.opts.report = &reports[t];
       outs.push_back(canary_buffer(c.out_rows(), c.out_stride));
-      lookups.push_back({{reinterpret_cast<const std::byte*>(c.table.data()), c.rows, c.dim, c.row_stride * 4, dtype::f32},
-                         c.batch(), c.opts, {outs[t].data(), c.out_rows(), c.dim, c.out_stride}});
+      const dtype type = all_dtypes[(std::size_t(n) + t) % std::size(all_dtypes)];
+      compressed_table_view rows{reinterpret_cast<const std::byte*>(c.table.data()), c.rows, c.dim, c.row_stride * 4, dtype::f32};
+      if (type != dtype::f32) {
+        c.opts.max_norm.reset();  // f32 tables only
+        rows = stored.emplace_back(quantize(c.view(), type)).view();
+      }
+      lookups.push_back({rows, c.batch(), c.opts, {outs[t].data(), c.out_rows(), c.dim, c.out_stride}});
     }
     forward_batched(lookups, how);
     for (std::size_t t = 0; t < calls.size(); ++t) {
@@ -225,7 +233,7 @@ TEST_P(IndexPolicies, BatchedAsSingleCalls) {
       opts.execution = how;
       opts.report = &single_reports[t];
       std::vector<float> want = canary_buffer(c.out_rows(), c.out_stride);
-      forward(c.view(), c.batch(), opts, {want.data(), c.out_rows(), c.dim, c.out_stride});
+      forward(lookups[t].table, c.batch(), opts, {want.data(), c.out_rows(), c.dim, c.out_stride});
       ASSERT_TRUE(same_bits(want, outs[t], c.out_rows(), c.dim, c.out_stride)) << "tables[" << t << "]" << c.describe();
       ASSERT_TRUE(same_report(reports[t], calls[t].expected)) << "tables[" << t << "] " << describe(reports[t]);
       ASSERT_TRUE(same_report(single_reports[t], calls[t].expected)) << "tables[" << t << "]";
