@@ -204,13 +204,14 @@ void detail::execute(forward_call& call, workspace* scratch) {
 // choose it (a table past the LLC takes the candidate its trials decided: the batch cannot time
 // one table alone).
 void detail::execute(const batched_forward_call& call, workspace::impl& ws) {
-  for (const index_census& c : call.censuses) c.publish();
   if (call.which == isa::reference) {
+    for (const index_census& c : call.censuses) c.publish();
     for (forward_request& req : call.tables) reference_forward(req);
     return;
   }
   for (forward_request& req : call.tables) choose_prefetch(req, call.how.prefetch, false);
   plan_batched_forward_blocks(call.tables, threads_for(call.how), ws.batched_blocks);
+  for (const index_census& c : call.censuses) c.publish();  // once the plan's memory is there
   const kernel_table& k = kernels_of(call.which);
   const std::span<const table_block> blocks = ws.batched_blocks;
   run_blocks(static_cast<std::int64_t>(blocks.size()), call.how,
@@ -234,6 +235,24 @@ void execute_backward(backward_request& r, isa which, const execution& how, work
 void detail::execute(backward_call& call, workspace* scratch) {
   call.census.publish();
   execute_backward(call.req, call.which, call.how, scratch);
+}
+
+// One parallel loop over every table's blocks, cut as a batched forward's over each table's bags.
+void detail::execute(const batched_weights_grad_call& call, workspace::impl& ws) {
+  if (call.which == isa::reference) {
+    for (const index_census& c : call.censuses) c.publish();
+    for (const weights_grad_request& r : call.tables) reference::weights_grad(r);
+    return;
+  }
+  reserved(ws.batched_requests, call.tables.size(), "the requests of a batched weights gradient");
+  ws.batched_requests.clear();
+  for (const weights_grad_request& r : call.tables) ws.batched_requests.push_back(r.forward);
+  plan_batched_forward_blocks(ws.batched_requests, threads_for(call.how), ws.batched_blocks);
+  for (const index_census& c : call.censuses) c.publish();
+  const kernel_table& k = kernels_of(call.which);
+  const std::span<const table_block> blocks = ws.batched_blocks;
+  run_blocks(static_cast<std::int64_t>(blocks.size()), call.how,
+             [&](std::int64_t i) { k.weights_grad(call.tables[blocks[i].table], blocks[i].block); });
 }
 
 void detail::execute(const weights_grad_call& call) {
@@ -398,6 +417,12 @@ void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, co
   r.sparse_values = out.values;
   run_row_kernels(call.which, r, call.how);
   std::copy(r.transpose.unique_rows, r.transpose.unique_rows + r.transpose.num_unique, out.rows.begin());
+}
+
+void per_sample_weights_grad_batched(std::span<const table_weights_gradient> tables, const execution& how,
+                                     workspace* scratch) {
+  scratch_or_local ws(scratch);
+  execute(validate_weights_grad_batched(tables, how, ws.get()), ws.get());
 }
 
 void per_sample_weights_grad(table_view<const float> table, const bags& batch, const options& opts,

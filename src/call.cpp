@@ -380,4 +380,36 @@ weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch
   return call;
 }
 
+batched_weights_grad_call validate_weights_grad_batched(std::span<const table_weights_gradient> tables,
+                                                        const execution& how, workspace::impl& ws) {
+  validate_execution(how);
+  std::vector<weights_grad_request>& requests = ws.batched_weights_grads;
+  prepare_censuses(tables.size(), ws);
+  validate_each_table(tables, requests, "the requests of a batched weights gradient", [&](std::size_t t) {
+    const table_weights_gradient& g = tables[t];
+    const weights_grad_call call =
+        validate_weights_grad(stored(g.table), g.batch, g.opts, g.grad_output, g.grad_weights, ws.batched_indices[t]);
+    ws.batched_censuses.push_back(call.census);
+    return call.req;
+  });
+  validate_distinct_reports(tables);
+  const auto written = [&](std::size_t t) {
+    return byte_range{"grad_weights", tables[t].grad_weights.data(),
+                      static_cast<std::int64_t>(tables[t].grad_weights.size_bytes())};
+  };
+  for (std::size_t t = 0; t < tables.size(); ++t)
+    for (std::size_t u = 0; u < tables.size(); ++u) {
+      if (u == t) continue;  // validate_weights_grad checked a table against its own inputs
+      const weights_grad_request& r = requests[u];
+      call_inputs inputs(tables[u].batch, tables[u].opts, stored(tables[u].table).bytes());
+      inputs.add(matrix_bytes("grad_output", r.grad_output, r.forward.bags.num_bags, r.forward.dim, r.grad_output_stride));
+      for (const byte_range& in : inputs.span())
+        if (overlap(written(t), in))
+          throw error(errc::aliasing, table_name(t) + "'s grad_weights overlaps " + table_name(u) + "'s " + in.name);
+      if (u > t && overlap(written(t), written(u)))
+        throw error(errc::aliasing, table_name(t) + "'s grad_weights overlaps " + table_name(u) + "'s grad_weights");
+    }
+  return {requests, ws.batched_censuses, resolve_isa(how.isa), how};
+}
+
 }  // namespace embag::detail

@@ -119,10 +119,24 @@ struct weights_grad_call {
   execution how;
 };
 
+// A batched weights' gradient (embag/batched.hpp): every table's request and census, in table order.
+struct batched_weights_grad_call {
+  std::span<weights_grad_request> tables;
+  std::span<const index_census> censuses;
+  isa which = isa::reference;
+  execution how;
+};
+
 // t: an f32 table.
 weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch, const options& opts,
                                         matrix_view<const float> grad_output, std::span<float> grad_weights,
                                         std::vector<std::int64_t>& rewritten);
+
+// Each table checked as its own per_sample_weights_grad would be (an error names it), then every
+// table's grad_weights against the other tables' inputs and gradients. Requests, censuses and
+// rewritten indices go in the workspace.
+batched_weights_grad_call validate_weights_grad_batched(std::span<const table_weights_gradient> tables,
+                                                        const execution& how, workspace::impl& ws);
 
 // Running validated calls (api.cpp): plan, then the reference's whole-call algorithm or the ISA's
 // kernels block by block. Backward's sparse forms run in api.cpp's entry points, which own their
@@ -131,6 +145,7 @@ void execute(forward_call& call, workspace* scratch);
 void execute(const batched_forward_call& call, workspace::impl& ws);
 void execute(backward_call& call, workspace* scratch);  // dense
 void execute(const weights_grad_call& call);
+void execute(const batched_weights_grad_call& call, workspace::impl& ws);
 
 // backward_sparse into fixed buffers the caller owns, for the C ABI (embag.hpp's form grows vectors
 // of its own, which a C caller would then have to have copied into its buffers).

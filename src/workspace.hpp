@@ -24,6 +24,7 @@ struct workspace::impl {
   std::vector<detail::index_census> batched_censuses;
   std::vector<std::vector<std::int64_t>> batched_indices;  // each table's rewritten indices
   std::vector<detail::backward_request> batched_gradients;
+  std::vector<detail::weights_grad_request> batched_weights_grads;
   std::vector<detail::table_block> batched_blocks;
 };
 

@@ -216,6 +216,64 @@ TEST(BatchedRefusals, BackwardGradientOverAnotherTablesGradOutput) {
   EXPECT_EQ(grad1, std::vector<float>(6));
 }
 
+// The per-sample-weights gradient of weighted tables (sum, mean, sqrtn), each bitwise its own
+// per_sample_weights_grad on the same ISA, on 1, 2 and 8 threads (each value is one bag's dot
+// products: no summation order depends on the threads).
+TEST_P(Batched, WeightsGradEachTableAsItsOwnCall) {
+  for (int n = 0; n < batches_per_isa() / 2; ++n) {
+    const execution how = on(GetParam(), n % 3 == 0 ? 1 : n % 3 == 1 ? 2 : 8);
+    std::vector<call_case> calls;
+    std::vector<std::vector<float>> grad_outputs, grads;
+    for (int t = 0; t < 1 + n % 5; ++t)
+      for (std::uint64_t attempt = 0;; ++attempt) {
+        call_case c = fuzz::random_call((std::uint64_t(n) * 16 + std::uint64_t(t)) * 1000 + attempt + 17,
+                                        {.max_dim = 80, .max_rows = 200});
+        if (c.weights.empty() || c.opts.mode == mode::max || c.opts.mode == mode::none) continue;
+        c.opts.execution = {};
+        c.opts.max_norm_mode = max_norm_flavour::clip;
+        std::mt19937 rng{std::uint32_t(attempt)};
+        std::normal_distribution<float> normal;
+        grad_outputs.emplace_back(std::size_t(c.num_bags() * c.dim));
+        for (float& g : grad_outputs.back()) g = normal(rng);
+        grads.emplace_back(c.indices.size(), 9.0f);
+        calls.push_back(std::move(c));
+        break;
+      }
+    std::vector<table_weights_gradient> tables;
+    for (std::size_t t = 0; t < calls.size(); ++t)
+      tables.push_back({calls[t].view(), calls[t].batch(), calls[t].opts,
+                        {grad_outputs[t].data(), calls[t].num_bags(), calls[t].dim, calls[t].dim}, grads[t]});
+    per_sample_weights_grad_batched(tables, how);
+    for (std::size_t t = 0; t < calls.size(); ++t) {
+      options opts = calls[t].opts;
+      opts.execution = how;
+      std::vector<float> want(calls[t].indices.size(), 9.0f);
+      per_sample_weights_grad(calls[t].view(), calls[t].batch(), opts, tables[t].grad_output, want);
+      ASSERT_EQ(std::memcmp(want.data(), grads[t].data(), want.size() * sizeof(float)), 0)
+          << "tables[" << t << "] on " << how.max_threads << " threads" << calls[t].describe();
+    }
+  }
+}
+
+TEST(BatchedRefusals, WeightsGradOverAnotherTablesWeights) {
+  const std::vector<float> w{1, 2, 3, 4};
+  std::vector<float> weights0{0.5f, 2.0f}, weights1{1.0f, 3.0f}, dy(4, 1.0f), grad(2);
+  const std::vector<std::int64_t> indices{0, 1}, offsets{0, 1};
+  const table_weights_gradient both[] = {
+      {{w.data(), 2, 2, 2}, bags::from_offsets(indices, offsets, weights0), {}, {dy.data(), 2, 2, 2}, grad},
+      {{w.data(), 2, 2, 2}, bags::from_offsets(indices, offsets, weights1), {}, {dy.data(), 2, 2, 2}, weights0}};
+  try {
+    per_sample_weights_grad_batched(both);
+    ADD_FAILURE() << "accepted a gradient over another table's weights";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::aliasing) << e.what();
+    EXPECT_NE(std::string(e.what()).find("tables[1]'s grad_weights overlaps tables[0]'s per_sample_weights"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(weights0, (std::vector<float>{0.5f, 2.0f}));
+  EXPECT_EQ(grad, (std::vector<float>{0.0f, 0.0f}));
+}
+
 // fp32 rows rounded to f16 or bf16 by the library's scalar codec (quantize's row encoding): what a
 // 16-bit output must hold, bit for bit.
 std::vector<std::uint16_t> rounded(const std::vector<float>& rows, std::int64_t count, std::int64_t dim,

@@ -60,4 +60,20 @@ void backward_dense_batched(std::span<const table_gradient> tables, std::span<co
 void backward_sparse_batched(std::span<const table_gradient> tables, std::span<sparse_gradient> grads,
                              const execution& how = {}, workspace* scratch = nullptr);
 
+// One table of a batched per-sample-weights gradient: its f32 rows, its forward's (weighted) bags
+// and options, the gradient of its output, and where the weights' gradient goes (one per index).
+struct table_weights_gradient {
+  table_view<const float> table;
+  bags batch;
+  options opts;  // opts.execution left at its defaults, as in forward_batched
+  matrix_view<const float> grad_output;
+  std::span<float> grad_weights;
+};
+
+// Every table's per_sample_weights_grad in one parallel loop over (table, block of bags), each
+// bitwise its own call's. Every table is checked first (an error names it); no gradient may
+// overlap another's, nor any table's inputs.
+void per_sample_weights_grad_batched(std::span<const table_weights_gradient> tables, const execution& how = {},
+                                     workspace* scratch = nullptr);
+
 }  // namespace embag
