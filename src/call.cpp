@@ -151,14 +151,6 @@ bool share_a_cell(const output_cells& a, const output_cells& b) {
 
 std::string table_name(std::size_t t) { return "tables[" + std::to_string(t) + "]"; }
 
-// Room for a batch's censuses and each table's rewritten indices (which only grow: a reused
-// workspace stops allocating).
-void prepare_censuses(std::size_t tables, workspace::impl& ws) {
-  reserved(ws.batched_censuses, tables, "the index censuses of a batched call");
-  ws.batched_censuses.clear();
-  if (ws.batched_indices.size() < tables) resized(ws.batched_indices, tables, "the rewritten indices of a batched call");
-}
-
 // Every table's report its own: one shared would hold whichever table was written last.
 template <class Table>
 void validate_distinct_reports(std::span<const Table> tables) {
@@ -168,22 +160,32 @@ void validate_distinct_reports(std::span<const Table> tables) {
         throw error(errc::aliasing, table_name(t) + " and " + table_name(u) + " share one opts.report");
 }
 
-// Each table of a batch validated by validate_one(t), which returns its request, after the check
-// every batched table shares (its execution left to the call's); an error names the table.
+// Each table of a batch validated by validate_one(t, rewritten), which returns its validated call
+// (its indices rewritten, if at all, into `rewritten`: the table's own vector of the workspace),
+// after the check every batched table shares (its execution left to the call's); an error names
+// the table. Each call's request goes in `requests`, its census in the workspace; then no two
+// tables may share a report. The vectors only grow: a reused workspace stops allocating.
 template <class Table, class Request, class Validate>
-void validate_each_table(std::span<const Table> tables, std::vector<Request>& requests, const char* what,
-                         Validate&& validate_one) {
+void validate_each_table(std::span<const Table> tables, std::vector<Request>& requests, workspace::impl& ws,
+                         const char* what, Validate&& validate_one) {
   reserved(requests, tables.size(), what);
   requests.clear();
+  reserved(ws.batched_censuses, tables.size(), "the index censuses of a batched call");
+  ws.batched_censuses.clear();
+  if (ws.batched_indices.size() < tables.size())
+    resized(ws.batched_indices, tables.size(), "the rewritten indices of a batched call");
   for (std::size_t t = 0; t < tables.size(); ++t) {
     try {
       if (!default_execution(tables[t].opts.execution))
         throw error(errc::invalid_option, "opts.execution is set: a batched call runs every table with its own execution");
-      requests.push_back(validate_one(t));
+      const auto call = validate_one(t, ws.batched_indices[t]);
+      requests.push_back(call.req);
+      ws.batched_censuses.push_back(call.census);
     } catch (const error& e) {
       throw error(e.code(), table_name(t) + ": " + e.what());
     }
   }
+  validate_distinct_reports(tables);
 }
 
 }  // namespace
@@ -192,16 +194,13 @@ batched_forward_call validate_forward_batched(std::span<const table_lookup> tabl
                                               workspace::impl& ws) {
   validate_execution(how);
   std::vector<forward_request>& requests = ws.batched_requests;
-  prepare_censuses(tables.size(), ws);
-  validate_each_table(tables, requests, "the requests of a batched forward", [&](std::size_t t) {
+  const auto validate_one = [&](std::size_t t, std::vector<std::int64_t>& rewritten) {
     const table_lookup& l = tables[t];
     if (l.opts.max_norm && l.opts.max_norm_mode == max_norm_flavour::in_place)
       throw error(errc::invalid_option, "max_norm in place in a batched call (other tables' lookups may read the table): clip instead");
-    const forward_call call = validate_forward(stored(l.table), l.batch, l.opts, l.out, {}, ws.batched_indices[t]);
-    ws.batched_censuses.push_back(call.census);
-    return call.req;
-  });
-  validate_distinct_reports(tables);
+    return validate_forward(stored(l.table), l.batch, l.opts, l.out, {}, rewritten);
+  };
+  validate_each_table(tables, requests, ws, "the requests of a batched forward", validate_one);
   const auto cells = [&](std::size_t t) {
     const output_view& out = tables[t].out;
     return output_cells{out.data, rows_of(requests[t].bags, tables[t].opts.mode), requests[t].dim,
@@ -310,19 +309,15 @@ batched_backward_call validate_backward_batched(std::span<const table_gradient> 
   if (outputs != tables.size())
     throw error(errc::size_mismatch, std::to_string(tables.size()) + " tables and " + std::to_string(outputs) +
                                          (dense ? " grad_tables" : " grads"));
-  prepare_censuses(tables.size(), ws);
-  validate_each_table(tables, requests, "the requests of a batched backward", [&](std::size_t t) {
+  const auto validate_one = [&](std::size_t t, std::vector<std::int64_t>& rewritten) {
     const table_gradient& g = tables[t];
     if (dense && grad_tables[t].rows != g.table_rows)
       throw error(errc::size_mismatch, "grad_table has " + std::to_string(grad_tables[t].rows) +
                                            " rows; the table has table_rows = " + std::to_string(g.table_rows));
-    const backward_call call =
-        dense ? validate_backward_dense(g.batch, g.opts, g.grad_output, grad_tables[t], g.argmax, ws.batched_indices[t])
-              : validate_backward_sparse(g.table_rows, g.batch, g.opts, g.grad_output, g.argmax, ws.batched_indices[t]);
-    ws.batched_censuses.push_back(call.census);
-    return call.req;
-  });
-  validate_distinct_reports(tables);
+    return dense ? validate_backward_dense(g.batch, g.opts, g.grad_output, grad_tables[t], g.argmax, rewritten)
+                 : validate_backward_sparse(g.table_rows, g.batch, g.opts, g.grad_output, g.argmax, rewritten);
+  };
+  validate_each_table(tables, requests, ws, "the requests of a batched backward", validate_one);
   // what each table writes: its dense gradient, or the storage its sparse one may reuse
   const auto written = [&](std::size_t t, int part) -> byte_range {
     if (dense) {
@@ -384,15 +379,12 @@ batched_weights_grad_call validate_weights_grad_batched(std::span<const table_we
                                                         const execution& how, workspace::impl& ws) {
   validate_execution(how);
   std::vector<weights_grad_request>& requests = ws.batched_weights_grads;
-  prepare_censuses(tables.size(), ws);
-  validate_each_table(tables, requests, "the requests of a batched weights gradient", [&](std::size_t t) {
-    const table_weights_gradient& g = tables[t];
-    const weights_grad_call call =
-        validate_weights_grad(stored(g.table), g.batch, g.opts, g.grad_output, g.grad_weights, ws.batched_indices[t]);
-    ws.batched_censuses.push_back(call.census);
-    return call.req;
-  });
-  validate_distinct_reports(tables);
+  validate_each_table(tables, requests, ws, "the requests of a batched weights gradient",
+                      [&](std::size_t t, std::vector<std::int64_t>& rewritten) {
+                        const table_weights_gradient& g = tables[t];
+                        return validate_weights_grad(stored(g.table), g.batch, g.opts, g.grad_output, g.grad_weights,
+                                                     rewritten);
+                      });
   const auto written = [&](std::size_t t) {
     return byte_range{"grad_weights", tables[t].grad_weights.data(),
                       static_cast<std::int64_t>(tables[t].grad_weights.size_bytes())};
