@@ -23,103 +23,47 @@
 namespace embag {
 namespace {
 
-// What this CPU runs, per ISA: the instructions its kernel source is compiled with (src/meson.build).
-bool runs_everywhere() noexcept { return true; }
 #if defined(__x86_64__)
 // F16C (the fp16 conversions compressed tables use), from CPUID: clang 14's __builtin_cpu_supports
-// does not know "f16c".
-// Read once: CPUID traps to the hypervisor in a VM (microseconds), and a call naming its ISA asks
-// this every time.
-bool cpu_has_f16c() noexcept {
+// does not know "f16c". Read once: CPUID traps to the hypervisor in a VM (microseconds), and a call
+// naming its ISA asks this every time.
+[[maybe_unused]] bool cpu_has_f16c() noexcept {
   static const bool has = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
   }();
   return has;
 }
-// libgcc's __builtin_cpu_supports checks XCR0 (the OS saves the YMM/ZMM state) as well as CPUID,
-// which xsimd 8.1's own detection skips.
-bool runs_sse2() noexcept { return __builtin_cpu_supports("sse2"); }
-bool runs_avx2() noexcept { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c(); }
-bool runs_avx512() noexcept {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && cpu_has_f16c();
-}
-bool runs_neon() noexcept { return false; }
-#else
-bool runs_sse2() noexcept { return false; }
-bool runs_avx2() noexcept { return false; }
-bool runs_avx512() noexcept { return false; }
-bool runs_neon() noexcept {
-#if defined(__aarch64__)
-  return true;  // part of the AArch64 base
-#else
-  return false;
-#endif
-}
 #endif
 
 using kernels_fn = const detail::kernel_table& (*)() noexcept;
 
-}  // namespace
-
-namespace detail {
-// Each defined in the kernel source src/meson.build generates for its ISA (src/kernels/isa.cpp.in),
-// present when meson built that ISA.
-const kernel_table& kernels_sse2() noexcept;
-const kernel_table& kernels_avx2() noexcept;
-const kernel_table& kernels_avx512() noexcept;
-const kernel_table& kernels_neon() noexcept;
-}  // namespace detail
-
-namespace {
-
-// The kernel table of each ISA this build compiled (meson defines EMBAG_HAVE_<ISA> for each kernel
-// library it built), else null.
-constexpr kernels_fn compiled_kernels(isa which) noexcept {
-  switch (which) {
-#ifdef EMBAG_HAVE_SSE2
-    case isa::sse2: return detail::kernels_sse2;
-#endif
-#ifdef EMBAG_HAVE_AVX2
-    case isa::avx2: return detail::kernels_avx2;
-#endif
-#ifdef EMBAG_HAVE_AVX512
-    case isa::avx512: return detail::kernels_avx512;
-#endif
-#ifdef EMBAG_HAVE_NEON
-    case isa::neon: return detail::kernels_neon;
-#endif
-    default: return nullptr;
-  }
-}
-
-// The ISA registry: one row per ISA, in the order of all_isas (lowest first). The reference has no
-// kernel table: its whole-call algorithm (src/reference/) runs instead. Adding an ISA: its line in
-// embag/enums.h (its value and name), its xsimd architecture and flags in src/meson.build, and
-// here its row, CPU predicate, kernel table declaration and case in compiled_kernels (and, in
-// src/kernels/rows.hpp, its widenings of compressed rows, which fail to compile until written).
+// A row of the ISA registry: an ISA, whether this CPU runs the instructions its kernel source is
+// compiled with, and its kernel table (null for the reference).
 struct isa_entry {
   isa which;
   bool (*cpu_runs)() noexcept;
-  kernels_fn kernels;  // null: the reference, or an ISA this build did not compile
+  kernels_fn kernels;
 };
 
-constexpr isa_entry registry[] = {
-    {isa::reference, runs_everywhere, nullptr},
-    {isa::sse2, runs_sse2, compiled_kernels(isa::sse2)},
-    {isa::avx2, runs_avx2, compiled_kernels(isa::avx2)},
-    {isa::avx512, runs_avx512, compiled_kernels(isa::avx512)},
-    {isa::neon, runs_neon, compiled_kernels(isa::neon)},
-};
+}  // namespace
+}  // namespace embag
 
-constexpr bool registry_follows_all_isas() {
-  if (std::size(registry) != std::size(all_isas)) return false;
+// The registry's rows: the reference, then one per ISA this build compiled, made by src/meson.build
+// from its `isas` (adding an ISA: its line in embag/enums.h, its row there, and its widenings of
+// compressed rows in src/kernels/rows.hpp, which fail to compile until written).
+#include "isa_registry.hpp"
+
+namespace embag {
+namespace {
+
+constexpr bool registry_has_each_isa_once() {
   for (std::size_t i = 0; i < std::size(registry); ++i)
-    if (registry[i].which != all_isas[i]) return false;
-  return true;
+    for (std::size_t j = 0; j < i; ++j)
+      if (registry[i].which == registry[j].which) return false;
+  return registry[0].which == isa::reference;
 }
-static_assert(registry_follows_all_isas(), "one registry row per ISA, in all_isas' order");
+static_assert(registry_has_each_isa_once(), "one registry row per ISA, the reference first");
 
 const isa_entry* entry_of(isa which) noexcept {
   for (const isa_entry& e : registry)
@@ -127,7 +71,8 @@ const isa_entry* entry_of(isa which) noexcept {
   return nullptr;
 }
 
-bool built(isa which) noexcept { return which == isa::reference || entry_of(which)->kernels != nullptr; }
+// Whether this build compiled the ISA (the reference always).
+bool built(isa which) noexcept { return entry_of(which) != nullptr; }
 bool cpu_runs(isa which) noexcept { return entry_of(which)->cpu_runs(); }
 
 std::string available_list() {
@@ -231,7 +176,7 @@ isa resolve_isa(std::optional<isa> requested) {
 
 const kernel_table& kernels_of(isa which) noexcept {
   const isa_entry* e = entry_of(which);
-  if (e == nullptr || e->kernels == nullptr) std::abort();  // resolve_isa admits only built ISAs; reference never gets here
+  if (e == nullptr || e->kernels == nullptr) std::abort();  // resolve_isa admits only built ISAs; the reference never gets here
   return e->kernels();
 }
 
