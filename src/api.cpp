@@ -137,22 +137,16 @@ roofline_call prepare_roofline(const stored_table& t, const bags& batch, matrix_
 // Backward's row transpose (plan.cpp): six int64 arrays over the call's indices (row, position and
 // bag, and their radix-sort scratch), grown in the workspace.
 row_transpose transposed(backward_request& r, const execution& how, workspace::impl& ws) {
-  try {
-    return build_row_transpose(r.bags, r.rows, r.padding_idx, r.reduce, how, ws);
-  } catch (const std::bad_alloc&) {
-    detail::out_of_memory("backward's row transpose of " + std::to_string(r.bags.nnz) + " indices",
-                          static_cast<std::size_t>(r.bags.nnz) * 6 * sizeof(std::int64_t));
-  }
+  return allocating<std::int64_t>(static_cast<std::size_t>(r.bags.nnz) * 6,
+                                  [&] { return "backward's row transpose of " + std::to_string(r.bags.nnz) + " indices"; },
+                                  [&] { return build_row_transpose(r.bags, r.rows, r.padding_idx, r.reduce, how, ws); });
 }
 
 // The scalar oracle's backward, which sorts a copy of the call's (row, position) pairs.
 void reference_backward(const backward_request& r, sparse_gradient* grad) {
-  try {
-    reference::backward(r, grad);
-  } catch (const std::bad_alloc&) {
-    detail::out_of_memory("the reference backward of " + std::to_string(r.bags.nnz) + " indices",
-                          static_cast<std::size_t>(r.bags.nnz) * 2 * sizeof(std::int64_t));
-  }
+  allocating<std::int64_t>(static_cast<std::size_t>(r.bags.nnz) * 2,
+                           [&] { return "the reference backward of " + std::to_string(r.bags.nnz) + " indices"; },
+                           [&] { reference::backward(r, grad); });
 }
 
 }  // namespace
@@ -331,13 +325,12 @@ void sparse_gradient_of(backward_request& r, isa which, const execution& how, sp
   r.transpose = transposed(r, how, ws);
   const std::int64_t unique = r.transpose.num_unique;
   // reserve first: if memory runs out, grad is still what it was
-  try {
-    grad.rows.reserve(static_cast<std::size_t>(unique));
-    grad.values.reserve(static_cast<std::size_t>(unique * dim));
-  } catch (const std::bad_alloc&) {
-    detail::out_of_memory("the sparse gradient of " + std::to_string(unique) + " rows x " + std::to_string(dim),
-                          static_cast<std::size_t>(unique) * static_cast<std::size_t>(dim + 2) * 4);
-  }
+  allocating<float>(static_cast<std::size_t>(unique) * static_cast<std::size_t>(dim + 2),  // an int64 row is two floats
+                    [&] { return "the sparse gradient of " + std::to_string(unique) + " rows x " + std::to_string(dim); },
+                    [&] {
+                      grad.rows.reserve(static_cast<std::size_t>(unique));
+                      grad.values.reserve(static_cast<std::size_t>(unique * dim));
+                    });
   grad.dim = dim;
   grad.rows.assign(r.transpose.unique_rows, r.transpose.unique_rows + unique);
   grad.values.resize(static_cast<std::size_t>(unique * dim));

@@ -112,8 +112,9 @@ forward_call validate_forward(const stored_table& t, const bags& batch, const op
     const byte_range written[] = {t.bytes()};
     validate_disjoint(written, inputs.span().subspan(1));
   }
-  forward_call call{forward_request_for(t, bags, opts, padding), census, resolve_isa(opts.execution.isa),
-                    opts.execution, in_place ? t.writable : nullptr};
+  forward_call call{{forward_request_for(t, bags, opts, padding), census, resolve_isa(opts.execution.isa),
+                     opts.execution},
+                    in_place ? t.writable : nullptr};
   if (out.type == dtype::f32) {
     call.req.out = static_cast<float*>(out.data);
     call.req.out_stride = out_stride;
@@ -242,7 +243,7 @@ backward_call validate_backward_inputs(std::int64_t table_rows, std::int64_t dim
   } else if (!argmax.empty()) {
     throw error(errc::invalid_option, "argmax is only defined for mode max");
   }
-  backward_call call{{}, census, resolve_isa(opts.execution.isa), opts.execution,
+  backward_call call{{{}, census, resolve_isa(opts.execution.isa), opts.execution},
                      call_inputs(batch, opts, matrix_bytes("grad_output", grad_output.data, out_rows, dim, grad_stride))};
   call.inputs.add({"argmax", argmax.data(), static_cast<std::int64_t>(argmax.size_bytes())});
   backward_request& r = call.req;

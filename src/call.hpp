@@ -50,11 +50,15 @@ class call_inputs {
 
 // Each call's validation takes `rewritten`, where its indices go if its index policies rewrite them
 // (validate_bags), which must outlive the call; and returns the census execute() publishes.
-struct forward_call {
-  forward_request req;
+template <class Request>
+struct validated_call {
+  Request req;
   index_census census;
   isa which = isa::reference;
   execution how;
+};
+
+struct forward_call : validated_call<forward_request> {
   // max_norm in place: the referenced rows of the table (stored.writable) are rescaled first
   float* renorm_table = nullptr;
 };
@@ -62,13 +66,15 @@ struct forward_call {
 forward_call validate_forward(const stored_table& t, const bags& batch, const options& opts, const output_view& out,
                               std::span<std::int64_t> argmax, std::vector<std::int64_t>& rewritten);
 
-// A batched forward (embag/batched.hpp): every table's request and census, in table order.
-struct batched_forward_call {
-  std::span<forward_request> tables;
+// A batched call (embag/batched.hpp): every table's request and census, in table order.
+template <class Request>
+struct batched_call {
+  std::span<Request> tables;
   std::span<const index_census> censuses;
   isa which = isa::reference;
   execution how;
 };
+using batched_forward_call = batched_call<forward_request>;
 
 // Each table checked as its own forward would be (an error names it: "tables[3]: ..."), with
 // its execution left at the defaults and max_norm clipping only; then every output against every
@@ -78,11 +84,7 @@ struct batched_forward_call {
 batched_forward_call validate_forward_batched(std::span<const table_lookup> tables, const execution& how,
                                               workspace::impl& ws);
 
-struct backward_call {
-  backward_request req;
-  index_census census;
-  isa which = isa::reference;
-  execution how;
+struct backward_call : validated_call<backward_request> {
   call_inputs inputs;  // what the gradient output must not overlap
 };
 
@@ -95,14 +97,9 @@ backward_call validate_backward_sparse(std::int64_t table_rows, const bags& batc
                                        matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
                                        std::vector<std::int64_t>& rewritten);
 
-// A batched backward (embag/batched.hpp): every table's request, in table order. Dense: each
-// request's grad_table set; sparse: the entry point fills each table's gradient in turn.
-struct batched_backward_call {
-  std::span<backward_request> tables;
-  std::span<const index_census> censuses;
-  isa which = isa::reference;
-  execution how;
-};
+// A batched backward. Dense: each request's grad_table set; sparse: the entry point fills each
+// table's gradient in turn.
+using batched_backward_call = batched_call<backward_request>;
 
 // Each table checked as its own backward would be (an error names it), then every gradient output
 // against the other tables' inputs and gradients: `grad_tables` for the dense form, or the storage
@@ -112,20 +109,9 @@ batched_backward_call validate_backward_batched(std::span<const table_gradient> 
                                                 std::span<const sparse_gradient> grads, const execution& how,
                                                 workspace::impl& ws);
 
-struct weights_grad_call {
-  weights_grad_request req;
-  index_census census;
-  isa which = isa::reference;
-  execution how;
-};
+using weights_grad_call = validated_call<weights_grad_request>;
 
-// A batched weights' gradient (embag/batched.hpp): every table's request and census, in table order.
-struct batched_weights_grad_call {
-  std::span<weights_grad_request> tables;
-  std::span<const index_census> censuses;
-  isa which = isa::reference;
-  execution how;
-};
+using batched_weights_grad_call = batched_call<weights_grad_request>;
 
 // t: an f32 table.
 weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch, const options& opts,

@@ -36,29 +36,6 @@ float max_norm_scale(const float* row, std::int64_t dim, float max_norm, float n
 
 namespace {
 
-template <class T>
-std::int64_t at(const void* data, std::int64_t i) {
-  return static_cast<const T*>(data)[i];
-}
-
-std::int64_t index_at(const bag_source& bags, std::int64_t j) {
-  return bags.index_kind == index_type::i32 ? at<std::int32_t>(bags.indices, j) : at<std::int64_t>(bags.indices, j);
-}
-
-// The end of bag b given its start (the kernels have their own per-ISA copy of this rule).
-std::int64_t end_of_bag(const bag_source& bags, std::int64_t b, std::int64_t start) {
-  const auto boundary = [&](std::int64_t i) {
-    return bags.boundary_kind == index_type::i32 ? at<std::int32_t>(bags.boundaries, i)
-                                                 : at<std::int64_t>(bags.boundaries, i);
-  };
-  switch (bags.layout) {
-    case bag_layout::offsets: return b + 1 < bags.num_boundaries ? boundary(b + 1) : bags.nnz;
-    case bag_layout::lengths: return start + boundary(b);
-    case bag_layout::fixed_length: return start + bags.fixed_length;
-  }
-  return start;
-}
-
 // Work below this many floats per block is not worth a task (about 10 us of row reads).
 constexpr std::int64_t min_block_work = 32 * 1024;
 
@@ -214,7 +191,7 @@ bool skewed(const bag_source& bags) {
   constexpr std::int64_t sample = 128;
   if (bags.nnz < 4 * sample) return false;
   std::array<std::int64_t, sample> rows{};
-  for (std::int64_t i = 0; i < sample; ++i) rows[i] = index_at(bags, i * (bags.nnz / sample));
+  for (std::int64_t i = 0; i < sample; ++i) rows[i] = element_at(bags.indices, bags.index_kind, i * (bags.nnz / sample));
   std::sort(rows.begin(), rows.end());
   std::int64_t repeats = 0;
   for (std::int64_t i = 1; i < sample; ++i) repeats += rows[i] == rows[i - 1];
@@ -363,7 +340,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
         bag_tally tally;
         for (std::int64_t j = start; j < end; ++j) {
           ws.bag_of_position[j] = b;
-          if (index_at(bags, j) != padding_idx) tally_row(tally, bags.weights ? bags.weights[j] : 1.0f);
+          if (element_at(bags.indices, bags.index_kind, j) != padding_idx) tally_row(tally, bags.weights ? bags.weights[j] : 1.0f);
         }
         if (scaled) ws.bag_divisor[b] = bag_divisor(reduce.scaling, bags.weights != nullptr, tally);
         start = end;
@@ -476,14 +453,13 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
 void renorm_distinct_rows(float* table, std::int64_t row_stride, std::int64_t dim, const void* rows,
                           index_type rows_kind, std::int64_t count, float max_norm, float norm_type,
                           workspace::impl& ws) {
-  try {  // before any row is written: out of memory leaves the table as it was
-    ws.keys.resize(static_cast<std::size_t>(count));
-  } catch (const std::bad_alloc&) {
-    out_of_memory("the sorted rows of max_norm over " + std::to_string(count) + " indices",
-                  static_cast<std::size_t>(count) * sizeof(std::int64_t));
-  }
+  // before any row is written: out of memory leaves the table as it was
+  allocating<std::int64_t>(
+      static_cast<std::size_t>(count),
+      [&] { return "the sorted rows of max_norm over " + std::to_string(count) + " indices"; },
+      [&] { ws.keys.resize(static_cast<std::size_t>(count)); });
   for (std::int64_t i = 0; i < count; ++i)
-    ws.keys[i] = rows_kind == index_type::i32 ? at<std::int32_t>(rows, i) : at<std::int64_t>(rows, i);
+    ws.keys[i] = element_at(rows, rows_kind, i);
   std::sort(ws.keys.begin(), ws.keys.end());
   const auto last = std::unique(ws.keys.begin(), ws.keys.end());
   for (auto it = ws.keys.begin(); it != last; ++it) {

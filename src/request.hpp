@@ -28,6 +28,23 @@ struct bag_source {
   const float* weights = nullptr;   // per-sample weights, or null
 };
 
+// Element i of an int32 or int64 array (indices, offsets, lengths, rows), as int64.
+inline std::int64_t element_at(const void* data, index_type kind, std::int64_t i) noexcept {
+  return kind == index_type::i32 ? static_cast<const std::int32_t*>(data)[i] : static_cast<const std::int64_t*>(data)[i];
+}
+
+// The end of bag b given its start, outside the kernels (which have their own per-ISA copy of
+// this rule).
+inline std::int64_t end_of_bag(const bag_source& bags, std::int64_t b, std::int64_t start) noexcept {
+  switch (bags.layout) {
+    case bag_layout::offsets:
+      return b + 1 < bags.num_boundaries ? element_at(bags.boundaries, bags.boundary_kind, b + 1) : bags.nnz;
+    case bag_layout::lengths: return start + element_at(bags.boundaries, bags.boundary_kind, b);
+    case bag_layout::fixed_length: return start + bags.fixed_length;
+  }
+  return start;
+}
+
 // A contiguous run of bags: bags [bag_begin, bag_end) whose first index is at index_begin.
 // With mode none a "bag" is one index: bag_begin == index_begin.
 struct bag_block {

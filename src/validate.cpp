@@ -61,15 +61,6 @@ void validate_array(const char* name, const void* data, std::int64_t size, std::
 
 namespace {
 
-template <class T>
-std::int64_t at(const void* data, std::int64_t i) {
-  return static_cast<const T*>(data)[i];
-}
-
-std::int64_t value_at(const index_span& s, std::int64_t i) {
-  return s.type == index_type::i32 ? at<std::int32_t>(s.data, i) : at<std::int64_t>(s.data, i);
-}
-
 std::int64_t element_bytes(const char* name, index_type t) {
   if (t != index_type::i32 && t != index_type::i64)
     fail(errc::invalid_option, std::string(name) + ".type = " + str(std::int64_t(t)) + " is not int32 or int64");
@@ -96,12 +87,12 @@ void check_offsets(const index_span& offsets, std::int64_t nnz, bool include_las
   }
   // one pass at the ISA's width decides; only a failing call walks them to name the culprit
   const bool in_order = offsets_in_order(offsets.data, offsets.type, n, nnz);
-  if (in_order && (!include_last || value_at(offsets, n - 1) == nnz)) return;
-  if (const std::int64_t first = value_at(offsets, 0); first != 0)
+  if (in_order && (!include_last || element_at(offsets.data, offsets.type, n - 1) == nnz)) return;
+  if (const std::int64_t first = element_at(offsets.data, offsets.type, 0); first != 0)
     fail(errc::bad_offsets, "offsets[0] = " + str(first) + " must be 0");
   std::int64_t previous = 0;
   for (std::int64_t b = 1; b < n; ++b) {
-    const std::int64_t o = value_at(offsets, b);
+    const std::int64_t o = element_at(offsets.data, offsets.type, b);
     if (o < previous)
       fail(errc::bad_offsets, "offsets[" + str(b) + "] = " + str(o) + " is less than offsets[" + str(b - 1) +
                                   "] = " + str(previous) + " (offsets must not decrease)");
@@ -118,7 +109,7 @@ void check_offsets(const index_span& offsets, std::int64_t nnz, bool include_las
 void check_lengths(const index_span& lengths, std::int64_t nnz) {
   std::int64_t total = 0;
   for (std::int64_t b = 0; b < lengths.size; ++b) {
-    const std::int64_t len = value_at(lengths, b);
+    const std::int64_t len = element_at(lengths.data, lengths.type, b);
     if (len < 0) fail(errc::bad_lengths, "lengths[" + str(b) + "] = " + str(len) + " is negative");
     if (len > nnz - total)
       fail(errc::bad_lengths, "lengths[0.." + str(b) + "] sum past len(indices) = " + str(nnz) + " at lengths[" +
@@ -395,21 +386,10 @@ void validate_argmax_size(std::span<const std::int64_t> argmax, const options& o
 
 void validate_argmax_values(std::span<const std::int64_t> argmax, const bag_source& bags,
                             std::int64_t padding_idx, std::int64_t dim) {
-  const auto index = [&](std::int64_t j) {
-    return bags.index_kind == index_type::i32 ? at<std::int32_t>(bags.indices, j) : at<std::int64_t>(bags.indices, j);
-  };
-  const auto boundary = [&](std::int64_t b) {
-    return bags.boundary_kind == index_type::i32 ? at<std::int32_t>(bags.boundaries, b)
-                                                 : at<std::int64_t>(bags.boundaries, b);
-  };
+  const auto index = [&](std::int64_t j) { return element_at(bags.indices, bags.index_kind, j); };
   std::int64_t begin = 0;
   for (std::int64_t b = 0; b < bags.num_bags; ++b) {
-    std::int64_t end = begin;
-    switch (bags.layout) {
-      case bag_layout::offsets: end = b + 1 < bags.num_boundaries ? boundary(b + 1) : bags.nnz; break;
-      case bag_layout::lengths: end = begin + boundary(b); break;
-      case bag_layout::fixed_length: end = begin + bags.fixed_length; break;
-    }
+    const std::int64_t end = end_of_bag(bags, b, begin);
     bool has_rows = false;
     for (std::int64_t j = begin; j < end && !has_rows; ++j) has_rows = index(j) != padding_idx;
     for (std::int64_t d = 0; d < dim; ++d) {
