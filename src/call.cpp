@@ -127,45 +127,13 @@ forward_call validate_forward(const stored_table& t, const bags& batch, const op
 
 namespace {
 
-// A batched table's output: rows x cols elements of element_bytes, row r at data + r * stride elements.
-struct output_cells {
-  const void* data;
-  std::int64_t rows, cols, stride, element_bytes;
-
-  byte_range bytes(const char* name) const { return matrix_bytes(name, data, rows, cols, stride, element_bytes); }
-};
-
-// Whether two outputs share a cell. With one element type and row stride, outputs side by side in
-// one buffer (a KeyedTensor's tables) overlap as byte ranges but not cell by cell: b's columns
-// start m elements into a's rows (mod the stride), so the windows [0, a.cols) and [m, m + b.cols)
-// never meet when a.cols <= m and m + b.cols <= stride. Other layouts are judged by their bytes.
-bool share_a_cell(const output_cells& a, const output_cells& b) {
-  if (!overlap(a.bytes("a"), b.bytes("b"))) return false;
-  if (a.stride != b.stride || a.element_bytes != b.element_bytes) return true;
-  // both aligned to their elements (validated), so their distance is whole elements
-  const auto unit = static_cast<std::uintptr_t>(a.element_bytes);
-  const auto distance = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data) / unit -
-                                                  reinterpret_cast<std::uintptr_t>(a.data) / unit);
-  const std::int64_t m = ((distance % a.stride) + a.stride) % a.stride;
-  return !(a.cols <= m && m + b.cols <= a.stride);
-}
-
 std::string table_name(std::size_t t) { return "tables[" + std::to_string(t) + "]"; }
-
-// Every table's report its own: one shared would hold whichever table was written last.
-template <class Table>
-void validate_distinct_reports(std::span<const Table> tables) {
-  for (std::size_t t = 0; t < tables.size(); ++t)
-    for (std::size_t u = t + 1; u < tables.size(); ++u)
-      if (tables[t].opts.report != nullptr && tables[t].opts.report == tables[u].opts.report)
-        throw error(errc::aliasing, table_name(t) + " and " + table_name(u) + " share one opts.report");
-}
 
 // Each table of a batch validated by validate_one(t, rewritten), which returns its validated call
 // (its indices rewritten, if at all, into `rewritten`: the table's own vector of the workspace),
 // after the check every batched table shares (its execution left to the call's); an error names
-// the table. Each call's request goes in `requests`, its census in the workspace; then no two
-// tables may share a report. The vectors only grow: a reused workspace stops allocating.
+// the table. Each call's request goes in `requests`, its census in the workspace. The vectors
+// only grow: a reused workspace stops allocating.
 template <class Table, class Request, class Validate>
 void validate_each_table(std::span<const Table> tables, std::vector<Request>& requests, workspace::impl& ws,
                          const char* what, Validate&& validate_one) {
@@ -186,7 +154,26 @@ void validate_each_table(std::span<const Table> tables, std::vector<Request>& re
       throw error(e.code(), table_name(t) + ": " + e.what());
     }
   }
-  validate_distinct_reports(tables);
+}
+
+// Then across the tables: what each reads (reads_of(t): its call_inputs) and writes
+// (writes_of(t, add): its outputs, added as table_ranges; and its report, which one shared would
+// hold whichever table was written last), gathered in the workspace and checked by
+// validate_tables_disjoint.
+template <class Table, class Reads, class Writes>
+void validate_across_tables(std::span<const Table> tables, workspace::impl& ws, Reads&& reads_of, Writes&& writes_of) {
+  std::vector<table_range>& reads = ws.batched_reads;
+  std::vector<table_range>& writes = ws.batched_writes;
+  reads.clear();
+  writes.clear();
+  reserved(reads, tables.size() * call_inputs::most, "the ranges a batched call reads");
+  reserved(writes, tables.size() * 3, "the ranges a batched call writes");  // two outputs at most, and a report
+  for (std::size_t t = 0; t < tables.size(); ++t) {
+    for (const byte_range& in : reads_of(t).span()) reads.push_back({t, in, {}});
+    writes_of(t, [&](const byte_range& out, std::optional<output_cells> cells) { writes.push_back({t, out, cells}); });
+    writes.push_back({t, report_bytes(tables[t].opts), {}});
+  }
+  validate_tables_disjoint(reads, writes);
 }
 
 }  // namespace
@@ -202,24 +189,19 @@ batched_forward_call validate_forward_batched(std::span<const table_lookup> tabl
     return validate_forward(stored(l.table), l.batch, l.opts, l.out, {}, rewritten);
   };
   validate_each_table(tables, requests, ws, "the requests of a batched forward", validate_one);
-  const auto cells = [&](std::size_t t) {
-    const output_view& out = tables[t].out;
-    return output_cells{out.data, rows_of(requests[t].bags, tables[t].opts.mode), requests[t].dim,
-                        out.row_stride == 0 ? out.cols : out.row_stride, output_element_bytes(out.type)};
-  };
-  for (std::size_t t = 0; t < tables.size(); ++t) {
-    const output_cells out = cells(t);
-    for (std::size_t u = 0; u < tables.size(); ++u) {
-      if (u == t) continue;
-      const forward_request& r = requests[u];
-      const call_inputs inputs(tables[u].batch, tables[u].opts, {"table", r.table, r.rows == 0 ? 0 : (r.rows - 1) * r.row_stride + r.row_bytes});
-      for (const byte_range& in : inputs.span())
-        if (overlap(out.bytes("out"), in))
-          throw error(errc::aliasing, table_name(t) + ".out overlaps " + table_name(u) + "'s " + in.name);
-      if (u > t && share_a_cell(out, cells(u)))
-        throw error(errc::aliasing, table_name(t) + ".out and " + table_name(u) + ".out share cells");
-    }
-  }
+  validate_across_tables(
+      tables, ws,
+      [&](std::size_t t) {
+        const forward_request& r = requests[t];
+        return call_inputs(tables[t].batch, tables[t].opts,
+                           {"table", r.table, r.rows == 0 ? 0 : (r.rows - 1) * r.row_stride + r.row_bytes});
+      },
+      [&](std::size_t t, auto add) {
+        const output_view& out = tables[t].out;
+        const output_cells cells{out.data, rows_of(requests[t].bags, tables[t].opts.mode), requests[t].dim,
+                                 out.row_stride == 0 ? out.cols : out.row_stride, output_element_bytes(out.type)};
+        add(cells.bytes("out"), cells);
+      });
   return {requests, ws.batched_censuses, resolve_isa(how.isa), how};
 }
 
@@ -319,32 +301,19 @@ batched_backward_call validate_backward_batched(std::span<const table_gradient> 
                  : validate_backward_sparse(g.table_rows, g.batch, g.opts, g.grad_output, g.argmax, rewritten);
   };
   validate_each_table(tables, requests, ws, "the requests of a batched backward", validate_one);
-  // what each table writes: its dense gradient, or the storage its sparse one may reuse
-  const auto written = [&](std::size_t t, int part) -> byte_range {
-    if (dense) {
-      const backward_request& r = requests[t];
-      return part == 0 ? matrix_bytes("grad_table", r.grad_table, r.rows, r.dim, r.grad_table_stride) : byte_range{};
-    }
-    const sparse_gradient& s = grads[t];
-    return part == 0 ? byte_range{"grads.rows", s.rows.data(), static_cast<std::int64_t>(s.rows.capacity() * 8)}
-                     : byte_range{"grads.values", s.values.data(), static_cast<std::int64_t>(s.values.capacity() * 4)};
-  };
-  for (std::size_t t = 0; t < tables.size(); ++t)
-    for (int part = 0; part < 2; ++part) {
-      const byte_range out = written(t, part);
-      for (std::size_t u = 0; u < tables.size(); ++u) {
-        if (u == t && dense) continue;  // validate_backward_dense checked a table against its own inputs
-        const call_inputs inputs = gradient_inputs(tables[u], requests[u]);
-        for (const byte_range& in : inputs.span())
-          if (overlap(out, in))
-            throw error(errc::aliasing, table_name(t) + "'s " + out.name + " overlaps " + table_name(u) + "'s " + in.name);
-        if (u > t)
-          for (int other = 0; other < 2; ++other)
-            if (overlap(out, written(u, other)))
-              throw error(errc::aliasing, table_name(t) + "'s " + out.name + " overlaps " + table_name(u) + "'s " +
-                                              written(u, other).name);
-      }
-    }
+  validate_across_tables(
+      tables, ws, [&](std::size_t t) { return gradient_inputs(tables[t], requests[t]); },
+      [&](std::size_t t, auto add) {
+        // the dense gradient, or the storage the sparse one may reuse
+        if (dense) {
+          const backward_request& r = requests[t];
+          const output_cells cells{r.grad_table, r.rows, r.dim, r.grad_table_stride, sizeof(float)};
+          return add(cells.bytes("grad_table"), cells);
+        }
+        const sparse_gradient& g = grads[t];
+        add({"grads.rows", g.rows.data(), static_cast<std::int64_t>(g.rows.capacity() * sizeof(std::int64_t))}, {});
+        add({"grads.values", g.values.data(), static_cast<std::int64_t>(g.values.capacity() * sizeof(float))}, {});
+      });
   return {requests, ws.batched_censuses, resolve_isa(how.isa), how};
 }
 
@@ -386,22 +355,18 @@ batched_weights_grad_call validate_weights_grad_batched(std::span<const table_we
                         return validate_weights_grad(stored(g.table), g.batch, g.opts, g.grad_output, g.grad_weights,
                                                      rewritten);
                       });
-  const auto written = [&](std::size_t t) {
-    return byte_range{"grad_weights", tables[t].grad_weights.data(),
-                      static_cast<std::int64_t>(tables[t].grad_weights.size_bytes())};
-  };
-  for (std::size_t t = 0; t < tables.size(); ++t)
-    for (std::size_t u = 0; u < tables.size(); ++u) {
-      if (u == t) continue;  // validate_weights_grad checked a table against its own inputs
-      const weights_grad_request& r = requests[u];
-      call_inputs inputs(tables[u].batch, tables[u].opts, stored(tables[u].table).bytes());
-      inputs.add(matrix_bytes("grad_output", r.grad_output, r.forward.bags.num_bags, r.forward.dim, r.grad_output_stride));
-      for (const byte_range& in : inputs.span())
-        if (overlap(written(t), in))
-          throw error(errc::aliasing, table_name(t) + "'s grad_weights overlaps " + table_name(u) + "'s " + in.name);
-      if (u > t && overlap(written(t), written(u)))
-        throw error(errc::aliasing, table_name(t) + "'s grad_weights overlaps " + table_name(u) + "'s grad_weights");
-    }
+  validate_across_tables(
+      tables, ws,
+      [&](std::size_t t) {
+        const weights_grad_request& r = requests[t];
+        call_inputs inputs(tables[t].batch, tables[t].opts, stored(tables[t].table).bytes());
+        inputs.add(matrix_bytes("grad_output", r.grad_output, r.forward.bags.num_bags, r.forward.dim, r.grad_output_stride));
+        return inputs;
+      },
+      [&](std::size_t t, auto add) {
+        const std::span<float> g = tables[t].grad_weights;
+        add({"grad_weights", g.data(), static_cast<std::int64_t>(g.size_bytes())}, {});
+      });
   return {requests, ws.batched_censuses, resolve_isa(how.isa), how};
 }
 

@@ -42,9 +42,10 @@ class call_inputs {
   call_inputs(const bags& batch, const options& opts, byte_range table_or_grad);
   void add(byte_range r) { ranges_[count_++] = r; }
   std::span<const byte_range> span() const { return {ranges_.data(), static_cast<std::size_t>(count_)}; }
+  static constexpr std::size_t most = 6;  // the five ranges of every call, and one added
 
  private:
-  std::array<byte_range, 6> ranges_;
+  std::array<byte_range, most> ranges_;
   int count_ = 0;
 };
 

@@ -6,6 +6,7 @@
 #include "embag/quantize.hpp"
 #include "formats/formats.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -426,6 +427,77 @@ void validate_disjoint(std::span<const byte_range> outputs, std::span<const byte
     for (std::size_t k = i + 1; k < outputs.size(); ++k)
       if (overlap(outputs[i], outputs[k]))
         fail(errc::aliasing, std::string(outputs[i].name) + " overlaps " + outputs[k].name);
+  }
+}
+
+// With one element type and row stride, b's columns start m elements into a's rows (mod the
+// stride), so the windows [0, a.cols) and [m, m + b.cols) never meet when a.cols <= m and
+// m + b.cols <= stride. Other layouts are judged by their bytes.
+bool share_a_cell(const output_cells& a, const output_cells& b) noexcept {
+  if (!overlap(a.bytes("a"), b.bytes("b"))) return false;
+  if (a.stride != b.stride || a.element_bytes != b.element_bytes) return true;
+  // both aligned to their elements (validated), so their distance is whole elements
+  const auto unit = static_cast<std::uintptr_t>(a.element_bytes);
+  const auto distance = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data) / unit -
+                                                  reinterpret_cast<std::uintptr_t>(a.data) / unit);
+  const std::int64_t m = ((distance % a.stride) + a.stride) % a.stride;
+  return !(a.cols <= m && m + b.cols <= a.stride);
+}
+
+namespace {
+
+std::uintptr_t begin_of(const table_range& r) noexcept { return reinterpret_cast<std::uintptr_t>(r.bytes.begin); }
+std::uintptr_t end_of(const table_range& r) noexcept { return begin_of(r) + static_cast<std::uintptr_t>(r.bytes.bytes); }
+
+// Drops the empty ranges (nothing read or written there) and sorts the rest by address.
+void sort_nonempty(std::vector<table_range>& ranges) {
+  std::erase_if(ranges, [](const table_range& r) { return r.bytes.bytes == 0 || r.bytes.begin == nullptr; });
+  std::sort(ranges.begin(), ranges.end(), [](const table_range& a, const table_range& b) { return begin_of(a) < begin_of(b); });
+}
+
+std::string named(const table_range& r) { return "tables[" + str(std::int64_t(r.table)) + "]'s " + r.bytes.name; }
+
+[[noreturn]] void fail_overlap(const table_range& written, const table_range& other) {
+  fail(errc::aliasing, named(written) + " overlaps " + named(other));
+}
+
+}  // namespace
+
+void validate_tables_disjoint(std::vector<table_range>& reads, std::vector<table_range>& writes) {
+  sort_nonempty(reads);
+  sort_nonempty(writes);
+  // One sweep over both in address order: two ranges overlap exactly when the later-starting one
+  // begins before the other ends, so each range is checked against the furthest-reaching range
+  // of the other kind begun before it.
+  const table_range* furthest_read = nullptr;
+  const table_range* furthest_write = nullptr;
+  std::size_t r = 0, w = 0;
+  while (r < reads.size() || w < writes.size()) {
+    if (w == writes.size() || (r < reads.size() && begin_of(reads[r]) < begin_of(writes[w]))) {
+      const table_range& read = reads[r++];
+      if (furthest_write != nullptr && end_of(*furthest_write) > begin_of(read)) fail_overlap(*furthest_write, read);
+      if (furthest_read == nullptr || end_of(read) > end_of(*furthest_read)) furthest_read = &read;
+    } else {
+      const table_range& write = writes[w++];
+      if (furthest_read != nullptr && end_of(*furthest_read) > begin_of(write)) fail_overlap(write, *furthest_read);
+      if (furthest_write == nullptr || end_of(write) > end_of(*furthest_write)) furthest_write = &write;
+    }
+  }
+  // Written ranges against each other: each against those begun before it that reach it (all of
+  // them only when every one overlaps the next, as the tables of one KeyedTensor do).
+  std::uintptr_t reach = 0;
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    const table_range& b = writes[i];
+    if (begin_of(b) < reach)
+      for (std::size_t j = 0; j < i; ++j) {
+        const table_range& a = writes[j];
+        if (end_of(a) <= begin_of(b) || a.table == b.table) continue;
+        const table_range& first = a.table < b.table ? a : b;
+        const table_range& second = a.table < b.table ? b : a;
+        if (!a.cells || !b.cells) fail_overlap(first, second);
+        if (share_a_cell(*a.cells, *b.cells)) fail(errc::aliasing, named(first) + " and " + named(second) + " share cells");
+      }
+    reach = std::max(reach, end_of(b));
   }
 }
 

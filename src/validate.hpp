@@ -88,6 +88,28 @@ bool overlap(const byte_range& a, const byte_range& b) noexcept;  // any byte in
 byte_range matrix_bytes(const char* name, const void* data, std::int64_t rows, std::int64_t cols,
                         std::int64_t row_stride, std::int64_t element_bytes = 4);
 
+// A written matrix: rows x cols elements of element_bytes, row r at data + r * stride elements.
+struct output_cells {
+  const void* data;
+  std::int64_t rows, cols, stride, element_bytes;
+
+  byte_range bytes(const char* name) const { return matrix_bytes(name, data, rows, cols, stride, element_bytes); }
+};
+// Whether two written matrices share a cell (not merely bytes: see validate.cpp).
+bool share_a_cell(const output_cells& a, const output_cells& b) noexcept;
+
+// A range one table of a batched call reads or writes; a written matrix carries its cells.
+struct table_range {
+  std::size_t table;
+  byte_range bytes;
+  std::optional<output_cells> cells;
+};
+// Across a batched call's tables: no table writes a byte any table reads, and no two tables write
+// a common byte (a common cell, for two matrices: outputs side by side in one buffer, a
+// KeyedTensor's tables, overlap as bytes but not as cells). Sorts both by address: O(n log n),
+// plus the pairs of written ranges whose bytes overlap. An error names both tables and ranges.
+void validate_tables_disjoint(std::vector<table_range>& reads, std::vector<table_range>& writes);
+
 // A compressed table view (embag/quantize.hpp): a dtype, rows >= 0, a stride (bytes) of at least
 // row_bytes, in range, non-null. Returns the effective row stride in bytes.
 std::int64_t validate_compressed(const char* name, const compressed_table_view& t);

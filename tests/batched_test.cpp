@@ -14,6 +14,7 @@
 #include "embag/batched.hpp"
 #include "embag/quantize.hpp"
 #include "support/cases.hpp"
+#include "validate.hpp"
 
 namespace embag::test {
 namespace {
@@ -396,7 +397,7 @@ TEST(BatchedRefusals, MaxNormInPlace) {
 TEST(BatchedRefusals, OutputsSharingCells) {
   three_tables t;
   t.lookups[2].out.data = t.out.data() + 3;  // onto table 1's second column
-  expect_refused(t, errc::aliasing, "tables[1].out and tables[2].out share cells");
+  expect_refused(t, errc::aliasing, "tables[1]'s out and tables[2]'s out share cells");
 }
 
 TEST(BatchedRefusals, OutputOverAnotherTablesIndices) {
@@ -404,7 +405,63 @@ TEST(BatchedRefusals, OutputOverAnotherTablesIndices) {
   std::vector<float> shared(8);
   t.lookups[0].out = {shared.data(), 2, 2, 2};
   t.lookups[2].batch.indices = index_span(reinterpret_cast<const std::int64_t*>(shared.data()), 2, index_type::i64);
-  expect_refused(t, errc::aliasing, "tables[0].out overlaps tables[2]'s indices");
+  expect_refused(t, errc::aliasing, "tables[0]'s out overlaps tables[2]'s indices");
+}
+
+TEST(BatchedRefusals, ReportOverAnotherTablesIndices) {
+  three_tables t;
+  std::vector<std::int64_t> shared(8, 0);  // table 2's indices, then room for a report
+  t.lookups[2].batch.indices = index_span(shared.data(), 2, index_type::i64);
+  t.lookups[0].opts.report = reinterpret_cast<index_report*>(shared.data() + 1);
+  expect_refused(t, errc::aliasing, "tables[0]'s report overlaps tables[2]'s indices");
+}
+
+// validate_tables_disjoint sorts and sweeps; here it must refuse exactly the calls some pair of
+// ranges makes wrong: a write over a read (any tables), or two tables' writes over each other
+// (cell by cell for two matrices). Random ranges in a small buffer so that many overlap.
+TEST(BatchedDisjointness, TheSweepRefusesExactlyWhatEveryPairWould) {
+  using detail::output_cells;
+  using detail::table_range;
+  std::mt19937_64 rng(7);
+  alignas(64) static float buffer[256];
+  const auto draw = [&](std::size_t table, bool matrix) {
+    const auto below = [&](std::int64_t n) { return static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(n)); };
+    if (matrix) {
+      const std::int64_t stride = 4 + below(8), cols = 1 + below(stride), rows = 1 + below(4);
+      const output_cells cells{buffer + below(256 - rows * stride), rows, cols, stride, sizeof(float)};
+      return table_range{table, cells.bytes("out"), cells};
+    }
+    const std::int64_t begin = below(256), length = below(std::min<std::int64_t>(24, 256 - begin) + 1);
+    return table_range{table, {"in", buffer + begin, length * std::int64_t{sizeof(float)}}, std::nullopt};
+  };
+  int refused = 0, cases = 4000;
+  for (int c = 0; c < cases; ++c) {
+    std::vector<table_range> reads, writes;
+    const std::size_t tables = 1 + rng() % 5;
+    for (std::size_t t = 0; t < tables; ++t) {
+      for (std::uint64_t k = rng() % 3; k > 0; --k) reads.push_back(draw(t, false));
+      for (std::uint64_t k = rng() % 3; k > 0; --k) writes.push_back(draw(t, rng() % 2 == 0));
+    }
+    bool wrong = false;
+    for (const table_range& w : writes)
+      for (const table_range& r : reads) wrong = wrong || detail::overlap(w.bytes, r.bytes);
+    for (const table_range& a : writes)
+      for (const table_range& b : writes)
+        if (a.table != b.table && detail::overlap(a.bytes, b.bytes))
+          wrong = wrong || !a.cells || !b.cells || detail::share_a_cell(*a.cells, *b.cells);
+    bool threw = false;
+    try {
+      detail::validate_tables_disjoint(reads, writes);
+    } catch (const error& e) {
+      threw = true;
+      EXPECT_EQ(e.code(), errc::aliasing);
+    }
+    ASSERT_EQ(threw, wrong) << "case " << c;
+    refused += threw;
+  }
+  // both outcomes drawn often
+  EXPECT_GT(refused, cases / 10);
+  EXPECT_LT(refused, cases * 9 / 10);
 }
 
 // Rounding's edge cases, through mode none (a row copied): ties to even, fp16's subnormals and its

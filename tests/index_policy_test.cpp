@@ -391,7 +391,7 @@ TEST(IndexPolicyRefusals, BatchedReports) {
     }
     EXPECT_TRUE(a.untouched());
   };
-  expect_batch_refused(errc::aliasing, "share one opts.report");
+  expect_batch_refused(errc::aliasing, "tables[0]'s report overlaps tables[1]'s report");
   b.opts.report = &b.report;
   b.opts.bad_indices = bad_index_policy::error;
   b.indices[1] = 7;
