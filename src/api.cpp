@@ -203,13 +203,28 @@ void detail::execute(const batched_forward_call& call, workspace::impl& ws) {
     for (forward_request& req : call.tables) reference_forward(req);
     return;
   }
-  for (forward_request& req : call.tables) choose_prefetch(req, call.how.prefetch, false);
-  plan_batched_forward_blocks(call.tables, threads_for(call.how), ws.batched_blocks);
+  for (forward_request& req : call.tables) choose_prefetch(req, call.how.prefetch);
+  const int threads = plan_batched_forward_blocks(call.tables, threads_for(call.how), ws.batched_blocks);
+  const std::span<const table_block> blocks = ws.batched_blocks;
+  // a table whose prefetch is on trial has its blocks timed, each into its own slot
+  resized(ws.batched_block_seconds, blocks.size(), "the times of a batched forward's blocks");
   for (const index_census& c : call.censuses) c.publish();  // once the plan's memory is there
   const kernel_table& k = kernels_of(call.which);
-  const std::span<const table_block> blocks = ws.batched_blocks;
-  run_blocks(static_cast<std::int64_t>(blocks.size()), call.how,
-             [&](std::int64_t i) { forward_block(k, call.tables[blocks[i].table], blocks[i].block); });
+  run_blocks(static_cast<std::int64_t>(blocks.size()), threads == 1 ? execution{.max_threads = 1} : call.how,
+             [&](std::int64_t i) {
+               const forward_request& req = call.tables[blocks[i].table];
+               if (req.prefetch_trial < 0) return forward_block(k, req, blocks[i].block);
+               const auto start = std::chrono::steady_clock::now();
+               forward_block(k, req, blocks[i].block);
+               ws.batched_block_seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+             });
+  for (std::size_t i = 0; i < blocks.size();) {  // each table's blocks, one after another
+    const forward_request& req = call.tables[blocks[i].table];
+    double seconds = 0;
+    for (const std::int64_t table = blocks[i].table; i < blocks.size() && blocks[i].table == table; ++i)
+      seconds += ws.batched_block_seconds[i];
+    report_prefetch_trial(req, seconds);  // nothing unless on trial
+  }
 }
 
 namespace {
@@ -241,11 +256,11 @@ void detail::execute(const batched_weights_grad_call& call, workspace::impl& ws)
   reserved(ws.batched_requests, call.tables.size(), "the requests of a batched weights gradient");
   ws.batched_requests.clear();
   for (const weights_grad_request& r : call.tables) ws.batched_requests.push_back(r.forward);
-  plan_batched_forward_blocks(ws.batched_requests, threads_for(call.how), ws.batched_blocks);
+  const int threads = plan_batched_forward_blocks(ws.batched_requests, threads_for(call.how), ws.batched_blocks);
   for (const index_census& c : call.censuses) c.publish();
   const kernel_table& k = kernels_of(call.which);
   const std::span<const table_block> blocks = ws.batched_blocks;
-  run_blocks(static_cast<std::int64_t>(blocks.size()), call.how,
+  run_blocks(static_cast<std::int64_t>(blocks.size()), threads == 1 ? execution{.max_threads = 1} : call.how,
              [&](std::int64_t i) { k.weights_grad(call.tables[blocks[i].table], blocks[i].block); });
 }
 

@@ -131,7 +131,7 @@ bag_block take_front(const bag_source& bags, pooling pool, bag_block& rest, std:
   return front;
 }
 
-void plan_batched_forward_blocks(std::span<const forward_request> tables, int threads, std::vector<table_block>& out) {
+int plan_batched_forward_blocks(std::span<const forward_request> tables, int threads, std::vector<table_block>& out) {
   out.clear();
   reserved(out, tables.size() + max_blocks, "the blocks of a batched forward");  // the most cut below
   std::int64_t total = 0;
@@ -143,6 +143,7 @@ void plan_batched_forward_blocks(std::span<const forward_request> tables, int th
     cut_forward_blocks(r.bags, r.reduce.pool, static_cast<int>(std::clamp(share, 1.0, double(max_blocks))),
                        [&](const bag_block& b) { out.push_back({static_cast<std::int64_t>(t), b}); });
   }
+  return k == 1 ? 1 : threads;
 }
 
 void plan_row_ranges(std::int64_t rows, std::int64_t work, int threads, range_blocks& out) {

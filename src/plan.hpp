@@ -49,8 +49,10 @@ void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim,
 // The blocks of every table of a batched forward, for one parallel loop: the tables' work (as
 // plan_forward_blocks counts it) split as one call's would be, each table's share of the blocks
 // proportional to its work and at least one (none for a table without bags). Every table in one
-// block when the call runs on one thread. `out` only grows (a reused workspace stops allocating).
-void plan_batched_forward_blocks(std::span<const forward_request> tables, int threads, std::vector<table_block>& out);
+// block when the call runs on one thread, the blocks in table order. `out` only grows (a reused
+// workspace stops allocating). Returns the threads the blocks are worth: 1 (run them inline) when
+// the whole call is too little work to split, as a single call's would be.
+int plan_batched_forward_blocks(std::span<const forward_request> tables, int threads, std::vector<table_block>& out);
 
 // The first at most `most` bags of `rest` (mode none: indices) as a block, and `rest` advanced past
 // them: how a block is cut into parts whose fp32 rows fit a narrowing stage.
@@ -97,8 +99,8 @@ class prefetch_trials {
 // narrow passes, into L2 in one pass, and into L1 (8 KiB in flight) each won on some machine of
 // this project (DESIGN.md section 4 and issue 13's measurements): such calls are prefetch_trials
 // among the three, and req.prefetch_trial names the candidate whose time run_forward reports
-// (-1: not a trial). may_trial = false: a call that cannot time this table on its own (a batched
-// forward) takes the candidate decided so far instead.
+// (-1: not a trial; a batched forward times each table's blocks). may_trial = false: a call that
+// cannot time this table on its own takes the candidate decided so far instead.
 void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool may_trial = true);
 // How far ahead, and into which cache, backward_scatter prefetches the gradient rows it will
 // write: by the gradient's size against L2, or as the caller (or EMBAG_PREFETCH) forces.

@@ -452,13 +452,82 @@ std::uintptr_t end_of(const table_range& r) noexcept { return begin_of(r) + stat
 // Drops the empty ranges (nothing read or written there) and sorts the rest by address.
 void sort_nonempty(std::vector<table_range>& ranges) {
   std::erase_if(ranges, [](const table_range& r) { return r.bytes.bytes == 0 || r.bytes.begin == nullptr; });
-  std::sort(ranges.begin(), ranges.end(), [](const table_range& a, const table_range& b) { return begin_of(a) < begin_of(b); });
+  std::sort(ranges.begin(), ranges.end(), [](const table_range& a, const table_range& b) {
+    return begin_of(a) != begin_of(b) ? begin_of(a) < begin_of(b) : a.table < b.table;
+  });
 }
 
 std::string named(const table_range& r) { return "tables[" + str(std::int64_t(r.table)) + "]'s " + r.bytes.name; }
 
 [[noreturn]] void fail_overlap(const table_range& written, const table_range& other) {
   fail(errc::aliasing, named(written) + " overlaps " + named(other));
+}
+
+// Two written ranges, the lower table named first.
+[[noreturn]] void fail_writes_meet(const table_range& a, const table_range& b, const char* how) {
+  const bool a_first = a.table < b.table;
+  fail(errc::aliasing, named(a_first ? a : b) + how + named(a_first ? b : a));
+}
+
+// Every pair of written matrices of one cluster (ranges chained by overlapping bytes), judged cell
+// by cell.
+void validate_matrices_pairwise(std::span<const table_range> cluster) {
+  for (std::size_t i = 0; i < cluster.size(); ++i)
+    for (std::size_t j = i + 1; j < cluster.size(); ++j)
+      if (cluster[i].cells && cluster[j].cells && share_a_cell(*cluster[i].cells, *cluster[j].cells))
+        fail_writes_meet(cluster[i], cluster[j], " shares cells with ");
+}
+
+// The written matrices of one cluster. When all have one row stride and element size (a
+// KeyedTensor's tables), each one's columns are a window [m, m + cols) of the stride (m: its
+// offset from the first one's, mod the stride): windows sorted by m that do not meet their
+// neighbours (and the last, wrapping, not the first) meet nowhere, so n log n decides it. Otherwise,
+// or should two neighbours' windows meet, every pair is judged (exact, and rare).
+void validate_cluster_matrices(std::span<table_range> cluster) {
+  const auto matrices_end = std::partition(cluster.begin(), cluster.end(), [](const table_range& r) { return r.cells.has_value(); });
+  const std::span<table_range> matrices(cluster.begin(), matrices_end);
+  if (matrices.size() < 2) return;
+  const output_cells& first = *matrices[0].cells;
+  for (const table_range& r : matrices)
+    if (r.cells->stride != first.stride || r.cells->element_bytes != first.element_bytes)
+      return validate_matrices_pairwise(matrices);
+  const auto window_start = [&](const table_range& r) {
+    const auto unit = static_cast<std::uintptr_t>(first.element_bytes);  // both aligned to it (validated)
+    const auto distance = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(r.cells->data) / unit -
+                                                    reinterpret_cast<std::uintptr_t>(first.data) / unit);
+    return ((distance % first.stride) + first.stride) % first.stride;
+  };
+  std::sort(matrices.begin(), matrices.end(),
+            [&](const table_range& a, const table_range& b) { return window_start(a) < window_start(b); });
+  for (std::size_t i = 0; i < matrices.size(); ++i) {
+    const table_range& a = matrices[i];
+    const table_range& b = matrices[(i + 1) % matrices.size()];
+    const std::int64_t b_start = window_start(b) + (i + 1 == matrices.size() ? first.stride : 0);
+    if (window_start(a) + a.cells->cols > b_start) return validate_matrices_pairwise(matrices);
+  }
+}
+
+// Written ranges against each other: no two may share a byte, except two matrices that share no
+// cell. One sweep in address order finds a byte-judged range overlapping any earlier one (the
+// furthest-reaching earlier write, or earlier byte-judged write); the matrices are judged per
+// cluster of overlapping ranges.
+void validate_writes_disjoint(std::vector<table_range>& writes) {
+  const table_range* furthest = nullptr;
+  const table_range* furthest_bytes = nullptr;
+  std::size_t cluster = 0;
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    const table_range& b = writes[i];
+    if (furthest != nullptr && begin_of(b) >= end_of(*furthest)) {  // nothing before reaches b
+      validate_cluster_matrices(std::span(writes).subspan(cluster, i - cluster));
+      cluster = i;
+      furthest = furthest_bytes = nullptr;
+    }
+    const table_range* earlier = b.cells ? furthest_bytes : furthest;
+    if (earlier != nullptr && end_of(*earlier) > begin_of(b)) fail_writes_meet(*earlier, b, " overlaps ");
+    if (furthest == nullptr || end_of(b) > end_of(*furthest)) furthest = &b;
+    if (!b.cells && (furthest_bytes == nullptr || end_of(b) > end_of(*furthest_bytes))) furthest_bytes = &b;
+  }
+  validate_cluster_matrices(std::span(writes).subspan(cluster));
 }
 
 }  // namespace
@@ -483,22 +552,7 @@ void validate_tables_disjoint(std::vector<table_range>& reads, std::vector<table
       if (furthest_write == nullptr || end_of(write) > end_of(*furthest_write)) furthest_write = &write;
     }
   }
-  // Written ranges against each other: each against those begun before it that reach it (all of
-  // them only when every one overlaps the next, as the tables of one KeyedTensor do).
-  std::uintptr_t reach = 0;
-  for (std::size_t i = 0; i < writes.size(); ++i) {
-    const table_range& b = writes[i];
-    if (begin_of(b) < reach)
-      for (std::size_t j = 0; j < i; ++j) {
-        const table_range& a = writes[j];
-        if (end_of(a) <= begin_of(b) || a.table == b.table) continue;
-        const table_range& first = a.table < b.table ? a : b;
-        const table_range& second = a.table < b.table ? b : a;
-        if (!a.cells || !b.cells) fail_overlap(first, second);
-        if (share_a_cell(*a.cells, *b.cells)) fail(errc::aliasing, named(first) + " and " + named(second) + " share cells");
-      }
-    reach = std::max(reach, end_of(b));
-  }
+  validate_writes_disjoint(writes);
 }
 
 std::int64_t validate_compressed(const char* name, const compressed_table_view& t) {

@@ -1326,7 +1326,7 @@ static void test_forward_batched(const embag_table* t) {
   /* outputs sharing cells */
   right.data = out + 1;
   EXPECT_STATUS(embag_forward_batched(lookups, 2, NULL), EMBAG_ERR_ALIASING);
-  CHECK(error_mentions("tables[0]'s out and tables[1]'s out share cells"));
+  CHECK(error_mentions("tables[0]'s out shares cells with tables[1]'s out"));
   right.data = out + dim;
   /* a table's own execution options */
   mean.max_threads = 1;
