@@ -13,6 +13,7 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -150,12 +151,17 @@ py::object& torch_to_dlpack() {
   return *exporter;
 }
 
+// torch._C._TensorBase, the base of torch.Tensor and its subclasses (nn.Parameter), once seen
+PyTypeObject* torch_tensor_base = nullptr;
+
 bool is_torch_tensor(py::handle object) {
-  auto type = py::type::handle_of(object);
-  if (!py::hasattr(type, "__module__")) return false;
-  // torch.Tensor and its subclasses (nn.Parameter) all have torch's _TensorBase in their MRO
-  for (py::handle base : type.attr("__mro__")) {
-    if (std::strcmp(reinterpret_cast<PyTypeObject*>(base.ptr())->tp_name, "torch._C._TensorBase") == 0) return true;
+  if (torch_tensor_base != nullptr) return PyObject_TypeCheck(object.ptr(), torch_tensor_base);
+  for (py::handle base : py::type::handle_of(object).attr("__mro__")) {
+    auto* type = reinterpret_cast<PyTypeObject*>(base.ptr());
+    if (std::strcmp(type->tp_name, "torch._C._TensorBase") == 0) {
+      torch_tensor_base = type;  // torch is never unloaded: the type outlives this module's use of it
+      return true;
+    }
   }
   return false;
 }
@@ -196,7 +202,8 @@ array_arg borrow(py::handle object, const std::string& what) {
     const py::buffer_info& info = *a.buffer;
     a.data = info.ptr;
     a.type = from_buffer_format(info.format, info.itemsize);
-    a.other_type = py::hasattr(object, "dtype") ? std::string(py::str(object.attr("dtype"))) : "format '" + info.format + "'";
+    if (a.type == element::other)
+      a.other_type = py::hasattr(object, "dtype") ? std::string(py::str(object.attr("dtype"))) : "format '" + info.format + "'";
     a.shape.assign(info.shape.begin(), info.shape.end());
     for (auto stride : info.strides) {
       // a stride that is not a whole number of elements cannot be described to the library
@@ -505,6 +512,52 @@ void save(const compressed& t, const std::string& path) {
   embag::write_embag(path, t.table.view());
 }
 
+// ---------------------------------------------------------------------------------------------
+// The C++ side of bench/python_bench.py: `calls` library calls on these arrays (index sets, each an
+// (indices, offsets) pair, taken in turn as embag bench rotates them), timed in C++ with nothing
+// of Python inside the loop. Returns the seconds they took.
+
+std::vector<bag_args> index_sets(py::sequence sets) {
+  std::vector<bag_args> bags;
+  for (py::handle set : sets) {
+    py::tuple pair = set.cast<py::tuple>();
+    bags.push_back(take_bags(pair[0], pair[1], 0, py::none()));
+  }
+  return bags;
+}
+
+template <class Call>
+double seconds_of(int calls, std::size_t sets, Call call) {
+  py::gil_scoped_release unlocked;
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < calls; ++i) call(static_cast<std::size_t>(i) % sets);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double time_forward(py::handle table, py::sequence sets, const std::string& mode, py::handle out, int calls) {
+  std::vector<bag_args> bags = index_sets(sets);
+  embag::options opts = make_options(mode, std::nullopt, false, false);
+  array_arg w = f32_table(table, "weight", false);
+  array_arg y = contiguous(out, "out", {{element::f32}, 2, true});
+  embag::table_view<const float> view{static_cast<const float*>(w.data), w.shape[0], w.shape[1], row_stride_of(w)};
+  embag::workspace scratch;
+  return seconds_of(calls, bags.size(), [&](std::size_t set) {
+    embag::forward(view, bags[set].bags(), opts, matrix_of(y), {}, &scratch);
+  });
+}
+
+double time_backward_dense(py::sequence sets, const std::string& mode, py::handle grad_output, py::handle grad_weight,
+                           int calls) {
+  std::vector<bag_args> bags = index_sets(sets);
+  embag::options opts = make_options(mode, std::nullopt, false, false);
+  array_arg dy = contiguous(grad_output, "grad_output", {{element::f32}, 2, false});
+  array_arg dw = contiguous(grad_weight, "grad_weight", {{element::f32}, 2, true});
+  embag::workspace scratch;
+  return seconds_of(calls, bags.size(), [&](std::size_t set) {
+    embag::backward_dense(bags[set].bags(), opts, matrix_of(dy), matrix_of(dw), {}, &scratch);
+  });
+}
+
 // embag.Error and its subclasses, created as Python classes so that each can also be the builtin
 // exception it is (IndexError for an index out of range, ValueError for bad arguments).
 void make_error_classes(py::module_& m) {
@@ -566,6 +619,9 @@ PYBIND11_MODULE(_embag, m) {
         "per_sample_weights"_a, "mode"_a, "padding_idx"_a, "include_last_offset"_a, "grad_output"_a,
         "grad_per_sample_weights"_a);
   m.def("forward_batched", &forward_batched, "lookups"_a, "outs"_a);
+  m.def("_time_forward", &time_forward, "weight"_a, "index_sets"_a, "mode"_a, "out"_a, "calls"_a);
+  m.def("_time_backward_dense", &time_backward_dense, "index_sets"_a, "mode"_a, "grad_output"_a, "grad_weight"_a,
+        "calls"_a);
 
   py::class_<compressed>(m, "Table", "A compressed table (fp16, bf16, int8 or int4 rowwise), owned or mapped from an .embag file")
       .def_static("open", &open_table, "path"_a, "copy"_a = false,
