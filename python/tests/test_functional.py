@@ -169,3 +169,22 @@ def test_per_sample_weights_grad(rng):
     assert grad.shape == indices.shape and grad[3] == 0
     np.testing.assert_allclose(grad, oracle.per_sample_weights_grad(grad_output, weight, indices, offsets,
                                                                     padding_idx=11), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_gradients_kept_stay_and_released_ones_are_reused_correctly(rng):
+    # the extension recycles the memory of sparse gradients Python released: a kept one must not
+    # change, and a reused one must hold only its own call's rows
+    large = rng.integers(0, ROWS, 200), np.array([0, 100])
+    small = np.array([5, 9]), np.array([0])
+    grad_output = rng.standard_normal((2, DIM)).astype(np.float32)
+    kept_rows, kept_values = embag.embedding_bag_backward(grad_output, *large[:1], ROWS, large[1], mode="sum",
+                                                          sparse=True)
+    expected_rows, expected_values = kept_rows.copy(), kept_values.copy()
+    for _ in range(6):  # more than the extension keeps
+        rows, values = embag.embedding_bag_backward(grad_output[:1], small[0], ROWS, small[1], mode="sum",
+                                                    sparse=True)
+        assert list(rows) == [5, 9]
+        np.testing.assert_array_equal(values, np.stack([grad_output[0], grad_output[0]]))
+        del rows, values
+    np.testing.assert_array_equal(kept_rows, expected_rows)
+    np.testing.assert_array_equal(kept_values, expected_values)
