@@ -79,16 +79,14 @@ error_classes& errors() {
 
 [[noreturn]] void refuse(const std::string& message) { raise(errors().unsupported, unsupported_array, message); }
 
-enum class element { f32, f16, bf16, i32, i64, u8, other };
+// The element types embag reads; any other is named in messages by array_arg::other_type.
+enum class element { f32, i32, i64, other };
 
 const char* name_of(element e) {
   switch (e) {
     case element::f32: return "float32";
-    case element::f16: return "float16";
-    case element::bf16: return "bfloat16";
     case element::i32: return "int32";
     case element::i64: return "int64";
-    case element::u8: return "uint8";
     case element::other: break;
   }
   return "other";
@@ -100,21 +98,16 @@ element from_buffer_format(const std::string& format, py::ssize_t itemsize) {
   std::string code = format;
   if (!code.empty() && (code[0] == '<' || code[0] == '=' || code[0] == '@')) code.erase(0, 1);
   if (code == "f" && itemsize == 4) return element::f32;
-  if (code == "e" && itemsize == 2) return element::f16;
   if ((code == "i" || code == "l") && itemsize == 4) return element::i32;
   if ((code == "l" || code == "q") && itemsize == 8) return element::i64;
-  if (code == "B" && itemsize == 1) return element::u8;
   return element::other;
 }
 
 element from_dlpack_type(dl_data_type t) {
   if (t.lanes != 1) return element::other;
   if (t.code == 2 && t.bits == 32) return element::f32;
-  if (t.code == 2 && t.bits == 16) return element::f16;
-  if (t.code == 4 && t.bits == 16) return element::bf16;
   if (t.code == 0 && t.bits == 32) return element::i32;
   if (t.code == 0 && t.bits == 64) return element::i64;
-  if (t.code == 1 && t.bits == 8) return element::u8;
   return element::other;
 }
 

@@ -1,7 +1,7 @@
 """Every call releases the GIL while it computes.
 
 1. Python runs while a call computes: the main thread counts loop iterations during the middle half
-   of one long call in another thread. A held GIL allows none (the main thread could run only
+   of one long call (0.3 s or more) in another thread. A held GIL allows none (the main thread could run only
    before the call takes the GIL back, within one switch interval, 5 ms); this holds on any number
    of CPUs and under any load.
 2. The issue's check: two Python threads making the same single-threaded calls finish in about the
@@ -28,9 +28,9 @@ def table_in_cache():
 
 def test_python_runs_while_a_call_computes():
     rng = np.random.default_rng(2)
-    weight = rng.standard_normal((2000, 32)).astype(np.float32)
-    indices = rng.integers(0, 2000, 20_000_000)  # one call of about a second on one thread
-    offsets = np.arange(0, indices.size, 100)
+    weight = rng.standard_normal((4000, 256)).astype(np.float32)
+    indices = rng.integers(0, 4000, 10_000_000, dtype=np.int32)  # one call of 0.3 s or more on one thread
+    offsets = np.arange(0, indices.size, 100, dtype=np.int32)
     call = {}
 
     def worker():
@@ -49,7 +49,8 @@ def test_python_runs_while_a_call_computes():
     finally:
         embag.set_num_threads(0)
     duration = call["end"] - call["start"]
-    assert duration > 0.1, f"the call took {duration:.3f} s: too short to tell"
+    # its middle half must be several switch intervals (5 ms) long
+    assert duration > 0.05, f"the call took {duration:.3f} s: too short to tell"
     middle = [t for t in ticks if call["start"] + duration / 4 < t < call["end"] - duration / 4]
     assert len(middle) > 100, (f"the main thread ran {len(middle)} iterations during the middle half of a "
                                f"{duration:.3f} s call: the GIL was held")
