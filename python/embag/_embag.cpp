@@ -171,9 +171,11 @@ array_arg from_dlpack_capsule(py::object capsule, const std::string& what) {
            " (DLPack); embag runs on the CPU: move it with .cpu()");
   array_arg a;
   a.type = from_dlpack_type(t.dtype);
-  static const char* const dl_codes[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
-  a.other_type = (t.dtype.code < 7 ? std::string(dl_codes[t.dtype.code]) : "DLPack type " + std::to_string(t.dtype.code) + " ") +
-                 std::to_string(t.dtype.bits) + (t.dtype.lanes == 1 ? "" : " x" + std::to_string(t.dtype.lanes));
+  if (a.type == element::other) {
+    static const char* const dl_codes[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
+    a.other_type = (t.dtype.code < 7 ? std::string(dl_codes[t.dtype.code]) : "DLPack type " + std::to_string(t.dtype.code) + " ") +
+                   std::to_string(t.dtype.bits) + (t.dtype.lanes == 1 ? "" : " x" + std::to_string(t.dtype.lanes));
+  }
   a.shape.assign(t.shape, t.shape + t.ndim);
   if (t.strides != nullptr) {
     a.strides.assign(t.strides, t.strides + t.ndim);
@@ -241,12 +243,12 @@ struct requirement {
 array_arg contiguous(py::handle object, const std::string& what, requirement need) {
   array_arg a = borrow(object, what);
   bool type_ok = false;
-  std::string allowed;
-  for (element e : need.types) {
-    type_ok |= a.type == e;
-    allowed += (allowed.empty() ? "" : " or ") + std::string(name_of(e));
+  for (element e : need.types) type_ok |= a.type == e;
+  if (!type_ok) {
+    std::string allowed;
+    for (element e : need.types) allowed += (allowed.empty() ? "" : " or ") + std::string(name_of(e));
+    refuse(what + " must be " + allowed + ", got " + describe(a));
   }
-  if (!type_ok) refuse(what + " must be " + allowed + ", got " + describe(a));
   if (need.ndim >= 0 && a.ndim() != need.ndim)
     refuse(what + " must have " + std::to_string(need.ndim) + " dimension" + (need.ndim == 1 ? "" : "s") + ", got " +
            describe(a));
@@ -536,7 +538,7 @@ void save(const compressed& t, const std::string& path) {
 // ---------------------------------------------------------------------------------------------
 // The C++ side of bench/python_bench.py: `calls` library calls on these arrays (index sets, each an
 // (indices, offsets) pair, taken in turn as embag bench rotates them), timed in C++ with nothing
-// of Python inside the loop. Returns the seconds they took.
+// of Python inside the loop, with the workspace the Python calls use. Returns the seconds they took.
 
 std::vector<bag_args> index_sets(py::sequence sets) {
   std::vector<bag_args> bags;
@@ -561,9 +563,8 @@ double time_forward(py::handle table, py::sequence sets, const std::string& mode
   array_arg w = f32_table(table, "weight", false);
   array_arg y = contiguous(out, "out", {{element::f32}, 2, true});
   embag::table_view<const float> view{static_cast<const float*>(w.data), w.shape[0], w.shape[1], row_stride_of(w)};
-  embag::workspace scratch;
   return seconds_of(calls, bags.size(), [&](std::size_t set) {
-    embag::forward(view, bags[set].bags(), opts, matrix_of(y), {}, &scratch);
+    embag::forward(view, bags[set].bags(), opts, matrix_of(y), {}, &thread_workspace());
   });
 }
 
@@ -573,9 +574,8 @@ double time_backward_dense(py::sequence sets, const std::string& mode, py::handl
   embag::options opts = make_options(mode, std::nullopt, false, false);
   array_arg dy = contiguous(grad_output, "grad_output", {{element::f32}, 2, false});
   array_arg dw = contiguous(grad_weight, "grad_weight", {{element::f32}, 2, true});
-  embag::workspace scratch;
   return seconds_of(calls, bags.size(), [&](std::size_t set) {
-    embag::backward_dense(bags[set].bags(), opts, matrix_of(dy), matrix_of(dw), {}, &scratch);
+    embag::backward_dense(bags[set].bags(), opts, matrix_of(dy), matrix_of(dw), {}, &thread_workspace());
   });
 }
 
