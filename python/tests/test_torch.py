@@ -186,3 +186,19 @@ def test_a_model_swapping_in_embag_trains_to_torchs_weights(sparse):
     assert not torch.equal(trained[0]["bags.weight"], initial["bags.weight"])  # training moved them
     for name in trained[0]:
         torch.testing.assert_close(trained[1][name], trained[0][name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("module", ["EmbeddingBag", "Embedding"])
+def test_modules_with_max_norm_renormalise_their_weight_as_torch(module):
+    g = torch.Generator().manual_seed(10)
+    weight = torch.randn(ROWS, DIM, generator=g) * 3
+    input = torch.randint(0, ROWS, (4, 5), generator=g)
+    ours = getattr(embag.nn, module).from_pretrained(weight.clone(), freeze=False, max_norm=1.0)
+    theirs = getattr(torch.nn, module).from_pretrained(weight.clone(), freeze=False, max_norm=1.0)
+    out_ours, out_theirs = ours(input), theirs(input)
+    torch.testing.assert_close(out_ours, out_theirs)
+    torch.testing.assert_close(ours.weight, theirs.weight)  # the referenced rows rescaled in place
+    assert not torch.equal(ours.weight, weight)
+    out_ours.sum().backward()
+    out_theirs.sum().backward()
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
