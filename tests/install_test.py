@@ -5,6 +5,9 @@ tests/consumer/ built the way a user would ($CC / $CXX, cc / c++ unless set, wit
 before the program when set: qemu-user in a cross build). Also checks that the README's C example is
 tests/consumer/example.c, word for word.
 
+Then, when $EMBAG_PYTHON is set (the build has the Python package), imports embag from the installed
+site-packages with that interpreter and makes one call.
+
 Usage: install_test.py BUILD_DIR SOURCE_DIR [B_SANITIZE]"""
 import os
 import pathlib
@@ -68,6 +71,21 @@ def main():
             if str(shared.parent) not in maps:
                 sys.exit(f"install_test: {source} did not load libembag from {shared.parent}:\n{maps}")
             print(f"{source}: {output.strip()}")
+
+        # import embag from the installed site-packages with the interpreter meson built it for
+        # ($EMBAG_PYTHON: set where the build has the package; not in sanitized or cross builds)
+        python = os.environ.get("EMBAG_PYTHON")
+        if python:
+            package = installed("embag/__init__.py").parent
+            extension = installed("embag/_embag.*.so")
+            if extension.parent != package:
+                sys.exit(f"install_test: the extension {extension} is not in the package {package}")
+            output = run([python, "-c", "import embag, numpy as np; print(embag.__file__, embag.embedding_bag("
+                          "np.array([1, 2]), np.eye(3, dtype=np.float32), np.array([0]), mode='sum'))"],
+                         env=dict(run_env, PYTHONPATH=str(package.parent)), cwd=tmp)
+            if not output.startswith(str(package)):
+                sys.exit(f"install_test: import embag did not load the installed package {package}:\n{output}")
+            print(f"python: {output.strip()}")
     print("install_test: installed headers, libraries, tool and embag.pc; C and C++ consumers built and ran")
 
 

@@ -1,0 +1,206 @@
+#!/usr/bin/python3
+"""embag from Python against the C++ call and against PyTorch, in one process.
+
+1. Call overhead: B = 1 bag of L = 1 index on a small table, per call: the library's forward
+   called from C++ in a loop (embag._embag._time_forward), embag.embedding_bag on NumPy arrays and
+   on torch tensors, and torch.nn.functional.embedding_bag.
+2. Large calls: embag bench's default workload (R = 1M rows, D = 128, B = 2048 bags of L = 40,
+   uniform indices, 8 index sets taken in turn) and its L = 1 and Zipf (s = 1.05) variants, on 1
+   and 2 threads (embag.set_num_threads and torch.set_num_threads): forward sum, mean and max;
+   the dense backward of sum and mean into a gradient the caller keeps ("bwd into": C++ and
+   Python, the cost of the call), and into a new zeroed R x D gradient per call ("bwd new": embag
+   on tensors, torch.zeros as embag.nn does, against torch's aten._embedding_bag_backward, what
+   autograd runs for F.embedding_bag, which allocates its gradient alike); then a training step's
+   forward + backward through embag.nn.EmbeddingBag and torch.nn.EmbeddingBag with sparse
+   gradients (mode sum; "train step", in the tensors and torch columns).
+
+Each figure is the best of 5 runs of a loop of calls (up to 50; about 0.15 s of calls for slow
+variants), after 8 warm-up calls, the variants interleaved per run.
+Run from the repository root after building: /usr/bin/python3 bench/python_bench.py [--quick]
+(PYTHONPATH=build/python is set for you when embag is not installed)."""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "python"))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import embag  # noqa: E402
+import embag.nn  # noqa: E402
+from embag import _embag  # noqa: E402
+
+MODES = {"sum": 0, "mean": 1, "max": 2}  # torch's mode numbers for aten._embedding_bag
+
+
+def timed(run, calls):
+    start = time.perf_counter()
+    own = run(calls)
+    return own if own is not None else time.perf_counter() - start
+
+
+def best_time(variants, calls, repeats, run_seconds=0.15):
+    """{name: seconds per call}, the best of `repeats` runs of each variant, a run being up to
+    `calls` calls, fewer for a slow variant (about run_seconds a run, at least 3 calls); a variant
+    returning a number timed itself (the C++ loop)."""
+    counts = {}
+    for name, run in variants.items():  # warm up: embag's first calls on a large table try prefetch settings
+        run(8)
+        counts[name] = max(3, min(calls, int(run_seconds / (timed(run, 3) / 3))))
+    best = {name: float("inf") for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            best[name] = min(best[name], timed(run, counts[name]) / counts[name])
+    return best
+
+
+def loop(function):
+    def run(calls):
+        for i in range(calls):
+            function(i)
+    return run
+
+
+def overhead(repeats):
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((1000, 128)).astype(np.float32)
+    indices, offsets = np.array([17]), np.array([0])
+    out = np.empty((1, 128), np.float32)
+    tw, ti, to = torch.from_numpy(weight), torch.from_numpy(indices), torch.from_numpy(offsets)
+    variants = {
+        "C++ forward": lambda calls: _embag._time_forward(weight, [(indices, offsets)], "sum", out, calls),
+        "embag, NumPy": loop(lambda i: embag.embedding_bag(indices, weight, offsets, mode="sum")),
+        "embag, torch": loop(lambda i: embag.embedding_bag(ti, tw, to, mode="sum")),
+        "torch F.embedding_bag": loop(lambda i: F.embedding_bag(ti, tw, to, mode="sum")),
+    }
+    embag.set_num_threads(1)
+    torch.set_num_threads(1)
+    best = best_time(variants, 20000, repeats)
+    print("call overhead: B = 1, L = 1, R = 1000, D = 128, mode sum, 1 thread (us per call)")
+    for name, seconds in best.items():
+        extra = "" if name == "C++ forward" else f"   +{(seconds - best['C++ forward']) * 1e6:.2f} us over C++"
+        print(f"  {name:24s} {seconds * 1e6:8.2f}{extra}")
+    print()
+
+
+def zipf_rows(rng, rows, count, exponent=1.05):
+    """Row ids drawn by rank from Zipf(exponent) over `rows` ranks, the hot ranks scattered over
+    the table by a permutation (as bench/workload.cpp draws them)."""
+    cdf = np.cumsum(1.0 / np.arange(1, rows + 1) ** exponent)
+    ranks = np.searchsorted(cdf / cdf[-1], rng.random(count))
+    return rng.permutation(rows)[np.minimum(ranks, rows - 1)]
+
+
+def workload(rows, dim, bags, pooling, dist, sets=8):
+    rng = np.random.default_rng(42)
+    weight = rng.uniform(-1, 1, (rows, dim)).astype(np.float32)
+    index_sets = []
+    for _ in range(sets):
+        count = bags * pooling
+        indices = zipf_rows(rng, rows, count) if dist == "zipf" else rng.integers(0, rows, count)
+        index_sets.append((indices.astype(np.int64), np.arange(0, count, pooling, dtype=np.int64)))
+    return weight, index_sets
+
+
+def large(name, rows, dim, bags, pooling, dist, threads, calls, repeats):
+    weight, sets = workload(rows, dim, bags, pooling, dist)
+    tw = torch.from_numpy(weight)
+    tsets = [(torch.from_numpy(i), torch.from_numpy(o)) for i, o in sets]
+    out = np.empty((bags, dim), np.float32)
+    grad_output = np.random.default_rng(7).standard_normal((bags, dim)).astype(np.float32)
+    tgrad = torch.from_numpy(grad_output)
+    grad_weight = np.zeros((rows, dim), np.float32)
+    tgrad_weight = torch.from_numpy(grad_weight)
+    n = len(sets)
+    print(f"{name}: R = {rows}, D = {dim}, B = {bags}, L = {pooling}, {dist}, {threads} thread(s) "
+          f"(ms per call; ratios above 1: embag faster)")
+    print(f"  {'':16s} {'C++':>8s} {'NumPy':>8s} {'tensors':>8s} {'torch':>8s}  {'Py/C++':>7s} {'torch/embag':>11s}")
+    for mode in ("sum", "mean", "max"):
+        aten = {}
+
+        def torch_forward(i, mode=mode):
+            indices, offsets = tsets[i % n]
+            F.embedding_bag(indices, tw, offsets, mode=mode)
+
+        variants = {
+            "C++": lambda c, mode=mode: _embag._time_forward(weight, sets, mode, out, c),
+            "NumPy": loop(lambda i, mode=mode: embag.embedding_bag(sets[i % n][0], weight, sets[i % n][1], mode=mode)),
+            "tensors": loop(lambda i, mode=mode: embag.embedding_bag(tsets[i % n][0], tw, tsets[i % n][1], mode=mode)),
+            "torch": loop(torch_forward),
+        }
+        report(f"forward {mode}", best_time(variants, calls, repeats))
+        if mode == "max":
+            continue
+        # torch's backward (what autograd runs for F.embedding_bag) takes its forward's bookkeeping
+        for i, (indices, offsets) in enumerate(tsets):
+            _, offset2bag, bag_size, maximum = torch.ops.aten._embedding_bag(tw, indices, offsets, False, MODES[mode])
+            aten[i] = (indices, offsets, offset2bag, bag_size, maximum)
+
+        def torch_backward(i, mode=mode):
+            indices, offsets, offset2bag, bag_size, maximum = aten[i % n]
+            torch.ops.aten._embedding_bag_backward(tgrad, indices, offsets, offset2bag, bag_size, maximum, rows, False,
+                                                   MODES[mode], False, None, -1)
+
+        # into a gradient the caller keeps (what C++ callers do): the cost of the Python call
+        variants = {
+            "C++": lambda c, mode=mode: _embag._time_backward_dense(sets, mode, grad_output, grad_weight, c),
+            "NumPy": loop(lambda i, mode=mode: embag.embedding_bag_backward(
+                grad_output, sets[i % n][0], rows, sets[i % n][1], mode=mode, grad_weight=grad_weight)),
+            "tensors": loop(lambda i, mode=mode: embag.embedding_bag_backward(
+                tgrad, tsets[i % n][0], rows, tsets[i % n][1], mode=mode, grad_weight=tgrad_weight)),
+        }
+        report(f"bwd into {mode}", best_time(variants, calls, repeats))
+        # into a new zeroed R x D gradient each call, as autograd's dense backward does (embag.nn's
+        # is torch.zeros, as torch's): against torch
+        variants = {
+            "tensors": loop(lambda i, mode=mode: embag.embedding_bag_backward(
+                tgrad, tsets[i % n][0], rows, tsets[i % n][1], mode=mode)),
+            "torch": loop(torch_backward),
+        }
+        report(f"bwd new {mode}", best_time(variants, calls, repeats), versus="tensors")
+
+    modules = {}
+    for label, module in (("embag", embag.nn.EmbeddingBag), ("torch", torch.nn.EmbeddingBag)):
+        modules[label] = module.from_pretrained(tw, freeze=False, mode="sum", sparse=True)
+
+    def step(label):
+        def run(i):
+            bag = modules[label]
+            bag.weight.grad = None
+            bag(tsets[i % n][0], tsets[i % n][1]).backward(tgrad)
+        return loop(run)
+
+    best = best_time({label: step(label) for label in modules}, calls, repeats)
+    report("train step sum", {"tensors": best["embag"], "torch": best["torch"]}, versus="tensors")
+    print()
+
+
+def report(label, best, versus="NumPy"):
+    """A row: ms per call of each variant timed, NumPy's time over C++'s, torch's over embag's
+    (`versus`: the embag variant torch is compared with)."""
+    cells = [f"{best[k] * 1e3:8.3f}" if k in best else " " * 8 for k in ("C++", "NumPy", "tensors", "torch")]
+    python_over_cpp = f"{best['NumPy'] / best['C++']:7.3f}" if "C++" in best else " " * 7
+    torch_over_embag = f"{best['torch'] / best[versus]:10.2f}x" if "torch" in best else ""
+    print(f"  {label:16s} {' '.join(cells)}  {python_over_cpp} {torch_over_embag}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats (a smoke run)")
+    parser.add_argument("--threads", default="1,2", help="thread counts of the large calls (default 1,2)")
+    args = parser.parse_args()
+    calls, repeats = (5, 2) if args.quick else (50, 5)
+    print(f"embag {embag.__version__} ({embag.active_isa()}), torch {torch.__version__}, "
+          f"{len(os.sched_getaffinity(0))} CPUs\n")
+    overhead(2 if args.quick else 5)
+    for threads in (int(t) for t in args.threads.split(",")):
+        embag.set_num_threads(threads)
+        torch.set_num_threads(threads)
+        for name, pooling, dist in (("default", 40, "uniform"), ("L = 1", 1, "uniform"), ("Zipf", 40, "zipf")):
+            large(name, 1_000_000, 128, 2048, pooling, dist, threads, calls, repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""embag: SIMD embedding bags on the CPU, on NumPy arrays and CPU PyTorch tensors.
+
+The functions take torch.nn.functional's signatures (input first, mode='mean' by default) and work
+in place on the caller's memory: tables, indices, offsets and weights are read where they are (a
+strided or otherwise unreadable array is an embag.UnsupportedArray error, never a silent copy), and
+outputs are new arrays of the caller's type (torch.Tensor when the weight or input is one, else
+numpy.ndarray). Every call releases the GIL while it computes.
+
+Importing embag needs NumPy only; embag.nn (the torch.nn modules) needs torch.
+"""
+import sys
+
+import numpy as np
+
+from ._embag import (Error, FileError, IndexOutOfRange, InvalidArgument, OutOfMemory, Table, UnsupportedArray,
+                     __version__, active_isa, available_isas, force_isa, get_num_threads, set_num_threads)
+from . import _embag
+
+__all__ = ["embedding_bag", "embedding", "embedding_bag_forward", "embedding_bag_backward", "embedding_backward",
+           "per_sample_weights_grad", "embedding_bags", "quantize", "Table", "available_isas", "active_isa",
+           "force_isa", "set_num_threads", "get_num_threads", "Error", "IndexOutOfRange", "InvalidArgument",
+           "FileError", "OutOfMemory", "UnsupportedArray"]
+
+
+def _torch_of(*arrays):
+    """torch, when one of arrays is a torch.Tensor (only a program that imported torch can pass one)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        for a in arrays:
+            if isinstance(a, torch.Tensor):
+                return torch
+    return None
+
+
+def _empty(torch, shape, dtype):
+    return torch.empty(shape, dtype=getattr(torch, dtype)) if torch is not None else np.empty(shape, dtype)
+
+
+def _zeros(torch, shape, dtype):
+    return torch.zeros(shape, dtype=getattr(torch, dtype)) if torch is not None else np.zeros(shape, dtype)
+
+
+def _invalid(code, message):
+    error = InvalidArgument(message)
+    error.code = code
+    return error
+
+
+def _shape(array, what, function):
+    shape = getattr(array, "shape", None)
+    if shape is None:
+        error = UnsupportedArray(f"{function}: {what} must be a NumPy array or a CPU torch.Tensor (anything with "
+                                 f"the buffer protocol or DLPack), got {type(array).__name__}")
+        error.code = "unsupported_array"
+        raise error
+    return tuple(shape)
+
+
+def _bags(input, offsets, per_sample_weights, include_last_offset, function):
+    """(offsets, fixed bag length, number of bags) of torch's two forms: a 1-D input with offsets, or
+    a 2-D input of B bags of L indices (offsets None)."""
+    shape = _shape(input, "input", function)
+    if len(shape) == 2:
+        if offsets is not None:
+            raise _invalid("invalid_shape", f"{function}: offsets must be None when input is 2-D "
+                                            f"(shape {shape}: {shape[0]} bags of {shape[1]} indices)")
+        if per_sample_weights is not None and tuple(per_sample_weights.shape) != shape:
+            raise _invalid("size_mismatch", f"{function}: per_sample_weights has shape "
+                                            f"{tuple(per_sample_weights.shape)}, input has shape {shape}")
+        bags, length = shape
+        if length == 0:  # B empty bags: the library takes no fixed length 0, but offsets all 0
+            return _zeros(_torch_of(input), (bags,), "int64"), 0, bags
+        return None, length, bags
+    if len(shape) == 1:
+        if offsets is None:
+            raise _invalid("invalid_shape", f"{function}: offsets are required when input is 1-D "
+                                            f"(or pass a 2-D input of bags of equal length)")
+        if len(offsets.shape) != 1:
+            raise _invalid("invalid_shape", f"{function}: offsets must be 1-D, got shape {tuple(offsets.shape)}")
+        return offsets, 0, offsets.shape[0] - (1 if include_last_offset and offsets.shape[0] > 0 else 0)
+    raise _invalid("invalid_shape", f"{function}: input must be 1-D (with offsets) or 2-D (B x L), got shape {shape}")
+
+
+def _dim(weight, function):
+    if isinstance(weight, Table):
+        return weight.dim
+    shape = _shape(weight, "weight", function)
+    if len(shape) != 2:
+        raise _invalid("invalid_shape", f"{function}: weight must be 2-D (rows x dim), got shape {shape}")
+    return shape[1]
+
+
+def embedding_bag_forward(input, weight, offsets=None, max_norm=None, norm_type=2.0, mode="mean",
+                          per_sample_weights=None, include_last_offset=False, padding_idx=None):
+    """embedding_bag's output and, for mode 'max', the table row each maximum came from (B x D int64,
+    -1 for an empty bag; what embedding_bag_backward needs for max). (output, None) otherwise."""
+    offsets, length, bags = _bags(input, offsets, per_sample_weights, include_last_offset, "embedding_bag")
+    dim = _dim(weight, "embedding_bag")
+    torch = _torch_of(weight, input)
+    out = _empty(torch, (bags, dim), "float32")
+    max_indices = _empty(torch, (bags, dim), "int64") if mode == "max" else None
+    _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
+                   max_norm, norm_type, out, max_indices)
+    return out, max_indices
+
+
+def embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, mode="mean",
+                  sparse=False, per_sample_weights=None, include_last_offset=False, padding_idx=None):
+    """torch.nn.functional.embedding_bag: the pooled rows of each bag (B x D float32).
+
+    weight: a 2-D float32 array or tensor (rows may be strided), or an embag.Table (compressed,
+    possibly mapped). input: int32 or int64, 1-D with offsets (B, or B+1 with include_last_offset)
+    or 2-D (B bags of L indices). mode: 'sum', 'mean', 'max', or embag's 'sqrtn'. per_sample_weights
+    (float32, input's shape) with 'sum', and also 'mean' and 'sqrtn' (embag's weighted forms; torch
+    allows only 'sum'). max_norm rescales the referenced rows of weight in place, as torch does.
+    scale_grad_by_freq and sparse only concern the gradient (embag.nn, embedding_bag_backward)."""
+    offsets, length, bags = _bags(input, offsets, per_sample_weights, include_last_offset, "embedding_bag")
+    dim = _dim(weight, "embedding_bag")
+    torch = _torch_of(weight, input)
+    out = _empty(torch, (bags, dim), "float32")
+    _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
+                   max_norm, norm_type, out, None)
+    return out
+
+
+def _flat_lookup(input):
+    """A plain lookup as the library's mode 'none': one bag holding every index, one output row per
+    index (an empty input: zero bags of length 1)."""
+    count = 1
+    for extent in input.shape:
+        count *= extent
+    return count, max(count, 1)
+
+
+def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False):
+    """torch.nn.functional.embedding: weight's rows at input's indices (any shape; output shape
+    input.shape + (dim,)). As in torch, padding_idx only keeps the gradient from that row: forward
+    returns the row as it is."""
+    dim = _dim(weight, "embedding")
+    count, length = _flat_lookup(input)
+    out = _empty(_torch_of(weight, input), (count, dim), "float32")
+    _embag.forward(weight, input, None, length, None, "none", None, False, max_norm, norm_type, out, None)
+    return out.reshape(tuple(input.shape) + (dim,))
+
+
+def embedding_bag_backward(grad_output, input, num_weights, offsets=None, mode="mean", per_sample_weights=None,
+                           include_last_offset=False, padding_idx=None, scale_grad_by_freq=False, max_indices=None,
+                           sparse=False, grad_weight=None):
+    """The gradient of embedding_bag with respect to weight, dW = A^T . grad_output.
+
+    Dense (sparse=False): a num_weights x D float32 array, or added into grad_weight when given.
+    Sparse: (rows, values), the sorted unique rows the call references (int64) and their gradient
+    rows (len(rows) x D). Mode 'max' needs the max_indices embedding_bag_forward returned."""
+    offsets, length, _ = _bags(input, offsets, per_sample_weights, include_last_offset, "embedding_bag_backward")
+    torch = _torch_of(grad_output, input)
+    if sparse:
+        rows, values = _embag.backward_sparse(num_weights, input, offsets, length, per_sample_weights, mode,
+                                              padding_idx, include_last_offset, scale_grad_by_freq, grad_output,
+                                              max_indices)
+        return (torch.from_numpy(rows), torch.from_numpy(values)) if torch is not None else (rows, values)
+    if grad_weight is None:
+        grad_weight = _zeros(torch, (num_weights, grad_output.shape[1]), "float32")
+    _embag.backward_dense(input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
+                          scale_grad_by_freq, grad_output, grad_weight, max_indices)
+    return grad_weight
+
+
+def embedding_backward(grad_output, input, num_weights, padding_idx=None, scale_grad_by_freq=False, sparse=False,
+                       grad_weight=None):
+    """The gradient of embedding with respect to weight (grad_output: input.shape + (D,)); no
+    gradient reaches padding_idx. Dense or sparse as embedding_bag_backward."""
+    count, length = _flat_lookup(input)
+    flat_grad = grad_output.reshape((count, grad_output.shape[-1]))
+    torch = _torch_of(grad_output, input)
+    if sparse:
+        rows, values = _embag.backward_sparse(num_weights, input, None, length, None, "none", padding_idx, False,
+                                              scale_grad_by_freq, flat_grad, None)
+        return (torch.from_numpy(rows), torch.from_numpy(values)) if torch is not None else (rows, values)
+    if grad_weight is None:
+        grad_weight = _zeros(torch, (num_weights, grad_output.shape[-1]), "float32")
+    _embag.backward_dense(input, None, length, None, "none", padding_idx, False, scale_grad_by_freq, flat_grad,
+                          grad_weight, None)
+    return grad_weight
+
+
+def per_sample_weights_grad(grad_output, weight, input, per_sample_weights, offsets=None, mode="sum",
+                            include_last_offset=False, padding_idx=None):
+    """The gradient of embedding_bag with respect to per_sample_weights (input's shape, float32):
+    for 'sum', <grad_output[bag(j)], weight[input[j]]>; 0 for padding entries."""
+    offsets, length, _ = _bags(input, offsets, per_sample_weights, include_last_offset, "per_sample_weights_grad")
+    grad = _empty(_torch_of(grad_output, input), tuple(input.shape), "float32")
+    _embag.per_sample_weights_grad(weight, input, offsets, length, per_sample_weights, mode, padding_idx,
+                                   include_last_offset, grad_output, grad.reshape(-1))
+    return grad
+
+
+def embedding_bags(lookups):
+    """Many tables in one call (embag/batched.hpp): lookups is a sequence of dicts with embedding_bag's
+    keywords (input, weight, offsets, mode='mean', per_sample_weights, include_last_offset,
+    padding_idx). Every table is checked before anything is computed; returns one output per table,
+    each what its own embedding_bag returns."""
+    calls, outs = [], []
+    for t, lookup in enumerate(lookups):
+        unknown = set(lookup) - {"input", "weight", "offsets", "mode", "per_sample_weights", "include_last_offset",
+                                 "padding_idx"}
+        if unknown:
+            raise _invalid("invalid_option", f"embedding_bags: lookups[{t}] has unknown keys {sorted(unknown)}")
+        input, weight = lookup["input"], lookup["weight"]
+        per_sample_weights = lookup.get("per_sample_weights")
+        include_last_offset = lookup.get("include_last_offset", False)
+        offsets, length, bags = _bags(input, lookup.get("offsets"), per_sample_weights, include_last_offset,
+                                      f"embedding_bags: lookups[{t}]")
+        outs.append(_empty(_torch_of(weight, input), (bags, _dim(weight, f"embedding_bags: lookups[{t}]")), "float32"))
+        calls.append((weight, input, offsets, length, per_sample_weights, lookup.get("mode", "mean"),
+                      lookup.get("padding_idx"), include_last_offset))
+    _embag.forward_batched(calls, outs)
+    return outs
+
+
+def quantize(weight, dtype):
+    """A compressed copy of a float32 table: dtype 'f16', 'bf16', 'int8_rowwise' or 'int4_rowwise'
+    (also 'fp16', 'int8', 'int4'); an embag.Table that embedding_bag reads like an array."""
+    return _embag.quantize(weight, dtype)
+
+
+def _dequantize(self):
+    """The table's rows as float32 (rows x dim numpy.ndarray), as forward reads them."""
+    out = np.empty(self.shape, np.float32)
+    self._dequantize_into(out)
+    return out
+
+
+Table.dequantize = _dequantize

@@ -1,0 +1,688 @@
+// embag._embag: the library's public API (embag.hpp, batched.hpp, quantize.hpp) on NumPy arrays and
+// CPU PyTorch tensors, without copying either. embag/__init__.py gives it torch's signatures and
+// allocates outputs as the caller's array type; this file only checks arrays and calls the library.
+//
+// Arrays arrive through the buffer protocol (NumPy, memoryview, anything exporting one) or DLPack
+// (a "dltensor" capsule, or an object with __dlpack__: PyTorch tensors). Every array's layout is
+// checked and a strided one is refused with its name and strides: the library reads the caller's
+// memory in place, so a silent contiguous copy (of what may be a 10 GB table) never happens. The
+// GIL is released for every computation; arrays stay exported (NumPy cannot resize them, the
+// DLPack capsule keeps the tensor's storage) until the call returns.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "embag/batched.hpp"
+#include "embag/embag.hpp"
+#include "embag/quantize.hpp"
+
+namespace py = pybind11;
+using namespace py::literals;
+
+namespace {
+
+// DLPack's ABI (dlpack.h, v0.6-0.8, the version PyTorch 1.13 and NumPy 1.24 export), declared here
+// because Debian 12 packages no dlpack header. Only read: the producer's deleter runs when the
+// capsule is collected, since this module never renames it "used_dltensor".
+struct dl_device {
+  std::int32_t device_type;  // 1: kDLCPU
+  std::int32_t device_id;
+};
+struct dl_data_type {
+  std::uint8_t code;  // 0: int, 1: uint, 2: float, 4: bfloat
+  std::uint8_t bits;
+  std::uint16_t lanes;
+};
+struct dl_tensor {
+  void* data;
+  dl_device device;
+  std::int32_t ndim;
+  dl_data_type dtype;
+  std::int64_t* shape;
+  std::int64_t* strides;  // in elements; null: C-contiguous
+  std::uint64_t byte_offset;
+};
+struct dl_managed_tensor {
+  dl_tensor tensor;
+  void* manager_ctx;
+  void (*deleter)(dl_managed_tensor*);
+};
+constexpr std::int32_t dl_cpu = 1;
+
+// Errors raised by the argument checks of this module (not the library): a Python array that is
+// not what the call takes. Code "unsupported_array"; a TypeError as well as an embag.Error.
+constexpr const char* unsupported_array = "unsupported_array";
+
+struct error_classes {
+  py::object base, by_code[128], unsupported;
+};
+error_classes& errors() {
+  static error_classes* classes = new error_classes;  // never destroyed: the interpreter owns the types
+  return *classes;
+}
+
+[[noreturn]] void raise(py::handle type, const std::string& code, const std::string& message) {
+  py::object exception = py::reinterpret_borrow<py::object>(type)(message);
+  exception.attr("code") = code;
+  PyErr_SetObject(type.ptr(), exception.ptr());
+  throw py::error_already_set();
+}
+
+[[noreturn]] void refuse(const std::string& message) { raise(errors().unsupported, unsupported_array, message); }
+
+// The element types embag reads; any other is named in messages by array_arg::other_type.
+enum class element { f32, i32, i64, other };
+
+const char* name_of(element e) {
+  switch (e) {
+    case element::f32: return "float32";
+    case element::i32: return "int32";
+    case element::i64: return "int64";
+    case element::other: break;
+  }
+  return "other";
+}
+
+element from_buffer_format(const std::string& format, py::ssize_t itemsize) {
+  // struct-module codes, with an optional byte order prefix ('<', '=', '@'; the library is
+  // little-endian only, so '>' and '!' are refused as other)
+  std::string code = format;
+  if (!code.empty() && (code[0] == '<' || code[0] == '=' || code[0] == '@')) code.erase(0, 1);
+  if (code == "f" && itemsize == 4) return element::f32;
+  if ((code == "i" || code == "l") && itemsize == 4) return element::i32;
+  if ((code == "l" || code == "q") && itemsize == 8) return element::i64;
+  return element::other;
+}
+
+element from_dlpack_type(dl_data_type t) {
+  if (t.lanes != 1) return element::other;
+  if (t.code == 2 && t.bits == 32) return element::f32;
+  if (t.code == 0 && t.bits == 32) return element::i32;
+  if (t.code == 0 && t.bits == 64) return element::i64;
+  return element::other;
+}
+
+std::string tuple_text(const std::vector<std::int64_t>& values) {
+  std::string text = "(";
+  for (std::size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + std::to_string(values[i]);
+  return text + (values.size() == 1 ? ",)" : ")");
+}
+
+// One array argument, borrowed for the duration of a call: its memory, element type and shape,
+// and what keeps it exported (a Py_buffer, or the DLPack capsule).
+struct array_arg {
+  void* data = nullptr;
+  element type = element::other;
+  std::string other_type;  // what type == other is, for messages: "float64", "complex64", "format 'd'"
+  std::vector<std::int64_t> shape;
+  std::vector<std::int64_t> strides;  // in elements
+  bool read_only = false;
+  std::optional<py::buffer_info> buffer;
+  py::object capsule;
+
+  std::int64_t size() const {
+    std::int64_t n = 1;
+    for (auto extent : shape) n *= extent;
+    return n;
+  }
+  int ndim() const { return static_cast<int>(shape.size()); }
+};
+
+// The PyTorch exporter, looked up once a torch.Tensor is seen (torch.utils.dlpack.to_dlpack: a
+// direct C++ call, unlike Tensor.__dlpack__, which also refuses tensors that require grad).
+py::object& torch_to_dlpack() {
+  static py::object* exporter = new py::object;
+  return *exporter;
+}
+
+// torch._C._TensorBase, the base of torch.Tensor and its subclasses (nn.Parameter), once seen
+PyTypeObject* torch_tensor_base = nullptr;
+
+bool is_torch_tensor(py::handle object) {
+  if (torch_tensor_base != nullptr) return PyObject_TypeCheck(object.ptr(), torch_tensor_base);
+  for (py::handle base : py::type::handle_of(object).attr("__mro__")) {
+    auto* type = reinterpret_cast<PyTypeObject*>(base.ptr());
+    if (std::strcmp(type->tp_name, "torch._C._TensorBase") == 0) {
+      torch_tensor_base = type;  // torch is never unloaded: the type outlives this module's use of it
+      return true;
+    }
+  }
+  return false;
+}
+
+array_arg from_dlpack_capsule(py::object capsule, const std::string& what) {
+  auto* managed = static_cast<dl_managed_tensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+  if (managed == nullptr) {
+    PyErr_Clear();
+    refuse(what + ": its DLPack capsule was already consumed (a \"dltensor\" capsule can be read once)");
+  }
+  const dl_tensor& t = managed->tensor;
+  if (t.device.device_type != dl_cpu)
+    refuse(what + " is on device type " + std::to_string(t.device.device_type) +
+           " (DLPack); embag runs on the CPU: move it with .cpu()");
+  array_arg a;
+  a.type = from_dlpack_type(t.dtype);
+  if (a.type == element::other) {
+    static const char* const dl_codes[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
+    a.other_type = (t.dtype.code < 7 ? std::string(dl_codes[t.dtype.code]) : "DLPack type " + std::to_string(t.dtype.code) + " ") +
+                   std::to_string(t.dtype.bits) + (t.dtype.lanes == 1 ? "" : " x" + std::to_string(t.dtype.lanes));
+  }
+  a.shape.assign(t.shape, t.shape + t.ndim);
+  if (t.strides != nullptr) {
+    a.strides.assign(t.strides, t.strides + t.ndim);
+  } else {
+    a.strides.resize(t.ndim);
+    std::int64_t stride = 1;
+    for (int d = t.ndim - 1; d >= 0; --d) a.strides[d] = stride, stride *= a.shape[d];
+  }
+  a.data = static_cast<char*>(t.data) + t.byte_offset;
+  a.capsule = std::move(capsule);
+  return a;
+}
+
+array_arg borrow(py::handle object, const std::string& what) {
+  if (PyCapsule_CheckExact(object.ptr())) return from_dlpack_capsule(py::reinterpret_borrow<py::object>(object), what);
+  if (PyObject_CheckBuffer(object.ptr())) {
+    array_arg a;
+    a.buffer = py::reinterpret_borrow<py::buffer>(object).request();
+    const py::buffer_info& info = *a.buffer;
+    a.data = info.ptr;
+    a.type = from_buffer_format(info.format, info.itemsize);
+    if (a.type == element::other)
+      a.other_type = py::hasattr(object, "dtype") ? std::string(py::str(object.attr("dtype"))) : "format '" + info.format + "'";
+    a.shape.assign(info.shape.begin(), info.shape.end());
+    for (auto stride : info.strides) {
+      // a stride that is not a whole number of elements cannot be described to the library
+      if (stride % info.itemsize != 0)
+        refuse(what + " has a byte stride of " + std::to_string(stride) + ", not a multiple of its " +
+               std::to_string(info.itemsize) + "-byte elements");
+      a.strides.push_back(stride / info.itemsize);
+    }
+    a.read_only = info.readonly;
+    return a;
+  }
+  if (is_torch_tensor(object)) {
+    if (!torch_to_dlpack()) torch_to_dlpack() = py::module_::import("torch.utils.dlpack").attr("to_dlpack");
+    return from_dlpack_capsule(torch_to_dlpack()(object), what);
+  }
+  if (py::hasattr(object, "__dlpack__")) return from_dlpack_capsule(object.attr("__dlpack__")(), what);
+  refuse(what + " must be a NumPy array or a CPU torch.Tensor (anything with the buffer protocol or DLPack), got " +
+         std::string(py::str(py::type::handle_of(object).attr("__name__"))));
+}
+
+bool c_contiguous(const array_arg& a) {
+  std::int64_t expected = 1;
+  for (int d = a.ndim() - 1; d >= 0; --d) {
+    // a dimension of extent 1 may have any stride (NumPy's relaxed strides)
+    if (a.shape[d] != 1 && a.strides[d] != expected) return false;
+    expected *= a.shape[d];
+  }
+  return true;
+}
+
+std::string describe(const array_arg& a) {
+  return (a.type == element::other ? a.other_type : std::string(name_of(a.type))) + " of shape " + tuple_text(a.shape);
+}
+
+struct requirement {
+  std::initializer_list<element> types;
+  int ndim = -1;  // -1: any
+  bool writable = false;
+};
+
+// An array the library reads or writes as one contiguous block.
+array_arg contiguous(py::handle object, const std::string& what, requirement need) {
+  array_arg a = borrow(object, what);
+  bool type_ok = false;
+  for (element e : need.types) type_ok |= a.type == e;
+  if (!type_ok) {
+    std::string allowed;
+    for (element e : need.types) allowed += (allowed.empty() ? "" : " or ") + std::string(name_of(e));
+    refuse(what + " must be " + allowed + ", got " + describe(a));
+  }
+  if (need.ndim >= 0 && a.ndim() != need.ndim)
+    refuse(what + " must have " + std::to_string(need.ndim) + " dimension" + (need.ndim == 1 ? "" : "s") + ", got " +
+           describe(a));
+  if (!c_contiguous(a))
+    refuse(what + " (" + describe(a) + ") is not C-contiguous (strides " + tuple_text(a.strides) +
+           " in elements): embag reads arrays in place and never copies them silently; pass a contiguous copy "
+           "(numpy.ascontiguousarray, Tensor.contiguous) if a copy is what you want");
+  if (need.writable && a.read_only) refuse(what + " (" + describe(a) + ") is read-only, and this call writes it");
+  return a;
+}
+
+std::optional<array_arg> optional_contiguous(py::handle object, const std::string& what, requirement need) {
+  if (object.is_none()) return std::nullopt;
+  return contiguous(object, what, need);
+}
+
+// A 2-D f32 table whose rows may be strided (a slice of a wider table): table_view has a row
+// stride, so only the elements within a row must be contiguous.
+array_arg f32_table(py::handle object, const std::string& what, bool writable) {
+  array_arg a = borrow(object, what);
+  if (a.type != element::f32 || a.ndim() != 2) refuse(what + " must be a 2-D float32 table, got " + describe(a));
+  bool rows_dense = a.shape[1] == 1 || a.strides[1] == 1;
+  bool rows_forward = a.shape[0] <= 1 || a.strides[0] >= a.shape[1];
+  if (!rows_dense || !rows_forward)
+    refuse(what + " (" + describe(a) + ") has strides " + tuple_text(a.strides) +
+           " in elements: embag reads a table in place, which needs each row's elements adjacent and rows in "
+           "increasing order (a row stride >= dim); pass numpy.ascontiguousarray / Tensor.contiguous() to copy it");
+  if (writable && a.read_only) refuse(what + " (" + describe(a) + ") is read-only, and this call rescales its rows in place");
+  return a;
+}
+
+std::int64_t row_stride_of(const array_arg& table) { return table.shape[0] <= 1 ? 0 : table.strides[0]; }
+
+embag::index_span indices_of(const array_arg& a) {
+  return {a.data, a.size(), a.type == element::i32 ? embag::index_type::i32 : embag::index_type::i64};
+}
+
+constexpr requirement index_array{{element::i32, element::i64}, -1, false};
+
+// The bags of one call, as the functional API describes them: indices, then offsets (1-D input)
+// or a fixed bag length (2-D input), and optional per-sample weights.
+struct bag_args {
+  array_arg indices;
+  std::optional<array_arg> offsets;
+  std::optional<array_arg> weights;
+  std::int64_t fixed_length = 0;
+
+  embag::bags bags() const {
+    std::span<const float> w;
+    if (weights) w = {static_cast<const float*>(weights->data), static_cast<std::size_t>(weights->size())};
+    if (offsets) return embag::bags::from_offsets(indices_of(indices), indices_of(*offsets), w);
+    return embag::bags::fixed(indices_of(indices), fixed_length, w);
+  }
+};
+
+bag_args take_bags(py::handle indices, py::handle offsets, std::int64_t fixed_length, py::handle weights) {
+  bag_args b{contiguous(indices, "input", index_array), optional_contiguous(offsets, "offsets", index_array),
+             optional_contiguous(weights, "per_sample_weights", {{element::f32}, -1, false}), fixed_length};
+  return b;
+}
+
+std::atomic<int> max_threads{0};  // embag.set_num_threads; 0: every thread TBB gives the caller
+
+embag::options make_options(const std::string& mode, std::optional<std::int64_t> padding_idx, bool include_last_offset,
+                            bool scale_grad_by_freq) {
+  embag::options o;
+  auto m = embag::mode_from_string(mode);
+  if (!m)
+    raise(errors().by_code[static_cast<int>(embag::errc::invalid_option)], "invalid_option",
+          "mode = '" + mode + "' is not one of 'sum', 'mean', 'max', 'sqrtn', 'none'");
+  o.mode = *m;
+  o.padding_idx = padding_idx;
+  o.include_last_offset = include_last_offset;
+  o.scale_grad_by_freq = scale_grad_by_freq;
+  o.execution.max_threads = max_threads.load(std::memory_order_relaxed);
+  return o;
+}
+
+embag::matrix_view<float> matrix_of(const array_arg& a) {
+  return {static_cast<float*>(a.data), a.shape[0], a.ndim() > 1 ? a.shape[1] : 1, 0};
+}
+
+// Reused per OS thread (each Python thread is one), so that backward and in-place max_norm stop
+// allocating once it has grown.
+embag::workspace& thread_workspace() {
+  thread_local embag::workspace scratch;
+  return scratch;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compressed tables: embag.Table.
+
+struct compressed {
+  embag::compressed_table table;
+};
+
+void forward(py::object table, py::handle indices, py::handle offsets, std::int64_t fixed_length, py::handle weights,
+             const std::string& mode, std::optional<std::int64_t> padding_idx, bool include_last_offset,
+             std::optional<float> max_norm, float norm_type, py::handle out, py::handle argmax) {
+  bag_args b = take_bags(indices, offsets, fixed_length, weights);
+  embag::options opts = make_options(mode, padding_idx, include_last_offset, false);
+  array_arg y = contiguous(out, "out", {{element::f32}, 2, true});
+  std::optional<array_arg> arg = optional_contiguous(argmax, "max_indices", {{element::i64}, 2, true});
+  std::span<std::int64_t> argmax_span;
+  if (arg) argmax_span = {static_cast<std::int64_t*>(arg->data), static_cast<std::size_t>(arg->size())};
+  if (py::isinstance<compressed>(table)) {
+    const compressed& t = table.cast<const compressed&>();
+    opts.max_norm = max_norm;
+    py::gil_scoped_release unlocked;
+    embag::forward(t.table.view(), b.bags(), opts, matrix_of(y), argmax_span, &thread_workspace());
+    return;
+  }
+  // torch's max_norm rescales the weight's rows in place; without it the table is only read
+  bool in_place = max_norm.has_value();
+  array_arg w = f32_table(table, "weight", in_place);
+  opts.max_norm = max_norm;
+  opts.norm_type = norm_type;
+  embag::table_view<float> view{static_cast<float*>(w.data), w.shape[0], w.shape[1], row_stride_of(w)};
+  py::gil_scoped_release unlocked;
+  if (in_place) {
+    opts.max_norm_mode = embag::max_norm_flavour::in_place;
+    embag::forward(view, b.bags(), opts, matrix_of(y), argmax_span, &thread_workspace());
+  } else {
+    embag::forward(embag::table_view<const float>(view), b.bags(), opts, matrix_of(y), argmax_span,
+                   &thread_workspace());
+  }
+}
+
+void backward_dense(py::handle indices, py::handle offsets, std::int64_t fixed_length, py::handle weights,
+                    const std::string& mode, std::optional<std::int64_t> padding_idx, bool include_last_offset,
+                    bool scale_grad_by_freq, py::handle grad_output, py::handle grad_weight, py::handle argmax) {
+  bag_args b = take_bags(indices, offsets, fixed_length, weights);
+  embag::options opts = make_options(mode, padding_idx, include_last_offset, scale_grad_by_freq);
+  array_arg dy = contiguous(grad_output, "grad_output", {{element::f32}, 2, false});
+  array_arg dw = contiguous(grad_weight, "grad_weight", {{element::f32}, 2, true});
+  std::optional<array_arg> arg = optional_contiguous(argmax, "max_indices", {{element::i64}, 2, false});
+  std::span<const std::int64_t> argmax_span;
+  if (arg) argmax_span = {static_cast<const std::int64_t*>(arg->data), static_cast<std::size_t>(arg->size())};
+  py::gil_scoped_release unlocked;
+  embag::backward_dense(b.bags(), opts, matrix_of(dy), matrix_of(dw), argmax_span, &thread_workspace());
+}
+
+// Sparse gradients whose arrays Python released, kept for the next backward_sparse: a training
+// loop drops each step's gradient before the next, which then writes into memory already mapped.
+// Fresh memory cost more than the gradient itself: 20 of 26 ms per call on the default workload
+// (R = 1M, D = 128, B = 2048, L = 40: 40 MB of values), page faults and the kernel zeroing pages.
+// Taken and given back with the GIL held (capsule destructors run with it), so no lock.
+constexpr std::size_t kept_sparse_gradients = 4;
+std::vector<embag::sparse_gradient*>& sparse_gradient_pool() {
+  static auto* pool = new std::vector<embag::sparse_gradient*>;  // never destroyed: capsules may outlive exit
+  return *pool;
+}
+
+embag::sparse_gradient* recycled_sparse_gradient() {
+  auto& pool = sparse_gradient_pool();
+  if (pool.empty()) return new embag::sparse_gradient;
+  embag::sparse_gradient* grad = pool.back();
+  pool.pop_back();
+  return grad;
+}
+
+void recycle(embag::sparse_gradient* grad) {
+  auto& pool = sparse_gradient_pool();
+  if (pool.size() < kept_sparse_gradients) {
+    pool.push_back(grad);
+  } else {
+    delete grad;
+  }
+}
+
+// Returns (rows, values) as NumPy arrays owning the gradient's vectors (not copied).
+py::tuple backward_sparse(std::int64_t num_weights, py::handle indices, py::handle offsets, std::int64_t fixed_length,
+                          py::handle weights, const std::string& mode, std::optional<std::int64_t> padding_idx,
+                          bool include_last_offset, bool scale_grad_by_freq, py::handle grad_output,
+                          py::handle argmax) {
+  bag_args b = take_bags(indices, offsets, fixed_length, weights);
+  embag::options opts = make_options(mode, padding_idx, include_last_offset, scale_grad_by_freq);
+  array_arg dy = contiguous(grad_output, "grad_output", {{element::f32}, 2, false});
+  std::optional<array_arg> arg = optional_contiguous(argmax, "max_indices", {{element::i64}, 2, false});
+  std::span<const std::int64_t> argmax_span;
+  if (arg) argmax_span = {static_cast<const std::int64_t*>(arg->data), static_cast<std::size_t>(arg->size())};
+  embag::sparse_gradient* grad = recycled_sparse_gradient();
+  py::capsule owner(grad, [](void* p) { recycle(static_cast<embag::sparse_gradient*>(p)); });
+  {
+    py::gil_scoped_release unlocked;
+    embag::backward_sparse(num_weights, b.bags(), opts, matrix_of(dy), *grad, argmax_span, &thread_workspace());
+  }
+  auto rows = static_cast<py::ssize_t>(grad->rows.size());
+  py::array_t<std::int64_t> row_ids({rows}, {static_cast<py::ssize_t>(sizeof(std::int64_t))}, grad->rows.data(), owner);
+  py::array_t<float> values({rows, static_cast<py::ssize_t>(grad->dim)},
+                            {static_cast<py::ssize_t>(grad->dim * sizeof(float)), static_cast<py::ssize_t>(sizeof(float))},
+                            grad->values.data(), owner);
+  return py::make_tuple(row_ids, values);
+}
+
+void per_sample_weights_grad(py::handle table, py::handle indices, py::handle offsets, std::int64_t fixed_length,
+                             py::handle weights, const std::string& mode, std::optional<std::int64_t> padding_idx,
+                             bool include_last_offset, py::handle grad_output, py::handle grad_weights) {
+  bag_args b = take_bags(indices, offsets, fixed_length, weights);
+  embag::options opts = make_options(mode, padding_idx, include_last_offset, false);
+  array_arg w = f32_table(table, "weight", false);
+  array_arg dy = contiguous(grad_output, "grad_output", {{element::f32}, 2, false});
+  array_arg dpsw = contiguous(grad_weights, "grad_per_sample_weights", {{element::f32}, 1, true});
+  embag::table_view<const float> view{static_cast<const float*>(w.data), w.shape[0], w.shape[1], row_stride_of(w)};
+  py::gil_scoped_release unlocked;
+  embag::per_sample_weights_grad(view, b.bags(), opts, matrix_of(dy),
+                                 {static_cast<float*>(dpsw.data), static_cast<std::size_t>(dpsw.size())});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many tables in one call: each table's (weight, input, offsets, fixed_length, per_sample_weights,
+// mode, padding_idx, include_last_offset) tuple, and one output array each.
+
+void forward_batched(py::sequence lookups, py::sequence outs) {
+  if (py::len(lookups) != py::len(outs))
+    refuse("forward_batched: " + std::to_string(py::len(lookups)) + " lookups but " + std::to_string(py::len(outs)) +
+           " outputs");
+  std::vector<array_arg> tables;
+  std::vector<bag_args> bags;
+  std::vector<array_arg> outputs;
+  std::vector<embag::table_lookup> calls;
+  tables.reserve(py::len(lookups));  // array_args are referenced by calls: no reallocation
+  bags.reserve(py::len(lookups));
+  outputs.reserve(py::len(lookups));
+  for (std::size_t t = 0; t < py::len(lookups); ++t) {
+    py::tuple item = lookups[t].cast<py::tuple>();
+    std::string where = "tables[" + std::to_string(t) + "]";
+    embag::table_lookup call;
+    if (py::isinstance<compressed>(item[0])) {
+      call.table = item[0].cast<const compressed&>().table.view();
+    } else {
+      const array_arg& w = tables.emplace_back(f32_table(item[0], where + ".weight", false));
+      call.table = {static_cast<const std::byte*>(w.data), w.shape[0], w.shape[1],
+                    row_stride_of(w) * static_cast<std::int64_t>(sizeof(float)), embag::dtype::f32};
+    }
+    bag_args& b = bags.emplace_back(bag_args{contiguous(item[1], where + ".input", index_array),
+                                             optional_contiguous(item[2], where + ".offsets", index_array),
+                                             optional_contiguous(item[4], where + ".per_sample_weights",
+                                                                 {{element::f32}, -1, false}),
+                                             item[3].cast<std::int64_t>()});
+    call.batch = b.bags();
+    call.opts = make_options(item[5].cast<std::string>(), item[6].cast<std::optional<std::int64_t>>(),
+                             item[7].cast<bool>(), false);
+    call.opts.execution = {};
+    call.out = matrix_of(outputs.emplace_back(contiguous(outs[t], "out[" + std::to_string(t) + "]",
+                                                         {{element::f32}, 2, true})));
+    calls.push_back(call);
+  }
+  embag::execution how;
+  how.max_threads = max_threads.load(std::memory_order_relaxed);
+  py::gil_scoped_release unlocked;
+  embag::forward_batched(calls, how, &thread_workspace());
+}
+
+compressed open_table(const std::string& path, bool copy) {
+  py::gil_scoped_release unlocked;
+  return {embag::compressed_table::open(path, copy ? embag::compressed_table::load::copy
+                                                   : embag::compressed_table::load::map)};
+}
+
+compressed quantize(py::handle weight, const std::string& dtype) {
+  auto to = embag::dtype_from_string(dtype);
+  if (!to)
+    raise(errors().by_code[static_cast<int>(embag::errc::invalid_option)], "invalid_option",
+          "dtype = '" + dtype + "' is not one of 'f32', 'f16', 'bf16', 'int8_rowwise', 'int4_rowwise'");
+  array_arg w = f32_table(weight, "weight", false);
+  embag::table_view<const float> view{static_cast<const float*>(w.data), w.shape[0], w.shape[1], row_stride_of(w)};
+  embag::execution how;
+  how.max_threads = max_threads.load(std::memory_order_relaxed);
+  py::gil_scoped_release unlocked;
+  return {embag::quantize(view, *to, how)};
+}
+
+void dequantize(const compressed& t, py::handle out) {
+  array_arg y = contiguous(out, "out", {{element::f32}, 2, true});
+  embag::execution how;
+  how.max_threads = max_threads.load(std::memory_order_relaxed);
+  py::gil_scoped_release unlocked;
+  embag::dequantize(t.table.view(), {static_cast<float*>(y.data), y.shape[0], y.shape[1], 0}, how);
+}
+
+void save(const compressed& t, const std::string& path) {
+  py::gil_scoped_release unlocked;
+  embag::write_embag(path, t.table.view());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The C++ side of bench/python_bench.py: `calls` library calls on these arrays (index sets, each an
+// (indices, offsets) pair, taken in turn as embag bench rotates them), timed in C++ with nothing
+// of Python inside the loop, with the workspace the Python calls use. Returns the seconds they took.
+
+std::vector<bag_args> index_sets(py::sequence sets) {
+  std::vector<bag_args> bags;
+  for (py::handle set : sets) {
+    py::tuple pair = set.cast<py::tuple>();
+    bags.push_back(take_bags(pair[0], pair[1], 0, py::none()));
+  }
+  return bags;
+}
+
+template <class Call>
+double seconds_of(int calls, std::size_t sets, Call call) {
+  py::gil_scoped_release unlocked;
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < calls; ++i) call(static_cast<std::size_t>(i) % sets);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double time_forward(py::handle table, py::sequence sets, const std::string& mode, py::handle out, int calls) {
+  std::vector<bag_args> bags = index_sets(sets);
+  embag::options opts = make_options(mode, std::nullopt, false, false);
+  array_arg w = f32_table(table, "weight", false);
+  array_arg y = contiguous(out, "out", {{element::f32}, 2, true});
+  embag::table_view<const float> view{static_cast<const float*>(w.data), w.shape[0], w.shape[1], row_stride_of(w)};
+  return seconds_of(calls, bags.size(), [&](std::size_t set) {
+    embag::forward(view, bags[set].bags(), opts, matrix_of(y), {}, &thread_workspace());
+  });
+}
+
+double time_backward_dense(py::sequence sets, const std::string& mode, py::handle grad_output, py::handle grad_weight,
+                           int calls) {
+  std::vector<bag_args> bags = index_sets(sets);
+  embag::options opts = make_options(mode, std::nullopt, false, false);
+  array_arg dy = contiguous(grad_output, "grad_output", {{element::f32}, 2, false});
+  array_arg dw = contiguous(grad_weight, "grad_weight", {{element::f32}, 2, true});
+  return seconds_of(calls, bags.size(), [&](std::size_t set) {
+    embag::backward_dense(bags[set].bags(), opts, matrix_of(dy), matrix_of(dw), {}, &thread_workspace());
+  });
+}
+
+// embag.Error and its subclasses, created as Python classes so that each can also be the builtin
+// exception it is (IndexError for an index out of range, ValueError for bad arguments).
+void make_error_classes(py::module_& m) {
+  py::module_ builtins = py::module_::import("builtins");
+  py::object type = builtins.attr("type");
+  auto make = [&](const char* name, py::tuple bases, const char* doc) {
+    py::object cls = type(name, bases, py::dict("__module__"_a = "embag", "__doc__"_a = doc));
+    m.attr(name) = cls;
+    return cls;
+  };
+  error_classes& e = errors();
+  e.base = make("Error", py::make_tuple(builtins.attr("Exception")),
+                "An error embag reported: `code` is the name of its embag::errc (or 'unsupported_array'), the "
+                "message names the argument, position and value.");
+  py::object index_error = make("IndexOutOfRange", py::make_tuple(e.base, builtins.attr("IndexError")),
+                                "An index outside the table (errc::index_out_of_range).");
+  py::object invalid = make("InvalidArgument", py::make_tuple(e.base, builtins.attr("ValueError")),
+                            "Offsets, lengths, sizes, shapes, options or files embag refused.");
+  py::object io = make("FileError", py::make_tuple(e.base, builtins.attr("OSError")),
+                       "A file that cannot be opened, mapped, read, written or renamed (errc::io_error).");
+  py::object memory = make("OutOfMemory", py::make_tuple(e.base, builtins.attr("MemoryError")),
+                           "An allocation failed (errc::out_of_memory).");
+  e.unsupported = make("UnsupportedArray", py::make_tuple(e.base, builtins.attr("TypeError")),
+                       "An array embag cannot read in place: its type, dtype, device, dimensions or strides.");
+  for (auto& cls : e.by_code) cls = invalid;
+  e.by_code[static_cast<int>(embag::errc::index_out_of_range)] = index_error;
+  e.by_code[static_cast<int>(embag::errc::io_error)] = io;
+  e.by_code[static_cast<int>(embag::errc::out_of_memory)] = memory;
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const embag::error& err) {
+      auto code = static_cast<int>(err.code());
+      py::handle cls = code >= 0 && code < 128 ? errors().by_code[code] : errors().base;
+      py::object exception = py::reinterpret_borrow<py::object>(cls)(err.what());
+      exception.attr("code") = std::string(embag::to_string(err.code()));
+      PyErr_SetObject(cls.ptr(), exception.ptr());
+    }
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_embag, m) {
+  m.doc() = "embag's C++ library on NumPy arrays and CPU torch tensors (use the embag package, not this module)";
+  make_error_classes(m);
+  m.attr("__version__") = std::string(embag::version());
+
+  m.def("forward", &forward, "table"_a, "indices"_a, "offsets"_a, "fixed_length"_a, "per_sample_weights"_a, "mode"_a,
+        "padding_idx"_a, "include_last_offset"_a, "max_norm"_a, "norm_type"_a, "out"_a, "max_indices"_a);
+  m.def("backward_dense", &backward_dense, "indices"_a, "offsets"_a, "fixed_length"_a, "per_sample_weights"_a,
+        "mode"_a, "padding_idx"_a, "include_last_offset"_a, "scale_grad_by_freq"_a, "grad_output"_a,
+        "grad_weight"_a, "max_indices"_a);
+  m.def("backward_sparse", &backward_sparse, "num_weights"_a, "indices"_a, "offsets"_a, "fixed_length"_a,
+        "per_sample_weights"_a, "mode"_a, "padding_idx"_a, "include_last_offset"_a, "scale_grad_by_freq"_a,
+        "grad_output"_a, "max_indices"_a);
+  m.def("per_sample_weights_grad", &per_sample_weights_grad, "weight"_a, "indices"_a, "offsets"_a, "fixed_length"_a,
+        "per_sample_weights"_a, "mode"_a, "padding_idx"_a, "include_last_offset"_a, "grad_output"_a,
+        "grad_per_sample_weights"_a);
+  m.def("forward_batched", &forward_batched, "lookups"_a, "outs"_a);
+  m.def("_time_forward", &time_forward, "weight"_a, "index_sets"_a, "mode"_a, "out"_a, "calls"_a);
+  m.def("_time_backward_dense", &time_backward_dense, "index_sets"_a, "mode"_a, "grad_output"_a, "grad_weight"_a,
+        "calls"_a);
+
+  py::class_<compressed>(m, "Table", "A compressed table (fp16, bf16, int8 or int4 rowwise), owned or mapped from an .embag file")
+      .def_static("open", &open_table, "path"_a, "copy"_a = false,
+                  "Opens an .embag file: mapped read-only (the default) or copied into memory")
+      .def_property_readonly("rows", [](const compressed& t) { return t.table.rows(); })
+      .def_property_readonly("dim", [](const compressed& t) { return t.table.dim(); })
+      .def_property_readonly("shape", [](const compressed& t) { return py::make_tuple(t.table.rows(), t.table.dim()); })
+      .def_property_readonly("dtype", [](const compressed& t) { return std::string(embag::to_string(t.table.element_type())); })
+      .def_property_readonly("mapped", [](const compressed& t) { return t.table.mapped(); })
+      .def_property_readonly("row_bytes", [](const compressed& t) { return t.table.row_bytes(); })
+      .def("_dequantize_into", &dequantize, "out"_a)
+      .def("save", &save, "path"_a, "Writes the table as an .embag file (written aside, then renamed into place)")
+      .def("__repr__", [](const compressed& t) {
+        return "embag.Table(rows=" + std::to_string(t.table.rows()) + ", dim=" + std::to_string(t.table.dim()) +
+               ", dtype='" + std::string(embag::to_string(t.table.element_type())) + "'" +
+               (t.table.mapped() ? ", mapped" : "") + ")";
+      });
+  m.def("quantize", &quantize, "weight"_a, "dtype"_a);
+
+  m.def("available_isas", [] {
+    std::vector<std::string> names;
+    for (embag::isa i : embag::available_isas()) names.emplace_back(embag::to_string(i));
+    return names;
+  });
+  m.def("active_isa", [] { return std::string(embag::to_string(embag::active_isa())); });
+  m.def("force_isa", [](const std::string& name) {
+    auto which = embag::isa_from_string(name);
+    if (!which)
+      raise(errors().by_code[static_cast<int>(embag::errc::unsupported_isa)], "unsupported_isa",
+            "isa = '" + name + "' names no instruction set embag knows");
+    embag::force_isa(*which);
+  }, "isa"_a);
+  m.def("set_num_threads", [](int n) {
+    if (n < 0)
+      raise(errors().by_code[static_cast<int>(embag::errc::invalid_option)], "invalid_option",
+            "set_num_threads(" + std::to_string(n) + "): the number of threads must be >= 0 (0: TBB's default)");
+    max_threads.store(n, std::memory_order_relaxed);
+  }, "threads"_a);
+  m.def("get_num_threads", [] {
+    int n = max_threads.load(std::memory_order_relaxed);
+    return n == 0 ? embag::default_threads() : n;
+  });
+}

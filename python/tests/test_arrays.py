@@ -1,0 +1,123 @@
+"""Arrays are read in place, never copied: read-only and mapped arrays are accepted, outputs are new
+arrays that alias no input, strided arrays either work (a table's row stride) or are refused by name,
+and a mapped table larger than the memory the process may allocate is served."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import embag
+
+
+def test_output_is_a_new_array_aliasing_no_input():
+    weight = np.ones((10, 8), np.float32)
+    indices, offsets = np.array([1, 2, 3]), np.array([0, 1])
+    out = embag.embedding_bag(indices, weight, offsets)
+    assert type(out) is np.ndarray and out.flags.c_contiguous and out.flags.owndata
+    for array in (weight, indices, offsets):
+        assert not np.shares_memory(out, array)
+
+
+def test_read_only_and_mapped_inputs_are_accepted(tmp_path):
+    weight = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "weight.npy", weight)
+    mapped = np.load(tmp_path / "weight.npy", mmap_mode="r")
+    assert not mapped.flags.writeable
+    indices, offsets = np.array([1, 2, 3]), np.array([0, 1])
+    indices.setflags(write=False)
+    offsets.setflags(write=False)
+    out = embag.embedding_bag(indices, mapped, offsets, mode="sum")
+    np.testing.assert_array_equal(out, [weight[1], weight[2] + weight[3]])
+    # memoryview and other buffer-protocol objects too
+    np.testing.assert_array_equal(embag.embedding_bag(memoryview(indices), memoryview(weight), memoryview(offsets),
+                                                      mode="sum"), out)
+
+
+def test_a_read_only_table_cannot_be_renormalised_in_place(tmp_path):
+    weight = np.ones((10, 4), np.float32)
+    weight.setflags(write=False)
+    with pytest.raises(embag.UnsupportedArray, match="weight .* is read-only, and this call rescales its rows"):
+        embag.embedding_bag(np.array([1]), weight, np.array([0]), max_norm=0.5)
+
+
+def test_a_table_with_a_row_stride_is_read_in_place():
+    wide = np.arange(10 * 12, dtype=np.float32).reshape(10, 12)
+    view = wide[:, :5]  # rows 12 floats apart, 5 used
+    assert not view.flags.c_contiguous
+    indices, offsets = np.array([1, 4, 9]), np.array([0, 2])
+    np.testing.assert_array_equal(embag.embedding_bag(indices, view, offsets, mode="sum"),
+                                  embag.embedding_bag(indices, np.ascontiguousarray(view), offsets, mode="sum"))
+
+
+@pytest.mark.parametrize("case", ["columns", "fortran", "reversed rows"])
+def test_a_table_whose_rows_are_not_contiguous_is_refused(case):
+    wide = np.ones((10, 8), np.float32)
+    weight = {"columns": wide[:, ::2], "fortran": np.asfortranarray(wide), "reversed rows": wide[::-1]}[case]
+    with pytest.raises(embag.UnsupportedArray, match=r"weight \(float32 of shape \(10, \d\)\) has strides"):
+        embag.embedding_bag(np.array([1]), weight, np.array([0]))
+
+
+def test_strided_indices_are_refused_not_copied():
+    indices = np.arange(10)[::2]
+    with pytest.raises(embag.UnsupportedArray, match=r"input \(int64 of shape \(5,\)\) is not C-contiguous "
+                                                     r"\(strides \(2,\)"):
+        embag.embedding_bag(indices, np.ones((10, 4), np.float32), np.array([0]))
+
+
+@pytest.mark.parametrize("what, call", [
+    ("weight", lambda: embag.embedding_bag(np.array([1]), np.ones((4, 4)), np.array([0]))),
+    ("input", lambda: embag.embedding_bag(np.array([1], np.int16), np.ones((4, 4), np.float32), np.array([0]))),
+    ("offsets", lambda: embag.embedding_bag(np.array([1]), np.ones((4, 4), np.float32), np.array([0.0]))),
+    ("per_sample_weights", lambda: embag.embedding_bag(np.array([1]), np.ones((4, 4), np.float32), np.array([0]),
+                                                       mode="sum", per_sample_weights=np.ones(1))),
+])
+def test_wrong_dtypes_are_named(what, call):
+    with pytest.raises(embag.UnsupportedArray, match=f"^{what} must be .*, got (float64|int16)") as caught:
+        call()
+    assert isinstance(caught.value, TypeError) and caught.value.code == "unsupported_array"
+
+
+def test_a_list_is_not_an_array():
+    with pytest.raises(embag.UnsupportedArray, match="embedding_bag: weight must be a NumPy array or a CPU torch.Tensor"):
+        embag.embedding_bag(np.array([1]), [[1.0, 2.0]], np.array([0]))
+
+
+# Run in a child whose data limit (RLIMIT_DATA: heap and private writable mappings, where any copy
+# would go) is 256 MiB above what it uses, against a 2 GiB table mapped read-only from a sparse
+# .npy file: the call succeeds because nothing of the table is copied, and copying it fails.
+MAPPED_TABLE_LARGER_THAN_THE_LIMIT = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    import embag
+    rows, dim = 2 * 1024 * 1024, 256  # 2 GiB of float32
+    path = sys.argv[1]
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, dim), np.float32))
+    header["shape"] = (rows, dim)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.truncate(f.tell() + rows * dim * 4)  # a sparse file: zeros, no disk used
+    weight = np.load(path, mmap_mode="r")
+    indices = np.array([0, rows // 3, rows - 1, 12345]); offsets = np.array([0, 2])
+    with open("/proc/self/status") as status:
+        data_kib = next(int(line.split()[1]) for line in status if line.startswith("VmData"))
+    limit = data_kib * 1024 + 256 * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    out = embag.embedding_bag(indices, weight, offsets, mode="sum")
+    assert out.shape == (2, dim) and not out.any()
+    try:
+        np.array(weight)
+    except MemoryError:
+        print("served a mapped table larger than the data limit; copying it failed")
+    else:
+        sys.exit("the data limit did not stop a copy of the table: this test proves nothing")
+""")
+
+
+def test_a_mapped_table_larger_than_the_data_limit_is_served(tmp_path):
+    result = subprocess.run([sys.executable, "-c", MAPPED_TABLE_LARGER_THAN_THE_LIMIT, str(tmp_path / "big.npy")],
+                            capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "copying it failed" in result.stdout

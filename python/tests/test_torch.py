@@ -1,0 +1,204 @@
+"""PyTorch: embag's functions on CPU tensors against torch.nn.functional, embag.nn's modules against
+torch.nn's (forward, gradients, a model trained a few SGD steps with each), tensors read in place.
+Skipped where torch is not importable (.ci/run installs Debian's python3-torch so CI runs it)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import embag
+
+torch = pytest.importorskip("torch")
+import embag.nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+ROWS, DIM = 40, 16
+
+
+def test_importing_embag_does_not_import_torch():
+    result = subprocess.run([sys.executable, "-c", "import sys, embag; print('torch' in sys.modules)"],
+                            capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
+
+
+def bags(generator, include_last_offset=False):
+    lengths = [3, 0, 5, 1, 4]
+    indices = torch.randint(0, ROWS, (sum(lengths),), generator=generator)
+    offsets = torch.tensor([0] + list(np.cumsum(lengths)[:None if include_last_offset else -1]))
+    return indices, offsets
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("include_last_offset", [False, True])
+@pytest.mark.parametrize("padding_idx", [None, 2, -1])
+def test_functional_matches_torch(mode, include_last_offset, padding_idx):
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    indices, offsets = bags(g, include_last_offset)
+    indices[[0, 4]] = 2 if padding_idx == 2 else ROWS - 1
+    kwargs = dict(mode=mode, include_last_offset=include_last_offset, padding_idx=padding_idx)
+    ours = embag.embedding_bag(indices, weight, offsets, **kwargs)
+    assert isinstance(ours, torch.Tensor) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, F.embedding_bag(indices, weight, offsets, **kwargs), rtol=1e-6, atol=1e-6)
+
+
+def test_functional_matches_torch_on_2d_input_weights_and_int32():
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    input = torch.randint(0, ROWS, (6, 3), generator=g, dtype=torch.int32)
+    psw = torch.rand(6, 3, generator=g)
+    torch.testing.assert_close(embag.embedding_bag(input, weight, mode="sum", per_sample_weights=psw),
+                               F.embedding_bag(input, weight, mode="sum", per_sample_weights=psw))
+    torch.testing.assert_close(embag.embedding(input, weight), F.embedding(input, weight))
+
+
+def test_max_norm_matches_torch_in_place():
+    g = torch.Generator().manual_seed(3)
+    ours = torch.randn(ROWS, DIM, generator=g) * 4
+    theirs = ours.clone()
+    indices, offsets = bags(g)
+    out = embag.embedding_bag(indices, ours, offsets, max_norm=2.0, mode="sum")
+    torch.testing.assert_close(out, F.embedding_bag(indices, theirs, offsets, max_norm=2.0, mode="sum"))
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_tensors_are_read_in_place():
+    weight = torch.randn(ROWS, DIM)
+    indices, offsets = bags(torch.Generator().manual_seed(4))
+    out = embag.embedding_bag(indices, weight, offsets)
+    pointers = {t.data_ptr() for t in (weight, indices, offsets)}
+    assert out.data_ptr() not in pointers and out.is_contiguous()
+    # a weight with a row stride (a column slice) is read where it is; strided indices are refused
+    wide = torch.randn(ROWS, DIM * 2)
+    torch.testing.assert_close(embag.embedding_bag(indices, wide[:, :DIM], offsets),
+                               F.embedding_bag(indices, wide[:, :DIM], offsets))
+    with pytest.raises(embag.UnsupportedArray, match="input .* is not C-contiguous"):
+        embag.embedding_bag(torch.arange(20)[::2], weight, torch.tensor([0]))
+    with pytest.raises(embag.UnsupportedArray, match="weight must be a 2-D float32 table, got float64"):
+        embag.embedding_bag(indices, weight.double(), offsets)
+
+
+def test_a_mapped_table_tensor_is_not_copied(tmp_path):
+    # as test_arrays' mapped table, handed over as a tensor sharing the mapping (torch.from_numpy)
+    script = (
+        "import resource, warnings, numpy as np, torch, embag\n"
+        "rows, dim = 2 * 1024 * 1024, 256\n"
+        f"path = {str(tmp_path / 'big.npy')!r}\n"
+        "header = np.lib.format.header_data_from_array_1_0(np.zeros((1, dim), np.float32))\n"
+        "header['shape'] = (rows, dim)\n"
+        "f = open(path, 'wb'); np.lib.format.write_array_header_1_0(f, header)\n"
+        "f.truncate(f.tell() + rows * dim * 4); f.close()\n"
+        "warnings.simplefilter('ignore')  # from_numpy warns that the mapping is read-only\n"
+        "weight = torch.from_numpy(np.load(path, mmap_mode='r'))\n"
+        "status = open('/proc/self/status').read().split('VmData:')[1]\n"
+        "limit = int(status.split()[0]) * 1024 + 256 * 1024 * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))\n"
+        "out = embag.embedding_bag(torch.tensor([0, rows - 1, 5]), weight, torch.tensor([0, 1]))\n"
+        "assert out.shape == (2, dim) and not out.any()\n"
+        "try:\n"
+        "    weight.clone()\n"
+        "except RuntimeError:\n"
+        "    print('served; copying it failed')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "copying it failed" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("padding_idx", [None, 2])
+def test_module_gradients_match_torch(mode, sparse, padding_idx):
+    g = torch.Generator().manual_seed(5)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    indices, offsets = bags(g)
+    indices[1] = 2
+    ours = embag.nn.EmbeddingBag.from_pretrained(weight, freeze=False, mode=mode, sparse=sparse,
+                                                 padding_idx=padding_idx)
+    # torch has no sparse gradient for max (embag has): compare with its dense one there
+    theirs = torch.nn.EmbeddingBag.from_pretrained(weight, freeze=False, mode=mode, sparse=sparse and mode != "max",
+                                                   padding_idx=padding_idx)
+    assert isinstance(ours, torch.nn.EmbeddingBag) and type(ours) is embag.nn.EmbeddingBag
+    grad_output = torch.randn(5, DIM, generator=g)
+    (ours(indices, offsets) * grad_output).sum().backward()
+    (theirs(indices, offsets) * grad_output).sum().backward()
+    assert ours.weight.grad.is_sparse == sparse
+    torch.testing.assert_close(ours.weight.grad.to_dense(), theirs.weight.grad.to_dense(), rtol=1e-5, atol=1e-6)
+
+
+def test_per_sample_weights_gradient_matches_torch():
+    g = torch.Generator().manual_seed(6)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    indices, offsets = bags(g)
+    grads = []
+    for module in (embag.nn.EmbeddingBag, torch.nn.EmbeddingBag):
+        bag = module.from_pretrained(weight, freeze=False, mode="sum")
+        psw = torch.linspace(0.5, 2.0, indices.numel()).requires_grad_()
+        bag(indices, offsets, per_sample_weights=psw).pow(2).sum().backward()
+        grads.append((bag.weight.grad, psw.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_module_matches_torch():
+    g = torch.Generator().manual_seed(7)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    input = torch.randint(0, ROWS, (4, 6), generator=g)
+    input[0, 0] = 3
+    for sparse in (False, True):
+        ours = embag.nn.Embedding.from_pretrained(weight, freeze=False, padding_idx=3, sparse=sparse)
+        theirs = torch.nn.Embedding.from_pretrained(weight, freeze=False, padding_idx=3, sparse=sparse)
+        out_ours, out_theirs = ours(input), theirs(input)
+        torch.testing.assert_close(out_ours, out_theirs, rtol=0, atol=0)
+        out_ours.pow(2).sum().backward()
+        out_theirs.pow(2).sum().backward()
+        torch.testing.assert_close(ours.weight.grad.to_dense(), theirs.weight.grad.to_dense())
+
+
+class Model(torch.nn.Module):
+    def __init__(self, bag_module, sparse):
+        super().__init__()
+        self.bags = bag_module(ROWS, DIM, mode="mean", sparse=sparse)
+        self.top = torch.nn.Linear(DIM, 1)
+
+    def forward(self, indices, offsets):
+        return self.top(self.bags(indices, offsets)).squeeze(1)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_model_swapping_in_embag_trains_to_torchs_weights(sparse):
+    trained = []
+    for bag_module in (torch.nn.EmbeddingBag, embag.nn.EmbeddingBag):
+        torch.manual_seed(8)  # same initial weights for both models
+        model = Model(bag_module, sparse)
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+        g = torch.Generator().manual_seed(9)
+        for _ in range(5):
+            indices, offsets = bags(g)
+            target = torch.randn(5, generator=g)
+            optimiser.zero_grad()
+            torch.nn.functional.mse_loss(model(indices, offsets), target).backward()
+            optimiser.step()
+        trained.append(model.state_dict())
+    torch.manual_seed(8)
+    initial = Model(torch.nn.EmbeddingBag, sparse).state_dict()  # the same seed's weights, untrained
+    assert not torch.equal(trained[0]["bags.weight"], initial["bags.weight"])  # training moved them
+    for name in trained[0]:
+        torch.testing.assert_close(trained[1][name], trained[0][name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("module", ["EmbeddingBag", "Embedding"])
+def test_modules_with_max_norm_renormalise_their_weight_as_torch(module):
+    g = torch.Generator().manual_seed(10)
+    weight = torch.randn(ROWS, DIM, generator=g) * 3
+    input = torch.randint(0, ROWS, (4, 5), generator=g)
+    ours = getattr(embag.nn, module).from_pretrained(weight.clone(), freeze=False, max_norm=1.0)
+    theirs = getattr(torch.nn, module).from_pretrained(weight.clone(), freeze=False, max_norm=1.0)
+    out_ours, out_theirs = ours(input), theirs(input)
+    torch.testing.assert_close(out_ours, out_theirs)
+    torch.testing.assert_close(ours.weight, theirs.weight)  # the referenced rows rescaled in place
+    assert not torch.equal(ours.weight, weight)
+    out_ours.sum().backward()
+    out_theirs.sum().backward()
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
