@@ -169,7 +169,8 @@ void validate_across_tables(std::span<const Table> tables, workspace::impl& ws, 
   reserved(reads, tables.size() * call_inputs::most, "the ranges a batched call reads");
   reserved(writes, tables.size() * 3, "the ranges a batched call writes");  // two outputs at most, and a report
   for (std::size_t t = 0; t < tables.size(); ++t) {
-    for (const byte_range& in : reads_of(t).span()) reads.push_back({t, in, {}});
+    const call_inputs inputs = reads_of(t);  // named: a range-for over reads_of(t).span() would outlive it
+    for (const byte_range& in : inputs.span()) reads.push_back({t, in, {}});
     writes_of(t, [&](const byte_range& out, std::optional<output_cells> cells) { writes.push_back({t, out, cells}); });
     writes.push_back({t, report_bytes(tables[t].opts), {}});
   }
