@@ -207,7 +207,9 @@ void detail::execute(const batched_forward_call& call, workspace::impl& ws) {
   const int threads = plan_batched_forward_blocks(call.tables, threads_for(call.how), ws.batched_blocks);
   const std::span<const table_block> blocks = ws.batched_blocks;
   // a table whose prefetch is on trial has its blocks timed, each into its own slot
-  resized(ws.batched_block_seconds, blocks.size(), "the times of a batched forward's blocks");
+  const bool on_trial = std::any_of(call.tables.begin(), call.tables.end(),
+                                    [](const forward_request& req) { return req.prefetch_trial >= 0; });
+  if (on_trial) resized(ws.batched_block_seconds, blocks.size(), "the times of a batched forward's blocks");
   for (const index_census& c : call.censuses) c.publish();  // once the plan's memory is there
   const kernel_table& k = kernels_of(call.which);
   run_blocks(static_cast<std::int64_t>(blocks.size()), threads == 1 ? execution{.max_threads = 1} : call.how,
@@ -218,7 +220,7 @@ void detail::execute(const batched_forward_call& call, workspace::impl& ws) {
                forward_block(k, req, blocks[i].block);
                ws.batched_block_seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
              });
-  for (std::size_t i = 0; i < blocks.size();) {  // each table's blocks, one after another
+  for (std::size_t i = 0; on_trial && i < blocks.size();) {  // each table's blocks, one after another
     const forward_request& req = call.tables[blocks[i].table];
     double seconds = 0;
     for (const std::int64_t table = blocks[i].table; i < blocks.size() && blocks[i].table == table; ++i)

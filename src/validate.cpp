@@ -433,14 +433,23 @@ void validate_disjoint(std::span<const byte_range> outputs, std::span<const byte
 // With one element type and row stride, b's columns start m elements into a's rows (mod the
 // stride), so the windows [0, a.cols) and [m, m + b.cols) never meet when a.cols <= m and
 // m + b.cols <= stride. Other layouts are judged by their bytes.
-bool share_a_cell(const output_cells& a, const output_cells& b) noexcept {
-  if (!overlap(a.bytes("a"), b.bytes("b"))) return false;
-  if (a.stride != b.stride || a.element_bytes != b.element_bytes) return true;
-  // both aligned to their elements (validated), so their distance is whole elements
+namespace {
+
+// Where b's columns start in a's rows: its distance from a in elements, mod a's stride (both
+// aligned to their elements, validated, so the distance is whole elements).
+std::int64_t column_offset(const output_cells& a, const output_cells& b) noexcept {
   const auto unit = static_cast<std::uintptr_t>(a.element_bytes);
   const auto distance = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data) / unit -
                                                   reinterpret_cast<std::uintptr_t>(a.data) / unit);
-  const std::int64_t m = ((distance % a.stride) + a.stride) % a.stride;
+  return ((distance % a.stride) + a.stride) % a.stride;
+}
+
+}  // namespace
+
+bool share_a_cell(const output_cells& a, const output_cells& b) noexcept {
+  if (!overlap(a.bytes("a"), b.bytes("b"))) return false;
+  if (a.stride != b.stride || a.element_bytes != b.element_bytes) return true;
+  const std::int64_t m = column_offset(a, b);
   return !(a.cols <= m && m + b.cols <= a.stride);
 }
 
@@ -455,6 +464,11 @@ void sort_nonempty(std::vector<table_range>& ranges) {
   std::sort(ranges.begin(), ranges.end(), [](const table_range& a, const table_range& b) {
     return begin_of(a) != begin_of(b) ? begin_of(a) < begin_of(b) : a.table < b.table;
   });
+}
+
+// Keeps in `furthest` the range reaching furthest of those seen.
+void reach(const table_range*& furthest, const table_range& r) noexcept {
+  if (furthest == nullptr || end_of(r) > end_of(*furthest)) furthest = &r;
 }
 
 std::string named(const table_range& r) { return "tables[" + str(std::int64_t(r.table)) + "]'s " + r.bytes.name; }
@@ -491,12 +505,7 @@ void validate_cluster_matrices(std::span<table_range> cluster) {
   for (const table_range& r : matrices)
     if (r.cells->stride != first.stride || r.cells->element_bytes != first.element_bytes)
       return validate_matrices_pairwise(matrices);
-  const auto window_start = [&](const table_range& r) {
-    const auto unit = static_cast<std::uintptr_t>(first.element_bytes);  // both aligned to it (validated)
-    const auto distance = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(r.cells->data) / unit -
-                                                    reinterpret_cast<std::uintptr_t>(first.data) / unit);
-    return ((distance % first.stride) + first.stride) % first.stride;
-  };
+  const auto window_start = [&](const table_range& r) { return column_offset(first, *r.cells); };
   std::sort(matrices.begin(), matrices.end(),
             [&](const table_range& a, const table_range& b) { return window_start(a) < window_start(b); });
   for (std::size_t i = 0; i < matrices.size(); ++i) {
@@ -524,8 +533,8 @@ void validate_writes_disjoint(std::vector<table_range>& writes) {
     }
     const table_range* earlier = b.cells ? furthest_bytes : furthest;
     if (earlier != nullptr && end_of(*earlier) > begin_of(b)) fail_writes_meet(*earlier, b, " overlaps ");
-    if (furthest == nullptr || end_of(b) > end_of(*furthest)) furthest = &b;
-    if (!b.cells && (furthest_bytes == nullptr || end_of(b) > end_of(*furthest_bytes))) furthest_bytes = &b;
+    reach(furthest, b);
+    if (!b.cells) reach(furthest_bytes, b);
   }
   validate_cluster_matrices(std::span(writes).subspan(cluster));
 }
@@ -545,11 +554,11 @@ void validate_tables_disjoint(std::vector<table_range>& reads, std::vector<table
     if (w == writes.size() || (r < reads.size() && begin_of(reads[r]) < begin_of(writes[w]))) {
       const table_range& read = reads[r++];
       if (furthest_write != nullptr && end_of(*furthest_write) > begin_of(read)) fail_overlap(*furthest_write, read);
-      if (furthest_read == nullptr || end_of(read) > end_of(*furthest_read)) furthest_read = &read;
+      reach(furthest_read, read);
     } else {
       const table_range& write = writes[w++];
       if (furthest_read != nullptr && end_of(*furthest_read) > begin_of(write)) fail_overlap(write, *furthest_read);
-      if (furthest_write == nullptr || end_of(write) > end_of(*furthest_write)) furthest_write = &write;
+      reach(furthest_write, write);
     }
   }
   validate_writes_disjoint(writes);
