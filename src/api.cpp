@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "embag/batched.hpp"
+#include "embag/optim.hpp"
 #include "embag/quantize.hpp"
 #include "embag/roofline.hpp"
 #include "allocation.hpp"
@@ -147,6 +148,55 @@ void reference_backward(const backward_request& r, sparse_gradient* grad) {
   allocating<std::int64_t>(static_cast<std::size_t>(r.bags.nnz) * 2,
                            [&] { return "the reference backward of " + std::to_string(r.bags.nnz) + " indices"; },
                            [&] { reference::backward(r, grad); });
+}
+
+// A validated update's step. The reference: its backward's sparse gradient (fused), then the
+// formulas row by row. An ISA: one parallel loop over blocks of unique rows, each with its own
+// scratch rows (a cache line apart) and tally, merged in row order.
+update_summary run_update(update_call& call, workspace::impl& ws) {
+  update_request& q = call.req;
+  const std::int64_t dim = q.gradient.dim;
+  const bool fused = q.given_gradient == nullptr;
+  update_summary summary;
+  const auto add = [&](const update_tally& t) {
+    summary.rows_updated += t.updated;
+    if (t.not_finite > 0 && summary.rows_not_finite == 0) summary.first_not_finite_row = t.first_not_finite;
+    summary.rows_not_finite += t.not_finite;
+  };
+  if (call.which == isa::reference) {
+    sparse_gradient grad;
+    if (fused) {
+      reference_backward(q.gradient, &grad);
+      q.gradient.transpose.unique_rows = grad.rows.data();
+      q.gradient.transpose.num_unique = static_cast<std::int64_t>(grad.rows.size());
+      q.given_gradient = grad.values.data();
+    }
+    update_tally tally;
+    allocating<float>(static_cast<std::size_t>(dim) * 4, [&] { return "the reference update's rows of " + std::to_string(dim); },
+                      [&] { reference::update(q, tally); });
+    add(tally);
+    return summary;
+  }
+  range_blocks plan;
+  const int threads = threads_for(call.how);
+  if (fused) {
+    q.gradient.transpose = transposed(q.gradient, call.how, ws);
+    plan_row_blocks(q.gradient.transpose, dim, threads, plan);
+  } else {
+    plan_even_blocks(q.gradient.transpose.num_unique, dim, threads, plan);
+  }
+  const std::int64_t per_block = (update_scratch_rows * dim + 15) / 16 * 16;
+  const auto scratch_floats = static_cast<std::size_t>(per_block * plan.count);
+  allocating<float>(scratch_floats, [&] { return "an update's scratch rows of " + std::to_string(dim); },
+                    [&] { if (ws.update_scratch.size() < scratch_floats) ws.update_scratch.resize(scratch_floats); });
+  std::array<update_tally, max_blocks> tallies{};
+  const kernel_table& k = kernels_of(call.which);
+  float* const scratch = ws.update_scratch.data();
+  run_blocks(plan.count, call.how, [&](std::int64_t i) {
+    k.update_rows(q, plan.blocks[i].begin, plan.blocks[i].end, scratch + i * per_block, tallies[static_cast<std::size_t>(i)]);
+  });
+  for (int i = 0; i < plan.count; ++i) add(tallies[static_cast<std::size_t>(i)]);
+  return summary;
 }
 
 }  // namespace
@@ -533,5 +583,22 @@ table& table::operator=(table&& other) noexcept {
 }
 
 table::~table() { std::free(data_); }
+
+update_summary backward_update(trainable_table_view table, const bags& batch, const options& opts,
+                               matrix_view<const float> grad_output, const optimizer& opt, optimizer_state state,
+                               std::span<const std::int64_t> argmax, workspace* scratch) {
+  scratch_or_local ws(scratch);
+  update_call call = validate_backward_update(table, batch, opts, grad_output, opt, state, argmax,
+                                              ws.get().rewritten_indices);
+  call.census.publish();
+  return run_update(call, ws.get());
+}
+
+update_summary apply_sparse_gradient(trainable_table_view table, const sparse_gradient& grad, const optimizer& opt,
+                                     optimizer_state state, const execution& how, workspace* scratch) {
+  scratch_or_local ws(scratch);
+  update_call call = validate_apply_sparse_gradient(table, grad, opt, state, how);
+  return run_update(call, ws.get());
+}
 
 }  // namespace embag

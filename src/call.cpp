@@ -1,6 +1,8 @@
 #include "call.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <iterator>
 #include <string>
 
 #include "allocation.hpp"
@@ -369,6 +371,117 @@ batched_weights_grad_call validate_weights_grad_batched(std::span<const table_we
         add({"grad_weights", g.data(), static_cast<std::int64_t>(g.size_bytes())}, {});
       });
   return {requests, ws.batched_censuses, resolve_isa(how.isa), how};
+}
+
+namespace {
+
+// What both forms of an update write, and the request's table, state and optimizer.
+struct update_target {
+  update_request req;
+  byte_range table{"table", nullptr, 0}, state{"state", nullptr, 0};
+};
+
+std::string shape(std::int64_t rows, std::int64_t cols) { return std::to_string(rows) + " x " + std::to_string(cols); }
+
+update_target validate_update_target(const trainable_table_view& table, const optimizer& opt,
+                                     const optimizer_state& state) {
+  if (table.type != dtype::f32 && table.type != dtype::f16 && table.type != dtype::bf16)
+    throw error(errc::invalid_option, "an optimizer updates tables of f32, f16 or bf16, not " +
+                                          std::string(to_string(table.type)));
+  const std::int64_t element_bytes = table.type == dtype::f32 ? 4 : 2;
+  const std::int64_t stride = validate_matrix("table", table.data, table.rows, table.dim, table.row_stride, element_bytes);
+  if (std::find(std::begin(all_optimizers), std::end(all_optimizers), opt.kind) == std::end(all_optimizers))
+    throw error(errc::invalid_option, "optimizer.kind = " + std::to_string(static_cast<int>(opt.kind)) + " is no optimizer");
+  const auto nonnegative = [](const char* name, float value) {
+    if (!std::isfinite(value) || value < 0.0f)
+      throw error(errc::invalid_option, std::string("optimizer.") + name + " = " + std::to_string(value) +
+                                            " must be finite and >= 0");
+  };
+  nonnegative("learning_rate", opt.learning_rate);
+  nonnegative("eps", opt.eps);
+  nonnegative("weight_decay", opt.weight_decay);
+  if (opt.rounding != rounding_mode::nearest && opt.rounding != rounding_mode::stochastic)
+    throw error(errc::invalid_option, "optimizer.rounding = " + std::to_string(static_cast<int>(opt.rounding)) +
+                                          " is neither nearest nor stochastic");
+  update_target target;
+  update_request& q = target.req;
+  std::int64_t state_stride = 0;
+  if (opt.kind == optimizer_kind::sgd) {
+    if (state.data != nullptr || state.rows != 0 || state.cols != 0)
+      throw error(errc::invalid_option, "sgd keeps no state: pass an empty state, not one of " + shape(state.rows, state.cols));
+  } else {
+    const bool per_element = opt.kind == optimizer_kind::adagrad;
+    const std::int64_t cols = per_element ? table.dim : 1;
+    if (state.rows != table.rows || state.cols != cols)
+      throw error(errc::size_mismatch, "state is " + shape(state.rows, state.cols) + "; " +
+                                           std::string(to_string(opt.kind)) + "'s is " + shape(table.rows, cols) +
+                                           (per_element ? " (the table's shape)" : " (one float per table row)"));
+    state_stride = validate_matrix("state", state.data, state.rows, state.cols, state.row_stride);
+    target.state = matrix_bytes("state", state.data, state.rows, state.cols, state_stride);
+  }
+  target.table = matrix_bytes("table", table.data, table.rows, table.dim, stride, element_bytes);
+  q.table = static_cast<std::byte*>(table.data);
+  q.table_type = table.type;
+  q.table_stride = stride;
+  q.state = opt.kind == optimizer_kind::sgd ? nullptr : state.data;
+  q.state_stride = state_stride;
+  q.kind = opt.kind;
+  q.learning_rate = opt.learning_rate;
+  q.eps = opt.eps;
+  q.weight_decay = opt.weight_decay;
+  q.rounding = opt.rounding;
+  q.seed = opt.seed;
+  q.gradient.dim = table.dim;
+  q.gradient.rows = table.rows;
+  return target;
+}
+
+}  // namespace
+
+update_call validate_backward_update(const trainable_table_view& table, const bags& batch, const options& opts,
+                                     matrix_view<const float> grad_output, const optimizer& opt,
+                                     const optimizer_state& state, std::span<const std::int64_t> argmax,
+                                     std::vector<std::int64_t>& rewritten) {
+  update_target target = validate_update_target(table, opt, state);
+  backward_call backward = validate_backward_inputs(table.rows, table.dim, batch, opts, grad_output, argmax, rewritten);
+  const byte_range outputs[] = {target.table, target.state, report_bytes(opts)};
+  validate_disjoint(outputs, backward.inputs.span());
+  target.req.gradient = backward.req;
+  return {target.req, backward.census, backward.which, backward.how};
+}
+
+update_call validate_apply_sparse_gradient(const trainable_table_view& table, const sparse_gradient& grad,
+                                           const optimizer& opt, const optimizer_state& state, const execution& how) {
+  validate_execution(how);
+  update_target target = validate_update_target(table, opt, state);
+  const auto rows = static_cast<std::int64_t>(grad.rows.size());
+  if (grad.dim != table.dim)
+    throw error(errc::size_mismatch, "grad.dim = " + std::to_string(grad.dim) + " differs from the table's dim " +
+                                         std::to_string(table.dim));
+  if (static_cast<std::int64_t>(grad.values.size()) != rows * table.dim)
+    throw error(errc::size_mismatch, "grad.values has " + std::to_string(grad.values.size()) + " floats; " +
+                                         std::to_string(rows) + " rows of dim " + std::to_string(table.dim) +
+                                         " need " + std::to_string(rows * table.dim));
+  for (std::int64_t u = 0; u < rows; ++u) {
+    const std::int64_t row = grad.rows[static_cast<std::size_t>(u)];
+    if (row < 0 || row >= table.rows)
+      throw error(errc::index_out_of_range, "grad.rows[" + std::to_string(u) + "] = " + std::to_string(row) +
+                                                " is outside the table's " + std::to_string(table.rows) + " rows");
+    if (u > 0 && row <= grad.rows[static_cast<std::size_t>(u - 1)])
+      throw error(errc::invalid_option, "grad.rows must ascend without repeats: grad.rows[" + std::to_string(u) +
+                                            "] = " + std::to_string(row) + " follows " +
+                                            std::to_string(grad.rows[static_cast<std::size_t>(u - 1)]));
+  }
+  const byte_range inputs[] = {
+      {"grad.rows", grad.rows.data(), rows * std::int64_t{sizeof(std::int64_t)}},
+      {"grad.values", grad.values.data(), static_cast<std::int64_t>(grad.values.size() * sizeof(float))}};
+  const byte_range outputs[] = {target.table, target.state};
+  validate_disjoint(outputs, inputs);
+  update_request& q = target.req;
+  q.gradient.transpose.unique_rows = grad.rows.data();
+  q.gradient.transpose.num_unique = rows;
+  q.given_gradient = grad.values.data();
+  return {q, {}, resolve_isa(how.isa), how};
 }
 
 }  // namespace embag::detail

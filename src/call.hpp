@@ -12,6 +12,7 @@
 
 #include "embag/batched.hpp"
 #include "embag/embag.hpp"
+#include "embag/optim.hpp"
 #include "embag/quantize.hpp"
 #include "request.hpp"
 #include "validate.hpp"
@@ -124,6 +125,19 @@ weights_grad_call validate_weights_grad(const stored_table& t, const bags& batch
 // rewritten indices go in the workspace.
 batched_weights_grad_call validate_weights_grad_batched(std::span<const table_weights_gradient> tables,
                                                         const execution& how, workspace::impl& ws);
+
+// An optimizer's step (embag/optim.hpp). Both forms check the table (f32, f16 or bf16), the
+// optimizer's parameters and the state's shape against the optimizer first; the fused form then
+// the call's backward against the table's rows (the request's gradient), the other the sparse
+// gradient's rows (sorted, unique, in the table), which become the request's row list. Table and
+// state may overlap no input nor each other.
+using update_call = validated_call<update_request>;
+update_call validate_backward_update(const trainable_table_view& table, const bags& batch, const options& opts,
+                                     matrix_view<const float> grad_output, const optimizer& opt,
+                                     const optimizer_state& state, std::span<const std::int64_t> argmax,
+                                     std::vector<std::int64_t>& rewritten);
+update_call validate_apply_sparse_gradient(const trainable_table_view& table, const sparse_gradient& grad,
+                                           const optimizer& opt, const optimizer_state& state, const execution& how);
 
 // Running validated calls (api.cpp): plan, then the reference's whole-call algorithm or the ISA's
 // kernels block by block. Backward's sparse forms run in api.cpp's entry points, which own their

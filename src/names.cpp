@@ -1,10 +1,11 @@
-// The names of the instruction sets, reductions, element types and index policies; the first
+// The names of the instruction sets, reductions, element types, index policies and optimizers; the first
 // three made from embag/enums.h's lists: a value is named where it is listed, and every enum is
 // read back from its names the same way.
 #include <optional>
 #include <string_view>
 
 #include "embag/embag.hpp"
+#include "embag/optim.hpp"
 #include "embag/quantize.hpp"
 #include "formats/formats.hpp"
 
@@ -45,6 +46,19 @@ std::string_view to_string(bad_index_policy which) noexcept {
     case bad_index_policy::skip: return "skip";
   }
   return "unknown";
+}
+
+std::string_view to_string(optimizer_kind which) noexcept {
+  switch (which) {
+    case optimizer_kind::sgd: return "sgd";
+    case optimizer_kind::adagrad: return "adagrad";
+    case optimizer_kind::rowwise_adagrad: return "rowwise_adagrad";
+  }
+  return "unknown";
+}
+
+std::optional<optimizer_kind> optimizer_from_string(std::string_view name) noexcept {
+  return named(all_optimizers, name);
 }
 
 std::optional<bad_index_policy> bad_index_policy_from_string(std::string_view name) noexcept {

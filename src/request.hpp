@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "embag/embag.hpp"
+#include "embag/optim.hpp"
 #include "reduction.hpp"
 
 namespace embag::detail {
@@ -114,6 +115,31 @@ struct backward_request {
   prefetch_level prefetch = prefetch_level::none;  // backward_scatter's, resolved
   int prefetch_rows = 0;
 };
+
+// An optimizer's step (embag/optim.hpp) on the rows gradient.transpose lists: each row's gradient
+// computed from the transpose as backward_rows computes it (fused), or read from given_gradient.
+struct update_request {
+  backward_request gradient;
+  const float* given_gradient = nullptr;  // num_unique x dim, dense: row u's gradient at u * dim
+  std::byte* table = nullptr;             // row r at table + r * table_stride elements of table_type
+  dtype table_type = dtype::f32;          // f32, f16 or bf16
+  std::int64_t table_stride = 0;
+  float* state = nullptr;                 // adagrad: rows x dim; rowwise_adagrad: rows x 1; sgd: null
+  std::int64_t state_stride = 0;          // in floats
+  optimizer_kind kind = optimizer_kind::sgd;
+  float learning_rate = 0, eps = 0, weight_decay = 0;
+  rounding_mode rounding = rounding_mode::nearest;
+  std::uint64_t seed = 0;
+};
+
+// What a block of an update did; blocks are merged in row order.
+struct update_tally {
+  std::int64_t updated = 0, not_finite = 0, first_not_finite = -1;
+};
+
+// The scratch floats one block of an update needs: the row's gradient, its new weights and its
+// new state.
+inline constexpr std::int64_t update_scratch_rows = 3;
 
 struct weights_grad_request {
   forward_request forward;  // table, bags, mode, padding, clipping (out and argmax unused)

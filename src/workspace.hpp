@@ -1,6 +1,6 @@
 // The scratch memory behind embag::workspace: the row transpose of backward, the distinct rows of
 // in-place max_norm (plan.cpp), the indices index policies rewrite (validate.cpp), and a batched
-// call's requests and blocks (call.cpp, plan.cpp).
+// call's requests and blocks (call.cpp, plan.cpp), an optimizer's scratch rows (api.cpp).
 // Vectors only grow, so a reused workspace stops allocating.
 #pragma once
 
@@ -28,6 +28,7 @@ struct workspace::impl {
   std::vector<detail::table_block> batched_blocks;
   std::vector<double> batched_block_seconds;  // prefetch trials' block times
   std::vector<detail::table_range> batched_reads, batched_writes;  // checked across a batch's tables
+  std::vector<float> update_scratch;  // an optimizer's scratch rows, update_scratch_rows x dim per block
 };
 
 }  // namespace embag

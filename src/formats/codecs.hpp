@@ -31,6 +31,11 @@ void narrow_halves(const float* x, std::int64_t n, dtype to, std::byte* out) noe
 // range, as an fp32.
 float f16_rounded(float x, bool up) noexcept;
 
+// Stochastic rounding of an updated weight (embag/optim.hpp) to f16 or bf16: x finite and within
+// the type's finite range; random24 uniform in [0, 2^24) from rounding_bits.
+std::uint16_t stochastic_round(float x, dtype to, std::uint32_t random24) noexcept;
+std::uint32_t rounding_bits(std::uint64_t seed, std::int64_t row, std::int64_t column) noexcept;
+
 std::optional<row_problem> encode_f16(const float* x, std::int64_t dim, std::byte* out);
 void decode_f16(const std::byte* row, std::int64_t dim, float* out) noexcept;
 std::optional<row_problem> encode_bf16(const float* x, std::int64_t dim, std::byte* out);

@@ -101,3 +101,39 @@ void narrow_halves(const float* x, std::int64_t n, dtype to, std::byte* out) noe
 }
 
 }  // namespace embag::detail
+
+namespace embag::detail {
+
+std::uint32_t rounding_bits(std::uint64_t seed, std::int64_t row, std::int64_t column) noexcept {
+  // splitmix64's finaliser over the three, each multiplied by an odd constant first
+  std::uint64_t z = seed * 0x9e3779b97f4a7c15u ^ static_cast<std::uint64_t>(row) * 0xbf58476d1ce4e5b9u ^
+                    static_cast<std::uint64_t>(column) * 0x94d049bb133111ebu;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+  z ^= z >> 31;
+  return static_cast<std::uint32_t>(z >> 40);  // the top 24 bits
+}
+
+std::uint16_t stochastic_round(float x, dtype to, std::uint32_t random24) noexcept {
+  // the neighbours toward zero (t) and away from it (a), as fp32 values and 16-bit patterns
+  std::uint16_t t_bits = 0, a_bits = 0;
+  float t = 0, a = 0;
+  if (to == dtype::bf16) {
+    const std::uint32_t bits = std::bit_cast<std::uint32_t>(x);
+    t_bits = static_cast<std::uint16_t>(bits >> 16);
+    if ((bits & 0xffff) == 0) return t_bits;
+    a_bits = static_cast<std::uint16_t>(t_bits + 1);  // one step up in magnitude, within the sign
+    t = float_from_bf16(t_bits);
+    a = float_from_bf16(a_bits);
+  } else {
+    t = f16_rounded(x, x < 0);
+    a = f16_rounded(x, x > 0);
+    if (t == a) return f16_from_float(x);
+    t_bits = f16_from_float(t);
+    a_bits = f16_from_float(a);
+  }
+  // away with probability (x - t) / (a - t); a random24 of 2^24 evenly spread values in [0, 1)
+  return static_cast<float>(random24) * 0x1p-24f < (x - t) / (a - t) ? a_bits : t_bits;
+}
+
+}  // namespace embag::detail

@@ -35,46 +35,68 @@ inline float row_gradient_coefficient(const backward_request& r, std::int64_t po
 inline constexpr std::int64_t backward_prefetch_rows = 8;
 inline constexpr std::int64_t backward_prefetch_positions = 16;
 
+// Unique row u's gradient into grad: accumulated onto it, or (Fresh: a sparse row, an update's
+// scratch row) written from nothing. dY rows are prefetched backward_prefetch_positions positions
+// ahead, up to positions_end (the block's end).
+template <class Arch, bool Fresh>
+inline void row_gradient(const backward_request& r, std::int64_t u, float* grad, std::int64_t positions_end) {
+  const row_transpose& t = r.transpose;
+  const std::int64_t dim = r.dim;
+  const std::int64_t row_bytes = dim * static_cast<std::int64_t>(sizeof(float));
+  const std::int64_t row = t.unique_rows[u];
+  if (Fresh && r.reduce.pool == pooling::max)
+    for (std::int64_t d = 0; d < dim; ++d) grad[d] = 0.0f;
+  const std::int64_t first = t.segment_begin[u], last = t.segment_begin[u + 1];
+  const std::int64_t count = last - first;
+  std::int64_t previous_bag = -1;
+  for (std::int64_t k = first; k < last; ++k) {
+    if (k + backward_prefetch_positions < positions_end)
+      prefetch_row<3>(r.grad_output + t.bags[k + backward_prefetch_positions] * r.grad_output_stride, row_bytes);
+    const std::int64_t position = t.positions[k];
+    const std::int64_t bag = t.bags[k];
+    const float* dy = r.grad_output + bag * r.grad_output_stride;
+    if (r.reduce.pool == pooling::max) {
+      // a row repeated within a bag won each of its dimensions once
+      if (bag == previous_bag) continue;
+      previous_bag = bag;
+      const std::int64_t* winner = r.argmax + bag * dim;
+      const float c = r.scale_grad_by_freq ? 1.0f / static_cast<float>(count) : 1.0f;
+      for (std::int64_t d = 0; d < dim; ++d)
+        if (winner[d] == row) grad[d] += c * dy[d];
+      continue;
+    }
+    const float c = row_gradient_coefficient(r, position, bag, count);
+    if (Fresh && k == first) add_scaled<Arch, true>(grad, dy, c, dim);  // the row's first write
+    else add_scaled<Arch>(grad, dy, c, dim);
+  }
+}
+
+// The dY rows of a block's first positions, before row_gradient's own prefetches take over.
+inline void prefetch_first_positions(const backward_request& r, std::int64_t unique_begin, std::int64_t positions_end) {
+  const row_transpose& t = r.transpose;
+  const std::int64_t row_bytes = r.dim * static_cast<std::int64_t>(sizeof(float));
+  for (std::int64_t k = t.segment_begin[unique_begin];
+       k < std::min(t.segment_begin[unique_begin] + backward_prefetch_positions, positions_end); ++k)
+    prefetch_row<3>(r.grad_output + t.bags[k] * r.grad_output_stride, row_bytes);
+}
+
 template <class Arch>
 void backward_rows(const backward_request& r, std::int64_t unique_begin, std::int64_t unique_end) {
   const row_transpose& t = r.transpose;
   const std::int64_t dim = r.dim;
   const std::int64_t row_bytes = dim * static_cast<std::int64_t>(sizeof(float));
   const std::int64_t positions_end = t.segment_begin[unique_end];
-  for (std::int64_t k = t.segment_begin[unique_begin]; k < std::min(t.segment_begin[unique_begin] + backward_prefetch_positions, positions_end); ++k)
-    prefetch_row<3>(r.grad_output + t.bags[k] * r.grad_output_stride, row_bytes);
+  prefetch_first_positions(r, unique_begin, positions_end);
   for (std::int64_t u = unique_begin; u < unique_end; ++u) {
-    if (const std::int64_t far = u + 4 * backward_prefetch_rows; far < unique_end && !r.sparse_values)
-      prefetch_row<1>(r.grad_table + t.unique_rows[far] * r.grad_table_stride, row_bytes);
-    if (const std::int64_t ahead = u + backward_prefetch_rows; ahead < unique_end && !r.sparse_values)
-      prefetch_row<3, 1>(r.grad_table + t.unique_rows[ahead] * r.grad_table_stride, row_bytes);
-    const std::int64_t row = t.unique_rows[u];
-    float* grad = r.sparse_values ? r.sparse_values + u * dim : r.grad_table + row * r.grad_table_stride;
-    if (r.sparse_values && r.reduce.pool == pooling::max)
-      for (std::int64_t d = 0; d < dim; ++d) grad[d] = 0.0f;
-    const std::int64_t first = t.segment_begin[u], last = t.segment_begin[u + 1];
-    const std::int64_t count = last - first;
-    std::int64_t previous_bag = -1;
-    for (std::int64_t k = first; k < last; ++k) {
-      if (k + backward_prefetch_positions < positions_end)
-        prefetch_row<3>(r.grad_output + t.bags[k + backward_prefetch_positions] * r.grad_output_stride, row_bytes);
-      const std::int64_t position = t.positions[k];
-      const std::int64_t bag = t.bags[k];
-      const float* dy = r.grad_output + bag * r.grad_output_stride;
-      if (r.reduce.pool == pooling::max) {
-        // a row repeated within a bag won each of its dimensions once
-        if (bag == previous_bag) continue;
-        previous_bag = bag;
-        const std::int64_t* winner = r.argmax + bag * dim;
-        const float c = r.scale_grad_by_freq ? 1.0f / static_cast<float>(count) : 1.0f;
-        for (std::int64_t d = 0; d < dim; ++d)
-          if (winner[d] == row) grad[d] += c * dy[d];
-        continue;
-      }
-      const float c = row_gradient_coefficient(r, position, bag, count);
-      if (r.sparse_values && k == first) add_scaled<Arch, true>(grad, dy, c, dim);  // the row's first write
-      else add_scaled<Arch>(grad, dy, c, dim);
+    if (r.sparse_values) {
+      row_gradient<Arch, true>(r, u, r.sparse_values + u * dim, positions_end);
+      continue;
     }
+    if (const std::int64_t far = u + 4 * backward_prefetch_rows; far < unique_end)
+      prefetch_row<1>(r.grad_table + t.unique_rows[far] * r.grad_table_stride, row_bytes);
+    if (const std::int64_t ahead = u + backward_prefetch_rows; ahead < unique_end)
+      prefetch_row<3, 1>(r.grad_table + t.unique_rows[ahead] * r.grad_table_stride, row_bytes);
+    row_gradient<Arch, false>(r, u, r.grad_table + t.unique_rows[u] * r.grad_table_stride, positions_end);
   }
 }
 

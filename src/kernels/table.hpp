@@ -4,6 +4,7 @@
 #include "kernels/backward.hpp"
 #include "kernels/forward.hpp"
 #include "kernels/narrow.hpp"
+#include "kernels/optimizer.hpp"
 #include "kernels/roofline.hpp"
 #include "kernels/scan.hpp"
 #include "kernel_table.hpp"
@@ -12,7 +13,7 @@ namespace embag::detail::EMBAG_ISA_NS {
 
 template <class Arch>
 inline constexpr kernel_table kernels_for{&forward_block<Arch>, &narrow_rows<Arch>,    &backward_rows<Arch>,
-                                          &backward_scatter<Arch>, &weights_grad<Arch>, &gather_bags<Arch>,
-                                          &scan_indices<Arch>,   &offsets_in_order<Arch>};
+                                          &backward_scatter<Arch>, &weights_grad<Arch>, &update_rows<Arch>,
+                                          &gather_bags<Arch>,     &scan_indices<Arch>,  &offsets_in_order<Arch>};
 
 }  // namespace embag::detail::EMBAG_ISA_NS

@@ -1,6 +1,11 @@
 #include "reference/reference.hpp"
 
+#include "formats/codecs.hpp"
 #include "formats/formats.hpp"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
 
 #include <map>
 #include <vector>
@@ -193,6 +198,65 @@ void weights_grad(const weights_grad_request& w) {
     for (std::int64_t j = bags.begin[b]; j < bags.begin[b + 1]; ++j) {
       if (bags.indices[j] == r.padding_idx) continue;
       w.grad_weights[j] = scaled_weight_gradient(r.reduce.scaling, w.grad_weights[j], r.bags.weights[j], weighted_sum, divisor);
+    }
+  }
+}
+
+// The optimizers of embag/optim.hpp as their formulas, one row at a time.
+void update(const update_request& q, update_tally& tally) {
+  const std::int64_t dim = q.gradient.dim;
+  const std::int64_t element_bytes = q.table_type == dtype::f32 ? 4 : 2;
+  const float limit = q.table_type == dtype::f16 ? 65504.0f : q.table_type == dtype::bf16 ? 0x1.fep127f : FLT_MAX;
+  const float lr = q.learning_rate, eps = q.eps;
+  std::vector<float> w(static_cast<std::size_t>(dim)), g(w.size()), new_w(w.size()), new_s(w.size());
+  for (std::int64_t u = 0; u < q.gradient.transpose.num_unique; ++u) {
+    const std::int64_t row = q.gradient.transpose.unique_rows[u];
+    std::byte* stored = q.table + row * q.table_stride * element_bytes;
+    decode_row(q.table_type, stored, dim, w.data());
+    for (std::int64_t d = 0; d < dim; ++d) {
+      g[d] = q.given_gradient[u * dim + d];
+      if (q.weight_decay != 0.0f) g[d] = g[d] + q.weight_decay * w[d];
+    }
+    float* s = q.state == nullptr ? nullptr : q.state + row * q.state_stride;
+    float row_state = 0.0f, row_step = 0.0f;
+    bool finite = true;
+    if (q.kind == optimizer_kind::rowwise_adagrad) {
+      float lane[16] = {};
+      for (std::int64_t d = 0; d < dim; ++d) lane[d % 16] += g[d] * g[d];
+      for (int width = 8; width >= 1; width /= 2)
+        for (int i = 0; i < width; ++i) lane[i] += lane[i + width];
+      row_state = s[0] + lane[0] / static_cast<float>(dim);
+      row_step = lr / (std::sqrt(row_state) + eps);
+      finite = std::fabs(row_state) <= FLT_MAX;
+    }
+    for (std::int64_t d = 0; d < dim; ++d) {
+      switch (q.kind) {
+        case optimizer_kind::sgd: new_w[d] = w[d] - lr * g[d]; break;
+        case optimizer_kind::adagrad:
+          new_s[d] = s[d] + g[d] * g[d];
+          finite = finite && std::fabs(new_s[d]) <= FLT_MAX;
+          new_w[d] = w[d] - lr * (g[d] / (std::sqrt(new_s[d]) + eps));
+          break;
+        case optimizer_kind::rowwise_adagrad: new_w[d] = w[d] - row_step * g[d]; break;
+      }
+      finite = finite && std::fabs(new_w[d]) <= limit;
+    }
+    if (!finite) {
+      if (tally.not_finite++ == 0) tally.first_not_finite = row;
+      continue;
+    }
+    ++tally.updated;
+    if (q.kind == optimizer_kind::adagrad) std::copy(new_s.begin(), new_s.end(), s);
+    if (q.kind == optimizer_kind::rowwise_adagrad) s[0] = row_state;
+    for (std::int64_t d = 0; d < dim; ++d) {
+      if (q.table_type == dtype::f32) {
+        store(stored + 4 * d, new_w[d]);
+        continue;
+      }
+      const std::uint16_t h = q.rounding == rounding_mode::stochastic
+                                  ? stochastic_round(new_w[d], q.table_type, rounding_bits(q.seed, row, d))
+                                  : q.table_type == dtype::f16 ? f16_from_float(new_w[d]) : bf16_from_float(new_w[d]);
+      store(stored + 2 * d, h);
     }
   }
 }

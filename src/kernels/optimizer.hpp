@@ -1,0 +1,190 @@
+// THE optimizer kernel (embag/optim.hpp), templated on the xsimd architecture, compiled once per
+// ISA. Per unique row of an update: its gradient (row_gradient from the transpose, or the given
+// sparse row), weight decay, then the optimizer's new weights and state into scratch rows; then,
+// when every new value is finite and within the table type's range, the stores. Per element it is
+// the reference's formula with the same operations in the same order (no contraction: meson.build),
+// so the two agree bit for bit; rowwise Adagrad's sum of squares has one order every ISA computes
+// (sum_of_squares).
+#pragma once
+
+#include <cfloat>
+#include <cmath>
+
+#include "kernels/backward.hpp"
+#include "kernels/narrow.hpp"
+#include "kernels/rows.hpp"
+
+namespace embag::detail {
+std::uint16_t stochastic_round(float x, dtype to, std::uint32_t random24) noexcept;  // src/formats/halves.cpp
+std::uint32_t rounding_bits(std::uint64_t seed, std::int64_t row, std::int64_t column) noexcept;
+}  // namespace embag::detail
+
+namespace embag::detail::EMBAG_ISA_NS {
+
+// Rows ahead whose table and state rows are prefetched for writing into L1, and 4x as far into L2:
+// the touched rows of a large table are random rows of DRAM.
+inline constexpr std::int64_t update_prefetch_rows = 8;
+
+// The largest magnitude a row of this type stores as a finite value.
+template <dtype Type>
+inline constexpr float largest_stored = Type == dtype::f16 ? 65504.0f : Type == dtype::bf16 ? 0x1.fep127f : FLT_MAX;
+
+// sum of g[d]^2 in 16 interleaved partial sums (lane d % 16, each in ascending d), added pairwise
+// 8 + 8, 4 + 4, 2 + 2, 1 + 1: the reference's order, which any batch width dividing 16 computes
+// exactly.
+template <class Arch>
+inline float sum_of_squares(const float* g, std::int64_t n) noexcept {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr std::int64_t lanes = batch::size;
+  static_assert(16 % lanes == 0, "sum_of_squares: a batch width that does not divide 16");
+  constexpr std::int64_t parts = 16 / lanes;
+  batch acc[parts];
+  for (std::int64_t p = 0; p < parts; ++p) acc[p] = batch(0.0f);
+  std::int64_t d = 0;
+  for (; d + 16 <= n; d += 16)
+    for (std::int64_t p = 0; p < parts; ++p) {
+      const batch x = batch::load_unaligned(g + d + p * lanes);
+      acc[p] = acc[p] + x * x;
+    }
+  alignas(64) float lane[16];
+  for (std::int64_t p = 0; p < parts; ++p) acc[p].store_aligned(lane + p * lanes);
+  for (; d < n; ++d) lane[d % 16] += g[d] * g[d];
+  for (int width = 8; width >= 1; width /= 2)
+    for (int i = 0; i < width; ++i) lane[i] += lane[i + width];
+  return lane[0];
+}
+
+// One row's step: g (dim floats; may be scratch itself) the row's gradient; scratch holds
+// update_scratch_rows x dim floats. Returns whether the row was written.
+template <class Arch, dtype Type, optimizer_kind Kind>
+inline bool update_row(const update_request& q, std::int64_t row, const float* g, float* scratch) noexcept {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr std::int64_t lanes = batch::size;
+  constexpr std::int64_t element_bytes = Type == dtype::f32 ? 4 : 2;
+  const std::int64_t dim = q.gradient.dim;
+  std::byte* const stored = q.table + row * q.table_stride * element_bytes;
+  const row_reader<Arch, Type> w(stored, dim);
+  float* const decayed = scratch;
+  float* const new_w = scratch + dim;
+  float* const new_s = scratch + 2 * dim;
+  float* const s = q.state == nullptr ? nullptr : q.state + row * q.state_stride;
+  const float lr = q.learning_rate, eps = q.eps, decay = q.weight_decay;
+
+  std::int64_t d = 0;
+  if (decay != 0.0f) {  // g + decay * w
+    for (; d + lanes <= dim; d += lanes)
+      (batch::load_unaligned(g + d) + batch(decay) * w.load(d)).store_unaligned(decayed + d);
+    for (; d < dim; ++d) decayed[d] = g[d] + decay * w.at(d);
+    g = decayed;
+  }
+  float row_state = 0.0f, row_step = 0.0f;
+  bool finite = true;
+  if constexpr (Kind == optimizer_kind::rowwise_adagrad) {
+    row_state = s[0] + sum_of_squares<Arch>(g, dim) / static_cast<float>(dim);
+    row_step = lr / (std::sqrt(row_state) + eps);
+    finite = std::fabs(row_state) <= FLT_MAX;
+  }
+  constexpr float limit = largest_stored<Type>;
+  auto within = batch(0.0f) == batch(0.0f);  // all true
+  for (d = 0; d + lanes <= dim; d += lanes) {
+    const batch x = w.load(d), grad = batch::load_unaligned(g + d);
+    batch next;
+    if constexpr (Kind == optimizer_kind::sgd) {
+      next = x - batch(lr) * grad;
+    } else if constexpr (Kind == optimizer_kind::adagrad) {
+      const batch sum = batch::load_unaligned(s + d) + grad * grad;
+      sum.store_unaligned(new_s + d);
+      within = within & (xsimd::abs(sum) <= batch(FLT_MAX));
+      next = x - batch(lr) * divide<Arch>(grad, xsimd::sqrt(sum) + batch(eps));
+    } else {
+      next = x - batch(row_step) * grad;
+    }
+    within = within & (xsimd::abs(next) <= batch(limit));
+    next.store_unaligned(new_w + d);
+  }
+  for (; d < dim; ++d) {
+    const float x = w.at(d), grad = g[d];
+    float next;
+    if constexpr (Kind == optimizer_kind::sgd) {
+      next = x - lr * grad;
+    } else if constexpr (Kind == optimizer_kind::adagrad) {
+      const float sum = s[d] + grad * grad;
+      new_s[d] = sum;
+      finite = finite && std::fabs(sum) <= FLT_MAX;
+      next = x - lr * (grad / (std::sqrt(sum) + eps));
+    } else {
+      next = x - row_step * grad;
+    }
+    finite = finite && std::fabs(next) <= limit;
+    new_w[d] = next;
+  }
+  if (!finite || !xsimd::all(within)) return false;
+
+  if constexpr (Kind == optimizer_kind::adagrad)
+    for (d = 0; d < dim; ++d) s[d] = new_s[d];
+  if constexpr (Kind == optimizer_kind::rowwise_adagrad) s[0] = row_state;
+  auto* const halves = reinterpret_cast<std::uint16_t*>(stored);
+  if constexpr (Type == dtype::f32) {
+    for (d = 0; d < dim; ++d) reinterpret_cast<float*>(stored)[d] = new_w[d];
+  } else if (q.rounding == rounding_mode::stochastic) {
+    for (d = 0; d < dim; ++d) halves[d] = stochastic_round(new_w[d], Type, rounding_bits(q.seed, row, d));
+  } else if constexpr (Type == dtype::f16) {
+    narrow_to_f16<Arch>(new_w, dim, halves);
+  } else {
+    narrow_to_bf16<Arch>(new_w, dim, halves);
+  }
+  return true;
+}
+
+template <class Arch, dtype Type, optimizer_kind Kind>
+void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::int64_t unique_end, float* scratch,
+                       update_tally& tally) {
+  const backward_request& r = q.gradient;
+  const row_transpose& t = r.transpose;
+  const std::int64_t dim = r.dim;
+  const bool fused = q.given_gradient == nullptr;
+  const std::int64_t positions_end = fused ? t.segment_begin[unique_end] : 0;
+  if (fused) prefetch_first_positions(r, unique_begin, positions_end);
+  const std::int64_t row_bytes = dim * (Type == dtype::f32 ? 4 : 2);
+  const std::int64_t state_bytes = (Kind == optimizer_kind::adagrad ? dim : 1) * std::int64_t{sizeof(float)};
+  const auto prefetch = [&]<int Locality>(std::int64_t u) {
+    const std::int64_t row = t.unique_rows[u];
+    prefetch_row<Locality, 1>(q.table + row * q.table_stride * (Type == dtype::f32 ? 4 : 2), row_bytes);
+    if constexpr (Kind != optimizer_kind::sgd) prefetch_row<Locality, 1>(q.state + row * q.state_stride, state_bytes);
+  };
+  for (std::int64_t u = unique_begin; u < unique_end; ++u) {
+    if (const std::int64_t far = u + 4 * update_prefetch_rows; far < unique_end) prefetch.template operator()<1>(far);
+    if (const std::int64_t ahead = u + update_prefetch_rows; ahead < unique_end) prefetch.template operator()<3>(ahead);
+    const float* g = scratch;
+    if (fused) row_gradient<Arch, true>(r, u, scratch, positions_end);
+    else g = q.given_gradient + u * dim;
+    const std::int64_t row = t.unique_rows[u];
+    if (update_row<Arch, Type, Kind>(q, row, g, scratch)) {
+      ++tally.updated;
+    } else {
+      if (tally.not_finite++ == 0) tally.first_not_finite = row;
+    }
+  }
+}
+
+template <class Arch>
+void update_rows(const update_request& q, std::int64_t unique_begin, std::int64_t unique_end, float* scratch,
+                 update_tally& tally) {
+  const auto of_kind = [&]<dtype Type>() {
+    switch (q.kind) {
+      case optimizer_kind::sgd:
+        return update_rows_typed<Arch, Type, optimizer_kind::sgd>(q, unique_begin, unique_end, scratch, tally);
+      case optimizer_kind::adagrad:
+        return update_rows_typed<Arch, Type, optimizer_kind::adagrad>(q, unique_begin, unique_end, scratch, tally);
+      case optimizer_kind::rowwise_adagrad:
+        return update_rows_typed<Arch, Type, optimizer_kind::rowwise_adagrad>(q, unique_begin, unique_end, scratch, tally);
+    }
+  };
+  switch (q.table_type) {
+    case dtype::f16: return of_kind.template operator()<dtype::f16>();
+    case dtype::bf16: return of_kind.template operator()<dtype::bf16>();
+    default: return of_kind.template operator()<dtype::f32>();
+  }
+}
+
+}  // namespace embag::detail::EMBAG_ISA_NS
