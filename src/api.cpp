@@ -31,6 +31,13 @@ namespace {
 
 using namespace detail;
 
+// How a batched call too small to thread runs its blocks: inline, no TBB.
+const execution inline_execution = [] {
+  execution how;
+  how.max_threads = 1;
+  return how;
+}();
+
 // The caller's workspace, or a fresh one for this call only when it gave none.
 class scratch_or_local {
  public:
@@ -177,6 +184,7 @@ update_summary run_update(update_call& call, workspace::impl& ws) {
     add(tally);
     return summary;
   }
+  choose_scatter_prefetch(q.gradient, call.how.prefetch);
   range_blocks plan;
   const int threads = threads_for(call.how);
   if (fused) {
@@ -262,7 +270,7 @@ void detail::execute(const batched_forward_call& call, workspace::impl& ws) {
   if (on_trial) resized(ws.batched_block_seconds, blocks.size(), "the times of a batched forward's blocks");
   for (const index_census& c : call.censuses) c.publish();  // once the plan's memory is there
   const kernel_table& k = kernels_of(call.which);
-  run_blocks(static_cast<std::int64_t>(blocks.size()), threads == 1 ? execution{.max_threads = 1} : call.how,
+  run_blocks(static_cast<std::int64_t>(blocks.size()), threads == 1 ? inline_execution : call.how,
              [&](std::int64_t i) {
                const forward_request& req = call.tables[blocks[i].table];
                if (req.prefetch_trial < 0) return forward_block(k, req, blocks[i].block);
@@ -312,7 +320,7 @@ void detail::execute(const batched_weights_grad_call& call, workspace::impl& ws)
   for (const index_census& c : call.censuses) c.publish();
   const kernel_table& k = kernels_of(call.which);
   const std::span<const table_block> blocks = ws.batched_blocks;
-  run_blocks(static_cast<std::int64_t>(blocks.size()), threads == 1 ? execution{.max_threads = 1} : call.how,
+  run_blocks(static_cast<std::int64_t>(blocks.size()), threads == 1 ? inline_execution : call.how,
              [&](std::int64_t i) { k.weights_grad(call.tables[blocks[i].table], blocks[i].block); });
 }
 
@@ -594,11 +602,17 @@ update_summary backward_update(trainable_table_view table, const bags& batch, co
   return run_update(call, ws.get());
 }
 
+update_summary detail::apply_gradient_rows(const trainable_table_view& table, std::span<const std::int64_t> rows,
+                                           std::span<const float> values, std::int64_t dim, const optimizer& opt,
+                                           const optimizer_state& state, const execution& how, workspace* scratch) {
+  scratch_or_local ws(scratch);
+  update_call call = validate_apply_sparse_gradient(table, rows, values, dim, opt, state, how);
+  return run_update(call, ws.get());
+}
+
 update_summary apply_sparse_gradient(trainable_table_view table, const sparse_gradient& grad, const optimizer& opt,
                                      optimizer_state state, const execution& how, workspace* scratch) {
-  scratch_or_local ws(scratch);
-  update_call call = validate_apply_sparse_gradient(table, grad, opt, state, how);
-  return run_update(call, ws.get());
+  return apply_gradient_rows(table, grad.rows, grad.values, grad.dim, opt, state, how, scratch);
 }
 
 }  // namespace embag

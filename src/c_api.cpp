@@ -18,6 +18,7 @@
 #include "embag/batched.hpp"
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
+#include "embag/optim.hpp"
 #include "embag/quantize.hpp"
 #include "call.hpp"
 
@@ -297,6 +298,64 @@ embag::npy_array::load load_of(std::uint32_t flags) {
   return (flags & EMBAG_LOAD_COPY) != 0 ? embag::npy_array::load::copy : embag::npy_array::load::map;
 }
 
+static_assert(EMBAG_OPTIMIZER_SGD == int(embag::optimizer_kind::sgd) &&
+              EMBAG_OPTIMIZER_ADAGRAD == int(embag::optimizer_kind::adagrad) &&
+              EMBAG_OPTIMIZER_ROWWISE_ADAGRAD == int(embag::optimizer_kind::rowwise_adagrad) &&
+              EMBAG_ROUNDING_NEAREST == int(embag::rounding_mode::nearest) &&
+              EMBAG_ROUNDING_STOCHASTIC == int(embag::rounding_mode::stochastic));
+
+embag_optimizer default_c_optimizer(std::int32_t kind) noexcept {
+  const embag::optimizer defaults;
+  embag_optimizer o;
+  std::memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.kind = kind;
+  o.learning_rate = defaults.learning_rate;
+  o.eps = defaults.eps;
+  o.weight_decay = defaults.weight_decay;
+  o.rounding = EMBAG_ROUNDING_NEAREST;
+  return o;
+}
+
+// The C optimizer as the C++ one (its values checked by the C++ validation).
+embag::optimizer optimizer_of(const embag_optimizer* given) {
+  const embag_optimizer& c = required(given, "optimizer");
+  const embag_optimizer o =
+      read_versioned(c, default_c_optimizer(c.kind), sizeof(embag_optimizer), "optimizer", "call embag_optimizer_init");
+  if (!listed(embag::all_optimizers, o.kind))
+    throw error(errc::invalid_option, "optimizer.kind = " + std::to_string(o.kind) + " is not an EMBAG_OPTIMIZER_* value");
+  if (o.rounding != EMBAG_ROUNDING_NEAREST && o.rounding != EMBAG_ROUNDING_STOCHASTIC)
+    throw error(errc::invalid_option, "optimizer.rounding = " + std::to_string(o.rounding) + " is not an EMBAG_ROUNDING_* mode");
+  return {static_cast<embag::optimizer_kind>(o.kind), o.learning_rate, o.eps, o.weight_decay,
+          static_cast<embag::rounding_mode>(o.rounding), o.seed};
+}
+
+embag::trainable_table_view trainable_of(const embag_trainable_table* given) {
+  const embag_trainable_table& t = required(given, "table");
+  return {t.data, t.rows, t.dim, t.row_stride, dtype_of("table.dtype", t.dtype)};
+}
+
+embag::optimizer_state state_of(const embag_matrix* state) { return state == nullptr ? embag::optimizer_state{} : view_of(state, "state"); }
+
+// The summary, written last; it may not lie in the table or the state it describes.
+void write_summary(const embag::update_summary& s, embag_update_summary* out) {
+  if (out == nullptr) return;
+  static_assert(sizeof(embag_update_summary) == sizeof(embag::update_summary));
+  std::memcpy(static_cast<void*>(out), &s, sizeof s);
+}
+
+void check_summary_apart(const embag_update_summary* out, const embag::trainable_table_view& t,
+                         const embag::optimizer_state& state) {
+  if (out == nullptr) return;
+  const embag::detail::byte_range summary{"summary", out, sizeof *out};
+  const std::int64_t element = t.type == embag::dtype::f32 ? 4 : 2;
+  const embag::detail::byte_range written[] = {
+      embag::detail::matrix_bytes("table", t.data, t.rows, t.dim, t.row_stride == 0 ? t.dim : t.row_stride, element),
+      embag::detail::matrix_bytes("state", state.data, state.rows, state.cols,
+                                  state.row_stride == 0 ? state.cols : state.row_stride)};
+  embag::detail::validate_disjoint(std::span(&summary, 1), written);
+}
+
 }  // namespace
 
 extern "C" {
@@ -512,6 +571,47 @@ embag_status embag_per_sample_weights_grad(const embag_table* table, const embag
                                    bags_of(bags), options_of(options),
                                    view_of(grad_output, "grad_output"),
                                    array_of("grad_weights", grad_weights, grad_weights_size));
+  });
+}
+
+embag_status embag_optimizer_init(embag_optimizer* optimizer, int32_t kind) {
+  return guarded([&] {
+    if (!listed(embag::all_optimizers, kind))
+      throw error(errc::invalid_option, "kind = " + std::to_string(kind) + " is not an EMBAG_OPTIMIZER_* value");
+    required(optimizer, "optimizer") = default_c_optimizer(kind);
+  });
+}
+
+embag_status embag_backward_update(const embag_trainable_table* table, const embag_bags* bags,
+                                   const embag_options* options, const embag_const_matrix* grad_output,
+                                   const int64_t* argmax, int64_t argmax_size, const embag_optimizer* optimizer,
+                                   const embag_matrix* state, embag_update_summary* summary) {
+  return guarded([&] {
+    const embag::trainable_table_view t = trainable_of(table);
+    const embag::optimizer_state s = state_of(state);
+    check_summary_apart(summary, t, s);
+    write_summary(embag::backward_update(t, bags_of(bags), options_of(options), view_of(grad_output, "grad_output"),
+                                         optimizer_of(optimizer), s, array_of("argmax", argmax, argmax_size)),
+                  summary);
+  });
+}
+
+embag_status embag_apply_sparse_gradient(const embag_trainable_table* table, const int64_t* rows, int64_t num_rows,
+                                         const float* values, const embag_optimizer* optimizer,
+                                         const embag_matrix* state, const embag_options* options,
+                                         embag_update_summary* summary) {
+  return guarded([&] {
+    const embag::trainable_table_view t = trainable_of(table);
+    const embag::optimizer_state s = state_of(state);
+    check_summary_apart(summary, t, s);
+    const std::span<const std::int64_t> row_list = array_of("rows", rows, num_rows);
+    std::int64_t floats = 0;
+    if (__builtin_mul_overflow(num_rows, t.dim, &floats))
+      throw error(errc::size_overflow, "values of num_rows = " + std::to_string(num_rows) + " rows of dim " +
+                                           std::to_string(t.dim) + " overflows");
+    write_summary(embag::detail::apply_gradient_rows(t, row_list, array_of("values", values, floats), t.dim,
+                                                     optimizer_of(optimizer), s, options_of(options).execution, nullptr),
+                  summary);
   });
 }
 

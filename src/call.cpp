@@ -450,37 +450,39 @@ update_call validate_backward_update(const trainable_table_view& table, const ba
   return {target.req, backward.census, backward.which, backward.how};
 }
 
-update_call validate_apply_sparse_gradient(const trainable_table_view& table, const sparse_gradient& grad,
-                                           const optimizer& opt, const optimizer_state& state, const execution& how) {
+update_call validate_apply_sparse_gradient(const trainable_table_view& table, std::span<const std::int64_t> rows,
+                                           std::span<const float> values, std::int64_t dim, const optimizer& opt,
+                                           const optimizer_state& state, const execution& how) {
   validate_execution(how);
   update_target target = validate_update_target(table, opt, state);
-  const auto rows = static_cast<std::int64_t>(grad.rows.size());
-  if (grad.dim != table.dim)
-    throw error(errc::size_mismatch, "grad.dim = " + std::to_string(grad.dim) + " differs from the table's dim " +
+  const auto count = static_cast<std::int64_t>(rows.size());
+  if (dim != table.dim)
+    throw error(errc::size_mismatch, "grad.dim = " + std::to_string(dim) + " differs from the table's dim " +
                                          std::to_string(table.dim));
-  if (static_cast<std::int64_t>(grad.values.size()) != rows * table.dim)
-    throw error(errc::size_mismatch, "grad.values has " + std::to_string(grad.values.size()) + " floats; " +
-                                         std::to_string(rows) + " rows of dim " + std::to_string(table.dim) +
-                                         " need " + std::to_string(rows * table.dim));
-  for (std::int64_t u = 0; u < rows; ++u) {
-    const std::int64_t row = grad.rows[static_cast<std::size_t>(u)];
+  if (static_cast<std::int64_t>(values.size()) != count * table.dim)
+    throw error(errc::size_mismatch, "grad.values has " + std::to_string(values.size()) + " floats; " +
+                                         std::to_string(count) + " rows of dim " + std::to_string(table.dim) +
+                                         " need " + std::to_string(count * table.dim));
+  validate_array("grad.rows", rows.data(), count, sizeof(std::int64_t));
+  validate_array("grad.values", values.data(), static_cast<std::int64_t>(values.size()), sizeof(float));
+  for (std::int64_t u = 0; u < count; ++u) {
+    const std::int64_t row = rows[static_cast<std::size_t>(u)];
     if (row < 0 || row >= table.rows)
       throw error(errc::index_out_of_range, "grad.rows[" + std::to_string(u) + "] = " + std::to_string(row) +
                                                 " is outside the table's " + std::to_string(table.rows) + " rows");
-    if (u > 0 && row <= grad.rows[static_cast<std::size_t>(u - 1)])
+    if (u > 0 && row <= rows[static_cast<std::size_t>(u - 1)])
       throw error(errc::invalid_option, "grad.rows must ascend without repeats: grad.rows[" + std::to_string(u) +
                                             "] = " + std::to_string(row) + " follows " +
-                                            std::to_string(grad.rows[static_cast<std::size_t>(u - 1)]));
+                                            std::to_string(rows[static_cast<std::size_t>(u - 1)]));
   }
-  const byte_range inputs[] = {
-      {"grad.rows", grad.rows.data(), rows * std::int64_t{sizeof(std::int64_t)}},
-      {"grad.values", grad.values.data(), static_cast<std::int64_t>(grad.values.size() * sizeof(float))}};
+  const byte_range inputs[] = {{"grad.rows", rows.data(), static_cast<std::int64_t>(rows.size_bytes())},
+                               {"grad.values", values.data(), static_cast<std::int64_t>(values.size_bytes())}};
   const byte_range outputs[] = {target.table, target.state};
   validate_disjoint(outputs, inputs);
   update_request& q = target.req;
-  q.gradient.transpose.unique_rows = grad.rows.data();
-  q.gradient.transpose.num_unique = rows;
-  q.given_gradient = grad.values.data();
+  q.gradient.transpose.unique_rows = rows.data();
+  q.gradient.transpose.num_unique = count;
+  q.given_gradient = values.data();
   return {q, {}, resolve_isa(how.isa), how};
 }
 

@@ -136,8 +136,11 @@ update_call validate_backward_update(const trainable_table_view& table, const ba
                                      matrix_view<const float> grad_output, const optimizer& opt,
                                      const optimizer_state& state, std::span<const std::int64_t> argmax,
                                      std::vector<std::int64_t>& rewritten);
-update_call validate_apply_sparse_gradient(const trainable_table_view& table, const sparse_gradient& grad,
-                                           const optimizer& opt, const optimizer_state& state, const execution& how);
+// The sparse gradient as arrays (embag.hpp's sparse_gradient, or a C caller's): rows, and
+// values of rows.size() x dim floats, dense.
+update_call validate_apply_sparse_gradient(const trainable_table_view& table, std::span<const std::int64_t> rows,
+                                           std::span<const float> values, std::int64_t dim, const optimizer& opt,
+                                           const optimizer_state& state, const execution& how);
 
 // Running validated calls (api.cpp): plan, then the reference's whole-call algorithm or the ISA's
 // kernels block by block. Backward's sparse forms run in api.cpp's entry points, which own their
@@ -162,6 +165,12 @@ struct sparse_gradient_buffers {
 void backward_sparse_into(std::int64_t table_rows, const bags& batch, const options& opts,
                           matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
                           const sparse_gradient_buffers& out, std::int64_t& num_rows);
+
+// apply_sparse_gradient on a gradient as arrays (the C ABI's, which embag.hpp's sparse_gradient
+// would have to copy into vectors).
+update_summary apply_gradient_rows(const trainable_table_view& table, std::span<const std::int64_t> rows,
+                                   std::span<const float> values, std::int64_t dim, const optimizer& opt,
+                                   const optimizer_state& state, const execution& how, workspace* scratch);
 
 // The vector a call's rewritten indices go in: the workspace's, or `own` (allocated only if the
 // call rewrites) when the caller gave none.

@@ -102,8 +102,10 @@ class prefetch_trials {
 // (-1: not a trial; a batched forward times each table's blocks). may_trial = false: a call that
 // cannot time this table on its own takes the candidate decided so far instead.
 void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool may_trial = true);
+
 // How far ahead, and into which cache, backward_scatter prefetches the gradient rows it will
-// write: by the gradient's size against L2, or as the caller (or EMBAG_PREFETCH) forces.
+// write, and an optimizer's step the table and state rows it will write: by the written rows'
+// size against L2, or as the caller (or EMBAG_PREFETCH) forces.
 void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked);
 // The time of a call choose_prefetch put on trial.
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept;

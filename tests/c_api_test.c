@@ -1376,6 +1376,80 @@ static void test_forward_batched(const embag_table* t) {
   embag_table_destroy(head);
 }
 
+/* The fused optimizers: a step by hand (bags {1, 2, 2} and {7}; dY rows {1, 1, 1, 1} and
+ * {2, 2, 2, 2}), apply from sparse rows, bad calls that write nothing. */
+static void test_optimizers(void) {
+  float w[rows * dim], state[rows * dim], before[rows * dim];
+  const float dy[2 * dim] = {1, 1, 1, 1, 2, 2, 2, 2};
+  embag_trainable_table t;
+  embag_optimizer sgd, adagrad;
+  embag_update_summary summary;
+  embag_const_matrix grad = {dy, 2, dim, 0};
+  embag_matrix s = {state, rows, dim, 0};
+  embag_bags b = offsets_bags();
+  const int64_t sparse_rows[] = {2, 7};
+  const float sparse_values[2 * dim] = {1, 1, 1, 1, 4, 4, 4, 4};
+  int r, c;
+  memcpy(w, table_rows, sizeof w);
+  t.data = w;
+  t.rows = rows;
+  t.dim = dim;
+  t.row_stride = 0;
+  t.dtype = EMBAG_DTYPE_F32;
+  EXPECT_OK(embag_optimizer_init(&sgd, EMBAG_OPTIMIZER_SGD));
+  CHECK(sgd.learning_rate == 0.01f && sgd.eps == 1e-10f && sgd.weight_decay == 0 && sgd.rounding == EMBAG_ROUNDING_NEAREST);
+  sgd.learning_rate = 0.5f;
+  EXPECT_OK(embag_backward_update(&t, &b, NULL, &grad, NULL, 0, &sgd, NULL, &summary));
+  CHECK(summary.rows_updated == 3 && summary.rows_not_finite == 0 && summary.first_not_finite_row == -1);
+  /* row 1: g = 1; row 2: g = 2 (twice in bag 0); row 7: g = 2 */
+  for (r = 0; r < rows; ++r)
+    for (c = 0; c < dim; ++c) {
+      const float g = r == 1 ? 1.0f : r == 2 || r == 7 ? 2.0f : 0.0f;
+      CHECK(w[r * dim + c] == value(r, c) - 0.5f * g);
+    }
+
+  /* apply: adagrad from a zero state, eps 0: each touched element moves by lr exactly */
+  memcpy(w, table_rows, sizeof w);
+  fill(state, rows * dim, 0.0f);
+  EXPECT_OK(embag_optimizer_init(&adagrad, EMBAG_OPTIMIZER_ADAGRAD));
+  adagrad.learning_rate = 2;
+  adagrad.eps = 0;
+  EXPECT_OK(embag_apply_sparse_gradient(&t, sparse_rows, 2, sparse_values, &adagrad, &s, NULL, &summary));
+  CHECK(summary.rows_updated == 2);
+  CHECK(w[2 * dim] == value(2, 0) - 2 && w[7 * dim + 3] == value(7, 3) - 2 && w[3 * dim] == value(3, 0));
+  CHECK(state[2 * dim] == 1 && state[7 * dim] == 16 && state[3 * dim] == 0);
+
+  /* bad calls: status, message, and nothing written */
+  memcpy(before, w, sizeof w);
+  s.cols = 3;
+  EXPECT_STATUS(embag_apply_sparse_gradient(&t, sparse_rows, 2, sparse_values, &adagrad, &s, NULL, &summary),
+                EMBAG_ERR_SIZE_MISMATCH);
+  CHECK(error_mentions("state is 10 x 3"));
+  s.cols = dim;
+  EXPECT_STATUS(embag_backward_update(&t, &b, NULL, &grad, NULL, 0, &adagrad, NULL, NULL), EMBAG_ERR_SIZE_MISMATCH);
+  EXPECT_STATUS(embag_backward_update(&t, &b, NULL, &grad, NULL, 0, &sgd, &s, NULL), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("sgd keeps no state"));
+  sgd.rounding = 7;
+  EXPECT_STATUS(embag_backward_update(&t, &b, NULL, &grad, NULL, 0, &sgd, NULL, NULL), EMBAG_ERR_INVALID_OPTION);
+  sgd.rounding = EMBAG_ROUNDING_NEAREST;
+  sgd.struct_size = 3;
+  EXPECT_STATUS(embag_backward_update(&t, &b, NULL, &grad, NULL, 0, &sgd, NULL, NULL), EMBAG_ERR_INVALID_OPTION);
+  CHECK(error_mentions("embag_optimizer_init"));
+  EXPECT_STATUS(embag_optimizer_init(&sgd, 9), EMBAG_ERR_INVALID_OPTION);
+  EXPECT_OK(embag_optimizer_init(&sgd, EMBAG_OPTIMIZER_SGD));
+  t.dtype = EMBAG_DTYPE_INT8_ROWWISE;
+  EXPECT_STATUS(embag_backward_update(&t, &b, NULL, &grad, NULL, 0, &sgd, NULL, NULL), EMBAG_ERR_INVALID_OPTION);
+  t.dtype = 99;
+  EXPECT_STATUS(embag_backward_update(&t, &b, NULL, &grad, NULL, 0, &sgd, NULL, NULL), EMBAG_ERR_INVALID_OPTION);
+  t.dtype = EMBAG_DTYPE_F32;
+  EXPECT_STATUS(embag_backward_update(&t, &b, NULL, &grad, NULL, 0, &sgd, NULL, (embag_update_summary*)(void*)w),
+                EMBAG_ERR_ALIASING);
+  EXPECT_STATUS(embag_backward_update(NULL, &b, NULL, &grad, NULL, 0, &sgd, NULL, NULL), EMBAG_ERR_NULL_POINTER);
+  EXPECT_STATUS(embag_apply_sparse_gradient(&t, sparse_rows, -1, sparse_values, &sgd, NULL, NULL, NULL),
+                EMBAG_ERR_SIZE_MISMATCH);
+  CHECK(memcmp(before, w, sizeof w) == 0);
+}
+
 int main(void) {
   embag_table* t = NULL;
   int r, c;
@@ -1397,6 +1471,7 @@ int main(void) {
   test_backward(t);
   test_backward_sparse_buffers();
   test_weights_grad(t);
+  test_optimizers();
   test_isas(t);
   embag_table_destroy(t);
   test_compressed_tables();

@@ -33,6 +33,7 @@
 #include "flags.hpp"
 #include "embag/batched.hpp"
 #include "embag/npy.hpp"
+#include "embag/optim.hpp"
 #include "workload.hpp"
 
 namespace embag::tool {
@@ -52,6 +53,8 @@ struct bench_options {
   std::vector<dtype> types{std::begin(all_dtypes), std::end(all_dtypes)};
   std::string json_path, chart_path;
   double seconds_per_result = 0.3;
+  std::vector<std::string> modes;          // --mode as given: operations, or optimizers
+  std::vector<optimizer_kind> optimizers;  // --mode sgd,adagrad,rowwise_adagrad: the optimizer report instead
   bool dlrm = false;  // --workload dlrm: the table-batched report instead
   double scale = 1.0;  // of the DLRM tables' row cap
 };
@@ -521,8 +524,115 @@ int run_dlrm_bench(const bench_options& o) {
   return 0;
 }
 
+// The optimizer report: per index distribution (the workload's, or uniform and zipf), thread count
+// and optimizer, a training step three ways, interleaved call by call on rotating index sets:
+// backward_sparse alone (the gradient, no update), the fused step (backward_update) and the
+// unfused one (backward_sparse, then apply_sparse_gradient on its rows). The fused and unfused
+// steps are first checked to leave the same table and state bit for bit.
+int run_optimizer_bench(const bench_options& o) {
+  json_output report(o);
+  const isa which = o.isas.back();
+  std::printf("embag %s bench --mode %s on %s, L2 %lld KiB, LLC %lld MiB, ISA %s\n", std::string(version()).c_str(),
+              [&] {
+                std::string names;
+                for (optimizer_kind k : o.optimizers) names += (names.empty() ? "" : ",") + std::string(to_string(k));
+                return names;
+              }().c_str(),
+              cpu_model().c_str(), (long long)(caches().l2 >> 10), (long long)(caches().llc >> 20),
+              std::string(to_string(which)).c_str());
+  std::vector<distribution> dists{o.spec.dist};
+  if (o.suite) dists = {distribution::uniform, distribution::zipf};
+  std::printf("R = %lld, D = %lld, L = %lld%s, B = %lld, %d rotating index sets; the step's time over backward_sparse "
+              "alone (fused/bwd), and the unfused step's over the fused one (unfused/fused)\n",
+              (long long)o.spec.rows, (long long)o.spec.dim, (long long)o.spec.pooling, o.spec.variable_length ? " (variable)" : "",
+              (long long)o.spec.bags, o.spec.index_sets);
+  std::printf("\n%-8s %-7s %-16s %9s %9s %11s %10s %14s\n", "ids", "threads", "optimizer", "bwd ms", "fused ms",
+              "unfused ms", "fused/bwd", "unfused/fused");
+  json benchmarks = json::array();
+  for (const distribution dist : dists) {
+    workload_spec spec = o.spec;
+    spec.dist = dist;
+    workload w(spec);
+    const std::int64_t rows = spec.rows, dim = spec.dim;
+    std::vector<float> dy(static_cast<std::size_t>(spec.bags * dim));
+    for (std::size_t i = 0; i < dy.size(); ++i) dy[i] = static_cast<float>(static_cast<int>(i * 2654435761u % 2001) - 1000) * 1e-3f;
+    const matrix_view<const float> grad_output{dy.data(), spec.bags, dim, dim};
+    table adagrad_state(rows, dim);
+    std::vector<float> rowwise_state(static_cast<std::size_t>(rows));
+    const auto state_for = [&](optimizer_kind k) -> optimizer_state {
+      if (k == optimizer_kind::adagrad) return {adagrad_state.view().data, rows, dim, adagrad_state.row_stride()};
+      if (k == optimizer_kind::rowwise_adagrad) return {rowwise_state.data(), rows, 1, 1};
+      return {};
+    };
+    workspace scratch;
+    sparse_gradient grad;
+    for (const int threads : o.threads)
+      for (const optimizer_kind kind : o.optimizers) {
+        options opts;
+        opts.execution = execution_for(which, threads);
+        const optimizer opt{.kind = kind, .learning_rate = 1e-3f, .eps = 1e-8f};
+        const trainable_table_view trained = w.rows_table.view();
+        const auto fused = [&](int set) {
+          backward_update(trained, w.batch(set), opts, grad_output, opt, state_for(kind), {}, &scratch);
+        };
+        const auto unfused = [&](int set) {
+          backward_sparse(rows, w.batch(set), opts, grad_output, grad, {}, &scratch);
+          apply_sparse_gradient(trained, grad, opt, state_for(kind), opts.execution, &scratch);
+        };
+        {  // fused and unfused from the same table and state leave the same bits
+          const std::int64_t bytes = rows * w.rows_table.row_stride() * 4;
+          const auto snapshot = [&] {
+            std::vector<float> copy(static_cast<std::size_t>(bytes / 4));
+            std::memcpy(copy.data(), w.rows_table.view().data, static_cast<std::size_t>(bytes));
+            const optimizer_state s = state_for(kind);
+            std::vector<float> state(s.data ? static_cast<std::size_t>(s.rows * s.row_stride) : 0);
+            if (s.data) std::memcpy(state.data(), s.data, state.size() * 4);
+            return std::pair{std::move(copy), std::move(state)};
+          };
+          const auto before = snapshot();
+          fused(0);
+          const auto after_fused = snapshot();
+          std::memcpy(w.rows_table.view().data, before.first.data(), static_cast<std::size_t>(bytes));
+          if (state_for(kind).data) std::memcpy(state_for(kind).data, before.second.data(), before.second.size() * 4);
+          unfused(0);
+          if (snapshot() != after_fused)
+            throw error(errc::invalid_option, "bench: the fused step differs from backward_sparse + apply_sparse_gradient");
+        }
+        const std::function<void(int)> variants[] = {
+            [&](int set) { backward_sparse(rows, w.batch(set), opts, grad_output, grad, {}, &scratch); }, fused, unfused};
+        std::vector<double> seconds[3];
+        const auto start = std::chrono::steady_clock::now();
+        for (int call = 0; keep_timing(call, start, o.seconds_per_result * 3); ++call)
+          for (int k = 0; k < 3; ++k) {
+            const int variant = (call + k) % 3;
+            const auto t0 = std::chrono::steady_clock::now();
+            variants[variant](call % spec.index_sets);
+            seconds[variant].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+          }
+        const double backward = median(seconds[0]), step = median(seconds[1]), separate = median(seconds[2]);
+        const char* ids = dist == distribution::uniform ? "uniform" : "zipf";
+        std::printf("%-8s %-7d %-16s %9.3f %9.3f %11.3f %9.2fx %13.2fx\n", ids, threads,
+                    std::string(to_string(kind)).c_str(), backward * 1e3, step * 1e3, separate * 1e3, step / backward,
+                    separate / step);
+        std::fflush(stdout);
+        for (const auto& [family, t] : {std::pair{"optim/backward_sparse", backward}, std::pair{"optim/fused", step},
+                                         std::pair{"optim/unfused", separate}}) {
+          const std::string name = std::string(family) + "/" + std::string(to_string(kind)) + "/" +
+                                   std::string(to_string(which)) + "/" + spec.name() + "/threads:" + std::to_string(threads);
+          benchmarks.push_back({{"name", name}, {"run_name", name}, {"run_type", "iteration"}, {"iterations", 1},
+                                {"repetitions", 1}, {"real_time", t * 1e3}, {"cpu_time", t * 1e3}, {"time_unit", "ms"},
+                                {"items_per_second", double(w.lookups(0)) / t}});
+        }
+      }
+  }
+  std::printf("verified: each fused step leaves the table and state of backward_sparse + apply_sparse_gradient, bit for bit\n");
+  report.write(benchmarks, 0.0);
+  return 0;
+}
+
 int run_bench(const bench_options& o) {
   if (o.dlrm) return run_dlrm_bench(o);
+  if (!o.optimizers.empty()) return run_optimizer_bench(o);
   json_output report(o);
   std::printf("embag %s bench on %s, %d threads, L2 %lld KiB, LLC %lld MiB\n", std::string(version()).c_str(),
               cpu_model().c_str(), default_threads(), (long long)(caches().l2 >> 10), (long long)(caches().llc >> 20));
@@ -622,10 +732,19 @@ void add_bench_command(CLI::App& tool, command_run& run) {
                           ->transform(name_of("ISA", isa_from_string, isa_names));
   std::string operations;
   for (const auto& [name, op] : operation_names) operations += (operations.empty() ? "" : ", ") + std::string(name);
-  runs.add_option("--mode", o->ops, "comma-separated operations, of\n" + operations + "\n(default: all but lookup)")
-      ->type_name("LIST")
-      ->delimiter(',')
-      ->transform(name_of("mode", operation_from_string, operations));
+  std::string optimizers;
+  for (const optimizer_kind k : all_optimizers) optimizers += (optimizers.empty() ? "" : ", ") + std::string(to_string(k));
+  CLI::Option* modes =
+      runs.add_option("--mode", o->modes, "comma-separated operations, of\n" + operations +
+                                              "\n(default: all but lookup); or optimizers, of\n" + optimizers +
+                                              "\n(their own report: a training step against backward_sparse)")
+          ->type_name("LIST")
+          ->delimiter(',')
+          ->check([operations, optimizers](const std::string& name) {
+            return operation_from_string(name) || optimizer_from_string(name)
+                       ? std::string()
+                       : "unknown mode '" + name + "' (" + operations + "; or " + optimizers + ")";
+          });
   CLI::Option* types = runs.add_option("--dtype", o->types, "comma-separated table element types, of\n" + dtype_names +
                                            "\n(default: all; backward runs on f32 only)")
       ->type_name("LIST")
@@ -645,10 +764,21 @@ void add_bench_command(CLI::App& tool, command_run& run) {
                                                       "python3-matplotlib)")
       ->check(no_quote);
 
-  bench.callback([o, &workload, isas, types, &run] {
+  bench.callback([o, &workload, isas, types, modes, &run] {
+    if (modes->count() > 0) {
+      o->ops.clear();
+      for (const std::string& name : o->modes) {
+        if (const std::optional<operation> op = operation_from_string(name)) o->ops.push_back(*op);
+        else o->optimizers.push_back(*optimizer_from_string(name));
+      }
+      if (!o->ops.empty() && !o->optimizers.empty())
+        throw CLI::ValidationError("--mode", "optimizers run their own report: give them without operations");
+    }
     if (o->dlrm && (workload.count_all() - (workload.count("--bags") > 0 ? 1 : 0)) > 0)
       throw CLI::ValidationError("--workload dlrm", "sets its own tables: of the workload options, only --bags applies");
     o->suite = workload.count_all() == 0 && !o->dlrm;
+    if (!o->optimizers.empty() && o->dlrm)
+      throw CLI::ValidationError("--mode", "optimizers run on one table: not with --workload dlrm");
     if (o->dlrm && types->count() == 0) o->types = {dtype::f32, dtype::int8_rowwise};
     if (isas->count() == 0) {
       o->isas = o->suite ? std::vector<isa>{isa::reference, available_isas().back()} : available_isas();

@@ -247,6 +247,55 @@ embag_status embag_per_sample_weights_grad(const embag_table* table, const embag
                                            float* grad_weights, int64_t grad_weights_size);
 
 /* ---------------------------------------------------------------------------------------------
+ * Fused sparse optimizers (embag/optim.hpp has the formulas, where they differ from PyTorch's, and
+ * the policy on rows that would not stay finite: left as they were, and counted). */
+#define EMBAG_OPTIMIZER_SGD 0
+#define EMBAG_OPTIMIZER_ADAGRAD 1
+#define EMBAG_OPTIMIZER_ROWWISE_ADAGRAD 2
+#define EMBAG_ROUNDING_NEAREST 0    /* an f16 / bf16 weight: to nearest, ties to even */
+#define EMBAG_ROUNDING_STOCHASTIC 1 /* up with probability (w - down) / (up - down) */
+
+/* Initialise with embag_optimizer_init; struct_size lets the struct grow as embag_options does. */
+typedef struct embag_optimizer {
+  uint32_t struct_size;  /* sizeof(embag_optimizer), set by embag_optimizer_init */
+  int32_t kind;          /* EMBAG_OPTIMIZER_* */
+  float learning_rate;   /* default 0.01; finite, >= 0 */
+  float eps;             /* default 1e-10 (adagrad, rowwise adagrad); finite, >= 0 */
+  float weight_decay;    /* default 0; finite, >= 0 */
+  int32_t rounding;      /* EMBAG_ROUNDING_*; default nearest */
+  uint64_t seed;         /* stochastic rounding: a hash of (seed, row, column); give each step its own */
+} embag_optimizer;
+embag_status embag_optimizer_init(embag_optimizer* optimizer, int32_t kind);
+
+/* A table an optimizer writes: rows x dim elements of dtype (EMBAG_DTYPE_F32, _F16 or _BF16), row
+ * r at data + r * row_stride elements (0 means dim). */
+typedef struct embag_trainable_table {
+  void* data;
+  int64_t rows, dim, row_stride;
+  int32_t dtype;
+} embag_trainable_table;
+
+typedef struct embag_update_summary {
+  int64_t rows_updated;
+  int64_t rows_not_finite;      /* rows left as they were: an update not finite, or past a 16-bit type */
+  int64_t first_not_finite_row; /* the lowest of them, -1 when none */
+} embag_update_summary;
+
+/* Backward and the optimizer's step on every row the bags touch, in one pass, no gradient written.
+ * state (fp32): rows x dim for adagrad, rows x 1 for rowwise adagrad, NULL for sgd. Every argument
+ * is checked before the first write; summary (NULL: not wanted) is written last. */
+embag_status embag_backward_update(const embag_trainable_table* table, const embag_bags* bags,
+                                   const embag_options* options, const embag_const_matrix* grad_output,
+                                   const int64_t* argmax, int64_t argmax_size, const embag_optimizer* optimizer,
+                                   const embag_matrix* state, embag_update_summary* summary);
+/* The step from a sparse gradient: num_rows ascending unique rows, and their gradient rows
+ * (num_rows x dim floats, dense) in values. options: the call's execution only (NULL: defaults). */
+embag_status embag_apply_sparse_gradient(const embag_trainable_table* table, const int64_t* rows, int64_t num_rows,
+                                         const float* values, const embag_optimizer* optimizer,
+                                         const embag_matrix* state, const embag_options* options,
+                                         embag_update_summary* summary);
+
+/* ---------------------------------------------------------------------------------------------
  * Compressed tables, for inference: rows of fp16, bf16, or 8-bit or 4-bit integers with an fp32 /
  * fp16 scale and bias per row (FBGEMM's fused rowwise layouts). embag/quantize.hpp has their bytes
  * and error bounds. embag_forward reads every dtype (dequantising as it goes); the gradients and

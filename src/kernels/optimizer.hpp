@@ -21,10 +21,6 @@ std::uint32_t rounding_bits(std::uint64_t seed, std::int64_t row, std::int64_t c
 
 namespace embag::detail::EMBAG_ISA_NS {
 
-// Rows ahead whose table and state rows are prefetched for writing into L1, and 4x as far into L2:
-// the touched rows of a large table are random rows of DRAM.
-inline constexpr std::int64_t update_prefetch_rows = 8;
-
 // The largest magnitude a row of this type stores as a finite value.
 template <dtype Type>
 inline constexpr float largest_stored = Type == dtype::f16 ? 65504.0f : Type == dtype::bf16 ? 0x1.fep127f : FLT_MAX;
@@ -147,14 +143,22 @@ void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::
   if (fused) prefetch_first_positions(r, unique_begin, positions_end);
   const std::int64_t row_bytes = dim * (Type == dtype::f32 ? 4 : 2);
   const std::int64_t state_bytes = (Kind == optimizer_kind::adagrad ? dim : 1) * std::int64_t{sizeof(float)};
+  // the rows to write (a large table's are random rows of DRAM), prefetched for writing as the
+  // plan chose for them (choose_scatter_prefetch: by their size class, or as the caller forces)
+  const std::int64_t ahead = r.prefetch == prefetch_level::none ? unique_end : r.prefetch_rows;
+  // l1: PREFETCHW (into L1, owned: x86 has no write-intent prefetch into L2); l2: a read prefetch
+  // into L2, whose more outstanding misses than L1's keep more rows in flight
   const auto prefetch = [&]<int Locality>(std::int64_t u) {
+    constexpr int write = Locality == 3 ? 1 : 0;
     const std::int64_t row = t.unique_rows[u];
-    prefetch_row<Locality, 1>(q.table + row * q.table_stride * (Type == dtype::f32 ? 4 : 2), row_bytes);
-    if constexpr (Kind != optimizer_kind::sgd) prefetch_row<Locality, 1>(q.state + row * q.state_stride, state_bytes);
+    prefetch_row<Locality, write>(q.table + row * q.table_stride * (Type == dtype::f32 ? 4 : 2), row_bytes);
+    if constexpr (Kind != optimizer_kind::sgd) prefetch_row<Locality, write>(q.state + row * q.state_stride, state_bytes);
   };
   for (std::int64_t u = unique_begin; u < unique_end; ++u) {
-    if (const std::int64_t far = u + 4 * update_prefetch_rows; far < unique_end) prefetch.template operator()<1>(far);
-    if (const std::int64_t ahead = u + update_prefetch_rows; ahead < unique_end) prefetch.template operator()<3>(ahead);
+    if (u + ahead < unique_end) {
+      if (r.prefetch == prefetch_level::l1) prefetch.template operator()<3>(u + ahead);
+      else prefetch.template operator()<1>(u + ahead);
+    }
     const float* g = scratch;
     if (fused) row_gradient<Arch, true>(r, u, scratch, positions_end);
     else g = q.given_gradient + u * dim;
