@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -22,6 +23,7 @@
 
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
+#include "embag/optim.hpp"
 #include "embag/quantize.hpp"
 #include "support/temporary_directory.hpp"
 
@@ -229,6 +231,41 @@ TEST_F(Cli, BackwardWithPerSampleWeightsGradient) {
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(floats("dw.npy"), dense);
   EXPECT_EQ(floats("pg.npy"), weights_grad);
+}
+
+// `embag update`: the library's backward_update on the files, the table and state written whole;
+// steps chained through --state; bad calls refused with no output written.
+TEST_F(Cli, UpdateIsTheLibrarysStepOnFiles) {
+  std::vector<float> grad(4 * dim);
+  for (std::size_t i = 0; i < grad.size(); ++i) grad[i] = static_cast<float>(i % 7) - 2.5f;
+  write_npy(in("g.npy"), npy_dtype::f32, std::vector<std::int64_t>{4, dim}, grad.data());
+  const optimizer opt{.kind = optimizer_kind::adagrad, .learning_rate = 0.25f, .eps = 1e-6f};
+  std::vector<float> w = weights_, state(rows * dim, 0.5f);
+  for (int step = 0; step < 2; ++step)
+    backward_update(table_view<float>{w.data(), rows, dim, 0}, by_offsets(true), {}, {grad.data(), 4, dim}, opt,
+                    {state.data(), rows, dim, 0});
+  tool_run r = embag("update --weight w.npy --indices i.npy --offsets o.npy --per-sample-weights p.npy --grad-output g.npy "
+                     "--optimizer adagrad --lr 0.25 --eps 1e-6 --initial-accumulator-value 0.5 --weight-out w1.npy "
+                     "--state-out s1.npy");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output, "embag: adagrad updated 6 rows\n");
+  r = embag("update --weight w1.npy --indices i.npy --offsets o.npy --per-sample-weights p.npy --grad-output g.npy "
+            "--optimizer adagrad --lr 0.25 --eps 1e-6 --state s1.npy --weight-out w2.npy --state-out s2.npy");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(floats("w2.npy"), w);
+  EXPECT_EQ(floats("s2.npy"), state);
+
+  // refused, nothing written: a state of the wrong shape, sgd with a state, one output over an input
+  for (const std::string flags :
+       {"--optimizer rowwise_adagrad --state s1.npy --state-out s3.npy", "--optimizer sgd --state-out s3.npy",
+        "--optimizer adagrad --state s1.npy --state-out w.npy", "--optimizer adam --state-out s3.npy"}) {
+    r = embag("update --weight w.npy --indices i.npy --offsets o.npy --grad-output g.npy " + flags + " --weight-out w3.npy");
+    EXPECT_EQ(r.status, 2) << flags << ": " << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+    EXPECT_FALSE(std::filesystem::exists(in("w3.npy"))) << flags;
+    EXPECT_FALSE(std::filesystem::exists(in("s3.npy"))) << flags;
+  }
+  EXPECT_EQ(floats("w.npy"), weights_);
 }
 
 TEST_F(Cli, InPlaceMaxNormWritesTheRenormedCopy) {
@@ -748,6 +785,25 @@ TEST_F(Cli, BenchRefusesUnknownClassesAndOptions) {
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_NE(r.output.find("missing/out.json: cannot write in its directory"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("verified"), std::string::npos) << r.output;
+}
+
+// --mode with optimizers: the training-step report, fused checked against unfused.
+TEST_F(Cli, BenchOptimizers) {
+  const tool_run r = embag("bench --mode sgd,rowwise_adagrad --rows 500 --dim 16 --bags 32 --pooling 4 --threads 1 "
+                           "--seconds 0.002 --json optim.json");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("verified: each fused step leaves the table and state of backward_sparse + "
+                          "apply_sparse_gradient, bit for bit"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("\nuniform  1       sgd "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\nuniform  1       rowwise_adagrad "), std::string::npos) << r.output;
+  std::ifstream json(in("optim.json"));
+  const std::string text((std::istreambuf_iterator<char>(json)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(count_of(text, "\"name\": \"optim/fused/"), 2u) << text;
+  const tool_run mixed = embag("bench --mode sum,sgd --rows 500");
+  EXPECT_EQ(mixed.status, 2) << mixed.output;
+  EXPECT_NE(mixed.output.find("optimizers run their own report"), std::string::npos) << mixed.output;
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-// `embag forward` and `embag backward`: one call of the library on .npy files, e.g. to check embag
-// against another framework's dump; `embag quantize` and `embag dequantize`: a .npy table to an
+// `embag forward`, `embag backward` and `embag update`: one call of the library on .npy files, e.g.
+// to check embag against another framework's dump, or to train a table file a step; `embag quantize` and `embag dequantize`: a .npy table to an
 // .embag compressed table and back. Inputs are mapped read-only; every output is computed first
 // and then written through a temporary file renamed into place, so an error (a bad flag, file or
 // index) leaves no output file created or changed.
@@ -26,6 +26,7 @@
 #include "embag/batched.hpp"
 #include "embag/embag.hpp"
 #include "embag/npy.hpp"
+#include "embag/optim.hpp"
 #include "embag/quantize.hpp"
 
 namespace embag::tool {
@@ -40,6 +41,10 @@ struct command_line {
   // backward
   bool sparse = false;
   std::string grad_output, argmax, out_rows, per_sample_weights_grad_out;
+  // update (weight_out too)
+  optimizer opt;
+  std::string state, state_out;
+  float initial_accumulator = 0.0f;
 };
 
 // The flags forward and backward share: the table, the bags, the options, how to run. The library
@@ -158,6 +163,29 @@ std::vector<std::pair<std::string, std::string>> inputs_of(const command_line& c
           {"--argmax", c.argmax}};
 }
 
+// --grad-output's rows: the library accepts a taller gradient (a slice of a larger buffer); a file
+// is the whole gradient, one row per output row.
+table_view<const float> whole_gradient(const command_line& c, const npy_array& file, const bag_files& in) {
+  const table_view<const float> grad = file.as_table();
+  const std::int64_t out_rows = std::max<std::int64_t>(0, output_rows(in.batch, in.opts));
+  if (grad.rows != out_rows)
+    throw error(errc::size_mismatch, c.grad_output + ": the gradient has " + std::to_string(grad.rows) +
+                                         " rows, forward's output has " + std::to_string(out_rows));
+  return grad;
+}
+
+// --argmax, mapped into `file`, as forward's --argmax-out wrote it; empty without the flag.
+std::span<const std::int64_t> argmax_of(const command_line& c, std::int64_t out_rows, std::int64_t dim,
+                                        std::optional<npy_array>& file) {
+  if (c.argmax.empty()) return {};
+  file = npy_array::open(c.argmax);
+  if (file->dtype() != npy_dtype::i64 || file->shape() != shape{out_rows, dim})
+    throw error(errc::bad_file, c.argmax + ": the argmax must be <i8 of shape (" + std::to_string(out_rows) + ", " +
+                                    std::to_string(dim) + ") (forward's output), as forward's --argmax-out " +
+                                    "writes it; found " + file->describe());
+  return {static_cast<const std::int64_t*>(file->data()), static_cast<std::size_t>(file->elements())};
+}
+
 int run_forward(const command_line& c) {
   output_group outputs = declared_files(inputs_of(c), {{"--out", c.out}, {"--argmax-out", c.argmax_out}, {"--weight-out", c.weight_out}});
   const npy_array weight = npy_array::open(c.weight);
@@ -191,23 +219,11 @@ int run_backward(const command_line& c) {
   const table_view<const float> table = weight.as_table();
   const bag_files in(c);
   const npy_array grad_file = npy_array::open(c.grad_output);
-  const table_view<const float> grad = grad_file.as_table();
-  // the library accepts a taller gradient (a slice of a larger buffer); a file is the whole gradient
-  const std::int64_t out_rows = std::max<std::int64_t>(0, output_rows(in.batch, in.opts));
-  if (grad.rows != out_rows)
-    throw error(errc::size_mismatch, c.grad_output + ": the gradient has " + std::to_string(grad.rows) +
-                                         " rows, forward's output has " + std::to_string(out_rows));
+  const table_view<const float> grad = whole_gradient(c, grad_file, in);
+  const std::int64_t out_rows = grad.rows;
   const matrix_view<const float> grad_output{grad.data, grad.rows, grad.dim};
   std::optional<npy_array> argmax_file;
-  std::span<const std::int64_t> argmax;
-  if (!c.argmax.empty()) {
-    argmax_file = npy_array::open(c.argmax);
-    if (argmax_file->dtype() != npy_dtype::i64 || argmax_file->shape() != shape{out_rows, table.dim})
-      throw error(errc::bad_file, c.argmax + ": the argmax must be <i8 of shape (" + std::to_string(out_rows) + ", " +
-                                      std::to_string(table.dim) + ") (forward's output), as forward's --argmax-out " +
-                                      "writes it; found " + argmax_file->describe());
-    argmax = {static_cast<const std::int64_t*>(argmax_file->data()), static_cast<std::size_t>(argmax_file->elements())};
-  }
+  const std::span<const std::int64_t> argmax = argmax_of(c, out_rows, table.dim, argmax_file);
 
   std::vector<float> dense;
   sparse_gradient sparse;
@@ -232,6 +248,63 @@ int run_backward(const command_line& c) {
   }
   if (!c.per_sample_weights_grad_out.empty())
     outputs.stage(c.per_sample_weights_grad_out, npy_dtype::f32, shape{in.batch.indices.size}, weights_grad.data());
+  outputs.commit();
+  return 0;
+}
+
+// One training step on files: the table (<f4 or <f2) and the optimizer's state (<f4; absent:
+// every accumulator at --initial-accumulator-value) read, updated in memory, written to
+// --weight-out and --state-out together or not at all.
+int run_update(const command_line& c) {
+  const bool stateful = c.opt.kind != optimizer_kind::sgd;
+  output_group outputs = declared_files(inputs_of(c), {{"--weight-out", c.weight_out}, {"--state-out", c.state_out}});
+  if (!c.state.empty()) outputs.reads(c.state, "--state");
+  const npy_array weight = npy_array::open(c.weight);
+  if (weight.dtype() != npy_dtype::f32 && weight.dtype() != npy_dtype::f16)
+    throw error(errc::bad_file, c.weight + ": an optimizer trains tables of <f4 or <f2; found " + weight.describe());
+  if (weight.shape().size() != 2)
+    throw error(errc::bad_file, c.weight + ": the table must be 2-D; found " + weight.describe());
+  const std::int64_t rows = weight.shape()[0], dim = weight.shape()[1];
+  const bool half = weight.dtype() == npy_dtype::f16;
+  std::vector<std::uint16_t> halves = zeros<std::uint16_t>("the updated table", half ? rows : 0, dim);
+  std::vector<float> floats = zeros<float>("the updated table", half ? 0 : rows, dim);
+  if (half) std::copy_n(static_cast<const std::uint16_t*>(weight.data()), halves.size(), halves.begin());
+  else std::copy_n(static_cast<const float*>(weight.data()), floats.size(), floats.begin());
+  const trainable_table_view trained{half ? static_cast<void*>(halves.data()) : static_cast<void*>(floats.data()), rows,
+                                     dim, dim, half ? dtype::f16 : dtype::f32};
+
+  const std::int64_t state_cols = c.opt.kind == optimizer_kind::adagrad ? dim : 1;
+  std::vector<float> state = zeros<float>("the optimizer state", stateful ? rows : 0, state_cols);
+  if (stateful && c.state.empty()) std::fill(state.begin(), state.end(), c.initial_accumulator);
+  if (!c.state.empty()) {
+    const npy_array given = npy_array::open(c.state);
+    const shape expected = c.opt.kind == optimizer_kind::adagrad ? shape{rows, dim} : shape{rows};
+    if (given.dtype() != npy_dtype::f32 || given.shape() != expected)
+      throw error(errc::bad_file, c.state + ": " + std::string(to_string(c.opt.kind)) + "'s state is <f4 of shape (" +
+                                      std::to_string(rows) + (expected.size() == 2 ? ", " + std::to_string(dim) : ",") +
+                                      "), as --state-out writes it; found " + given.describe());
+    std::copy_n(given.as_floats().data(), state.size(), state.begin());
+  }
+
+  const bag_files in(c);
+  const npy_array grad_file = npy_array::open(c.grad_output);
+  const table_view<const float> grad = whole_gradient(c, grad_file, in);
+  std::optional<npy_array> argmax_file;
+  const std::span<const std::int64_t> argmax = argmax_of(c, grad.rows, dim, argmax_file);
+  const update_summary summary =
+      backward_update(trained, in.batch, in.opts, {grad.data, grad.rows, grad.dim}, c.opt,
+                      stateful ? optimizer_state{state.data(), rows, state_cols, state_cols} : optimizer_state{}, argmax);
+  in.print_report("");
+  std::cerr << "embag: " << to_string(c.opt.kind) << " updated " << summary.rows_updated << " rows";
+  if (summary.rows_not_finite > 0)
+    std::cerr << "; left " << summary.rows_not_finite << " rows as they were, their update not finite (the first row "
+              << summary.first_not_finite_row << ")";
+  std::cerr << "\n";
+  if (half) outputs.stage(c.weight_out, npy_dtype::f16, shape{rows, dim}, halves.data());
+  else outputs.stage(c.weight_out, npy_dtype::f32, shape{rows, dim}, floats.data());
+  if (stateful)
+    outputs.stage(c.state_out, npy_dtype::f32, c.opt.kind == optimizer_kind::adagrad ? shape{rows, dim} : shape{rows},
+                  state.data());
   outputs.commit();
   return 0;
 }
@@ -433,6 +506,55 @@ void add_backward_command(CLI::App& tool, command_run& run) {
   });
 }
 
+void add_update_command(CLI::App& tool, command_run& run) {
+  const auto c = std::make_shared<command_line>();
+  CLI::App& update = *tool.add_subcommand("update", "One training step on .npy files: backward and an optimizer's "
+                                                    "update of the rows the bags touch (backward_update).");
+  update.footer("sgd: w -= lr g; adagrad: s += g^2, w -= lr g / (sqrt(s) + eps); rowwise_adagrad: one s per row,\n"
+                "s += mean(g^2). Rows whose update is not finite stay as they were (reported on stderr).\n"
+                "W and the state are read whole and written whole, all or nothing.");
+  add_call_flags(update, *c);
+  add_file(update, "--grad-output", c->grad_output, "G.npy", "the gradient of forward's output, its shape")->required();
+  add_file(update, "--argmax", c->argmax, "A.npy", "the argmax forward wrote (--argmax-out): mode max needs it");
+  std::string optimizers;
+  for (const optimizer_kind k : all_optimizers) optimizers += (optimizers.empty() ? "" : ", ") + std::string(to_string(k));
+  update.add_option_function<optimizer_kind>("--optimizer", [c](optimizer_kind k) { c->opt.kind = k; },
+                                             "the optimizer, of " + optimizers)
+      ->required()
+      ->type_name("NAME")
+      ->transform(name_of("optimizer", optimizer_from_string, optimizers));
+  update.add_option("--lr", c->opt.learning_rate, "the learning rate (default 0.01)")
+      ->type_name("X")
+      ->transform(number<float>("a number"));
+  update.add_option("--eps", c->opt.eps, "adagrad's eps (default 1e-10)")->type_name("X")->transform(number<float>("a number"));
+  update.add_option("--weight-decay", c->opt.weight_decay, "g += X w on the touched rows (default 0)")
+      ->type_name("X")
+      ->transform(number<float>("a number"));
+  CLI::Option* stochastic = update.add_flag_function(
+      "--stochastic-rounding", [c](std::int64_t) { c->opt.rounding = rounding_mode::stochastic; },
+      "an <f2 table's weights rounded stochastically (default: to nearest)");
+  update.add_option("--seed", c->opt.seed, "stochastic rounding's seed (give each step its own)")
+      ->type_name("N")
+      ->transform(number<std::uint64_t>("a non-negative integer"))
+      ->needs(stochastic);
+  add_file(update, "--state", c->state, "S.npy", "the optimizer's state: <f4, adagrad's W's shape, rowwise's (rows,)");
+  update.add_option("--initial-accumulator-value", c->initial_accumulator, "the state without --state (default 0)")
+      ->type_name("X")
+      ->transform(number<float>("a number"));
+  add_file(update, "--weight-out", c->weight_out, "W2.npy", "the updated table")->required();
+  add_file(update, "--state-out", c->state_out, "S2.npy", "the updated state (adagrad and rowwise_adagrad)");
+  update.callback([c, &run] {
+    check_bags(*c);
+    if (c->opts.mode == mode::max && c->argmax.empty())
+      throw CLI::ValidationError("mode max needs --argmax (forward's --argmax-out)");
+    const bool stateful = c->opt.kind != optimizer_kind::sgd;
+    if (stateful == c->state_out.empty())
+      throw CLI::ValidationError(stateful ? "adagrad and rowwise_adagrad need --state-out" : "sgd keeps no state: no --state-out");
+    if (!stateful && !c->state.empty()) throw CLI::ValidationError("sgd keeps no state: no --state");
+    run = [c] { return run_update(*c); };
+  });
+}
+
 }  // namespace
 
 void add_forward_batched_command(CLI::App& tool, command_run& run) {
@@ -466,6 +588,7 @@ void add_file_commands(CLI::App& tool, command_run& run) {
   add_forward_command(tool, run);
   add_forward_batched_command(tool, run);
   add_backward_command(tool, run);
+  add_update_command(tool, run);
 
   const auto q = std::make_shared<conversion_line>();
   CLI::App& quantize = *tool.add_subcommand("quantize", "A .npy table to a compressed .embag table.");
