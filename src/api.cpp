@@ -602,6 +602,17 @@ update_summary backward_update(trainable_table_view table, const bags& batch, co
   return run_update(call, ws.get());
 }
 
+void backward_update_batched(std::span<const table_update> tables, std::span<update_summary> summaries,
+                             const execution& how, workspace* scratch) {
+  scratch_or_local ws(scratch);
+  const batched_update_call call = validate_backward_update_batched(tables, summaries, how, ws.get());
+  for (const index_census& c : call.censuses) c.publish();
+  for (std::size_t t = 0; t < call.tables.size(); ++t) {
+    update_call one{call.tables[t], call.censuses[t], call.which, call.how};
+    summaries[t] = run_update(one, ws.get());
+  }
+}
+
 update_summary detail::apply_gradient_rows(const trainable_table_view& table, std::span<const std::int64_t> rows,
                                            std::span<const float> values, std::int64_t dim, const optimizer& opt,
                                            const optimizer_state& state, const execution& how, workspace* scratch) {

@@ -450,6 +450,48 @@ update_call validate_backward_update(const trainable_table_view& table, const ba
   return {target.req, backward.census, backward.which, backward.how};
 }
 
+batched_update_call validate_backward_update_batched(std::span<const table_update> tables,
+                                                     std::span<const update_summary> summaries, const execution& how,
+                                                     workspace::impl& ws) {
+  validate_execution(how);
+  if (summaries.size() != tables.size())
+    throw error(errc::size_mismatch, std::to_string(tables.size()) + " tables and " + std::to_string(summaries.size()) +
+                                         " summaries");
+  std::vector<update_request>& requests = ws.batched_updates;
+  validate_each_table(tables, requests, ws, "the requests of a batched update",
+                      [&](std::size_t t, std::vector<std::int64_t>& rewritten) {
+                        const table_update& u = tables[t];
+                        return validate_backward_update(u.table, u.batch, u.opts, u.grad_output, u.opt, u.state,
+                                                        u.argmax, rewritten);
+                      });
+  validate_across_tables(
+      tables, ws,
+      [&](std::size_t t) {
+        const backward_request& r = requests[t].gradient;
+        call_inputs inputs(tables[t].batch, tables[t].opts,
+                           matrix_bytes("grad_output", r.grad_output, rows_of(r.bags, tables[t].opts.mode), r.dim,
+                                        r.grad_output_stride));
+        inputs.add({"argmax", tables[t].argmax.data(), static_cast<std::int64_t>(tables[t].argmax.size_bytes())});
+        return inputs;
+      },
+      [&](std::size_t t, auto add) {
+        const update_request& q = requests[t];
+        const output_cells table{q.table, q.gradient.rows, q.gradient.dim, q.table_stride,
+                                 q.table_type == dtype::f32 ? 4 : 2};
+        add(table.bytes("table"), table);
+        if (q.state == nullptr) return;
+        const output_cells state{q.state, q.gradient.rows, q.kind == optimizer_kind::adagrad ? q.gradient.dim : 1,
+                                 q.state_stride, sizeof(float)};
+        add(state.bytes("state"), state);
+      });
+  const byte_range summary_bytes{"summaries", summaries.data(), static_cast<std::int64_t>(summaries.size_bytes())};
+  for (const std::vector<table_range>* ranges : {&ws.batched_reads, &ws.batched_writes})
+    for (const table_range& r : *ranges)
+      if (overlap(summary_bytes, r.bytes))
+        throw error(errc::aliasing, "summaries overlaps " + table_name(r.table) + "'s " + r.bytes.name);
+  return {requests, ws.batched_censuses, resolve_isa(how.isa), how};
+}
+
 update_call validate_apply_sparse_gradient(const trainable_table_view& table, std::span<const std::int64_t> rows,
                                            std::span<const float> values, std::int64_t dim, const optimizer& opt,
                                            const optimizer_state& state, const execution& how) {

@@ -166,6 +166,14 @@ void backward_sparse_into(std::int64_t table_rows, const bags& batch, const opti
                           matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
                           const sparse_gradient_buffers& out, std::int64_t& num_rows);
 
+// A batched step: each table checked as its own backward_update would be (an error names it), then
+// every table and state it writes against the other tables' inputs and writes, and the summaries
+// against all of them. Requests and rewritten indices go in the workspace.
+using batched_update_call = batched_call<update_request>;
+batched_update_call validate_backward_update_batched(std::span<const table_update> tables,
+                                                     std::span<const update_summary> summaries, const execution& how,
+                                                     workspace::impl& ws);
+
 // apply_sparse_gradient on a gradient as arrays (the C ABI's, which embag.hpp's sparse_gradient
 // would have to copy into vectors).
 update_summary apply_gradient_rows(const trainable_table_view& table, std::span<const std::int64_t> rows,

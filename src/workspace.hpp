@@ -25,6 +25,7 @@ struct workspace::impl {
   std::vector<std::vector<std::int64_t>> batched_indices;  // each table's rewritten indices
   std::vector<detail::backward_request> batched_gradients;
   std::vector<detail::weights_grad_request> batched_weights_grads;
+  std::vector<detail::update_request> batched_updates;
   std::vector<detail::table_block> batched_blocks;
   std::vector<double> batched_block_seconds;  // prefetch trials' block times
   std::vector<detail::table_range> batched_reads, batched_writes;  // checked across a batch's tables

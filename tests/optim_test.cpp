@@ -5,7 +5,11 @@
 // would not stay finite left alone and counted; bad calls refused before anything is written.
 #include <gtest/gtest.h>
 
+#include <sys/mman.h>
 #include <tbb/task_arena.h>
+#include <unistd.h>
+
+#include <algorithm>
 
 #include <bit>
 #include <cmath>
@@ -207,6 +211,53 @@ TEST_P(EveryIsa, TheSameBitsOnAnyThreadCount) {
   }
 }
 
+// Many tables in one call: each bitwise its own single call's, on every ISA and thread count.
+TEST_P(EveryIsa, ABatchedStepIsEachTablesOwnStep) {
+  const isa which = GetParam();
+  const dtype types[] = {dtype::f32, dtype::f16, dtype::bf16};
+  for (int n = 0; n < std::max(1, cases_per_isa() / 5); ++n) {
+    const std::size_t count = 1 + static_cast<std::size_t>(n % 4);
+    std::vector<call_case> calls;
+    std::vector<trained> single, batched;
+    std::vector<std::vector<float>> dys;
+    std::vector<std::vector<std::int64_t>> argmaxes;
+    std::vector<table_update> updates;
+    std::vector<update_summary> expected(count);
+    std::mt19937_64 g(static_cast<std::uint64_t>(n) + 99);
+    for (std::size_t t = 0; t < count; ++t) {
+      const std::uint64_t seed = static_cast<std::uint64_t>(n) * 10 + t + 20000;
+      calls.push_back(fuzz::random_call(seed, {.max_dim = 40, .max_rows = 60}));
+      calls.back().opts.max_norm.reset();
+      calls.back().opts.execution = {};
+    }
+    for (std::size_t t = 0; t < count; ++t) {  // the vectors no longer move: views into them stay valid
+      const call_case& c = calls[t];
+      const optimizer opt = draw_optimizer(g);
+      const dtype type = types[g() % 3];
+      single.push_back(train_table(c, type, opt.kind, t));
+      batched.push_back(train_table(c, type, opt.kind, t));
+      dys.push_back(random_dy(c, t));
+      argmaxes.push_back(argmax_of(c));
+      updates.push_back({{}, c.batch(), c.opts, {dys.back().data(), c.out_rows(), c.dim, c.dim}, opt, {}, argmaxes.back()});
+    }
+    for (std::size_t t = 0; t < count; ++t) {
+      updates[t].table = batched[t].view();
+      updates[t].state = batched[t].state_view();
+      options opts = calls[t].opts;
+      opts.execution = on(which, 1);
+      expected[t] = backward_update(single[t].view(), calls[t].batch(), opts, updates[t].grad_output, updates[t].opt,
+                                    single[t].state_view(), argmaxes[t]);
+    }
+    std::vector<update_summary> summaries(count);
+    backward_update_batched(updates, summaries, on(which, static_cast<int>(g() % 3)));
+    for (std::size_t t = 0; t < count; ++t) {
+      EXPECT_TRUE(batched[t] == single[t]) << "tables[" << t << "]: " << calls[t].describe();
+      EXPECT_TRUE(same_summary(summaries[t], expected[t])) << "tables[" << t << "]";
+    }
+    if (HasFailure()) return;
+  }
+}
+
 std::vector<isa> simd_isas() {
   std::vector<isa> all = available_isas();
   all.erase(all.begin());  // the reference is the oracle
@@ -341,6 +392,79 @@ TEST(OptimRounding, StochasticKeepsSmallStepsOnAverage) {
   }
   mean /= static_cast<double>(a.size());
   EXPECT_NEAR(mean, 1.0 - 0x1p-10, 0x1p-8 * 0.02);  // 4096 draws: a standard error of 0.007 spacings
+}
+
+// A batch refuses a table written by two entries, one entry's state inside another's inputs, and
+// summaries over a table, by name, before any write.
+TEST(OptimBatched, RefusesOverlapsAcrossTablesBeforeAnyWrite) {
+  std::vector<float> w(6 * 2, 1.0f), v(6 * 2, 2.0f), state(6 * 2, 0.5f);
+  const std::vector<float> w_before = w, v_before = v;
+  const std::vector<std::int64_t> indices{0, 5}, offsets{0};
+  std::vector<float> dy{1, 1};
+  const optimizer sgd{.kind = optimizer_kind::sgd, .learning_rate = 0.5f};
+  const table_update first{table_view<float>{w.data(), 6, 2, 0}, bags::from_offsets(indices, offsets), {},
+                           {dy.data(), 1, 2, 0}, sgd, {}, {}};
+  table_update second = first;
+  second.table = table_view<float>{v.data(), 6, 2, 0};
+  std::vector<update_summary> summaries(2);
+  const auto expect = [&](std::vector<table_update> batch, errc code, const std::string& fragment) {
+    try {
+      backward_update_batched(batch, std::span(summaries.data(), batch.size()));
+      ADD_FAILURE() << "no error for " << fragment;
+    } catch (const error& e) {
+      EXPECT_EQ(e.code(), code) << e.what();
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(w, w_before);
+    EXPECT_EQ(v, v_before);
+  };
+  expect({first, first}, errc::aliasing, "tables[0]'s table");
+  table_update reads_a_table = second;
+  reads_a_table.grad_output = {w.data(), 1, 2, 0};  // dY inside the first table
+  expect({first, reads_a_table}, errc::aliasing, "grad_output");
+  table_update bad = second;
+  bad.opt = {.kind = optimizer_kind::adagrad};
+  expect({first, bad}, errc::size_mismatch, "tables[1]: state is 0 x 0");
+  try {
+    backward_update_batched(std::vector<table_update>{first, second},
+                            std::span(reinterpret_cast<update_summary*>(v.data()), 2));
+    ADD_FAILURE() << "summaries over a table";
+  } catch (const error& e) {
+    EXPECT_EQ(e.code(), errc::aliasing) << e.what();
+  }
+  EXPECT_EQ(v, v_before);
+}
+
+// Table and state may be files mapped shared (a training job's tables on disk): the step lands in
+// the files, the same bits as in memory.
+TEST(OptimFiles, MappedTableAndStateAreUpdatedInTheirFiles) {
+  const std::int64_t rows = 64, dim = 24;
+  std::vector<float> w(rows * dim), state(rows * dim, 0.25f), dy(3 * dim);
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 17) * 0.5f - 4.0f;
+  for (std::size_t i = 0; i < dy.size(); ++i) dy[i] = static_cast<float>(i % 5) - 2.0f;
+  const std::vector<std::int64_t> indices{3, 9, 9, 63, 0}, offsets{0, 2, 4};
+  const optimizer adagrad{.kind = optimizer_kind::adagrad, .learning_rate = 0.1f};
+  char path[] = "/tmp/embag-optim-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const std::size_t bytes = w.size() * 4;
+  ASSERT_EQ(write(fd, w.data(), bytes), static_cast<ssize_t>(bytes));
+  ASSERT_EQ(write(fd, state.data(), bytes), static_cast<ssize_t>(bytes));
+  void* mapped = mmap(nullptr, 2 * bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(mapped, MAP_FAILED);
+  auto* file_w = static_cast<float*>(mapped);
+  backward_update(table_view<float>{file_w, rows, dim, 0}, bags::from_offsets(indices, offsets), {},
+                  {dy.data(), 3, dim, 0}, adagrad, {file_w + rows * dim, rows, dim, 0});
+  ASSERT_EQ(munmap(mapped, 2 * bytes), 0);
+  backward_update(table_view<float>{w.data(), rows, dim, 0}, bags::from_offsets(indices, offsets), {},
+                  {dy.data(), 3, dim, 0}, adagrad, {state.data(), rows, dim, 0});
+  std::vector<float> from_file(2 * w.size());
+  ASSERT_EQ(pread(fd, from_file.data(), 2 * bytes, 0), static_cast<ssize_t>(2 * bytes));
+  close(fd);
+  unlink(path);
+  EXPECT_TRUE(std::equal(w.begin(), w.end(), from_file.begin()));
+  EXPECT_TRUE(std::equal(state.begin(), state.end(), from_file.begin() + static_cast<std::ptrdiff_t>(w.size())));
+  EXPECT_NE(w[3 * dim], static_cast<float>(3 * dim % 17) * 0.5f - 4.0f);  // the step moved row 3
 }
 
 // Every bad call throws the error it should, and writes nothing: not the table, not the state.

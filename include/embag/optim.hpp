@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <vector>
 #include <string_view>
 
 #include "embag/embag.hpp"
@@ -97,5 +98,24 @@ update_summary backward_update(trainable_table_view table, const bags& batch, co
 update_summary apply_sparse_gradient(trainable_table_view table, const sparse_gradient& grad, const optimizer& opt,
                                      optimizer_state state = {}, const execution& how = {},
                                      workspace* scratch = nullptr);
+
+// One table of a batched step (many tables, one call: a recommender's tables each train on their
+// own bags). opts.execution left at its defaults: the call's own execution runs every table.
+struct table_update {
+  trainable_table_view table;
+  bags batch;
+  options opts;
+  matrix_view<const float> grad_output;  // output_rows x the table's dim
+  optimizer opt;
+  optimizer_state state;
+  std::span<const std::int64_t> argmax;  // mode max: what forward produced
+};
+
+// Every table's backward_update, each bitwise its own single call's; summaries[t] receives table
+// t's. Every table is checked first (an error names it: "tables[3]: ..."), then across tables: no
+// table or state written may overlap another table's, nor any table's inputs, nor the summaries.
+// The tables run one after another, each on every thread the execution allows.
+void backward_update_batched(std::span<const table_update> tables, std::span<update_summary> summaries,
+                             const execution& how = {}, workspace* scratch = nullptr);
 
 }  // namespace embag
