@@ -232,6 +232,8 @@ array_arg borrow(py::handle object, const std::string& what) {
 }
 
 bool c_contiguous(const array_arg& a) {
+  // no elements, no layout to read (torch exports an empty tensor's strides as it likes: (1, 1))
+  if (a.size() == 0) return true;
   std::int64_t expected = 1;
   for (int d = a.ndim() - 1; d >= 0; --d) {
     // a dimension of extent 1 may have any stride (NumPy's relaxed strides)
