@@ -34,10 +34,9 @@ def _trainable_weight(module):
     """A float32 CPU weight, or a 16-bit one that gets no gradient: trained by a fused optimizer
     (which updates it in 16 bits) or frozen. torch has no 16-bit gradient embag could give it."""
     weight = module.weight
-    sixteen_bits = weight.dtype in (torch.float16, torch.bfloat16)
-    if sixteen_bits and weight.device.type == "cpu" and (module.fused_optimizer is not None or not weight.requires_grad):
-        return
-    if sixteen_bits:
+    if weight.dtype in (torch.float16, torch.bfloat16) and weight.device.type == "cpu":
+        if module.fused_optimizer is not None or not weight.requires_grad:
+            return
         raise embag.UnsupportedArray(f"embag.nn: a {weight.dtype} weight trains only with an embag.optim optimizer "
                                      f"(or is frozen): embag's gradients are float32")
     _float32_cpu(weight, "weight")

@@ -78,11 +78,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
         """The module's backward: the weight's rows updated in place from grad_output."""
         group = self._group_of(weight)
         state = self.state[weight]
-        with torch.no_grad():
-            self.last_summary = embag.backward_update(
-                grad_output, input, weight.detach(), optimizer=self.kind, lr=group["lr"], state=state.get("sum"),
-                eps=group.get("eps", 0.0), weight_decay=group["weight_decay"], rounding=group["rounding"],
-                seed=(group["seed"] + state["step"]) % 2**64, **bags)
+        self.last_summary = embag.backward_update(
+            grad_output, input, weight.detach(), optimizer=self.kind, lr=group["lr"], state=state.get("sum"),
+            eps=group.get("eps", 0.0), weight_decay=group["weight_decay"], rounding=group["rounding"],
+            seed=(group["seed"] + state["step"]) % 2**64, **bags)
         state["step"] += 1
 
     @torch.no_grad()
