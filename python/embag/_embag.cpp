@@ -1,4 +1,4 @@
-// embag._embag: the library's public API (embag.hpp, batched.hpp, quantize.hpp) on NumPy arrays and
+// embag._embag: the library's public API (embag.hpp, batched.hpp, quantize.hpp, optim.hpp) on NumPy arrays and
 // CPU PyTorch tensors, without copying either. embag/__init__.py gives it torch's signatures and
 // allocates outputs as the caller's array type; this file only checks arrays and calls the library.
 //
