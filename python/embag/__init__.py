@@ -6,18 +6,23 @@ strided or otherwise unreadable array is an embag.UnsupportedArray error, never 
 outputs are new arrays of the caller's type (torch.Tensor when the weight or input is one, else
 numpy.ndarray). Every call releases the GIL while it computes.
 
-Importing embag needs NumPy only; embag.nn (the torch.nn modules) needs torch.
+backward_update and apply_sparse_gradient train a table in place (embag/optim.hpp): SGD, Adagrad
+and rowwise Adagrad fused with backward, on float32, float16 and bfloat16 tables.
+
+Importing embag needs NumPy only; embag.nn (the torch.nn modules) and embag.optim (their fused
+optimizers) need torch.
 """
 import sys
 
 import numpy as np
 
 from ._embag import (Error, FileError, IndexOutOfRange, InvalidArgument, OutOfMemory, Table, UnsupportedArray,
-                     __version__, active_isa, available_isas, force_isa, get_num_threads, set_num_threads)
+                     UpdateSummary, __version__, active_isa, available_isas, force_isa, get_num_threads, set_num_threads)
 from . import _embag
 
 __all__ = ["embedding_bag", "embedding", "embedding_bag_forward", "embedding_bag_backward", "embedding_backward",
-           "per_sample_weights_grad", "embedding_bags", "quantize", "Table", "available_isas", "active_isa",
+           "per_sample_weights_grad", "embedding_bags", "backward_update", "apply_sparse_gradient", "UpdateSummary",
+           "quantize", "Table", "available_isas", "active_isa",
            "force_isa", "set_num_threads", "get_num_threads", "Error", "IndexOutOfRange", "InvalidArgument",
            "FileError", "OutOfMemory", "UnsupportedArray"]
 
@@ -192,6 +197,44 @@ def per_sample_weights_grad(grad_output, weight, input, per_sample_weights, offs
     _embag.per_sample_weights_grad(weight, input, offsets, length, per_sample_weights, mode, padding_idx,
                                    include_last_offset, grad_output, grad.reshape(-1))
     return grad
+
+
+def _seed(seed, function):
+    if not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise _invalid("invalid_option", f"{function}: seed = {seed!r} must be an int in [0, 2**64)")
+    return seed
+
+
+def backward_update(grad_output, input, weight, offsets=None, mode="mean", per_sample_weights=None,
+                    include_last_offset=False, padding_idx=None, scale_grad_by_freq=False, max_indices=None, *,
+                    optimizer, lr, state=None, eps=1e-10, weight_decay=0.0, rounding="nearest", seed=0, dtype=None):
+    """Backward and an optimizer's step in one pass, in place (embag/optim.hpp): each row of weight
+    the bags touch gets its gradient (embedding_bag_backward's sparse rows, every mode; max needs
+    max_indices) and at once the update, with no gradient array in between. Returns an
+    embag.UpdateSummary (rows updated; rows left as they were because their update was not finite).
+
+    optimizer: 'sgd' (w -= lr g), 'adagrad' (s += g g; w -= lr g / (sqrt(s) + eps)) or
+    'rowwise_adagrad' (one s per row, += mean(g g)). weight_decay adds weight_decay * w to g, on
+    the touched rows only. state: float32, the table's shape for adagrad, one value per row (rows,
+    or rows x 1) for rowwise_adagrad, None for sgd; updated in place (start it at torch's
+    initial_accumulator_value). weight: float32, or 16-bit (torch.float16 / torch.bfloat16
+    tensors, numpy.float16, or a uint16 array with dtype='bf16' or 'f16'), each updated value
+    rounded to nearest or, with rounding='stochastic', up or down at random from a hash of (seed,
+    row, column): give each step its own seed. Everything is checked before anything is written."""
+    offsets, length, _ = _bags(input, offsets, per_sample_weights, include_last_offset, "backward_update")
+    return _embag.backward_update(weight, dtype, input, offsets, length, per_sample_weights, mode, padding_idx,
+                                  include_last_offset, scale_grad_by_freq, grad_output, max_indices, optimizer, lr,
+                                  eps, weight_decay, rounding, _seed(seed, "backward_update"), state)
+
+
+def apply_sparse_gradient(weight, rows, values, *, optimizer, lr, state=None, eps=1e-10, weight_decay=0.0,
+                          rounding="nearest", seed=0, dtype=None):
+    """The optimizer's step from a gradient already in sparse form: rows (int64, ascending, unique)
+    and their gradient rows values (len(rows) x dim float32), as embedding_bag_backward(...,
+    sparse=True) returns them or as summed across processes. Arguments and result as
+    backward_update's."""
+    return _embag.apply_sparse_gradient(weight, dtype, rows, values, optimizer, lr, eps, weight_decay, rounding,
+                                        _seed(seed, "apply_sparse_gradient"), state)
 
 
 def embedding_bags(lookups):

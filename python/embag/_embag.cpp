@@ -1,4 +1,4 @@
-// embag._embag: the library's public API (embag.hpp, batched.hpp, quantize.hpp) on NumPy arrays and
+// embag._embag: the library's public API (embag.hpp, batched.hpp, quantize.hpp, optim.hpp) on NumPy arrays and
 // CPU PyTorch tensors, without copying either. embag/__init__.py gives it torch's signatures and
 // allocates outputs as the caller's array type; this file only checks arrays and calls the library.
 //
@@ -22,7 +22,9 @@
 #include <vector>
 
 #include "embag/batched.hpp"
+#include "embag/embag.h"
 #include "embag/embag.hpp"
+#include "embag/optim.hpp"
 #include "embag/quantize.hpp"
 
 namespace py = pybind11;
@@ -79,14 +81,19 @@ error_classes& errors() {
 
 [[noreturn]] void refuse(const std::string& message) { raise(errors().unsupported, unsupported_array, message); }
 
-// The element types embag reads; any other is named in messages by array_arg::other_type.
-enum class element { f32, i32, i64, other };
+// The element types embag reads (the 16-bit ones only as tables an optimizer trains: u16 is a
+// NumPy array holding bfloat16 or float16 bits, NumPy having no bfloat16); any other is named in
+// messages by array_arg::other_type.
+enum class element { f32, i32, i64, f16, bf16, u16, other };
 
 const char* name_of(element e) {
   switch (e) {
     case element::f32: return "float32";
     case element::i32: return "int32";
     case element::i64: return "int64";
+    case element::f16: return "float16";
+    case element::bf16: return "bfloat16";
+    case element::u16: return "uint16";
     case element::other: break;
   }
   return "other";
@@ -100,6 +107,8 @@ element from_buffer_format(const std::string& format, py::ssize_t itemsize) {
   if (code == "f" && itemsize == 4) return element::f32;
   if ((code == "i" || code == "l") && itemsize == 4) return element::i32;
   if ((code == "l" || code == "q") && itemsize == 8) return element::i64;
+  if (code == "e" && itemsize == 2) return element::f16;
+  if (code == "H" && itemsize == 2) return element::u16;
   return element::other;
 }
 
@@ -108,6 +117,9 @@ element from_dlpack_type(dl_data_type t) {
   if (t.code == 2 && t.bits == 32) return element::f32;
   if (t.code == 0 && t.bits == 32) return element::i32;
   if (t.code == 0 && t.bits == 64) return element::i64;
+  if (t.code == 2 && t.bits == 16) return element::f16;
+  if (t.code == 4 && t.bits == 16) return element::bf16;
+  if (t.code == 1 && t.bits == 16) return element::u16;
   return element::other;
 }
 
@@ -220,6 +232,8 @@ array_arg borrow(py::handle object, const std::string& what) {
 }
 
 bool c_contiguous(const array_arg& a) {
+  // no elements, no layout to read (torch exports an empty tensor's strides as it likes: (1, 1))
+  if (a.size() == 0) return true;
   std::int64_t expected = 1;
   for (int d = a.ndim() - 1; d >= 0; --d) {
     // a dimension of extent 1 may have any stride (NumPy's relaxed strides)
@@ -267,17 +281,24 @@ std::optional<array_arg> optional_contiguous(py::handle object, const std::strin
 
 // A 2-D f32 table whose rows may be strided (a slice of a wider table): table_view has a row
 // stride, so only the elements within a row must be contiguous.
-array_arg f32_table(py::handle object, const std::string& what, bool writable) {
-  array_arg a = borrow(object, what);
-  if (a.type != element::f32 || a.ndim() != 2) refuse(what + " must be a 2-D float32 table, got " + describe(a));
+void check_rows_in_place(const array_arg& a, const std::string& what) {
   bool rows_dense = a.shape[1] == 1 || a.strides[1] == 1;
   bool rows_forward = a.shape[0] <= 1 || a.strides[0] >= a.shape[1];
   if (!rows_dense || !rows_forward)
     refuse(what + " (" + describe(a) + ") has strides " + tuple_text(a.strides) +
            " in elements: embag reads a table in place, which needs each row's elements adjacent and rows in "
            "increasing order (a row stride >= dim); pass numpy.ascontiguousarray / Tensor.contiguous() to copy it");
+}
+
+array_arg f32_table(array_arg a, const std::string& what, bool writable) {
+  if (a.type != element::f32 || a.ndim() != 2) refuse(what + " must be a 2-D float32 table, got " + describe(a));
+  check_rows_in_place(a, what);
   if (writable && a.read_only) refuse(what + " (" + describe(a) + ") is read-only, and this call rescales its rows in place");
   return a;
+}
+
+array_arg f32_table(py::handle object, const std::string& what, bool writable) {
+  return f32_table(borrow(object, what), what, writable);
 }
 
 std::int64_t row_stride_of(const array_arg& table) { return table.shape[0] <= 1 ? 0 : table.strides[0]; }
@@ -361,9 +382,22 @@ void forward(py::object table, py::handle indices, py::handle offsets, std::int6
     embag::forward(t.table.view(), b.bags(), opts, matrix_of(y), argmax_span, &thread_workspace());
     return;
   }
+  array_arg borrowed = borrow(table, "weight");
+  if ((borrowed.type == element::f16 || borrowed.type == element::bf16) && borrowed.ndim() == 2) {
+    // a float16 or bfloat16 tensor or array (embag.nn's weight, trained in 16 bits by embag.optim):
+    // read in place as a compressed table of that layout
+    check_rows_in_place(borrowed, "weight");
+    embag::compressed_table_view view{static_cast<const std::byte*>(borrowed.data), borrowed.shape[0],
+                                      borrowed.shape[1], row_stride_of(borrowed) * 2,
+                                      borrowed.type == element::f16 ? embag::dtype::f16 : embag::dtype::bf16};
+    opts.max_norm = max_norm;
+    py::gil_scoped_release unlocked;
+    embag::forward(view, b.bags(), opts, matrix_of(y), argmax_span, &thread_workspace());
+    return;
+  }
   // torch's max_norm rescales the weight's rows in place; without it the table is only read
   bool in_place = max_norm.has_value();
-  array_arg w = f32_table(table, "weight", in_place);
+  array_arg w = f32_table(std::move(borrowed), "weight", in_place);
   opts.max_norm = max_norm;
   opts.norm_type = norm_type;
   embag::table_view<float> view{static_cast<float*>(w.data), w.shape[0], w.shape[1], row_stride_of(w)};
@@ -456,6 +490,155 @@ void per_sample_weights_grad(py::handle table, py::handle indices, py::handle of
   py::gil_scoped_release unlocked;
   embag::per_sample_weights_grad(view, b.bags(), opts, matrix_of(dy),
                                  {static_cast<float*>(dpsw.data), static_cast<std::size_t>(dpsw.size())});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizers (embag/optim.hpp): the table and its state updated in place.
+
+[[noreturn]] void invalid_option(const std::string& message) {
+  raise(errors().by_code[static_cast<int>(embag::errc::invalid_option)], "invalid_option", message);
+}
+
+// A table an optimizer writes in place: 2-D float32, float16 or bfloat16 (torch.float16 and
+// torch.bfloat16 tensors, numpy.float16 arrays), rows possibly strided as f32_table's. NumPy has no
+// bfloat16, so a uint16 array may hold either 16-bit type's bits, and table_dtype ('f16' or 'bf16')
+// says which; for any other array table_dtype is optional and must agree with its dtype.
+struct trainable_arg {
+  array_arg array;
+  embag::trainable_table_view view;
+};
+
+trainable_arg trainable_table(py::handle object, const std::optional<std::string>& table_dtype) {
+  const std::string what = "weight";
+  array_arg a = borrow(object, what);
+  std::optional<embag::dtype> named;
+  if (table_dtype) {
+    named = embag::dtype_from_string(*table_dtype);
+    if (!named || (*named != embag::dtype::f32 && *named != embag::dtype::f16 && *named != embag::dtype::bf16))
+      invalid_option("dtype = '" + *table_dtype + "' is not one of 'f32', 'f16', 'bf16' (the tables an optimizer trains)");
+  }
+  embag::dtype stored = embag::dtype::f32;
+  switch (a.type) {
+    case element::f32: stored = embag::dtype::f32; break;
+    case element::f16: stored = embag::dtype::f16; break;
+    case element::bf16: stored = embag::dtype::bf16; break;
+    case element::u16:
+      if (!named || *named == embag::dtype::f32)
+        refuse(what + " is " + describe(a) + ": say which 16-bit floats its elements hold, dtype='bf16' or dtype='f16'");
+      stored = *named;
+      break;
+    default:
+      refuse(what + " must be a 2-D float32, float16 or bfloat16 table (or uint16 holding 16-bit floats, with "
+                    "dtype='bf16' or 'f16'), got " + describe(a));
+  }
+  if (named && *named != stored)
+    refuse(what + " is " + describe(a) + ", not the dtype = '" + *table_dtype + "' the call names");
+  if (a.ndim() != 2) refuse(what + " must be a 2-D table (rows x dim), got " + describe(a));
+  check_rows_in_place(a, what);
+  if (a.read_only) refuse(what + " (" + describe(a) + ") is read-only, and the optimizer updates its rows in place");
+  embag::trainable_table_view view{a.data, a.shape[0], a.shape[1], row_stride_of(a), stored};
+  return {std::move(a), view};
+}
+
+// The optimizer's state: fp32, rows x dim (adagrad) or rows x 1, or 1-D rows (rowwise_adagrad);
+// None for sgd. Its shape against the table is the library's check.
+std::optional<array_arg> optimizer_state_arg(py::handle state) {
+  std::optional<array_arg> s = optional_contiguous(state, "state", {{element::f32}, -1, true});
+  if (s && s->ndim() != 1 && s->ndim() != 2) refuse("state must be 1-D or 2-D, got " + describe(*s));
+  return s;
+}
+
+embag::optimizer_state state_view(const std::optional<array_arg>& state) {
+  return state ? matrix_of(*state) : embag::optimizer_state{};
+}
+
+// The learning rate, eps and weight decay arrive as Python floats and are used as fp32, as torch's
+// optimizers use them on fp32 weights; the library refuses what is negative or not finite there.
+embag::optimizer make_optimizer(const std::string& kind, double lr, double eps, double weight_decay,
+                                const std::string& rounding, std::uint64_t seed) {
+  embag::optimizer o;
+  auto which = embag::optimizer_from_string(kind);
+  if (!which) invalid_option("optimizer = '" + kind + "' is not one of 'sgd', 'adagrad', 'rowwise_adagrad'");
+  o.kind = *which;
+  o.learning_rate = static_cast<float>(lr);
+  o.eps = static_cast<float>(eps);
+  o.weight_decay = static_cast<float>(weight_decay);
+  if (rounding == "nearest") {
+    o.rounding = embag::rounding_mode::nearest;
+  } else if (rounding == "stochastic") {
+    o.rounding = embag::rounding_mode::stochastic;
+  } else {
+    invalid_option("rounding = '" + rounding + "' is not one of 'nearest', 'stochastic'");
+  }
+  o.seed = seed;
+  return o;
+}
+
+embag::update_summary backward_update(py::handle table, const std::optional<std::string>& table_dtype,
+                                      py::handle indices, py::handle offsets, std::int64_t fixed_length,
+                                      py::handle weights, const std::string& mode,
+                                      std::optional<std::int64_t> padding_idx, bool include_last_offset,
+                                      bool scale_grad_by_freq, py::handle grad_output, py::handle argmax,
+                                      const std::string& optimizer, double lr, double eps, double weight_decay,
+                                      const std::string& rounding, std::uint64_t seed, py::handle state) {
+  bag_args b = take_bags(indices, offsets, fixed_length, weights);
+  embag::options opts = make_options(mode, padding_idx, include_last_offset, scale_grad_by_freq);
+  embag::optimizer opt = make_optimizer(optimizer, lr, eps, weight_decay, rounding, seed);
+  trainable_arg t = trainable_table(table, table_dtype);
+  std::optional<array_arg> s = optimizer_state_arg(state);
+  array_arg dy = contiguous(grad_output, "grad_output", {{element::f32}, 2, false});
+  std::optional<array_arg> arg = optional_contiguous(argmax, "max_indices", {{element::i64}, 2, false});
+  std::span<const std::int64_t> argmax_span;
+  if (arg) argmax_span = {static_cast<const std::int64_t*>(arg->data), static_cast<std::size_t>(arg->size())};
+  py::gil_scoped_release unlocked;
+  return embag::backward_update(t.view, b.bags(), opts, matrix_of(dy), opt, state_view(s), argmax_span,
+                                &thread_workspace());
+}
+
+// Through the C ABI, which takes the gradient as arrays: embag.hpp's apply_sparse_gradient takes a
+// sparse_gradient, whose vectors own their rows, and would need the caller's arrays copied in.
+embag::update_summary apply_sparse_gradient(py::handle table, const std::optional<std::string>& table_dtype,
+                                            py::handle rows, py::handle values, const std::string& optimizer,
+                                            double lr, double eps, double weight_decay, const std::string& rounding,
+                                            std::uint64_t seed, py::handle state) {
+  embag::optimizer opt = make_optimizer(optimizer, lr, eps, weight_decay, rounding, seed);
+  trainable_arg t = trainable_table(table, table_dtype);
+  std::optional<array_arg> s = optimizer_state_arg(state);
+  array_arg r = contiguous(rows, "rows", {{element::i64}, 1, false});
+  array_arg v = contiguous(values, "values", {{element::f32}, 2, false});
+  // the C ABI takes the values' extent from len(rows) and the table's dim
+  if (v.shape[0] != r.shape[0] || v.shape[1] != t.view.dim)
+    raise(errors().by_code[static_cast<int>(embag::errc::size_mismatch)], "size_mismatch",
+          "values has shape " + tuple_text(v.shape) + "; " + std::to_string(r.shape[0]) + " rows of the table's dim " +
+              std::to_string(t.view.dim) + " need " + tuple_text({r.shape[0], t.view.dim}));
+  embag_trainable_table c_table{t.view.data, t.view.rows, t.view.dim, t.view.row_stride,
+                                static_cast<std::int32_t>(t.view.type)};
+  embag_optimizer c_opt;
+  embag_optimizer_init(&c_opt, static_cast<std::int32_t>(opt.kind));
+  c_opt.learning_rate = opt.learning_rate;
+  c_opt.eps = opt.eps;
+  c_opt.weight_decay = opt.weight_decay;
+  c_opt.rounding = static_cast<std::int32_t>(opt.rounding);
+  c_opt.seed = opt.seed;
+  embag::optimizer_state sv = state_view(s);
+  embag_matrix c_state{sv.data, sv.rows, sv.cols, sv.row_stride};
+  embag_options c_options;
+  embag_options_init(&c_options);
+  c_options.max_threads = max_threads.load(std::memory_order_relaxed);
+  embag_update_summary summary{};
+  embag_status status = EMBAG_OK;
+  {
+    py::gil_scoped_release unlocked;
+    status = embag_apply_sparse_gradient(&c_table, static_cast<const std::int64_t*>(r.data), r.shape[0],
+                                         static_cast<const float*>(v.data), &c_opt, s ? &c_state : nullptr,
+                                         &c_options, &summary);
+  }
+  if (status != EMBAG_OK) {
+    // the C ABI's codes are errc's values; its message is the library's
+    py::handle cls = status > 0 && status < 128 ? errors().by_code[status] : errors().base;
+    raise(cls, embag_status_name(status), embag_last_error());
+  }
+  return {summary.rows_updated, summary.rows_not_finite, summary.first_not_finite_row};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -640,6 +823,24 @@ PYBIND11_MODULE(_embag, m) {
         "per_sample_weights"_a, "mode"_a, "padding_idx"_a, "include_last_offset"_a, "grad_output"_a,
         "grad_per_sample_weights"_a);
   m.def("forward_batched", &forward_batched, "lookups"_a, "outs"_a);
+  py::class_<embag::update_summary>(m, "UpdateSummary",
+                                    "What an optimizer step did: rows updated, and rows left as they were because "
+                                    "their update was not finite (NaN, Inf, or beyond a 16-bit table's range)")
+      .def_readonly("rows_updated", &embag::update_summary::rows_updated)
+      .def_readonly("rows_not_finite", &embag::update_summary::rows_not_finite)
+      .def_readonly("first_not_finite_row", &embag::update_summary::first_not_finite_row,
+                    "the lowest row left as it was, -1 when none")
+      .def("__repr__", [](const embag::update_summary& s) {
+        return "embag.UpdateSummary(rows_updated=" + std::to_string(s.rows_updated) + ", rows_not_finite=" +
+               std::to_string(s.rows_not_finite) + ", first_not_finite_row=" +
+               std::to_string(s.first_not_finite_row) + ")";
+      });
+  m.def("backward_update", &backward_update, "weight"_a, "dtype"_a, "indices"_a, "offsets"_a, "fixed_length"_a,
+        "per_sample_weights"_a, "mode"_a, "padding_idx"_a, "include_last_offset"_a, "scale_grad_by_freq"_a,
+        "grad_output"_a, "max_indices"_a, "optimizer"_a, "lr"_a, "eps"_a, "weight_decay"_a, "rounding"_a, "seed"_a,
+        "state"_a);
+  m.def("apply_sparse_gradient", &apply_sparse_gradient, "weight"_a, "dtype"_a, "rows"_a, "values"_a, "optimizer"_a,
+        "lr"_a, "eps"_a, "weight_decay"_a, "rounding"_a, "seed"_a, "state"_a);
   m.def("_time_forward", &time_forward, "weight"_a, "index_sets"_a, "mode"_a, "out"_a, "calls"_a);
   m.def("_time_backward_dense", &time_backward_dense, "index_sets"_a, "mode"_a, "grad_output"_a, "grad_weight"_a,
         "calls"_a);

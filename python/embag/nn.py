@@ -5,6 +5,10 @@ and repr unchanged; only forward differs, running embag's forward and, through a
 torch.autograd.Function, embag's backward: a dense or sparse weight gradient per `sparse=`, the
 per-sample-weights gradient, and max through the argmax forward records. Swapping one into a model
 is one line: `torch.nn.EmbeddingBag(...)` -> `embag.nn.EmbeddingBag(...)`.
+
+A module an embag.optim optimizer trains (its `fused_optimizer`) gets no weight gradient: its
+backward updates the weight in place (embag.backward_update), as TorchRec's fused optimizers do.
+Such a weight may be float16 or bfloat16.
 """
 import torch
 
@@ -26,14 +30,27 @@ def _float32_cpu(tensor, what):
                                      f"{tensor.device}")
 
 
+def _trainable_weight(module):
+    """A float32 CPU weight, or a 16-bit one that gets no gradient: trained by a fused optimizer
+    (which updates it in 16 bits) or frozen. torch has no 16-bit gradient embag could give it."""
+    weight = module.weight
+    if weight.dtype in (torch.float16, torch.bfloat16) and weight.device.type == "cpu":
+        if module.fused_optimizer is not None or not weight.requires_grad:
+            return
+        raise embag.UnsupportedArray(f"embag.nn: a {weight.dtype} weight trains only with an embag.optim optimizer "
+                                     f"(or is frozen): embag's gradients are float32")
+    _float32_cpu(weight, "weight")
+
+
 class _EmbeddingBagFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, input, offsets, per_sample_weights, mode, padding_idx, include_last_offset, max_norm,
-                norm_type, scale_grad_by_freq, sparse):
+                norm_type, scale_grad_by_freq, sparse, fused_optimizer):
         output, max_indices = embag.embedding_bag_forward(input, weight.detach(), offsets, max_norm, norm_type, mode,
                                                           per_sample_weights, include_last_offset, padding_idx)
         ctx.save_for_backward(weight, input, offsets, per_sample_weights, max_indices)
         ctx.options = (mode, padding_idx, include_last_offset, scale_grad_by_freq, sparse)
+        ctx.fused_optimizer = fused_optimizer
         return output
 
     @staticmethod
@@ -45,51 +62,70 @@ class _EmbeddingBagFunction(torch.autograd.Function):
         # in place, so make it contiguous here (B x D, the size of the output, never the table)
         grad_output = grad_output.contiguous()
         grad_weight = grad_per_sample_weights = None
-        if ctx.needs_input_grad[0]:
-            grad_weight = _weight_gradient(weight, embag.embedding_bag_backward(
-                grad_output, input, weight.shape[0], offsets, mode, per_sample_weights, include_last_offset,
-                padding_idx, scale_grad_by_freq, max_indices, sparse), sparse)
+        # before a fused update: the weights' gradient reads the rows forward read
         if ctx.needs_input_grad[3]:
             grad_per_sample_weights = embag.per_sample_weights_grad(grad_output, weight.detach(), input,
                                                                     per_sample_weights, offsets, mode,
                                                                     include_last_offset, padding_idx)
-        return grad_weight, None, None, grad_per_sample_weights, None, None, None, None, None, None, None
+        if ctx.needs_input_grad[0] and ctx.fused_optimizer is not None:
+            ctx.fused_optimizer._update(weight, grad_output, input, offsets=offsets, mode=mode,
+                                        per_sample_weights=per_sample_weights,
+                                        include_last_offset=include_last_offset, padding_idx=padding_idx,
+                                        scale_grad_by_freq=scale_grad_by_freq, max_indices=max_indices)
+        elif ctx.needs_input_grad[0]:
+            grad_weight = _weight_gradient(weight, embag.embedding_bag_backward(
+                grad_output, input, weight.shape[0], offsets, mode, per_sample_weights, include_last_offset,
+                padding_idx, scale_grad_by_freq, max_indices, sparse), sparse)
+        return grad_weight, None, None, grad_per_sample_weights, None, None, None, None, None, None, None, None
 
 
 class _EmbeddingFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight, input, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse):
+    def forward(ctx, weight, input, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, fused_optimizer):
         output = embag.embedding(input, weight.detach(), padding_idx, max_norm, norm_type)
-        ctx.save_for_backward(input)
+        ctx.save_for_backward(input, weight)
         ctx.options = (weight.shape[0], padding_idx, scale_grad_by_freq, sparse)
+        ctx.fused_optimizer = fused_optimizer
         return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        (input,) = ctx.saved_tensors
+        input, weight = ctx.saved_tensors
         rows, padding_idx, scale_grad_by_freq, sparse = ctx.options
         grad_output = grad_output.contiguous()  # as for EmbeddingBag: the size of the output
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None, None, None
+        if ctx.fused_optimizer is not None:
+            # a lookup is mode 'none': one bag of every index (a 2-D input of one row), one output
+            # row per index
+            ctx.fused_optimizer._update(weight, grad_output.reshape(-1, grad_output.shape[-1]), input.reshape(1, -1),
+                                        mode="none", padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq)
+            return None, None, None, None, None, None, None, None
         grad = embag.embedding_backward(grad_output, input, rows, padding_idx, scale_grad_by_freq, sparse)
         if sparse:
             grad = torch.sparse_coo_tensor(grad[0].unsqueeze(0), grad[1], (rows, grad_output.shape[-1]))
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 class EmbeddingBag(torch.nn.EmbeddingBag):
     """torch.nn.EmbeddingBag (same arguments, parameters and from_pretrained), computed by embag."""
 
+    fused_optimizer = None  # the embag.optim optimizer that updates the weight in backward, if any
+
     def forward(self, input, offsets=None, per_sample_weights=None):
-        _float32_cpu(self.weight, "weight")
+        _trainable_weight(self)
         return _EmbeddingBagFunction.apply(self.weight, input, offsets, per_sample_weights, self.mode,
                                            self.padding_idx, self.include_last_offset, self.max_norm, self.norm_type,
-                                           self.scale_grad_by_freq, self.sparse)
+                                           self.scale_grad_by_freq, self.sparse, self.fused_optimizer)
 
 
 class Embedding(torch.nn.Embedding):
     """torch.nn.Embedding (same arguments, parameters and from_pretrained), computed by embag."""
 
+    fused_optimizer = None  # as EmbeddingBag's
+
     def forward(self, input):
-        _float32_cpu(self.weight, "weight")
+        _trainable_weight(self)
         return _EmbeddingFunction.apply(self.weight, input, self.padding_idx, self.max_norm, self.norm_type,
-                                        self.scale_grad_by_freq, self.sparse)
+                                        self.scale_grad_by_freq, self.sparse, self.fused_optimizer)

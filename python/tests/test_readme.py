@@ -14,8 +14,8 @@ README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_the_readme_has_its_four_python_examples():
-    assert len(EXAMPLES) == 4
+def test_the_readme_has_its_five_python_examples():
+    assert len(EXAMPLES) == 5
 
 
 @pytest.mark.parametrize("number", range(len(EXAMPLES)))

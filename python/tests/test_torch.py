@@ -202,3 +202,11 @@ def test_modules_with_max_norm_renormalise_their_weight_as_torch(module):
     out_ours.sum().backward()
     out_theirs.sum().backward()
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
+
+
+def test_empty_tensors_are_read():
+    # torch exports an empty tensor's strides as it likes ((1, 1) for 0 x 3): nothing to refuse
+    weight = torch.randn(ROWS, DIM)
+    assert embag.embedding(torch.zeros(0, 3, dtype=torch.long), weight).shape == (0, 3, DIM)
+    out = embag.embedding_bag(torch.zeros(0, dtype=torch.long), weight, torch.tensor([0, 0]))
+    assert torch.equal(out, torch.zeros(2, DIM))
