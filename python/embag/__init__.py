@@ -101,12 +101,11 @@ def embedding_bag_forward(input, weight, offsets=None, max_norm=None, norm_type=
     -1 for an empty bag; what embedding_bag_backward needs for max). (output, None) otherwise."""
     offsets, length, bags = _bags(input, offsets, per_sample_weights, include_last_offset, "embedding_bag")
     dim = _dim(weight, "embedding_bag")
-    torch = _torch_of(weight, input)
-    out = _empty(torch, (bags, dim), "float32")
-    max_indices = _empty(torch, (bags, dim), "int64") if mode == "max" else None
-    _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
-                   max_norm, norm_type, out, max_indices)
-    return out, max_indices
+    if mode != "max":
+        return _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx,
+                              include_last_offset, max_norm, norm_type, bags, dim, False), None
+    return _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
+                          max_norm, norm_type, bags, dim, True)
 
 
 def embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, mode="mean",
@@ -120,12 +119,9 @@ def embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2.0, sca
     allows only 'sum'). max_norm rescales the referenced rows of weight in place, as torch does.
     scale_grad_by_freq and sparse only concern the gradient (embag.nn, embedding_bag_backward)."""
     offsets, length, bags = _bags(input, offsets, per_sample_weights, include_last_offset, "embedding_bag")
-    dim = _dim(weight, "embedding_bag")
-    torch = _torch_of(weight, input)
-    out = _empty(torch, (bags, dim), "float32")
-    _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
-                   max_norm, norm_type, out, None)
-    return out
+    # the extension allocates the output (bags x dim, the caller's array type) once the arrays are read
+    return _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
+                          max_norm, norm_type, bags, _dim(weight, "embedding_bag"), False)
 
 
 def _flat_lookup(input):
@@ -143,8 +139,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
     returns the row as it is."""
     dim = _dim(weight, "embedding")
     count, length = _flat_lookup(input)
-    out = _empty(_torch_of(weight, input), (count, dim), "float32")
-    _embag.forward(weight, input, None, length, None, "none", None, False, max_norm, norm_type, out, None)
+    out = _embag.forward(weight, input, None, length, None, "none", None, False, max_norm, norm_type, count, dim, False)
     return out.reshape(tuple(input.shape) + (dim,))
 
 
