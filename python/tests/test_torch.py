@@ -125,6 +125,11 @@ def test_module_gradients_match_torch(mode, sparse, padding_idx):
     (theirs(indices, offsets) * grad_output).sum().backward()
     assert ours.weight.grad.is_sparse == sparse
     torch.testing.assert_close(ours.weight.grad.to_dense(), theirs.weight.grad.to_dense(), rtol=1e-5, atol=1e-6)
+    if sparse:
+        # made without torch's index check (embag.nn._sparse_gradient): the rows must be valid as they are
+        rows = ours.weight.grad._indices()[0]
+        assert torch.equal(rows, torch.unique(rows)) and 0 <= rows.min() and rows.max() < ROWS
+        assert torch.equal(ours.weight.grad.coalesce()._indices()[0], rows)
 
 
 def test_per_sample_weights_gradient_matches_torch():
