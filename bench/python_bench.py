@@ -17,7 +17,7 @@
 Each figure is the best of 5 runs of a loop of calls (up to 50; about 0.15 s of calls for slow
 variants), after 8 warm-up calls, the variants interleaved per run.
 Run from the repository root after building: /usr/bin/python3 bench/python_bench.py [--quick]
-(PYTHONPATH=build/python is set for you when embag is not installed)."""
+[--parts overhead,L1] [--threads 1] (build/python is put first on sys.path for you)."""
 import argparse
 import os
 import sys
@@ -190,15 +190,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer calls and repeats (a smoke run)")
     parser.add_argument("--threads", default="1,2", help="thread counts of the large calls (default 1,2)")
+    parser.add_argument("--parts", default="overhead,default,L1,zipf",
+                        help="what to time, of overhead (the small call), default, L1 and zipf (the large "
+                             "workloads); default: all")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    workloads = {"default": ("default", 40, "uniform"), "L1": ("L = 1", 1, "uniform"), "zipf": ("Zipf", 40, "zipf")}
+    unknown = set(parts) - set(workloads) - {"overhead"}
+    if unknown:
+        parser.error(f"--parts: unknown {sorted(unknown)}")
     calls, repeats = (5, 2) if args.quick else (50, 5)
     print(f"embag {embag.__version__} ({embag.active_isa()}), torch {torch.__version__}, "
           f"{len(os.sched_getaffinity(0))} CPUs\n")
-    overhead(2 if args.quick else 5)
+    if "overhead" in parts:
+        overhead(2 if args.quick else 5)
     for threads in (int(t) for t in args.threads.split(",")):
         embag.set_num_threads(threads)
         torch.set_num_threads(threads)
-        for name, pooling, dist in (("default", 40, "uniform"), ("L = 1", 1, "uniform"), ("Zipf", 40, "zipf")):
+        for part in (p for p in workloads if p in parts):
+            name, pooling, dist = workloads[part]
             large(name, 1_000_000, 128, 2048, pooling, dist, threads, calls, repeats)
 
 

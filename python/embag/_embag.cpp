@@ -1,22 +1,28 @@
 // embag._embag: the library's public API (embag.hpp, batched.hpp, quantize.hpp, optim.hpp) on NumPy arrays and
-// CPU PyTorch tensors, without copying either. embag/__init__.py gives it torch's signatures and
-// allocates outputs as the caller's array type; this file only checks arrays and calls the library.
+// CPU PyTorch tensors, without copying either. embag/__init__.py gives it torch's signatures; this
+// file checks arrays, calls the library, and allocates the forward's outputs as the caller's array
+// type (the Python layer allocates the others).
 //
-// Arrays arrive through the buffer protocol (NumPy, memoryview, anything exporting one) or DLPack
-// (a "dltensor" capsule, or an object with __dlpack__: PyTorch tensors). Every array's layout is
-// checked and a strided one is refused with its name and strides: the library reads the caller's
-// memory in place, so a silent contiguous copy (of what may be a 10 GB table) never happens. The
-// GIL is released for every computation; arrays stay exported (NumPy cannot resize them, the
-// DLPack capsule keeps the tensor's storage) until the call returns.
+// Arrays arrive through the buffer protocol (NumPy, memoryview, anything exporting one), as torch
+// tensors (read through their attributes: data_ptr(), shape, stride(), dtype), or through DLPack
+// (a "dltensor" capsule, or another object with __dlpack__). Every array's layout is checked and a
+// strided one is refused with its name and strides: the library reads the caller's memory in place,
+// so a silent contiguous copy (of what may be a 10 GB table) never happens. The GIL is released for
+// every computation; arrays stay exported or referenced (NumPy cannot resize them, the tensor or
+// DLPack capsule keeps its storage) until the call returns.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <span>
+#include <string_view>
 #include <string>
 #include <utility>
 #include <vector>
@@ -99,11 +105,10 @@ const char* name_of(element e) {
   return "other";
 }
 
-element from_buffer_format(const std::string& format, py::ssize_t itemsize) {
+element from_buffer_format(std::string_view code, py::ssize_t itemsize) {
   // struct-module codes, with an optional byte order prefix ('<', '=', '@'; the library is
   // little-endian only, so '>' and '!' are refused as other)
-  std::string code = format;
-  if (!code.empty() && (code[0] == '<' || code[0] == '=' || code[0] == '@')) code.erase(0, 1);
+  if (!code.empty() && (code[0] == '<' || code[0] == '=' || code[0] == '@')) code.remove_prefix(1);
   if (code == "f" && itemsize == 4) return element::f32;
   if ((code == "i" || code == "l") && itemsize == 4) return element::i32;
   if ((code == "l" || code == "q") && itemsize == 8) return element::i64;
@@ -123,64 +128,95 @@ element from_dlpack_type(dl_data_type t) {
   return element::other;
 }
 
-std::string tuple_text(const std::vector<std::int64_t>& values) {
+std::string tuple_text(std::span<const std::int64_t> values) {
   std::string text = "(";
   for (std::size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + std::to_string(values[i]);
   return text + (values.size() == 1 ? ",)" : ")");
 }
 
+// A Py_buffer exported for one call, released with the argument. Moving it copies the struct: the
+// exporter's release reads only `obj` and its own state (a bytes object's shape may point into the
+// struct, which is why borrow copies shape and strides out before anything moves).
+class exported_buffer {
+ public:
+  exported_buffer() = default;
+  exported_buffer(exported_buffer&& other) noexcept : view_(other.view_), held_(std::exchange(other.held_, false)) {}
+  exported_buffer& operator=(exported_buffer&& other) noexcept {
+    if (this != &other) {
+      release();
+      view_ = other.view_;
+      held_ = std::exchange(other.held_, false);
+    }
+    return *this;
+  }
+  ~exported_buffer() { release(); }
+
+  // PyObject_GetBuffer with strides and format (read-only accepted; read_only says which)
+  bool take(PyObject* object) {
+    held_ = PyObject_GetBuffer(object, &view_, PyBUF_RECORDS_RO) == 0;
+    return held_;
+  }
+  const Py_buffer& view() const { return view_; }
+
+ private:
+  void release() {
+    if (std::exchange(held_, false)) PyBuffer_Release(&view_);
+  }
+  Py_buffer view_{};
+  bool held_ = false;
+};
+
+// NumPy's limit on dimensions (NPY_MAXDIMS in NumPy 1.x); a torch tensor with more is refused.
+constexpr int max_dims = 32;
+
 // One array argument, borrowed for the duration of a call: its memory, element type and shape,
-// and what keeps it exported (a Py_buffer, or the DLPack capsule).
+// and what keeps it alive and exported (a Py_buffer, a DLPack capsule, or the torch tensor itself).
+// Shape and strides live in fixed arrays: a call reads several arrays, and small calls (one bag of
+// one index) are dominated by what each argument costs to read.
 struct array_arg {
   void* data = nullptr;
   element type = element::other;
   std::string other_type;  // what type == other is, for messages: "float64", "complex64", "format 'd'"
-  std::vector<std::int64_t> shape;
-  std::vector<std::int64_t> strides;  // in elements
+  int dims = 0;
+  std::array<std::int64_t, max_dims> shape;  // [0, dims) set, the rest never read
+  std::array<std::int64_t, max_dims> strides;  // in elements
   bool read_only = false;
-  std::optional<py::buffer_info> buffer;
-  py::object capsule;
+  bool is_torch_tensor = false;  // the output of a call is a tensor when its weight or input is one
+  exported_buffer buffer;
+  py::object keeper;  // the DLPack capsule or the tensor
 
   std::int64_t size() const {
     std::int64_t n = 1;
-    for (auto extent : shape) n *= extent;
+    for (int d = 0; d < dims; ++d) n *= shape[d];
     return n;
   }
-  int ndim() const { return static_cast<int>(shape.size()); }
+  int ndim() const { return dims; }
+  std::span<const std::int64_t> shape_span() const { return {shape.data(), static_cast<std::size_t>(dims)}; }
+  std::span<const std::int64_t> strides_span() const { return {strides.data(), static_cast<std::size_t>(dims)}; }
 };
 
-// The PyTorch exporter, looked up once a torch.Tensor is seen (torch.utils.dlpack.to_dlpack: a
-// direct C++ call, unlike Tensor.__dlpack__, which also refuses tensors that require grad).
-py::object& torch_to_dlpack() {
-  static py::object* exporter = new py::object;
-  return *exporter;
+void check_dims(std::int64_t ndim, std::string_view what) {
+  if (ndim > max_dims)
+    refuse(std::string(what) + " has " + std::to_string(ndim) + " dimensions; embag reads arrays of at most " +
+           std::to_string(max_dims));
 }
 
-// torch._C._TensorBase, the base of torch.Tensor and its subclasses (nn.Parameter), once seen
-PyTypeObject* torch_tensor_base = nullptr;
-
-bool is_torch_tensor(py::handle object) {
-  if (torch_tensor_base != nullptr) return PyObject_TypeCheck(object.ptr(), torch_tensor_base);
-  for (py::handle base : py::type::handle_of(object).attr("__mro__")) {
-    auto* type = reinterpret_cast<PyTypeObject*>(base.ptr());
-    if (std::strcmp(type->tp_name, "torch._C._TensorBase") == 0) {
-      torch_tensor_base = type;  // torch is never unloaded: the type outlives this module's use of it
-      return true;
-    }
-  }
-  return false;
+void set_contiguous_strides(array_arg& a) {
+  std::int64_t stride = 1;
+  for (int d = a.dims - 1; d >= 0; --d) a.strides[d] = stride, stride *= a.shape[d];
 }
 
-array_arg from_dlpack_capsule(py::object capsule, const std::string& what) {
+array_arg from_dlpack_capsule(py::object capsule, std::string_view what) {
   auto* managed = static_cast<dl_managed_tensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
   if (managed == nullptr) {
     PyErr_Clear();
-    refuse(what + ": its DLPack capsule was already consumed (a \"dltensor\" capsule can be read once)");
+    refuse(std::string(what) + ": its DLPack capsule was already consumed (a \"dltensor\" capsule can be read once)");
   }
   const dl_tensor& t = managed->tensor;
   if (t.device.device_type != dl_cpu)
-    refuse(what + " is on device type " + std::to_string(t.device.device_type) +
+    refuse(std::string(what) + " is on device type " + std::to_string(t.device.device_type) +
            " (DLPack); embag runs on the CPU: move it with .cpu()");
+  check_dims(t.ndim, what);
   array_arg a;
   a.type = from_dlpack_type(t.dtype);
   if (a.type == element::other) {
@@ -188,46 +224,154 @@ array_arg from_dlpack_capsule(py::object capsule, const std::string& what) {
     a.other_type = (t.dtype.code < 7 ? std::string(dl_codes[t.dtype.code]) : "DLPack type " + std::to_string(t.dtype.code) + " ") +
                    std::to_string(t.dtype.bits) + (t.dtype.lanes == 1 ? "" : " x" + std::to_string(t.dtype.lanes));
   }
-  a.shape.assign(t.shape, t.shape + t.ndim);
+  a.dims = t.ndim;
+  std::copy(t.shape, t.shape + t.ndim, a.shape.begin());
   if (t.strides != nullptr) {
-    a.strides.assign(t.strides, t.strides + t.ndim);
+    std::copy(t.strides, t.strides + t.ndim, a.strides.begin());
   } else {
-    a.strides.resize(t.ndim);
-    std::int64_t stride = 1;
-    for (int d = t.ndim - 1; d >= 0; --d) a.strides[d] = stride, stride *= a.shape[d];
+    set_contiguous_strides(a);
   }
   a.data = static_cast<char*>(t.data) + t.byte_offset;
-  a.capsule = std::move(capsule);
+  a.keeper = std::move(capsule);
   return a;
 }
 
-array_arg borrow(py::handle object, const std::string& what) {
+array_arg from_buffer(py::handle object, std::string_view what) {
+  array_arg a;
+  if (!a.buffer.take(object.ptr())) throw py::error_already_set();
+  const Py_buffer& view = a.buffer.view();
+  check_dims(view.ndim, what);
+  const char* format = view.format != nullptr ? view.format : "B";
+  a.data = view.buf;
+  a.type = from_buffer_format(format, view.itemsize);
+  if (a.type == element::other)
+    a.other_type = py::hasattr(object, "dtype") ? std::string(py::str(object.attr("dtype"))) : "format '" + std::string(format) + "'";
+  a.dims = view.ndim;
+  for (int d = 0; d < view.ndim; ++d) {
+    a.shape[d] = view.shape != nullptr ? view.shape[d] : view.len / view.itemsize;
+    if (view.strides == nullptr) continue;
+    // a stride that is not a whole number of elements cannot be described to the library
+    if (view.strides[d] % view.itemsize != 0)
+      refuse(std::string(what) + " has a byte stride of " + std::to_string(view.strides[d]) + ", not a multiple of its " +
+             std::to_string(view.itemsize) + "-byte elements");
+    a.strides[d] = view.strides[d] / view.itemsize;
+  }
+  if (view.strides == nullptr) set_contiguous_strides(a);
+  a.read_only = view.readonly != 0;
+  return a;
+}
+
+// What this module reads of torch, looked up once the first torch.Tensor is seen (torch is
+// imported by then and never unloaded, so the objects outlive every use).
+struct torch_objects {
+  PyTypeObject* tensor_base = nullptr;  // torch._C._TensorBase: torch.Tensor, nn.Parameter and subclasses
+  PyObject* strided = nullptr;          // torch.strided, the only layout with a data pointer and strides
+  std::pair<PyObject*, element> dtypes[6]{};  // torch.float32 ... compared by identity
+  // empty CPU tensors of the outputs' dtypes, whose new_empty(shape) is torch.empty(shape, dtype=...)
+  // with one signature to parse instead of torch.empty's several (0.94 against 1.14 us a call)
+  PyObject *float32_template, *int64_template, *new_empty;
+  // attribute names, interned once
+  PyObject *data_ptr, *shape, *stride, *dtype, *layout, *is_cpu, *is_neg, *device;
+};
+torch_objects* torch_seen = nullptr;
+
+torch_objects* find_torch(PyTypeObject* tensor_base) {
+  auto* t = new torch_objects;  // never destroyed, as the torch objects it holds
+  py::module_ torch = py::module_::import("torch");
+  t->tensor_base = tensor_base;
+  t->strided = py::object(torch.attr("strided")).release().ptr();
+  const std::pair<const char*, element> dtypes[] = {{"float32", element::f32}, {"int32", element::i32},
+                                                    {"int64", element::i64},   {"float16", element::f16},
+                                                    {"bfloat16", element::bf16}, {"uint16", element::u16}};
+  int n = 0;
+  for (auto [name, e] : dtypes)
+    if (py::hasattr(torch, name)) t->dtypes[n++] = {py::object(torch.attr(name)).release().ptr(), e};  // torch 1.13 has no uint16
+  t->float32_template = torch.attr("empty")(0, "dtype"_a = torch.attr("float32")).release().ptr();
+  t->int64_template = torch.attr("empty")(0, "dtype"_a = torch.attr("int64")).release().ptr();
+  t->new_empty = PyUnicode_InternFromString("new_empty");
+  t->data_ptr = PyUnicode_InternFromString("data_ptr");
+  t->shape = PyUnicode_InternFromString("shape");
+  t->stride = PyUnicode_InternFromString("stride");
+  t->dtype = PyUnicode_InternFromString("dtype");
+  t->layout = PyUnicode_InternFromString("layout");
+  t->is_cpu = PyUnicode_InternFromString("is_cpu");
+  t->is_neg = PyUnicode_InternFromString("is_neg");
+  t->device = PyUnicode_InternFromString("device");
+  return t;
+}
+
+// torch's objects when `object` is a torch.Tensor, else null (also before torch has been seen:
+// then its type's bases are searched by name, since importing torch here would be slow and may fail).
+const torch_objects* torch_tensor(py::handle object) {
+  if (torch_seen != nullptr) return PyObject_TypeCheck(object.ptr(), torch_seen->tensor_base) ? torch_seen : nullptr;
+  for (py::handle base : py::type::handle_of(object).attr("__mro__")) {
+    auto* type = reinterpret_cast<PyTypeObject*>(base.ptr());
+    if (std::strcmp(type->tp_name, "torch._C._TensorBase") == 0) return torch_seen = find_torch(type);
+  }
+  return nullptr;
+}
+
+py::object get(py::handle object, PyObject* name) {
+  PyObject* result = PyObject_GetAttr(object.ptr(), name);
+  if (result == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(result);
+}
+
+py::object call(py::handle object, PyObject* method) {
+  PyObject* result = PyObject_CallMethodNoArgs(object.ptr(), method);
+  if (result == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(result);
+}
+
+void read_extents(py::handle sequence, std::array<std::int64_t, max_dims>& into, int dims) {
+  for (int d = 0; d < dims; ++d) into[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(sequence.ptr(), d));
+}
+
+// A CPU tensor read through its attributes (data_ptr(), shape, stride(), dtype), which costs a
+// fraction of a DLPack export (torch 1.13's to_dlpack makes an as_strided view through the
+// dispatcher and a capsule per call). The tensor itself is kept for the call: it owns the storage.
+array_arg from_torch_tensor(py::handle tensor, const torch_objects& torch, std::string_view what) {
+  // a sparse or MKL-DNN tensor has no data pointer and strides to read
+  py::object layout = get(tensor, torch.layout);
+  if (layout.ptr() != torch.strided)
+    refuse(std::string(what) + " is a " + std::string(py::str(layout)) + " tensor; embag reads dense (torch.strided) tensors");
+  if (get(tensor, torch.is_cpu).ptr() != Py_True)
+    refuse(std::string(what) + " is on " + std::string(py::str(get(tensor, torch.device))) +
+           "; embag runs on the CPU: move it with .cpu()");
+  // a lazily negated view (the imaginary part of a conjugate) holds the negated values in memory
+  if (call(tensor, torch.is_neg).ptr() == Py_True)
+    refuse(std::string(what) + " is a negated view (Tensor.is_neg()): its memory holds the values negated; pass "
+           "Tensor.resolve_neg() to materialise it");
+  array_arg a;
+  py::object dtype = get(tensor, torch.dtype);
+  for (auto [object, e] : torch.dtypes)
+    if (object == dtype.ptr()) a.type = e;
+  if (a.type == element::other) {
+    a.other_type = py::str(dtype);
+    if (a.other_type.starts_with("torch.")) a.other_type.erase(0, 6);
+  }
+  py::object shape = get(tensor, torch.shape);  // torch.Size, a tuple
+  py::object strides = call(tensor, torch.stride);
+  if (!PyTuple_Check(shape.ptr()) || !PyTuple_Check(strides.ptr()) || PyTuple_GET_SIZE(shape.ptr()) != PyTuple_GET_SIZE(strides.ptr()))
+    refuse(std::string(what) + ": its shape and stride() are not tuples of one length");
+  check_dims(PyTuple_GET_SIZE(shape.ptr()), what);
+  a.dims = static_cast<int>(PyTuple_GET_SIZE(shape.ptr()));
+  read_extents(shape, a.shape, a.dims);
+  read_extents(strides, a.strides, a.dims);
+  if (PyErr_Occurred()) throw py::error_already_set();
+  a.data = PyLong_AsVoidPtr(call(tensor, torch.data_ptr).ptr());  // storage offset included
+  if (PyErr_Occurred()) throw py::error_already_set();
+  a.keeper = py::reinterpret_borrow<py::object>(tensor);
+  a.is_torch_tensor = true;
+  return a;
+}
+
+array_arg borrow(py::handle object, std::string_view what) {
   if (PyCapsule_CheckExact(object.ptr())) return from_dlpack_capsule(py::reinterpret_borrow<py::object>(object), what);
-  if (PyObject_CheckBuffer(object.ptr())) {
-    array_arg a;
-    a.buffer = py::reinterpret_borrow<py::buffer>(object).request();
-    const py::buffer_info& info = *a.buffer;
-    a.data = info.ptr;
-    a.type = from_buffer_format(info.format, info.itemsize);
-    if (a.type == element::other)
-      a.other_type = py::hasattr(object, "dtype") ? std::string(py::str(object.attr("dtype"))) : "format '" + info.format + "'";
-    a.shape.assign(info.shape.begin(), info.shape.end());
-    for (auto stride : info.strides) {
-      // a stride that is not a whole number of elements cannot be described to the library
-      if (stride % info.itemsize != 0)
-        refuse(what + " has a byte stride of " + std::to_string(stride) + ", not a multiple of its " +
-               std::to_string(info.itemsize) + "-byte elements");
-      a.strides.push_back(stride / info.itemsize);
-    }
-    a.read_only = info.readonly;
-    return a;
-  }
-  if (is_torch_tensor(object)) {
-    if (!torch_to_dlpack()) torch_to_dlpack() = py::module_::import("torch.utils.dlpack").attr("to_dlpack");
-    return from_dlpack_capsule(torch_to_dlpack()(object), what);
-  }
+  if (PyObject_CheckBuffer(object.ptr())) return from_buffer(object, what);
+  if (const torch_objects* torch = torch_tensor(object)) return from_torch_tensor(object, *torch, what);
   if (py::hasattr(object, "__dlpack__")) return from_dlpack_capsule(object.attr("__dlpack__")(), what);
-  refuse(what + " must be a NumPy array or a CPU torch.Tensor (anything with the buffer protocol or DLPack), got " +
+  refuse(std::string(what) + " must be a NumPy array or a CPU torch.Tensor (anything with the buffer protocol or DLPack), got " +
          std::string(py::str(py::type::handle_of(object).attr("__name__"))));
 }
 
@@ -244,7 +388,7 @@ bool c_contiguous(const array_arg& a) {
 }
 
 std::string describe(const array_arg& a) {
-  return (a.type == element::other ? a.other_type : std::string(name_of(a.type))) + " of shape " + tuple_text(a.shape);
+  return (a.type == element::other ? a.other_type : std::string(name_of(a.type))) + " of shape " + tuple_text(a.shape_span());
 }
 
 struct requirement {
@@ -254,51 +398,52 @@ struct requirement {
 };
 
 // An array the library reads or writes as one contiguous block.
-array_arg contiguous(py::handle object, const std::string& what, requirement need) {
+array_arg contiguous(py::handle object, std::string_view what, requirement need) {
   array_arg a = borrow(object, what);
   bool type_ok = false;
   for (element e : need.types) type_ok |= a.type == e;
   if (!type_ok) {
     std::string allowed;
     for (element e : need.types) allowed += (allowed.empty() ? "" : " or ") + std::string(name_of(e));
-    refuse(what + " must be " + allowed + ", got " + describe(a));
+    refuse(std::string(what) + " must be " + allowed + ", got " + describe(a));
   }
   if (need.ndim >= 0 && a.ndim() != need.ndim)
-    refuse(what + " must have " + std::to_string(need.ndim) + " dimension" + (need.ndim == 1 ? "" : "s") + ", got " +
+    refuse(std::string(what) + " must have " + std::to_string(need.ndim) + " dimension" + (need.ndim == 1 ? "" : "s") + ", got " +
            describe(a));
   if (!c_contiguous(a))
-    refuse(what + " (" + describe(a) + ") is not C-contiguous (strides " + tuple_text(a.strides) +
+    refuse(std::string(what) + " (" + describe(a) + ") is not C-contiguous (strides " + tuple_text(a.strides_span()) +
            " in elements): embag reads arrays in place and never copies them silently; pass a contiguous copy "
            "(numpy.ascontiguousarray, Tensor.contiguous) if a copy is what you want");
-  if (need.writable && a.read_only) refuse(what + " (" + describe(a) + ") is read-only, and this call writes it");
+  if (need.writable && a.read_only) refuse(std::string(what) + " (" + describe(a) + ") is read-only, and this call writes it");
   return a;
 }
 
-std::optional<array_arg> optional_contiguous(py::handle object, const std::string& what, requirement need) {
+std::optional<array_arg> optional_contiguous(py::handle object, std::string_view what, requirement need) {
   if (object.is_none()) return std::nullopt;
   return contiguous(object, what, need);
 }
 
 // A 2-D f32 table whose rows may be strided (a slice of a wider table): table_view has a row
 // stride, so only the elements within a row must be contiguous.
-void check_rows_in_place(const array_arg& a, const std::string& what) {
+void check_rows_in_place(const array_arg& a, std::string_view what) {
   bool rows_dense = a.shape[1] == 1 || a.strides[1] == 1;
   bool rows_forward = a.shape[0] <= 1 || a.strides[0] >= a.shape[1];
   if (!rows_dense || !rows_forward)
-    refuse(what + " (" + describe(a) + ") has strides " + tuple_text(a.strides) +
+    refuse(std::string(what) + " (" + describe(a) + ") has strides " + tuple_text(a.strides_span()) +
            " in elements: embag reads a table in place, which needs each row's elements adjacent and rows in "
            "increasing order (a row stride >= dim); pass numpy.ascontiguousarray / Tensor.contiguous() to copy it");
 }
 
-array_arg f32_table(array_arg a, const std::string& what, bool writable) {
-  if (a.type != element::f32 || a.ndim() != 2) refuse(what + " must be a 2-D float32 table, got " + describe(a));
+void f32_table_check(const array_arg& a, std::string_view what, bool writable) {
+  if (a.type != element::f32 || a.ndim() != 2) refuse(std::string(what) + " must be a 2-D float32 table, got " + describe(a));
   check_rows_in_place(a, what);
-  if (writable && a.read_only) refuse(what + " (" + describe(a) + ") is read-only, and this call rescales its rows in place");
-  return a;
+  if (writable && a.read_only) refuse(std::string(what) + " (" + describe(a) + ") is read-only, and this call rescales its rows in place");
 }
 
-array_arg f32_table(py::handle object, const std::string& what, bool writable) {
-  return f32_table(borrow(object, what), what, writable);
+array_arg f32_table(py::handle object, std::string_view what, bool writable) {
+  array_arg a = borrow(object, what);
+  f32_table_check(a, what, writable);
+  return a;
 }
 
 std::int64_t row_stride_of(const array_arg& table) { return table.shape[0] <= 1 ? 0 : table.strides[0]; }
@@ -366,49 +511,96 @@ struct compressed {
   embag::compressed_table table;
 };
 
-void forward(py::object table, py::handle indices, py::handle offsets, std::int64_t fixed_length, py::handle weights,
-             const std::string& mode, std::optional<std::int64_t> padding_idx, bool include_last_offset,
-             std::optional<float> max_norm, float norm_type, py::handle out, py::handle argmax) {
+// The outputs of a forward call, allocated here once the arguments are read and checked: NumPy
+// arrays, or torch tensors when the weight or the input is one (the caller's array type). Each is
+// read back from what this module just made (C-contiguous, writable), without an export.
+struct new_array {
+  py::object object;
+  array_arg view;
+};
+
+new_array allocate(bool as_tensor, std::int64_t rows, std::int64_t cols, element type) {
+  new_array made;
+  array_arg& a = made.view;
+  a.type = type;
+  a.dims = 2;
+  a.shape[0] = rows, a.shape[1] = cols;
+  set_contiguous_strides(a);
+  if (as_tensor) {
+    // torch.empty((rows, cols), dtype=...)
+    const torch_objects& torch = *torch_seen;  // set: a tensor was read
+    py::tuple shape = py::make_tuple(rows, cols);
+    PyObject* tensor = PyObject_CallMethodOneArg(type == element::f32 ? torch.float32_template : torch.int64_template,
+                                                 torch.new_empty, shape.ptr());
+    if (tensor == nullptr) throw py::error_already_set();
+    made.object = py::reinterpret_steal<py::object>(tensor);
+    a.data = PyLong_AsVoidPtr(call(made.object, torch.data_ptr).ptr());
+    if (PyErr_Occurred()) throw py::error_already_set();
+  } else if (type == element::f32) {
+    py::array_t<float> array({rows, cols});
+    a.data = array.mutable_data();
+    made.object = std::move(array);
+  } else {
+    py::array_t<std::int64_t> array({rows, cols});
+    a.data = array.mutable_data();
+    made.object = std::move(array);
+  }
+  return made;
+}
+
+// embedding_bag's forward into a new rows x cols float32 output (and, with_max_indices, the rows x
+// cols int64 argmax mode max records), returned as out or (out, max_indices).
+py::object forward(py::object table, py::handle indices, py::handle offsets, std::int64_t fixed_length,
+                   py::handle weights, const std::string& mode, std::optional<std::int64_t> padding_idx,
+                   bool include_last_offset, std::optional<float> max_norm, float norm_type, std::int64_t rows,
+                   std::int64_t cols, bool with_max_indices) {
   bag_args b = take_bags(indices, offsets, fixed_length, weights);
   embag::options opts = make_options(mode, padding_idx, include_last_offset, false);
-  array_arg y = contiguous(out, "out", {{element::f32}, 2, true});
-  std::optional<array_arg> arg = optional_contiguous(argmax, "max_indices", {{element::i64}, 2, true});
+  opts.max_norm = max_norm;
+  std::optional<array_arg> w;  // none: a compressed table
+  if (!py::isinstance<compressed>(table)) w = borrow(table, "weight");
+  bool as_tensor = b.indices.is_torch_tensor || (w && w->is_torch_tensor);
+  new_array out = allocate(as_tensor, rows, cols, element::f32);
+  std::optional<new_array> argmax;
   std::span<std::int64_t> argmax_span;
-  if (arg) argmax_span = {static_cast<std::int64_t*>(arg->data), static_cast<std::size_t>(arg->size())};
-  if (py::isinstance<compressed>(table)) {
-    const compressed& t = table.cast<const compressed&>();
-    opts.max_norm = max_norm;
-    py::gil_scoped_release unlocked;
-    embag::forward(t.table.view(), b.bags(), opts, matrix_of(y), argmax_span, &thread_workspace());
-    return;
+  if (with_max_indices) {
+    argmax = allocate(as_tensor, rows, cols, element::i64);
+    argmax_span = {static_cast<std::int64_t*>(argmax->view.data), static_cast<std::size_t>(argmax->view.size())};
   }
-  array_arg borrowed = borrow(table, "weight");
-  if ((borrowed.type == element::f16 || borrowed.type == element::bf16) && borrowed.ndim() == 2) {
+  auto result = [&] { return with_max_indices ? py::object(py::make_tuple(out.object, argmax->object)) : out.object; };
+  embag::matrix_view<float> y = matrix_of(out.view);
+  if (!w) {
+    const compressed& t = table.cast<const compressed&>();
+    py::gil_scoped_release unlocked;
+    embag::forward(t.table.view(), b.bags(), opts, y, argmax_span, &thread_workspace());
+    return result();
+  }
+  if ((w->type == element::f16 || w->type == element::bf16) && w->ndim() == 2) {
     // a float16 or bfloat16 tensor or array (embag.nn's weight, trained in 16 bits by embag.optim):
     // read in place as a compressed table of that layout
-    check_rows_in_place(borrowed, "weight");
-    embag::compressed_table_view view{static_cast<const std::byte*>(borrowed.data), borrowed.shape[0],
-                                      borrowed.shape[1], row_stride_of(borrowed) * 2,
-                                      borrowed.type == element::f16 ? embag::dtype::f16 : embag::dtype::bf16};
-    opts.max_norm = max_norm;
+    check_rows_in_place(*w, "weight");
+    embag::compressed_table_view view{static_cast<const std::byte*>(w->data), w->shape[0], w->shape[1],
+                                      row_stride_of(*w) * 2,
+                                      w->type == element::f16 ? embag::dtype::f16 : embag::dtype::bf16};
     py::gil_scoped_release unlocked;
-    embag::forward(view, b.bags(), opts, matrix_of(y), argmax_span, &thread_workspace());
-    return;
+    embag::forward(view, b.bags(), opts, y, argmax_span, &thread_workspace());
+    return result();
   }
   // torch's max_norm rescales the weight's rows in place; without it the table is only read
   bool in_place = max_norm.has_value();
-  array_arg w = f32_table(std::move(borrowed), "weight", in_place);
-  opts.max_norm = max_norm;
+  f32_table_check(*w, "weight", in_place);
   opts.norm_type = norm_type;
-  embag::table_view<float> view{static_cast<float*>(w.data), w.shape[0], w.shape[1], row_stride_of(w)};
-  py::gil_scoped_release unlocked;
-  if (in_place) {
-    opts.max_norm_mode = embag::max_norm_flavour::in_place;
-    embag::forward(view, b.bags(), opts, matrix_of(y), argmax_span, &thread_workspace());
-  } else {
-    embag::forward(embag::table_view<const float>(view), b.bags(), opts, matrix_of(y), argmax_span,
-                   &thread_workspace());
+  embag::table_view<float> view{static_cast<float*>(w->data), w->shape[0], w->shape[1], row_stride_of(*w)};
+  {
+    py::gil_scoped_release unlocked;
+    if (in_place) {
+      opts.max_norm_mode = embag::max_norm_flavour::in_place;
+      embag::forward(view, b.bags(), opts, y, argmax_span, &thread_workspace());
+    } else {
+      embag::forward(embag::table_view<const float>(view), b.bags(), opts, y, argmax_span, &thread_workspace());
+    }
   }
+  return result();
 }
 
 void backward_dense(py::handle indices, py::handle offsets, std::int64_t fixed_length, py::handle weights,
@@ -609,8 +801,8 @@ embag::update_summary apply_sparse_gradient(py::handle table, const std::optiona
   // the C ABI takes the values' extent from len(rows) and the table's dim
   if (v.shape[0] != r.shape[0] || v.shape[1] != t.view.dim)
     raise(errors().by_code[static_cast<int>(embag::errc::size_mismatch)], "size_mismatch",
-          "values has shape " + tuple_text(v.shape) + "; " + std::to_string(r.shape[0]) + " rows of the table's dim " +
-              std::to_string(t.view.dim) + " need " + tuple_text({r.shape[0], t.view.dim}));
+          "values has shape " + tuple_text(v.shape_span()) + "; " + std::to_string(r.shape[0]) + " rows of the table's dim " +
+              std::to_string(t.view.dim) + " need " + tuple_text(std::vector<std::int64_t>{r.shape[0], t.view.dim}));
   embag_trainable_table c_table{t.view.data, t.view.rows, t.view.dim, t.view.row_stride,
                                 static_cast<std::int32_t>(t.view.type)};
   embag_optimizer c_opt;
@@ -812,7 +1004,8 @@ PYBIND11_MODULE(_embag, m) {
   m.attr("__version__") = std::string(embag::version());
 
   m.def("forward", &forward, "table"_a, "indices"_a, "offsets"_a, "fixed_length"_a, "per_sample_weights"_a, "mode"_a,
-        "padding_idx"_a, "include_last_offset"_a, "max_norm"_a, "norm_type"_a, "out"_a, "max_indices"_a);
+        "padding_idx"_a, "include_last_offset"_a, "max_norm"_a, "norm_type"_a, "rows"_a, "cols"_a,
+        "with_max_indices"_a);
   m.def("backward_dense", &backward_dense, "indices"_a, "offsets"_a, "fixed_length"_a, "per_sample_weights"_a,
         "mode"_a, "padding_idx"_a, "include_last_offset"_a, "scale_grad_by_freq"_a, "grad_output"_a,
         "grad_weight"_a, "max_indices"_a);

@@ -17,11 +17,19 @@ import embag
 __all__ = ["EmbeddingBag", "Embedding"]
 
 
+def _sparse_gradient(rows, values, shape):
+    """The sparse gradient of embag's (rows, values). The rows come from the library sorted, unique
+    and within the table, so the tensor is made without torch.sparse_coo_tensor's checks (a pass
+    over every index; 6.9 against 2.7 us for one row on torch 1.13, a part of each small training
+    step). torch's private constructor: what its own sparse embedding backward uses."""
+    return torch._sparse_coo_tensor_unsafe(rows.unsqueeze(0), values, shape)
+
+
 def _weight_gradient(weight, rows_values_or_dense, sparse):
     if not sparse:
         return rows_values_or_dense
     rows, values = rows_values_or_dense
-    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, weight.shape)
+    return _sparse_gradient(rows, values, weight.shape)
 
 
 def _float32_cpu(tensor, what):
@@ -34,6 +42,8 @@ def _trainable_weight(module):
     """A float32 CPU weight, or a 16-bit one that gets no gradient: trained by a fused optimizer
     (which updates it in 16 bits) or frozen. torch has no 16-bit gradient embag could give it."""
     weight = module.weight
+    if weight.dtype == torch.float32 and weight.is_cpu:  # the common case first: no torch.device made
+        return
     if weight.dtype in (torch.float16, torch.bfloat16) and weight.device.type == "cpu":
         if module.fused_optimizer is not None or not weight.requires_grad:
             return
@@ -104,7 +114,7 @@ class _EmbeddingFunction(torch.autograd.Function):
             return None, None, None, None, None, None, None, None
         grad = embag.embedding_backward(grad_output, input, rows, padding_idx, scale_grad_by_freq, sparse)
         if sparse:
-            grad = torch.sparse_coo_tensor(grad[0].unsqueeze(0), grad[1], (rows, grad_output.shape[-1]))
+            grad = _sparse_gradient(grad[0], grad[1], (rows, grad_output.shape[-1]))
         return grad, None, None, None, None, None, None, None
 
 

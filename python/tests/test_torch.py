@@ -125,6 +125,11 @@ def test_module_gradients_match_torch(mode, sparse, padding_idx):
     (theirs(indices, offsets) * grad_output).sum().backward()
     assert ours.weight.grad.is_sparse == sparse
     torch.testing.assert_close(ours.weight.grad.to_dense(), theirs.weight.grad.to_dense(), rtol=1e-5, atol=1e-6)
+    if sparse:
+        # made without torch's index check (embag.nn._sparse_gradient): the rows must be valid as they are
+        rows = ours.weight.grad._indices()[0]
+        assert torch.equal(rows, torch.unique(rows)) and 0 <= rows.min() and rows.max() < ROWS
+        assert torch.equal(ours.weight.grad.coalesce()._indices()[0], rows)
 
 
 def test_per_sample_weights_gradient_matches_torch():
@@ -210,3 +215,50 @@ def test_empty_tensors_are_read():
     assert embag.embedding(torch.zeros(0, 3, dtype=torch.long), weight).shape == (0, 3, DIM)
     out = embag.embedding_bag(torch.zeros(0, dtype=torch.long), weight, torch.tensor([0, 0]))
     assert torch.equal(out, torch.zeros(2, DIM))
+
+
+def test_tensors_are_read_through_their_own_layout():
+    # the extension reads a tensor's data_ptr(), shape, stride() and dtype itself (no export): each
+    # case here gives wrong numbers rather than an error if one of them is misread
+    g = torch.Generator().manual_seed(11)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    indices, offsets = bags(g)
+    expected = F.embedding_bag(indices, weight, offsets, mode="sum")
+    # views that start inside their storage: data_ptr() must include the storage offset
+    late_indices = torch.cat([torch.tensor([ROWS - 1] * 3), indices])[3:]
+    late_weight = torch.cat([torch.randn(3, DIM, generator=g), weight])[3:]
+    assert late_indices.storage_offset() == 3 and late_weight.storage_offset() == 3 * DIM
+    torch.testing.assert_close(embag.embedding_bag(late_indices, late_weight, offsets, mode="sum"), expected)
+    # int32 indices and offsets are read as int32
+    torch.testing.assert_close(embag.embedding_bag(indices.int(), weight, offsets.int(), mode="sum"), expected)
+    # a one-row table (whose row stride does not matter) and a row-strided slice
+    one = weight[3:4]
+    torch.testing.assert_close(embag.embedding_bag(torch.tensor([0, 0]), one, torch.tensor([0]), mode="sum"), 2 * one)
+    wide = torch.randn(ROWS, 3 * DIM, generator=g)
+    torch.testing.assert_close(embag.embedding_bag(indices, wide[:, DIM:2 * DIM], offsets, mode="sum"),
+                               F.embedding_bag(indices, wide[:, DIM:2 * DIM].contiguous(), offsets, mode="sum"))
+    # a transposed table, strided or expanded indices: refused with their strides, never read wrongly
+    with pytest.raises(embag.UnsupportedArray, match=rf"weight \(float32 of shape \({DIM}, {ROWS}\)\) has strides "
+                                                     rf"\(1, {DIM}\)"):
+        embag.embedding_bag(indices, weight.t(), offsets)
+    with pytest.raises(embag.UnsupportedArray, match=r"input \(int64 of shape \(13,\)\) is not C-contiguous "
+                                                     r"\(strides \(2,\)"):
+        embag.embedding_bag((torch.arange(26) % ROWS)[::2], weight, offsets)
+    with pytest.raises(embag.UnsupportedArray, match=r"offsets \(int64 of shape \(5,\)\) is not C-contiguous "
+                                                     r"\(strides \(0,\)"):
+        embag.embedding_bag(indices, weight, torch.tensor([0]).expand(5))
+    # dtypes by name, the output's included
+    with pytest.raises(embag.UnsupportedArray, match=r"input must be int32 or int64, got int16 of shape \(13,\)"):
+        embag.embedding_bag(indices.short(), weight, offsets)
+    with pytest.raises(embag.UnsupportedArray, match=r"weight must be a 2-D float32 table, got float64 of shape"):
+        embag.embedding_bag(indices, weight.double(), offsets)
+    # a negated view holds -x in memory; sparse and non-CPU tensors have no memory to read here
+    with pytest.raises(embag.UnsupportedArray, match=r"weight is a negated view"):
+        embag.embedding_bag(indices, torch._neg_view(weight), offsets)
+    with pytest.raises(embag.UnsupportedArray, match=r"weight is a torch.sparse_coo tensor"):
+        embag.embedding_bag(indices, weight.to_sparse(), offsets)
+    with pytest.raises(embag.UnsupportedArray, match=r"weight is on meta; embag runs on the CPU"):
+        embag.embedding_bag(indices, torch.empty(ROWS, DIM, device="meta"), offsets)
+    # a weight that requires grad (an nn.Parameter) is read as it is
+    torch.testing.assert_close(embag.embedding_bag(indices, torch.nn.Parameter(weight), offsets, mode="sum"),
+                               expected)
