@@ -48,10 +48,12 @@ struct trained {
     if (state_cols == 0) return {};
     return {state.data(), rows, state_cols, 0};
   }
+  // bitwise (NaN equal to itself); memcmp only on non-empty vectors, whose data() is not null
+  static bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+  }
   bool operator==(const trained& o) const {
-    return halves == o.halves && state.size() == o.state.size() &&
-           std::memcmp(floats.data(), o.floats.data(), floats.size() * 4) == 0 &&
-           std::memcmp(state.data(), o.state.data(), state.size() * 4) == 0;
+    return halves == o.halves && same_bits(floats, o.floats) && same_bits(state, o.state);
   }
 };
 
