@@ -99,6 +99,17 @@ inline xsimd::batch<float, Arch> divide(const xsimd::batch<float, Arch>& a, cons
   return a / b;
 }
 
+// sqrt(a), correctly rounded as std::sqrt is. xsimd 8.1's float sqrt on neon64 is neon's reciprocal
+// square-root estimate refined twice (an ulp off: Adagrad's step on the first NEON run of
+// optim_test); AArch64 has an exact vector square root.
+template <class Arch>
+inline xsimd::batch<float, Arch> square_root(const xsimd::batch<float, Arch>& a) noexcept {
+#if defined(__aarch64__)
+  if constexpr (std::is_base_of_v<xsimd::neon64, Arch>) return vsqrtq_f32(a);
+#endif
+  return xsimd::sqrt(a);
+}
+
 template <class Arch>
 inline float dot(const float* a, const float* b, std::int64_t n) noexcept {
   using batch = xsimd::batch<float, Arch>;

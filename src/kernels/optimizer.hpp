@@ -91,7 +91,7 @@ inline bool update_row(const update_request& q, std::int64_t row, const float* g
       const batch sum = batch::load_unaligned(s + d) + grad * grad;
       sum.store_unaligned(new_s + d);
       within = within & (xsimd::abs(sum) <= batch(FLT_MAX));
-      next = x - batch(lr) * divide<Arch>(grad, xsimd::sqrt(sum) + batch(eps));
+      next = x - batch(lr) * divide<Arch>(grad, square_root<Arch>(sum) + batch(eps));
     } else {
       next = x - batch(row_step) * grad;
     }
