@@ -317,6 +317,122 @@ void with_indices(const bag_source& bags, F&& f) {
 // Splits [0, n) into `chunks` nearly equal runs; chunk c is [n * c / chunks, n * (c + 1) / chunks).
 std::int64_t chunk_begin(std::int64_t n, int chunks, int c) { return n * c / chunks; }
 
+// A transpose's sort entry: a position's row and the position, as one word, row << position_bits
+// | position, when both fit: a third of the bytes that three arrays (row, position, bag) moved in
+// every pass of the sort.
+struct packed_entry {
+  using type = std::uint64_t;
+  int position_bits = 0;
+  type make(std::int64_t row, std::int64_t position) const {
+    return static_cast<type>(row) << position_bits | static_cast<type>(position);
+  }
+  std::int64_t row(type e) const { return static_cast<std::int64_t>(e >> position_bits); }
+  std::int64_t position(type e) const { return static_cast<std::int64_t>(e & ((type{1} << position_bits) - 1)); }
+};
+
+// ... and as two words when they do not.
+struct wide_entry {
+  using type = row_and_position;
+  type make(std::int64_t row, std::int64_t position) const { return {row, position}; }
+  std::int64_t row(type e) const { return e.row; }
+  std::int64_t position(type e) const { return e.position; }
+};
+
+// Sorts the non-padding positions by row into ws.positions, ws.bags (each position's bag),
+// ws.unique_rows and ws.segment_begin; returns the number of unique rows.
+template <class Codec>
+std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t padding_idx, reduction reduce,
+                            const execution& how, int chunks, Codec codec, std::vector<typename Codec::type>& entries,
+                            workspace::impl& ws) {
+  using Entry = typename Codec::type;
+  // The non-padding positions in order: count per chunk, then each one's sort entry (its row and
+  // position, the codec's way).
+  const std::int64_t nnz = bags.nnz;
+  std::vector<std::int64_t>& chunk_start = ws.chunk_start;
+  chunk_start.assign(static_cast<std::size_t>(chunks) + 1, 0);
+  with_indices(bags, [&](const auto* indices) {
+    run_blocks(chunks, how, [&](std::int64_t c) {
+      std::int64_t n = 0;
+      for (std::int64_t j = chunk_begin(nnz, chunks, int(c)); j < chunk_begin(nnz, chunks, int(c) + 1); ++j)
+        n += indices[j] != padding_idx;
+      chunk_start[c + 1] = n;
+    });
+  });
+  for (int c = 0; c < chunks; ++c) chunk_start[c + 1] += chunk_start[c];
+  const std::int64_t m = chunk_start[chunks];
+  entries.resize(2 * static_cast<std::size_t>(m));  // the entries, then the sort's scratch
+  with_indices(bags, [&](const auto* indices) {
+    run_blocks(chunks, how, [&](std::int64_t c) {
+      std::int64_t out = chunk_start[c];
+      for (std::int64_t j = chunk_begin(nnz, chunks, int(c)); j < chunk_begin(nnz, chunks, int(c) + 1); ++j)
+        if (indices[j] != padding_idx) entries[out++] = codec.make(indices[j], j);
+    });
+  });
+
+  // Sorted by row with a stable LSD radix sort over the row's digits only, so each row's positions
+  // stay ascending: per pass, a histogram per chunk, their prefix digit by digit then chunk by
+  // chunk, a scatter per chunk. Digits of at most 11 bits, as even as the row's bits allow (20
+  // bits: two passes of 10), so the histogram and the scatter's open lines stay in L1.
+  const int passes = (row_bits + 10) / 11;
+  const int digit_bits = passes == 0 ? 0 : (row_bits + passes - 1) / passes;
+  const std::int64_t radix = std::int64_t{1} << digit_bits;
+  ws.histogram.resize(static_cast<std::size_t>(radix * chunks));
+  Entry* sorted = entries.data();
+  Entry* sorted_out = entries.data() + m;
+  for (int shift = 0; shift < row_bits; shift += digit_bits) {
+    const auto digit = [&](const Entry& e) { return (codec.row(e) >> shift) & (radix - 1); };
+    std::int64_t* histogram = ws.histogram.data();  // chunk c's counts at histogram[c * radix + digit]
+    run_blocks(chunks, how, [&](std::int64_t c) {
+      std::int64_t* h = histogram + c * radix;
+      std::fill(h, h + radix, 0);
+      for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) ++h[digit(sorted[i])];
+    });
+    std::int64_t sum = 0;
+    for (std::int64_t d = 0; d < radix; ++d)
+      for (int c = 0; c < chunks; ++c) sum += std::exchange(histogram[c * radix + d], sum);
+    run_blocks(chunks, how, [&](std::int64_t c) {
+      std::int64_t* h = histogram + c * radix;
+      for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i)
+        sorted_out[h[digit(sorted[i])]++] = sorted[i];
+    });
+    std::swap(sorted, sorted_out);
+  }
+
+  // The kernels' arrays from the sorted entries (each position's bag looked up once here, so the
+  // kernels read bags in order), and the unique rows, counted per chunk.
+  ws.positions.resize(static_cast<std::size_t>(m));
+  ws.bags.resize(static_cast<std::size_t>(m));
+  const auto starts_row = [&](std::int64_t i) { return i == 0 || codec.row(sorted[i]) != codec.row(sorted[i - 1]); };
+  run_blocks(chunks, how, [&](std::int64_t c) {
+    std::int64_t n = 0;
+    for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) {
+      const std::int64_t position = codec.position(sorted[i]);
+      ws.positions[i] = position;
+      ws.bags[i] = reduce.pool == pooling::lookup ? position : ws.bag_of_position[position];
+      n += starts_row(i);
+    }
+    chunk_start[c + 1] = n;
+  });
+
+  // The unique rows and where their positions start.
+  chunk_start[0] = 0;
+  for (int c = 0; c < chunks; ++c) chunk_start[c + 1] += chunk_start[c];
+  const std::int64_t unique = chunk_start[chunks];
+  ws.unique_rows.resize(static_cast<std::size_t>(unique));
+  ws.segment_begin.resize(static_cast<std::size_t>(unique) + 1);
+  run_blocks(chunks, how, [&](std::int64_t c) {
+    std::int64_t u = chunk_start[c];
+    for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) {
+      if (!starts_row(i)) continue;
+      ws.unique_rows[u] = codec.row(sorted[i]);
+      ws.segment_begin[u++] = i;
+    }
+  });
+  ws.segment_begin[unique] = m;
+  return unique;
+
+}
+
 }  // namespace
 
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
@@ -349,103 +465,20 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
     });
   }
 
-  // (row, position, bag) of every non-padding index, in position order: count per chunk, then
-  // fill. The bag travels with the position so the kernels read it in order, not at random.
-  std::vector<std::int64_t>& chunk_start = ws.chunk_start;
-  chunk_start.assign(static_cast<std::size_t>(chunks) + 1, 0);
-  with_indices(bags, [&](const auto* indices) {
-    run_blocks(chunks, how, [&](std::int64_t c) {
-      std::int64_t n = 0;
-      for (std::int64_t j = chunk_begin(nnz, chunks, int(c)); j < chunk_begin(nnz, chunks, int(c) + 1); ++j)
-        n += indices[j] != padding_idx;
-      chunk_start[c + 1] = n;
-    });
-  });
-  for (int c = 0; c < chunks; ++c) chunk_start[c + 1] += chunk_start[c];
-  const std::int64_t m = chunk_start[chunks];
-  ws.keys.resize(static_cast<std::size_t>(m));
-  ws.positions.resize(static_cast<std::size_t>(m));
-  ws.bags.resize(static_cast<std::size_t>(m));
-  with_indices(bags, [&](const auto* indices) {
-    run_blocks(chunks, how, [&](std::int64_t c) {
-      std::int64_t out = chunk_start[c];
-      for (std::int64_t j = chunk_begin(nnz, chunks, int(c)); j < chunk_begin(nnz, chunks, int(c) + 1); ++j) {
-        if (indices[j] == padding_idx) continue;
-        ws.keys[out] = indices[j];
-        ws.bags[out] = reduce.pool == pooling::lookup ? j : ws.bag_of_position[j];
-        ws.positions[out++] = j;
-      }
-    });
-  });
-
-  // Sorted by row with a stable LSD radix sort, so each row's positions stay ascending: per pass,
-  // a histogram per chunk, their prefix digit by digit then chunk by chunk, a scatter per chunk.
-  ws.keys_scratch.resize(static_cast<std::size_t>(m));
-  ws.positions_scratch.resize(static_cast<std::size_t>(m));
-  ws.bags_scratch.resize(static_cast<std::size_t>(m));
-  constexpr int digit_bits = 11;
-  constexpr std::int64_t radix = std::int64_t{1} << digit_bits;
-  ws.histogram.resize(static_cast<std::size_t>(radix * chunks));
-  int bits = 0;
-  while (bits < 63 && (std::int64_t{1} << bits) < table_rows) ++bits;
-  std::int64_t* keys = ws.keys.data();
-  std::int64_t* positions = ws.positions.data();
-  std::int64_t* sorted_bags = ws.bags.data();
-  std::int64_t* keys_out = ws.keys_scratch.data();
-  std::int64_t* positions_out = ws.positions_scratch.data();
-  std::int64_t* bags_out = ws.bags_scratch.data();
-  for (int shift = 0; shift < bits; shift += digit_bits) {
-    std::int64_t* histogram = ws.histogram.data();  // chunk c's counts at histogram[c * radix + digit]
-    run_blocks(chunks, how, [&](std::int64_t c) {
-      std::int64_t* h = histogram + c * radix;
-      std::fill(h, h + radix, 0);
-      for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i)
-        ++h[(keys[i] >> shift) & (radix - 1)];
-    });
-    std::int64_t sum = 0;
-    for (std::int64_t d = 0; d < radix; ++d)
-      for (int c = 0; c < chunks; ++c) sum += std::exchange(histogram[c * radix + d], sum);
-    run_blocks(chunks, how, [&](std::int64_t c) {
-      std::int64_t* h = histogram + c * radix;
-      for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) {
-        const std::int64_t slot = h[(keys[i] >> shift) & (radix - 1)]++;
-        keys_out[slot] = keys[i];
-        positions_out[slot] = positions[i];
-        bags_out[slot] = sorted_bags[i];
-      }
-    });
-    std::swap(keys, keys_out);
-    std::swap(positions, positions_out);
-    std::swap(sorted_bags, bags_out);
-  }
-
-  // Unique rows and where their positions start: count per chunk, then fill.
-  const auto starts_row = [&](std::int64_t i) { return i == 0 || keys[i] != keys[i - 1]; };
-  run_blocks(chunks, how, [&](std::int64_t c) {
-    std::int64_t n = 0;
-    for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) n += starts_row(i);
-    chunk_start[c + 1] = n;
-  });
-  chunk_start[0] = 0;
-  for (int c = 0; c < chunks; ++c) chunk_start[c + 1] += chunk_start[c];
-  const std::int64_t unique = chunk_start[chunks];
-  ws.unique_rows.resize(static_cast<std::size_t>(unique));
-  ws.segment_begin.resize(static_cast<std::size_t>(unique) + 1);
-  run_blocks(chunks, how, [&](std::int64_t c) {
-    std::int64_t u = chunk_start[c];
-    for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) {
-      if (!starts_row(i)) continue;
-      ws.unique_rows[u] = keys[i];
-      ws.segment_begin[u++] = i;
-    }
-  });
-  ws.segment_begin[unique] = m;
+  // Each sort entry holds a row and its position: in one word when both fit, as they do but for
+  // tables of billions of rows read by billions of indices.
+  const int position_bits = std::bit_width(static_cast<std::uint64_t>(std::max<std::int64_t>(nnz - 1, 0)));
+  const int row_bits = std::bit_width(static_cast<std::uint64_t>(std::max<std::int64_t>(table_rows - 1, 0)));
+  const std::int64_t unique =
+      row_bits + position_bits <= 64
+          ? sort_into_rows(bags, row_bits, padding_idx, reduce, how, chunks, packed_entry{position_bits}, ws.packed_entries, ws)
+          : sort_into_rows(bags, row_bits, padding_idx, reduce, how, chunks, wide_entry{}, ws.wide_entries, ws);
 
   row_transpose t;
-  t.positions = positions;
+  t.positions = ws.positions.data();
   t.unique_rows = ws.unique_rows.data();
   t.segment_begin = ws.segment_begin.data();
-  t.bags = sorted_bags;
+  t.bags = ws.bags.data();
   t.bag_divisor = scaled ? ws.bag_divisor.data() : nullptr;
   t.num_unique = unique;
   return t;

@@ -89,6 +89,11 @@ struct forward_request {
 
 // The bags transposed into table rows, built by the plan for backward: the non-padding positions
 // j of indices sorted by (indices[j], j), grouped by row.
+// A row and a position of the index stream, sorted together (the row transpose's wide entries).
+struct row_and_position {
+  std::int64_t row, position;
+};
+
 struct row_transpose {
   const std::int64_t* positions = nullptr;        // sorted positions
   const std::int64_t* unique_rows = nullptr;      // num_unique rows, ascending

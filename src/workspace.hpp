@@ -15,7 +15,9 @@
 namespace embag {
 
 struct workspace::impl {
-  std::vector<std::int64_t> keys, keys_scratch, positions, positions_scratch, bags, bags_scratch;
+  std::vector<std::uint64_t> packed_entries;               // the row transpose's sort (plan.cpp)
+  std::vector<detail::row_and_position> wide_entries;       // ... when a row and position need two words
+  std::vector<std::int64_t> keys, positions, bags;
   std::vector<std::int64_t> unique_rows, segment_begin, bag_of_position;
   std::vector<float> bag_divisor;
   std::vector<std::int64_t> histogram, chunk_start;

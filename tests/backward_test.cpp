@@ -374,6 +374,20 @@ TEST_P(Backward, DenseAddsOnEachCallSparseReplacesItsContents) {
   expect_sparse(grad, {4}, {{0, 0}, {0, 0}, {0, 0}, {0, 0}, {1, -1}, {0, 0}});
 }
 
+// A table too tall for the row transpose's one-word sort entries (62 bits of row and 3 of
+// position): rows sorted and summed as in any table, with no row read.
+TEST_P(Backward, SparseRowsOfATableTooTallForOneWordEntries) {
+  constexpr std::int64_t rows = std::int64_t{1} << 62, top = rows - 1, third = rows / 3;
+  const encoded_bags bags({top, 5, third, 5, /**/ top, 0, third, 7}, {0, 4}, {}, encodings[0]);
+  const matrix dy = {{1, 2}, {10, 20}};
+  const std::vector<float> g = dy_buffer(dy);
+  sparse_gradient grad = junk();
+  backward_sparse(rows, bags.batch(), on_isa(options{}), dy_view(g, dy), grad);
+  EXPECT_EQ(grad.rows, (std::vector<std::int64_t>{0, 5, 7, third, top}));
+  const matrix expected = {{10, 20}, {2, 4}, {10, 20}, {11, 22}, {11, 22}};
+  EXPECT_TRUE(cells_match(expected, grad.values, dim(), dim())) << "sparse values";
+}
+
 TEST_P(Backward, MaxSendsEachDimensionsGradientToTheRowThatWonIt) {
   const matrix table = {
       {1, 5},      // 0
