@@ -145,10 +145,41 @@ roofline_call prepare_roofline(const stored_table& t, const bags& batch, matrix_
 // Backward's row transpose (plan.cpp): at most seven int64 arrays over the call's indices (each
 // position's bag; the sort's entries and scratch, two words each at most; the sorted positions
 // and their bags), grown in the workspace.
-row_transpose transposed(backward_request& r, const execution& how, workspace::impl& ws) {
+row_transpose transposed(backward_request& r, const execution& how, transpose_buffers& buffers) {
   return allocating<std::int64_t>(static_cast<std::size_t>(r.bags.nnz) * 7,
                                   [&] { return "backward's row transpose of " + std::to_string(r.bags.nnz) + " indices"; },
-                                  [&] { return build_row_transpose(r.bags, r.rows, r.padding_idx, r.reduce, how, ws); });
+                                  [&] { return build_row_transpose(r.bags, r.rows, r.padding_idx, r.reduce, how, buffers); });
+}
+
+// Every table's row transpose, each in its own buffers, in one parallel loop over the tables (a
+// large table's passes split further): a batch of small tables fills threads that no one of them
+// could.
+void transpose_tables(std::span<backward_request> tables, const execution& how, workspace::impl& ws) {
+  if (ws.batched_transposes.size() < tables.size())
+    resized(ws.batched_transposes, tables.size(), "the row transposes of " + std::to_string(tables.size()) + " tables");
+  run_blocks(std::ssize(tables), how, [&](std::int64_t t) {
+    tables[t].transpose = transposed(tables[t], how, ws.batched_transposes[static_cast<std::size_t>(t)]);
+  });
+}
+
+// Every table's row kernels in one parallel loop over (table, block of its unique rows) pairs,
+// each table cut as its own call would be.
+void run_row_kernels_batched(isa which, std::span<const backward_request> tables, const execution& how,
+                             workspace::impl& ws) {
+  const int threads = threads_for(how);
+  std::vector<table_rows_block>& blocks = ws.batched_row_blocks;
+  blocks.clear();
+  range_blocks plan;
+  for (std::size_t t = 0; t < tables.size(); ++t) {
+    plan_row_blocks(tables[t].transpose, tables[t].dim, threads, plan);
+    reserved(blocks, blocks.size() + static_cast<std::size_t>(plan.count), "the blocks of a batched backward");
+    for (int i = 0; i < plan.count; ++i) blocks.push_back({static_cast<std::int64_t>(t), plan.blocks[i]});
+  }
+  const kernel_table& k = kernels_of(which);
+  run_blocks(std::ssize(blocks), how, [&](std::int64_t i) {
+    const table_rows_block& b = blocks[static_cast<std::size_t>(i)];
+    k.backward_rows(tables[static_cast<std::size_t>(b.table)], b.rows.begin, b.rows.end);
+  });
 }
 
 // The scalar oracle's backward, which sorts a copy of the call's (row, position) pairs.
@@ -189,7 +220,7 @@ update_summary run_update(update_call& call, workspace::impl& ws) {
   range_blocks plan;
   const int threads = threads_for(call.how);
   if (fused) {
-    q.gradient.transpose = transposed(q.gradient, call.how, ws);
+    q.gradient.transpose = transposed(q.gradient, call.how, ws.transpose);
     plan_row_blocks(q.gradient.transpose, dim, threads, plan);
   } else {
     plan_even_blocks(q.gradient.transpose.num_unique, dim, threads, plan);
@@ -296,7 +327,7 @@ void execute_backward(backward_request& r, isa which, const execution& how, work
   if (which == isa::reference) return reference_backward(r, nullptr);
   if (r.reduce.pool == pooling::sum && !r.scale_grad_by_freq) return run_scatter_kernels(which, r, how);
   scratch_or_local ws(scratch);
-  r.transpose = transposed(r, how, ws.get());
+  r.transpose = transposed(r, how, ws.get().transpose);
   run_row_kernels(which, r, how);
 }
 
@@ -393,24 +424,34 @@ void backward_dense(const bags& batch, const options& opts, matrix_view<const fl
 
 namespace {
 
-// A validated sparse backward's gradient into grad, replacing its contents.
-void sparse_gradient_of(backward_request& r, isa which, const execution& how, sparse_gradient& grad,
-                        workspace::impl& ws) {
-  if (which == isa::reference) return reference_backward(r, &grad);
-  const std::int64_t dim = r.dim;
-  r.transpose = transposed(r, how, ws);
-  const std::int64_t unique = r.transpose.num_unique;
-  // reserve first: if memory runs out, grad is still what it was
+// Room in grad for the sparse gradient of r's transpose: reserved before anything is written, so
+// that if memory runs out, grad is still what it was.
+void reserve_sparse_gradient(const backward_request& r, sparse_gradient& grad) {
+  const std::int64_t unique = r.transpose.num_unique, dim = r.dim;
   allocating<float>(static_cast<std::size_t>(unique) * static_cast<std::size_t>(dim + 2),  // an int64 row is two floats
                     [&] { return "the sparse gradient of " + std::to_string(unique) + " rows x " + std::to_string(dim); },
                     [&] {
                       grad.rows.reserve(static_cast<std::size_t>(unique));
                       grad.values.reserve(static_cast<std::size_t>(unique * dim));
                     });
-  grad.dim = dim;
+}
+
+// grad's rows, from r's transpose, and its values as where r's row kernels write (reserved).
+void aim_at_sparse_gradient(backward_request& r, sparse_gradient& grad) {
+  const std::int64_t unique = r.transpose.num_unique;
+  grad.dim = r.dim;
   grad.rows.assign(r.transpose.unique_rows, r.transpose.unique_rows + unique);
-  grad.values.resize(static_cast<std::size_t>(unique * dim));
+  grad.values.resize(static_cast<std::size_t>(unique * r.dim));
   r.sparse_values = grad.values.data();
+}
+
+// A validated sparse backward's gradient into grad, replacing its contents.
+void sparse_gradient_of(backward_request& r, isa which, const execution& how, sparse_gradient& grad,
+                        workspace::impl& ws) {
+  if (which == isa::reference) return reference_backward(r, &grad);
+  r.transpose = transposed(r, how, ws.transpose);
+  reserve_sparse_gradient(r, grad);
+  aim_at_sparse_gradient(r, grad);
   run_row_kernels(which, r, how);
 }
 
@@ -442,8 +483,14 @@ void backward_sparse_batched(std::span<const table_gradient> tables, std::span<s
   scratch_or_local ws(scratch);
   const batched_backward_call call = validate_backward_batched(tables, {}, grads, how, ws.get());
   for (const index_census& c : call.censuses) c.publish();
-  for (std::size_t t = 0; t < call.tables.size(); ++t)
-    sparse_gradient_of(call.tables[t], call.which, call.how, grads[t], ws.get());
+  if (call.which == isa::reference) {
+    for (std::size_t t = 0; t < call.tables.size(); ++t) reference_backward(call.tables[t], &grads[t]);
+    return;
+  }
+  transpose_tables(call.tables, call.how, ws.get());
+  for (std::size_t t = 0; t < call.tables.size(); ++t) reserve_sparse_gradient(call.tables[t], grads[t]);
+  for (std::size_t t = 0; t < call.tables.size(); ++t) aim_at_sparse_gradient(call.tables[t], grads[t]);
+  run_row_kernels_batched(call.which, call.tables, call.how, ws.get());
 }
 
 void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, const options& opts,
@@ -481,7 +528,7 @@ void detail::backward_sparse_into(std::int64_t table_rows, const bags& batch, co
     return;
   }
   backward_request& r = call.req;
-  r.transpose = transposed(r, call.how, ws.get());
+  r.transpose = transposed(r, call.how, ws.get().transpose);
   count_rows(r.transpose.num_unique);
   r.sparse_values = out.values;
   run_row_kernels(call.which, r, call.how);

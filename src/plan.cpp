@@ -338,17 +338,17 @@ struct wide_entry {
   std::int64_t position(type e) const { return e.position; }
 };
 
-// Sorts the non-padding positions by row into ws.positions, ws.bags (each position's bag),
-// ws.unique_rows and ws.segment_begin; returns the number of unique rows.
+// Sorts the non-padding positions by row into buffers.positions, buffers.bags (each position's bag),
+// buffers.unique_rows and buffers.segment_begin; returns the number of unique rows.
 template <class Codec>
 std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t padding_idx, reduction reduce,
                             const execution& how, int chunks, Codec codec, std::vector<typename Codec::type>& entries,
-                            workspace::impl& ws) {
+                            transpose_buffers& buffers) {
   using Entry = typename Codec::type;
   // The non-padding positions in order: count per chunk, then each one's sort entry (its row and
   // position, the codec's way).
   const std::int64_t nnz = bags.nnz;
-  std::vector<std::int64_t>& chunk_start = ws.chunk_start;
+  std::vector<std::int64_t>& chunk_start = buffers.chunk_start;
   chunk_start.assign(static_cast<std::size_t>(chunks) + 1, 0);
   with_indices(bags, [&](const auto* indices) {
     run_blocks(chunks, how, [&](std::int64_t c) {
@@ -376,12 +376,12 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
   const int passes = (row_bits + 10) / 11;
   const int digit_bits = passes == 0 ? 0 : (row_bits + passes - 1) / passes;
   const std::int64_t radix = std::int64_t{1} << digit_bits;
-  ws.histogram.resize(static_cast<std::size_t>(radix * chunks));
+  buffers.histogram.resize(static_cast<std::size_t>(radix * chunks));
   Entry* sorted = entries.data();
   Entry* sorted_out = entries.data() + m;
   for (int shift = 0; shift < row_bits; shift += digit_bits) {
     const auto digit = [&](const Entry& e) { return (codec.row(e) >> shift) & (radix - 1); };
-    std::int64_t* histogram = ws.histogram.data();  // chunk c's counts at histogram[c * radix + digit]
+    std::int64_t* histogram = buffers.histogram.data();  // chunk c's counts at histogram[c * radix + digit]
     run_blocks(chunks, how, [&](std::int64_t c) {
       std::int64_t* h = histogram + c * radix;
       std::fill(h, h + radix, 0);
@@ -400,15 +400,15 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
 
   // The kernels' arrays from the sorted entries (each position's bag looked up once here, so the
   // kernels read bags in order), and the unique rows, counted per chunk.
-  ws.positions.resize(static_cast<std::size_t>(m));
-  ws.bags.resize(static_cast<std::size_t>(m));
+  buffers.positions.resize(static_cast<std::size_t>(m));
+  buffers.bags.resize(static_cast<std::size_t>(m));
   const auto starts_row = [&](std::int64_t i) { return i == 0 || codec.row(sorted[i]) != codec.row(sorted[i - 1]); };
   run_blocks(chunks, how, [&](std::int64_t c) {
     std::int64_t n = 0;
     for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) {
       const std::int64_t position = codec.position(sorted[i]);
-      ws.positions[i] = position;
-      ws.bags[i] = reduce.pool == pooling::lookup ? position : ws.bag_of_position[position];
+      buffers.positions[i] = position;
+      buffers.bags[i] = reduce.pool == pooling::lookup ? position : buffers.bag_of_position[position];
       n += starts_row(i);
     }
     chunk_start[c + 1] = n;
@@ -418,17 +418,17 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
   chunk_start[0] = 0;
   for (int c = 0; c < chunks; ++c) chunk_start[c + 1] += chunk_start[c];
   const std::int64_t unique = chunk_start[chunks];
-  ws.unique_rows.resize(static_cast<std::size_t>(unique));
-  ws.segment_begin.resize(static_cast<std::size_t>(unique) + 1);
+  buffers.unique_rows.resize(static_cast<std::size_t>(unique));
+  buffers.segment_begin.resize(static_cast<std::size_t>(unique) + 1);
   run_blocks(chunks, how, [&](std::int64_t c) {
     std::int64_t u = chunk_start[c];
     for (std::int64_t i = chunk_begin(m, chunks, int(c)); i < chunk_begin(m, chunks, int(c) + 1); ++i) {
       if (!starts_row(i)) continue;
-      ws.unique_rows[u] = codec.row(sorted[i]);
-      ws.segment_begin[u++] = i;
+      buffers.unique_rows[u] = codec.row(sorted[i]);
+      buffers.segment_begin[u++] = i;
     }
   });
-  ws.segment_begin[unique] = m;
+  buffers.segment_begin[unique] = m;
   return unique;
 
 }
@@ -436,7 +436,7 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
 }  // namespace
 
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
-                                  reduction reduce, const execution& how, workspace::impl& ws) {
+                                  reduction reduce, const execution& how, transpose_buffers& buffers) {
   const std::int64_t nnz = bags.nnz;
   const int threads = threads_for(how);
   // Chunks of positions for the parallel passes; the result is the same for any chunking.
@@ -445,8 +445,8 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   // The bag of each position, and each bag's divisor when the reduction scales (forward's, in order).
   const bool scaled = reduce.scaling != bag_scaling::none;
   if (reduce.pool != pooling::lookup) {
-    ws.bag_of_position.resize(static_cast<std::size_t>(nnz));
-    if (scaled) ws.bag_divisor.resize(static_cast<std::size_t>(bags.num_bags));
+    buffers.bag_of_position.resize(static_cast<std::size_t>(nnz));
+    if (scaled) buffers.bag_divisor.resize(static_cast<std::size_t>(bags.num_bags));
     bag_blocks blocks;
     plan_forward_blocks(bags, pooling::sum, 1, threads, blocks);
     run_blocks(blocks.count, how, [&](std::int64_t i) {
@@ -456,10 +456,10 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
         const std::int64_t end = end_of_bag(bags, b, start);
         bag_tally tally;
         for (std::int64_t j = start; j < end; ++j) {
-          ws.bag_of_position[j] = b;
+          buffers.bag_of_position[j] = b;
           if (element_at(bags.indices, bags.index_kind, j) != padding_idx) tally_row(tally, bags.weights ? bags.weights[j] : 1.0f);
         }
-        if (scaled) ws.bag_divisor[b] = bag_divisor(reduce.scaling, bags.weights != nullptr, tally);
+        if (scaled) buffers.bag_divisor[b] = bag_divisor(reduce.scaling, bags.weights != nullptr, tally);
         start = end;
       }
     });
@@ -471,15 +471,15 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   const int row_bits = std::bit_width(static_cast<std::uint64_t>(std::max<std::int64_t>(table_rows - 1, 0)));
   const std::int64_t unique =
       row_bits + position_bits <= 64
-          ? sort_into_rows(bags, row_bits, padding_idx, reduce, how, chunks, packed_entry{position_bits}, ws.packed_entries, ws)
-          : sort_into_rows(bags, row_bits, padding_idx, reduce, how, chunks, wide_entry{}, ws.wide_entries, ws);
+          ? sort_into_rows(bags, row_bits, padding_idx, reduce, how, chunks, packed_entry{position_bits}, buffers.packed_entries, buffers)
+          : sort_into_rows(bags, row_bits, padding_idx, reduce, how, chunks, wide_entry{}, buffers.wide_entries, buffers);
 
   row_transpose t;
-  t.positions = ws.positions.data();
-  t.unique_rows = ws.unique_rows.data();
-  t.segment_begin = ws.segment_begin.data();
-  t.bags = ws.bags.data();
-  t.bag_divisor = scaled ? ws.bag_divisor.data() : nullptr;
+  t.positions = buffers.positions.data();
+  t.unique_rows = buffers.unique_rows.data();
+  t.segment_begin = buffers.segment_begin.data();
+  t.bags = buffers.bags.data();
+  t.bag_divisor = scaled ? buffers.bag_divisor.data() : nullptr;
   t.num_unique = unique;
   return t;
 }

@@ -41,6 +41,12 @@ struct table_block {
   bag_block block;
 };
 
+// A block of one table's unique rows, in a batched backward.
+struct table_rows_block {
+  std::int64_t table = 0;  // its index in the batch
+  item_range rows;
+};
+
 // Blocks of bags (or, for mode none, of indices) of about equal work: the number of rows read
 // plus the rows written, times dim. One block when the call runs on one thread.
 void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim, int threads,
@@ -110,10 +116,22 @@ void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked)
 // The time of a call choose_prefetch put on trial.
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept;
 
-// The bags transposed into rows (see row_transpose), in the workspace's memory, built on the
-// threads `how` allows; the result does not depend on the thread count.
+// A row transpose's memory: its arrays and the sort's. A workspace keeps one for single calls and
+// one per table for a batched call, whose transposes are built at once. Vectors only grow.
+struct transpose_buffers {
+  std::vector<std::uint64_t> packed_entries;        // sort entries, one word each, then their scratch
+  std::vector<row_and_position> wide_entries;       // ... when a row and a position need two words
+  std::vector<std::int64_t> positions, bags;        // row_transpose's
+  std::vector<std::int64_t> unique_rows, segment_begin;
+  std::vector<std::int64_t> bag_of_position;
+  std::vector<float> bag_divisor;
+  std::vector<std::int64_t> histogram, chunk_start;  // the sort's per-chunk counts
+};
+
+// The bags transposed into rows (see row_transpose), in `buffers`, built on the threads `how`
+// allows; the result does not depend on the thread count.
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
-                                  reduction reduce, const execution& how, workspace::impl& ws);
+                                  reduction reduce, const execution& how, transpose_buffers& buffers);
 
 // torch.embedding_renorm_: each distinct row among `rows` whose norm exceeds max_norm is scaled
 // by max_norm_scale, once.

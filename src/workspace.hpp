@@ -15,17 +15,15 @@
 namespace embag {
 
 struct workspace::impl {
-  std::vector<std::uint64_t> packed_entries;               // the row transpose's sort (plan.cpp)
-  std::vector<detail::row_and_position> wide_entries;       // ... when a row and position need two words
-  std::vector<std::int64_t> keys, positions, bags;
-  std::vector<std::int64_t> unique_rows, segment_begin, bag_of_position;
-  std::vector<float> bag_divisor;
-  std::vector<std::int64_t> histogram, chunk_start;
+  detail::transpose_buffers transpose;                    // a single call's row transpose
+  std::vector<std::int64_t> keys;                         // in-place max_norm's distinct rows
   std::vector<std::int64_t> rewritten_indices;  // a single call's, under index policies
   std::vector<detail::forward_request> batched_requests;
   std::vector<detail::index_census> batched_censuses;
   std::vector<std::vector<std::int64_t>> batched_indices;  // each table's rewritten indices
   std::vector<detail::backward_request> batched_gradients;
+  std::vector<detail::transpose_buffers> batched_transposes;  // one per table, built at once
+  std::vector<detail::table_rows_block> batched_row_blocks;
   std::vector<detail::weights_grad_request> batched_weights_grads;
   std::vector<detail::update_request> batched_updates;
   std::vector<detail::table_block> batched_blocks;
