@@ -151,30 +151,40 @@ row_transpose transposed(backward_request& r, const execution& how, transpose_bu
                                   [&] { return build_row_transpose(r.bags, r.rows, r.padding_idx, r.reduce, how, buffers); });
 }
 
-// Every table's row transpose, each in its own buffers, in one parallel loop over the tables (a
-// large table's passes split further): a batch of small tables fills threads that no one of them
-// could.
-void transpose_tables(std::span<backward_request> tables, const execution& how, workspace::impl& ws) {
-  if (ws.batched_transposes.size() < tables.size())
-    resized(ws.batched_transposes, tables.size(), "the row transposes of " + std::to_string(tables.size()) + " tables");
-  run_blocks(std::ssize(tables), how, [&](std::int64_t t) {
-    tables[t].transpose = transposed(tables[t], how, ws.batched_transposes[static_cast<std::size_t>(t)]);
+// The row transposes of a batch's tables, each in its own buffers, in one parallel loop over the
+// tables (a large table's passes split further): a batch of small tables fills threads that no one
+// of them could. gradient_of(t): table t's request, or null when it needs no transpose.
+template <class GradientOf>
+void transpose_tables(std::int64_t count, const GradientOf& gradient_of, const execution& how, workspace::impl& ws) {
+  if (std::ssize(ws.table_transposes) < count)
+    resized(ws.table_transposes, static_cast<std::size_t>(count), "the row transposes of " + std::to_string(count) + " tables");
+  run_blocks(count, how, [&](std::int64_t t) {
+    if (backward_request* r = gradient_of(t)) r->transpose = transposed(*r, how, ws.table_transposes[static_cast<std::size_t>(t)]);
   });
 }
 
-// Every table's row kernels in one parallel loop over (table, block of its unique rows) pairs,
-// each table cut as its own call would be.
+// The (table, block of its unique rows) pairs of one parallel loop over a batch's tables, in table
+// order; plan_of(t, plan) cuts table t's rows as its own call would.
+template <class PlanOf>
+std::span<const table_rows_block> plan_tables(std::int64_t count, const PlanOf& plan_of, workspace::impl& ws) {
+  std::vector<table_rows_block>& blocks = ws.table_row_blocks;
+  blocks.clear();
+  range_blocks plan;
+  for (std::int64_t t = 0; t < count; ++t) {
+    plan_of(t, plan);
+    reserved(blocks, blocks.size() + static_cast<std::size_t>(plan.count), "the blocks of " + std::to_string(count) + " tables");
+    for (int i = 0; i < plan.count; ++i) blocks.push_back({t, plan.blocks[i]});
+  }
+  return blocks;
+}
+
+// Every table's row kernels in one parallel loop over (table, block of its unique rows) pairs.
 void run_row_kernels_batched(isa which, std::span<const backward_request> tables, const execution& how,
                              workspace::impl& ws) {
   const int threads = threads_for(how);
-  std::vector<table_rows_block>& blocks = ws.batched_row_blocks;
-  blocks.clear();
-  range_blocks plan;
-  for (std::size_t t = 0; t < tables.size(); ++t) {
-    plan_row_blocks(tables[t].transpose, tables[t].dim, threads, plan);
-    reserved(blocks, blocks.size() + static_cast<std::size_t>(plan.count), "the blocks of a batched backward");
-    for (int i = 0; i < plan.count; ++i) blocks.push_back({static_cast<std::int64_t>(t), plan.blocks[i]});
-  }
+  const auto blocks = plan_tables(
+      std::ssize(tables),
+      [&](std::int64_t t, range_blocks& plan) { plan_row_blocks(tables[t].transpose, tables[t].dim, threads, plan); }, ws);
   const kernel_table& k = kernels_of(which);
   run_blocks(std::ssize(blocks), how, [&](std::int64_t i) {
     const table_rows_block& b = blocks[static_cast<std::size_t>(i)];
@@ -189,53 +199,75 @@ void reference_backward(const backward_request& r, sparse_gradient* grad) {
                            [&] { reference::backward(r, grad); });
 }
 
-// A validated update's step. The reference: its backward's sparse gradient (fused), then the
-// formulas row by row. An ISA: one parallel loop over blocks of unique rows, each with its own
-// scratch rows (a cache line apart) and tally, merged in row order.
-update_summary run_update(update_call& call, workspace::impl& ws) {
-  update_request& q = call.req;
+void add_tally(update_summary& summary, const update_tally& t) {
+  summary.rows_updated += t.updated;
+  if (t.not_finite > 0 && summary.rows_not_finite == 0) summary.first_not_finite_row = t.first_not_finite;
+  summary.rows_not_finite += t.not_finite;
+}
+
+// The reference's step: its backward's sparse gradient (fused), then the formulas row by row.
+update_summary reference_update(update_request q) {
   const std::int64_t dim = q.gradient.dim;
-  const bool fused = q.given_gradient == nullptr;
+  sparse_gradient grad;
+  if (q.given_gradient == nullptr) {
+    reference_backward(q.gradient, &grad);
+    q.gradient.transpose.unique_rows = grad.rows.data();
+    q.gradient.transpose.num_unique = static_cast<std::int64_t>(grad.rows.size());
+    q.given_gradient = grad.values.data();
+  }
+  update_tally tally;
+  allocating<float>(static_cast<std::size_t>(dim) * 4, [&] { return "the reference update's rows of " + std::to_string(dim); },
+                    [&] { reference::update(q, tally); });
   update_summary summary;
-  const auto add = [&](const update_tally& t) {
-    summary.rows_updated += t.updated;
-    if (t.not_finite > 0 && summary.rows_not_finite == 0) summary.first_not_finite_row = t.first_not_finite;
-    summary.rows_not_finite += t.not_finite;
-  };
-  if (call.which == isa::reference) {
-    sparse_gradient grad;
-    if (fused) {
-      reference_backward(q.gradient, &grad);
-      q.gradient.transpose.unique_rows = grad.rows.data();
-      q.gradient.transpose.num_unique = static_cast<std::int64_t>(grad.rows.size());
-      q.given_gradient = grad.values.data();
-    }
-    update_tally tally;
-    allocating<float>(static_cast<std::size_t>(dim) * 4, [&] { return "the reference update's rows of " + std::to_string(dim); },
-                      [&] { reference::update(q, tally); });
-    add(tally);
-    return summary;
+  add_tally(summary, tally);
+  return summary;
+}
+
+// Validated updates' steps, summaries[t] table t's. An ISA: every fused table's transpose at once,
+// then one parallel loop over (table, block of unique rows) pairs, each block with its own
+// scratch rows (a cache line apart) and tally, merged per table in row order.
+void run_updates(std::span<update_request> tables, isa which, const execution& how, std::span<update_summary> summaries,
+                 workspace::impl& ws) {
+  const auto count = std::ssize(tables);
+  if (which == isa::reference) {
+    for (std::int64_t t = 0; t < count; ++t) summaries[t] = reference_update(tables[t]);
+    return;
   }
-  choose_scatter_prefetch(q.gradient, call.how.prefetch);
-  range_blocks plan;
-  const int threads = threads_for(call.how);
-  if (fused) {
-    q.gradient.transpose = transposed(q.gradient, call.how, ws.transpose);
-    plan_row_blocks(q.gradient.transpose, dim, threads, plan);
-  } else {
-    plan_even_blocks(q.gradient.transpose.num_unique, dim, threads, plan);
-  }
-  const std::int64_t per_block = (update_scratch_rows * dim + 15) / 16 * 16;
-  const auto scratch_floats = static_cast<std::size_t>(per_block * plan.count);
-  allocating<float>(scratch_floats, [&] { return "an update's scratch rows of " + std::to_string(dim); },
-                    [&] { if (ws.update_scratch.size() < scratch_floats) ws.update_scratch.resize(scratch_floats); });
-  std::array<update_tally, max_blocks> tallies{};
-  const kernel_table& k = kernels_of(call.which);
+  for (update_request& q : tables) choose_scatter_prefetch(q.gradient, how.prefetch);
+  transpose_tables(
+      count, [&](std::int64_t t) { return tables[t].given_gradient == nullptr ? &tables[t].gradient : nullptr; }, how, ws);
+  const int threads = threads_for(how);
+  std::int64_t widest = 0;
+  const auto blocks = plan_tables(
+      count,
+      [&](std::int64_t t, range_blocks& plan) {
+        const backward_request& r = tables[t].gradient;
+        widest = std::max(widest, r.dim);
+        if (tables[t].given_gradient == nullptr) plan_row_blocks(r.transpose, r.dim, threads, plan);
+        else plan_even_blocks(r.transpose.num_unique, r.dim, threads, plan);
+      },
+      ws);
+  const std::int64_t per_block = (update_scratch_rows * widest + 15) / 16 * 16;
+  const auto scratch_floats = static_cast<std::size_t>(per_block) * blocks.size();
+  allocating<float>(scratch_floats + blocks.size() * sizeof(update_tally) / sizeof(float),
+                    [&] { return "an update's scratch rows of " + std::to_string(widest); },
+                    [&] {
+                      if (ws.update_scratch.size() < scratch_floats) ws.update_scratch.resize(scratch_floats);
+                      ws.update_tallies.assign(blocks.size(), update_tally{});
+                    });
+  const kernel_table& k = kernels_of(which);
   float* const scratch = ws.update_scratch.data();
-  run_blocks(plan.count, call.how, [&](std::int64_t i) {
-    k.update_rows(q, plan.blocks[i].begin, plan.blocks[i].end, scratch + i * per_block, tallies[static_cast<std::size_t>(i)]);
+  run_blocks(std::ssize(blocks), how, [&](std::int64_t i) {
+    const table_rows_block& b = blocks[static_cast<std::size_t>(i)];
+    k.update_rows(tables[b.table], b.rows.begin, b.rows.end, scratch + i * per_block, ws.update_tallies[static_cast<std::size_t>(i)]);
   });
-  for (int i = 0; i < plan.count; ++i) add(tallies[static_cast<std::size_t>(i)]);
+  std::fill(summaries.begin(), summaries.end(), update_summary{});
+  for (std::size_t i = 0; i < blocks.size(); ++i) add_tally(summaries[blocks[i].table], ws.update_tallies[i]);
+}
+
+update_summary run_update(update_call& call, workspace::impl& ws) {
+  update_summary summary;
+  run_updates({&call.req, 1}, call.which, call.how, {&summary, 1}, ws);
   return summary;
 }
 
@@ -487,7 +519,7 @@ void backward_sparse_batched(std::span<const table_gradient> tables, std::span<s
     for (std::size_t t = 0; t < call.tables.size(); ++t) reference_backward(call.tables[t], &grads[t]);
     return;
   }
-  transpose_tables(call.tables, call.how, ws.get());
+  transpose_tables(std::ssize(call.tables), [&](std::int64_t t) { return &call.tables[t]; }, call.how, ws.get());
   for (std::size_t t = 0; t < call.tables.size(); ++t) reserve_sparse_gradient(call.tables[t], grads[t]);
   for (std::size_t t = 0; t < call.tables.size(); ++t) aim_at_sparse_gradient(call.tables[t], grads[t]);
   run_row_kernels_batched(call.which, call.tables, call.how, ws.get());
@@ -655,10 +687,7 @@ void backward_update_batched(std::span<const table_update> tables, std::span<upd
   scratch_or_local ws(scratch);
   const batched_update_call call = validate_backward_update_batched(tables, summaries, how, ws.get());
   for (const index_census& c : call.censuses) c.publish();
-  for (std::size_t t = 0; t < call.tables.size(); ++t) {
-    update_call one{call.tables[t], call.censuses[t], call.which, call.how};
-    summaries[t] = run_update(one, ws.get());
-  }
+  run_updates(call.tables, call.which, call.how, summaries, ws.get());
 }
 
 update_summary detail::apply_gradient_rows(const trainable_table_view& table, std::span<const std::int64_t> rows,

@@ -22,14 +22,15 @@ struct workspace::impl {
   std::vector<detail::index_census> batched_censuses;
   std::vector<std::vector<std::int64_t>> batched_indices;  // each table's rewritten indices
   std::vector<detail::backward_request> batched_gradients;
-  std::vector<detail::transpose_buffers> batched_transposes;  // one per table, built at once
-  std::vector<detail::table_rows_block> batched_row_blocks;
+  std::vector<detail::transpose_buffers> table_transposes;  // a call's, one per table, built at once
+  std::vector<detail::table_rows_block> table_row_blocks;
   std::vector<detail::weights_grad_request> batched_weights_grads;
   std::vector<detail::update_request> batched_updates;
   std::vector<detail::table_block> batched_blocks;
   std::vector<double> batched_block_seconds;  // prefetch trials' block times
   std::vector<detail::table_range> batched_reads, batched_writes;  // checked across a batch's tables
   std::vector<float> update_scratch;  // an optimizer's scratch rows, update_scratch_rows x dim per block
+  std::vector<detail::update_tally> update_tallies;  // ... and its tally per block
 };
 
 }  // namespace embag

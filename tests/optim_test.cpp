@@ -251,7 +251,8 @@ TEST_P(EveryIsa, ABatchedStepIsEachTablesOwnStep) {
                                     single[t].state_view(), argmaxes[t]);
     }
     std::vector<update_summary> summaries(count);
-    backward_update_batched(updates, summaries, on(which, static_cast<int>(g() % 3)));
+    const int thread_counts[] = {1, 2, 8};  // the tables transposed at once, their rows in one loop
+    backward_update_batched(updates, summaries, on(which, thread_counts[g() % 3]));
     for (std::size_t t = 0; t < count; ++t) {
       EXPECT_TRUE(batched[t] == single[t]) << "tables[" << t << "]: " << calls[t].describe();
       EXPECT_TRUE(same_summary(summaries[t], expected[t])) << "tables[" << t << "]";
