@@ -28,7 +28,7 @@ struct server_settings {
   std::filesystem::path model_dir;
   std::string host = "127.0.0.1";
   int port = 8080;  // 0: any free port (bind() says which)
-  int workers = 8;  // connections served at once
+  int workers = 16;  // connections served at once (a keep-alive connection holds its worker)
   int queued_connections = 16;  // connections waiting for a worker before new ones are shed (503)
   bool batching = true;
   batching_settings batch;
