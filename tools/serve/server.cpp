@@ -49,8 +49,8 @@ class histogram {
 
 // The connection pool behind httplib: `workers` threads take connections from a queue of at most
 // `queued`; a connection arriving when the queue is full goes to the shedding thread, which answers
-// its request 503 and closes it (httplib hands a task queue only a closure that owns the socket, so
-// shedding happens in the request handler, told by this thread-local flag).
+// its lookups 503 (httplib hands a task queue only a closure that owns the socket, so shedding happens
+// in the request handler, told by this thread-local flag).
 thread_local bool on_shedding_thread = false;
 
 class bounded_pool : public httplib::TaskQueue {
@@ -163,6 +163,17 @@ struct server::impl {
   }
 
   void lookup(const httplib::Request& req, httplib::Response& res) {
+    // Shed here, once httplib has read the body: answered before the body is read, the body's bytes
+    // would be read as the connection's next request. The connection stays on the shedding thread
+    // (httplib closes on a request's "Connection: close", not a response's); clients close on it.
+    if (on_shedding_thread) {
+      res.set_header("Retry-After", "1");
+      res.set_header("Connection", "close");
+      error_response(res, body_format::binary, 503, error_kind::shed,
+                     "the server is busy: all " + std::to_string(settings.workers) + " workers and the queue of " +
+                         std::to_string(settings.queued_connections) + " connections are taken; retry later");
+      return;
+    }
     const auto start = clock::now();
     in_flight.fetch_add(1);
     const std::string content_type = req.get_header_value("Content-Type");
@@ -267,15 +278,6 @@ struct server::impl {
     http.set_keep_alive_timeout(std::max<time_t>(1, std::chrono::duration_cast<std::chrono::seconds>(settings.keep_alive_timeout).count()));
     http.set_keep_alive_max_count(1u << 20);
     http.set_tcp_nodelay(true);
-    http.set_pre_routing_handler([this](const httplib::Request&, httplib::Response& res) {
-      if (!on_shedding_thread) return httplib::Server::HandlerResponse::Unhandled;
-      res.set_header("Retry-After", "1");
-      res.set_header("Connection", "close");
-      error_response(res, body_format::binary, 503, error_kind::shed,
-                     "the server is busy: all " + std::to_string(settings.workers) + " workers and the queue of " +
-                         std::to_string(settings.queued_connections) + " connections are taken; retry later");
-      return httplib::Server::HandlerResponse::Handled;
-    });
     // Errors httplib answers itself (a body over the limit, a malformed request line, an unknown
     // path): counted, and given a message.
     http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request&, httplib::Response& res) {

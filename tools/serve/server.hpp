@@ -7,7 +7,7 @@
 //                     table versions, sheds, reloads, lease breaks
 //
 // Threads: httplib gives each connection a worker of a fixed pool; past the pool and a short queue,
-// connections are answered 503 by one shedding thread and closed. With batching on, workers hand
+// connections go to one shedding thread, which answers their lookups 503 (health and metrics still). With batching on, workers hand
 // their parsed requests to the batcher and wait; with it off, each worker makes its own embag call
 // with max_threads = 1 (a server that already parallelises across requests).
 #pragma once
