@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <httplib.h>
+#include <latch>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -108,34 +109,45 @@ double percentile(std::vector<double>& sorted, double p) {
   return sorted[at];
 }
 
-// A deploy in the middle of a run: the table's file rewritten (renamed into place) and a reload.
-double deploy(const load_options& o) {
-  const fs::path dir = o.model_dir;
-  const auto manifest = nlohmann::json::parse(std::ifstream(dir / "manifest.json"));
-  for (const auto& t : manifest["tables"]) {
-    if (t["name"] != o.deploy_table) continue;
-    const fs::path file = dir / t["file"].get<std::string>();
-    const auto start = clock_type::now();
-    if (file.extension() == ".npy") {
-      const auto table = npy_array::open(file.string(), npy_array::load::copy);
-      write_npy(file.string(), npy_dtype::f32, table.shape(), table.data());
-    } else {
-      write_embag(file.string(), compressed_table::open(file.string(), compressed_table::load::copy).view());
-    }
-    httplib::Client admin(o.host, o.port);
-    auto res = admin.Post("/v1/reload", "", "text/plain");
-    if (!res || res->status != 200) std::fprintf(stderr, "embag-loadgen: the deploy's reload failed\n");
-    return std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
+// A deploy in the middle of a run, as a deploy tool makes one: the table's new file written beside
+// it before the run (stage_deploy), then renamed into place and the server asked to reload (deploy).
+// Writing 51 MB during the run would measure this process's own stall on the core it shares.
+fs::path table_file(const load_options& o) {
+  const auto manifest = nlohmann::json::parse(std::ifstream(fs::path(o.model_dir) / "manifest.json"));
+  for (const auto& t : manifest["tables"])
+    if (t["name"] == o.deploy_table) return fs::path(o.model_dir) / t["file"].get<std::string>();
+  throw std::runtime_error("no table " + o.deploy_table + " in " + o.model_dir + "/manifest.json");
+}
+
+fs::path stage_deploy(const load_options& o) {
+  const auto file = table_file(o);
+  const auto staged = fs::path(file.string() + ".next");
+  if (file.extension() == ".npy") {
+    const auto table = npy_array::open(file.string(), npy_array::load::copy);
+    write_npy(staged.string(), npy_dtype::f32, table.shape(), table.data());
+  } else {
+    write_embag(staged.string(), compressed_table::open(file.string(), compressed_table::load::copy).view());
   }
-  std::fprintf(stderr, "embag-loadgen: no table %s in %s/manifest.json\n", o.deploy_table.c_str(), o.model_dir.c_str());
-  return -1;
+  return staged;
+}
+
+double deploy(const load_options& o, const fs::path& staged) {
+  const auto start = clock_type::now();
+  fs::rename(staged, table_file(o));
+  httplib::Client admin(o.host, o.port);
+  auto res = admin.Post("/v1/reload", "", "text/plain");
+  if (!res || res->status != 200) std::fprintf(stderr, "embag-loadgen: the deploy's reload failed\n");
+  return std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
 }
 
 // rate <= 0: closed loop, every connection sending back to back (the saturation throughput).
 run_result run_at(const load_options& o, const std::vector<std::string>& bodies, double rate, bool with_deploy) {
   const std::size_t total = rate > 0 ? static_cast<std::size_t>(rate * o.seconds) : SIZE_MAX;
-  const auto start = clock_type::now() + std::chrono::milliseconds(50);
-  const auto end = start + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(o.seconds));
+  const fs::path staged = with_deploy ? stage_deploy(o) : fs::path();
+  // Every connection is opened (and used once) before the clock starts: a burst of connects can
+  // overflow httplib's listen backlog of 5, and a dropped SYN is retried after a whole second.
+  std::latch connected(o.connections + 1);
+  clock_type::time_point start, end;
   const char* content_type = o.format == "json" ? "application/json" : "application/x-embag";
   std::atomic<std::size_t> next{0};
   std::atomic<std::size_t> errors{0};
@@ -148,6 +160,8 @@ run_result run_at(const load_options& o, const std::vector<std::string>& bodies,
       client.set_keep_alive(true);
       client.set_tcp_nodelay(true);  // headers and body are two writes: Nagle would hold the body ~40 ms
       client.set_read_timeout(std::chrono::seconds(30));
+      if (!client.Get("/healthz")) ++errors;
+      connected.arrive_and_wait();
       auto& mine = latencies[static_cast<std::size_t>(c)];
       for (;;) {
         const std::size_t i = next++;
@@ -168,10 +182,13 @@ run_result run_at(const load_options& o, const std::vector<std::string>& bodies,
         last_done[static_cast<std::size_t>(c)] = done;
       }
     });
+  start = clock_type::now() + std::chrono::milliseconds(10);
+  end = start + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(o.seconds));
+  connected.arrive_and_wait();
   run_result result;
   if (with_deploy) {
     std::this_thread::sleep_until(start + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(o.deploy_at)));
-    result.deploy_ms = deploy(o);
+    result.deploy_ms = deploy(o, staged);
   }
   for (auto& t : threads) t.join();
   std::vector<double> all;

@@ -121,6 +121,17 @@ std::vector<std::byte> read_whole_file(int fd, const std::string& name) {
 
 bool is_npy(const std::filesystem::path& path) { return path.extension() == ".npy"; }
 
+// Faults in every page of a freshly mapped table before it is published: otherwise the first
+// requests after a deploy each take the page faults of the rows they read (p99 went from 2.7 to
+// 93 ms in a deploy under load before this).
+void fault_in(compressed_table_view rows) {
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const std::size_t bytes = static_cast<std::size_t>(rows.rows) * static_cast<std::size_t>(rows.row_stride);
+  volatile std::byte sink{};
+  for (std::size_t at = 0; at < bytes; at += page) sink = rows.data[at];
+  if (bytes) sink = rows.data[bytes - 1];
+}
+
 }  // namespace
 
 bool table_settings::operator==(const table_settings& other) const {
@@ -263,6 +274,7 @@ std::shared_ptr<const loaded_table> loaded_table::open(const std::filesystem::pa
     if (attempt == 3) throw error(errc::io_error, t->path_ + ": replaced again and again while it was being opened");
     t->lease_.reset();
   }
+  if (how == npy_array::load::map) fault_in(t->rows_);
   // The table's options checked once here, with the library's own messages, not on every request.
   try {
     embag::options opts = settings.opts;
@@ -321,18 +333,27 @@ std::function<void()> model_store::lease_callback(const std::string& name, std::
   };
 }
 
-void model_store::publish(std::vector<std::shared_ptr<const loaded_table>> tables) {
+std::shared_ptr<const model> model_store::publish(std::vector<std::shared_ptr<const loaded_table>> tables) {
   auto next = std::make_shared<model>();
-  const auto now = current_.load();
-  next->generation = now ? now->generation + 1 : 1;
+  auto previous = current_.load();
+  next->generation = previous ? previous->generation + 1 : 1;
   next->tables = std::move(tables);
   current_.store(std::move(next));
+  return previous;
+}
+
+// The previous snapshot's tables that the new one dropped are unmapped when its last request ends.
+// Waiting for that here, holding the last reference, puts the munmap on the deploying thread rather
+// than on a request's. The caller must hold no other reference.
+void model_store::retire(std::shared_ptr<const model> previous) {
+  for (int waited_ms = 0; previous && previous.use_count() > 1 && waited_ms < 10'000; ++waited_ms)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
 std::vector<std::string> model_store::reload() {
   std::lock_guard lock(deploy_mutex_);
   const auto settings = read_manifest(model_dir_);
-  const auto now = current_.load();
+  auto now = current_.load();
   std::vector<std::shared_ptr<const loaded_table>> tables;
   std::vector<std::string> reloaded;
   for (const auto& s : settings) {
@@ -351,15 +372,15 @@ std::vector<std::string> model_store::reload() {
   }
   const bool same_list = now && now->tables.size() == tables.size() &&
                          std::equal(tables.begin(), tables.end(), now->tables.begin());
-  if (!same_list) publish(std::move(tables));
+  now.reset();
+  if (!same_list) retire(publish(std::move(tables)));
   return reloaded;
 }
 
 void model_store::replace_by_copy(const std::string& name, std::int64_t version) {
   std::lock_guard lock(deploy_mutex_);
   ++lease_breaks;
-  const auto now = current_.load();
-  auto tables = now->tables;
+  auto tables = current_.load()->tables;
   for (auto& t : tables) {
     if (t->settings().name != name || t->version() != version || t->replaced_by_copy()) continue;
     try {
@@ -369,7 +390,7 @@ void model_store::replace_by_copy(const std::string& name, std::int64_t version)
       // /proc/sys/fs/lease-break-time. Nothing better can be done without the rows.
       return;
     }
-    publish(std::move(tables));
+    retire(publish(std::move(tables)));
     return;
   }
 }

@@ -141,7 +141,8 @@ class model_store : public std::enable_shared_from_this<model_store> {
  private:
   explicit model_store(std::filesystem::path dir) : model_dir_(std::move(dir)) {}
   std::function<void()> lease_callback(const std::string& name, std::int64_t version);
-  void publish(std::vector<std::shared_ptr<const loaded_table>> tables);
+  std::shared_ptr<const model> publish(std::vector<std::shared_ptr<const loaded_table>> tables);
+  static void retire(std::shared_ptr<const model> previous);
 
   std::filesystem::path model_dir_;
   std::mutex deploy_mutex_;  // one deploy at a time
