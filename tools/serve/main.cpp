@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-body-bytes", s.max_body_bytes, "larger request bodies get 413")->capture_default_str();
   app.add_option("--max-response-bytes", s.limits.max_response_bytes, "requests asking for more get 413")->capture_default_str();
   app.add_option("--read-timeout-ms", read_timeout_ms, "a client this slow to send is cut off")->capture_default_str();
+  app.add_option("--deploy-nice", s.deploy_nice, "nice value of the deploy thread (0: the requests' priority)")
+      ->capture_default_str()->check(CLI::Range(0, 19));
   app.add_flag("--no-watch", no_watch, "deploy only on POST /v1/reload, not when files change");
   CLI11_PARSE(app, argc, argv);
   s.batching = !no_batching;

@@ -1,10 +1,11 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Latency against offered load from embag-loadgen's JSON: p50, p99 and p99.9 per run, one line per
 file (e.g. batching and no batching), log latency axis.
 
 Usage: tools/serve/plot_load.py results.json [more.json ...] -o chart.png
 
-Needs matplotlib (Debian: apt-get install -y python3-matplotlib); not a build or test dependency.
+Needs matplotlib (Debian: apt-get install -y python3-matplotlib, for /usr/bin/python3, hence the
+#! line); not a build or test dependency.
 """
 import argparse
 import json

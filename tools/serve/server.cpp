@@ -332,10 +332,9 @@ struct server::impl {
     });
   }
 
-  // Deploys run on one thread at the lowest priority (nice 19), so that mapping a new table and
-  // faulting in its pages take the core's spare time, not the requests' (on one core, a deploy at
-  // normal priority doubled p99.9). Its work: POST /v1/reload, and with `watch`, a table file (or
-  // the manifest) renamed into place or closed after writing (rewritten in place, its writer done).
+  // Deploys run on one thread (at settings.deploy_nice), one at a time: POST /v1/reload, and with
+  // `watch`, a table file (or the manifest) renamed into place or closed after writing (rewritten in
+  // place, its writer done).
   void start_deployer() {
     stop_fd = ::eventfd(0, EFD_CLOEXEC);
     reload_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -346,7 +345,7 @@ struct server::impl {
         throw error(errc::io_error, settings.model_dir.string() + ": cannot watch for deploys (inotify): " + std::strerror(errno));
     }
     deployer = std::thread([this] {
-      ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
+      if (settings.deploy_nice) ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), settings.deploy_nice);
       deploy_loop();
     });
   }

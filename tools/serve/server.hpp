@@ -37,7 +37,11 @@ struct server_settings {
   std::size_t max_body_bytes = 16u << 20;  // larger bodies are 413, before they are read
   std::chrono::milliseconds read_timeout{5000}, write_timeout{5000};  // slow clients are cut off
   std::chrono::milliseconds keep_alive_timeout{5000};
-  bool watch = true;  // reload when a file of the model directory is renamed into place or written
+  bool watch = true;
+  // The deploy thread's nice value: 19 gives deploys only the core's spare time, but a deploy thread
+  // preempted while holding a kernel lock (the mmap lock, mapping a table) then stalls the requests
+  // waiting on it; on this 2-core machine neither setting measured better than the noise.
+  int deploy_nice = 0;  // reload when a file of the model directory is renamed into place or written
 };
 
 class server {
