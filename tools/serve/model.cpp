@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -122,14 +123,19 @@ std::vector<std::byte> read_whole_file(int fd, const std::string& name) {
 bool is_npy(const std::filesystem::path& path) { return path.extension() == ".npy"; }
 
 // Faults in every page of a freshly mapped table before it is published: otherwise the first
-// requests after a deploy each take the page faults of the rows they read (p99 went from 2.7 to
-// 93 ms in a deploy under load before this).
+// requests after a deploy each take the page faults of the rows they read. MADV_POPULATE_READ
+// (Linux 5.14) does it in one call; older kernels read a byte of each page.
 void fault_in(compressed_table_view rows) {
-  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
   const std::size_t bytes = static_cast<std::size_t>(rows.rows) * static_cast<std::size_t>(rows.row_stride);
-  volatile std::byte sink{};
-  for (std::size_t at = 0; at < bytes; at += page) sink = rows.data[at];
-  if (bytes) sink = rows.data[bytes - 1];
+  if (bytes == 0) return;
+  const auto begin = reinterpret_cast<std::uintptr_t>(rows.data) & ~(page - 1);
+  const auto end = reinterpret_cast<std::uintptr_t>(rows.data) + bytes;
+#ifdef MADV_POPULATE_READ
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0) return;
+#endif
+  [[maybe_unused]] volatile std::byte sink{};
+  for (std::uintptr_t at = begin; at < end; at += page) sink = *reinterpret_cast<const std::byte*>(std::max(at, reinterpret_cast<std::uintptr_t>(rows.data)));
 }
 
 }  // namespace
