@@ -1,6 +1,6 @@
 #include "lookup.hpp"
 
-#include <cstring>
+#include <algorithm>
 #include <map>
 #include <tuple>
 
@@ -174,7 +174,7 @@ std::int64_t run_lookups(const model& snapshot, std::span<const lookup_request* 
     std::size_t offset = 0;
     for (const auto& s : m.members) {
       auto& out = outcomes[s.request].response.tables[s.position];
-      std::memcpy(out.values.data(), m.values.data() + offset, out.values.size());
+      std::copy_n(m.values.begin() + static_cast<std::ptrdiff_t>(offset), out.values.size(), out.values.begin());
       offset += out.values.size();
     }
   }

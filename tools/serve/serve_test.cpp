@@ -184,7 +184,7 @@ void expect_equal_to_direct_calls(const fs::path& dir, const lookup_request& req
     const auto expected = direct_call(dir, request.tables[t], response.output);
     EXPECT_EQ(response.tables[t].table, request.tables[t].table);
     ASSERT_EQ(response.tables[t].values.size(), expected.size()) << "tables[" << t << "]";
-    EXPECT_EQ(std::memcmp(response.tables[t].values.data(), expected.data(), expected.size()), 0)
+    EXPECT_TRUE(response.tables[t].values == expected)  // bytes: bit for bit
         << "tables[" << t << "] (" << request.tables[t].table << ") differs from the library's own call";
   }
 }
