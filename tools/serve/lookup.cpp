@@ -39,9 +39,9 @@ struct merged_lookup {
   index_report report;
 };
 
-// Checks that each section names a table of the snapshot and sizes its output; false (and the
-// outcome failed) otherwise.
-bool resolve(const model& snapshot, const lookup_request& request, std::size_t request_index, lookup_outcome& outcome,
+// Checks that each section names a table of the snapshot and sizes its output, adding the sections
+// to `sections`; otherwise fails the outcome and adds none.
+void resolve(const model& snapshot, const lookup_request& request, std::size_t request_index, lookup_outcome& outcome,
              const lookup_limits& limits, std::vector<section>& sections) {
   outcome.response.output = request.output;
   outcome.response.generation = snapshot.generation;
@@ -54,7 +54,7 @@ bool resolve(const model& snapshot, const lookup_request& request, std::size_t r
     if (!table) {
       sections.resize(first);
       fail(outcome, 404, error_kind::unknown_table, "tables[" + std::to_string(t) + "]: no table named \"" + asked.table + "\"");
-      return false;
+      return;
     }
     const auto bags = bags::from_lengths(asked.indices, asked.lengths, asked.weights);
     const auto rows = static_cast<std::size_t>(output_rows(bags, table->settings().opts));
@@ -65,7 +65,7 @@ bool resolve(const model& snapshot, const lookup_request& request, std::size_t r
       fail(outcome, 413, error_kind::too_large,
            "tables[" + std::to_string(t) + "]: the response would exceed the limit of " +
                std::to_string(limits.max_response_bytes) + " bytes");
-      return false;
+      return;
     }
     auto& out = outcome.response.tables[t];
     out.table = asked.table;
@@ -75,7 +75,6 @@ bool resolve(const model& snapshot, const lookup_request& request, std::size_t r
     out.values.resize(rows * dim * element_bytes(request.output));
     sections.push_back({request_index, t, table});
   }
-  return true;
 }
 
 table_lookup lookup_for(const loaded_table& table, const bags& batch, index_report& report, void* out, std::int64_t rows,

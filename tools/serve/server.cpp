@@ -419,6 +419,4 @@ void server::run() { impl_->http.listen_after_bind(); }
 
 void server::stop() { impl_->http.stop(); }
 
-model_store& server::store() noexcept { return *impl_->store; }
-
 }  // namespace embag::serve

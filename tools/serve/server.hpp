@@ -57,8 +57,6 @@ class server {
   // Stops accepting; requests already received are answered before run() returns.
   void stop();
 
-  model_store& store() noexcept;
-
  private:
   struct impl;
   std::unique_ptr<impl> impl_;
