@@ -122,6 +122,14 @@ std::vector<std::byte> read_whole_file(int fd, const std::string& name) {
 
 bool is_npy(const std::filesystem::path& path) { return path.extension() == ".npy"; }
 
+// A .npy table's rows as the f32 compressed_table_view the batched call reads.
+compressed_table_view rows_of(const npy_array& array) {
+  const auto view = array.as_table();
+  const std::int64_t stride = view.row_stride ? view.row_stride : view.dim;
+  return {reinterpret_cast<const std::byte*>(view.data), view.rows, view.dim,
+          stride * static_cast<std::int64_t>(sizeof(float)), dtype::f32};
+}
+
 // Faults in every page of a freshly mapped table before it is published: otherwise the first
 // requests after a deploy each take the page faults of the rows they read. MADV_POPULATE_READ
 // (Linux 5.14) does it in one call; older kernels read a byte of each page.
@@ -265,9 +273,7 @@ std::shared_ptr<const loaded_table> loaded_table::open(const std::filesystem::pa
     }
     if (is_npy(settings.file)) {
       t->npy_ = npy_array::open(t->path_, how);
-      const auto view = t->npy_->as_table();
-      t->rows_ = {reinterpret_cast<const std::byte*>(view.data), view.rows, view.dim,
-                  (view.row_stride ? view.row_stride : view.dim) * static_cast<std::int64_t>(sizeof(float)), dtype::f32};
+      t->rows_ = rows_of(*t->npy_);
     } else {
       t->embag_ = compressed_table::open(t->path_, how);
       t->rows_ = t->embag_->view();
@@ -309,9 +315,7 @@ std::shared_ptr<const loaded_table> loaded_table::private_copy() const {
   const auto bytes = read_whole_file(lease_->fd(), path_);
   if (npy_) {
     copy->npy_ = npy_array::from_bytes(bytes, path_);
-    const auto view = copy->npy_->as_table();
-    copy->rows_ = {reinterpret_cast<const std::byte*>(view.data), view.rows, view.dim,
-                   (view.row_stride ? view.row_stride : view.dim) * static_cast<std::int64_t>(sizeof(float)), dtype::f32};
+    copy->rows_ = rows_of(*copy->npy_);
   } else {
     copy->embag_ = compressed_table::from_bytes(bytes, path_);
     copy->rows_ = copy->embag_->view();
