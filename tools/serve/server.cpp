@@ -176,8 +176,16 @@ struct server::impl {
                          std::to_string(settings.queued_connections) + " connections are taken; retry later");
       return;
     }
-    const auto start = clock::now();
-    in_flight.fetch_add(1);
+    // Counted on every way out, an exception (answered 500 by httplib's handler) included.
+    struct in_flight_request {
+      impl& self;
+      clock::time_point start = clock::now();
+      explicit in_flight_request(impl& s) : self(s) { self.in_flight.fetch_add(1); }
+      ~in_flight_request() {
+        self.latency.observe(std::chrono::duration<double>(clock::now() - start).count());
+        self.in_flight.fetch_sub(1);
+      }
+    } counted(*this);
     const std::string content_type = req.get_header_value("Content-Type");
     const bool json = content_type.starts_with("application/json");
     const auto format = json ? body_format::json : body_format::binary;
@@ -206,8 +214,6 @@ struct server::impl {
         error_response(res, format, 400, error_kind::malformed, std::string("malformed body: ") + e.what());
       }
     }
-    latency.observe(std::chrono::duration<double>(clock::now() - start).count());
-    in_flight.fetch_sub(1);
   }
 
   // POST /v1/reload: run by the deploy thread, answered when it is done.
