@@ -224,10 +224,15 @@ void print(const run_result& r, const char* label) {
 }
 
 int run_load(const load_options& o) {
+  // A server just started may still be mapping its tables: wait for it, a while.
   httplib::Client probe(o.host, o.port);
   auto models = probe.Get("/v1/models");
+  for (int retry = 0; retry < 300 && !models; ++retry) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    models = probe.Get("/v1/models");
+  }
   if (!models || models->status != 200) {
-    std::fprintf(stderr, "embag-loadgen: no server at %s:%d (GET /v1/models failed)\n", o.host.c_str(), o.port);
+    std::fprintf(stderr, "embag-loadgen: no server at %s:%d (GET /v1/models failed for 30 s)\n", o.host.c_str(), o.port);
     return 1;
   }
   const auto model = nlohmann::json::parse(models->body);

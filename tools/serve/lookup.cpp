@@ -198,11 +198,15 @@ batcher::~batcher() {
 }
 
 lookup_outcome batcher::submit(const lookup_request& request) {
-  pending p{&request, {}, false, std::chrono::steady_clock::now()};
-  std::unique_lock lock(mutex_);
-  queue_.push_back(&p);
-  arrived_.notify_one();
-  finished_.wait(lock, [&] { return p.done; });
+  pending p{&request, {}, std::binary_semaphore(0), std::chrono::steady_clock::now()};
+  {
+    std::lock_guard lock(mutex_);
+    queue_.push_back(&p);
+    // The batching thread waits for a first request, then for a full batch or the window's end:
+    // waking it for any other arrival would only cost a context switch.
+    if (queue_.size() == 1 || queue_.size() == settings_.max_requests) arrived_.notify_one();
+  }
+  p.done.acquire();  // its own semaphore: a finished batch wakes its requests, no others
   return std::move(p.outcome);
 }
 
@@ -235,14 +239,10 @@ void batcher::run() {
       for (auto& o : outcomes) fail(o, 503, error_kind::internal, std::string("the server could not run the batch: ") + e.what());
     }
     if (on_batch_) on_batch_(batch.size(), skipped);
-    {
-      std::lock_guard lock(mutex_);
-      for (std::size_t i = 0; i < batch.size(); ++i) {
-        batch[i]->outcome = std::move(outcomes[i]);
-        batch[i]->done = true;
-      }
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      batch[i]->outcome = std::move(outcomes[i]);
+      batch[i]->done.release();
     }
-    finished_.notify_all();
   }
 }
 

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <semaphore>
 #include <span>
 #include <string>
 #include <thread>
@@ -64,7 +65,7 @@ class batcher {
   struct pending {
     const lookup_request* request;
     lookup_outcome outcome;
-    bool done = false;
+    std::binary_semaphore done;
     std::chrono::steady_clock::time_point arrived;
   };
   void run();
@@ -75,7 +76,7 @@ class batcher {
   lookup_limits limits_;
   std::function<void(std::size_t, std::int64_t)> on_batch_;
   std::mutex mutex_;
-  std::condition_variable arrived_, finished_;
+  std::condition_variable arrived_;
   std::deque<pending*> queue_;
   bool stopping_ = false;
   std::thread thread_;
