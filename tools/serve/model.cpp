@@ -92,7 +92,10 @@ class lease_signals {
       std::function<void()> callback;
       {
         std::lock_guard lock(mutex_);
-        if (auto it = callbacks_.find(fd); it != callbacks_.end()) callback = it->second;
+        // A descriptor closed and reused by a new lease since the signal: that lease is whole
+        // (F_RDLCK; a lease being broken reports what it must become, F_UNLCK), leave it be.
+        auto it = callbacks_.find(fd);
+        if (it != callbacks_.end() && ::fcntl(fd, F_GETLEASE) != F_RDLCK) callback = it->second;
       }
       if (callback) callback();
     }
