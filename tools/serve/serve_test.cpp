@@ -251,6 +251,27 @@ TEST(Serve, Fp16InJsonIsTheFp32ItEquals) {
   }
 }
 
+// A bad model directory stops the server at start, naming the file and what is wrong in it.
+TEST(Serve, ABadModelIsRefusedAtStartWithTheFileNamed) {
+  temp_dir dir;
+  write_model(dir.path);
+  auto refused = [&](const std::string& manifest, const std::string& words) {
+    std::ofstream(dir.path / "manifest.json") << manifest;
+    try {
+      server srv(settings_for(dir.path));
+      ADD_FAILURE() << "accepted " << manifest;
+    } catch (const embag::error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  };
+  refused("{\"tables\": [", "manifest.json: not JSON");
+  refused(R"({"tables": [{"name": "a", "file": "a.npy", "mode": "median"}]})", "tables[0] (a): unknown mode \"median\"");
+  refused(R"({"tables": [{"name": "a", "file": "a.npy"}, {"name": "a", "file": "c.npy"}]})", "the name \"a\" is used twice");
+  refused(R"({"tables": [{"name": "a", "file": "a.csv"}]})", "\"a.csv\" is neither a .npy nor an .embag file");
+  refused(R"({"tables": [{"name": "a", "file": "missing.npy"}]})", "missing.npy");
+  refused(R"({"tables": [{"name": "a", "file": "a.npy", "padding_idx": 1000}]})", "a.npy (table a)");
+}
+
 TEST(Serve, ModelsAndMetricsDescribeTheTables) {
   temp_dir dir;
   write_model(dir.path);
