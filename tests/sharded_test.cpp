@@ -209,6 +209,36 @@ TEST(Sharded, ForwardIsTheSingleNodeCallBitForBit) {
     EXPECT_EQ(expected_argmax, actual_argmax);
     EXPECT_EQ(expected_report.skipped, actual_report.skipped);
     EXPECT_EQ(expected_report.first_position, actual_report.first_position);
+
+    // partial sums: the same values within the rounding of a sum added in another order (bitwise
+    // for max and none, which exchange rows); the bound is n_terms * 2^-23 * sum |w x| per element
+    std::vector<float> partial(expected.size(), -7.0f), magnitude(expected.size());
+    EXPECT_NO_THROW(sharded::forward(t.sharding, t.shard, mine.view(), opts, matrix_view<float>{partial.data(), n, c.dim, 0},
+                                     actual_argmax, sharded::forward_exchange::partial_sums));
+    if (c.opts.mode == mode::max || c.opts.mode == mode::none) {
+      EXPECT_TRUE(same_floats(expected.data(), partial.data(), expected.size()));
+      continue;
+    }
+    batch_data absolute = mine;
+    for (float& w : absolute.weights) w = std::fabs(w);
+    std::vector<float> table_abs(c.table.size());
+    std::vector<float> dequantized(c.table.size());
+    dequantize(t.whole.view(), table_view<float>{dequantized.data(), c.rows, c.dim, 0});
+    for (std::size_t i = 0; i < table_abs.size(); ++i) table_abs[i] = std::fabs(dequantized[i]);
+    options sum_opts = opts;
+    sum_opts.mode = mode::sum;
+    sum_opts.max_norm.reset();  // clipping only shrinks rows
+    forward(table_view<const float>{table_abs.data(), c.rows, c.dim, 0}, absolute.view(), sum_opts,
+            matrix_view<float>{magnitude.data(), n, c.dim, 0});
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+      const float bound = 10.0f * 0x1p-23f * magnitude[i];
+      if (!std::isfinite(expected[i]) || std::fabs(expected[i]) > 1e30f) continue;
+      if (c.opts.mode == mode::sum) {
+        EXPECT_LE(std::fabs(partial[i] - expected[i]), bound) << "element " << i;
+      } else {  // divided by a divisor that may be small (weights summing near 0): relative
+        EXPECT_LE(std::fabs(partial[i] - expected[i]), 1e-4f * (1.0f + std::fabs(expected[i]))) << "element " << i;
+      }
+    }
   }
 }
 
@@ -455,7 +485,7 @@ TEST(Sharded, RanksThatDisagreeAllRefuse) {
     sharded::forward(t.sharding, shard, none.view(), {}, {out.data(), 0, shard.dim, 0});
     ADD_FAILURE() << "no error";
   } catch (const error& e) {
-    EXPECT_EQ(std::string(e.what()), "the ranks disagree on the partition, dim and dtype of the table");
+    EXPECT_EQ(std::string(e.what()), "the ranks disagree on the partition, dim and dtype of the table and the exchange");
   }
 }
 

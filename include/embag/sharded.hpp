@@ -11,8 +11,8 @@
 //                      whose batch is every rank's batch concatenated in rank order (their dY
 //                      stacked): the data-parallel step's gradient.
 // How: forward brings each rank the rows its batch references (one per non-padding index,
-// exchange_rows) and runs the local forward on them, so every bag is summed by the same kernel in
-// the same order. Backward sends each owner, per bag that references its rows, the bag's dY row
+// forward_exchange::rows) and runs the local forward on them, so every bag is summed by the same
+// kernel in the same order (forward_exchange::partial_sums trades that for the least volume). Backward sends each owner, per bag that references its rows, the bag's dY row
 // and its indices with their coefficients (the per-sample weight, divided by the bag's mean or
 // sqrtn divisor as the local kernel divides it); the owner runs the local backward on the
 // concatenated bags, which adds each row's terms in the single call's order. What that costs next
@@ -77,12 +77,25 @@ struct sharding {
   row_partition partition;
 };
 
+// What forward exchanges.
+enum class forward_exchange : std::uint8_t {
+  // Bitwise the single-node call: each non-padding index's row comes back from its owner (in the
+  // table's dtype) and the local forward pools them. Bytes back per lookup: one row.
+  rows,
+  // The least volume: each owner pools its rows of each bag (sum, weighted sum) and sends back one
+  // fp32 partial per (bag, owner); the requester adds them in rank order, then divides (mean,
+  // sqrtn). Not bitwise: the fp32 sum is added in another order (within rounding of it). Modes
+  // max and none exchange rows. Every rank passes the same exchange and pooled-sum modes alike.
+  partial_sums,
+};
+
 // out = forward(whole table, batch): every mode and option of embag::forward on this rank's batch,
 // indices numbered in the whole table, except max_norm in place (errc::invalid_option: it would
 // write other ranks' rows; clip, the default flavour, is supported). `shard` is this rank's rows
 // (partition.count(rank) of them; every rank's of the same dim and dtype).
 void forward(const sharding& s, compressed_table_view shard, const bags& batch, const options& opts,
-             matrix_view<float> out, std::span<std::int64_t> argmax = {});
+             matrix_view<float> out, std::span<std::int64_t> argmax = {},
+             forward_exchange exchange = forward_exchange::rows);
 
 // grad_shard (partition.count(rank) x dim) += this rank's rows of A^T.dY over every rank's batch.
 // argmax: mode max, what sharded::forward produced (rows of the whole table). All ranks pass the

@@ -143,17 +143,117 @@ void put(std::vector<std::byte>& to, const T* values, std::int64_t count) {
 
 }  // namespace
 
+namespace {
+
+// forward_exchange::partial_sums on a validated pooled-sum call: per (bag, owner) the owner's
+// weighted sum of its rows of the bag, added in rank order, then divided as the mode divides.
+void forward_partial_sums(communicator& c, const row_partition& part, compressed_table_view shard,
+                          const detail::forward_request& r, const options& opts) {
+  const int ranks = c.size();
+  const detail::bag_source& source = r.bags;
+  const std::int64_t dim = r.dim, padding = r.padding_idx;
+  const bool weighted = source.weights != nullptr;
+  struct block {
+    std::vector<std::int64_t> lengths, rows, bag_of;
+    std::vector<float> weights;
+  };
+  std::vector<block> to(static_cast<std::size_t>(ranks));
+  std::vector<float> divisors(static_cast<std::size_t>(source.num_bags), 1.0f);
+  const auto index = [&](std::int64_t j) { return element_at(source.indices, source.index_kind, j); };
+  std::int64_t begin = 0;
+  for (std::int64_t b = 0; b < source.num_bags; ++b) {
+    const std::int64_t end = detail::end_of_bag(source, b, begin);
+    detail::bag_tally tally;
+    for (std::int64_t j = begin; j < end; ++j) {
+      const std::int64_t row = index(j);
+      if (row == padding) continue;
+      const float w = weighted ? source.weights[j] : 1.0f;
+      detail::tally_row(tally, w);
+      block& k = to[static_cast<std::size_t>(part.owner(row))];
+      if (k.bag_of.empty() || k.bag_of.back() != b) {
+        k.bag_of.push_back(b);
+        k.lengths.push_back(0);
+      }
+      ++k.lengths.back();
+      k.rows.push_back(row - part.first(part.owner(row)));
+      if (weighted) k.weights.push_back(w);
+    }
+    if (r.reduce.scaling != detail::bag_scaling::none) divisors[b] = detail::bag_divisor(r.reduce.scaling, weighted, tally);
+    begin = end;
+  }
+  std::vector<std::byte> send;
+  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
+  for (int o = 0; o < ranks; ++o) {
+    const block& k = to[static_cast<std::size_t>(o)];
+    const std::size_t before = send.size();
+    const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()), weighted};
+    put(send, counts, 3);
+    put(send, k.lengths.data(), counts[0]);
+    put(send, k.rows.data(), counts[1]);
+    put(send, k.weights.data(), static_cast<std::int64_t>(k.weights.size()));
+    bytes_to[o] = static_cast<std::int64_t>(send.size() - before);
+  }
+  std::vector<std::byte> received;
+  std::vector<std::int64_t> bytes_from;
+  c.all_to_all(send, bytes_to, received, bytes_from);
+
+  // The owner: each rank's bags pooled by the local forward (mode sum; clip as asked).
+  options pooled;
+  pooled.max_norm = opts.max_norm;
+  pooled.norm_type = opts.norm_type;
+  pooled.execution = opts.execution;
+  std::vector<float> partials;
+  const std::byte* at = received.data();
+  for (int source_rank = 0; source_rank < ranks; ++source_rank) {
+    std::vector<std::int64_t> counts, lengths, rows;
+    std::vector<float> weights;
+    at = take(at, 3, counts);
+    at = take(at, counts[0], lengths);
+    at = take(at, counts[1], rows);
+    if (counts[2] != 0) at = take(at, counts[1], weights);
+    const std::size_t first = partials.size();
+    partials.resize(first + static_cast<std::size_t>(counts[0] * dim));
+    embag::forward(shard, bags::from_lengths(rows, lengths, weights), pooled,
+                   matrix_view<float>{partials.data() + first, counts[0], dim, dim});
+    bytes_from[source_rank] = counts[0] * dim * std::int64_t{sizeof(float)};
+  }
+  std::vector<std::byte> sums;
+  std::vector<std::int64_t> sums_bytes;
+  c.all_to_all(std::as_bytes(std::span<const float>(partials)), bytes_from, sums, sums_bytes);
+
+  // The requester: zeros, plus each owner's partial in rank order, then the divisor.
+  for (std::int64_t b = 0; b < source.num_bags; ++b) std::fill_n(r.out + b * r.out_stride, dim, 0.0f);
+  std::vector<float> partial(static_cast<std::size_t>(dim));
+  const std::byte* next = sums.data();
+  for (int o = 0; o < ranks; ++o) {
+    for (std::int64_t b : to[static_cast<std::size_t>(o)].bag_of) {
+      std::memcpy(partial.data(), next, partial.size() * sizeof(float));
+      next += partial.size() * sizeof(float);
+      float* y = r.out + b * r.out_stride;
+      for (std::int64_t d = 0; d < dim; ++d) y[d] += partial[d];
+    }
+  }
+  if (r.reduce.scaling != detail::bag_scaling::none)
+    for (std::int64_t b = 0; b < source.num_bags; ++b)
+      for (std::int64_t d = 0; d < dim; ++d) r.out[b * r.out_stride + d] = detail::divided(r.out[b * r.out_stride + d], divisors[b]);
+}
+
+}  // namespace
+
 void forward(const sharding& s, compressed_table_view shard, const bags& batch, const options& opts,
-             matrix_view<float> out, std::span<std::int64_t> argmax) {
+             matrix_view<float> out, std::span<std::int64_t> argmax, forward_exchange exchange) {
   communicator& c = communicator_of(s);
   const int me = c.rank(), ranks = c.size();
   const row_partition& part = s.partition;
   std::vector<std::int64_t> rewritten;
   std::optional<detail::forward_call> whole;  // this rank's call validated against the whole table
   std::int64_t row_bytes = 0;
+  const bool partial_sums = exchange == forward_exchange::partial_sums && opts.mode != mode::max && opts.mode != mode::none;
   fingerprint shared = of_partition(part);
-  shared.add(shard.dim).add(static_cast<std::int64_t>(shard.element_type));
-  agree(c, shared, "the partition, dim and dtype of the table", [&] {
+  shared.add(shard.dim).add(static_cast<std::int64_t>(shard.element_type)).add(partial_sums);
+  agree(c, shared, "the partition, dim and dtype of the table and the exchange", [&] {
+    if (exchange > forward_exchange::partial_sums)
+      throw error(errc::invalid_option, "exchange = " + std::to_string(static_cast<int>(exchange)) + " is not a forward_exchange");
     check_partition(s, ranks);
     check_shard_rows(s, me, shard.rows, "shard");
     const detail::stored_table local = detail::stored(shard);
@@ -164,6 +264,11 @@ void forward(const sharding& s, compressed_table_view shard, const bags& batch, 
     const detail::stored_table stand_in{nullptr, local.type, part.rows(), local.dim, local.row_bytes, local.row_bytes};
     whole.emplace(detail::validate_forward(stand_in, batch, opts, out, argmax, rewritten));
   });
+  if (partial_sums) {
+    forward_partial_sums(c, part, shard, whole->req, opts);
+    whole->census.publish();
+    return;
+  }
   const detail::bag_source& source = whole->req.bags;
   const std::int64_t padding = whole->req.padding_idx, nnz = source.nnz;
 
