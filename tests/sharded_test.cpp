@@ -176,6 +176,9 @@ std::unique_ptr<sharded::communicator>& comm() {
 tables make_tables(const sharded_case& c) {
   tables t{quantize(table_view<const float>{c.table.data(), c.rows, c.dim, 0}, c.type), {}, {}};
   t.sharding = {comm().get(), sharded::row_partition::from_counts(c.counts)};
+  // what the ranks of a model split into files learn from their own file's rows
+  EXPECT_TRUE(std::ranges::equal(t.sharding.partition.boundaries(),
+                                 sharded::partition_of_shards(*comm(), c.counts[static_cast<std::size_t>(my_rank())]).boundaries()));
   const compressed_table_view w = t.whole.view();
   const std::int64_t stride = w.row_stride == 0 ? row_bytes(c.type, c.dim) : w.row_stride;
   const std::int64_t first = t.sharding.partition.first(my_rank());

@@ -71,6 +71,10 @@ class row_partition {
   std::vector<std::int64_t> first_{0};
 };
 
+// The partition of shards already split (embag shard-split's files, one per rank): each rank
+// gives its own shard's row count, and every rank gets all of them, in rank order. A collective.
+row_partition partition_of_shards(communicator& c, std::int64_t rows_here);
+
 // A communicator and how the table's rows are split over its ranks (the same on every rank).
 struct sharding {
   communicator* comm = nullptr;

@@ -43,6 +43,17 @@ int row_partition::owner(std::int64_t row) const noexcept {
   return static_cast<int>(std::upper_bound(first_.begin() + 1, first_.end(), row) - first_.begin()) - 1;
 }
 
+row_partition partition_of_shards(communicator& c, std::int64_t rows_here) {
+  const std::vector<std::int64_t> mine(static_cast<std::size_t>(c.size()), rows_here);
+  const std::vector<std::int64_t> bytes_to(mine.size(), std::int64_t{sizeof(std::int64_t)});
+  std::vector<std::byte> received;
+  std::vector<std::int64_t> bytes_from;
+  c.all_to_all(std::as_bytes(std::span<const std::int64_t>(mine)), bytes_to, received, bytes_from);
+  std::vector<std::int64_t> counts(mine.size());
+  std::memcpy(counts.data(), received.data(), received.size());
+  return row_partition::from_counts(counts);
+}
+
 namespace {
 
 using detail::element_at;
