@@ -100,6 +100,15 @@ enum class forward_exchange : std::uint8_t {
 void forward(const sharding& s, compressed_table_view shard, const bags& batch, const options& opts,
              matrix_view<float> out, std::span<std::int64_t> argmax = {},
              forward_exchange exchange = forward_exchange::rows);
+// The same on an fp32 shard (embag::table's rows).
+inline void forward(const sharding& s, table_view<const float> shard, const bags& batch, const options& opts,
+                    matrix_view<float> out, std::span<std::int64_t> argmax = {},
+                    forward_exchange exchange = forward_exchange::rows) {
+  const std::int64_t stride = shard.row_stride == 0 ? shard.dim : shard.row_stride;
+  forward(s, compressed_table_view{reinterpret_cast<const std::byte*>(shard.data), shard.rows, shard.dim,
+                                   stride * std::int64_t{sizeof(float)}, dtype::f32},
+          batch, opts, out, argmax, exchange);
+}
 
 // grad_shard (partition.count(rank) x dim) += this rank's rows of A^T.dY over every rank's batch.
 // argmax: mode max, what sharded::forward produced (rows of the whole table). All ranks pass the

@@ -129,6 +129,20 @@ void check_shard_rows(const sharding& s, int rank, std::int64_t rows, const char
                                          std::to_string(rank) + " owns " + std::to_string(s.partition.count(rank)));
 }
 
+// The large buffers of the exchanges, kept by each thread from call to call: they only grow, so
+// that a thread's calls stop allocating (and faulting in fresh pages, 10 MB of them per call in
+// the benchmark) once they have seen the largest.
+struct exchange_buffers {
+  std::vector<std::byte> send, received, reply, rows;
+  std::vector<std::int64_t> slot_of, row_of_slot, request;
+  std::vector<std::int32_t> owner_of;
+};
+
+exchange_buffers& buffers() {
+  thread_local exchange_buffers kept;
+  return kept;
+}
+
 template <class T>
 std::span<const std::byte> bytes_of(const std::vector<T>& v) noexcept {
   return std::as_bytes(std::span<const T>(v));
@@ -192,7 +206,9 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
     if (r.reduce.scaling != detail::bag_scaling::none) divisors[b] = detail::bag_divisor(r.reduce.scaling, weighted, tally);
     begin = end;
   }
-  std::vector<std::byte> send;
+  exchange_buffers& kept = buffers();
+  std::vector<std::byte>& send = kept.send;
+  send.clear();
   std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
   for (int o = 0; o < ranks; ++o) {
     const block& k = to[static_cast<std::size_t>(o)];
@@ -204,7 +220,7 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
     put(send, k.weights.data(), static_cast<std::int64_t>(k.weights.size()));
     bytes_to[o] = static_cast<std::int64_t>(send.size() - before);
   }
-  std::vector<std::byte> received;
+  std::vector<std::byte>& received = kept.received;
   std::vector<std::int64_t> bytes_from;
   c.all_to_all(send, bytes_to, received, bytes_from);
 
@@ -228,7 +244,7 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
                    matrix_view<float>{partials.data() + first, counts[0], dim, dim});
     bytes_from[source_rank] = counts[0] * dim * std::int64_t{sizeof(float)};
   }
-  std::vector<std::byte> sums;
+  std::vector<std::byte>& sums = kept.rows;
   std::vector<std::int64_t> sums_bytes;
   c.all_to_all(std::as_bytes(std::span<const float>(partials)), bytes_from, sums, sums_bytes);
 
@@ -284,7 +300,9 @@ void forward(const sharding& s, compressed_table_view shard, const bags& batch, 
   const std::int64_t padding = whole->req.padding_idx, nnz = source.nnz;
 
   // Each non-padding position gets a slot in the rows fetched, owner by owner, in position order.
-  std::vector<std::int32_t> owner_of(static_cast<std::size_t>(nnz));
+  exchange_buffers& kept = buffers();
+  std::vector<std::int32_t>& owner_of = kept.owner_of;
+  owner_of.resize(static_cast<std::size_t>(nnz));
   std::vector<std::int64_t> rows_from(static_cast<std::size_t>(ranks) + 1, 0);
   for (std::int64_t j = 0; j < nnz; ++j) {
     const std::int64_t row = element_at(source.indices, source.index_kind, j);
@@ -294,7 +312,9 @@ void forward(const sharding& s, compressed_table_view shard, const bags& batch, 
   for (int o = 0; o < ranks; ++o) rows_from[o + 1] += rows_from[o];
   const std::int64_t fetched = rows_from[ranks];
   std::vector<std::int64_t> next(rows_from.begin(), rows_from.end() - 1);
-  std::vector<std::int64_t> slot_of(static_cast<std::size_t>(nnz)), row_of_slot(static_cast<std::size_t>(fetched));
+  std::vector<std::int64_t>&slot_of = kept.slot_of, &row_of_slot = kept.row_of_slot;
+  slot_of.resize(static_cast<std::size_t>(nnz));
+  row_of_slot.resize(static_cast<std::size_t>(fetched));
   for (std::int64_t j = 0; j < nnz; ++j) {
     if (owner_of[j] < 0) {
       slot_of[j] = fetched;  // the zero row after the fetched ones, the local call's padding
@@ -306,26 +326,33 @@ void forward(const sharding& s, compressed_table_view shard, const bags& batch, 
   }
 
   // Requests: shard rows (numbered from the owner's first), then the owners' rows back.
-  std::vector<std::int64_t> request(static_cast<std::size_t>(fetched)), bytes_to(static_cast<std::size_t>(ranks));
+  std::vector<std::int64_t>& request = kept.request;
+  request.resize(static_cast<std::size_t>(fetched));
+  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
   for (int o = 0; o < ranks; ++o) {
     for (std::int64_t k = rows_from[o]; k < rows_from[o + 1]; ++k) request[k] = row_of_slot[k] - part.first(o);
     bytes_to[o] = (rows_from[o + 1] - rows_from[o]) * std::int64_t{sizeof(std::int64_t)};
   }
-  std::vector<std::byte> asked_bytes;
+  std::vector<std::byte>& asked = kept.received;
   std::vector<std::int64_t> bytes_from;
-  c.all_to_all(bytes_of(request), bytes_to, asked_bytes, bytes_from);
-  std::vector<std::int64_t> asked;
-  take(asked_bytes.data(), static_cast<std::int64_t>(asked_bytes.size() / sizeof(std::int64_t)), asked);
+  c.all_to_all(bytes_of(request), bytes_to, asked, bytes_from);
+  const std::size_t asked_rows = asked.size() / sizeof(std::int64_t);
   const std::int64_t stride = shard.row_stride == 0 ? row_bytes : shard.row_stride;
-  std::vector<std::byte> reply(asked.size() * static_cast<std::size_t>(row_bytes));
-  for (std::size_t i = 0; i < asked.size(); ++i)
-    std::memcpy(reply.data() + i * static_cast<std::size_t>(row_bytes), shard.data + asked[i] * stride,
+  const std::size_t reply_bytes = asked_rows * static_cast<std::size_t>(row_bytes);
+  if (kept.reply.size() < reply_bytes) kept.reply.resize(reply_bytes);
+  for (std::size_t i = 0; i < asked_rows; ++i) {
+    std::int64_t row = 0;  // the blocks are bytes: not aligned for int64
+    std::memcpy(&row, asked.data() + i * sizeof row, sizeof row);
+    std::memcpy(kept.reply.data() + i * static_cast<std::size_t>(row_bytes), shard.data + row * stride,
                 static_cast<std::size_t>(row_bytes));
+  }
   for (std::int64_t& b : bytes_from) b = b / std::int64_t{sizeof(std::int64_t)} * row_bytes;
-  std::vector<std::byte> rows;
+  std::vector<std::byte>& rows = kept.rows;
+  rows.reserve(static_cast<std::size_t>((fetched + 1) * row_bytes));  // the zero row below stays in place
   std::vector<std::int64_t> rows_bytes;
-  c.all_to_all(reply, bytes_from, rows, rows_bytes);
+  c.all_to_all(std::span<const std::byte>(kept.reply.data(), reply_bytes), bytes_from, rows, rows_bytes);
   rows.resize(rows.size() + static_cast<std::size_t>(row_bytes));  // the zero row
+  std::fill(rows.end() - row_bytes, rows.end(), std::byte{0});
 
   // The local forward on the fetched rows: the same kernel adds the same rows in the same order.
   options local = opts;
@@ -436,7 +463,9 @@ owned_bags exchange_backward(const sharding& s, const bags& batch, const options
 
   // Each block: bag count, index count, whether coefficients follow (a rank without weights has
   // none: its batch may be empty), lengths, rows, coefficients, dY rows, argmax rows.
-  std::vector<std::byte> send;
+  exchange_buffers& kept = buffers();
+  std::vector<std::byte>& send = kept.send;
+  send.clear();
   std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
   for (int o = 0; o < ranks; ++o) {
     const block& k = to[static_cast<std::size_t>(o)];
@@ -451,7 +480,7 @@ owned_bags exchange_backward(const sharding& s, const bags& batch, const options
     put(send, k.argmax.data(), static_cast<std::int64_t>(k.argmax.size()));
     bytes_to[o] = static_cast<std::int64_t>(send.size() - before);
   }
-  std::vector<std::byte> received;
+  std::vector<std::byte>& received = kept.received;
   std::vector<std::int64_t> bytes_from;
   c.all_to_all(send, bytes_to, received, bytes_from);
 
