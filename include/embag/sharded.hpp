@@ -122,8 +122,8 @@ void backward_sparse(const sharding& s, const bags& batch, const options& opts, 
                      sparse_gradient& grad, std::span<const std::int64_t> argmax = {});
 
 // backward and the optimizer's step on this rank's rows (embag/optim.hpp), state rows those of the
-// shard. Stochastic rounding hashes the row number in the shard: reproducible, but not the whole
-// table's bits (rounding_mode::nearest is).
+// shard; stochastic rounding hashes each row's number in the whole table, as one node would. The
+// summary counts this rank's rows (first_not_finite_row numbered in the shard).
 update_summary backward_update(const sharding& s, trainable_table_view shard, const bags& batch, const options& opts,
                                matrix_view<const float> grad_output, const optimizer& opt, optimizer_state state = {},
                                std::span<const std::int64_t> argmax = {});

@@ -576,6 +576,7 @@ update_summary backward_update(const sharding& s, trainable_table_view shard, co
   auto call = owned_backward<detail::update_call>(owned, [&](const bags& b, std::span<const std::int64_t> a, auto& rw) {
     return detail::validate_backward_update(shard, b, owned.opts, owned.dy(), opt, state, a, rw);
   });
+  call.req.hashed_row_offset = s.partition.first(s.comm->rank());  // stochastic rounding as the whole table's
   return detail::execute(call, nullptr);
 }
 
