@@ -10,6 +10,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 #include "call.hpp"
 #include "reduction.hpp"
@@ -158,6 +159,7 @@ const std::byte* take(const std::byte* from, std::int64_t count, std::vector<T>&
   return from + count * static_cast<std::int64_t>(sizeof(T));
 }
 
+// count values appended to a block being built.
 template <class T>
 void put(std::vector<std::byte>& to, const T* values, std::int64_t count) {
   if (count == 0) return;
@@ -165,10 +167,6 @@ void put(std::vector<std::byte>& to, const T* values, std::int64_t count) {
   to.resize(old + static_cast<std::size_t>(count) * sizeof(T));
   std::memcpy(to.data() + old, values, static_cast<std::size_t>(count) * sizeof(T));
 }
-
-}  // namespace
-
-namespace {
 
 // forward_exchange::partial_sums on a validated pooled-sum call: per (bag, owner) the owner's
 // weighted sum of its rows of the bag, added in rank order, then divided as the mode divides.
