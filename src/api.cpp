@@ -498,6 +498,11 @@ void backward_sparse(std::int64_t table_rows, const bags& batch, const options& 
       {"grad.rows", grad.rows.data(), static_cast<std::int64_t>(grad.rows.capacity() * sizeof(std::int64_t))},
       {"grad.values", grad.values.data(), static_cast<std::int64_t>(grad.values.capacity() * sizeof(float))}};
   validate_disjoint(outputs, call.inputs.span());
+  execute(call, grad, &ws.whole());
+}
+
+void detail::execute(backward_call& call, sparse_gradient& grad, workspace* scratch) {
+  scratch_or_local ws(scratch);
   call.census.publish();
   sparse_gradient_of(call.req, call.which, call.how, grad, ws.get());
 }
@@ -678,6 +683,11 @@ update_summary backward_update(trainable_table_view table, const bags& batch, co
   scratch_or_local ws(scratch);
   update_call call = validate_backward_update(table, batch, opts, grad_output, opt, state, argmax,
                                               ws.get().rewritten_indices);
+  return execute(call, &ws.whole());
+}
+
+update_summary detail::execute(update_call& call, workspace* scratch) {
+  scratch_or_local ws(scratch);
   call.census.publish();
   return run_update(call, ws.get());
 }

@@ -150,6 +150,10 @@ void execute(const batched_forward_call& call, workspace::impl& ws);
 void execute(backward_call& call, workspace* scratch);  // dense
 void execute(const weights_grad_call& call);
 void execute(const batched_weights_grad_call& call, workspace::impl& ws);
+// A validated sparse backward's gradient into grad, replacing its contents (its outputs checked
+// by the caller), and a validated update's step.
+void execute(backward_call& call, sparse_gradient& grad, workspace* scratch);
+update_summary execute(update_call& call, workspace* scratch);
 
 // backward_sparse into fixed buffers the caller owns, for the C ABI (embag.hpp's form grows vectors
 // of its own, which a C caller would then have to have copied into its buffers).

@@ -135,6 +135,9 @@ struct update_request {
   float learning_rate = 0, eps = 0, weight_decay = 0;
   rounding_mode rounding = rounding_mode::nearest;
   std::uint64_t seed = 0;
+  // Added to the row number stochastic rounding hashes: a shard's first row in the whole table
+  // (embag/sharded.hpp), so that a shard rounds as the whole table would.
+  std::int64_t hashed_row_offset = 0;
 };
 
 // What a block of an update did; blocks are merged in row order.

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tools/install_missing.sh g++ pkg-config meson ninja-build libxsimd-dev libtbb-dev libgtest-dev libbenchmark-dev libcli11-dev \
-  nlohmann-json3-dev libcpp-httplib-dev python3 pybind11-dev python3-dev python3-numpy python3-pytest
+  nlohmann-json3-dev libcpp-httplib-dev python3 pybind11-dev python3-dev python3-numpy python3-pytest libopenmpi-dev openmpi-bin
 
 [ -f build/build.ninja ] || meson setup build --buildtype=release
 meson compile -C build

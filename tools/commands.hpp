@@ -15,5 +15,6 @@ using command_run = std::function<int()>;
 void add_bench_command(CLI::App& tool, command_run& run);
 void add_fuzz_command(CLI::App& tool, command_run& run);
 void add_file_commands(CLI::App& tool, command_run& run);  // forward, backward, update, quantize, dequantize
+void add_shard_commands(CLI::App& tool, command_run& run);  // shard-split, shard-join (built with MPI only)
 
 }  // namespace embag::tool

@@ -58,6 +58,9 @@ int main(int argc, char** argv) {
   embag::tool::add_bench_command(tool, run);
   embag::tool::add_fuzz_command(tool, run);
   embag::tool::add_file_commands(tool, run);
+#ifdef EMBAG_WITH_MPI
+  embag::tool::add_shard_commands(tool, run);
+#endif
   try {
     std::optional<std::string> failure;
     try {

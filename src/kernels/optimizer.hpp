@@ -123,7 +123,7 @@ inline bool update_row(const update_request& q, std::int64_t row, const float* g
   if constexpr (Type == dtype::f32) {
     for (d = 0; d < dim; ++d) reinterpret_cast<float*>(stored)[d] = new_w[d];
   } else if (q.rounding == rounding_mode::stochastic) {
-    for (d = 0; d < dim; ++d) halves[d] = stochastic_round(new_w[d], Type, rounding_bits(q.seed, row, d));
+    for (d = 0; d < dim; ++d) halves[d] = stochastic_round(new_w[d], Type, rounding_bits(q.seed, row + q.hashed_row_offset, d));
   } else if constexpr (Type == dtype::f16) {
     narrow_to_f16<Arch>(new_w, dim, halves);
   } else {

@@ -254,7 +254,7 @@ void update(const update_request& q, update_tally& tally) {
         continue;
       }
       const std::uint16_t h = q.rounding == rounding_mode::stochastic
-                                  ? stochastic_round(new_w[d], q.table_type, rounding_bits(q.seed, row, d))
+                                  ? stochastic_round(new_w[d], q.table_type, rounding_bits(q.seed, row + q.hashed_row_offset, d))
                                   : q.table_type == dtype::f16 ? f16_from_float(new_w[d]) : bf16_from_float(new_w[d]);
       store(stored + 2 * d, h);
     }

@@ -1,0 +1,581 @@
+// Row-wise sharded calls (embag/sharded.hpp). Each call: every rank validates its own arguments
+// against the whole table (the library's own validation, on a stand-in of the whole table), the
+// ranks agree, the requests go to the rows' owners, and the library's local calls run on what
+// arrived. The communication engine is only the communicator interface.
+#include "embag/sharded.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <optional>
+#include <string>
+#include <type_traits>
+
+#include "call.hpp"
+#include "reduction.hpp"
+#include "validate.hpp"
+
+namespace embag::sharded {
+
+row_partition row_partition::even(std::int64_t rows, int ranks) {
+  if (rows < 0 || ranks <= 0)
+    throw error(errc::invalid_shape, "row_partition::even: rows = " + std::to_string(rows) + " and ranks = " +
+                                         std::to_string(ranks) + " must be >= 0 and > 0");
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(ranks), rows / ranks);
+  for (std::int64_t r = 0; r < rows % ranks; ++r) ++counts[static_cast<std::size_t>(r)];
+  return from_counts(counts);
+}
+
+row_partition row_partition::from_counts(std::span<const std::int64_t> counts) {
+  if (counts.empty()) throw error(errc::invalid_shape, "row_partition::from_counts: counts is empty (no ranks)");
+  row_partition p;
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    if (counts[r] < 0 || counts[r] > std::numeric_limits<std::int64_t>::max() - p.first_.back())
+      throw error(counts[r] < 0 ? errc::invalid_shape : errc::size_overflow,
+                  "row_partition::from_counts: counts[" + std::to_string(r) + "] = " + std::to_string(counts[r]) +
+                      (counts[r] < 0 ? " is negative" : " overflows the row count"));
+    p.first_.push_back(p.first_.back() + counts[r]);
+  }
+  return p;
+}
+
+int row_partition::owner(std::int64_t row) const noexcept {
+  return static_cast<int>(std::upper_bound(first_.begin() + 1, first_.end(), row) - first_.begin()) - 1;
+}
+
+row_partition partition_of_shards(communicator& c, std::int64_t rows_here) {
+  const std::vector<std::int64_t> mine(static_cast<std::size_t>(c.size()), rows_here);
+  const std::vector<std::int64_t> bytes_to(mine.size(), std::int64_t{sizeof(std::int64_t)});
+  std::vector<std::byte> received;
+  std::vector<std::int64_t> bytes_from;
+  c.all_to_all(std::as_bytes(std::span<const std::int64_t>(mine)), bytes_to, received, bytes_from);
+  std::vector<std::int64_t> counts(mine.size());
+  std::memcpy(counts.data(), received.data(), received.size());
+  return row_partition::from_counts(counts);
+}
+
+namespace {
+
+using detail::element_at;
+
+// What every rank must agree on, hashed (FNV-1a) into 62 bits so that its negation fits too.
+class fingerprint {
+ public:
+  fingerprint& add(std::int64_t v) noexcept {
+    for (int i = 0; i < 8; ++i) hash_ = (hash_ ^ ((static_cast<std::uint64_t>(v) >> (8 * i)) & 0xff)) * 1099511628211ull;
+    return *this;
+  }
+  std::int64_t value() const noexcept { return static_cast<std::int64_t>(hash_ >> 2); }
+
+ private:
+  std::uint64_t hash_ = 14695981039346656037ull;
+};
+
+fingerprint of_partition(const row_partition& p) {
+  fingerprint f;
+  for (std::int64_t b : p.boundaries()) f.add(b);
+  return f;
+}
+
+communicator& communicator_of(const sharding& s) {
+  if (s.comm == nullptr) throw error(errc::null_pointer, "sharding.comm is null");
+  return *s.comm;
+}
+
+// Runs this rank's checks, then agrees with every other rank in one reduction: when any rank's
+// checks failed, every rank throws the lowest failing rank's error; when the ranks' fingerprints of
+// what they must share differ, every rank throws that. Nothing is sent before this.
+template <class Check>
+void agree(communicator& c, const fingerprint& shared, const char* shared_what, Check&& check) {
+  std::optional<error> failure;
+  try {
+    check();
+  } catch (const error& e) {
+    failure = e;
+  } catch (const std::bad_alloc&) {
+    failure = error(errc::out_of_memory, "out of memory while validating the call");
+  }
+  std::int64_t agreed[3] = {failure ? c.rank() : c.size(), shared.value(), -shared.value()};
+  c.all_min(agreed);
+  if (agreed[1] != -agreed[2])
+    throw error(errc::invalid_option, std::string("the ranks disagree on ") + shared_what);
+  if (agreed[0] == c.size()) return;
+  const int first = static_cast<int>(agreed[0]);
+  std::vector<std::byte> message;
+  if (c.rank() == first) {
+    const auto code = static_cast<std::int32_t>(failure->code());
+    const std::string_view text = failure->what();
+    message.resize(sizeof code + text.size());
+    std::memcpy(message.data(), &code, sizeof code);
+    std::memcpy(message.data() + sizeof code, text.data(), text.size());
+  }
+  c.broadcast(message, first);
+  std::int32_t code = 0;
+  std::memcpy(&code, message.data(), sizeof code);
+  throw error(static_cast<errc>(code), "rank " + std::to_string(first) + ": " +
+                                           std::string(reinterpret_cast<const char*>(message.data()) + sizeof code,
+                                                       message.size() - sizeof code));
+}
+
+void check_partition(const sharding& s, int ranks) {
+  if (s.partition.ranks() != ranks)
+    throw error(errc::invalid_shape, "sharding.partition has " + std::to_string(s.partition.ranks()) +
+                                         " ranks; the communicator has " + std::to_string(ranks));
+}
+
+void check_shard_rows(const sharding& s, int rank, std::int64_t rows, const char* name) {
+  if (rows != s.partition.count(rank))
+    throw error(errc::invalid_shape, std::string(name) + " has " + std::to_string(rows) + " rows; rank " +
+                                         std::to_string(rank) + " owns " + std::to_string(s.partition.count(rank)));
+}
+
+// The large buffers of the exchanges, kept by each thread from call to call: they only grow, so
+// that a thread's calls stop allocating (and faulting in fresh pages, 10 MB of them per call in
+// the benchmark) once they have seen the largest.
+struct exchange_buffers {
+  std::vector<std::byte> send, received, reply, rows;
+  std::vector<std::int64_t> slot_of, row_of_slot, request;
+  std::vector<std::int32_t> owner_of;
+};
+
+exchange_buffers& buffers() {
+  thread_local exchange_buffers kept;
+  return kept;
+}
+
+template <class T>
+std::span<const std::byte> bytes_of(const std::vector<T>& v) noexcept {
+  return std::as_bytes(std::span<const T>(v));
+}
+
+// A received block's values, appended to `to` (copied: blocks are not aligned for T).
+template <class T>
+const std::byte* take(const std::byte* from, std::int64_t count, std::vector<T>& to) {
+  if (count == 0) return from;  // memcpy may not be given a null pointer, even for no bytes
+  const std::size_t old = to.size();
+  to.resize(old + static_cast<std::size_t>(count));
+  std::memcpy(to.data() + old, from, static_cast<std::size_t>(count) * sizeof(T));
+  return from + count * static_cast<std::int64_t>(sizeof(T));
+}
+
+// count values appended to a block being built.
+template <class T>
+void put(std::vector<std::byte>& to, const T* values, std::int64_t count) {
+  if (count == 0) return;
+  const std::size_t old = to.size();
+  to.resize(old + static_cast<std::size_t>(count) * sizeof(T));
+  std::memcpy(to.data() + old, values, static_cast<std::size_t>(count) * sizeof(T));
+}
+
+// forward_exchange::partial_sums on a validated pooled-sum call: per (bag, owner) the owner's
+// weighted sum of its rows of the bag, added in rank order, then divided as the mode divides.
+void forward_partial_sums(communicator& c, const row_partition& part, compressed_table_view shard,
+                          const detail::forward_request& r, const options& opts) {
+  const int ranks = c.size();
+  const detail::bag_source& source = r.bags;
+  const std::int64_t dim = r.dim, padding = r.padding_idx;
+  const bool weighted = source.weights != nullptr;
+  struct block {
+    std::vector<std::int64_t> lengths, rows, bag_of;
+    std::vector<float> weights;
+  };
+  std::vector<block> to(static_cast<std::size_t>(ranks));
+  std::vector<float> divisors(static_cast<std::size_t>(source.num_bags), 1.0f);
+  const auto index = [&](std::int64_t j) { return element_at(source.indices, source.index_kind, j); };
+  std::int64_t begin = 0;
+  for (std::int64_t b = 0; b < source.num_bags; ++b) {
+    const std::int64_t end = detail::end_of_bag(source, b, begin);
+    detail::bag_tally tally;
+    for (std::int64_t j = begin; j < end; ++j) {
+      const std::int64_t row = index(j);
+      if (row == padding) continue;
+      const float w = weighted ? source.weights[j] : 1.0f;
+      detail::tally_row(tally, w);
+      block& k = to[static_cast<std::size_t>(part.owner(row))];
+      if (k.bag_of.empty() || k.bag_of.back() != b) {
+        k.bag_of.push_back(b);
+        k.lengths.push_back(0);
+      }
+      ++k.lengths.back();
+      k.rows.push_back(row - part.first(part.owner(row)));
+      if (weighted) k.weights.push_back(w);
+    }
+    if (r.reduce.scaling != detail::bag_scaling::none) divisors[b] = detail::bag_divisor(r.reduce.scaling, weighted, tally);
+    begin = end;
+  }
+  exchange_buffers& kept = buffers();
+  std::vector<std::byte>& send = kept.send;
+  send.clear();
+  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
+  for (int o = 0; o < ranks; ++o) {
+    const block& k = to[static_cast<std::size_t>(o)];
+    const std::size_t before = send.size();
+    const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()), weighted};
+    put(send, counts, 3);
+    put(send, k.lengths.data(), counts[0]);
+    put(send, k.rows.data(), counts[1]);
+    put(send, k.weights.data(), static_cast<std::int64_t>(k.weights.size()));
+    bytes_to[o] = static_cast<std::int64_t>(send.size() - before);
+  }
+  std::vector<std::byte>& received = kept.received;
+  std::vector<std::int64_t> bytes_from;
+  c.all_to_all(send, bytes_to, received, bytes_from);
+
+  // The owner: each rank's bags pooled by the local forward (mode sum; clip as asked).
+  options pooled;
+  pooled.max_norm = opts.max_norm;
+  pooled.norm_type = opts.norm_type;
+  pooled.execution = opts.execution;
+  std::vector<float> partials;
+  const std::byte* at = received.data();
+  for (int source_rank = 0; source_rank < ranks; ++source_rank) {
+    std::vector<std::int64_t> counts, lengths, rows;
+    std::vector<float> weights;
+    at = take(at, 3, counts);
+    at = take(at, counts[0], lengths);
+    at = take(at, counts[1], rows);
+    if (counts[2] != 0) at = take(at, counts[1], weights);
+    const std::size_t first = partials.size();
+    partials.resize(first + static_cast<std::size_t>(counts[0] * dim));
+    embag::forward(shard, bags::from_lengths(rows, lengths, weights), pooled,
+                   matrix_view<float>{partials.data() + first, counts[0], dim, dim});
+    bytes_from[source_rank] = counts[0] * dim * std::int64_t{sizeof(float)};
+  }
+  std::vector<std::byte>& sums = kept.rows;
+  std::vector<std::int64_t> sums_bytes;
+  c.all_to_all(std::as_bytes(std::span<const float>(partials)), bytes_from, sums, sums_bytes);
+
+  // The requester: zeros, plus each owner's partial in rank order, then the divisor.
+  for (std::int64_t b = 0; b < source.num_bags; ++b) std::fill_n(r.out + b * r.out_stride, dim, 0.0f);
+  std::vector<float> partial(static_cast<std::size_t>(dim));
+  const std::byte* next = sums.data();
+  for (int o = 0; o < ranks; ++o) {
+    for (std::int64_t b : to[static_cast<std::size_t>(o)].bag_of) {
+      std::memcpy(partial.data(), next, partial.size() * sizeof(float));
+      next += partial.size() * sizeof(float);
+      float* y = r.out + b * r.out_stride;
+      for (std::int64_t d = 0; d < dim; ++d) y[d] += partial[d];
+    }
+  }
+  if (r.reduce.scaling != detail::bag_scaling::none)
+    for (std::int64_t b = 0; b < source.num_bags; ++b)
+      for (std::int64_t d = 0; d < dim; ++d) r.out[b * r.out_stride + d] = detail::divided(r.out[b * r.out_stride + d], divisors[b]);
+}
+
+}  // namespace
+
+void forward(const sharding& s, compressed_table_view shard, const bags& batch, const options& opts,
+             matrix_view<float> out, std::span<std::int64_t> argmax, forward_exchange exchange) {
+  communicator& c = communicator_of(s);
+  const int me = c.rank(), ranks = c.size();
+  const row_partition& part = s.partition;
+  std::vector<std::int64_t> rewritten;
+  std::optional<detail::forward_call> whole;  // this rank's call validated against the whole table
+  std::int64_t row_bytes = 0;
+  const bool partial_sums = exchange == forward_exchange::partial_sums && opts.mode != mode::max && opts.mode != mode::none;
+  fingerprint shared = of_partition(part);
+  shared.add(shard.dim).add(static_cast<std::int64_t>(shard.element_type)).add(partial_sums);
+  agree(c, shared, "the partition, dim and dtype of the table and the exchange", [&] {
+    if (exchange > forward_exchange::partial_sums)
+      throw error(errc::invalid_option, "exchange = " + std::to_string(static_cast<int>(exchange)) + " is not a forward_exchange");
+    check_partition(s, ranks);
+    check_shard_rows(s, me, shard.rows, "shard");
+    const detail::stored_table local = detail::stored(shard);
+    row_bytes = local.row_bytes;
+    if (opts.max_norm && opts.max_norm_mode == max_norm_flavour::in_place)
+      throw error(errc::invalid_option, "max_norm in place on a sharded table (it would write other ranks' rows): clip instead");
+    // the whole table as validation sees it: no bytes of it are read, so none can overlap an output
+    const detail::stored_table stand_in{nullptr, local.type, part.rows(), local.dim, local.row_bytes, local.row_bytes};
+    whole.emplace(detail::validate_forward(stand_in, batch, opts, out, argmax, rewritten));
+  });
+  if (partial_sums) {
+    forward_partial_sums(c, part, shard, whole->req, opts);
+    whole->census.publish();
+    return;
+  }
+  const detail::bag_source& source = whole->req.bags;
+  const std::int64_t padding = whole->req.padding_idx, nnz = source.nnz;
+
+  // Each non-padding position gets a slot in the rows fetched, owner by owner, in position order.
+  exchange_buffers& kept = buffers();
+  std::vector<std::int32_t>& owner_of = kept.owner_of;
+  owner_of.resize(static_cast<std::size_t>(nnz));
+  std::vector<std::int64_t> rows_from(static_cast<std::size_t>(ranks) + 1, 0);
+  for (std::int64_t j = 0; j < nnz; ++j) {
+    const std::int64_t row = element_at(source.indices, source.index_kind, j);
+    owner_of[j] = row == padding ? -1 : part.owner(row);
+    if (row != padding) ++rows_from[static_cast<std::size_t>(owner_of[j]) + 1];
+  }
+  for (int o = 0; o < ranks; ++o) rows_from[o + 1] += rows_from[o];
+  const std::int64_t fetched = rows_from[ranks];
+  std::vector<std::int64_t> next(rows_from.begin(), rows_from.end() - 1);
+  std::vector<std::int64_t>&slot_of = kept.slot_of, &row_of_slot = kept.row_of_slot;
+  slot_of.resize(static_cast<std::size_t>(nnz));
+  row_of_slot.resize(static_cast<std::size_t>(fetched));
+  for (std::int64_t j = 0; j < nnz; ++j) {
+    if (owner_of[j] < 0) {
+      slot_of[j] = fetched;  // the zero row after the fetched ones, the local call's padding
+      continue;
+    }
+    const std::int64_t slot = next[owner_of[j]]++;
+    slot_of[j] = slot;
+    row_of_slot[slot] = element_at(source.indices, source.index_kind, j);
+  }
+
+  // Requests: shard rows (numbered from the owner's first), then the owners' rows back.
+  std::vector<std::int64_t>& request = kept.request;
+  request.resize(static_cast<std::size_t>(fetched));
+  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
+  for (int o = 0; o < ranks; ++o) {
+    for (std::int64_t k = rows_from[o]; k < rows_from[o + 1]; ++k) request[k] = row_of_slot[k] - part.first(o);
+    bytes_to[o] = (rows_from[o + 1] - rows_from[o]) * std::int64_t{sizeof(std::int64_t)};
+  }
+  std::vector<std::byte>& asked = kept.received;
+  std::vector<std::int64_t> bytes_from;
+  c.all_to_all(bytes_of(request), bytes_to, asked, bytes_from);
+  const std::size_t asked_rows = asked.size() / sizeof(std::int64_t);
+  const std::int64_t stride = shard.row_stride == 0 ? row_bytes : shard.row_stride;
+  const std::size_t reply_bytes = asked_rows * static_cast<std::size_t>(row_bytes);
+  if (kept.reply.size() < reply_bytes) kept.reply.resize(reply_bytes);
+  for (std::size_t i = 0; i < asked_rows; ++i) {
+    std::int64_t row = 0;  // the blocks are bytes: not aligned for int64
+    std::memcpy(&row, asked.data() + i * sizeof row, sizeof row);
+    std::memcpy(kept.reply.data() + i * static_cast<std::size_t>(row_bytes), shard.data + row * stride,
+                static_cast<std::size_t>(row_bytes));
+  }
+  for (std::int64_t& b : bytes_from) b = b / std::int64_t{sizeof(std::int64_t)} * row_bytes;
+  std::vector<std::byte>& rows = kept.rows;
+  rows.reserve(static_cast<std::size_t>((fetched + 1) * row_bytes));  // the zero row below stays in place
+  std::vector<std::int64_t> rows_bytes;
+  c.all_to_all(std::span<const std::byte>(kept.reply.data(), reply_bytes), bytes_from, rows, rows_bytes);
+  rows.resize(rows.size() + static_cast<std::size_t>(row_bytes));  // the zero row
+  std::fill(rows.end() - row_bytes, rows.end(), std::byte{0});
+
+  // The local forward on the fetched rows: the same kernel adds the same rows in the same order.
+  options local = opts;
+  local.padding_idx = fetched;
+  local.bad_indices = bad_index_policy::error;
+  local.pruned_ids = false;
+  local.remap = {};
+  local.report = nullptr;
+  bags local_batch = batch;
+  local_batch.indices = index_span(slot_of);
+  const compressed_table_view fetched_rows{rows.data(), fetched + 1, shard.dim, row_bytes, shard.element_type};
+  embag::forward(fetched_rows, local_batch, local, out, argmax);
+  for (std::int64_t& a : argmax)
+    if (a >= 0) a = row_of_slot[a];
+  whole->census.publish();
+}
+
+namespace {
+
+// What every rank sends an owner for backward: per bag of its batch that references the owner's
+// rows, the bag's indices there (shard rows) with their coefficients, its dY row, and for max its
+// argmax row (shard rows, -1 where another rank's row won). Bags of mode none are single indices.
+// The owner concatenates the blocks in rank order: the bags of one call whose batch is every
+// rank's batch concatenated, restricted to the owner's rows.
+struct owned_bags {
+  std::vector<std::int64_t> lengths, rows, argmax;
+  std::vector<float> coefficients, grad_output;
+  std::vector<std::int64_t> argmax_stand_in;  // what validation is shown for max (see owned_backward)
+  std::vector<std::int64_t> rewritten;        // validation's, unused: the local call has no index policy
+  options opts;
+  std::int64_t dim = 0;
+
+  bags batch() const { return bags::from_lengths(rows, lengths, coefficients); }
+  matrix_view<const float> dy() const {
+    return {grad_output.data(), static_cast<std::int64_t>(lengths.size()), dim, dim};
+  }
+};
+
+// Validates this rank's backward against the whole table (and `check_local`, this rank's own
+// outputs), agrees, and exchanges: returns the bags every rank sent this one.
+template <class CheckLocal>
+owned_bags exchange_backward(const sharding& s, const bags& batch, const options& opts,
+                             matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
+                             CheckLocal&& check_local) {
+  communicator& c = communicator_of(s);
+  const int me = c.rank(), ranks = c.size();
+  const row_partition& part = s.partition;
+  std::vector<std::int64_t> rewritten;
+  std::optional<detail::backward_call> whole;
+  fingerprint shared = of_partition(part);
+  shared.add(grad_output.cols).add(static_cast<std::int64_t>(opts.mode)).add(opts.scale_grad_by_freq);
+  agree(c, shared, "the partition, dim, mode and scale_grad_by_freq", [&] {
+    check_partition(s, ranks);
+    whole.emplace(detail::validate_backward_sparse(part.rows(), batch, opts, grad_output, argmax, rewritten));
+    check_local(me, whole->req.dim);
+  });
+  const detail::backward_request& r = whole->req;
+  const detail::bag_source& source = r.bags;
+  const std::int64_t dim = r.dim, padding = r.padding_idx;
+  const bool lookup = r.reduce.pool == detail::pooling::lookup, max = r.reduce.pool == detail::pooling::max;
+  const bool weighted = source.weights != nullptr;
+  const bool coefficients = !max && (weighted || r.reduce.scaling != detail::bag_scaling::none);
+
+  struct block {
+    std::vector<std::int64_t> lengths, rows, bag_of, argmax;
+    std::vector<float> coefficients;
+  };
+  std::vector<block> to(static_cast<std::size_t>(ranks));
+  std::vector<std::int64_t> opened(static_cast<std::size_t>(ranks));  // the last bag opened per owner
+  const auto index = [&](std::int64_t j) { return element_at(source.indices, source.index_kind, j); };
+  std::int64_t begin = 0;
+  for (std::int64_t b = 0; b < (lookup ? source.nnz : source.num_bags); ++b) {
+    const std::int64_t end = lookup ? b + 1 : detail::end_of_bag(source, b, begin);
+    // the divisor as the local backward computes it (plan.cpp's row transpose)
+    float divisor = 1.0f;
+    if (r.reduce.scaling != detail::bag_scaling::none) {
+      detail::bag_tally tally;
+      for (std::int64_t j = begin; j < end; ++j)
+        if (index(j) != padding) detail::tally_row(tally, weighted ? source.weights[j] : 1.0f);
+      divisor = detail::bag_divisor(r.reduce.scaling, weighted, tally);
+    }
+    std::fill(opened.begin(), opened.end(), -1);
+    for (std::int64_t j = begin; j < end; ++j) {
+      const std::int64_t row = index(j);
+      if (row == padding) continue;
+      const int o = part.owner(row);
+      block& k = to[static_cast<std::size_t>(o)];
+      if (opened[o] != b) {
+        opened[o] = b;
+        k.lengths.push_back(0);
+        k.bag_of.push_back(b);
+        if (max)
+          for (std::int64_t d = 0; d < dim; ++d) {
+            const std::int64_t winner = r.argmax[b * dim + d];
+            k.argmax.push_back(winner >= 0 && part.owner(winner) == o ? winner - part.first(o) : -1);
+          }
+      }
+      ++k.lengths.back();
+      k.rows.push_back(row - part.first(o));
+      if (coefficients) {
+        float coefficient = weighted ? source.weights[j] : 1.0f;
+        if (r.reduce.scaling != detail::bag_scaling::none) coefficient = detail::divided(coefficient, divisor);
+        k.coefficients.push_back(coefficient);
+      }
+    }
+    begin = end;
+  }
+
+  // Each block: bag count, index count, whether coefficients follow (a rank without weights has
+  // none: its batch may be empty), lengths, rows, coefficients, dY rows, argmax rows.
+  exchange_buffers& kept = buffers();
+  std::vector<std::byte>& send = kept.send;
+  send.clear();
+  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
+  for (int o = 0; o < ranks; ++o) {
+    const block& k = to[static_cast<std::size_t>(o)];
+    const std::size_t before = send.size();
+    const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()),
+                                    coefficients};
+    put(send, counts, 3);
+    put(send, k.lengths.data(), counts[0]);
+    put(send, k.rows.data(), counts[1]);
+    put(send, k.coefficients.data(), static_cast<std::int64_t>(k.coefficients.size()));
+    for (std::int64_t bag : k.bag_of) put(send, r.grad_output + bag * r.grad_output_stride, dim);
+    put(send, k.argmax.data(), static_cast<std::int64_t>(k.argmax.size()));
+    bytes_to[o] = static_cast<std::int64_t>(send.size() - before);
+  }
+  std::vector<std::byte>& received = kept.received;
+  std::vector<std::int64_t> bytes_from;
+  c.all_to_all(send, bytes_to, received, bytes_from);
+
+  owned_bags owned;
+  owned.dim = dim;
+  const std::byte* at = received.data();
+  bool any_coefficients = false;
+  for (int source_rank = 0; source_rank < ranks; ++source_rank) {
+    std::vector<std::int64_t> counts;
+    at = take(at, 3, counts);
+    at = take(at, counts[0], owned.lengths);
+    at = take(at, counts[1], owned.rows);
+    // a coefficient of 1 is what the kernel multiplies by without weights: the same arithmetic
+    if (counts[2] != 0) at = take(at, counts[1], owned.coefficients);
+    else owned.coefficients.resize(owned.coefficients.size() + static_cast<std::size_t>(counts[1]), 1.0f);
+    any_coefficients = any_coefficients || counts[2] != 0;
+    at = take(at, counts[0] * dim, owned.grad_output);
+    if (max) at = take(at, counts[0] * dim, owned.argmax);
+  }
+  if (!any_coefficients) owned.coefficients.clear();
+  // The local call: pooled modes are weighted sums whose weights are the coefficients (1 when
+  // none are sent), max keeps its argmax; the owner's rows are all there is, no index policy.
+  owned.opts.mode = max ? mode::max : mode::sum;
+  owned.opts.scale_grad_by_freq = opts.scale_grad_by_freq;
+  owned.opts.execution = opts.execution;
+  if (max) {
+    owned.argmax_stand_in = owned.argmax;
+    std::int64_t first = 0;
+    for (std::size_t b = 0; b < owned.lengths.size(); ++b) {
+      for (std::int64_t d = 0; d < dim; ++d) {
+        std::int64_t& winner = owned.argmax_stand_in[b * static_cast<std::size_t>(dim) + d];
+        if (winner < 0) winner = owned.rows[first];
+      }
+      first += owned.lengths[b];
+    }
+  }
+  whole->census.publish();
+  return owned;
+}
+
+// The owner's local backward call, validated as the library validates it, then run. For max,
+// validation requires every dimension's winner to be an index of its bag; here a dimension another
+// rank's row won has none: validation is shown a stand-in (the bag's first row) and the kernel
+// then reads the true argmax, where -1 matches no row and adds nothing.
+template <class Call, class Validate>
+auto owned_backward(owned_bags& owned, Validate&& validate) {
+  const bool max = owned.opts.mode == mode::max;
+  Call call = validate(owned.batch(), std::span<const std::int64_t>(max ? owned.argmax_stand_in : owned.argmax),
+                       owned.rewritten);
+  if constexpr (std::is_same_v<Call, detail::update_call>) {
+    if (max) call.req.gradient.argmax = owned.argmax.data();
+  } else {
+    if (max) call.req.argmax = owned.argmax.data();
+  }
+  return call;
+}
+
+}  // namespace
+
+void backward_dense(const sharding& s, const bags& batch, const options& opts, matrix_view<const float> grad_output,
+                    matrix_view<float> grad_shard, std::span<const std::int64_t> argmax) {
+  owned_bags owned = exchange_backward(s, batch, opts, grad_output, argmax, [&](int rank, std::int64_t dim) {
+    check_shard_rows(s, rank, grad_shard.rows, "grad_shard");
+    detail::validate_output("grad_shard", grad_shard, grad_shard.rows, dim);
+  });
+  auto call = owned_backward<detail::backward_call>(owned, [&](const bags& b, std::span<const std::int64_t> a, auto& rw) {
+    return detail::validate_backward_dense(b, owned.opts, owned.dy(), grad_shard, a, rw);
+  });
+  detail::execute(call, nullptr);
+}
+
+void backward_sparse(const sharding& s, const bags& batch, const options& opts, matrix_view<const float> grad_output,
+                     sparse_gradient& grad, std::span<const std::int64_t> argmax) {
+  owned_bags owned = exchange_backward(s, batch, opts, grad_output, argmax, [](int, std::int64_t) {});
+  const std::int64_t rows = s.partition.count(s.comm->rank());
+  auto call = owned_backward<detail::backward_call>(owned, [&](const bags& b, std::span<const std::int64_t> a, auto& rw) {
+    return detail::validate_backward_sparse(rows, b, owned.opts, owned.dy(), a, rw);
+  });
+  detail::execute(call, grad, nullptr);
+}
+
+update_summary backward_update(const sharding& s, trainable_table_view shard, const bags& batch, const options& opts,
+                               matrix_view<const float> grad_output, const optimizer& opt, optimizer_state state,
+                               std::span<const std::int64_t> argmax) {
+  owned_bags owned = exchange_backward(s, batch, opts, grad_output, argmax, [&](int rank, std::int64_t dim) {
+    check_shard_rows(s, rank, shard.rows, "shard");
+    if (shard.dim != dim)
+      throw error(errc::size_mismatch, "shard has dim " + std::to_string(shard.dim) + "; grad_output has " +
+                                           std::to_string(dim) + " columns");
+    // the table, the optimizer and the state, as the update checks them (on no rows yet)
+    detail::validate_apply_sparse_gradient(shard, {}, {}, dim, opt, state, opts.execution);
+  });
+  auto call = owned_backward<detail::update_call>(owned, [&](const bags& b, std::span<const std::int64_t> a, auto& rw) {
+    return detail::validate_backward_update(shard, b, owned.opts, owned.dy(), opt, state, a, rw);
+  });
+  call.req.hashed_row_offset = s.partition.first(s.comm->rank());  // stochastic rounding as the whole table's
+  return detail::execute(call, nullptr);
+}
+
+}  // namespace embag::sharded
