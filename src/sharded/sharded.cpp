@@ -149,6 +149,21 @@ std::span<const std::byte> bytes_of(const std::vector<T>& v) noexcept {
   return std::as_bytes(std::span<const T>(v));
 }
 
+// One block per rank, written by pack(rank, send) into the thread's send buffer, exchanged in one
+// all-to-all into kept.received; returns the bytes received from each rank.
+template <class Pack>
+std::vector<std::int64_t> exchange_blocks(communicator& c, int ranks, exchange_buffers& kept, const Pack& pack) {
+  kept.send.clear();
+  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks)), bytes_from;
+  for (int o = 0; o < ranks; ++o) {
+    const std::size_t before = kept.send.size();
+    pack(o, kept.send);
+    bytes_to[static_cast<std::size_t>(o)] = static_cast<std::int64_t>(kept.send.size() - before);
+  }
+  c.all_to_all(kept.send, bytes_to, kept.received, bytes_from);
+  return bytes_from;
+}
+
 // A received block's values, appended to `to` (copied: blocks are not aligned for T).
 template <class T>
 const std::byte* take(const std::byte* from, std::int64_t count, std::vector<T>& to) {
@@ -205,22 +220,15 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
     begin = end;
   }
   exchange_buffers& kept = buffers();
-  std::vector<std::byte>& send = kept.send;
-  send.clear();
-  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
-  for (int o = 0; o < ranks; ++o) {
+  std::vector<std::int64_t> bytes_from = exchange_blocks(c, ranks, kept, [&](int o, std::vector<std::byte>& send) {
     const block& k = to[static_cast<std::size_t>(o)];
-    const std::size_t before = send.size();
     const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()), weighted};
     put(send, counts, 3);
     put(send, k.lengths.data(), counts[0]);
     put(send, k.rows.data(), counts[1]);
     put(send, k.weights.data(), static_cast<std::int64_t>(k.weights.size()));
-    bytes_to[o] = static_cast<std::int64_t>(send.size() - before);
-  }
+  });
   std::vector<std::byte>& received = kept.received;
-  std::vector<std::int64_t> bytes_from;
-  c.all_to_all(send, bytes_to, received, bytes_from);
 
   // The owner: each rank's bags pooled by the local forward (mode sum; clip as asked).
   options pooled;
@@ -462,12 +470,8 @@ owned_bags exchange_backward(const sharding& s, const bags& batch, const options
   // Each block: bag count, index count, whether coefficients follow (a rank without weights has
   // none: its batch may be empty), lengths, rows, coefficients, dY rows, argmax rows.
   exchange_buffers& kept = buffers();
-  std::vector<std::byte>& send = kept.send;
-  send.clear();
-  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
-  for (int o = 0; o < ranks; ++o) {
+  exchange_blocks(c, ranks, kept, [&](int o, std::vector<std::byte>& send) {
     const block& k = to[static_cast<std::size_t>(o)];
-    const std::size_t before = send.size();
     const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()),
                                     coefficients};
     put(send, counts, 3);
@@ -476,11 +480,8 @@ owned_bags exchange_backward(const sharding& s, const bags& batch, const options
     put(send, k.coefficients.data(), static_cast<std::int64_t>(k.coefficients.size()));
     for (std::int64_t bag : k.bag_of) put(send, r.grad_output + bag * r.grad_output_stride, dim);
     put(send, k.argmax.data(), static_cast<std::int64_t>(k.argmax.size()));
-    bytes_to[o] = static_cast<std::int64_t>(send.size() - before);
-  }
+  });
   std::vector<std::byte>& received = kept.received;
-  std::vector<std::int64_t> bytes_from;
-  c.all_to_all(send, bytes_to, received, bytes_from);
 
   owned_bags owned;
   owned.dim = dim;
