@@ -237,17 +237,17 @@ void run_updates(std::span<update_request> tables, isa which, const execution& h
   transpose_tables(
       count, [&](std::int64_t t) { return tables[t].given_gradient == nullptr ? &tables[t].gradient : nullptr; }, how, ws);
   const int threads = threads_for(how);
-  std::int64_t widest = 0;
+  std::int64_t per_block = 0, widest = 0;
   const auto blocks = plan_tables(
       count,
       [&](std::int64_t t, range_blocks& plan) {
         const backward_request& r = tables[t].gradient;
+        per_block = std::max(per_block, update_scratch_floats(tables[t]));
         widest = std::max(widest, r.dim);
         if (tables[t].given_gradient == nullptr) plan_row_blocks(r.transpose, r.dim, threads, plan);
         else plan_even_blocks(r.transpose.num_unique, r.dim, threads, plan);
       },
       ws);
-  const std::int64_t per_block = (update_scratch_rows * widest + 15) / 16 * 16;
   const auto scratch_floats = static_cast<std::size_t>(per_block) * blocks.size();
   allocating<float>(scratch_floats + blocks.size() * sizeof(update_tally) / sizeof(float),
                     [&] { return "an update's scratch rows of " + std::to_string(widest); },

@@ -18,7 +18,7 @@ struct kernel_table {
   // [row_begin, row_end) only.
   void (*backward_scatter)(const backward_request&, std::int64_t row_begin, std::int64_t row_end);
   void (*weights_grad)(const weights_grad_request&, const bag_block&);
-  // An optimizer's step on unique rows [unique_begin, unique_end), with update_scratch_rows x dim
+  // An optimizer's step on unique rows [unique_begin, unique_end), with update_scratch_floats(q)
   // floats of scratch; what it did added to tally.
   void (*update_rows)(const update_request&, std::int64_t unique_begin, std::int64_t unique_end, float* scratch,
                       update_tally& tally);

@@ -29,7 +29,7 @@ struct workspace::impl {
   std::vector<detail::table_block> batched_blocks;
   std::vector<double> batched_block_seconds;  // prefetch trials' block times
   std::vector<detail::table_range> batched_reads, batched_writes;  // checked across a batch's tables
-  std::vector<float> update_scratch;  // an optimizer's scratch rows, update_scratch_rows x dim per block
+  std::vector<float> update_scratch;  // an optimizer's scratch rows, update_scratch_floats per block
   std::vector<detail::update_tally> update_tallies;  // ... and its tally per block
 };
 

@@ -50,8 +50,8 @@ inline float sum_of_squares(const float* g, std::int64_t n) noexcept {
   return lane[0];
 }
 
-// One row's step: g (dim floats; may be scratch itself) the row's gradient; scratch holds
-// update_scratch_rows x dim floats. Returns whether the row was written.
+// One row's step: g (dim floats) the row's gradient; scratch holds
+// three rows of dim floats. Returns whether the row was written.
 template <class Arch, dtype Type, optimizer_kind Kind>
 inline bool update_row(const update_request& q, std::int64_t row, const float* g, float* scratch) noexcept {
   using batch = xsimd::batch<float, Arch>;
@@ -116,12 +116,11 @@ inline bool update_row(const update_request& q, std::int64_t row, const float* g
   }
   if (!finite || !xsimd::all(within)) return false;
 
-  if constexpr (Kind == optimizer_kind::adagrad)
-    for (d = 0; d < dim; ++d) s[d] = new_s[d];
+  if constexpr (Kind == optimizer_kind::adagrad) copy_floats<Arch>(s, new_s, dim);
   if constexpr (Kind == optimizer_kind::rowwise_adagrad) s[0] = row_state;
   auto* const halves = reinterpret_cast<std::uint16_t*>(stored);
   if constexpr (Type == dtype::f32) {
-    for (d = 0; d < dim; ++d) reinterpret_cast<float*>(stored)[d] = new_w[d];
+    copy_floats<Arch>(reinterpret_cast<float*>(stored), new_w, dim);
   } else if (q.rounding == rounding_mode::stochastic) {
     for (d = 0; d < dim; ++d) halves[d] = stochastic_round(new_w[d], Type, rounding_bits(q.seed, row + q.hashed_row_offset, d));
   } else if constexpr (Type == dtype::f16) {
@@ -132,6 +131,8 @@ inline bool update_row(const update_request& q, std::int64_t row, const float* g
   return true;
 }
 
+// Unique rows [unique_begin, unique_end) a chunk at a time (update_chunk_rows): the chunk's table
+// and state rows loaded, its gradients into scratch (fused), then its rows' steps in order.
 template <class Arch, dtype Type, optimizer_kind Kind>
 void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::int64_t unique_end, float* scratch,
                        update_tally& tally) {
@@ -139,34 +140,36 @@ void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::
   const row_transpose& t = r.transpose;
   const std::int64_t dim = r.dim;
   const bool fused = q.given_gradient == nullptr;
+  const std::int64_t chunk = update_chunk_rows(q);
+  float* const step_scratch = scratch + (fused ? chunk * dim : 0);  // update_row's rows
   const std::int64_t positions_end = fused ? t.segment_begin[unique_end] : 0;
   if (fused) prefetch_first_positions(r, unique_begin, positions_end);
   const std::int64_t row_bytes = dim * (Type == dtype::f32 ? 4 : 2);
   const std::int64_t state_bytes = (Kind == optimizer_kind::adagrad ? dim : 1) * std::int64_t{sizeof(float)};
-  // the rows to write (a large table's are random rows of DRAM), prefetched for writing as the
-  // plan chose for them (choose_scatter_prefetch: by their size class, or as the caller forces)
-  const std::int64_t ahead = r.prefetch == prefetch_level::none ? unique_end : r.prefetch_rows;
-  // l1: PREFETCHW (into L1, owned: x86 has no write-intent prefetch into L2); l2: a read prefetch
-  // into L2, whose more outstanding misses than L1's keep more rows in flight
-  const auto prefetch = [&]<int Locality>(std::int64_t u) {
-    constexpr int write = Locality == 3 ? 1 : 0;
-    const std::int64_t row = t.unique_rows[u];
-    prefetch_row<Locality, write>(q.table + row * q.table_stride * (Type == dtype::f32 ? 4 : 2), row_bytes);
-    if constexpr (Kind != optimizer_kind::sgd) prefetch_row<Locality, write>(q.state + row * q.state_stride, state_bytes);
-  };
-  for (std::int64_t u = unique_begin; u < unique_end; ++u) {
-    if (u + ahead < unique_end) {
-      if (r.prefetch == prefetch_level::l1) prefetch.template operator()<3>(u + ahead);
-      else prefetch.template operator()<1>(u + ahead);
+  // The chunk's table and state rows (a large table's are random rows of DRAM), loaded before its
+  // gradients are gathered, when the plan asks for prefetch (choose_scatter_prefetch: by their
+  // size class, or as the caller forces; a table within L2 needs none): load_row_lines.
+  const auto load_rows = [&](std::int64_t begin, std::int64_t end) {
+    if (r.prefetch == prefetch_level::none) return;
+    for (std::int64_t u = begin; u < end; ++u) {
+      const std::int64_t row = t.unique_rows[u];
+      load_row_lines(q.table + row * q.table_stride * (Type == dtype::f32 ? 4 : 2), row_bytes);
+      if constexpr (Kind != optimizer_kind::sgd) load_row_lines(q.state + row * q.state_stride, state_bytes);
     }
-    const float* g = scratch;
-    if (fused) row_gradient<Arch, true>(r, u, scratch, positions_end);
-    else g = q.given_gradient + u * dim;
-    const std::int64_t row = t.unique_rows[u];
-    if (update_row<Arch, Type, Kind>(q, row, g, scratch)) {
-      ++tally.updated;
-    } else {
-      if (tally.not_finite++ == 0) tally.first_not_finite = row;
+  };
+  for (std::int64_t first = unique_begin; first < unique_end; first += chunk) {
+    const std::int64_t last = std::min(first + chunk, unique_end);
+    load_rows(first, last);
+    if (fused)
+      for (std::int64_t u = first; u < last; ++u) row_gradient<Arch, true>(r, u, scratch + (u - first) * dim, positions_end);
+    for (std::int64_t u = first; u < last; ++u) {
+      const float* g = fused ? scratch + (u - first) * dim : q.given_gradient + u * dim;
+      const std::int64_t row = t.unique_rows[u];
+      if (update_row<Arch, Type, Kind>(q, row, g, step_scratch)) {
+        ++tally.updated;
+      } else {
+        if (tally.not_finite++ == 0) tally.first_not_finite = row;
+      }
     }
   }
 }
