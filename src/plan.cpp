@@ -454,12 +454,13 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
       std::int64_t start = block.index_begin;
       for (std::int64_t b = block.bag_begin; b < block.bag_end; ++b) {
         const std::int64_t end = end_of_bag(bags, b, start);
-        bag_tally tally;
-        for (std::int64_t j = start; j < end; ++j) {
-          buffers.bag_of_position[j] = b;
-          if (element_at(bags.indices, bags.index_kind, j) != padding_idx) tally_row(tally, bags.weights ? bags.weights[j] : 1.0f);
+        std::fill(buffers.bag_of_position.begin() + start, buffers.bag_of_position.begin() + end, b);
+        if (scaled) {  // the tally only a scaled reduction needs: most calls skip reading the indices here
+          bag_tally tally;
+          for (std::int64_t j = start; j < end; ++j)
+            if (element_at(bags.indices, bags.index_kind, j) != padding_idx) tally_row(tally, bags.weights ? bags.weights[j] : 1.0f);
+          buffers.bag_divisor[b] = bag_divisor(reduce.scaling, bags.weights != nullptr, tally);
         }
-        if (scaled) buffers.bag_divisor[b] = bag_divisor(reduce.scaling, bags.weights != nullptr, tally);
         start = end;
       }
     });
