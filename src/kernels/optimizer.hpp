@@ -50,8 +50,8 @@ inline float sum_of_squares(const float* g, std::int64_t n) noexcept {
   return lane[0];
 }
 
-// One row's step: g (dim floats) the row's gradient; scratch holds
-// three rows of dim floats. Returns whether the row was written.
+// One row's step: g (dim floats) the row's gradient; scratch holds three rows of dim floats.
+// Returns whether the row was written.
 template <class Arch, dtype Type, optimizer_kind Kind>
 inline bool update_row(const update_request& q, std::int64_t row, const float* g, float* scratch) noexcept {
   using batch = xsimd::batch<float, Arch>;
