@@ -26,7 +26,7 @@ struct kernel_table {
   // offsets of the indices' type, prefetching at the request's resolved level.
   void (*gather_bags)(const forward_request&, const bag_block&);
   index_extremes (*scan_indices)(const void* indices, index_type kind, std::int64_t n);
-  bool (*offsets_in_order)(const void* offsets, index_type kind, std::int64_t n, std::int64_t nnz);
+  offsets_order (*scan_offsets)(const void* offsets, index_type kind, std::int64_t n, std::int64_t nnz);
 };
 
 }  // namespace embag::detail

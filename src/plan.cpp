@@ -83,7 +83,7 @@ std::int64_t forward_work(const bag_source& bags, pooling pool, std::int64_t dim
 // into at most k blocks of about equal work, handing each to emit in order.
 template <class Emit>
 void cut_forward_blocks(const bag_source& bags, pooling pool, int k, Emit&& emit) {
-  if (pool == pooling::lookup) {
+  if (pool == pooling::lookup || bags.one_index_each) {  // bag b is index b: cut the indices evenly
     for (int i = 0; i < k; ++i) {
       const std::int64_t begin = bags.nnz * i / k, end = bags.nnz * (i + 1) / k;
       if (end > begin) emit(bag_block{begin, end, begin});
@@ -121,8 +121,8 @@ void plan_forward_blocks(const bag_source& bags, pooling pool, std::int64_t dim,
 
 bag_block take_front(const bag_source& bags, pooling pool, bag_block& rest, std::int64_t most) {
   const std::int64_t end = std::min(rest.bag_end, rest.bag_begin + most);
-  std::int64_t index_end = end;  // mode none: a "bag" is its index
-  if (pool != pooling::lookup) {
+  std::int64_t index_end = end;  // mode none, or one index each: a bag is its index
+  if (pool != pooling::lookup && !bags.one_index_each) {
     index_end = rest.index_begin;
     for (std::int64_t b = rest.bag_begin; b < end; ++b) index_end = end_of_bag(bags, b, index_end);
   }

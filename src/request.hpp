@@ -28,6 +28,9 @@ struct bag_source {
   std::int64_t num_boundaries = 0;  // entries of offsets / lengths
   std::int64_t num_bags = 0;        // B
   const float* weights = nullptr;   // per-sample weights, or null
+  // Every bag holds exactly one index (bag b is index b), whatever the layout: one-hot features.
+  // Validation finds it; the kernels then read no boundary per bag.
+  bool one_index_each = false;
 };
 
 // Element i of an int32 or int64 array (indices, offsets, lengths, rows), as int64.
@@ -171,6 +174,12 @@ struct weights_grad_request {
 // The smallest and largest of n indices (0 and 0 when n is 0): validation's fast scan.
 struct index_extremes {
   std::int64_t lowest = 0, highest = 0;
+};
+
+// Validation's fast scan of n offsets: whether they start at 0, never decrease and stay within nnz;
+// and whether each is above the one before (no bag but perhaps the last is empty).
+struct offsets_order {
+  bool in_order = false, rising = false;
 };
 
 // The scale max_norm applies to a row: max_norm / (norm + 1e-7) when its norm exceeds max_norm,

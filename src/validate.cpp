@@ -79,16 +79,20 @@ void check_indices_typed(const char* name, const T* indices, std::int64_t n, std
                                          " is out of range [0, " + str(rows) + ")");
 }
 
-void check_offsets(const index_span& offsets, std::int64_t nnz, bool include_last) {
+// Whether the offsets, once valid, give every bag exactly one index.
+bool check_offsets(const index_span& offsets, std::int64_t nnz, bool include_last) {
   const std::int64_t n = offsets.size;
   if (n == 0) {
     if (include_last) fail(errc::bad_offsets, "offsets is empty but include_last_offset needs at least one entry");
     if (nnz > 0) fail(errc::bad_offsets, "offsets is empty but indices has " + str(nnz) + " entries");
-    return;
+    return false;
   }
   // one pass at the ISA's width decides; only a failing call walks them to name the culprit
-  const bool in_order = offsets_in_order(offsets.data, offsets.type, n, nnz);
-  if (in_order && (!include_last || element_at(offsets.data, offsets.type, n - 1) == nnz)) return;
+  const offsets_order order = scan_offsets(offsets.data, offsets.type, n, nnz);
+  const std::int64_t last = element_at(offsets.data, offsets.type, n - 1);
+  // rising from 0, n - 1 steps of at least one: one index each when the bags hold as many as there are bags
+  if (order.in_order && !include_last) return order.rising && last == n - 1 && nnz == n;
+  if (order.in_order && last == nnz) return order.rising && nnz == n - 1;
   if (const std::int64_t first = element_at(offsets.data, offsets.type, 0); first != 0)
     fail(errc::bad_offsets, "offsets[0] = " + str(first) + " must be 0");
   std::int64_t previous = 0;
@@ -105,12 +109,15 @@ void check_offsets(const index_span& offsets, std::int64_t nnz, bool include_las
   if (include_last && previous != nnz)
     fail(errc::bad_offsets, "offsets[" + str(n - 1) + "] = " + str(previous) +
                                 " must equal len(indices) = " + str(nnz) + " with include_last_offset");
+  return false;  // not reached: the scan failed, so the walk did
 }
 
-void check_lengths(const index_span& lengths, std::int64_t nnz) {
-  std::int64_t total = 0;
+// Whether every bag has exactly one index.
+bool check_lengths(const index_span& lengths, std::int64_t nnz) {
+  std::int64_t total = 0, ones = 0;
   for (std::int64_t b = 0; b < lengths.size; ++b) {
     const std::int64_t len = element_at(lengths.data, lengths.type, b);
+    ones += len == 1;
     if (len < 0) fail(errc::bad_lengths, "lengths[" + str(b) + "] = " + str(len) + " is negative");
     if (len > nnz - total)
       fail(errc::bad_lengths, "lengths[0.." + str(b) + "] sum past len(indices) = " + str(nnz) + " at lengths[" +
@@ -119,6 +126,7 @@ void check_lengths(const index_span& lengths, std::int64_t nnz) {
   }
   if (total != nnz)
     fail(errc::bad_lengths, "lengths sum to " + str(total) + " but indices has " + str(nnz) + " entries");
+  return ones == lengths.size;
 }
 
 }  // namespace
@@ -289,13 +297,13 @@ bag_source validate_bags(const bags& batch, const options& opts, std::int64_t ta
     case bag_layout::offsets:
       validate_array("offsets", batch.boundaries.data, batch.boundaries.size,
                      element_bytes("offsets", batch.boundaries.type));
-      check_offsets(batch.boundaries, s.nnz, opts.include_last_offset);
+      s.one_index_each = check_offsets(batch.boundaries, s.nnz, opts.include_last_offset);
       s.num_bags = opts.include_last_offset ? s.num_boundaries - 1 : s.num_boundaries;
       break;
     case bag_layout::lengths:
       validate_array("lengths", batch.boundaries.data, batch.boundaries.size,
                      element_bytes("lengths", batch.boundaries.type));
-      check_lengths(batch.boundaries, s.nnz);
+      s.one_index_each = check_lengths(batch.boundaries, s.nnz);
       s.num_bags = s.num_boundaries;
       break;
     case bag_layout::fixed_length:
@@ -305,6 +313,7 @@ bag_source validate_bags(const bags& batch, const options& opts, std::int64_t ta
         fail(errc::bad_lengths, "len(indices) = " + str(s.nnz) + " is not a multiple of fixed_length = " +
                                     str(batch.fixed_length));
       s.fixed_length = batch.fixed_length;
+      s.one_index_each = batch.fixed_length == 1;
       s.num_boundaries = 0;
       s.num_bags = s.nnz / batch.fixed_length;
       break;

@@ -186,10 +186,10 @@ index_extremes scan_indices(const void* indices, index_type kind, std::int64_t n
   return baseline::scan_indices<void>(indices, kind, n);
 }
 
-bool offsets_in_order(const void* offsets, index_type kind, std::int64_t n, std::int64_t nnz) noexcept {
+offsets_order scan_offsets(const void* offsets, index_type kind, std::int64_t n, std::int64_t nnz) noexcept {
   const isa which = active_isa();
-  if (which != isa::reference) return kernels_of(which).offsets_in_order(offsets, kind, n, nnz);
-  return baseline::offsets_in_order<void>(offsets, kind, n, nnz);
+  if (which != isa::reference) return kernels_of(which).scan_offsets(offsets, kind, n, nnz);
+  return baseline::scan_offsets<void>(offsets, kind, n, nnz);
 }
 
 }  // namespace detail

@@ -13,7 +13,7 @@ isa resolve_isa(std::optional<isa> requested);
 const kernel_table& kernels_of(isa which) noexcept;
 // The smallest and largest of n indices, scanned at the active ISA's width (scalar on reference).
 index_extremes scan_indices(const void* indices, index_type kind, std::int64_t n) noexcept;
-// Whether n offsets start at 0, never decrease and stay within nnz, likewise.
-bool offsets_in_order(const void* offsets, index_type kind, std::int64_t n, std::int64_t nnz) noexcept;
+// Whether n offsets start at 0, never decrease and stay within nnz, and whether they rise, likewise.
+offsets_order scan_offsets(const void* offsets, index_type kind, std::int64_t n, std::int64_t nnz) noexcept;
 
 }  // namespace embag::detail

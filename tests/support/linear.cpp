@@ -221,6 +221,10 @@ call_case after_forward(const call_case& c, const call_results& r) {
 
 }  // namespace
 
+std::vector<double> weights_grad_error_scale(const call_case& c, const call_results& r) {
+  return linear_weights_grad(after_forward(c, r), as_dense(r.grad_output, c.out_rows(), c.dim, c.dim)).scale;
+}
+
 ::testing::AssertionResult agrees_with_linear(const call_case& c, const call_results& r) {
   const std::vector<std::int64_t> starts = c.bag_starts();
   const call_case seen = after_forward(c, r);

@@ -36,12 +36,16 @@ struct weights_grad_expectation {
   std::vector<double> value, scale;
 };
 weights_grad_expectation linear_weights_grad(const call_case& c, const dense& grad_output);
+struct call_results;
+// That scale for a run of c: the magnitudes of the terms each gradient is made of, which a scaled
+// reduction may cancel to nothing (a bag of one weight under sqrtn: exactly 0 in exact arithmetic,
+// the rounding of two equal terms in float).
+std::vector<double> weights_grad_error_scale(const call_case& c, const call_results& r);
 
 // |got - want| <= rel * scale + abs_floor at every cell; reports the first violation.
 ::testing::AssertionResult close_to(const dense& want, const dense& scale, const float* got, std::int64_t stride,
                                     double rel);
 
-struct call_results;
 // Whether a run of c (on the reference, say) agrees with the Linear view: forward (max through the
 // table and argmax), backward dense and sparse, and the per-sample-weights gradient, each within
 // 1e-5 of the rounding scale |A|.|W| (or its backward analogue). The first disagreement otherwise.

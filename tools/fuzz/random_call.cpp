@@ -157,12 +157,20 @@ call_case draw_call(choices& source, const call_limits& limits) {
   c.layout = layouts[layout];
   c.opts.include_last_offset = layout == 1;
 
-  // Bag lengths: empty, single, four times the limit, or anything up to it.
+  // Bag lengths: empty, single, four times the limit, or anything up to it; or one index each (the
+  // kernels' own loop), sometimes but for one bag empty and another of two (a near miss).
   const std::int64_t num_bags = source.between(0, limits.max_bags);
   std::vector<std::int64_t> lengths(static_cast<std::size_t>(num_bags));
   if (c.layout == bag_layout::fixed_length) {
     c.fixed_length = source.between(1, std::max<std::int64_t>(1, limits.max_bag_length / 2));
     std::fill(lengths.begin(), lengths.end(), c.fixed_length);
+  } else if (source.one_in(6)) {
+    std::fill(lengths.begin(), lengths.end(), 1);
+    if (num_bags >= 2 && source.one_in(2)) {
+      const std::int64_t empty = source.below(num_bags), twice = (empty + 1 + source.below(num_bags - 1)) % num_bags;
+      lengths[static_cast<std::size_t>(empty)] = 0;
+      lengths[static_cast<std::size_t>(twice)] = 2;
+    }
   } else {
     for (std::int64_t& n : lengths) {
       const std::int64_t kind = source.below(10);
