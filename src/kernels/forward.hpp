@@ -44,6 +44,7 @@ struct forward_context {
   const Index* indices = static_cast<const Index*>(req.bags.indices);
   const std::byte* table = req.table;
   std::int64_t row_stride = req.row_stride;
+  bool rows_line_aligned = req.rows_line_aligned;
   std::int64_t padding_idx = req.padding_idx;
   std::int64_t prefetch_rows = req.prefetch_rows;
   const float* weights = req.bags.weights;
@@ -59,7 +60,7 @@ struct forward_context {
   template <int Locality>
   [[gnu::always_inline]] void prefetch_row_at(const std::byte* row) const noexcept {
     if constexpr (Dim == 0) prefetch_row<Locality>(row, req.row_bytes);
-    else prefetch_fixed_row<Locality, stored_row_bytes<Type>(Dim)>(row, req.rows_line_aligned);
+    else prefetch_fixed_row<Locality, stored_row_bytes<Type>(Dim)>(row, rows_line_aligned);
   }
 
   // Prefetches the row of position p + prefetch_rows; p must be below prefetch_end.
