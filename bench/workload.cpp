@@ -143,7 +143,8 @@ execution execution_for(isa which, int threads, prefetch_setting prefetch) {
 std::string prefetch_name(prefetch_setting p) {
   if (p.level == prefetch_level::none) return "none";
   if (p.level == prefetch_level::automatic) return "automatic";
-  return std::string(p.level == prefetch_level::l1 ? "l1:" : "l2:") + std::to_string(p.rows);
+  const char* level = p.level == prefetch_level::l1 ? "l1:" : p.level == prefetch_level::l2 ? "l2:" : "l2-one-pass:";
+  return level + std::to_string(p.rows);
 }
 
 std::string benchmark_name(const char* family, isa which, dtype type, const workload_spec& spec, int threads) {
@@ -165,9 +166,11 @@ roofline_runs::roofline_runs(const workload& w, dtype type, const execution& how
 prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which, dtype type) {
   prefetch_setting best{prefetch_level::none, 0};
   double best_seconds = 1e30;
-  const std::vector<prefetch_setting> sweep = {{prefetch_level::none, 0}, {prefetch_level::l1, 4}, {prefetch_level::l1, 8},
-                                               {prefetch_level::l1, 16},  {prefetch_level::l1, 32}, {prefetch_level::l2, 8},
-                                               {prefetch_level::l2, 16},  {prefetch_level::l2, 32}, {prefetch_level::l2, 64}};
+  const std::vector<prefetch_setting> sweep = {
+      {prefetch_level::none, 0},         {prefetch_level::l1, 4},           {prefetch_level::l1, 8},
+      {prefetch_level::l1, 16},          {prefetch_level::l1, 32},          {prefetch_level::l2, 8},
+      {prefetch_level::l2, 16},          {prefetch_level::l2, 32},          {prefetch_level::l2, 64},
+      {prefetch_level::l2_one_pass, 16}, {prefetch_level::l2_one_pass, 32}, {prefetch_level::l2_one_pass, 64}};
   for (const prefetch_setting& p : sweep) {
     const roofline_runs roofline(w, type, execution_for(which, threads, p));
     int set = 0;

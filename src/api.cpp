@@ -606,7 +606,9 @@ void gather_roofline::run() const {
 }
 
 prefetch_setting gather_roofline::prefetch() const noexcept {
-  return {impl_->call.req.prefetch, impl_->call.req.prefetch == prefetch_level::none ? 0 : impl_->call.req.prefetch_rows};
+  const forward_request& req = impl_->call.req;
+  const bool one_pass = req.prefetch == prefetch_level::l2 && !req.narrow_passes;
+  return {one_pass ? prefetch_level::l2_one_pass : req.prefetch, req.prefetch == prefetch_level::none ? 0 : req.prefetch_rows};
 }
 
 void renorm_rows(table_view<float> table, index_span rows, float max_norm, float norm_type) {

@@ -48,7 +48,8 @@ static_assert(EMBAG_ERR_INDEX_OUT_OF_RANGE == int(errc::index_out_of_range) &&
 static_assert(EMBAG_ERR_INTERNAL > int(errc::out_of_memory));
 static_assert(EMBAG_PREFETCH_AUTOMATIC == int(embag::prefetch_level::automatic) &&
               EMBAG_PREFETCH_NONE == int(embag::prefetch_level::none) &&
-              EMBAG_PREFETCH_L1 == int(embag::prefetch_level::l1) && EMBAG_PREFETCH_L2 == int(embag::prefetch_level::l2));
+              EMBAG_PREFETCH_L1 == int(embag::prefetch_level::l1) && EMBAG_PREFETCH_L2 == int(embag::prefetch_level::l2) &&
+              EMBAG_PREFETCH_L2_ONE_PASS == int(embag::prefetch_level::l2_one_pass));
 static_assert(EMBAG_BAGS_OFFSETS == int(embag::bag_layout::offsets) &&
               EMBAG_BAGS_LENGTHS == int(embag::bag_layout::lengths) &&
               EMBAG_BAGS_FIXED == int(embag::bag_layout::fixed_length));
@@ -206,7 +207,7 @@ embag::options options_of(const embag_options* given) {
     throw error(errc::invalid_option, "options.mode = " + std::to_string(o.mode) + " is not an EMBAG_MODE_* mode");
   if (o.isa != EMBAG_ISA_DEFAULT && embag_isa_name(o.isa) == nullptr)
     throw error(errc::invalid_option, "options.isa = " + std::to_string(o.isa) + " is not an EMBAG_ISA_* value");
-  if (o.prefetch_level < EMBAG_PREFETCH_AUTOMATIC || o.prefetch_level > EMBAG_PREFETCH_L2)
+  if (o.prefetch_level < EMBAG_PREFETCH_AUTOMATIC || o.prefetch_level > EMBAG_PREFETCH_L2_ONE_PASS)
     throw error(errc::invalid_option,
                 "options.prefetch_level = " + std::to_string(o.prefetch_level) + " is not an EMBAG_PREFETCH_* level");
   if ((o.flags & EMBAG_MAX_NORM_IN_PLACE) != 0 && (o.flags & EMBAG_HAS_MAX_NORM) == 0)

@@ -13,6 +13,7 @@
 #include <new>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace embag::detail {
@@ -172,15 +173,24 @@ void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, rang
 
 namespace {
 
-// EMBAG_PREFETCH=none|l1:N|l2:N, read once: how a user tunes without recompiling.
+// EMBAG_PREFETCH=none|l1:N|l2:N|l2-one-pass:N, read once: how a user tunes without recompiling.
 prefetch_setting prefetch_from_environment() {
   const char* env = std::getenv("EMBAG_PREFETCH");
   if (env == nullptr || *env == '\0') return {};
   const std::string text(env);
   if (text == "none") return {prefetch_level::none, 0};
-  if (text.size() > 3 && (text.rfind("l1:", 0) == 0 || text.rfind("l2:", 0) == 0))
-    return {text[1] == '1' ? prefetch_level::l1 : prefetch_level::l2, std::clamp(std::atoi(text.c_str() + 3), 1, 1024)};
+  for (const auto& [prefix, level] : {std::pair{"l1:", prefetch_level::l1}, std::pair{"l2:", prefetch_level::l2},
+                                      std::pair{"l2-one-pass:", prefetch_level::l2_one_pass}}) {
+    const std::string_view p(prefix);
+    if (text.size() > p.size() && text.rfind(p, 0) == 0)
+      return {level, std::clamp(std::atoi(text.c_str() + p.size()), 1, 1024)};
+  }
   return {};
+}
+
+// A forced level as the kernels take it: l2_one_pass is l2 without narrow passes.
+prefetch_level kernel_level(prefetch_level forced) noexcept {
+  return forced == prefetch_level::l2_one_pass ? prefetch_level::l2 : forced;
 }
 
 // Whether a few hot rows take much of the call (real recommender traffic, Zipf-like), from a sample
@@ -273,16 +283,14 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool m
     narrow = candidate == l2_narrow;
     if (on_trial) req.prefetch_trial = candidate;
   }
+  if (setting.level != prefetch_level::automatic) {
+    level = kernel_level(setting.level);
+    narrow = setting.level == prefetch_level::l2;  // a forced l2 reads in narrow passes, as it always did
+  }
   // Bytes in flight, not rows: a long row needs fewer rows ahead to keep as many misses pending.
   const std::int64_t in_flight = level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024;
-  int rows = static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
-  if (setting.level != prefetch_level::automatic) {
-    level = setting.level;
-    narrow = level == prefetch_level::l2;  // a forced l2 reads in narrow passes, as it always did
-  }
-  if (setting.rows > 0) rows = setting.rows;
   req.prefetch = level;
-  req.prefetch_rows = rows;
+  req.prefetch_rows = setting.rows > 0 ? setting.rows : static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
   req.narrow_passes = narrow;
 }
 
@@ -293,7 +301,7 @@ void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked)
   // the gradient rows' size class, as forward's for its table: none within half of L2
   const std::int64_t l2 = caches().l2 > 0 ? caches().l2 : std::int64_t{1} << 20;
   prefetch_level level = r.rows * row_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
-  if (setting.level != prefetch_level::automatic) level = setting.level;
+  if (setting.level != prefetch_level::automatic) level = kernel_level(setting.level);  // the scatter has no passes
   const std::int64_t in_flight = level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024;
   r.prefetch = level;
   r.prefetch_rows = setting.rows > 0 ? setting.rows : static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));

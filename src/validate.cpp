@@ -159,7 +159,7 @@ std::int64_t validate_matrix(const char* name, const void* data, std::int64_t ro
 }
 
 void validate_execution(const execution& how) {
-  if (how.prefetch.level > prefetch_level::l2)
+  if (how.prefetch.level > prefetch_level::l2_one_pass)
     fail(errc::invalid_option, "execution.prefetch.level = " + str(std::int64_t(how.prefetch.level)) +
                                    " is not a prefetch level");
   if (how.prefetch.rows < 0)

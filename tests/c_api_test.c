@@ -290,6 +290,11 @@ static void test_forward_modes(const embag_table* t) {
     o.prefetch_level = EMBAG_PREFETCH_NONE;
     EXPECT_OK(embag_forward(t, &b, &o, &two_rows, NULL, 0));
     CHECK(memcmp(out, inline_out, sizeof inline_out) == 0);
+    o.isa = EMBAG_ISA_DEFAULT;
+    o.prefetch_level = EMBAG_PREFETCH_L2_ONE_PASS;
+    o.prefetch_rows = 3;
+    EXPECT_OK(embag_forward(t, &b, &o, &two_rows, NULL, 0));
+    CHECK(memcmp(out, inline_out, sizeof inline_out) == 0);
   }
 }
 
@@ -385,7 +390,7 @@ static void test_bad_input(const embag_table* t) {
   o.isa = 9;
   EXPECT_STATUS(embag_forward(t, &b, &o, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
   EXPECT_OK(embag_options_init(&o));
-  o.prefetch_level = 4;
+  o.prefetch_level = EMBAG_PREFETCH_L2_ONE_PASS + 1;
   EXPECT_STATUS(embag_forward(t, &b, &o, &two_rows, NULL, 0), EMBAG_ERR_INVALID_OPTION);
   EXPECT_OK(embag_options_init(&o));
   o.max_threads = -2;

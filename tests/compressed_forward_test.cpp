@@ -269,7 +269,7 @@ TEST(Roofline, GatherEqualsForwardSum) {
       for (isa which : available_isas()) {
         if (which == isa::reference) continue;
         for (prefetch_setting prefetch : {prefetch_setting{prefetch_level::none, 0}, prefetch_setting{prefetch_level::l1, 2},
-                                          prefetch_setting{prefetch_level::l2, 5}}) {
+                                          prefetch_setting{prefetch_level::l2, 5}, prefetch_setting{prefetch_level::l2_one_pass, 7}}) {
           for (bool int32 : {false, true}) {
             execution how;
             how.isa = which;

@@ -133,7 +133,8 @@ enum { EMBAG_FOR_EACH_ISA(EMBAG_ISA_CONSTANT_) };
 #define EMBAG_PREFETCH_AUTOMATIC 0
 #define EMBAG_PREFETCH_NONE 1
 #define EMBAG_PREFETCH_L1 2
-#define EMBAG_PREFETCH_L2 3
+#define EMBAG_PREFETCH_L2 3          /* into L2, rows read in passes of at most 256 bytes */
+#define EMBAG_PREFETCH_L2_ONE_PASS 4 /* into L2, rows read whole */
 
 /* Bits of embag_options.flags; other bits are refused. */
 #define EMBAG_HAS_PADDING_IDX 0x1u       /* padding_idx is used */

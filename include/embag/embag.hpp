@@ -215,8 +215,10 @@ std::optional<isa> isa_from_string(std::string_view name) noexcept;
 
 // Software prefetch of the rows a few positions ahead in the index stream: the biggest lever on
 // tables larger than the caches. `automatic` picks the level and distance from the table's size
-// against this machine's caches (or EMBAG_PREFETCH=none|l1:N|l2:N); the others force them.
-enum class prefetch_level : std::uint8_t { automatic, none, l1, l2 };
+// against this machine's caches, and past the LLC learns the fastest of l1, l2 and l2_one_pass (or
+// EMBAG_PREFETCH=none|l1:N|l2:N|l2-one-pass:N); the others force them. l2 reads the rows of the
+// register-resident widths in passes of at most 256 bytes of each row, l2_one_pass whole.
+enum class prefetch_level : std::uint8_t { automatic, none, l1, l2, l2_one_pass };
 struct prefetch_setting {
   prefetch_level level = prefetch_level::automatic;
   int rows = 0;  // how far ahead; 0: from the bytes to keep in flight and the row size

@@ -11,14 +11,19 @@
 
 namespace embag::detail::EMBAG_ISA_NS {
 
-template <class Arch, class Index, dtype Type, prefetch_level Level, std::int64_t Chunks>
+template <class Arch, class Index, dtype Type, prefetch_level Level, bool Narrow, std::int64_t Chunks>
 struct minimal_gather {
   using batch = xsimd::batch<float, Arch>;
   using reader = row_reader<Arch, Type>;
   static constexpr std::int64_t lanes = batch::size;
-  // as many accumulators as half the registers hold; wider rows take more passes over the bag,
-  // the later ones finding its rows in L1
-  static constexpr std::int64_t group = Chunks < vector_registers<Arch> / 2 ? Chunks : vector_registers<Arch> / 2;
+  // As many accumulators as half the registers hold, or in narrow passes forward's narrow group
+  // (at most 256 bytes of each row per pass: on DRAM tables the faster read on some machines, so
+  // a ceiling that lacked it was beaten by forward); wider rows take more passes over the bag, the
+  // later ones finding its rows in L1 (or in L2, where the first pass's prefetches put them).
+  static constexpr std::int64_t group = [] {
+    if constexpr (Narrow) return fixed_dim_forward<Arch, Index, Type, prefetch_level::l2, true, Chunks>::sum_group;
+    else return Chunks < vector_registers<Arch> / 2 ? Chunks : vector_registers<Arch> / 2;
+  }();
 
   const forward_request& req;
   const Index* indices = static_cast<const Index*>(req.bags.indices);
@@ -73,16 +78,16 @@ struct minimal_gather {
   }
 };
 
-template <class Arch, class Index, dtype Type, prefetch_level Level>
+template <class Arch, class Index, dtype Type, prefetch_level Level, bool Narrow = false>
 void gather_bags_at(const forward_request& req, const bag_block& block) {
   constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
   switch (req.dim) {
-    case 16: return minimal_gather<Arch, Index, Type, Level, 16 / lanes>{req}.run(block);
-    case 32: return minimal_gather<Arch, Index, Type, Level, 32 / lanes>{req}.run(block);
-    case 64: return minimal_gather<Arch, Index, Type, Level, 64 / lanes>{req}.run(block);
-    case 128: return minimal_gather<Arch, Index, Type, Level, 128 / lanes>{req}.run(block);
-    case 256: return minimal_gather<Arch, Index, Type, Level, 256 / lanes>{req}.run(block);
-    default: return minimal_gather<Arch, Index, Type, Level, 0>{req}.run(block);
+    case 16: return minimal_gather<Arch, Index, Type, Level, Narrow, 16 / lanes>{req}.run(block);
+    case 32: return minimal_gather<Arch, Index, Type, Level, Narrow, 32 / lanes>{req}.run(block);
+    case 64: return minimal_gather<Arch, Index, Type, Level, Narrow, 64 / lanes>{req}.run(block);
+    case 128: return minimal_gather<Arch, Index, Type, Level, Narrow, 128 / lanes>{req}.run(block);
+    case 256: return minimal_gather<Arch, Index, Type, Level, Narrow, 256 / lanes>{req}.run(block);
+    default: return minimal_gather<Arch, Index, Type, Level, false, 0>{req}.run(block);  // no passes: the output row accumulates
   }
 }
 
@@ -93,7 +98,9 @@ void gather_bags(const forward_request& req, const bag_block& block) {
     const auto at_level = [&]<class Index>() {
       switch (req.prefetch) {
         case prefetch_level::l1: return gather_bags_at<Arch, Index, Type, prefetch_level::l1>(req, block);
-        case prefetch_level::l2: return gather_bags_at<Arch, Index, Type, prefetch_level::l2>(req, block);
+        case prefetch_level::l2:
+          if (req.narrow_passes) return gather_bags_at<Arch, Index, Type, prefetch_level::l2, true>(req, block);
+          return gather_bags_at<Arch, Index, Type, prefetch_level::l2>(req, block);
         default: return gather_bags_at<Arch, Index, Type, prefetch_level::none>(req, block);
       }
     };

@@ -78,7 +78,7 @@ std::int64_t call_case::padding() const {
 
 std::string call_case::describe() const {
   static const char* const layouts[] = {"offsets", "lengths", "fixed"};
-  static const char* const prefetches[] = {"auto", "none", "l1", "l2"};
+  static const char* const prefetches[] = {"auto", "none", "l1", "l2", "l2-one-pass"};
   std::ostringstream s;
   if (seed) s << "seed=" << *seed << ' ';
   s << "R=" << rows << " D=" << dim << " stride=" << row_stride << " B=" << num_bags() << " nnz=" << indices.size()
@@ -211,7 +211,7 @@ call_case draw_call(choices& source, const call_limits& limits) {
   c.opts.scale_grad_by_freq = source.chance(3, 10);
   c.opts.execution.max_threads = static_cast<int>(source.between(0, limits.max_threads));
   // Prefetch never changes a result: any level, any distance (past the end of the indices too).
-  c.opts.execution.prefetch = {static_cast<prefetch_level>(source.below(4)),
+  c.opts.execution.prefetch = {static_cast<prefetch_level>(source.below(5)),
                                static_cast<int>(source.one_in(2) ? 0 : source.between(1, 300))};
   c.out_stride = c.dim + (source.one_in(4) ? source.between(1, 5) : 0);
   c.copy_to_32_bits();
