@@ -233,24 +233,35 @@ void prefetch_trials::report(int candidate, double seconds_per_byte) noexcept {
 
 namespace {
 
-// The tables past the LLC, read at random: trials per row size (its cache lines rounded up to a
-// power of two, 1 to 32 or more) and per bag length (under 4 indices per bag, or more), since what
-// wins on one loses on another: a process whose first calls read 128-byte rows chose for 256-byte
-// rows a candidate 2x slower than the best, and narrow passes, the best on bags of 40, took 1.5x
-// the time of one pass into L1 on bags of one (`embag bench --rows 4000000 --dim 64 --pooling 1`).
-// The first candidate serves the calls too short to time while no winner is known.
-enum far_candidate { l1_one_pass, l2_one_pass, l2_narrow, far_candidates };
-constexpr std::size_t row_size_classes = 6;
+// The tables past half of L2: trials per table size (up to 2x L2, up to 8x, larger within the LLC
+// or read with skew, past the LLC at random: where the rows come from, and so how far ahead and
+// into which cache to fetch them), per row size (its cache lines rounded up to a power of two, 1 to
+// 32 or more) and per bag length (under 4 indices per bag, or more), since what wins on one loses
+// on another: a process whose first calls read 128-byte rows chose for 256-byte rows a candidate
+// 2x slower than the best; narrow passes, the best on bags of 40, took 1.5x the time of one pass
+// into L1 on bags of one (`embag bench --rows 4000000 --dim 64 --pooling 1`); on tables within the
+// LLC, where L1 had been the fixed choice, narrow passes took 0.63x its time (`embag bench --rows
+// 32768 --dim 128 --mode sum`: 0.88 ms against 1.39) and 0.44x at D = 32 (`--rows 131072 --dim 32`:
+// 0.37 against 0.84); and a winner learnt on a 1.3 MB table, mostly in L2, lost 2x on a 13 MB one
+// (the FBGEMM harness's R = 10k and 100k, D = 32). The first candidate serves the calls too short
+// to time while no winner is known.
+enum prefetch_candidate { l1_one_pass, l2_one_pass, l2_narrow, prefetch_candidates };
+constexpr int table_classes = 4;
+constexpr int row_size_classes = 6;
 constexpr std::int64_t short_bag_indices = 4;
-struct far_table_trials : prefetch_trials {
-  far_table_trials() noexcept : prefetch_trials(far_candidates) {}
+struct learnt_prefetch : prefetch_trials {
+  learnt_prefetch() noexcept : prefetch_trials(prefetch_candidates) {}
 };
-far_table_trials far_tables[2][row_size_classes];
+learnt_prefetch trial_sets[table_classes * 2 * row_size_classes];
 
-prefetch_trials& far_tables_of(const forward_request& req) {
+// table_bytes > half_l2; past_llc: past the LLC and read without skew.
+int trial_set_of(const forward_request& req, std::int64_t table_bytes, std::int64_t half_l2, bool past_llc) {
+  const auto halves_of_l2 = static_cast<std::uint64_t>(table_bytes / half_l2);  // >= 1
+  const int table_class = past_llc ? 3 : std::min((static_cast<int>(std::bit_width(halves_of_l2)) - 1) / 2, 2);
   const auto lines = static_cast<std::uint64_t>((req.row_bytes + 63) / 64);
   const bool short_bags = req.bags.nnz < short_bag_indices * req.bags.num_bags;
-  return far_tables[short_bags][std::min<std::size_t>(std::bit_width(lines - 1), row_size_classes - 1)];
+  const int row_size = std::min(static_cast<int>(std::bit_width(lines - 1)), row_size_classes - 1);
+  return (table_class * 2 + int{short_bags}) * row_size_classes + row_size;
 }
 
 // A call too short to time well does not count as a trial: it takes the current leader. A
@@ -268,20 +279,24 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool m
   const std::int64_t table_bytes = req.rows == 0 ? 0 : (req.rows - 1) * req.row_stride + row_bytes;
   const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
 
-  // By size class: a table within half of L2 needs no prefetch; in the LLC, into L1; past it, the
-  // fastest of three candidates on this machine (prefetch_trials). Skewed indices on a table past
-  // the LLC read mostly hot rows the caches keep: served as the LLC-resident class.
+  // By size class: a table within half of L2 needs no prefetch; a larger one the fastest of three
+  // candidates on this machine (prefetch_trials), learnt per table size class. Skewed indices on a
+  // table past the LLC read mostly hot rows the caches keep: served as the largest class within it.
   prefetch_level level = table_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
   bool narrow = false;
-  req.prefetch_trial = -1;
-  if (table_bytes > llc && setting.level == prefetch_level::automatic && !skewed(req.bags)) {
+  req.prefetch_trial = req.prefetch_trial_set = -1;
+  if (level != prefetch_level::none && setting.level == prefetch_level::automatic) {
     bool on_trial = false;
     const bool long_enough = may_trial && req.bags.nnz * row_bytes >= min_trial_bytes;
-    prefetch_trials& trials = far_tables_of(req);
+    const int set = trial_set_of(req, table_bytes, l2 / 2, table_bytes > llc && !skewed(req.bags));
+    prefetch_trials& trials = trial_sets[set];
     const int candidate = long_enough ? trials.next(on_trial) : std::max(trials.chosen(), 0);
     level = candidate == l1_one_pass ? prefetch_level::l1 : prefetch_level::l2;
     narrow = candidate == l2_narrow;
-    if (on_trial) req.prefetch_trial = candidate;
+    if (on_trial) {
+      req.prefetch_trial = candidate;
+      req.prefetch_trial_set = set;
+    }
   }
   if (setting.level != prefetch_level::automatic) {
     level = kernel_level(setting.level);
@@ -310,7 +325,7 @@ void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked)
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept {
   if (req.prefetch_trial < 0) return;
   const double bytes = static_cast<double>(req.bags.nnz) * static_cast<double>(req.row_bytes);
-  far_tables_of(req).report(req.prefetch_trial, seconds / bytes);
+  trial_sets[req.prefetch_trial_set].report(req.prefetch_trial, seconds / bytes);
 }
 
 namespace {

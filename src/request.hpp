@@ -89,6 +89,7 @@ struct forward_request {
   prefetch_level prefetch = prefetch_level::none;  // resolved: never automatic here
   bool narrow_passes = false;  // rows read in passes of at most 256 bytes (prefetch into L2 only)
   int prefetch_trial = -1;  // the candidate of plan.hpp's prefetch_trials this call tries, or -1
+  int prefetch_trial_set = -1;  // whose trials (plan.cpp: by table class, bag length, row size)
 };
 
 // The bags transposed into table rows, built by the plan for backward: the non-padding positions
