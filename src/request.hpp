@@ -29,7 +29,8 @@ struct bag_source {
   std::int64_t num_bags = 0;        // B
   const float* weights = nullptr;   // per-sample weights, or null
   // Every bag holds exactly one index (bag b is index b), whatever the layout: one-hot features.
-  // Validation finds it; the kernels then read no boundary per bag.
+  // Validation finds it; the unweighted forward sums then read no boundary per bag, and the plan
+  // cuts such calls like lookups.
   bool one_index_each = false;
 };
 

@@ -197,13 +197,15 @@ struct fixed_dim_forward {
   static_assert(Chunks % sum_group == 0 && Chunks % max_group<true> == 0);
 
   // Weights and clipping chosen once per block, and each bag's sum inlined into the bag loop: with
-  // one index per bag, a call and a dispatch per bag halved the lookups in flight from DRAM.
+  // one index per bag, a call and a dispatch per bag halved the lookups in flight from DRAM. The
+  // loop of one-index bags (for_each_bag's OnesLoop) is only for unweighted sums that do not clip,
+  // the one-hot features of recommenders: each variant it serves is one more copy of the sum.
   static void sum_bags(const ctx_t& context, const bag_block& block) {
     const ctx_t c = context;  // in this frame: its fields stay in registers (forward_context)
     const bool weighted = c.weights != nullptr;
     with_clip<Type>(c.req, [&]<bool clip>() {
       const auto each = [&]<bool weighted_>() {
-        for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) EMBAG_ALWAYS_INLINE {
+        for_each_bag<!weighted_ && !clip>(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) EMBAG_ALWAYS_INLINE {
           sum_bag_as<weighted_, clip>(c, bag, begin, end);
         });
       };
