@@ -96,11 +96,21 @@ inline void load_row_lines(const void* row, std::int64_t bytes) noexcept {
 }
 
 // dst[0..n) = src[0..n), in batches.
+// The vector loops below end at whole_batches(n): the scalar tails then run fewer than `lanes`
+// times for all the compiler knows (with `d + lanes <= n` as the loop's test, GCC 12 warned that a
+// tail of 2^62 iterations overflows, in every instantiation with a constant n).
+template <class Arch>
+inline std::int64_t whole_batches(std::int64_t n) noexcept {
+  constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
+  return n - n % lanes;
+}
+
 template <class Arch>
 inline void copy_floats(float* dst, const float* src, std::int64_t n) noexcept {
   using batch = xsimd::batch<float, Arch>;
   std::int64_t d = 0;
-  for (; d + batch::size <= n; d += batch::size) batch::load_unaligned(src + d).store_unaligned(dst + d);
+  for (const std::int64_t vector_end = whole_batches<Arch>(n); d < vector_end; d += batch::size)
+    batch::load_unaligned(src + d).store_unaligned(dst + d);
   for (; d < n; ++d) dst[d] = src[d];
 }
 
@@ -114,7 +124,8 @@ inline void add_scaled(float* dst, const float* src, float scale, std::int64_t n
   const batch s(scale);
   const auto start = [&](std::int64_t d) { return FromZero ? batch(0.0f) : batch::load_unaligned(dst + d); };
   std::int64_t d = 0;
-  for (; d + lanes <= n; d += lanes) (start(d) + s * batch::load_unaligned(src + d)).store_unaligned(dst + d);
+  for (const std::int64_t vector_end = whole_batches<Arch>(n); d < vector_end; d += lanes)
+    (start(d) + s * batch::load_unaligned(src + d)).store_unaligned(dst + d);
   for (; d < n; ++d) dst[d] = (FromZero ? 0.0f : dst[d]) + scale * src[d];
 }
 
@@ -146,7 +157,8 @@ inline float dot(const float* a, const float* b, std::int64_t n) noexcept {
   constexpr std::int64_t lanes = batch::size;
   batch acc(0.0f);
   std::int64_t d = 0;
-  for (; d + lanes <= n; d += lanes) acc += batch::load_unaligned(a + d) * batch::load_unaligned(b + d);
+  for (const std::int64_t vector_end = whole_batches<Arch>(n); d < vector_end; d += lanes)
+    acc += batch::load_unaligned(a + d) * batch::load_unaligned(b + d);
   float sum = xsimd::hadd(acc);
   for (; d < n; ++d) sum += a[d] * b[d];
   return sum;
