@@ -249,7 +249,7 @@ TEST(CompressedForward, F32ViewsAreTheFp32Path) {
 // empty bags, one-index bags and a last bag that ends the stream.
 TEST(Roofline, GatherEqualsForwardSum) {
   std::mt19937_64 rng(7);
-  for (std::int64_t dim : {16, 32, 64, 128, 256, 3, 48, 100}) {
+  for (std::int64_t dim : {16, 32, 64, 128, 256, 3, 17, 48, 99, 100, 200}) {
     const std::int64_t rows = 97, num_bags = 23;
     std::vector<std::int64_t> indices, offsets;
     for (std::int64_t b = 0; b < num_bags; ++b) {

@@ -55,16 +55,18 @@ inline void for_each_bag(const bag_source& bags, const bag_block& block, Body&& 
   }
 }
 
-// Touches every cache line of a row, once each, so it is on its way before the loop reaches it
-// (Write: the loop will store to it). always_inline: GCC 12's mod-ref analysis finds an
-// out-of-line function that only prefetches free of side effects and deletes its calls,
-// prefetches and all.
+// Touches every cache line of a row so it is on its way before the loop reaches it (Write: the loop
+// will store to it): one prefetch per 64 bytes from the row's start, and one of its last byte (its
+// line, when the row starts mid-line). The same count for every row of a call, so the loop's exit
+// is predicted; walking the lines the row spans took 3 or 4 trips by its alignment for 192-byte
+// rows, and the mispredicted exits were a quarter of forward's time on D = 48 (`perf annotate`).
+// always_inline: GCC 12's mod-ref analysis finds an out-of-line function that only prefetches free
+// of side effects and deletes its calls, prefetches and all.
 template <int Locality, int Write = 0>
-[[gnu::always_inline]] inline void prefetch_row(const void* row, std::int64_t bytes) noexcept {
-  const auto start = reinterpret_cast<std::uintptr_t>(row);
-  const std::uintptr_t last_line = (start + static_cast<std::uintptr_t>(bytes) - 1) & ~std::uintptr_t{63};
-  for (std::uintptr_t line = start & ~std::uintptr_t{63}; line <= last_line; line += 64)
-    __builtin_prefetch(reinterpret_cast<const char*>(line), Write, Locality);
+[[gnu::always_inline]] inline void prefetch_row(const void* start, std::int64_t bytes) noexcept {
+  const char* row = static_cast<const char*>(start);
+  for (std::int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(row + offset, Write, Locality);
+  __builtin_prefetch(row + bytes - 1, Write, Locality);
 }
 
 // prefetch_row for a row whose size is known at compile time: one prefetch per line from the row's

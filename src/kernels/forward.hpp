@@ -8,8 +8,9 @@
 //   none: one output row per index, a copy of the row (zeros for padding)
 // where x_j is the table row, times max_norm_scale(row) when max_norm clips.
 //
-// Accumulators live in registers for D in {16, 32, 64, 128, 256}; other D accumulate in the
-// output row. Rows are prefetched prefetch_rows positions ahead in the index stream. Rows of any
+// Accumulators live in registers: for D in {16, 32, 64, 128, 256} in paths specialised per width,
+// for other D of at least one batch in passes over runtime columns (for_each_column_pass); rows
+// shorter than a batch accumulate in the output row. Rows are prefetched prefetch_rows positions ahead in the index stream. Rows of any
 // element type are read through row_reader (kernels/rows.hpp), which dequantises them to fp32.
 // What a call does not need costs little per row: the register-resident paths are instantiated
 // per prefetch level (none, with no prefetch code at all; L1; L2; L2 in narrow passes), their
@@ -17,6 +18,9 @@
 // run time (prefetch_level::automatic); bags at the end of the index stream prefetch nothing
 // rather than clamp every row's look-ahead; sums compute the clip scale only when they clip.
 #pragma once
+
+#include <algorithm>
+#include <utility>
 
 #include "kernels/rows.hpp"
 
@@ -47,6 +51,9 @@ struct forward_context {
   bool rows_line_aligned = req.rows_line_aligned;
   std::int64_t padding_idx = req.padding_idx;
   std::int64_t prefetch_rows = req.prefetch_rows;
+  prefetch_level prefetch = req.prefetch;  // read per row by the paths that take the level at run time
+  std::int64_t row_bytes = req.row_bytes;
+  bool clip_max_norm = req.clip_max_norm;
   const float* weights = req.bags.weights;
   bag_scaling scaling = req.reduce.scaling;
   float* out = req.out;
@@ -59,7 +66,7 @@ struct forward_context {
 
   template <int Locality>
   [[gnu::always_inline]] void prefetch_row_at(const std::byte* row) const noexcept {
-    if constexpr (Dim == 0) prefetch_row<Locality>(row, req.row_bytes);
+    if constexpr (Dim == 0) prefetch_row<Locality>(row, row_bytes);
     else prefetch_fixed_row<Locality, stored_row_bytes<Type>(Dim)>(row, rows_line_aligned);
   }
 
@@ -67,8 +74,8 @@ struct forward_context {
   [[gnu::always_inline]] void prefetch_ahead(std::int64_t p) const noexcept {
     const auto ahead = [&] { return row_address(indices[p + prefetch_rows]); };
     if constexpr (Prefetch == prefetch_level::automatic) {  // the level of this call, at run time
-      if (req.prefetch == prefetch_level::l1) prefetch_row_at<3>(ahead());
-      else if (req.prefetch == prefetch_level::l2) prefetch_row_at<1>(ahead());
+      if (prefetch == prefetch_level::l1) prefetch_row_at<3>(ahead());
+      else if (prefetch == prefetch_level::l2) prefetch_row_at<1>(ahead());
     } else if constexpr (Prefetch != prefetch_level::none) {
       prefetch_row_at<Prefetch == prefetch_level::l1 ? 3 : 1>(ahead());
     }
@@ -92,7 +99,7 @@ struct forward_context {
   // tables only.
   float clip_scale(std::int64_t index) const noexcept {
     if constexpr (Type == dtype::f32)
-      if (req.clip_max_norm)
+      if (clip_max_norm)
         return max_norm_scale(reinterpret_cast<const float*>(row_address(index)), req.dim, req.max_norm, req.norm_type);
     return 1.0f;
   }
@@ -163,6 +170,41 @@ inline bool max_takes_scalar(float x, float m) noexcept { return x > m || (x != 
 template <class Arch>
 inline constexpr std::int64_t vector_registers =
     std::is_base_of_v<xsimd::avx512f, Arch> || std::is_base_of_v<xsimd::neon, Arch> ? 32 : 16;
+
+// Rows whose length is known only at run time, read in whole batches all the same: ceil(dim / lanes)
+// batches per row, in passes of at most MaxBatches whose sums stay in registers, as even as possible;
+// pass.template operator()<K>(first) for each, K a compile-time count. Batch k of a pass starting at
+// column `first` reads columns [batch_column(first, k, dim), + lanes): the last batch of a row ends
+// at the row's end, overlapping the one before it when lanes does not divide dim. Both compute the
+// columns they share with the same operations in the same order, so either store writes the same
+// bits. (The other widths took 0.4-0.8 of their specialised neighbours' speed per byte when their
+// output row was the accumulator: a load and a store per batch per row.) Needs reads_in_batches.
+template <class Arch, dtype Type>
+inline bool reads_in_batches(std::int64_t dim) noexcept {
+  constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
+  // int4 elements pair up in bytes: a batch must start at an even column
+  return dim >= lanes && (Type != dtype::int4_rowwise || dim % 2 == 0);
+}
+
+template <class Arch>
+[[gnu::always_inline]] inline std::int64_t batch_column(std::int64_t first, std::int64_t k, std::int64_t dim) noexcept {
+  constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
+  return std::min(first + k * lanes, dim - lanes);
+}
+
+template <class Arch, std::int64_t MaxBatches, class Pass>
+[[gnu::always_inline]] inline void for_each_column_pass(std::int64_t dim, Pass&& pass) {
+  constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
+  const std::int64_t batches = (dim + lanes - 1) / lanes;
+  const std::int64_t passes = (batches + MaxBatches - 1) / MaxBatches;
+  for (std::int64_t i = 0, done = 0; i < passes; ++i) {
+    const std::int64_t count = (batches - done) / (passes - i);  // 1 to MaxBatches
+    [&]<std::int64_t... K>(std::integer_sequence<std::int64_t, K...>) EMBAG_ALWAYS_INLINE {
+      ((count == K + 1 ? (pass.template operator()<K + 1>(done * lanes), true) : false) || ...);
+    }(std::make_integer_sequence<std::int64_t, MaxBatches>{});
+    done += count;
+  }
+}
 
 // Register-resident path: D = Chunks * lanes. The columns are taken in groups small enough that
 // their accumulators stay in registers (spilling them costs more than re-reading the bag's rows,
@@ -318,11 +360,54 @@ struct any_dim_forward {
   using batch = typename ctx_t::batch;
   static constexpr std::int64_t lanes = ctx_t::lanes;
 
-  static void sum_bags(const ctx_t& c, const bag_block& block) {
-    for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) { sum_bag(c, bag, begin, end); });
+  static void sum_bags(const ctx_t& context, const bag_block& block) {
+    const ctx_t c = context;  // in this frame: its fields stay in registers (forward_context)
+    for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) EMBAG_ALWAYS_INLINE { sum_bag(c, bag, begin, end); });
   }
 
-  static void sum_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+  // Rows of at least one batch: the columns in passes, their sums in registers (for_each_column_pass),
+  // as on the specialised widths; only the first pass prefetches and counts the bag's rows.
+  // always_inline: into sum_bags' loop, where the context's fields stay in registers.
+  [[gnu::always_inline]] static void sum_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    const forward_request& r = c.req;
+    const std::int64_t dim = r.dim;
+    if (!reads_in_batches<Arch, Type>(dim)) return sum_bag_in_output(c, bag, begin, end);
+    float* out = c.out_row(bag);
+    const float* weights = c.weights;
+    const bool weighted = weights != nullptr, clip = c.clip_max_norm;
+    const bag_scaling scaling = c.scaling;
+    bag_tally tally;
+    for_each_column_pass<Arch, vector_registers<Arch> / 2>(dim, [&]<std::int64_t K>(std::int64_t first) EMBAG_ALWAYS_INLINE {
+      std::int64_t column[K];
+      batch acc[K];
+      for (std::int64_t k = 0; k < K; ++k) {
+        column[k] = batch_column<Arch>(first, k, dim);
+        acc[k] = batch(0.0f);
+      }
+      const bool first_pass = first == 0;
+      const auto add_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
+        if (weighted) {
+          const batch wb(weights[p]);
+          for (std::int64_t k = 0; k < K; ++k) acc[k] += wb * load_row<Arch>(x, column[k], clip, scale);
+        } else {
+          for (std::int64_t k = 0; k < K; ++k) acc[k] += load_row<Arch>(x, column[k], clip, scale);
+        }
+        if (first_pass) {
+          if (weighted) tally_row(tally, weights[p]);
+          else ++tally.count;  // all the divisor of an unweighted bag reads
+        }
+      };
+      c.template for_each_row_of_bag<Type == dtype::f32>(first_pass, begin, end, add_row);
+      if (scaling != bag_scaling::none) {
+        const float divisor = bag_divisor(scaling, weighted, tally);
+        for (std::int64_t k = 0; k < K; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : divide(acc[k], batch(divisor));
+      }
+      for (std::int64_t k = 0; k < K; ++k) acc[k].store_unaligned(out + column[k]);
+    });
+  }
+
+  // Rows shorter than a batch (and int4 rows of odd length): the output row is the accumulator.
+  [[gnu::noinline]] static void sum_bag_in_output(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
     const forward_request& r = c.req;
     const std::int64_t dim = r.dim;
     float* out = c.out_row(bag);

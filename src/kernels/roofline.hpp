@@ -1,6 +1,7 @@
 // The roofline: the minimal gather forward is measured against. Per bag, the rows its offsets name
 // are summed into registers and stored as the bag's output row, and nothing else happens: D is a
-// compile-time constant for the specialised widths, there is no validation (the call was validated
+// compile-time constant for the specialised widths (other widths: forward's column passes, the last
+// batch ending at the row's end), there is no validation (the call was validated
 // once, when the roofline was built), no padding test, weight, clip or count, and the prefetch
 // level is fixed per instantiation. Any kernel that beats it shows that it is no ceiling.
 // Compressed rows are decoded through row_reader, as forward decodes them: the minimal gather of
@@ -40,8 +41,26 @@ struct minimal_gather {
 
   template <bool Prefetching>
   [[gnu::always_inline]] void bag(float* out, std::int64_t begin, std::int64_t end) const noexcept {
-    if constexpr (Chunks == 0) {  // any D: the output row is the accumulator
-      const std::int64_t dim = req.dim;
+    const std::int64_t dim = req.dim;
+    if constexpr (Chunks == 0) {
+      if (reads_in_batches<Arch, Type>(dim)) {  // any other D of a batch or more: passes as forward's
+        for_each_column_pass<Arch, vector_registers<Arch> / 2>(dim, [&]<std::int64_t K>(std::int64_t first) EMBAG_ALWAYS_INLINE {
+          std::int64_t column[K];
+          batch acc[K];
+          for (std::int64_t k = 0; k < K; ++k) {
+            column[k] = batch_column<Arch>(first, k, dim);
+            acc[k] = batch(0.0f);
+          }
+          for (std::int64_t p = begin; p < end; ++p) {
+            if (first == 0) prefetch<Prefetching>(p);
+            const reader x(row_address(p), dim);
+            for (std::int64_t k = 0; k < K; ++k) acc[k] += x.load(column[k]);
+          }
+          for (std::int64_t k = 0; k < K; ++k) acc[k].store_unaligned(out + column[k]);
+        });
+        return;
+      }
+      // shorter rows: the output row is the accumulator
       for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
       for (std::int64_t p = begin; p < end; ++p) {
         prefetch<Prefetching>(p);
@@ -56,7 +75,7 @@ struct minimal_gather {
         for (std::int64_t k = 0; k < group; ++k) acc[k] = batch(0.0f);
         for (std::int64_t p = begin; p < end; ++p) {
           if (first == 0) prefetch<Prefetching>(p);
-          const reader x(row_address(p), req.dim);
+          const reader x(row_address(p), dim);
           for (std::int64_t k = 0; k < group; ++k) acc[k] += x.load((first + k) * lanes);
         }
         for (std::int64_t k = 0; k < group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
