@@ -173,8 +173,8 @@ inline constexpr std::int64_t vector_registers =
 
 // Rows whose length is known only at run time, read in whole batches all the same: ceil(dim / lanes)
 // batches per row, in passes of at most MaxBatches whose sums stay in registers, as even as possible;
-// pass.template operator()<K>(first) for each, K a compile-time count. Batch k of a pass starting at
-// column `first` reads columns [batch_column(first, k, dim), + lanes): the last batch of a row ends
+// pass.template operator()<K>(first, column) for each, K a compile-time count: batch k of a pass
+// starting at column `first` reads columns [column[k], column[k] + lanes). The last batch of a row ends
 // at the row's end, overlapping the one before it when lanes does not divide dim. Both compute the
 // columns they share with the same operations in the same order, so either store writes the same
 // bits. (The other widths took 0.4-0.8 of their specialised neighbours' speed per byte when their
@@ -199,8 +199,13 @@ template <class Arch, std::int64_t MaxBatches, class Pass>
   const std::int64_t passes = (batches + MaxBatches - 1) / MaxBatches;
   for (std::int64_t i = 0, done = 0; i < passes; ++i) {
     const std::int64_t count = (batches - done) / (passes - i);  // 1 to MaxBatches
+    const auto pass_of = [&]<std::int64_t K>() EMBAG_ALWAYS_INLINE {
+      std::int64_t column[K];
+      for (std::int64_t k = 0; k < K; ++k) column[k] = batch_column<Arch>(done * lanes, k, dim);
+      pass.template operator()<K>(done * lanes, column);
+    };
     [&]<std::int64_t... K>(std::integer_sequence<std::int64_t, K...>) EMBAG_ALWAYS_INLINE {
-      ((count == K + 1 ? (pass.template operator()<K + 1>(done * lanes), true) : false) || ...);
+      ((count == K + 1 ? (pass_of.template operator()<K + 1>(), true) : false) || ...);
     }(std::make_integer_sequence<std::int64_t, MaxBatches>{});
     done += count;
   }
@@ -379,13 +384,9 @@ struct any_dim_forward {
     const bool weighted = weights != nullptr, clip = c.clip_max_norm;
     const bag_scaling scaling = c.scaling;
     bag_tally tally;
-    for_each_column_pass<Arch, vector_registers<Arch> / 2>(dim, [&]<std::int64_t K>(std::int64_t first) EMBAG_ALWAYS_INLINE {
-      std::int64_t column[K];
+    for_each_column_pass<Arch, vector_registers<Arch> / 2>(dim, [&]<std::int64_t K>(std::int64_t first, const std::int64_t (&column)[K]) EMBAG_ALWAYS_INLINE {
       batch acc[K];
-      for (std::int64_t k = 0; k < K; ++k) {
-        column[k] = batch_column<Arch>(first, k, dim);
-        acc[k] = batch(0.0f);
-      }
+      for (std::int64_t k = 0; k < K; ++k) acc[k] = batch(0.0f);
       const bool first_pass = first == 0;
       const auto add_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
         if (weighted) {

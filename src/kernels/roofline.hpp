@@ -44,13 +44,9 @@ struct minimal_gather {
     const std::int64_t dim = req.dim;
     if constexpr (Chunks == 0) {
       if (reads_in_batches<Arch, Type>(dim)) {  // any other D of a batch or more: passes as forward's
-        for_each_column_pass<Arch, vector_registers<Arch> / 2>(dim, [&]<std::int64_t K>(std::int64_t first) EMBAG_ALWAYS_INLINE {
-          std::int64_t column[K];
+        for_each_column_pass<Arch, vector_registers<Arch> / 2>(dim, [&]<std::int64_t K>(std::int64_t first, const std::int64_t (&column)[K]) EMBAG_ALWAYS_INLINE {
           batch acc[K];
-          for (std::int64_t k = 0; k < K; ++k) {
-            column[k] = batch_column<Arch>(first, k, dim);
-            acc[k] = batch(0.0f);
-          }
+          for (std::int64_t k = 0; k < K; ++k) acc[k] = batch(0.0f);
           for (std::int64_t p = begin; p < end; ++p) {
             if (first == 0) prefetch<Prefetching>(p);
             const reader x(row_address(p), dim);
