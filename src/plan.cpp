@@ -244,24 +244,36 @@ namespace {
 // 32768 --dim 128 --mode sum`: 0.88 ms against 1.39) and 0.44x at D = 32 (`--rows 131072 --dim 32`:
 // 0.37 against 0.84); and a winner learnt on a 1.3 MB table, mostly in L2, lost 2x on a 13 MB one
 // (the FBGEMM harness's R = 10k and 100k, D = 32). The first candidate serves the calls too short
-// to time while no winner is known.
-enum prefetch_candidate { l1_one_pass, l2_one_pass, l2_narrow, prefetch_candidates };
+// to time while no winner is known. No prefetch at all is a candidate within the LLC (and under
+// skew): a table that mostly stays in L2 pays for the prefetches and gains nothing (FBGEMM's
+// harness at R = 10k, D = 32 on a Xeon with 2 MiB of L2: `EMBAG_PREFETCH=none embag bench --rows
+// 10000 --dim 32 --mode sum` 0.160 ms, the l1 / l2 / l2-one-pass candidates 0.169 / 0.192 / 0.191);
+// past the LLC it would only cost its trials.
+enum prefetch_candidate { l1_one_pass, l2_one_pass, l2_narrow, no_prefetch, prefetch_candidates };
 constexpr int table_classes = 4;
+constexpr int past_llc_class = table_classes - 1;
 constexpr int row_size_classes = 6;
 constexpr std::int64_t short_bag_indices = 4;
+template <int Candidates>
 struct learnt_prefetch : prefetch_trials {
-  learnt_prefetch() noexcept : prefetch_trials(prefetch_candidates) {}
+  learnt_prefetch() noexcept : prefetch_trials(Candidates) {}
 };
-learnt_prefetch trial_sets[table_classes * 2 * row_size_classes];
+constexpr int sets_per_class = 2 * row_size_classes;
+learnt_prefetch<prefetch_candidates> within_llc_sets[past_llc_class * sets_per_class];
+learnt_prefetch<no_prefetch> past_llc_sets[sets_per_class];
+prefetch_trials& trial_set(int set) noexcept {
+  return set < past_llc_class * sets_per_class ? static_cast<prefetch_trials&>(within_llc_sets[set])
+                                                : past_llc_sets[set - past_llc_class * sets_per_class];
+}
 
 // table_bytes > half_l2; past_llc: past the LLC and read without skew.
 int trial_set_of(const forward_request& req, std::int64_t table_bytes, std::int64_t half_l2, bool past_llc) {
   const auto halves_of_l2 = static_cast<std::uint64_t>(table_bytes / half_l2);  // >= 1
-  const int table_class = past_llc ? 3 : std::min((static_cast<int>(std::bit_width(halves_of_l2)) - 1) / 2, 2);
+  const int table_class = past_llc ? past_llc_class : std::min((static_cast<int>(std::bit_width(halves_of_l2)) - 1) / 2, past_llc_class - 1);
   const auto lines = static_cast<std::uint64_t>((req.row_bytes + 63) / 64);
   const bool short_bags = req.bags.nnz < short_bag_indices * req.bags.num_bags;
   const int row_size = std::min(static_cast<int>(std::bit_width(lines - 1)), row_size_classes - 1);
-  return (table_class * 2 + int{short_bags}) * row_size_classes + row_size;
+  return table_class * sets_per_class + int{short_bags} * row_size_classes + row_size;
 }
 
 // A call too short to time well does not count as a trial: it takes the current leader. A
@@ -279,7 +291,7 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool m
   const std::int64_t table_bytes = req.rows == 0 ? 0 : (req.rows - 1) * req.row_stride + row_bytes;
   const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
 
-  // By size class: a table within half of L2 needs no prefetch; a larger one the fastest of three
+  // By size class: a table within half of L2 needs no prefetch; a larger one the fastest of the
   // candidates on this machine (prefetch_trials), learnt per table size class. Skewed indices on a
   // table past the LLC read mostly hot rows the caches keep: served as the largest class within it.
   prefetch_level level = table_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
@@ -289,9 +301,11 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool m
     bool on_trial = false;
     const bool long_enough = may_trial && req.bags.nnz * row_bytes >= min_trial_bytes;
     const int set = trial_set_of(req, table_bytes, l2 / 2, table_bytes > llc && !skewed(req.bags));
-    prefetch_trials& trials = trial_sets[set];
+    prefetch_trials& trials = trial_set(set);
     const int candidate = long_enough ? trials.next(on_trial) : std::max(trials.chosen(), 0);
-    level = candidate == l1_one_pass ? prefetch_level::l1 : prefetch_level::l2;
+    level = candidate == no_prefetch ? prefetch_level::none
+            : candidate == l1_one_pass ? prefetch_level::l1
+                                       : prefetch_level::l2;
     narrow = candidate == l2_narrow;
     if (on_trial) {
       req.prefetch_trial = candidate;
@@ -325,7 +339,7 @@ void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked)
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept {
   if (req.prefetch_trial < 0) return;
   const double bytes = static_cast<double>(req.bags.nnz) * static_cast<double>(req.row_bytes);
-  trial_sets[req.prefetch_trial_set].report(req.prefetch_trial, seconds / bytes);
+  trial_set(req.prefetch_trial_set).report(req.prefetch_trial, seconds / bytes);
 }
 
 namespace {

@@ -102,10 +102,10 @@ class prefetch_trials {
 // Prefetch level and distance for this table and row size: by the table's size class against
 // the caches, or as the caller (or EMBAG_PREFETCH, e.g. "l2:32", "l1:16", "none") forces. For a
 // table past half of L2, prefetching into L2 (32 KiB in flight) in narrow passes, into L2 in one
-// pass, and into L1 (8 KiB in flight) each won on some machine of this project or table class
-// (DESIGN.md section 4 and issue 13's measurements): such calls are prefetch_trials among the
-// three, learnt apart per table class (within the LLC or skewed; past it), bag length and row
-// size, and req.prefetch_trial names the candidate whose time run_forward reports to
+// pass, and into L1 (8 KiB in flight) each won on some machine of this project or table class,
+// and within the LLC no prefetch at all (DESIGN.md section 4 and issue 13's measurements): such
+// calls are prefetch_trials among them, learnt apart per table class (within the LLC or skewed;
+// past it), bag length and row size, and req.prefetch_trial names the candidate whose time run_forward reports to
 // req.prefetch_trial_set (-1: not a trial; a batched forward times each table's blocks).
 // may_trial = false: a call that cannot time this table on its own takes the candidate decided
 // so far instead.

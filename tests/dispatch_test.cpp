@@ -151,6 +151,42 @@ TEST(PrefetchTrials, TableSizeClassesAreTriedApart) {
   EXPECT_GE(request(4 * caches().llc + 256).prefetch_trial, 0) << "a table past the LLC took a winner within it";
 }
 
+// Within the LLC no prefetch at all is a candidate (a table mostly in L2 only pays for the
+// prefetches); past it, where every row comes from DRAM, it never is. Rows of 1 KiB, a row size
+// no other test here decides (the trials are the process's).
+TEST(PrefetchTrials, NoPrefetchIsTriedWithinTheLLCOnly) {
+  if (caches().llc < 4 * caches().l2) GTEST_SKIP() << "no table of twice L2 within this LLC";
+  std::vector<std::int64_t> spread(4096 * 40);
+  for (std::size_t i = 0; i < spread.size(); ++i) spread[i] = static_cast<std::int64_t>(i);
+  const auto request = [&](std::int64_t table_bytes) {
+    detail::forward_request req;
+    req.rows = table_bytes / 1024;
+    req.dim = 256;
+    req.row_stride = req.row_bytes = 1024;
+    req.bags.indices = spread.data();
+    req.bags.num_bags = 4096;
+    req.bags.nnz = 4096 * 40;
+    detail::choose_prefetch(req, {});
+    return req;
+  };
+  const auto learn = [&](std::int64_t table_bytes, bool& saw_none) {
+    for (int call = 0; call < 4 * detail::prefetch_trials::trials * 4; ++call) {
+      const detail::forward_request req = request(table_bytes);
+      if (req.prefetch_trial < 0) return true;
+      saw_none = saw_none || req.prefetch == prefetch_level::none;
+      detail::report_prefetch_trial(req, req.prefetch == prefetch_level::none ? 1e-3 : 2e-3);
+    }
+    return false;
+  };
+  bool within_saw_none = false, past_saw_none = false;
+  ASSERT_TRUE(learn(2 * caches().l2, within_saw_none)) << "a table of twice L2 never decided";
+  EXPECT_TRUE(within_saw_none);
+  EXPECT_EQ(request(2 * caches().l2).prefetch, prefetch_level::none);
+  ASSERT_TRUE(learn(4 * caches().llc + 1024, past_saw_none)) << "a table past the LLC never decided";
+  EXPECT_FALSE(past_saw_none);
+  EXPECT_NE(request(4 * caches().llc + 1024).prefetch, prefetch_level::none);
+}
+
 }  // namespace
 }  // namespace embag
 

@@ -214,8 +214,9 @@ std::string_view to_string(isa which) noexcept;
 std::optional<isa> isa_from_string(std::string_view name) noexcept;
 
 // Software prefetch of the rows a few positions ahead in the index stream: the biggest lever on
-// tables larger than the caches. `automatic` picks the level and distance from the table's size
-// against this machine's caches, and past the LLC learns the fastest of l1, l2 and l2_one_pass (or
+// tables larger than the caches. `automatic` prefetches nothing for a table within half of L2, and
+// for a larger one learns from the first calls the fastest of l1, l2 and l2_one_pass (and of none,
+// while the table fits the LLC), per table size class, row size and bag length (or
 // EMBAG_PREFETCH=none|l1:N|l2:N|l2-one-pass:N); the others force them. l2 reads the rows of the
 // register-resident widths in passes of at most 256 bytes of each row, l2_one_pass whole.
 enum class prefetch_level : std::uint8_t { automatic, none, l1, l2, l2_one_pass };
