@@ -39,6 +39,7 @@ struct forward_context {
   using batch = xsimd::batch<float, Arch>;
   using reader = row_reader<Arch, Type>;
   static constexpr std::int64_t lanes = batch::size;
+  static constexpr dtype element_type = Type;
 
   const forward_request& req;
   // What the row and bag loops read, copied out of req: a context copied into a loop's own frame
@@ -211,6 +212,91 @@ template <class Arch, std::int64_t MaxBatches, class Pass>
   }
 }
 
+// Max of a bag over its columns in passes, the running max in registers, as the sums:
+// passes.template operator()<MaxBatches>(pass) calls pass.template operator()<K>(first, column)
+// per pass of at most MaxBatches batches, as for_each_column_pass does (the fixed widths at
+// compile-time columns). Exact: the reference's rule (max_takes) per element, and the position
+// of each element's max tracked (as a float, exact below 2^24: longer bags with argmax take
+// max_bag_by_element) for argmax when the call asks for it. Not Exact: numbers_max, and false
+// when a NaN was seen (the output then needs the exact pass). One exact variant serves bags with
+// and without argmax: a third variant cost compile time (CI's sanitizer lanes) for the rare bag
+// holding a NaN.
+template <bool Exact, class Ctx, class Passes>
+[[gnu::always_inline]] inline bool max_bag_in_passes(const Ctx& c, std::int64_t bag, std::int64_t begin, std::int64_t end,
+                                                     Passes&& passes) {
+  using batch = typename Ctx::batch;
+  using reader = typename Ctx::reader;
+  using Arch = typename batch::arch_type;
+  constexpr std::int64_t lanes = Ctx::lanes;
+  const forward_request& r = c.req;
+  float* out = c.out_row(bag);
+  std::int64_t* argmax = r.argmax != nullptr ? r.argmax + bag * r.dim : nullptr;
+  // the clip scale is tested per row here (max is not worth a second set of instantiations)
+  constexpr bool may_clip = Ctx::element_type == dtype::f32;
+  bool empty = false, saw_nan_anywhere = false;
+  // tracking keeps two registers per column batch
+  passes.template operator()<vector_registers<Arch> / (Exact ? 4 : 2)>([&]<std::int64_t K>(std::int64_t first, const std::int64_t (&column)[K]) EMBAG_ALWAYS_INLINE {
+    if (empty || saw_nan_anywhere) return;  // decided by the first pass
+    batch acc[K], where[K];
+    for (std::int64_t k = 0; k < K; ++k) acc[k] = where[k] = batch(0.0f);
+    xsimd::batch_bool<float, Arch> saw_nan(false);
+    bool started = false;
+    const auto take_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
+      const batch here(static_cast<float>(p - begin));
+      if (!started) {
+        for (std::int64_t k = 0; k < K; ++k) {
+          acc[k] = load_row<Arch>(x, column[k], c.clip_max_norm, scale);
+          where[k] = here;
+          if constexpr (!Exact) saw_nan = saw_nan | xsimd::isnan(acc[k]);
+        }
+        started = true;
+        return;
+      }
+      for (std::int64_t k = 0; k < K; ++k) {
+        const batch v = load_row<Arch>(x, column[k], c.clip_max_norm, scale);
+        if constexpr (Exact) {
+          const auto takes = max_takes<Arch>(v, acc[k]);
+          acc[k] = xsimd::select(takes, v, acc[k]);
+          where[k] = xsimd::select(takes, here, where[k]);
+        } else {
+          acc[k] = numbers_max<Arch>(v, acc[k]);
+          saw_nan = saw_nan | xsimd::isnan(v);
+        }
+      }
+    };
+    c.template for_each_row_of_bag<may_clip>(first == 0, begin, end, take_row);
+    if (!started) {  // no row at all: zeros, argmax -1
+      empty = true;
+      for (std::int64_t d = 0; d < r.dim; ++d) out[d] = 0.0f;
+      if (argmax != nullptr)
+        for (std::int64_t d = 0; d < r.dim; ++d) argmax[d] = -1;
+      return;
+    }
+    if constexpr (!Exact)
+      if (xsimd::any(saw_nan)) {
+        saw_nan_anywhere = true;
+        return;
+      }
+    for (std::int64_t k = 0; k < K; ++k) acc[k].store_unaligned(out + column[k]);
+    if (Exact && argmax != nullptr) {
+      alignas(64) float positions[lanes];
+      for (std::int64_t k = 0; k < K; ++k) {
+        where[k].store_aligned(positions);
+        for (std::int64_t l = 0; l < lanes; ++l) argmax[column[k] + l] = c.indices[begin + static_cast<std::int64_t>(positions[l])];
+      }
+    }
+  });
+  return !saw_nan_anywhere;
+}
+
+// With argmax, the exact max; without, the cheap one first and a bag holding a NaN redone exactly.
+// The context copied into this frame, as sums copy it (forward_context).
+template <class Ctx, class Passes>
+[[gnu::always_inline]] inline void max_bag_of(const Ctx& context, std::int64_t bag, std::int64_t begin, std::int64_t end, Passes&& passes) {
+  const Ctx c = context;
+  if (c.req.argmax != nullptr || !max_bag_in_passes<false>(c, bag, begin, end, passes)) max_bag_in_passes<true>(c, bag, begin, end, passes);
+}
+
 // Register-resident path: D = Chunks * lanes. The columns are taken in groups small enough that
 // their accumulators stay in registers (spilling them costs more than re-reading the bag's rows,
 // which the first group has brought into L1); only the first group prefetches.
@@ -237,11 +323,7 @@ struct fixed_dim_forward {
   static constexpr std::int64_t group_limit =
       Narrow && narrow_batches < vector_registers<Arch> / 2 ? narrow_batches : vector_registers<Arch> / 2;
   static constexpr std::int64_t sum_group = Chunks < group_limit ? Chunks : group_limit;
-  // max tracking argmax keeps two registers per column batch
-  template <bool Track>
-  static constexpr std::int64_t max_group = Track ? (Chunks < vector_registers<Arch> / 4 ? Chunks : vector_registers<Arch> / 4)
-                                                  : sum_group;
-  static_assert(Chunks % sum_group == 0 && Chunks % max_group<true> == 0);
+  static_assert(Chunks % sum_group == 0);
 
   // Weights and clipping chosen once per block, and each bag's sum inlined into the bag loop: with
   // one index per bag, a call and a dispatch per bag halved the lookups in flight from DRAM. The
@@ -288,71 +370,17 @@ struct fixed_dim_forward {
     }
   }
 
-  // Positions within the bag are tracked as floats (exact below 2^24); longer bags with argmax
-  // take the general path.
-  // Without argmax, the cheap maximum first; a bag holding a NaN is redone exactly.
+  // The groups of columns as passes at compile-time columns.
   static void max_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
-    if (c.req.argmax != nullptr) max_bag_tracking<true, true>(c, bag, begin, end);
-    else if (!max_bag_tracking<false, false>(c, bag, begin, end)) max_bag_tracking<false, true>(c, bag, begin, end);
-  }
-
-  // Exact: the reference's rule (max_takes) per element. Not exact: numbers_max, and false when a
-  // NaN was seen (the output then needs the exact pass).
-  template <bool track, bool exact>
-  static bool max_bag_tracking(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
-    static_assert(exact || !track);
-    constexpr std::int64_t group = max_group<track>;
-    const forward_request& r = c.req;
-    float* out = c.out_row(bag);
-    std::int64_t* argmax = track ? r.argmax + bag * r.dim : nullptr;
-    // the clip scale is tested per row here (max is not worth a second set of instantiations)
-    constexpr bool may_clip = Type == dtype::f32;
-    for (std::int64_t first = 0; first < Chunks; first += group) {
-      batch acc[group], where[group];
-      for (std::int64_t k = 0; k < group; ++k) acc[k] = where[k] = batch(0.0f);
-      xsimd::batch_bool<float, Arch> saw_nan(false);
-      bool started = false;
-      const auto take_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
-        const batch here(static_cast<float>(p - begin));
-        if (!started) {
-          for (std::int64_t k = 0; k < group; ++k) {
-            acc[k] = load_row<Arch>(x, (first + k) * lanes, r.clip_max_norm, scale);
-            where[k] = here;
-            if constexpr (!exact) saw_nan = saw_nan | xsimd::isnan(acc[k]);
-          }
-          started = true;
-          return;
-        }
-        for (std::int64_t k = 0; k < group; ++k) {
-          const batch v = load_row<Arch>(x, (first + k) * lanes, r.clip_max_norm, scale);
-          if constexpr (exact) {
-            const auto takes = max_takes<Arch>(v, acc[k]);
-            acc[k] = xsimd::select(takes, v, acc[k]);
-            if constexpr (track) where[k] = xsimd::select(takes, here, where[k]);
-          } else {
-            acc[k] = numbers_max<Arch>(v, acc[k]);
-            saw_nan = saw_nan | xsimd::isnan(v);
-          }
-        }
-      };
-      c.template for_each_row_of_bag<may_clip>(first == 0, begin, end, take_row);
-      if (!started) {  // no row at all: zeros, argmax -1
-        for (std::int64_t d = 0; d < Chunks * lanes; ++d) out[d] = 0.0f;
-        if (track)
-          for (std::int64_t d = 0; d < Chunks * lanes; ++d) argmax[d] = -1;
-        return true;
+    max_bag_of(c, bag, begin, end, []<std::int64_t MaxBatches>(auto&& pass) EMBAG_ALWAYS_INLINE {
+      constexpr std::int64_t group = Chunks < MaxBatches ? Chunks : MaxBatches;
+      static_assert(Chunks % group == 0);
+      for (std::int64_t first = 0; first < Chunks; first += group) {
+        std::int64_t column[group];
+        for (std::int64_t k = 0; k < group; ++k) column[k] = (first + k) * lanes;
+        pass.template operator()<group>(first * lanes, column);
       }
-      if constexpr (!exact)
-        if (xsimd::any(saw_nan)) return false;
-      for (std::int64_t k = 0; k < group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
-      if constexpr (track) {
-        alignas(64) float positions[group * lanes];
-        for (std::int64_t k = 0; k < group; ++k) where[k].store_unaligned(positions + k * lanes);
-        for (std::int64_t d = 0; d < group * lanes; ++d)
-          argmax[first * lanes + d] = c.indices[begin + static_cast<std::int64_t>(positions[d])];
-      }
-    }
-    return true;
+    });
   }
 };
 
@@ -439,7 +467,17 @@ struct any_dim_forward {
     }
   }
 
+  // Rows of at least one batch: the columns in passes, as the sums (for_each_column_pass).
   static void max_bag(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
+    if (!reads_in_batches<Arch, Type>(c.req.dim)) return max_bag_by_element(c, bag, begin, end);
+    max_bag_of(c, bag, begin, end, [&]<std::int64_t MaxBatches>(auto&& pass) EMBAG_ALWAYS_INLINE {
+      for_each_column_pass<Arch, MaxBatches>(c.req.dim, pass);
+    });
+  }
+
+  // Rows shorter than a batch (and int4 rows of odd length), and bags of 2^24 rows or more with
+  // argmax (positions beyond a float's exact integers): element by element, in the output row.
+  [[gnu::noinline]] static void max_bag_by_element(const ctx_t& c, std::int64_t bag, std::int64_t begin, std::int64_t end) {
     const forward_request& r = c.req;
     const std::int64_t dim = r.dim;
     float* out = c.out_row(bag);
@@ -495,14 +533,11 @@ inline void pooled_bags(const typename Path::ctx_t& c, const bag_block& block) {
   using max_path = typename Path::max_path;
   const typename max_path::ctx_t max_context{c.req};
   for_each_bag(c.req.bags, block, [&](std::int64_t bag, std::int64_t begin, std::int64_t end) {
-    if constexpr (!std::is_same_v<max_path, general>) {
-      // float-tracked positions are exact only below 2^24
-      if (c.req.argmax != nullptr && end - begin >= (std::int64_t{1} << 24)) {
-        general::max_bag(typename general::ctx_t{c.req}, bag, begin, end);
-        return;
-      }
-    }
-    max_path::max_bag(max_context, bag, begin, end);
+    // float-tracked positions are exact only below 2^24
+    if (c.req.argmax != nullptr && end - begin >= (std::int64_t{1} << 24))
+      general::max_bag_by_element(typename general::ctx_t{c.req}, bag, begin, end);
+    else
+      max_path::max_bag(max_context, bag, begin, end);
   });
 }
 
