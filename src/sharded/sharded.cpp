@@ -130,6 +130,19 @@ void check_shard_rows(const sharding& s, int rank, std::int64_t rows, const char
                                          std::to_string(rank) + " owns " + std::to_string(s.partition.count(rank)));
 }
 
+// A block of rows for one owner or from one requester: per bag, its number of rows; the rows
+// (in the owner's numbering) and their weights; the requester's bag numbers.
+struct row_block {
+  std::vector<std::int64_t> lengths, rows, bag_of;
+  std::vector<float> weights;
+  void clear() noexcept {
+    lengths.clear();
+    rows.clear();
+    bag_of.clear();
+    weights.clear();
+  }
+};
+
 // The large buffers of the exchanges, kept by each thread from call to call: they only grow, so
 // that a thread's calls stop allocating (and faulting in fresh pages, 10 MB of them per call in
 // the benchmark) once they have seen the largest.
@@ -137,6 +150,9 @@ struct exchange_buffers {
   std::vector<std::byte> send, received, reply, rows;
   std::vector<std::int64_t> slot_of, row_of_slot, request;
   std::vector<std::int32_t> owner_of;
+  std::vector<row_block> to_owner;  // partial_sums: one per rank
+  row_block from_requester;
+  std::vector<float> partials, divisors;
 };
 
 exchange_buffers& buffers() {
@@ -191,12 +207,12 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   const detail::bag_source& source = r.bags;
   const std::int64_t dim = r.dim, padding = r.padding_idx;
   const bool weighted = source.weights != nullptr;
-  struct block {
-    std::vector<std::int64_t> lengths, rows, bag_of;
-    std::vector<float> weights;
-  };
-  std::vector<block> to(static_cast<std::size_t>(ranks));
-  std::vector<float> divisors(static_cast<std::size_t>(source.num_bags), 1.0f);
+  exchange_buffers& kept = buffers();
+  std::vector<row_block>& to = kept.to_owner;
+  to.resize(static_cast<std::size_t>(ranks));
+  for (row_block& k : to) k.clear();
+  std::vector<float>& divisors = kept.divisors;
+  divisors.assign(static_cast<std::size_t>(source.num_bags), 1.0f);
   const auto index = [&](std::int64_t j) { return element_at(source.indices, source.index_kind, j); };
   std::int64_t begin = 0;
   for (std::int64_t b = 0; b < source.num_bags; ++b) {
@@ -207,21 +223,21 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
       if (row == padding) continue;
       const float w = weighted ? source.weights[j] : 1.0f;
       detail::tally_row(tally, w);
-      block& k = to[static_cast<std::size_t>(part.owner(row))];
+      const int owner = part.owner(row);
+      row_block& k = to[static_cast<std::size_t>(owner)];
       if (k.bag_of.empty() || k.bag_of.back() != b) {
         k.bag_of.push_back(b);
         k.lengths.push_back(0);
       }
       ++k.lengths.back();
-      k.rows.push_back(row - part.first(part.owner(row)));
+      k.rows.push_back(row - part.first(owner));
       if (weighted) k.weights.push_back(w);
     }
     if (r.reduce.scaling != detail::bag_scaling::none) divisors[b] = detail::bag_divisor(r.reduce.scaling, weighted, tally);
     begin = end;
   }
-  exchange_buffers& kept = buffers();
   std::vector<std::int64_t> bytes_from = exchange_blocks(c, ranks, kept, [&](int o, std::vector<std::byte>& send) {
-    const block& k = to[static_cast<std::size_t>(o)];
+    const row_block& k = to[static_cast<std::size_t>(o)];
     const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()), weighted};
     put(send, counts, 3);
     put(send, k.lengths.data(), counts[0]);
@@ -235,18 +251,21 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   pooled.max_norm = opts.max_norm;
   pooled.norm_type = opts.norm_type;
   pooled.execution = opts.execution;
-  std::vector<float> partials;
+  std::vector<float>& partials = kept.partials;
+  partials.clear();
+  row_block& from = kept.from_requester;
   const std::byte* at = received.data();
   for (int source_rank = 0; source_rank < ranks; ++source_rank) {
-    std::vector<std::int64_t> counts, lengths, rows;
-    std::vector<float> weights;
-    at = take(at, 3, counts);
-    at = take(at, counts[0], lengths);
-    at = take(at, counts[1], rows);
-    if (counts[2] != 0) at = take(at, counts[1], weights);
+    std::int64_t counts[3];
+    std::memcpy(counts, at, sizeof counts);
+    at += sizeof counts;
+    from.clear();
+    at = take(at, counts[0], from.lengths);
+    at = take(at, counts[1], from.rows);
+    if (counts[2] != 0) at = take(at, counts[1], from.weights);
     const std::size_t first = partials.size();
     partials.resize(first + static_cast<std::size_t>(counts[0] * dim));
-    embag::forward(shard, bags::from_lengths(rows, lengths, weights), pooled,
+    embag::forward(shard, bags::from_lengths(from.rows, from.lengths, from.weights), pooled,
                    matrix_view<float>{partials.data() + first, counts[0], dim, dim});
     bytes_from[source_rank] = counts[0] * dim * std::int64_t{sizeof(float)};
   }
