@@ -116,25 +116,37 @@ TEST(Dispatch, ToolHonoursEmbagIsa) {
   }
 }
 
+// Distinct rows, so that the skew sample sees uniform traffic.
+const std::vector<std::int64_t>& spread_rows() {
+  static const std::vector<std::int64_t> rows = [] {
+    std::vector<std::int64_t> v(4096 * 40);
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<std::int64_t>(i);
+    return v;
+  }();
+  return rows;
+}
+
+// A call of 4096 bags of per_bag indices into a table of table_bytes in rows of row_bytes, with
+// the prefetch the process chooses for it.
+detail::forward_request chosen_prefetch(std::int64_t table_bytes, std::int64_t row_bytes, std::int64_t per_bag = 40) {
+  detail::forward_request req;
+  req.rows = table_bytes / row_bytes;
+  req.dim = row_bytes / 4;
+  req.row_stride = req.row_bytes = row_bytes;
+  req.bags.indices = spread_rows().data();
+  req.bags.num_bags = 4096;
+  req.bags.nnz = 4096 * per_bag;
+  detail::choose_prefetch(req, {});
+  return req;
+}
+
 // Tables of different sizes learn their prefetch apart: on the machine of issue 13, into L2 in
 // narrow passes read a 16 MB table 1.6x faster than into L1, and a winner learnt on a table mostly
 // in L2 lost 2x on one ten times larger. Here a table of twice L2 reports the third candidate
 // (narrow passes) fastest; one of L2 and one past the LLC are still on trial after it is decided.
 TEST(PrefetchTrials, TableSizeClassesAreTriedApart) {
   if (caches().llc < 4 * caches().l2) GTEST_SKIP() << "no table of twice L2 within this LLC";
-  std::vector<std::int64_t> spread(4096 * 40);
-  for (std::size_t i = 0; i < spread.size(); ++i) spread[i] = static_cast<std::int64_t>(i);
-  const auto request = [&](std::int64_t table_bytes) {
-    detail::forward_request req;
-    req.rows = table_bytes / 256;
-    req.dim = 64;
-    req.row_stride = req.row_bytes = 256;
-    req.bags.indices = spread.data();
-    req.bags.num_bags = 4096;
-    req.bags.nnz = 4096 * 40;
-    detail::choose_prefetch(req, {});
-    return req;
-  };
+  const auto request = [](std::int64_t table_bytes) { return chosen_prefetch(table_bytes, 256); };
   const std::int64_t twice_l2 = 2 * caches().l2;
   int decided_after = -1;
   for (int call = 0; call < 4 * detail::prefetch_trials::trials * 3 && decided_after < 0; ++call) {
@@ -156,19 +168,7 @@ TEST(PrefetchTrials, TableSizeClassesAreTriedApart) {
 // no other test here decides (the trials are the process's).
 TEST(PrefetchTrials, NoPrefetchIsTriedWithinTheLLCOnly) {
   if (caches().llc < 4 * caches().l2) GTEST_SKIP() << "no table of twice L2 within this LLC";
-  std::vector<std::int64_t> spread(4096 * 40);
-  for (std::size_t i = 0; i < spread.size(); ++i) spread[i] = static_cast<std::int64_t>(i);
-  const auto request = [&](std::int64_t table_bytes) {
-    detail::forward_request req;
-    req.rows = table_bytes / 1024;
-    req.dim = 256;
-    req.row_stride = req.row_bytes = 1024;
-    req.bags.indices = spread.data();
-    req.bags.num_bags = 4096;
-    req.bags.nnz = 4096 * 40;
-    detail::choose_prefetch(req, {});
-    return req;
-  };
+  const auto request = [](std::int64_t table_bytes) { return chosen_prefetch(table_bytes, 1024); };
   const auto learn = [&](std::int64_t table_bytes, bool& saw_none) {
     for (int call = 0; call < 4 * detail::prefetch_trials::trials * 4; ++call) {
       const detail::forward_request req = request(table_bytes);
@@ -232,20 +232,7 @@ TEST(PrefetchTrials, KeepTheCandidateWithTheBestTime) {
 // narrow passes won on bags of 40 and lost on bags of one. Here the one-index calls report the
 // second candidate fastest; the long-bag calls, on trial all along, still are after it is decided.
 TEST(PrefetchTrials, ShortAndLongBagsAreTriedApart) {
-  // distinct rows, so that the skew sample sees uniform traffic
-  std::vector<std::int64_t> spread(4096 * 40);
-  for (std::size_t i = 0; i < spread.size(); ++i) spread[i] = static_cast<std::int64_t>(i);
-  const auto request = [&](std::int64_t per_bag) {
-    detail::forward_request req;
-    req.rows = 4 * caches().llc / 512 + 1;  // past the LLC
-    req.dim = 128;
-    req.row_stride = req.row_bytes = 512;
-    req.bags.indices = spread.data();
-    req.bags.num_bags = 4096;
-    req.bags.nnz = 4096 * per_bag;
-    detail::choose_prefetch(req, {});
-    return req;
-  };
+  const auto request = [](std::int64_t per_bag) { return chosen_prefetch(4 * caches().llc + 512, 512, per_bag); };  // past the LLC
   int decided_after = -1;
   for (int call = 0; call < 4 * detail::prefetch_trials::trials * 3 && decided_after < 0; ++call) {
     const detail::forward_request one = request(1);
