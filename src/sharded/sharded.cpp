@@ -251,8 +251,10 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   pooled.max_norm = opts.max_norm;
   pooled.norm_type = opts.norm_type;
   pooled.execution = opts.execution;
+  // Grown, never cleared: the forward writes every float of the partials it is given, so only
+  // the growth is zero-filled (a fresh 1-2 MB per call was measurable at 1 rank).
   std::vector<float>& partials = kept.partials;
-  partials.clear();
+  std::size_t filled = 0;
   row_block& from = kept.from_requester;
   const std::byte* at = received.data();
   for (int source_rank = 0; source_rank < ranks; ++source_rank) {
@@ -263,15 +265,16 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
     at = take(at, counts[0], from.lengths);
     at = take(at, counts[1], from.rows);
     if (counts[2] != 0) at = take(at, counts[1], from.weights);
-    const std::size_t first = partials.size();
-    partials.resize(first + static_cast<std::size_t>(counts[0] * dim));
+    const std::size_t first = filled;
+    filled += static_cast<std::size_t>(counts[0] * dim);
+    if (partials.size() < filled) partials.resize(filled);
     embag::forward(shard, bags::from_lengths(from.rows, from.lengths, from.weights), pooled,
                    matrix_view<float>{partials.data() + first, counts[0], dim, dim});
     bytes_from[source_rank] = counts[0] * dim * std::int64_t{sizeof(float)};
   }
   std::vector<std::byte>& sums = kept.rows;
   std::vector<std::int64_t> sums_bytes;
-  c.all_to_all(std::as_bytes(std::span<const float>(partials)), bytes_from, sums, sums_bytes);
+  c.all_to_all(std::as_bytes(std::span<const float>(partials.data(), filled)), bytes_from, sums, sums_bytes);
 
   // The requester: zeros, plus each owner's partial in rank order, then the divisor.
   for (std::int64_t b = 0; b < source.num_bags; ++b) std::fill_n(r.out + b * r.out_stride, dim, 0.0f);
