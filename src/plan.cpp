@@ -260,7 +260,7 @@ struct learnt_prefetch : prefetch_trials {
 };
 constexpr int sets_per_class = 2 * row_size_classes;
 learnt_prefetch<prefetch_candidates> within_llc_sets[past_llc_class * sets_per_class];
-learnt_prefetch<no_prefetch> past_llc_sets[sets_per_class];
+learnt_prefetch<no_prefetch> past_llc_sets[sets_per_class];  // every candidate before no_prefetch
 prefetch_trials& trial_set(int set) noexcept {
   return set < past_llc_class * sets_per_class ? static_cast<prefetch_trials&>(within_llc_sets[set])
                                                 : past_llc_sets[set - past_llc_class * sets_per_class];
