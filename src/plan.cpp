@@ -220,13 +220,16 @@ int prefetch_trials::next(bool& on_trial) noexcept {
 
 void prefetch_trials::report(int candidate, double seconds_per_byte) noexcept {
   const std::lock_guard<std::mutex> lock(mutex_);
-  if (chosen() >= 0) return;
-  if (reported_[candidate] == 0 || seconds_per_byte < best_[candidate]) best_[candidate] = seconds_per_byte;
-  ++reported_[candidate];
+  if (chosen() >= 0 || reported_[candidate] == trials) return;
+  seconds_per_byte_[candidate][reported_[candidate]++] = seconds_per_byte;
+  double median[max_candidates];
   int best = 0;
   for (int c = 0; c < candidates_; ++c) {
     if (reported_[c] < trials) return;
-    if (best_[c] < best_[best]) best = c;
+    double* times = seconds_per_byte_[c];
+    std::nth_element(times, times + trials / 2, times + trials);
+    median[c] = times[trials / 2];
+    if (median[c] < median[best]) best = c;
   }
   chosen_.store(best, std::memory_order_release);
 }
@@ -236,9 +239,12 @@ namespace {
 // The tables past half of L2: trials per table size (up to 2x L2, up to 8x, larger within the LLC
 // or read with skew, past the LLC at random: where the rows come from, and so how far ahead and
 // into which cache to fetch them), per row size (its cache lines rounded up to a power of two, 1 to
-// 32 or more) and per bag length (under 4 indices per bag, or more), since what wins on one loses
-// on another: a process whose first calls read 128-byte rows chose for 256-byte rows a candidate
-// 2x slower than the best; narrow passes, the best on bags of 40, took 1.5x the time of one pass
+// 32 or more), per bag length (under 4 indices per bag, or more) and for max apart from the sums,
+// since what wins on one loses on another: on a 1.3 MB table (R = 10k, D = 64) no prefetch was the
+// sums' best and took the max 1.2x the time of prefetching into L1 (`EMBAG_PREFETCH=none|l1:16
+// embag bench --rows 10000 --dim 64 --mode sum,max`: sum 0.349 | 0.386 ms, max 0.458 | 0.385);
+// a process whose first calls read 128-byte rows chose for 256-byte rows a candidate 2x slower
+// than the best; narrow passes, the best on bags of 40, took 1.5x the time of one pass
 // into L1 on bags of one (`embag bench --rows 4000000 --dim 64 --pooling 1`); on tables within the
 // LLC, where L1 had been the fixed choice, narrow passes took 0.63x its time (`embag bench --rows
 // 32768 --dim 128 --mode sum`: 0.88 ms against 1.39) and 0.44x at D = 32 (`--rows 131072 --dim 32`:
@@ -258,7 +264,7 @@ template <int Candidates>
 struct learnt_prefetch : prefetch_trials {
   learnt_prefetch() noexcept : prefetch_trials(Candidates) {}
 };
-constexpr int sets_per_class = 2 * row_size_classes;
+constexpr int sets_per_class = 2 * 2 * row_size_classes;  // max or not, short bags or not, row size
 learnt_prefetch<prefetch_candidates> within_llc_sets[past_llc_class * sets_per_class];
 learnt_prefetch<no_prefetch> past_llc_sets[sets_per_class];  // every candidate before no_prefetch
 prefetch_trials& trial_set(int set) noexcept {
@@ -273,7 +279,8 @@ int trial_set_of(const forward_request& req, std::int64_t table_bytes, std::int6
   const auto lines = static_cast<std::uint64_t>((req.row_bytes + 63) / 64);
   const bool short_bags = req.bags.nnz < short_bag_indices * req.bags.num_bags;
   const int row_size = std::min(static_cast<int>(std::bit_width(lines - 1)), row_size_classes - 1);
-  return table_class * sets_per_class + int{short_bags} * row_size_classes + row_size;
+  const bool max = req.reduce.pool == pooling::max;
+  return table_class * sets_per_class + (int{max} * 2 + int{short_bags}) * row_size_classes + row_size;
 }
 
 // A call too short to time well does not count as a trial: it takes the current leader. A

@@ -30,6 +30,14 @@
 // through the stack on every row: half the speed on cache-resident tables).
 #define EMBAG_ALWAYS_INLINE __attribute__((always_inline))
 
+// Before each loop over the column batches of a pass (k < K, the count known at compile time):
+// unrolled whole, so that the accumulators it indexes stay in registers. GCC's own heuristics
+// left loops whose body branches (on the clip, read at run time) rolled; the array indexed by
+// a runtime k then lived on the stack, a load and a store per batch per row, in every loop that
+// touched it (`-fdump-tree-sra`: "needs to live in memory"; the max at D = 64 and the sums at
+// D = 48, 100, 200).
+#define EMBAG_EACH_BATCH _Pragma("GCC unroll 64")
+
 namespace embag::detail::EMBAG_ISA_NS {
 
 // Dim: the row length when the path fixes it at compile time (prefetches are then unrolled per
@@ -118,6 +126,17 @@ struct forward_context {
     });
   }
 
+  // The position of the first non-padding index of [begin, end), end when there is none, having
+  // prefetched ahead for the positions up to it as for_each_row_of_bag(prefetching, ...) would.
+  [[gnu::always_inline]] std::int64_t first_row_of_bag(bool prefetching, std::int64_t begin, std::int64_t end) const {
+    const bool ahead = prefetching && prefetches_through(end);
+    for (std::int64_t p = begin; p < end; ++p) {
+      if (ahead) prefetch_ahead(p);
+      if (indices[p] != padding_idx) return p;
+    }
+    return end;
+  }
+
   // for_each_row over a bag, prefetching ahead when `prefetching` and the stream has rows ahead of
   // the whole bag: one prefetching and one plain instantiation of the body, no test per row.
   template <bool Clip, class Body>
@@ -202,7 +221,7 @@ template <class Arch, std::int64_t MaxBatches, class Pass>
     const std::int64_t count = (batches - done) / (passes - i);  // 1 to MaxBatches
     const auto pass_of = [&]<std::int64_t K>() EMBAG_ALWAYS_INLINE {
       std::int64_t column[K];
-      for (std::int64_t k = 0; k < K; ++k) column[k] = batch_column<Arch>(done * lanes, k, dim);
+      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) column[k] = batch_column<Arch>(done * lanes, k, dim);
       pass.template operator()<K>(done * lanes, column);
     };
     [&]<std::int64_t... K>(std::integer_sequence<std::int64_t, K...>) EMBAG_ALWAYS_INLINE {
@@ -233,26 +252,36 @@ template <bool Exact, class Ctx, class Passes>
   std::int64_t* argmax = r.argmax != nullptr ? r.argmax + bag * r.dim : nullptr;
   // the clip scale is tested per row here (max is not worth a second set of instantiations)
   constexpr bool may_clip = Ctx::element_type == dtype::f32;
-  bool empty = false, saw_nan_anywhere = false;
+  // The bag's first row starts the max, read before the row loop: no test per row for it.
+  const std::int64_t start = c.first_row_of_bag(true, begin, end);
+  if (start == end) {  // no row at all: zeros, argmax -1
+    for (std::int64_t d = 0; d < r.dim; ++d) out[d] = 0.0f;
+    if (argmax != nullptr)
+      for (std::int64_t d = 0; d < r.dim; ++d) argmax[d] = -1;
+    return true;
+  }
+  const std::int64_t start_index = c.indices[start];
+  bool saw_nan_anywhere = false;
   // tracking keeps two registers per column batch
   passes.template operator()<vector_registers<Arch> / (Exact ? 4 : 2)>([&]<std::int64_t K>(std::int64_t first, const std::int64_t (&column)[K]) EMBAG_ALWAYS_INLINE {
-    if (empty || saw_nan_anywhere) return;  // decided by the first pass
+    if (saw_nan_anywhere) return;  // decided by the first pass
     batch acc[K], where[K];
-    for (std::int64_t k = 0; k < K; ++k) acc[k] = where[k] = batch(0.0f);
-    xsimd::batch_bool<float, Arch> saw_nan(false);
-    bool started = false;
+    // Not Exact: the sum of every value the pass reads, NaN when one of them is. Rarely also
+    // when infinities of both signs (or sums overflowing to them) meet: the exact pass then
+    // redoes a bag that did not need it. An add per batch, where a NaN test per batch and the
+    // or of its mask took three instructions.
+    batch nan_probe(0.0f);
+    const reader start_row = c.row(start_index);
+    const float start_scale = may_clip ? c.clip_scale(start_index) : 1.0f;
+    EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) {
+      acc[k] = load_row<Arch>(start_row, column[k], c.clip_max_norm, start_scale);
+      where[k] = batch(static_cast<float>(start - begin));
+      if constexpr (!Exact) nan_probe += acc[k];
+    }
     const auto take_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
       const batch here(static_cast<float>(p - begin));
-      if (!started) {
-        for (std::int64_t k = 0; k < K; ++k) {
-          acc[k] = load_row<Arch>(x, column[k], c.clip_max_norm, scale);
-          where[k] = here;
-          if constexpr (!Exact) saw_nan = saw_nan | xsimd::isnan(acc[k]);
-        }
-        started = true;
-        return;
-      }
-      for (std::int64_t k = 0; k < K; ++k) {
+      batch row_sum;  // not Exact: the row's batches summed, then added to nan_probe
+      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) {
         const batch v = load_row<Arch>(x, column[k], c.clip_max_norm, scale);
         if constexpr (Exact) {
           const auto takes = max_takes<Arch>(v, acc[k]);
@@ -260,27 +289,22 @@ template <bool Exact, class Ctx, class Passes>
           where[k] = xsimd::select(takes, here, where[k]);
         } else {
           acc[k] = numbers_max<Arch>(v, acc[k]);
-          saw_nan = saw_nan | xsimd::isnan(v);
+          row_sum = k == 0 ? v : row_sum + v;
         }
       }
+      if constexpr (!Exact) nan_probe += row_sum;
     };
-    c.template for_each_row_of_bag<may_clip>(first == 0, begin, end, take_row);
-    if (!started) {  // no row at all: zeros, argmax -1
-      empty = true;
-      for (std::int64_t d = 0; d < r.dim; ++d) out[d] = 0.0f;
-      if (argmax != nullptr)
-        for (std::int64_t d = 0; d < r.dim; ++d) argmax[d] = -1;
-      return;
-    }
+    // positions up to start were prefetched for by first_row_of_bag
+    c.template for_each_row_of_bag<may_clip>(first == 0, start + 1, end, take_row);
     if constexpr (!Exact)
-      if (xsimd::any(saw_nan)) {
+      if (xsimd::any(xsimd::isnan(nan_probe))) {
         saw_nan_anywhere = true;
         return;
       }
-    for (std::int64_t k = 0; k < K; ++k) acc[k].store_unaligned(out + column[k]);
+    EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k].store_unaligned(out + column[k]);
     if (Exact && argmax != nullptr) {
       alignas(64) float positions[lanes];
-      for (std::int64_t k = 0; k < K; ++k) {
+      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) {
         where[k].store_aligned(positions);
         for (std::int64_t l = 0; l < lanes; ++l) argmax[column[k] + l] = c.indices[begin + static_cast<std::int64_t>(positions[l])];
       }
@@ -348,14 +372,14 @@ struct fixed_dim_forward {
     float* out = c.out_row(bag);
     for (std::int64_t first = 0; first < Chunks; first += sum_group) {
       batch acc[sum_group];
-      for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = batch(0.0f);
+      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = batch(0.0f);
       const auto add_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
         if constexpr (weighted) {
           const batch wb(c.weights[p]);
-          for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += wb * load_row<Arch>(x, (first + k) * lanes, clip, scale);
+          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += wb * load_row<Arch>(x, (first + k) * lanes, clip, scale);
           if (first == 0) tally_row(tally, c.weights[p]);
         } else {
-          for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += load_row<Arch>(x, (first + k) * lanes, clip, scale);
+          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += load_row<Arch>(x, (first + k) * lanes, clip, scale);
           if (first == 0) ++tally.count;
         }
       };
@@ -364,9 +388,9 @@ struct fixed_dim_forward {
       if (c.scaling != bag_scaling::none) {
         const float divisor = bag_divisor(c.scaling, weighted, tally);
         const batch div(divisor);
-        for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : divide(acc[k], div);
+        EMBAG_EACH_BATCH for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : divide(acc[k], div);
       }
-      for (std::int64_t k = 0; k < sum_group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
+      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < sum_group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
     }
   }
 
@@ -377,7 +401,7 @@ struct fixed_dim_forward {
       static_assert(Chunks % group == 0);
       for (std::int64_t first = 0; first < Chunks; first += group) {
         std::int64_t column[group];
-        for (std::int64_t k = 0; k < group; ++k) column[k] = (first + k) * lanes;
+        EMBAG_EACH_BATCH for (std::int64_t k = 0; k < group; ++k) column[k] = (first + k) * lanes;
         pass.template operator()<group>(first * lanes, column);
       }
     });
@@ -414,14 +438,14 @@ struct any_dim_forward {
     bag_tally tally;
     for_each_column_pass<Arch, vector_registers<Arch> / 2>(dim, [&]<std::int64_t K>(std::int64_t first, const std::int64_t (&column)[K]) EMBAG_ALWAYS_INLINE {
       batch acc[K];
-      for (std::int64_t k = 0; k < K; ++k) acc[k] = batch(0.0f);
+      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k] = batch(0.0f);
       const bool first_pass = first == 0;
       const auto add_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
         if (weighted) {
           const batch wb(weights[p]);
-          for (std::int64_t k = 0; k < K; ++k) acc[k] += wb * load_row<Arch>(x, column[k], clip, scale);
+          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k] += wb * load_row<Arch>(x, column[k], clip, scale);
         } else {
-          for (std::int64_t k = 0; k < K; ++k) acc[k] += load_row<Arch>(x, column[k], clip, scale);
+          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k] += load_row<Arch>(x, column[k], clip, scale);
         }
         if (first_pass) {
           if (weighted) tally_row(tally, weights[p]);
@@ -431,9 +455,9 @@ struct any_dim_forward {
       c.template for_each_row_of_bag<Type == dtype::f32>(first_pass, begin, end, add_row);
       if (scaling != bag_scaling::none) {
         const float divisor = bag_divisor(scaling, weighted, tally);
-        for (std::int64_t k = 0; k < K; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : divide(acc[k], batch(divisor));
+        EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k] = divisor == 0.0f ? batch(0.0f) : divide(acc[k], batch(divisor));
       }
-      for (std::int64_t k = 0; k < K; ++k) acc[k].store_unaligned(out + column[k]);
+      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k].store_unaligned(out + column[k]);
     });
   }
 

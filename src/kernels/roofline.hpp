@@ -46,13 +46,13 @@ struct minimal_gather {
       if (reads_in_batches<Arch, Type>(dim)) {  // any other D of a batch or more: passes as forward's
         for_each_column_pass<Arch, vector_registers<Arch> / 2>(dim, [&]<std::int64_t K>(std::int64_t first, const std::int64_t (&column)[K]) EMBAG_ALWAYS_INLINE {
           batch acc[K];
-          for (std::int64_t k = 0; k < K; ++k) acc[k] = batch(0.0f);
+          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k] = batch(0.0f);
           for (std::int64_t p = begin; p < end; ++p) {
             if (first == 0) prefetch<Prefetching>(p);
             const reader x(row_address(p), dim);
-            for (std::int64_t k = 0; k < K; ++k) acc[k] += x.load(column[k]);
+            EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k] += x.load(column[k]);
           }
-          for (std::int64_t k = 0; k < K; ++k) acc[k].store_unaligned(out + column[k]);
+          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k].store_unaligned(out + column[k]);
         });
         return;
       }
@@ -68,13 +68,13 @@ struct minimal_gather {
     } else {
       for (std::int64_t first = 0; first < Chunks; first += group) {
         batch acc[group];
-        for (std::int64_t k = 0; k < group; ++k) acc[k] = batch(0.0f);
+        EMBAG_EACH_BATCH for (std::int64_t k = 0; k < group; ++k) acc[k] = batch(0.0f);
         for (std::int64_t p = begin; p < end; ++p) {
           if (first == 0) prefetch<Prefetching>(p);
           const reader x(row_address(p), dim);
-          for (std::int64_t k = 0; k < group; ++k) acc[k] += x.load((first + k) * lanes);
+          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < group; ++k) acc[k] += x.load((first + k) * lanes);
         }
-        for (std::int64_t k = 0; k < group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
+        EMBAG_EACH_BATCH for (std::int64_t k = 0; k < group; ++k) acc[k].store_unaligned(out + (first + k) * lanes);
       }
     }
   }
