@@ -91,8 +91,14 @@ struct forward_context {
   }
 
   // Whether every position before `end` has a row to prefetch ahead of it: false for the bags at
-  // the stream's end, which then prefetch nothing (their rows are the last on their way).
-  bool prefetches_through(std::int64_t end) const noexcept { return Prefetch != prefetch_level::none && end <= prefetch_end; }
+  // the stream's end, which then prefetch nothing (their rows are the last on their way), and
+  // for a call that prefetches nothing, also when its level is read at run time: its bags take
+  // the plain loop, not the prefetching one testing the level per row.
+  bool prefetches_through(std::int64_t end) const noexcept {
+    if constexpr (Prefetch == prefetch_level::automatic)
+      if (prefetch == prefetch_level::none) return false;
+    return Prefetch != prefetch_level::none && end <= prefetch_end;
+  }
 
   // each(p) for p in [begin, end), prefetching ahead when Prefetching (prefetches_through(end) must
   // hold then): no clamp per row.
@@ -250,8 +256,6 @@ template <bool Exact, class Ctx, class Passes>
   const forward_request& r = c.req;
   float* out = c.out_row(bag);
   std::int64_t* argmax = r.argmax != nullptr ? r.argmax + bag * r.dim : nullptr;
-  // the clip scale is tested per row here (max is not worth a second set of instantiations)
-  constexpr bool may_clip = Ctx::element_type == dtype::f32;
   // The bag's first row starts the max, read before the row loop: no test per row for it.
   const std::int64_t start = c.first_row_of_bag(true, begin, end);
   if (start == end) {  // no row at all: zeros, argmax -1
@@ -272,17 +276,17 @@ template <bool Exact, class Ctx, class Passes>
     // or of its mask took three instructions.
     batch nan_probe(0.0f);
     const reader start_row = c.row(start_index);
-    const float start_scale = may_clip ? c.clip_scale(start_index) : 1.0f;
+    const float start_scale = c.clip_scale(start_index);
     EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) {
       acc[k] = load_row<Arch>(start_row, column[k], c.clip_max_norm, start_scale);
       where[k] = batch(static_cast<float>(start - begin));
       if constexpr (!Exact) nan_probe += acc[k];
     }
-    const auto take_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
+    const auto take_row = [&](std::int64_t p, const reader& x, bool clip, float scale) EMBAG_ALWAYS_INLINE {
       const batch here(static_cast<float>(p - begin));
       batch row_sum;  // not Exact: the row's batches summed, then added to nan_probe
       EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) {
-        const batch v = load_row<Arch>(x, column[k], c.clip_max_norm, scale);
+        const batch v = load_row<Arch>(x, column[k], clip, scale);
         if constexpr (Exact) {
           const auto takes = max_takes<Arch>(v, acc[k]);
           acc[k] = xsimd::select(takes, v, acc[k]);
@@ -294,8 +298,13 @@ template <bool Exact, class Ctx, class Passes>
       }
       if constexpr (!Exact) nan_probe += row_sum;
     };
-    // positions up to start were prefetched for by first_row_of_bag
-    c.template for_each_row_of_bag<may_clip>(first == 0, start + 1, end, take_row);
+    // positions up to start were prefetched for by first_row_of_bag; a row loop per clip, as
+    // the sums' (with_clip), so that rows are not tested for it
+    with_clip<Ctx::element_type>(r, [&]<bool clip>() EMBAG_ALWAYS_INLINE {
+      c.template for_each_row_of_bag<clip>(first == 0, start + 1, end, [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
+        take_row(p, x, clip, scale);
+      });
+    });
     if constexpr (!Exact)
       if (xsimd::any(xsimd::isnan(nan_probe))) {
         saw_nan_anywhere = true;
@@ -543,9 +552,9 @@ inline void lookup_rows(const forward_context<Arch, Index, Type, Prefetch>& c, c
     for (; d + lanes <= r.dim; d += lanes) load_row<Arch>(x, d, r.clip_max_norm, scale).store_unaligned(out + d);
     for (; d < r.dim; ++d) out[d] = r.clip_max_norm ? x.at(d) * scale : x.at(d);
   };
-  const std::int64_t prefetched_end = c.prefetches_through(block.bag_end) ? block.bag_end
-                                      : block.bag_begin > c.prefetch_end  ? block.bag_begin
-                                                                          : c.prefetch_end;
+  // the positions with a row ahead of them to prefetch (none when the call prefetches nothing)
+  const std::int64_t prefetched_end =
+      c.prefetches_through(block.bag_begin) ? std::clamp(c.prefetch_end, block.bag_begin, block.bag_end) : block.bag_begin;
   c.template for_each_position<true>(block.bag_begin, prefetched_end, copy_row);
   c.template for_each_position<false>(prefetched_end, block.bag_end, copy_row);
 }
