@@ -222,14 +222,17 @@ void prefetch_trials::report(int candidate, double seconds_per_byte) noexcept {
   const std::lock_guard<std::mutex> lock(mutex_);
   if (chosen() >= 0 || reported_[candidate] == trials) return;
   seconds_per_byte_[candidate][reported_[candidate]++] = seconds_per_byte;
-  double median[max_candidates];
   int best = 0;
+  double best_median = 0.0;
   for (int c = 0; c < candidates_; ++c) {
     if (reported_[c] < trials) return;
     double* times = seconds_per_byte_[c];
     std::nth_element(times, times + trials / 2, times + trials);
-    median[c] = times[trials / 2];
-    if (median[c] < median[best]) best = c;
+    const double median = times[trials / 2];
+    if (c == 0 || median < best_median) {
+      best = c;
+      best_median = median;
+    }
   }
   chosen_.store(best, std::memory_order_release);
 }
