@@ -142,11 +142,11 @@ roofline_call prepare_roofline(const stored_table& t, const bags& batch, matrix_
   return call;
 }
 
-// Backward's row transpose (plan.cpp): at most seven int64 arrays over the call's indices (each
+// Backward's row transpose (plan.cpp): at most nine int64 arrays over the call's indices (each
 // position's bag; the sort's entries and scratch, two words each at most; the sorted positions
-// and their bags), grown in the workspace.
+// and their bags; the unique rows and where each starts), grown in the workspace.
 row_transpose transposed(backward_request& r, const execution& how, transpose_buffers& buffers) {
-  return allocating<std::int64_t>(static_cast<std::size_t>(r.bags.nnz) * 7,
+  return allocating<std::int64_t>(static_cast<std::size_t>(r.bags.nnz) * 9,
                                   [&] { return "backward's row transpose of " + std::to_string(r.bags.nnz) + " indices"; },
                                   [&] { return build_row_transpose(r.bags, r.rows, r.padding_idx, r.reduce, how, buffers); });
 }

@@ -399,7 +399,8 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
                             transpose_buffers& buffers) {
   using Entry = typename Codec::type;
   // The non-padding positions in order: count per chunk, then each one's sort entry (its row and
-  // position, the codec's way).
+  // position, the codec's way). Padding is counted even without a padding_idx: the index
+  // policies rewrite a skipped index as no_padding.
   const std::int64_t nnz = bags.nnz;
   std::vector<std::int64_t>& chunk_start = buffers.chunk_start;
   chunk_start.assign(static_cast<std::size_t>(chunks) + 1, 0);
@@ -407,8 +408,7 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
     run_blocks(chunks, how, [&](std::int64_t c) {
       std::int64_t n = 0;
       const auto [begin, end] = chunk_of(nnz, chunks, c);
-      for (std::int64_t j = begin; j < end; ++j)
-        n += indices[j] != padding_idx;
+      for (std::int64_t j = begin; j < end; ++j) n += indices[j] != padding_idx;
       chunk_start[c + 1] = n;
     });
   });
@@ -457,40 +457,45 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
   }
 
   // The kernels' arrays from the sorted entries (each position's bag looked up once here, so the
-  // kernels read bags in order), and the unique rows, counted per chunk.
+  // kernels read bags in order), and the unique rows with where their positions start, in the same
+  // pass: each chunk writes its unique rows from its own first entry's slot on (it has at most
+  // that many), then they move down behind the chunks before it (chunk 0's stay: one chunk moves
+  // nothing).
   buffers.positions.resize(static_cast<std::size_t>(m));
   buffers.bags.resize(static_cast<std::size_t>(m));
-  const auto starts_row = [&](std::int64_t i) { return i == 0 || codec.row(sorted[i]) != codec.row(sorted[i - 1]); };
+  buffers.unique_rows.resize(static_cast<std::size_t>(m));
+  buffers.segment_begin.resize(static_cast<std::size_t>(m) + 1);
+  std::int64_t* const positions = buffers.positions.data();
+  std::int64_t* const bag_of_sorted = buffers.bags.data();
+  std::int64_t* const unique_rows = buffers.unique_rows.data();
+  std::int64_t* const segment_begin = buffers.segment_begin.data();
+  const std::int64_t* const bag_of_position = buffers.bag_of_position.data();
+  const bool lookup = reduce.pool == pooling::lookup;
   run_blocks(chunks, how, [&](std::int64_t c) {
-    std::int64_t n = 0;
     const auto [begin, end] = chunk_of(m, chunks, c);
+    std::int64_t u = begin;
+    std::int64_t previous_row = begin == 0 ? -1 : codec.row(sorted[begin - 1]);
     for (std::int64_t i = begin; i < end; ++i) {
-      const std::int64_t position = codec.position(sorted[i]);
-      buffers.positions[i] = position;
-      buffers.bags[i] = reduce.pool == pooling::lookup ? position : buffers.bag_of_position[position];
-      n += starts_row(i);
+      const std::int64_t position = codec.position(sorted[i]), row = codec.row(sorted[i]);
+      positions[i] = position;
+      bag_of_sorted[i] = lookup ? position : bag_of_position[position];
+      if (row != previous_row) {
+        unique_rows[u] = row;
+        segment_begin[u++] = i;
+        previous_row = row;
+      }
     }
-    chunk_start[c + 1] = n;
+    chunk_start[c + 1] = u - begin;
   });
-
-  // The unique rows and where their positions start.
-  chunk_start[0] = 0;
-  for (int c = 0; c < chunks; ++c) chunk_start[c + 1] += chunk_start[c];
-  const std::int64_t unique = chunk_start[chunks];
-  buffers.unique_rows.resize(static_cast<std::size_t>(unique));
-  buffers.segment_begin.resize(static_cast<std::size_t>(unique) + 1);
-  run_blocks(chunks, how, [&](std::int64_t c) {
-    std::int64_t u = chunk_start[c];
-    const auto [begin, end] = chunk_of(m, chunks, c);
-    for (std::int64_t i = begin; i < end; ++i) {
-      if (!starts_row(i)) continue;
-      buffers.unique_rows[u] = codec.row(sorted[i]);
-      buffers.segment_begin[u++] = i;
-    }
-  });
+  std::int64_t unique = chunk_start[1];
+  for (int c = 1; c < chunks; ++c) {
+    const std::int64_t from = chunk_of(m, chunks, c).begin, count = chunk_start[c + 1];
+    std::memmove(unique_rows + unique, unique_rows + from, static_cast<std::size_t>(count) * sizeof(std::int64_t));
+    std::memmove(segment_begin + unique, segment_begin + from, static_cast<std::size_t>(count) * sizeof(std::int64_t));
+    unique += count;
+  }
   buffers.segment_begin[unique] = m;
   return unique;
-
 }
 
 }  // namespace

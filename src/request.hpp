@@ -14,7 +14,9 @@
 
 namespace embag::detail {
 
-inline constexpr std::int64_t no_padding = -1;  // indices are validated >= 0: never matches
+// The caller's indices are validated >= 0, so this matches none of them; the index policies
+// rewrite a skipped or pruned index as the padding, this value included, so it matches those.
+inline constexpr std::int64_t no_padding = -1;
 
 // The bags of a validated call, as read in place from the caller's arrays.
 struct bag_source {
