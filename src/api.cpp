@@ -38,6 +38,18 @@ const execution inline_execution = [] {
   return how;
 }();
 
+// A batch's blocks, every table's in one list (plan_batched_forward_blocks, into ws), and how to
+// run them: inline when the whole batch is too little work to split.
+struct batch_plan {
+  std::span<const table_block> blocks;
+  const execution& how;
+};
+
+batch_plan plan_batch(std::span<const forward_request> requests, const execution& how, workspace::impl& ws) {
+  const int threads = plan_batched_forward_blocks(requests, threads_for(how), ws.batched_blocks);
+  return {ws.batched_blocks, threads == 1 ? inline_execution : how};
+}
+
 // The caller's workspace, or a fresh one for this call only when it gave none.
 class scratch_or_local {
  public:
@@ -83,9 +95,11 @@ void forward_block(const kernel_table& k, const forward_request& req, const bag_
   }
 }
 
-void run_forward(isa which, forward_request& req, const execution& how) {
+// may_trial = false: a forward whose time is not a table's lookups (a backward's) does not put
+// the prefetch on trial (choose_prefetch).
+void run_forward(isa which, forward_request& req, const execution& how, bool may_trial = true) {
   if (which == isa::reference) return reference_forward(req);
-  choose_prefetch(req, how.prefetch);
+  choose_prefetch(req, how.prefetch, may_trial);
   bag_blocks plan;
   plan_forward_blocks(req.bags, req.reduce.pool, req.dim, threads_for(how), plan);
   const kernel_table& k = kernels_of(which);
@@ -95,8 +109,40 @@ void run_forward(isa which, forward_request& req, const execution& how) {
   if (req.prefetch_trial >= 0) report_prefetch_trial(req, std::chrono::duration<double>(clock::now() - start).count());
 }
 
+// The sparse gradient of a pooled sum (sum, mean, sqrtn, none) is itself a forward: dW = A^T dY,
+// so gradient row u is the sum, over unique row u's positions in position order, of their bags'
+// dY rows times their coefficients. As a forward over the table dY, its bags are the transpose's
+// segments, their indices the positions' bags and their weights the coefficients; the forward's
+// arithmetic (acc = 0; acc += w_j x_j) is backward's, element by element, so the bits are the
+// same. Its kernels keep a row's sum in registers where backward_rows read and wrote it in memory
+// at every position (a hot row of Zipf ids has many: the batched DLRM backward 3.2x its forward,
+// 2.0x this way).
+bool is_sparse_sums(const backward_request& r) { return r.sparse_values != nullptr && r.reduce.pool != pooling::max; }
+
+forward_request sparse_sums_as_forward(const backward_request& r) {
+  const row_transpose& t = r.transpose;
+  bag_source segments;
+  segments.indices = t.bags;
+  segments.nnz = t.segment_begin[t.num_unique];
+  segments.boundaries = t.segment_begin;
+  segments.num_boundaries = t.num_unique + 1;
+  segments.num_bags = t.num_unique;
+  segments.weights = t.coefficients;
+  segments.one_index_each = segments.nnz == t.num_unique;  // then segment u is position u
+  const std::int64_t dy_rows = r.reduce.pool == pooling::lookup ? r.bags.nnz : r.bags.num_bags;
+  forward_request f = forward_request_for(stored(table_view<const float>{r.grad_output, dy_rows, r.dim, r.grad_output_stride}),
+                                          segments, options{}, no_padding);
+  f.out = r.sparse_values;
+  f.out_stride = r.dim;
+  return f;
+}
+
 // The kernels over blocks of unique rows of r.transpose.
 void run_row_kernels(isa which, const backward_request& r, const execution& how) {
+  if (is_sparse_sums(r)) {
+    forward_request f = sparse_sums_as_forward(r);
+    return run_forward(which, f, how, false);
+  }
   range_blocks plan;
   plan_row_blocks(r.transpose, r.dim, threads_for(how), plan);
   const kernel_table& k = kernels_of(which);
@@ -142,13 +188,14 @@ roofline_call prepare_roofline(const stored_table& t, const bags& batch, matrix_
   return call;
 }
 
-// Backward's row transpose (plan.cpp): at most nine int64 arrays over the call's indices (each
+// Backward's row transpose (plan.cpp): at most ten int64 arrays over the call's indices (each
 // position's bag; the sort's entries and scratch, two words each at most; the sorted positions
-// and their bags; the unique rows and where each starts), grown in the workspace.
+// and their bags; the unique rows and where each starts; the coefficients, a float each), grown
+// in the workspace.
 row_transpose transposed(backward_request& r, const execution& how, transpose_buffers& buffers) {
-  return allocating<std::int64_t>(static_cast<std::size_t>(r.bags.nnz) * 9,
+  return allocating<std::int64_t>(static_cast<std::size_t>(r.bags.nnz) * 10,
                                   [&] { return "backward's row transpose of " + std::to_string(r.bags.nnz) + " indices"; },
-                                  [&] { return build_row_transpose(r.bags, r.rows, r.padding_idx, r.reduce, how, buffers); });
+                                  [&] { return build_row_transpose(r.bags, r.rows, r.padding_idx, r.reduce, r.scale_grad_by_freq, how, buffers); });
 }
 
 // The row transposes of a batch's tables, each in its own buffers, in one parallel loop over the
@@ -178,14 +225,31 @@ std::span<const table_rows_block> plan_tables(std::int64_t count, const PlanOf& 
   return blocks;
 }
 
-// Every table's row kernels in one parallel loop over (table, block of its unique rows) pairs.
+// Every table's sparse gradient: the pooled sums' as one batched forward (a parallel loop over
+// every such table's blocks), max's by the row kernels in a parallel loop over (table, block of
+// its unique rows) pairs.
 void run_row_kernels_batched(isa which, std::span<const backward_request> tables, const execution& how,
                              workspace::impl& ws) {
+  const kernel_table& k = kernels_of(which);
+  std::vector<forward_request>& sums = ws.batched_requests;
+  reserved(sums, tables.size(), "the forwards of a batched sparse gradient");
+  sums.clear();
+  for (const backward_request& r : tables)
+    if (is_sparse_sums(r)) sums.push_back(sparse_sums_as_forward(r));
+  for (forward_request& f : sums) choose_prefetch(f, how.prefetch, false);
+  const batch_plan forwards = plan_batch(sums, how, ws);
+  run_blocks(std::ssize(forwards.blocks), forwards.how, [&](std::int64_t i) {
+    forward_block(k, sums[static_cast<std::size_t>(forwards.blocks[i].table)], forwards.blocks[i].block);
+  });
+
   const int threads = threads_for(how);
   const auto blocks = plan_tables(
       std::ssize(tables),
-      [&](std::int64_t t, range_blocks& plan) { plan_row_blocks(tables[t].transpose, tables[t].dim, threads, plan); }, ws);
-  const kernel_table& k = kernels_of(which);
+      [&](std::int64_t t, range_blocks& plan) {
+        if (is_sparse_sums(tables[t])) plan.count = 0;
+        else plan_row_blocks(tables[t].transpose, tables[t].dim, threads, plan);
+      },
+      ws);
   run_blocks(std::ssize(blocks), how, [&](std::int64_t i) {
     const table_rows_block& b = blocks[static_cast<std::size_t>(i)];
     k.backward_rows(tables[static_cast<std::size_t>(b.table)], b.rows.begin, b.rows.end);
@@ -326,15 +390,15 @@ void detail::execute(const batched_forward_call& call, workspace::impl& ws) {
     return;
   }
   for (forward_request& req : call.tables) choose_prefetch(req, call.how.prefetch);
-  const int threads = plan_batched_forward_blocks(call.tables, threads_for(call.how), ws.batched_blocks);
-  const std::span<const table_block> blocks = ws.batched_blocks;
+  const batch_plan plan = plan_batch(call.tables, call.how, ws);
+  const std::span<const table_block> blocks = plan.blocks;
   // a table whose prefetch is on trial has its blocks timed, each into its own slot
   const bool on_trial = std::any_of(call.tables.begin(), call.tables.end(),
                                     [](const forward_request& req) { return req.prefetch_trial >= 0; });
   if (on_trial) resized(ws.batched_block_seconds, blocks.size(), "the times of a batched forward's blocks");
   for (const index_census& c : call.censuses) c.publish();  // once the plan's memory is there
   const kernel_table& k = kernels_of(call.which);
-  run_blocks(static_cast<std::int64_t>(blocks.size()), threads == 1 ? inline_execution : call.how,
+  run_blocks(static_cast<std::int64_t>(blocks.size()), plan.how,
              [&](std::int64_t i) {
                const forward_request& req = call.tables[blocks[i].table];
                if (req.prefetch_trial < 0) return forward_block(k, req, blocks[i].block);
@@ -380,12 +444,11 @@ void detail::execute(const batched_weights_grad_call& call, workspace::impl& ws)
   reserved(ws.batched_requests, call.tables.size(), "the requests of a batched weights gradient");
   ws.batched_requests.clear();
   for (const weights_grad_request& r : call.tables) ws.batched_requests.push_back(r.forward);
-  const int threads = plan_batched_forward_blocks(ws.batched_requests, threads_for(call.how), ws.batched_blocks);
+  const batch_plan plan = plan_batch(ws.batched_requests, call.how, ws);
   for (const index_census& c : call.censuses) c.publish();
   const kernel_table& k = kernels_of(call.which);
-  const std::span<const table_block> blocks = ws.batched_blocks;
-  run_blocks(static_cast<std::int64_t>(blocks.size()), threads == 1 ? inline_execution : call.how,
-             [&](std::int64_t i) { k.weights_grad(call.tables[blocks[i].table], blocks[i].block); });
+  run_blocks(std::ssize(plan.blocks), plan.how,
+             [&](std::int64_t i) { k.weights_grad(call.tables[plan.blocks[i].table], plan.blocks[i].block); });
 }
 
 void detail::execute(const weights_grad_call& call) {

@@ -17,6 +17,13 @@ std::int64_t rows_of(const bag_source& bags, mode m) {
   return reduction_of(m).pool == pooling::lookup ? bags.nnz : bags.num_bags;
 }
 
+// options.report: an output of the call.
+byte_range report_bytes(const options& opts) {
+  return {"report", opts.report, opts.report != nullptr ? std::int64_t{sizeof(index_report)} : 0};
+}
+
+}  // namespace
+
 forward_request forward_request_for(const stored_table& t, const bag_source& bags, const options& opts,
                                     std::int64_t padding) {
   forward_request req;
@@ -35,13 +42,6 @@ forward_request forward_request_for(const stored_table& t, const bag_source& bag
   req.norm_type = opts.norm_type;
   return req;
 }
-
-// options.report: an output of the call.
-byte_range report_bytes(const options& opts) {
-  return {"report", opts.report, opts.report != nullptr ? std::int64_t{sizeof(index_report)} : 0};
-}
-
-}  // namespace
 
 table_view<const float> stored_table::floats() const {
   return {reinterpret_cast<const float*>(data), rows, dim, stride / std::int64_t{sizeof(float)}};

@@ -37,6 +37,11 @@ stored_table stored(table_view<const float> t);
 stored_table stored(table_view<float> t);  // writable
 stored_table stored(compressed_table_view t);
 
+// A forward over table t's rows of validated bags, as opts asks (padding: the validated padding_idx
+// or no_padding); its output, prefetch and argmax are the caller's to set.
+forward_request forward_request_for(const stored_table& t, const bag_source& bags, const options& opts,
+                                    std::int64_t padding);
+
 // The caller's read-only arrays of a call, which no output may overlap.
 class call_inputs {
  public:

@@ -391,8 +391,9 @@ struct wide_entry {
   std::int64_t position(type e) const { return e.position; }
 };
 
-// Sorts the non-padding positions by row into buffers.positions, buffers.bags (each position's bag),
-// buffers.unique_rows and buffers.segment_begin; returns the number of unique rows.
+// Sorts the non-padding positions by row into buffers.bags (each position's bag),
+// buffers.unique_rows and buffers.segment_begin, and buffers.positions when the bags are weighted
+// (their coefficients' weights); returns the number of unique rows.
 template <class Codec>
 std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t padding_idx, reduction reduce,
                             const execution& how, int chunks, Codec codec, std::vector<typename Codec::type>& entries,
@@ -461,7 +462,8 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
   // pass: each chunk writes its unique rows from its own first entry's slot on (it has at most
   // that many), then they move down behind the chunks before it (chunk 0's stay: one chunk moves
   // nothing).
-  buffers.positions.resize(static_cast<std::size_t>(m));
+  const bool weighted = bags.weights != nullptr;
+  if (weighted) buffers.positions.resize(static_cast<std::size_t>(m));
   buffers.bags.resize(static_cast<std::size_t>(m));
   buffers.unique_rows.resize(static_cast<std::size_t>(m));
   buffers.segment_begin.resize(static_cast<std::size_t>(m) + 1);
@@ -477,7 +479,7 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
     std::int64_t previous_row = begin == 0 ? -1 : codec.row(sorted[begin - 1]);
     for (std::int64_t i = begin; i < end; ++i) {
       const std::int64_t position = codec.position(sorted[i]), row = codec.row(sorted[i]);
-      positions[i] = position;
+      if (weighted) positions[i] = position;
       bag_of_sorted[i] = lookup ? position : bag_of_position[position];
       if (row != previous_row) {
         unique_rows[u] = row;
@@ -501,7 +503,8 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
 }  // namespace
 
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
-                                  reduction reduce, const execution& how, transpose_buffers& buffers) {
+                                  reduction reduce, bool scale_grad_by_freq, const execution& how,
+                                  transpose_buffers& buffers) {
   const std::int64_t nnz = bags.nnz;
   const int threads = threads_for(how);
   // Chunks of positions for the parallel passes; the result is the same for any chunking.
@@ -541,12 +544,29 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
           : sort_into_rows(bags, row_bits, padding_idx, reduce, how, chunks, wide_entry{}, buffers.wide_entries, buffers);
 
   row_transpose t;
-  t.positions = buffers.positions.data();
   t.unique_rows = buffers.unique_rows.data();
   t.segment_begin = buffers.segment_begin.data();
   t.bags = buffers.bags.data();
-  t.bag_divisor = scaled ? buffers.bag_divisor.data() : nullptr;
   t.num_unique = unique;
+
+  // Each position's coefficient in its row's gradient, when a pooled sum has any but 1.
+  if (reduce.pool != pooling::max && (bags.weights != nullptr || scaled || scale_grad_by_freq)) {
+    buffers.coefficients.resize(static_cast<std::size_t>(t.segment_begin[unique]));
+    float* const coefficients = buffers.coefficients.data();
+    run_blocks(chunks, how, [&](std::int64_t c) {
+      const auto [begin, end] = chunk_of(unique, chunks, c);
+      for (std::int64_t u = begin; u < end; ++u) {
+        const std::int64_t first = t.segment_begin[u], last = t.segment_begin[u + 1];
+        for (std::int64_t k = first; k < last; ++k) {
+          float coefficient = bags.weights != nullptr ? bags.weights[buffers.positions[k]] : 1.0f;
+          if (scaled) coefficient = divided(coefficient, buffers.bag_divisor[t.bags[k]]);
+          if (scale_grad_by_freq) coefficient = coefficient / static_cast<float>(last - first);
+          coefficients[k] = coefficient;
+        }
+      }
+    });
+    t.coefficients = coefficients;
+  }
   return t;
 }
 

@@ -126,17 +126,18 @@ void report_prefetch_trial(const forward_request& req, double seconds) noexcept;
 struct transpose_buffers {
   std::vector<std::uint64_t> packed_entries;        // sort entries, one word each, then their scratch
   std::vector<row_and_position> wide_entries;       // ... when a row and a position need two words
-  std::vector<std::int64_t> positions, bags;        // row_transpose's
+  std::vector<std::int64_t> positions, bags;        // the sorted positions (weighted bags only) and their bags
   std::vector<std::int64_t> unique_rows, segment_begin;
   std::vector<std::int64_t> bag_of_position;
-  std::vector<float> bag_divisor;
+  std::vector<float> bag_divisor, coefficients;
   std::vector<std::int64_t> histogram, chunk_start;  // the sort's per-chunk counts
 };
 
 // The bags transposed into rows (see row_transpose), in `buffers`, built on the threads `how`
 // allows; the result does not depend on the thread count.
 row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_rows, std::int64_t padding_idx,
-                                  reduction reduce, const execution& how, transpose_buffers& buffers);
+                                  reduction reduce, bool scale_grad_by_freq, const execution& how,
+                                  transpose_buffers& buffers);
 
 // torch.embedding_renorm_: each distinct row among `rows` whose norm exceeds max_norm is scaled
 // by max_norm_scale, once.

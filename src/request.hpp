@@ -103,11 +103,13 @@ struct row_and_position {
 };
 
 struct row_transpose {
-  const std::int64_t* positions = nullptr;        // sorted positions
   const std::int64_t* unique_rows = nullptr;      // num_unique rows, ascending
   const std::int64_t* segment_begin = nullptr;    // num_unique + 1: positions of unique_rows[u]
   const std::int64_t* bags = nullptr;             // the bag of each sorted position (mode none: itself)
-  const float* bag_divisor = nullptr;             // num_bags, scaled reductions only (reduction.hpp)
+  // Per sorted position of a pooled sum, what its dY row is multiplied by in its row's gradient:
+  // its weight, divided by its bag's divisor (mean, sqrtn), then by its row's count
+  // (scale_grad_by_freq); the reference's arithmetic. Null when every one is 1, and for max.
+  const float* coefficients = nullptr;
   std::int64_t num_unique = 0;
 };
 

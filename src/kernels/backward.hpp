@@ -5,7 +5,10 @@
 // position order: blocks of rows run in parallel without atomics and the result does not depend
 // on the thread count. Per element it is the reference's loop, in the same order:
 //   grad[row] += c_j * dY[bag(j)],   c_j = w_j (/ bag divisor for mean, sqrtn) (/ count(row) by freq)
-// and for max: grad[row][d] += dY[bag][d] (/ count) where argmax[bag][d] == row, once per bag.
+// (c_j: the transpose's coefficients) and for max: grad[row][d] += dY[bag][d] (/ count) where
+// argmax[bag][d] == row, once per bag. It serves the dense gradients that need the transpose, the
+// sparse gradient of max and the optimizers' fused gradients; the sparse gradient of the sums is
+// a forward over dY (api.cpp, sparse_sums_as_forward).
 //
 // weights_grad: per index j, <dY[bag(j)], x_j> (x_j clipped as forward saw it); for a weighted
 // bag divided by S (mean, sqrtn), (<dY, x_j> - slope_j * sum_i w_i <dY, x_i> / S) / S with
@@ -18,15 +21,6 @@
 #include "kernels/common.hpp"
 
 namespace embag::detail::EMBAG_ISA_NS {
-
-// The coefficient of position j in row `row`'s gradient; the reference computes the same way.
-inline float row_gradient_coefficient(const backward_request& r, std::int64_t position, std::int64_t bag,
-                                      std::int64_t row_count) noexcept {
-  float c = r.bags.weights ? r.bags.weights[position] : 1.0f;
-  if (r.reduce.scaling != bag_scaling::none) c = divided(c, r.transpose.bag_divisor[bag]);
-  if (r.scale_grad_by_freq) c = c / static_cast<float>(row_count);
-  return c;
-}
 
 // Rows ahead whose gradient destination (dense: a random row of the caller's R x D buffer) is
 // prefetched into L1, and 4x as far ahead into L2; positions ahead whose dY row is prefetched into
@@ -52,7 +46,6 @@ inline void row_gradient(const backward_request& r, std::int64_t u, float* grad,
   for (std::int64_t k = first; k < last; ++k) {
     if (k + backward_prefetch_positions < positions_end)
       prefetch_row<3>(r.grad_output + t.bags[k + backward_prefetch_positions] * r.grad_output_stride, row_bytes);
-    const std::int64_t position = t.positions[k];
     const std::int64_t bag = t.bags[k];
     const float* dy = r.grad_output + bag * r.grad_output_stride;
     if (r.reduce.pool == pooling::max) {
@@ -65,7 +58,7 @@ inline void row_gradient(const backward_request& r, std::int64_t u, float* grad,
         if (winner[d] == row) grad[d] += c * dy[d];
       continue;
     }
-    const float c = row_gradient_coefficient(r, position, bag, count);
+    const float c = t.coefficients != nullptr ? t.coefficients[k] : 1.0f;
     if (Fresh && k == first) add_scaled<Arch, true>(grad, dy, c, dim);  // the row's first write
     else add_scaled<Arch>(grad, dy, c, dim);
   }
@@ -139,7 +132,7 @@ void backward_scatter_typed(const backward_request& r, std::int64_t row_begin, s
       const std::int64_t row = indices[j];
       if (!owned(row) || row == r.padding_idx) continue;
       float c = r.bags.weights ? r.bags.weights[j] : 1.0f;
-      if (scaling != bag_scaling::none) c = divided(c, divisor);  // row_gradient_coefficient's arithmetic
+      if (scaling != bag_scaling::none) c = divided(c, divisor);  // the transpose's coefficients' arithmetic
       add_scaled<Arch>(r.grad_table + row * r.grad_table_stride, dy, c, dim);
     }
   });
