@@ -117,9 +117,11 @@ void run_forward(isa which, forward_request& req, const execution& how, bool may
 // same. Its kernels keep a row's sum in registers where backward_rows read and wrote it in memory
 // at every position (a hot row of Zipf ids has many: the batched DLRM backward 3.2x its forward,
 // 2.0x this way).
+// The optimizers' fused steps compute their gradient rows the same way (update_rows), chunk by
+// chunk into scratch rows: the caller points the forward's output.
 bool is_sparse_sums(const backward_request& r) { return r.sparse_values != nullptr && r.reduce.pool != pooling::max; }
 
-forward_request sparse_sums_as_forward(const backward_request& r) {
+forward_request sums_gradient_as_forward(const backward_request& r) {
   const row_transpose& t = r.transpose;
   bag_source segments;
   segments.indices = t.bags;
@@ -132,7 +134,6 @@ forward_request sparse_sums_as_forward(const backward_request& r) {
   const std::int64_t dy_rows = r.reduce.pool == pooling::lookup ? r.bags.nnz : r.bags.num_bags;
   forward_request f = forward_request_for(stored(table_view<const float>{r.grad_output, dy_rows, r.dim, r.grad_output_stride}),
                                           segments, options{}, no_padding);
-  f.out = r.sparse_values;
   f.out_stride = r.dim;
   return f;
 }
@@ -140,7 +141,8 @@ forward_request sparse_sums_as_forward(const backward_request& r) {
 // The kernels over blocks of unique rows of r.transpose.
 void run_row_kernels(isa which, const backward_request& r, const execution& how) {
   if (is_sparse_sums(r)) {
-    forward_request f = sparse_sums_as_forward(r);
+    forward_request f = sums_gradient_as_forward(r);
+    f.out = r.sparse_values;
     return run_forward(which, f, how, false);
   }
   range_blocks plan;
@@ -235,7 +237,10 @@ void run_row_kernels_batched(isa which, std::span<const backward_request> tables
   reserved(sums, tables.size(), "the forwards of a batched sparse gradient");
   sums.clear();
   for (const backward_request& r : tables)
-    if (is_sparse_sums(r)) sums.push_back(sparse_sums_as_forward(r));
+    if (is_sparse_sums(r)) {
+      sums.push_back(sums_gradient_as_forward(r));
+      sums.back().out = r.sparse_values;
+    }
   for (forward_request& f : sums) choose_prefetch(f, how.prefetch, false);
   const batch_plan forwards = plan_batch(sums, how, ws);
   run_blocks(std::ssize(forwards.blocks), forwards.how, [&](std::int64_t i) {
@@ -300,6 +305,11 @@ void run_updates(std::span<update_request> tables, isa which, const execution& h
   for (update_request& q : tables) choose_scatter_prefetch(q.gradient, how.prefetch);
   transpose_tables(
       count, [&](std::int64_t t) { return tables[t].given_gradient == nullptr ? &tables[t].gradient : nullptr; }, how, ws);
+  for (update_request& q : tables)
+    if (q.given_gradient == nullptr && q.gradient.reduce.pool != pooling::max) {
+      q.sums_gradient = sums_gradient_as_forward(q.gradient);
+      choose_prefetch(q.sums_gradient, how.prefetch, false);
+    }
   const int threads = threads_for(how);
   std::int64_t per_block = 0, widest = 0;
   const auto blocks = plan_tables(

@@ -135,6 +135,9 @@ struct backward_request {
 // computed from the transpose as backward_rows computes it (fused), or read from given_gradient.
 struct update_request {
   backward_request gradient;
+  // A fused pooled sum's gradient rows as a forward over dY (api.cpp), run a chunk at a time into
+  // scratch rows; its table is null when the rows come from row_gradient (max) or given_gradient.
+  forward_request sums_gradient;
   const float* given_gradient = nullptr;  // num_unique x dim, dense: row u's gradient at u * dim
   std::byte* table = nullptr;             // row r at table + r * table_stride elements of table_type
   dtype table_type = dtype::f32;          // f32, f16 or bf16

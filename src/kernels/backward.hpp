@@ -6,9 +6,9 @@
 // on the thread count. Per element it is the reference's loop, in the same order:
 //   grad[row] += c_j * dY[bag(j)],   c_j = w_j (/ bag divisor for mean, sqrtn) (/ count(row) by freq)
 // (c_j: the transpose's coefficients) and for max: grad[row][d] += dY[bag][d] (/ count) where
-// argmax[bag][d] == row, once per bag. It serves the dense gradients that need the transpose, the
-// sparse gradient of max and the optimizers' fused gradients; the sparse gradient of the sums is
-// a forward over dY (api.cpp, sparse_sums_as_forward).
+// argmax[bag][d] == row, once per bag. It serves the dense gradients that need the transpose and
+// max's sparse and fused gradients; the sums' are a forward over dY (api.cpp,
+// sums_gradient_as_forward).
 //
 // weights_grad: per index j, <dY[bag(j)], x_j> (x_j clipped as forward saw it); for a weighted
 // bag divided by S (mean, sqrtn), (<dY, x_j> - slope_j * sum_i w_i <dY, x_i> / S) / S with

@@ -1,7 +1,8 @@
 // THE optimizer kernel (embag/optim.hpp), templated on the xsimd architecture, compiled once per
-// ISA. Per unique row of an update: its gradient (row_gradient from the transpose, or the given
-// sparse row), weight decay, then the optimizer's new weights and state into scratch rows; then,
-// when every new value is finite and within the table type's range, the stores. Per element it is
+// ISA. Per unique row of an update: its gradient (fused: from the transpose, as backward_sparse
+// computes it; or the given sparse row), weight decay, then the optimizer's new weights and state
+// into scratch rows; then, when every new value is finite and within the table type's range, the
+// stores. Per element it is
 // the reference's formula with the same operations in the same order (no contraction: meson.build),
 // so the two agree bit for bit; rowwise Adagrad's sum of squares has one order every ISA computes
 // (sum_of_squares).
@@ -11,6 +12,7 @@
 #include <cmath>
 
 #include "kernels/backward.hpp"
+#include "kernels/forward.hpp"
 #include "kernels/narrow.hpp"
 #include "kernels/rows.hpp"
 
@@ -143,7 +145,7 @@ void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::
   const std::int64_t chunk = update_chunk_rows(q);
   float* const step_scratch = scratch + (fused ? chunk * dim : 0);  // update_row's rows
   const std::int64_t positions_end = fused ? t.segment_begin[unique_end] : 0;
-  if (fused) prefetch_first_positions(r, unique_begin, positions_end);
+  if (fused && q.sums_gradient.table == nullptr) prefetch_first_positions(r, unique_begin, positions_end);
   const std::int64_t row_bytes = dim * (Type == dtype::f32 ? 4 : 2);
   const std::int64_t state_bytes = (Kind == optimizer_kind::adagrad ? dim : 1) * std::int64_t{sizeof(float)};
   // The chunk's table and state rows (a large table's are random rows of DRAM), loaded before its
@@ -160,8 +162,14 @@ void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::
   for (std::int64_t first = unique_begin; first < unique_end; first += chunk) {
     const std::int64_t last = std::min(first + chunk, unique_end);
     load_rows(first, last);
-    if (fused)
+    if (fused && q.sums_gradient.table != nullptr) {
+      forward_request chunk_gradients = q.sums_gradient;
+      chunk_gradients.out = scratch;
+      chunk_gradients.out_first_bag = first;
+      forward_block<Arch>(chunk_gradients, {first, last, t.segment_begin[first]});
+    } else if (fused) {
       for (std::int64_t u = first; u < last; ++u) row_gradient<Arch, true>(r, u, scratch + (u - first) * dim, positions_end);
+    }
     for (std::int64_t u = first; u < last; ++u) {
       const float* g = fused ? scratch + (u - first) * dim : q.given_gradient + u * dim;
       const std::int64_t row = t.unique_rows[u];
