@@ -2,10 +2,9 @@
 // ISA. Per unique row of an update: its gradient (fused: from the transpose, as backward_sparse
 // computes it; or the given sparse row), weight decay, then the optimizer's new weights and state
 // into scratch rows; then, when every new value is finite and within the table type's range, the
-// stores. Per element it is
-// the reference's formula with the same operations in the same order (no contraction: meson.build),
-// so the two agree bit for bit; rowwise Adagrad's sum of squares has one order every ISA computes
-// (sum_of_squares).
+// stores. Per element it is the reference's formula with the same operations in the same order
+// (no contraction: meson.build), so the two agree bit for bit; rowwise Adagrad's sum of squares
+// has one order every ISA computes (sum_of_squares).
 #pragma once
 
 #include <cfloat>
