@@ -370,58 +370,89 @@ struct chunk_range {
 };
 chunk_range chunk_of(std::int64_t n, int chunks, std::int64_t c) { return {n * c / chunks, n * (c + 1) / chunks}; }
 
-// A transpose's sort entry: a position's row and the position, as one word, row << position_bits
-// | position, when both fit: a third of the bytes that three arrays (row, position, bag) moved in
-// every pass of the sort.
+// A transpose's sort entry: a position's row and its tag (the position, or its bag when the
+// kernels need nothing else), as one word, row << tag_bits | tag, when both fit: a third of the
+// bytes that three arrays (row, position, bag) moved in every pass of the sort.
 struct packed_entry {
   using type = std::uint64_t;
-  int position_bits = 0;
-  type make(std::int64_t row, std::int64_t position) const {
-    return static_cast<type>(row) << position_bits | static_cast<type>(position);
-  }
-  std::int64_t row(type e) const { return static_cast<std::int64_t>(e >> position_bits); }
-  std::int64_t position(type e) const { return static_cast<std::int64_t>(e & ((type{1} << position_bits) - 1)); }
+  int tag_bits = 0;
+  type make(std::int64_t row, std::int64_t tag) const { return static_cast<type>(row) << tag_bits | static_cast<type>(tag); }
+  std::int64_t row(type e) const { return static_cast<std::int64_t>(e >> tag_bits); }
+  std::int64_t tag(type e) const { return static_cast<std::int64_t>(e & ((type{1} << tag_bits) - 1)); }
 };
 
 // ... and as two words when they do not.
 struct wide_entry {
   using type = row_and_position;
-  type make(std::int64_t row, std::int64_t position) const { return {row, position}; }
+  type make(std::int64_t row, std::int64_t tag) const { return {row, tag}; }
   std::int64_t row(type e) const { return e.row; }
-  std::int64_t position(type e) const { return e.position; }
+  std::int64_t tag(type e) const { return e.position; }
 };
 
 // Sorts the non-padding positions by row into buffers.bags (each position's bag),
 // buffers.unique_rows and buffers.segment_begin, and buffers.positions when the bags are weighted
-// (their coefficients' weights); returns the number of unique rows.
+// (their coefficients' weights); returns the number of unique rows. `blocks` cut the positions
+// into runs of whole bags, so a walk over them knows each position's bag: an entry is tagged with
+// its bag, and with its position only when weighted (the bag then looked up in
+// buffers.bag_of_position, written by the same walk) or when each position is its own bag.
 template <class Codec>
-std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t padding_idx, reduction reduce,
-                            const execution& how, int chunks, Codec codec, std::vector<typename Codec::type>& entries,
-                            transpose_buffers& buffers) {
+std::int64_t sort_into_rows(const bag_source& bags, const bag_blocks& blocks, int row_bits, std::int64_t padding_idx,
+                            reduction reduce, const execution& how, int chunks, Codec codec,
+                            std::vector<typename Codec::type>& entries, transpose_buffers& buffers) {
   using Entry = typename Codec::type;
-  // The non-padding positions in order: count per chunk, then each one's sort entry (its row and
-  // position, the codec's way). Padding is counted even without a padding_idx: the index
-  // policies rewrite a skipped index as no_padding.
   const std::int64_t nnz = bags.nnz;
+  const bool weighted = bags.weights != nullptr;
+  const bool bag_per_position = reduce.pool == pooling::lookup || bags.one_index_each;
+  const bool tagged_by_position = weighted && !bag_per_position;
+  const bool scaled = reduce.pool != pooling::lookup && reduce.scaling != bag_scaling::none;
+  const auto index_end = [&](int k) { return k + 1 < blocks.count ? blocks.blocks[k + 1].index_begin : nnz; };
+  const auto bag_end = [&](std::int64_t b, std::int64_t start) { return bag_per_position ? b + 1 : end_of_bag(bags, b, start); };
+  if (tagged_by_position) buffers.bag_of_position.resize(static_cast<std::size_t>(nnz));
+  if (scaled) buffers.bag_divisor.resize(static_cast<std::size_t>(bags.num_bags));
+
+  // The non-padding positions in order: count per block (and each bag's divisor when the
+  // reduction scales, forward's tally in order), then each one's sort entry. Padding is counted
+  // even without a padding_idx: the index policies rewrite a skipped index as no_padding.
   std::vector<std::int64_t>& chunk_start = buffers.chunk_start;
-  chunk_start.assign(static_cast<std::size_t>(chunks) + 1, 0);
+  chunk_start.assign(static_cast<std::size_t>(std::max(chunks, blocks.count)) + 1, 0);
   with_indices(bags, [&](const auto* indices) {
-    run_blocks(chunks, how, [&](std::int64_t c) {
+    run_blocks(blocks.count, how, [&](std::int64_t k) {
+      const bag_block& block = blocks.blocks[k];
       std::int64_t n = 0;
-      const auto [begin, end] = chunk_of(nnz, chunks, c);
-      for (std::int64_t j = begin; j < end; ++j) n += indices[j] != padding_idx;
-      chunk_start[c + 1] = n;
+      if (scaled) {
+        std::int64_t start = block.index_begin;
+        for (std::int64_t b = block.bag_begin; b < block.bag_end; ++b) {
+          const std::int64_t end = bag_end(b, start);
+          bag_tally tally;
+          for (std::int64_t j = start; j < end; ++j)
+            if (indices[j] != padding_idx) tally_row(tally, weighted ? bags.weights[j] : 1.0f);
+          buffers.bag_divisor[b] = bag_divisor(reduce.scaling, weighted, tally);
+          n += tally.count;
+          start = end;
+        }
+      } else {
+        const std::int64_t end = index_end(static_cast<int>(k));
+        for (std::int64_t j = block.index_begin; j < end; ++j) n += indices[j] != padding_idx;
+      }
+      chunk_start[k + 1] = n;
     });
   });
-  for (int c = 0; c < chunks; ++c) chunk_start[c + 1] += chunk_start[c];
-  const std::int64_t m = chunk_start[chunks];
+  for (int k = 0; k < blocks.count; ++k) chunk_start[k + 1] += chunk_start[k];
+  const std::int64_t m = chunk_start[blocks.count];
   entries.resize(2 * static_cast<std::size_t>(m));  // the entries, then the sort's scratch
+  std::int64_t* const bag_of_position = buffers.bag_of_position.data();
   with_indices(bags, [&](const auto* indices) {
-    run_blocks(chunks, how, [&](std::int64_t c) {
-      std::int64_t out = chunk_start[c];
-      const auto [begin, end] = chunk_of(nnz, chunks, c);
-      for (std::int64_t j = begin; j < end; ++j)
-        if (indices[j] != padding_idx) entries[out++] = codec.make(indices[j], j);
+    run_blocks(blocks.count, how, [&](std::int64_t k) {
+      const bag_block& block = blocks.blocks[k];
+      std::int64_t out = chunk_start[k], start = block.index_begin;
+      for (std::int64_t b = block.bag_begin; b < block.bag_end; ++b) {
+        const std::int64_t end = bag_end(b, start);
+        for (std::int64_t j = start; j < end; ++j) {
+          if (tagged_by_position) bag_of_position[j] = b;
+          if (indices[j] != padding_idx) entries[out++] = codec.make(indices[j], weighted ? j : b);
+        }
+        start = end;
+      }
     });
   });
 
@@ -462,7 +493,6 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
   // pass: each chunk writes its unique rows from its own first entry's slot on (it has at most
   // that many), then they move down behind the chunks before it (chunk 0's stay: one chunk moves
   // nothing).
-  const bool weighted = bags.weights != nullptr;
   if (weighted) buffers.positions.resize(static_cast<std::size_t>(m));
   buffers.bags.resize(static_cast<std::size_t>(m));
   buffers.unique_rows.resize(static_cast<std::size_t>(m));
@@ -471,16 +501,14 @@ std::int64_t sort_into_rows(const bag_source& bags, int row_bits, std::int64_t p
   std::int64_t* const bag_of_sorted = buffers.bags.data();
   std::int64_t* const unique_rows = buffers.unique_rows.data();
   std::int64_t* const segment_begin = buffers.segment_begin.data();
-  const std::int64_t* const bag_of_position = buffers.bag_of_position.data();
-  const bool lookup = reduce.pool == pooling::lookup;
   run_blocks(chunks, how, [&](std::int64_t c) {
     const auto [begin, end] = chunk_of(m, chunks, c);
     std::int64_t u = begin;
     std::int64_t previous_row = begin == 0 ? -1 : codec.row(sorted[begin - 1]);
     for (std::int64_t i = begin; i < end; ++i) {
-      const std::int64_t position = codec.position(sorted[i]), row = codec.row(sorted[i]);
-      if (weighted) positions[i] = position;
-      bag_of_sorted[i] = lookup ? position : bag_of_position[position];
+      const std::int64_t tag = codec.tag(sorted[i]), row = codec.row(sorted[i]);
+      if (weighted) positions[i] = tag;
+      bag_of_sorted[i] = tagged_by_position ? bag_of_position[tag] : tag;
       if (row != previous_row) {
         unique_rows[u] = row;
         segment_begin[u++] = i;
@@ -510,38 +538,20 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   // Chunks of positions for the parallel passes; the result is the same for any chunking.
   const int chunks = nnz < 16384 || threads <= 1 ? 1 : std::min(threads * 4, 64);
 
-  // The bag of each position, and each bag's divisor when the reduction scales (forward's, in order).
-  const bool scaled = reduce.scaling != bag_scaling::none;
-  if (reduce.pool != pooling::lookup) {
-    buffers.bag_of_position.resize(static_cast<std::size_t>(nnz));
-    if (scaled) buffers.bag_divisor.resize(static_cast<std::size_t>(bags.num_bags));
-    bag_blocks blocks;
-    plan_forward_blocks(bags, pooling::sum, 1, threads, blocks);
-    run_blocks(blocks.count, how, [&](std::int64_t i) {
-      const bag_block& block = blocks.blocks[i];
-      std::int64_t start = block.index_begin;
-      for (std::int64_t b = block.bag_begin; b < block.bag_end; ++b) {
-        const std::int64_t end = end_of_bag(bags, b, start);
-        std::fill(buffers.bag_of_position.begin() + start, buffers.bag_of_position.begin() + end, b);
-        if (scaled) {  // the tally only a scaled reduction needs: most calls skip reading the indices here
-          bag_tally tally;
-          for (std::int64_t j = start; j < end; ++j)
-            if (element_at(bags.indices, bags.index_kind, j) != padding_idx) tally_row(tally, bags.weights ? bags.weights[j] : 1.0f);
-          buffers.bag_divisor[b] = bag_divisor(reduce.scaling, bags.weights != nullptr, tally);
-        }
-        start = end;
-      }
-    });
-  }
+  // Blocks of whole bags for the walks that tag each position with its bag (one per chunk).
+  bag_blocks blocks;
+  blocks.count = 0;
+  cut_forward_blocks(bags, reduce.pool, chunks, [&](const bag_block& b) { blocks.blocks[blocks.count++] = b; });
 
-  // Each sort entry holds a row and its position: in one word when both fit, as they do but for
-  // tables of billions of rows read by billions of indices.
-  const int position_bits = std::bit_width(static_cast<std::uint64_t>(std::max<std::int64_t>(nnz - 1, 0)));
+  // Each sort entry holds a row and its tag: in one word when both fit, as they do but for tables
+  // of billions of rows read by billions of indices.
+  const std::int64_t tags = bags.weights != nullptr || reduce.pool == pooling::lookup ? nnz : bags.num_bags;
+  const int tag_bits = std::bit_width(static_cast<std::uint64_t>(std::max<std::int64_t>(tags - 1, 0)));
   const int row_bits = std::bit_width(static_cast<std::uint64_t>(std::max<std::int64_t>(table_rows - 1, 0)));
   const std::int64_t unique =
-      row_bits + position_bits <= 64
-          ? sort_into_rows(bags, row_bits, padding_idx, reduce, how, chunks, packed_entry{position_bits}, buffers.packed_entries, buffers)
-          : sort_into_rows(bags, row_bits, padding_idx, reduce, how, chunks, wide_entry{}, buffers.wide_entries, buffers);
+      row_bits + tag_bits <= 64
+          ? sort_into_rows(bags, blocks, row_bits, padding_idx, reduce, how, chunks, packed_entry{tag_bits}, buffers.packed_entries, buffers)
+          : sort_into_rows(bags, blocks, row_bits, padding_idx, reduce, how, chunks, wide_entry{}, buffers.wide_entries, buffers);
 
   row_transpose t;
   t.unique_rows = buffers.unique_rows.data();
@@ -550,6 +560,7 @@ row_transpose build_row_transpose(const bag_source& bags, std::int64_t table_row
   t.num_unique = unique;
 
   // Each position's coefficient in its row's gradient, when a pooled sum has any but 1.
+  const bool scaled = reduce.scaling != bag_scaling::none;
   if (reduce.pool != pooling::max && (bags.weights != nullptr || scaled || scale_grad_by_freq)) {
     buffers.coefficients.resize(static_cast<std::size_t>(t.segment_begin[unique]));
     float* const coefficients = buffers.coefficients.data();
