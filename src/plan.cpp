@@ -389,6 +389,9 @@ struct wide_entry {
   std::int64_t tag(type e) const { return e.position; }
 };
 
+// How far ahead the sort's scatter prefetches the line an entry will be written to.
+inline constexpr std::int64_t scatter_ahead = 16;  // entries
+
 // Sorts the non-padding positions by row into buffers.bags (each position's bag),
 // buffers.unique_rows and buffers.segment_begin, and buffers.positions when the bags are weighted
 // (their coefficients' weights); returns the number of unique rows. `blocks` cut the positions
@@ -482,8 +485,14 @@ std::int64_t sort_into_rows(const bag_source& bags, const bag_blocks& blocks, in
     run_blocks(chunks, how, [&](std::int64_t c) {
       std::int64_t* h = histogram + c * radix;
       const auto [begin, end] = chunk_of(m, chunks, c);
-      for (std::int64_t i = begin; i < end; ++i)
+      // The line an entry ahead will be written to, prefetched for writing: the scratch has left
+      // the caches since the last call (a sparse gradient's rows went through them), and each
+      // bucket's next line missed (the scatter's two passes: 0.43 -> 0.29 ms on one thread, 0.37 ->
+      // 0.23 ms on two, for R = 1M, B x L = 2,048 x 40; 8 to 32 ahead within noise).
+      for (std::int64_t i = begin; i < end; ++i) {
+        __builtin_prefetch(sorted_out + h[digit(sorted[std::min(i + scatter_ahead, end - 1)])], 1);
         sorted_out[h[digit(sorted[i])]++] = sorted[i];
+      }
     });
     std::swap(sorted, sorted_out);
   }
