@@ -97,7 +97,8 @@ struct forward_request {
 
 // The bags transposed into table rows, built by the plan for backward: the non-padding positions
 // j of indices sorted by (indices[j], j), grouped by row.
-// A row and a position of the index stream, sorted together (the row transpose's wide entries).
+// A row and a position of the index stream, sorted together (the row transpose's wide entries;
+// position holds the position's bag instead when that is all the kernels need: plan.cpp).
 struct row_and_position {
   std::int64_t row, position;
 };

@@ -374,18 +374,24 @@ TEST_P(Backward, DenseAddsOnEachCallSparseReplacesItsContents) {
   expect_sparse(grad, {4}, {{0, 0}, {0, 0}, {0, 0}, {0, 0}, {1, -1}, {0, 0}});
 }
 
-// A table too tall for the row transpose's one-word sort entries (62 bits of row and 3 of
-// position): rows sorted and summed as in any table, with no row read.
+// A table too tall for the row transpose's one-word sort entries (62 bits of row, and 3 of each
+// entry's tag: its bag, of 8 one-index bags; or its position, of 8 weighted ones): rows sorted and
+// summed as in any table, with no row read.
 TEST_P(Backward, SparseRowsOfATableTooTallForOneWordEntries) {
   constexpr std::int64_t rows = std::int64_t{1} << 62, top = rows - 1, third = rows / 3;
-  const encoded_bags bags({top, 5, third, 5, /**/ top, 0, third, 7}, {0, 4}, {}, encodings[0]);
-  const matrix dy = {{1, 2}, {10, 20}};
-  const std::vector<float> g = dy_buffer(dy);
-  sparse_gradient grad = junk();
-  backward_sparse(rows, bags.batch(), on_isa(options{}), dy_view(g, dy), grad);
-  EXPECT_EQ(grad.rows, (std::vector<std::int64_t>{0, 5, 7, third, top}));
-  const matrix expected = {{10, 20}, {2, 4}, {10, 20}, {11, 22}, {11, 22}};
-  EXPECT_TRUE(cells_match(expected, grad.values, dim(), dim())) << "sparse values";
+  const std::vector<std::int64_t> indices{top, 5, third, 5, /**/ top, 0, third, 7};
+  const auto check = [&](const encoded_bags& bags, const matrix& dy, const matrix& expected) {
+    const std::vector<float> g = dy_buffer(dy);
+    sparse_gradient grad = junk();
+    backward_sparse(rows, bags.batch(), on_isa(options{}), dy_view(g, dy), grad);
+    EXPECT_EQ(grad.rows, (std::vector<std::int64_t>{0, 5, 7, third, top}));
+    EXPECT_TRUE(cells_match(expected, grad.values, dim(), dim())) << "sparse values";
+  };
+  check(encoded_bags(indices, {0, 1, 2, 3, 4, 5, 6, 7}, {}, encodings[0]),
+        {{1, 2}, {3, 4}, {5, 6}, {7, 8}, {9, 10}, {11, 12}, {13, 14}, {15, 16}},
+        {{11, 12}, {10, 12}, {15, 16}, {18, 20}, {10, 12}});
+  check(encoded_bags(indices, {0, 4}, {1, 1, 1, 1, 2, 1, 1, 1}, encodings[0]), {{1, 2}, {10, 20}},
+        {{10, 20}, {2, 4}, {10, 20}, {11, 22}, {21, 42}});
 }
 
 TEST_P(Backward, MaxSendsEachDimensionsGradientToTheRowThatWonIt) {
