@@ -397,6 +397,9 @@ struct packed_entry {
   type make(std::int64_t row, std::int64_t tag) const { return static_cast<type>(row) << tag_bits | static_cast<type>(tag); }
   std::int64_t row(type e) const { return static_cast<std::int64_t>(e >> tag_bits); }
   std::int64_t tag(type e) const { return static_cast<std::int64_t>(e & ((type{1} << tag_bits) - 1)); }
+  // the row's bits from `shift` on, in one shift of the word (row(e) >> shift took two variable
+  // shifts per entry in each radix pass: a fifth of the passes' time)
+  std::uint64_t row_from(type e, int shift) const { return e >> (tag_bits + shift); }
 };
 
 // ... and as two words when they do not.
@@ -405,6 +408,7 @@ struct wide_entry {
   type make(std::int64_t row, std::int64_t tag) const { return {row, tag}; }
   std::int64_t row(type e) const { return e.row; }
   std::int64_t tag(type e) const { return e.position; }
+  std::uint64_t row_from(type e, int shift) const { return static_cast<std::uint64_t>(e.row) >> shift; }
 };
 
 // How far ahead the sort's scatter prefetches the line an entry will be written to.
@@ -489,7 +493,9 @@ std::int64_t sort_into_rows(const bag_source& bags, const bag_blocks& blocks, in
   Entry* sorted_out = entries.data() + m;
   for (int shift = 0; shift < row_bits; shift += digit_bits) {
     // by value: its mask then stays in a register across the histogram's int64 stores
-    const auto digit = [codec, shift, mask = radix - 1](const Entry& e) { return (codec.row(e) >> shift) & mask; };
+    const auto digit = [codec, shift, mask = static_cast<std::uint64_t>(radix - 1)](const Entry& e) {
+      return static_cast<std::int64_t>(codec.row_from(e, shift) & mask);
+    };
     std::int64_t* histogram = buffers.histogram.data();  // chunk c's counts at histogram[c * radix + digit]
     run_blocks(chunks, how, [&](std::int64_t c) {
       std::int64_t* h = histogram + c * radix;
