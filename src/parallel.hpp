@@ -12,6 +12,10 @@ namespace embag::detail {
 // The threads a call run this way may use (1 means inline).
 int threads_for(const execution& how) noexcept;
 
+// Whether TBB workers are likely awake: a threaded call ended within the time its workers linger
+// (EMBAG_THREAD_LINGER_US), so handing them blocks now costs microseconds, not a wake-up.
+bool workers_lingering() noexcept;
+
 // Calls body(ctx, i) for i in [0, count), possibly concurrently. Exceptions must not escape body.
 void run_blocks(std::int64_t count, const execution& how, void (*body)(const void* ctx, std::int64_t i), const void* ctx);
 

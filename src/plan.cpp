@@ -41,17 +41,20 @@ namespace {
 constexpr std::int64_t min_block_work = 32 * 1024;
 
 // A call is split over threads only when each would get at least this many floats of work
-// (1 MiB of rows read and written): below it, handing blocks to TBB workers (waking them costs
-// tens of microseconds on these VMs, and they spin afterwards, taking the core from whatever runs
-// next) made two threads 2-2.5x slower than one on 2,048-lookup calls (fbgemm-anchor grid, L = 1,
-// D = 64 and 128). EMBAG_MIN_THREAD_FLOATS overrides it, read once.
+// (1 MiB of rows read and written) while the workers sleep: below it, waking them cost more than
+// they saved (tens of microseconds on these VMs; 2,048 one-index bags of D = 64 took 0.046 ms on
+// two threads against 0.035 inline, a millisecond after the last call). While they linger after a
+// threaded call (parallel.hpp), a block's worth is enough: the same bags took 0.020 ms on two
+// threads against 0.040 inline right after a sparse backward, and 1,024 bags 0.008 against 0.014
+// (/tmp/drv/stepc.cpp in this change's closing note). EMBAG_MIN_THREAD_FLOATS overrides the
+// first, read once.
 std::int64_t min_thread_work() {
   static const std::int64_t floats = [] {
     const char* env = std::getenv("EMBAG_MIN_THREAD_FLOATS");
     const long long v = env != nullptr ? std::atoll(env) : 0;
     return v > 0 ? static_cast<std::int64_t>(v) : std::int64_t{256} * 1024;
   }();
-  return floats;
+  return workers_lingering() ? std::min(floats, min_block_work) : floats;
 }
 
 int block_count(std::int64_t work, int threads) {

@@ -5,8 +5,11 @@
 #include <tbb/task_arena.h>
 
 #include <atomic>
+#include <chrono>
 #include <thread>
 
+#include "parallel.hpp"
+#include "plan.hpp"
 #include "support/run.hpp"
 
 namespace embag::test {
@@ -159,6 +162,36 @@ TEST(Concurrency, ArenaWithAThreadCapIsAnError) {
     EXPECT_NE(std::string(e.what()).find("execution.arena"), std::string::npos) << e.what();
   }
   EXPECT_TRUE(same_bits(before, out, c.out_rows(), c.dim, c.out_stride));
+}
+
+// The plan splits a small call over threads only while the workers linger after a threaded call
+// (src/parallel.cpp): 1,024 one-index bags of D = 128 (256 Ki floats of work, under the 512 Ki that
+// two sleeping workers need) run inline a while after the last threaded call, in blocks right after one.
+TEST(ThreadPlan, SmallCallsAreSplitOnlyWhileWorkersLinger) {
+  const bool lingering_off = std::getenv("EMBAG_THREAD_LINGER_US") != nullptr;
+  tbb::task_arena two(2);  // two threads whatever this machine has
+  execution how;
+  how.arena = &two;
+  detail::bag_source one_each;
+  one_each.nnz = one_each.num_bags = 1024;
+  one_each.one_index_each = true;
+  const auto blocks_now = [&] {
+    detail::bag_blocks blocks;
+    detail::plan_forward_blocks(one_each, detail::pooling::sum, 128, detail::threads_for(how), blocks);
+    return blocks.count;
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // past any linger of earlier tests
+  EXPECT_FALSE(detail::workers_lingering());
+  EXPECT_EQ(blocks_now(), 1);
+  std::atomic<int> ran{0};
+  detail::run_blocks(4, how, [&](std::int64_t) { ran.fetch_add(1); });
+  ASSERT_EQ(ran.load(), 4);
+  if (lingering_off) GTEST_SKIP() << "EMBAG_THREAD_LINGER_US is set";
+  EXPECT_TRUE(detail::workers_lingering());
+  EXPECT_GT(blocks_now(), 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(detail::workers_lingering());
+  EXPECT_EQ(blocks_now(), 1);
 }
 
 TEST(Workspace, ReusedAcrossCallsGivesTheSameGradients) {
