@@ -44,10 +44,10 @@ constexpr std::int64_t min_block_work = 32 * 1024;
 // (1 MiB of rows read and written) while the workers sleep: below it, waking them cost more than
 // they saved (tens of microseconds on these VMs; 2,048 one-index bags of D = 64 took 0.046 ms on
 // two threads against 0.035 inline, a millisecond after the last call). While they linger after a
-// threaded call (parallel.hpp), a block's worth is enough: the same bags took 0.020 ms on two
-// threads against 0.040 inline right after a sparse backward, and 1,024 bags 0.008 against 0.014
-// (/tmp/drv/stepc.cpp in this change's closing note). EMBAG_MIN_THREAD_FLOATS overrides the
-// first, read once.
+// threaded call (parallel.hpp), a block's worth is enough: split so, the same bags took 0.020 ms
+// on two threads against 0.040 inline right after a sparse backward, and 1,024 bags 0.008 against
+// 0.014 back to back (a C++ loop of such calls, R = 1M, medians of 2,000; the driver is in this
+// change's closing note). EMBAG_MIN_THREAD_FLOATS overrides the first, read once.
 std::int64_t min_thread_work() {
   static const std::int64_t floats = [] {
     const char* env = std::getenv("EMBAG_MIN_THREAD_FLOATS");
