@@ -1,6 +1,7 @@
 #include "plan.hpp"
 
 #include "allocation.hpp"
+#include "formats/formats.hpp"
 #include "parallel.hpp"
 #include "workspace.hpp"
 
@@ -278,7 +279,11 @@ namespace {
 // skew): a table that mostly stays in L2 pays for the prefetches and gains nothing (FBGEMM's
 // harness at R = 10k, D = 32 on a Xeon with 2 MiB of L2: `EMBAG_PREFETCH=none embag bench --rows
 // 10000 --dim 32 --mode sum` 0.160 ms, the l1 / l2 / l2-one-pass candidates 0.169 / 0.192 / 0.191);
-// past the LLC it would only cost its trials.
+// past the LLC it would only cost its trials. Element types learn apart too: rows of 8-bit codes do
+// more work per byte, and on a 72 MB int8 table (R = 1M, D = 64, 72-byte rows, the row size class
+// of 128-byte fp32 rows) into L1 took 1.9x the time of into L2 in one pass, where on the fp32
+// table of D = 32 that had decided for both the candidates were within 5% (FBGEMM's harness,
+// `EMBAG_PREFETCH=l1|l2-one-pass`, `--rows=1000000 --dims=32,64`: 2.37 against 1.26 ms).
 enum prefetch_candidate { l1_one_pass, l2_one_pass, l2_narrow, no_prefetch, prefetch_candidates };
 constexpr int table_classes = 4;
 constexpr int past_llc_class = table_classes - 1;
@@ -288,7 +293,9 @@ template <int Candidates>
 struct learnt_prefetch : prefetch_trials {
   learnt_prefetch() noexcept : prefetch_trials(Candidates) {}
 };
-constexpr int sets_per_class = 2 * 2 * row_size_classes;  // max or not, short bags or not, row size
+constexpr int element_classes = 4;  // 32, 16, 8 or 4 bits
+// max or not, short bags or not, row size, element size
+constexpr int sets_per_class = 2 * 2 * row_size_classes * element_classes;
 learnt_prefetch<prefetch_candidates> within_llc_sets[past_llc_class * sets_per_class];
 learnt_prefetch<no_prefetch> past_llc_sets[sets_per_class];  // every candidate before no_prefetch
 prefetch_trials& trial_set(int set) noexcept {
@@ -304,7 +311,8 @@ int trial_set_of(const forward_request& req, std::int64_t table_bytes, std::int6
   const bool short_bags = req.bags.nnz < short_bag_indices * req.bags.num_bags;
   const int row_size = std::min(static_cast<int>(std::bit_width(lines - 1)), row_size_classes - 1);
   const bool max = req.reduce.pool == pooling::max;
-  return table_class * sets_per_class + (int{max} * 2 + int{short_bags}) * row_size_classes + row_size;
+  const int element = std::countr_zero(static_cast<unsigned>(32 / format_of(req.element_type)->element_bits));  // 0 to 3
+  return table_class * sets_per_class + ((int{max} * 2 + int{short_bags}) * row_size_classes + row_size) * element_classes + element;
 }
 
 // A call too short to time well does not count as a trial: it takes the current leader. A
