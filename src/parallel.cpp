@@ -105,8 +105,9 @@ void run_blocks(std::int64_t count, const execution& how, void (*body)(const voi
     (void)finished.load(std::memory_order_acquire);
     // one linger per worker the blocks could have kept busy, queued in the arena they ran in (more
     // would wake sleeping workers only to spin); one a worker reaches after the next call began
-    // returns at once
-    if (thread_linger_us() > 0) {
+    // returns at once. Not from a worker's slot: a call nested in the caller's own TBB tasks
+    // leaves that caller's workers to its other tasks.
+    if (thread_linger_us() > 0 && tbb::this_task_arena::current_thread_index() == 0) {
       last_threaded_end_ns.store(steady_ns(), std::memory_order_relaxed);
       for (std::int64_t worker = 1; worker < std::min<std::int64_t>(count, threads); ++worker)
         tbb::this_task_arena::enqueue([call] { linger_after(call); });
