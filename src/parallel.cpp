@@ -45,13 +45,17 @@ tbb::task_arena* handed_arena(const execution& how) noexcept { return static_cas
 // of D = 128 took 0.073-0.081 ms on two threads right after a sparse backward, 0.035 back to back.
 // A lingering worker yields the core between checks, so a thread of another pool (OpenMP's, in a
 // process running torch too) that wants it gets it.
-std::int64_t thread_linger_us() {
+}  // namespace
+
+std::int64_t thread_linger_us() noexcept {
   static const std::int64_t us = [] {
     const char* env = std::getenv("EMBAG_THREAD_LINGER_US");
     return env != nullptr ? std::max<std::int64_t>(0, std::atoll(env)) : 200;
   }();
   return us;
 }
+
+namespace {
 
 std::int64_t steady_ns() noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();

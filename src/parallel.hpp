@@ -12,6 +12,10 @@ namespace embag::detail {
 // The threads a call run this way may use (1 means inline).
 int threads_for(const execution& how) noexcept;
 
+// How long a threaded call's workers linger after it, in microseconds (EMBAG_THREAD_LINGER_US,
+// read once; 0: not at all).
+std::int64_t thread_linger_us() noexcept;
+
 // Whether TBB workers are likely awake: a threaded call ended within the time its workers linger
 // (EMBAG_THREAD_LINGER_US), so handing them blocks now costs microseconds, not a wake-up.
 bool workers_lingering() noexcept;
