@@ -7,12 +7,12 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
-#include <thread>
-#include <atomic>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "embag/embag.hpp"
 
@@ -38,6 +38,8 @@ tbb::task_arena& arena_of(int threads) {
 
 tbb::task_arena* handed_arena(const execution& how) noexcept { return static_cast<tbb::task_arena*>(how.arena); }
 
+}  // namespace
+
 // After a threaded call its workers linger until the next threaded call starts or
 // EMBAG_THREAD_LINGER_US microseconds have passed (default 200, 0: none), as OpenMP runtimes keep
 // theirs spinning between parallel regions. A TBB worker that finds no work sleeps within
@@ -45,8 +47,6 @@ tbb::task_arena* handed_arena(const execution& how) noexcept { return static_cas
 // of D = 128 took 0.073-0.081 ms on two threads right after a sparse backward, 0.035 back to back.
 // A lingering worker yields the core between checks, so a thread of another pool (OpenMP's, in a
 // process running torch too) that wants it gets it.
-}  // namespace
-
 std::int64_t thread_linger_us() noexcept {
   static const std::int64_t us = [] {
     const char* env = std::getenv("EMBAG_THREAD_LINGER_US");
