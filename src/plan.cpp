@@ -533,10 +533,10 @@ std::int64_t sort_into_rows(const bag_source& bags, const bag_blocks& blocks, in
   }
 
   // The kernels' arrays from the sorted entries (each position's bag, its tag or looked up by its
-  // position when weighted, so the kernels read bags in order), and the unique rows with where their positions start, in the same
-  // pass: each chunk writes its unique rows from its own first entry's slot on (it has at most
-  // that many), then they move down behind the chunks before it (chunk 0's stay: one chunk moves
-  // nothing).
+  // position when weighted, so the kernels read bags in order), and the unique rows with where
+  // their positions start, in the same pass: each chunk writes its unique rows from its own first
+  // entry's slot on (it has at most that many), then they move down behind the chunks before it
+  // (chunk 0's stay: one chunk moves nothing).
   if (weighted) buffers.positions.resize(static_cast<std::size_t>(m));
   buffers.bags.resize(static_cast<std::size_t>(m));
   buffers.unique_rows.resize(static_cast<std::size_t>(m));

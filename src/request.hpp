@@ -92,17 +92,17 @@ struct forward_request {
   prefetch_level prefetch = prefetch_level::none;  // resolved: never automatic here
   bool narrow_passes = false;  // rows read in passes of at most 256 bytes (prefetch into L2 only)
   int prefetch_trial = -1;  // the candidate of plan.hpp's prefetch_trials this call tries, or -1
-  int prefetch_trial_set = -1;  // whose trials (plan.cpp: by table class, bag length, row size)
+  int prefetch_trial_set = -1;  // whose trials (plan.cpp: by table class, bag length, row and element size)
 };
 
-// The bags transposed into table rows, built by the plan for backward: the non-padding positions
-// j of indices sorted by (indices[j], j), grouped by row.
 // A row and a position of the index stream, sorted together (the row transpose's wide entries;
 // position holds the position's bag instead when that is all the kernels need: plan.cpp).
 struct row_and_position {
   std::int64_t row, position;
 };
 
+// The bags transposed into table rows, built by the plan for backward: the non-padding positions
+// j of indices sorted by (indices[j], j), grouped by row.
 struct row_transpose {
   const std::int64_t* unique_rows = nullptr;      // num_unique rows, ascending
   const std::int64_t* segment_begin = nullptr;    // num_unique + 1: positions of unique_rows[u]
