@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "embag/embag.hpp"
 
@@ -63,19 +64,50 @@ std::int64_t steady_ns() noexcept {
 
 // Threaded calls begun in this process: a lingering worker returns as soon as it changes.
 std::atomic<std::uint64_t> threaded_calls{0};
-// When the last threaded call's blocks were done (steady_ns; its workers linger from then on).
-std::atomic<std::int64_t> last_threaded_end_ns{0};
+// When workers were last set lingering (steady_ns): a threaded call's blocks were done, or an
+// inline call woke them (request_warm_workers).
+std::atomic<std::int64_t> last_linger_start_ns{0};
+// Set by planning, taken by this thread's next run_blocks.
+thread_local bool warm_requested = false;
+// When the last call run inline that asked for warm workers ended (steady_ns).
+std::atomic<std::int64_t> last_warmable_end_ns{0};
 
 void linger_after(std::uint64_t call) {
   const std::int64_t until = steady_ns() + thread_linger_us() * 1000;
   while (threaded_calls.load(std::memory_order_relaxed) == call && steady_ns() < until) std::this_thread::yield();
 }
 
+// Queues one linger per worker in the current arena (a worker that sleeps is woken by it), where
+// `call` is the number of threaded calls begun so far. From the caller's slot only (or a thread
+// not yet in any arena, which the queueing puts in its own): a call nested in the caller's own TBB
+// tasks leaves that caller's workers to its other tasks.
+void start_lingering(std::uint64_t call, std::int64_t workers) {
+  const int slot = tbb::this_task_arena::current_thread_index();
+  if (thread_linger_us() <= 0 || (slot != 0 && slot != tbb::task_arena::not_initialized)) return;
+  last_linger_start_ns.store(steady_ns(), std::memory_order_relaxed);
+  for (std::int64_t worker = 0; worker < workers; ++worker) tbb::this_task_arena::enqueue([call] { linger_after(call); });
+}
+
+// Runs f in the arena a call's blocks run in: one the caller handed over; below the current
+// arena's size, a cached smaller arena that enforces the cap; otherwise the caller's arena (nested
+// inside its own TBB tasks if it has any).
+template <class F>
+void in_call_arena(const execution& how, int threads, const F& f) {
+  if (tbb::task_arena* arena = handed_arena(how))
+    arena->execute(f);
+  else if (how.max_threads > 0 && threads < tbb::this_task_arena::max_concurrency() && threads <= max_cached_arena)
+    arena_of(threads).execute(f);
+  else
+    f();
+}
+
 }  // namespace
+
+void request_warm_workers() noexcept { warm_requested = true; }
 
 bool workers_lingering() noexcept {
   const std::int64_t linger_ns = thread_linger_us() * 1000;
-  return linger_ns > 0 && steady_ns() - last_threaded_end_ns.load(std::memory_order_relaxed) < linger_ns;
+  return linger_ns > 0 && steady_ns() - last_linger_start_ns.load(std::memory_order_relaxed) < linger_ns;
 }
 
 int threads_for(const execution& how) noexcept {
@@ -87,8 +119,17 @@ int threads_for(const execution& how) noexcept {
 void run_blocks(std::int64_t count, const execution& how, void (*body)(const void* ctx, std::int64_t i),
                 const void* ctx) {
   const int threads = threads_for(how);
+  const bool warm = std::exchange(warm_requested, false);
   if (count <= 1 || threads <= 1) {
     for (std::int64_t i = 0; i < count; ++i) body(ctx, i);
+    // Woken only when such calls come back to back (the last one ended within the linger), and
+    // after the body: a woken worker may first be queued on the caller's own core, and isolated
+    // calls that woke them before their body took 0.047 ms instead of 0.033.
+    if (warm && threads > 1) {
+      const std::int64_t now = steady_ns();
+      if (now - last_warmable_end_ns.exchange(now, std::memory_order_relaxed) < thread_linger_us() * 1000)
+        in_call_arena(how, threads, [&] { start_lingering(threaded_calls.load(std::memory_order_relaxed), threads - 1); });
+    }
     return;
   }
   // TBB's spawn and wait order the caller's writes before the blocks and the blocks' writes
@@ -107,25 +148,11 @@ void run_blocks(std::int64_t count, const execution& how, void (*body)(const voi
       finished.fetch_add(static_cast<std::int64_t>(r.size()), std::memory_order_release);
     });
     (void)finished.load(std::memory_order_acquire);
-    // one linger per worker the blocks could have kept busy, queued in the arena they ran in (more
-    // would wake sleeping workers only to spin); one a worker reaches after the next call began
-    // returns at once. Not from a worker's slot: a call nested in the caller's own TBB tasks
-    // leaves that caller's workers to its other tasks.
-    if (thread_linger_us() > 0 && tbb::this_task_arena::current_thread_index() == 0) {
-      last_threaded_end_ns.store(steady_ns(), std::memory_order_relaxed);
-      for (std::int64_t worker = 1; worker < std::min<std::int64_t>(count, threads); ++worker)
-        tbb::this_task_arena::enqueue([call] { linger_after(call); });
-    }
+    // one linger per worker the blocks could have kept busy (more would wake sleeping workers
+    // only to spin); one a worker reaches after the next call began returns at once
+    start_lingering(call, std::min<std::int64_t>(count, threads) - 1);
   };
-  // An arena the caller handed over runs it; below the current arena's size, a cached smaller
-  // arena enforces the cap; otherwise run in the caller's arena (nested inside its own TBB tasks
-  // if it has any).
-  if (tbb::task_arena* arena = handed_arena(how))
-    arena->execute(loop);
-  else if (how.max_threads > 0 && threads < tbb::this_task_arena::max_concurrency() && threads <= max_cached_arena)
-    arena_of(threads).execute(loop);
-  else
-    loop();
+  in_call_arena(how, threads, loop);
 }
 
 }  // namespace detail

@@ -16,9 +16,15 @@ int threads_for(const execution& how) noexcept;
 // read once; 0: not at all).
 std::int64_t thread_linger_us() noexcept;
 
-// Whether TBB workers are likely awake: a threaded call ended within the time its workers linger
-// (EMBAG_THREAD_LINGER_US), so handing them blocks now costs microseconds, not a wake-up.
+// Whether TBB workers are likely awake: they were set lingering (after a threaded call, or by an
+// inline one that asked for them) within EMBAG_THREAD_LINGER_US, so handing them blocks now costs
+// microseconds, not a wake-up.
 bool workers_lingering() noexcept;
+
+// Asks this thread's next run_blocks, when it runs inline on more than one thread's allowance, to
+// wake the workers first and leave them lingering as after a threaded call. Planning asks it of a
+// call it runs inline only because the workers sleep.
+void request_warm_workers() noexcept;
 
 // Calls body(ctx, i) for i in [0, count), possibly concurrently. Exceptions must not escape body.
 void run_blocks(std::int64_t count, const execution& how, void (*body)(const void* ctx, std::int64_t i), const void* ctx);

@@ -204,6 +204,50 @@ TEST(ThreadPlan, SmallCallsAreSplitOnlyWhileWorkersLinger) {
   EXPECT_EQ(blocks_now(), 1);
 }
 
+// A call run inline only because the workers sleep wakes them when it follows another such call
+// within the linger, so that a loop of small calls splits from its third call on; an isolated
+// one, or one too small to split even over awake workers, wakes nobody. Judged only when the
+// two calls took less than the linger (see above).
+TEST(ThreadPlan, BackToBackInlineCallsWakeTheWorkers) {
+  const std::chrono::microseconds linger(detail::thread_linger_us());
+  if (linger.count() == 0) GTEST_SKIP() << "lingering is off (EMBAG_THREAD_LINGER_US=0)";
+  tbb::task_arena two(2);
+  execution how;
+  how.arena = &two;
+  const auto call = [&](std::int64_t bags) {  // a call's plan and run, one-index bags of D = 128
+    detail::bag_source one_each;
+    one_each.nnz = one_each.num_bags = bags;
+    one_each.one_index_each = true;
+    detail::bag_blocks blocks;
+    detail::plan_forward_blocks(one_each, detail::pooling::sum, 128, detail::threads_for(how), blocks);
+    detail::run_blocks(blocks.count, how, [](std::int64_t) {});
+    return blocks.count;
+  };
+  const auto past_linger = [&] { std::this_thread::sleep_for(linger + std::chrono::milliseconds(20)); };
+  int judged = 0;
+  for (int attempt = 0; attempt < 50 && judged < 3; ++attempt) {
+    past_linger();
+    const auto start = std::chrono::steady_clock::now();
+    const int first = call(1024), second = call(1024);
+    const bool lingering = detail::workers_lingering();
+    const int third = call(1024);
+    if (std::chrono::steady_clock::now() - start >= linger) continue;
+    ++judged;
+    EXPECT_EQ(first, 1) << "attempt " << attempt;
+    EXPECT_EQ(second, 1) << "attempt " << attempt;
+    EXPECT_TRUE(lingering) << "attempt " << attempt << ": the second inline call woke nobody";
+    EXPECT_GT(third, 1) << "attempt " << attempt;
+  }
+  if (judged == 0) GTEST_SKIP() << "no two calls within the linger of " << linger.count() << " us here";
+  past_linger();
+  call(1024);
+  EXPECT_FALSE(detail::workers_lingering()) << "an isolated call woke the workers";
+  past_linger();
+  call(128);  // 32 Ki floats: one block's worth, never split
+  call(128);
+  EXPECT_FALSE(detail::workers_lingering()) << "calls too small to split woke the workers";
+}
+
 TEST(Workspace, ReusedAcrossCallsGivesTheSameGradients) {
   workspace scratch;
   for (std::uint64_t seed = 300; seed < 310; ++seed) {
