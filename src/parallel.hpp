@@ -22,7 +22,8 @@ std::int64_t thread_linger_us() noexcept;
 bool workers_lingering() noexcept;
 
 // Asks this thread's next run_blocks, when it runs inline on more than one thread's allowance, to
-// wake the workers first and leave them lingering as after a threaded call. Planning asks it of a
+// wake the workers once its blocks are done and leave them lingering as after a threaded call, if
+// the previous call that asked ended within the linger (calls back to back). Planning asks it of a
 // call it runs inline only because the workers sleep.
 void request_warm_workers() noexcept;
 
