@@ -207,7 +207,7 @@ TEST(ThreadPlan, SmallCallsAreSplitOnlyWhileWorkersLinger) {
 // A call run inline only because the workers sleep wakes them when it follows another such call
 // within the linger, so that a loop of small calls splits from its third call on; an isolated
 // one, or one too small to split even over awake workers, wakes nobody. Judged only when the
-// two calls took less than the linger (see above).
+// three calls took less than the linger (see above).
 TEST(ThreadPlan, BackToBackInlineCallsWakeTheWorkers) {
   const std::chrono::microseconds linger(detail::thread_linger_us());
   if (linger.count() == 0) GTEST_SKIP() << "lingering is off (EMBAG_THREAD_LINGER_US=0)";
