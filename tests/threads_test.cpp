@@ -164,6 +164,21 @@ TEST(Concurrency, ArenaWithAThreadCapIsAnError) {
   EXPECT_TRUE(same_bits(before, out, c.out_rows(), c.dim, c.out_stride));
 }
 
+// The ThreadPlan tests' pieces: how many blocks the plan cuts `bags` one-index bags of D = 128
+// into on `how`; and a sleep past any linger of earlier calls.
+int forward_blocks(const execution& how, std::int64_t bags) {
+  detail::bag_source one_each;
+  one_each.nnz = one_each.num_bags = bags;
+  one_each.one_index_each = true;
+  detail::bag_blocks blocks;
+  detail::plan_forward_blocks(one_each, detail::pooling::sum, 128, detail::threads_for(how), blocks);
+  return blocks.count;
+}
+
+void sleep_past_linger() {
+  std::this_thread::sleep_for(std::chrono::microseconds(detail::thread_linger_us()) + std::chrono::milliseconds(20));
+}
+
 // The plan splits a small call over threads only while the workers linger after a threaded call
 // (src/parallel.cpp): 1,024 one-index bags of D = 128 (256 Ki floats of work, under the 512 Ki that
 // two sleeping workers need) run inline a while after the last threaded call, in blocks right
@@ -174,16 +189,8 @@ TEST(ThreadPlan, SmallCallsAreSplitOnlyWhileWorkersLinger) {
   tbb::task_arena two(2);  // two threads whatever this machine has
   execution how;
   how.arena = &two;
-  detail::bag_source one_each;
-  one_each.nnz = one_each.num_bags = 1024;
-  one_each.one_index_each = true;
-  const auto blocks_now = [&] {
-    detail::bag_blocks blocks;
-    detail::plan_forward_blocks(one_each, detail::pooling::sum, 128, detail::threads_for(how), blocks);
-    return blocks.count;
-  };
-  const auto past_linger = [&] { std::this_thread::sleep_for(linger + std::chrono::milliseconds(20)); };
-  past_linger();
+  const auto blocks_now = [&] { return forward_blocks(how, 1024); };
+  sleep_past_linger();
   EXPECT_FALSE(detail::workers_lingering());
   EXPECT_EQ(blocks_now(), 1);
   if (linger.count() == 0) GTEST_SKIP() << "lingering is off (EMBAG_THREAD_LINGER_US=0)";
@@ -199,7 +206,7 @@ TEST(ThreadPlan, SmallCallsAreSplitOnlyWhileWorkersLinger) {
     EXPECT_GT(blocks, 1) << "attempt " << attempt;
   }
   if (judged == 0) GTEST_SKIP() << "no threaded call and plan within the linger of " << linger.count() << " us here";
-  past_linger();
+  sleep_past_linger();
   EXPECT_FALSE(detail::workers_lingering());
   EXPECT_EQ(blocks_now(), 1);
 }
@@ -214,19 +221,14 @@ TEST(ThreadPlan, BackToBackInlineCallsWakeTheWorkers) {
   tbb::task_arena two(2);
   execution how;
   how.arena = &two;
-  const auto call = [&](std::int64_t bags) {  // a call's plan and run, one-index bags of D = 128
-    detail::bag_source one_each;
-    one_each.nnz = one_each.num_bags = bags;
-    one_each.one_index_each = true;
-    detail::bag_blocks blocks;
-    detail::plan_forward_blocks(one_each, detail::pooling::sum, 128, detail::threads_for(how), blocks);
-    detail::run_blocks(blocks.count, how, [](std::int64_t) {});
-    return blocks.count;
+  const auto call = [&](std::int64_t bags) {  // a call's plan and run
+    const int blocks = forward_blocks(how, bags);
+    detail::run_blocks(blocks, how, [](std::int64_t) {});
+    return blocks;
   };
-  const auto past_linger = [&] { std::this_thread::sleep_for(linger + std::chrono::milliseconds(20)); };
   int judged = 0;
   for (int attempt = 0; attempt < 50 && judged < 3; ++attempt) {
-    past_linger();
+    sleep_past_linger();
     const auto start = std::chrono::steady_clock::now();
     const int first = call(1024), second = call(1024);
     const bool lingering = detail::workers_lingering();
@@ -238,11 +240,11 @@ TEST(ThreadPlan, BackToBackInlineCallsWakeTheWorkers) {
     EXPECT_TRUE(lingering) << "attempt " << attempt << ": the second inline call woke nobody";
     EXPECT_GT(third, 1) << "attempt " << attempt;
   }
-  if (judged == 0) GTEST_SKIP() << "no two calls within the linger of " << linger.count() << " us here";
-  past_linger();
+  if (judged == 0) GTEST_SKIP() << "no three calls within the linger of " << linger.count() << " us here";
+  sleep_past_linger();
   call(1024);
   EXPECT_FALSE(detail::workers_lingering()) << "an isolated call woke the workers";
-  past_linger();
+  sleep_past_linger();
   call(128);  // 32 Ki floats: one block's worth, never split
   call(128);
   EXPECT_FALSE(detail::workers_lingering()) << "calls too small to split woke the workers";
