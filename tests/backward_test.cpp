@@ -336,7 +336,9 @@ const backward_case cases[] = {
      .indices = {0, 1, 0, 0},
      .offsets = {0},
      .dy = {{3, 3}, {6, 6}, {9, 0}, {3, -3}},
-     .delta = {{5, 0}, {6, 6}, {0, 0}, {0, 0}, {0, 0}, {0, 0}},
+     // row 0: c = fl(1/3) = (1 + 2^-24) / 3, each term added rounded once: fma(c, 3, 0) = 1, fma(c, 0, 1) = 1,
+     // then fma(c, -3, 1) = 1 - (1 + 2^-25) = -2^-25 exactly (products rounded apart would cancel to 0)
+     .delta = {{5, -0x1p-25f}, {6, 6}, {0, 0}, {0, 0}, {0, 0}, {0, 0}},
      .rows = {0, 1},
      .freq = true},
 };

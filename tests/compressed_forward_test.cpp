@@ -180,6 +180,11 @@ TEST(CompressedForward, ScalarDecodeIsTheDocumentedLayout) {
   std::byte int8_row[10] = {std::byte{3}, std::byte{250}};
   const float int8_sb[2] = {0.5f, -1.0f};
   std::memcpy(int8_row + 2, int8_sb, 8);
+  // q * scale + bias rounded once: 3 (1 + 2^-23) - 3 is 3 x 2^-23, where a product rounded first
+  // (3 + 2^-21, a tie to even) would leave 2^-21.
+  std::byte int8_fused_row[10] = {std::byte{3}, std::byte{1}};
+  const float int8_fused_sb[2] = {1 + 0x1p-23f, -3.0f};
+  std::memcpy(int8_fused_row + 2, int8_fused_sb, 8);
   std::byte int4_row[6] = {std::byte{0xa3}};                // element 0 = 3 (low nibble), element 1 = 10
   const std::uint16_t int4_sb[2] = {0x3400, 0xbc00};        // scale 0.25, bias -1
   std::memcpy(int4_row + 1, int4_sb, 4);
@@ -190,6 +195,7 @@ TEST(CompressedForward, ScalarDecodeIsTheDocumentedLayout) {
   } rows[] = {{dtype::f16, f16_row, 1.0f, -2.0f},
               {dtype::bf16, bf16_row, 1.0f, -3.0f},
               {dtype::int8_rowwise, int8_row, 3 * 0.5f - 1.0f, 250 * 0.5f - 1.0f},
+              {dtype::int8_rowwise, int8_fused_row, 0x3p-23f, -2 + 0x1p-23f},
               {dtype::int4_rowwise, int4_row, 3 * 0.25f - 1.0f, 10 * 0.25f - 1.0f}};
   for (const auto& r : rows) {
     const std::vector<std::int64_t> index = {0};

@@ -360,6 +360,14 @@ TEST_P(Semantics, PerSampleWeightsWithSumAndWithMean) {
   expect(p, {mode::mean, {{3, -0.5f}, {2.125f, -2.375f}, {0, 0}, {0, 0}}});
 }
 
+TEST_P(Semantics, AWeightedSumRoundsEachWeightTimesRowPlusTheSumOnce) {
+  // acc = fma(w, x, acc): (1 + 2^-12)^2 - 1 is 2^-11 + 2^-24 rounded once; a product rounded
+  // before the add loses the 2^-24 (a tie, to even), leaving 2^-11.
+  const float a = 1 + 0x1p-12f;
+  const problem p{.table = {{-1, 1}, {a, 3}}, .indices = {0, 1}, .offsets = {0}, .weights = {1, a}};
+  expect(p, {mode::sum, {{0x1p-11f + 0x1p-24f, 4 + 0x3p-12f}}});
+}
+
 TEST_P(Semantics, SqrtnDividesTheSumByTheRootOfTheCountOrOfTheSquaredWeights) {
   // TensorFlow's sqrtn combiner: sum(w x) / sqrt(sum w^2), unweighted sum(x) / sqrt(count), 0
   // when that is 0. Bags of 4, 1 and 0 indices; weights (3, 4), (2, -1, 2) and (0).

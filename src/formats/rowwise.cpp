@@ -1,5 +1,5 @@
 // The rowwise formats, FBGEMM's fused layouts: int8 (D bytes of q, fp32 scale and bias) and int4
-// (nibbles, fp16 scale and bias); x' = q * scale + bias.
+// (nibbles, fp16 scale and bias); x' = q * scale + bias, rounded once (std::fma).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -73,7 +73,7 @@ std::optional<row_problem> encode_int4_rowwise(const float* x, std::int64_t dim,
 
 void decode_int8_rowwise(const std::byte* row, std::int64_t dim, float* out) noexcept {
   const auto scale = load<float>(row + dim), bias = load<float>(row + dim + 4);
-  for (std::int64_t d = 0; d < dim; ++d) out[d] = static_cast<float>(std::to_integer<int>(row[d])) * scale + bias;
+  for (std::int64_t d = 0; d < dim; ++d) out[d] = std::fma(static_cast<float>(std::to_integer<int>(row[d])), scale, bias);
 }
 
 void decode_int4_rowwise(const std::byte* row, std::int64_t dim, float* out) noexcept {
@@ -81,7 +81,7 @@ void decode_int4_rowwise(const std::byte* row, std::int64_t dim, float* out) noe
   const float scale = float_from_f16(load<std::uint16_t>(row + packed));
   const float bias = float_from_f16(load<std::uint16_t>(row + packed + 2));
   for (std::int64_t d = 0; d < dim; ++d)
-    out[d] = static_cast<float>((std::to_integer<int>(row[d / 2]) >> (4 * (d % 2))) & 15) * scale + bias;
+    out[d] = std::fma(static_cast<float>((std::to_integer<int>(row[d / 2]) >> (4 * (d % 2))) & 15), scale, bias);
 }
 
 }  // namespace embag::detail

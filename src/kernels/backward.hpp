@@ -4,8 +4,8 @@
 // by position), so each unique row's gradient is a sum over its own positions, in ascending
 // position order: blocks of rows run in parallel without atomics and the result does not depend
 // on the thread count. Per element it is the reference's loop, in the same order:
-//   grad[row] += c_j * dY[bag(j)],   c_j = w_j (/ bag divisor for mean, sqrtn) (/ count(row) by freq)
-// (c_j: the transpose's coefficients) and for max: grad[row][d] += dY[bag][d] (/ count) where
+//   grad[row] = fma(c_j, dY[bag(j)], grad[row]),   c_j = w_j (/ bag divisor for mean, sqrtn) (/ count(row) by freq)
+// (c_j: the transpose's coefficients) and for max: grad[row][d] = fma(c, dY[bag][d], grad[row][d]), c = 1 (/ count), where
 // argmax[bag][d] == row, once per bag. It serves the dense gradients that need the transpose and
 // max's sparse and fused gradients; the sums' are a forward over dY (api.cpp,
 // sums_gradient_as_forward).
@@ -55,7 +55,7 @@ inline void row_gradient(const backward_request& r, std::int64_t u, float* grad,
       const std::int64_t* winner = r.argmax + bag * dim;
       const float c = r.scale_grad_by_freq ? 1.0f / static_cast<float>(count) : 1.0f;
       for (std::int64_t d = 0; d < dim; ++d)
-        if (winner[d] == row) grad[d] += c * dy[d];
+        if (winner[d] == row) grad[d] = std::fma(c, dy[d], grad[d]);
       continue;
     }
     const float c = t.coefficients != nullptr ? t.coefficients[k] : 1.0f;

@@ -4,11 +4,18 @@
 // flags).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include <xsimd/xsimd.hpp>
 
 #include "request.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 #ifndef EMBAG_ISA_NS
 #error "kernels are compiled only through the per-ISA sources made from src/kernels/isa.cpp.in"
@@ -116,9 +123,51 @@ inline void copy_floats(float* dst, const float* src, std::int64_t n) noexcept {
   for (; d < n; ++d) dst[d] = src[d];
 }
 
-// dst[0..n) += scale * src[0..n), vectorised with a scalar tail; the same operations, in the same
-// order per element, as the reference's plain loop. FromZero: dst starts at 0 and is only written
-// (0 + scale * src, so -0 becomes +0 exactly as when adding to a zeroed row).
+// The x86 ISAs, for the code written per ISA in intrinsics (here and in kernels/rows.hpp).
+template <class Arch>
+inline constexpr bool is_avx512 = std::is_base_of_v<xsimd::avx512f, Arch>;
+template <class Arch>
+inline constexpr bool is_avx2 = std::is_base_of_v<xsimd::avx2, Arch>;
+template <class Arch>
+inline constexpr bool is_sse2 = std::is_base_of_v<xsimd::sse2, Arch>;
+// Each function written per ISA handles every ISA the registry builds; one it does not know fails
+// to compile (static_assert on this) instead of computing some other way.
+template <class Arch>
+inline constexpr bool not_written_for = false;
+
+// x * y + z rounded once, on every ISA: what the rowwise dequantisation, the weighted sums and the
+// gradient's scaled terms compute, one instruction where the ISA has it (AVX2 and AVX-512 with FMA3, NEON), and the same result where
+// it does not: SSE2 calls the C library's correctly rounded fmaf per lane (slower: an SSE2 kernel's
+// weighted sums and rowwise tables pay a call per element). The build disables FMA contraction, so
+// nothing else is fused and the kernels round exactly where the reference does.
+template <class Arch>
+inline xsimd::batch<float, Arch> fused_multiply_add(const xsimd::batch<float, Arch>& x, const xsimd::batch<float, Arch>& y,
+                                                    const xsimd::batch<float, Arch>& z) noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  if constexpr (is_avx512<Arch>)
+    return _mm512_fmadd_ps(x, y, z);
+  else if constexpr (is_avx2<Arch>)
+    return _mm256_fmadd_ps(x, y, z);
+  else if constexpr (is_sse2<Arch>) {
+    constexpr std::size_t lanes = xsimd::batch<float, Arch>::size;
+    alignas(16) float xs[lanes], ys[lanes], zs[lanes];
+    x.store_aligned(xs);
+    y.store_aligned(ys);
+    z.store_aligned(zs);
+    for (std::size_t i = 0; i < lanes; ++i) xs[i] = std::fma(xs[i], ys[i], zs[i]);
+    return xsimd::batch<float, Arch>::load_aligned(xs);
+  } else {
+    static_assert(not_written_for<Arch>, "fused_multiply_add: not written for this ISA");
+  }
+#elif defined(__aarch64__)
+  return vfmaq_f32(z, x, y);
+#endif
+}
+
+// dst[0..n) += scale * src[0..n), each element rounded once (fused_multiply_add), vectorised with a
+// scalar tail; the same operations, in the same order per element, as the reference's plain loop.
+// FromZero: dst starts at 0 and is only written (fma(scale, src, 0), so -0 becomes +0 exactly as
+// when adding to a zeroed row).
 template <class Arch, bool FromZero = false>
 inline void add_scaled(float* dst, const float* src, float scale, std::int64_t n) noexcept {
   using batch = xsimd::batch<float, Arch>;
@@ -127,8 +176,8 @@ inline void add_scaled(float* dst, const float* src, float scale, std::int64_t n
   const auto start = [&](std::int64_t d) { return FromZero ? batch(0.0f) : batch::load_unaligned(dst + d); };
   std::int64_t d = 0;
   for (const std::int64_t vector_end = whole_batches<Arch>(n); d < vector_end; d += lanes)
-    (start(d) + s * batch::load_unaligned(src + d)).store_unaligned(dst + d);
-  for (; d < n; ++d) dst[d] = (FromZero ? 0.0f : dst[d]) + scale * src[d];
+    fused_multiply_add<Arch>(s, batch::load_unaligned(src + d), start(d)).store_unaligned(dst + d);
+  for (; d < n; ++d) dst[d] = std::fma(scale, src[d], FromZero ? 0.0f : dst[d]);
 }
 
 // a / b, correctly rounded as the reference's scalar division is. xsimd 8.1 divides floats on

@@ -1,8 +1,9 @@
 // THE forward kernel, written once, templated on the xsimd architecture, compiled once per ISA.
 //
 // Per bag, the same operations in the same order per output element as the reference, so every
-// ISA agrees with it bit for bit (the build disables FMA contraction):
-//   sum:  acc = 0; acc += w_j * x_j (or acc += x_j unweighted)  for each non-padding j in order
+// ISA agrees with it bit for bit (the build disables FMA contraction; the fused multiply-adds are
+// explicit, fused_multiply_add in kernels/rows.hpp):
+//   sum:  acc = 0; acc = fma(w_j, x_j, acc) (or acc += x_j unweighted)  for each non-padding j in order
 //   mean, sqrtn: the sum, then acc / bag_divisor (reduction.hpp), 0 when that is 0
 //   max:  the first non-padding row, then x_j replaces acc where x_j > acc or x_j is a first NaN
 //   none: one output row per index, a copy of the row (zeros for padding)
@@ -387,7 +388,7 @@ struct fixed_dim_forward {
       const auto add_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
         if constexpr (weighted) {
           const batch wb(c.weights[p]);
-          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += wb * load_row<Arch>(x, (first + k) * lanes, clip, scale);
+          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < sum_group; ++k) acc[k] = fused_multiply_add<Arch>(wb, load_row<Arch>(x, (first + k) * lanes, clip, scale), acc[k]);
           if (first == 0) tally_row(tally, c.weights[p]);
         } else {
           EMBAG_EACH_BATCH for (std::int64_t k = 0; k < sum_group; ++k) acc[k] += load_row<Arch>(x, (first + k) * lanes, clip, scale);
@@ -454,7 +455,7 @@ struct any_dim_forward {
       const auto add_row = [&](std::int64_t p, std::int64_t, const reader& x, float scale) EMBAG_ALWAYS_INLINE {
         if (weighted) {
           const batch wb(weights[p]);
-          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k] += wb * load_row<Arch>(x, column[k], clip, scale);
+          EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k] = fused_multiply_add<Arch>(wb, load_row<Arch>(x, column[k], clip, scale), acc[k]);
         } else {
           EMBAG_EACH_BATCH for (std::int64_t k = 0; k < K; ++k) acc[k] += load_row<Arch>(x, column[k], clip, scale);
         }
@@ -487,11 +488,11 @@ struct any_dim_forward {
       for (; d + lanes <= dim; d += lanes) {
         const batch v = load_row<Arch>(x, d, r.clip_max_norm, scale);
         const batch o = batch::load_unaligned(out + d);
-        (weighted ? o + wb * v : o + v).store_unaligned(out + d);
+        (weighted ? fused_multiply_add<Arch>(wb, v, o) : o + v).store_unaligned(out + d);
       }
       for (; d < dim; ++d) {
         const float v = r.clip_max_norm ? x.at(d) * scale : x.at(d);
-        out[d] = weighted ? out[d] + w * v : out[d] + v;
+        out[d] = weighted ? std::fma(w, v, out[d]) : out[d] + v;
       }
       tally_row(tally, w);
     };

@@ -1,9 +1,8 @@
 // Table rows as fp32 batches, whatever their element type: the dequantisation forward does inside
 // its loop (layouts in include/embag/quantize.hpp). Each element becomes exactly the fp32 value the
 // scalar decode in src/formats/ gives: fp16 and bf16 widen exactly, the rowwise formats compute
-// float(q) * scale + bias as a multiply then an add (the build disables FMA contraction). So a
-// kernel reading a compressed table agrees bit for bit with the fp32 reference on the dequantised
-// table.
+// float(q) * scale + bias as one fused multiply-add, rounded once (fused_multiply_add). So a kernel
+// reading a compressed table agrees bit for bit with the fp32 reference on the dequantised table.
 //
 // The widening uses each ISA's instructions: AVX-512F, F16C and NEON convert fp16 (exactly, whatever
 // the denormal flags); SSE2 widens it with integer operations; the integer types widen with each
@@ -11,6 +10,7 @@
 #pragma once
 
 #include <bit>
+#include <cmath>
 #include <cstring>
 
 #include "kernels/common.hpp"
@@ -41,17 +41,6 @@ inline float float_from_f16_bits(std::uint16_t h) noexcept {
 
 inline float float_from_bf16_bits(std::uint16_t b) noexcept { return std::bit_cast<float>(std::uint32_t{b} << 16); }
 
-template <class Arch>
-inline constexpr bool is_avx512 = std::is_base_of_v<xsimd::avx512f, Arch>;
-template <class Arch>
-inline constexpr bool is_avx2 = std::is_base_of_v<xsimd::avx2, Arch>;
-template <class Arch>
-inline constexpr bool is_sse2 = std::is_base_of_v<xsimd::sse2, Arch>;
-// Each widening below handles every ISA the registry builds; one it does not know fails to
-// compile (static_assert on this) instead of decoding some other way.
-template <class Arch>
-inline constexpr bool no_widening_for = false;
-
 // lanes fp16 values at p.
 template <class Arch>
 inline xsimd::batch<float, Arch> widen_f16(const std::byte* p) noexcept {
@@ -74,7 +63,7 @@ inline xsimd::batch<float, Arch> widen_f16(const std::byte* p) noexcept {
     const __m128i bits = _mm_or_si128(_mm_and_si128(is_subnormal, subnormal), _mm_andnot_si128(is_subnormal, normal));
     return _mm_castsi128_ps(_mm_or_si128(sign, bits));
   } else {
-    static_assert(no_widening_for<Arch>, "widen_f16: no widening for this ISA");
+    static_assert(not_written_for<Arch>, "widen_f16: no widening for this ISA");
   }
 #elif defined(__aarch64__)
   return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(reinterpret_cast<const std::uint8_t*>(p))));
@@ -92,7 +81,7 @@ inline xsimd::batch<float, Arch> widen_bf16(const std::byte* p) noexcept {
   else if constexpr (is_sse2<Arch>)
     return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   else
-    static_assert(no_widening_for<Arch>, "widen_bf16: no widening for this ISA");
+    static_assert(not_written_for<Arch>, "widen_bf16: no widening for this ISA");
 #elif defined(__aarch64__)
   return vreinterpretq_f32_u32(vshll_n_u16(vreinterpret_u16_u8(vld1_u8(reinterpret_cast<const std::uint8_t*>(p))), 16));
 #endif
@@ -111,7 +100,7 @@ inline xsimd::batch<float, Arch> widen_u8(const std::byte* p) noexcept {
     const __m128i bytes = _mm_cvtsi32_si128(load_bytes<std::int32_t>(p));
     return _mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(bytes, zero), zero));
   } else {
-    static_assert(no_widening_for<Arch>, "widen_u8: no widening for this ISA");
+    static_assert(not_written_for<Arch>, "widen_u8: no widening for this ISA");
   }
 #elif defined(__aarch64__)
   return vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vcreate_u8(load_bytes<std::uint32_t>(p))))));
@@ -120,7 +109,9 @@ inline xsimd::batch<float, Arch> widen_u8(const std::byte* p) noexcept {
 
 // On AVX2 and AVX-512 widen_u4 leaves each odd element's nibble where it is in its byte, so the
 // odd lanes come out times 16 (a mask instead of a shift per batch); row_reader scales those lanes
-// by scale / 16, and float(16 q) * (scale / 16) is the same real product as q * scale, rounded once.
+// by scale / 16, and float(16 q) * (scale / 16) is the same real product as q * scale (scale / 16
+// is exact: an fp16 scale divided by 16 is far from fp32's subnormals), so the fused q * scale +
+// bias rounds to the same value.
 template <class Arch>
 inline constexpr float u4_odd_factor = is_avx512<Arch> || is_avx2<Arch> ? 16.0f : 1.0f;
 
@@ -145,7 +136,7 @@ inline xsimd::batch<float, Arch> widen_u4(const std::byte* p) noexcept {
                                          _mm_and_si128(_mm_slli_epi16(words, 4), _mm_set1_epi16(0x0f00)));
     return _mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(nibbles, zero), zero));
   } else {
-    static_assert(no_widening_for<Arch>, "widen_u4: no widening for this ISA");
+    static_assert(not_written_for<Arch>, "widen_u4: no widening for this ISA");
   }
 #elif defined(__aarch64__)
   // the two bytes in every lane, shifted right by 0, 4, 8 and 12 bits: lane i's nibble at the bottom
@@ -208,7 +199,7 @@ struct row_reader<Arch, dtype::bf16> : half_row_reader<Arch, dtype::bf16> {
   using half_row_reader<Arch, dtype::bf16>::half_row_reader;
 };
 
-// The rowwise formats: x' = q * scale + bias, scale and bias read once per row.
+// The rowwise formats: x' = q * scale + bias rounded once, scale and bias read once per row.
 template <class Arch>
 struct row_reader<Arch, dtype::int8_rowwise> {
   static constexpr int bits = 8;
@@ -217,9 +208,9 @@ struct row_reader<Arch, dtype::int8_rowwise> {
   row_reader(const std::byte* row, std::int64_t dim) noexcept
       : x(row), scale(load_bytes<float>(row + dim)), bias(load_bytes<float>(row + dim + 4)) {}
   xsimd::batch<float, Arch> load(std::int64_t d) const noexcept {
-    return widen_u8<Arch>(x + d) * xsimd::batch<float, Arch>(scale) + xsimd::batch<float, Arch>(bias);
+    return fused_multiply_add<Arch>(widen_u8<Arch>(x + d), xsimd::batch<float, Arch>(scale), xsimd::batch<float, Arch>(bias));
   }
-  float at(std::int64_t d) const noexcept { return static_cast<float>(std::to_integer<int>(x[d])) * scale + bias; }
+  float at(std::int64_t d) const noexcept { return std::fma(static_cast<float>(std::to_integer<int>(x[d])), scale, bias); }
 };
 
 template <class Arch>
@@ -244,10 +235,10 @@ struct row_reader<Arch, dtype::int4_rowwise> {
     lane_scales = u4_lane_scales<Arch>(scale);
   }
   xsimd::batch<float, Arch> load(std::int64_t d) const noexcept {
-    return widen_u4<Arch>(x + d / 2) * lane_scales + xsimd::batch<float, Arch>(bias);
+    return fused_multiply_add<Arch>(widen_u4<Arch>(x + d / 2), lane_scales, xsimd::batch<float, Arch>(bias));
   }
   float at(std::int64_t d) const noexcept {
-    return static_cast<float>((std::to_integer<int>(x[d / 2]) >> (4 * (d % 2))) & 15) * scale + bias;
+    return std::fma(static_cast<float>((std::to_integer<int>(x[d / 2]) >> (4 * (d % 2))) & 15), scale, bias);
   }
 };
 

@@ -101,7 +101,7 @@ void forward(const forward_request& r) {
             winner[d] = index;
           }
         } else {
-          acc[d] = weighted ? acc[d] + w * x[d] : acc[d] + x[d];
+          acc[d] = weighted ? std::fma(w, x[d], acc[d]) : acc[d] + x[d];  // the weighted term rounded once
         }
       }
       tally_row(tally, w);
@@ -141,7 +141,7 @@ void backward(const backward_request& r, sparse_gradient* sparse) {
         const std::int64_t row = r.argmax[b * r.dim + d];
         if (row < 0) continue;
         const float c = r.scale_grad_by_freq ? 1.0f / static_cast<float>(count[row]) : 1.0f;
-        grad_row(row)[d] += c * dy[d];
+        grad_row(row)[d] = std::fma(c, dy[d], grad_row(row)[d]);
       }
       continue;
     }
@@ -159,7 +159,7 @@ void backward(const backward_request& r, sparse_gradient* sparse) {
       if (r.reduce.scaling != bag_scaling::none) c = divided(c, divisor);
       if (r.scale_grad_by_freq) c = c / static_cast<float>(count[row]);
       float* g = grad_row(row);
-      for (std::int64_t d = 0; d < r.dim; ++d) g[d] += c * dy[d];
+      for (std::int64_t d = 0; d < r.dim; ++d) g[d] = std::fma(c, dy[d], g[d]);  // rounded once, as forward's weighted terms
     }
   }
 
