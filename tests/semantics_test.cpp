@@ -12,9 +12,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <ostream>
 #include <sstream>
 #include <string>
@@ -610,6 +612,68 @@ INSTANTIATE_TEST_SUITE_P(Isa, Semantics, ::testing::Combine(::testing::ValuesIn(
                          [](const auto& info) {
                            return std::string(to_string(std::get<0>(info.param))) + "_" + std::get<1>(info.param).name;
                          });
+
+// Each weighted term is fma(w, x, acc), one correctly rounded operation on every ISA (SSE2 emulates
+// it in double): bags of two, row c with weight 1 (acc = c) then row x with weight w, compared
+// with std::fma column by column. The triples include sums that a double rounds onto a float
+// midpoint (then rounded to float a second time, they go the wrong way), signed zeros, subnormals,
+// overflow, infinities and NaN, and random ones.
+TEST(Rounding, EveryWeightedTermIsOneCorrectlyRoundedFmaOnEveryIsa) {
+  constexpr std::int64_t dim = 19;  // whole batches of 4, 8 and 16 lanes, and a scalar tail
+  constexpr float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  struct triple {
+    float w, x, c;
+  };
+  std::vector<triple> bags_of_one_triple = {
+      {1 + 0x1p-12f, 1 + 0x1p-12f, -1},  // 2^-11 + 2^-24; rounding the product first loses the 2^-24
+      {0x1p-100f, 0x1.8p-49f, 0x1p-149f},  // subnormal
+      {-0.0f, 1, 0},  {0, -1, -0.0f}, {inf, 0, 1},    {inf, 1, -inf}, {nan, 1, 1},
+      {1, 1, nan},    {3e38f, 3e38f, 1}, {-3e38f, 3e38f, inf}, {0x1p127f, 2, -0x1p127f}};
+  std::mt19937 g(11);
+  const auto uniform = [&](float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(g); };
+  // w x = 2^-24 (1 + a 2^-23) (1 - 2a 2^-24) = 2^-24 - a^2 2^-70, just short of half an ulp of c in
+  // [1, 2): the double sum is the midpoint, the exact one is not
+  for (int a = 1; a <= 64; ++a) {
+    const float c = 1 + static_cast<float>(2 * static_cast<int>(g() % (1 << 21)) + 1) * 0x1p-23f;  // odd significand
+    const float w = (1 + static_cast<float>(a) * 0x1p-23f) * 0x1p-24f, x = 1 - static_cast<float>(2 * a) * 0x1p-24f;
+    bags_of_one_triple.push_back({w, x, c});
+    bags_of_one_triple.push_back({-w, x, c});
+    bags_of_one_triple.push_back({-w, x, -c});
+  }
+  const std::int64_t random_bags = 200, bags_count = std::ssize(bags_of_one_triple) + random_bags;
+  std::vector<float> table(static_cast<std::size_t>(2 * bags_count * dim)), weights;
+  std::vector<std::int64_t> indices, offsets;
+  for (std::int64_t b = 0; b < bags_count; ++b) {
+    const bool crafted = b < std::ssize(bags_of_one_triple);
+    const float w = crafted ? bags_of_one_triple[b].w : std::ldexp(uniform(-1, 1), static_cast<int>(g() % 41) - 20);
+    for (std::int64_t d = 0; d < dim; ++d) {
+      table[(2 * b) * dim + d] = crafted ? bags_of_one_triple[b].c : std::ldexp(uniform(-1, 1), static_cast<int>(g() % 41) - 20);
+      table[(2 * b + 1) * dim + d] = crafted ? bags_of_one_triple[b].x : std::ldexp(uniform(-1, 1), static_cast<int>(g() % 41) - 20);
+    }
+    offsets.push_back(2 * b);
+    indices.insert(indices.end(), {2 * b, 2 * b + 1});
+    weights.insert(weights.end(), {1.0f, w});
+  }
+  for (isa which : available_isas()) {
+    options opts;
+    opts.mode = mode::sum;
+    opts.execution.isa = which;
+    std::vector<float> out(static_cast<std::size_t>(bags_count * dim));
+    forward(table_view<const float>{table.data(), 2 * bags_count, dim, 0}, bags::from_offsets(indices, offsets, weights),
+            opts, {out.data(), bags_count, dim, 0});
+    int wrong = 0;
+    for (std::int64_t b = 0; b < bags_count; ++b)
+      for (std::int64_t d = 0; d < dim; ++d) {
+        const float c = table[(2 * b) * dim + d], x = table[(2 * b + 1) * dim + d], w = weights[2 * b + 1];
+        const float want = std::fma(w, x, std::fma(1.0f, c, 0.0f)), got = out[b * dim + d];
+        const bool same = std::isnan(want) ? std::isnan(got) : std::bit_cast<std::uint32_t>(want) == std::bit_cast<std::uint32_t>(got);
+        if (!same && wrong++ < 3)
+          ADD_FAILURE() << to_string(which) << ": bag " << b << " column " << d << ": fma(" << std::hexfloat << w << ", " << x
+                        << ", " << c << ") = " << want << ", got " << got << std::defaultfloat;
+      }
+    EXPECT_EQ(wrong, 0) << to_string(which);
+  }
+}
 
 }  // namespace
 }  // namespace embag::test

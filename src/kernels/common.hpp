@@ -135,28 +135,58 @@ inline constexpr bool is_sse2 = std::is_base_of_v<xsimd::sse2, Arch>;
 template <class Arch>
 inline constexpr bool not_written_for = false;
 
+#if defined(__x86_64__) || defined(__i386__)
+// SSE2 has no fused multiply-add: x * y + z correctly rounded, two lanes at a time in double. The
+// product of two floats is exact in double, so only the sum rounds before the float conversion;
+// rounding twice goes wrong where the double sum lands on a float midpoint (tests/semantics_test.cpp
+// has such cases). So the sum is rounded to odd instead (Boldo and Melquiond): its error, exact by
+// Knuth's TwoSum, moves an inexact sum with an even significand to its odd neighbour on the error's
+// side, and that rounds to float correctly (double's 53 bits are at least float's 24 + 2). NaN and
+// infinite inputs leave a NaN error, which compares neither above nor below 0: no move. Without
+// branches, so the time does not depend on the data: a midpoint check first, the fix-up only there,
+// was faster on fp32 weighted sums (6.2 against 9.1 ms) but slower on int8 tables, whose exact sums
+// often are midpoints (12.7 against 10.5 ms: mispredicted; `embag bench --rows 100000 --dim 64
+// --isa sse2 --mode sum,weighted_sum --dtype f32,int8 --threads 1`).
+// always_inline: GCC kept these out of line, called through the PLT once per batch (`perf report`).
+[[gnu::always_inline]] inline __m128d fused_multiply_add_in_double(__m128d x, __m128d y, __m128d z) noexcept {
+  const __m128d product = _mm_mul_pd(x, y);
+  const __m128d sum = _mm_add_pd(product, z);
+  const __m128d z_part = _mm_sub_pd(sum, product);
+  const __m128d error = _mm_add_pd(_mm_sub_pd(product, _mm_sub_pd(sum, z_part)), _mm_sub_pd(z, z_part));
+  const __m128i bits = _mm_castpd_si128(sum);
+  const __m128d zero = _mm_setzero_pd();
+  const __m128i inexact = _mm_castpd_si128(_mm_or_pd(_mm_cmplt_pd(error, zero), _mm_cmpgt_pd(error, zero)));
+  const __m128i one = _mm_set1_epi64x(1);
+  const __m128i even = _mm_sub_epi64(_mm_and_si128(bits, one), one);  // all ones where the last bit is 0
+  // toward the error: one up in magnitude where error and sum have the same sign, else one down
+  const __m128i signs_differ = _mm_srli_epi64(_mm_xor_si128(_mm_castpd_si128(error), bits), 63);
+  const __m128i step = _mm_sub_epi64(one, _mm_add_epi64(signs_differ, signs_differ));
+  return _mm_castsi128_pd(_mm_add_epi64(bits, _mm_and_si128(step, _mm_and_si128(inexact, even))));
+}
+
+[[gnu::always_inline]] inline __m128 fused_multiply_add_sse2(__m128 x, __m128 y, __m128 z) noexcept {
+  const auto high = [](__m128 v) { return _mm_cvtps_pd(_mm_movehl_ps(v, v)); };
+  const __m128d low_lanes = fused_multiply_add_in_double(_mm_cvtps_pd(x), _mm_cvtps_pd(y), _mm_cvtps_pd(z));
+  const __m128d high_lanes = fused_multiply_add_in_double(high(x), high(y), high(z));
+  return _mm_movelh_ps(_mm_cvtpd_ps(low_lanes), _mm_cvtpd_ps(high_lanes));
+}
+#endif
+
 // x * y + z rounded once, on every ISA: what the rowwise dequantisation, the weighted sums and the
-// gradient's scaled terms compute, one instruction where the ISA has it (AVX2 and AVX-512 with FMA3, NEON), and the same result where
-// it does not: SSE2 calls the C library's correctly rounded fmaf per lane (slower: an SSE2 kernel's
-// weighted sums and rowwise tables pay a call per element). The build disables FMA contraction, so
-// nothing else is fused and the kernels round exactly where the reference does.
+// gradient's scaled terms compute; one instruction where the ISA has it (AVX2 and AVX-512 with
+// FMA3, NEON), fused_multiply_add_sse2 on SSE2. The build disables FMA contraction, so nothing
+// else is fused and the kernels round exactly where the reference (std::fma) does.
 template <class Arch>
-inline xsimd::batch<float, Arch> fused_multiply_add(const xsimd::batch<float, Arch>& x, const xsimd::batch<float, Arch>& y,
+[[gnu::always_inline]] inline xsimd::batch<float, Arch> fused_multiply_add(const xsimd::batch<float, Arch>& x, const xsimd::batch<float, Arch>& y,
                                                     const xsimd::batch<float, Arch>& z) noexcept {
 #if defined(__x86_64__) || defined(__i386__)
   if constexpr (is_avx512<Arch>)
     return _mm512_fmadd_ps(x, y, z);
   else if constexpr (is_avx2<Arch>)
     return _mm256_fmadd_ps(x, y, z);
-  else if constexpr (is_sse2<Arch>) {
-    constexpr std::size_t lanes = xsimd::batch<float, Arch>::size;
-    alignas(16) float xs[lanes], ys[lanes], zs[lanes];
-    x.store_aligned(xs);
-    y.store_aligned(ys);
-    z.store_aligned(zs);
-    for (std::size_t i = 0; i < lanes; ++i) xs[i] = std::fma(xs[i], ys[i], zs[i]);
-    return xsimd::batch<float, Arch>::load_aligned(xs);
-  } else {
+  else if constexpr (is_sse2<Arch>)
+    return fused_multiply_add_sse2(x, y, z);
+  else {
     static_assert(not_written_for<Arch>, "fused_multiply_add: not written for this ISA");
   }
 #elif defined(__aarch64__)
