@@ -13,7 +13,7 @@
 //                 the high nibble for odd j (a last odd element leaves the high nibble 0);
 //                 then fp16 scale, fp16 bias                      ceil(D / 2) + 4 bytes
 //
-// The rowwise formats dequantise as x' = q * scale + bias, in fp32. They are FBGEMM's "fused 8-bit
+// The rowwise formats dequantise as x' = q * scale + bias, in fp32, rounded once (std::fma). They are FBGEMM's "fused 8-bit
 // rowwise" (FloatToFused8BitRowwiseQuantizedSBFloat) and "fused n-bit rowwise" with bit rate 4
 // (FloatToFusedNBitRowwiseQuantizedSBHalf) layouts byte for byte, so rows FBGEMM quantised load
 // as they are; its fp16 tables are the f16 layout. (FBGEMM's table-batched inference module puts
