@@ -4,11 +4,11 @@
 // by position), so each unique row's gradient is a sum over its own positions, in ascending
 // position order: blocks of rows run in parallel without atomics and the result does not depend
 // on the thread count. Per element it is the reference's loop, in the same order:
-//   grad[row] = fma(c_j, dY[bag(j)], grad[row]),   c_j = w_j (/ bag divisor for mean, sqrtn) (/ count(row) by freq)
-// (c_j: the transpose's coefficients) and for max: grad[row][d] = fma(c, dY[bag][d], grad[row][d]), c = 1 (/ count), where
-// argmax[bag][d] == row, once per bag. It serves the dense gradients that need the transpose and
-// max's sparse and fused gradients; the sums' are a forward over dY (api.cpp,
-// sums_gradient_as_forward).
+//   grad[row] = fma(c_j, dY[bag(j)], grad[row]),  c_j = w_j (/ bag divisor) (/ count(row) by freq)
+// (c_j: the transpose's coefficients; the divisor for mean and sqrtn) and for max:
+// grad[row][d] = fma(c, dY[bag][d], grad[row][d]), c = 1 (/ count), where argmax[bag][d] == row,
+// once per bag. It serves the dense gradients that need the transpose and max's sparse and fused
+// gradients; the sums' are a forward over dY (api.cpp, sums_gradient_as_forward).
 //
 // weights_grad: per index j, <dY[bag(j)], x_j> (x_j clipped as forward saw it); for a weighted
 // bag divided by S (mean, sqrtn), (<dY, x_j> - slope_j * sum_i w_i <dY, x_i> / S) / S with

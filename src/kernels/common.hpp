@@ -177,8 +177,9 @@ inline constexpr bool not_written_for = false;
 // FMA3, NEON), fused_multiply_add_sse2 on SSE2. The build disables FMA contraction, so nothing
 // else is fused and the kernels round exactly where the reference (std::fma) does.
 template <class Arch>
-[[gnu::always_inline]] inline xsimd::batch<float, Arch> fused_multiply_add(const xsimd::batch<float, Arch>& x, const xsimd::batch<float, Arch>& y,
-                                                    const xsimd::batch<float, Arch>& z) noexcept {
+[[gnu::always_inline]] inline xsimd::batch<float, Arch> fused_multiply_add(const xsimd::batch<float, Arch>& x,
+                                                                           const xsimd::batch<float, Arch>& y,
+                                                                           const xsimd::batch<float, Arch>& z) noexcept {
 #if defined(__x86_64__) || defined(__i386__)
   if constexpr (is_avx512<Arch>)
     return _mm512_fmadd_ps(x, y, z);

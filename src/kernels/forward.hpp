@@ -2,7 +2,7 @@
 //
 // Per bag, the same operations in the same order per output element as the reference, so every
 // ISA agrees with it bit for bit (the build disables FMA contraction; the fused multiply-adds are
-// explicit, fused_multiply_add in kernels/rows.hpp):
+// explicit, fused_multiply_add in kernels/common.hpp):
 //   sum:  acc = 0; acc = fma(w_j, x_j, acc) (or acc += x_j unweighted)  for each non-padding j in order
 //   mean, sqrtn: the sum, then acc / bag_divisor (reduction.hpp), 0 when that is 0
 //   max:  the first non-padding row, then x_j replaces acc where x_j > acc or x_j is a first NaN
