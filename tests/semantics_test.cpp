@@ -16,8 +16,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <random>
 #include <ostream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -619,7 +619,7 @@ INSTANTIATE_TEST_SUITE_P(Isa, Semantics, ::testing::Combine(::testing::ValuesIn(
 // midpoint (then rounded to float a second time, they go the wrong way), signed zeros, subnormals,
 // overflow, infinities and NaN, and random ones.
 TEST(Rounding, EveryWeightedTermIsOneCorrectlyRoundedFmaOnEveryIsa) {
-  constexpr std::int64_t dim = 19;  // whole batches of 4, 8 and 16 lanes, and a scalar tail
+  constexpr std::int64_t dim = 19;  // no ISA's lanes divide it: each row's last batch overlaps the one before
   constexpr float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
   struct triple {
     float w, x, c;
