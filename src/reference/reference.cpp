@@ -141,7 +141,8 @@ void backward(const backward_request& r, sparse_gradient* sparse) {
         const std::int64_t row = r.argmax[b * r.dim + d];
         if (row < 0) continue;
         const float c = r.scale_grad_by_freq ? 1.0f / static_cast<float>(count[row]) : 1.0f;
-        grad_row(row)[d] = std::fma(c, dy[d], grad_row(row)[d]);
+        float& g = grad_row(row)[d];
+        g = std::fma(c, dy[d], g);
       }
       continue;
     }
