@@ -392,6 +392,33 @@ void report_prefetch_trial(const forward_request& req, double seconds) noexcept 
 }
 
 namespace {
+constexpr update_fetch update_fetch_candidates[] = {update_fetch::demand_loads, update_fetch::prefetch_next_chunk};
+prefetch_trials update_fetch_trials(std::ssize(update_fetch_candidates));
+}  // namespace
+
+update_fetch choose_update_fetch(const prefetch_setting& asked, std::int64_t bytes, int& trial) {
+  static const prefetch_setting from_environment = prefetch_from_environment();
+  const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
+  trial = -1;
+  switch (setting.level) {
+    case prefetch_level::none: return update_fetch::none;
+    case prefetch_level::l1: return update_fetch::demand_loads;
+    case prefetch_level::l2:
+    case prefetch_level::l2_one_pass: return update_fetch::prefetch_next_chunk;
+    case prefetch_level::automatic: break;
+  }
+  if (bytes < min_trial_bytes) return update_fetch_candidates[std::max(update_fetch_trials.chosen(), 0)];
+  bool on_trial = false;
+  const int candidate = update_fetch_trials.next(on_trial);
+  if (on_trial) trial = candidate;
+  return update_fetch_candidates[candidate];
+}
+
+void report_update_fetch_trial(int trial, double seconds, std::int64_t bytes) noexcept {
+  if (trial >= 0) update_fetch_trials.report(trial, seconds / static_cast<double>(bytes));
+}
+
+namespace {
 
 // Calls f with the indices as a typed pointer, so per-element loops do not branch on the type.
 template <class F>

@@ -132,6 +132,12 @@ struct backward_request {
   int prefetch_rows = 0;
 };
 
+// How an optimizer's step brings in the table and state rows of its next chunk (update_chunk_rows):
+// none (a table within L2); demand loads of the chunk's rows at its start, then its work; or
+// prefetches into L2 of the next chunk's rows while it works on this one. Which of the last two
+// is faster depends on the machine (plan.hpp, choose_update_fetch).
+enum class update_fetch : std::uint8_t { none, demand_loads, prefetch_next_chunk };
+
 // An optimizer's step (embag/optim.hpp) on the rows gradient.transpose lists: each row's gradient
 // computed from the transpose as backward_rows computes it (fused), or read from given_gradient.
 struct update_request {
@@ -149,6 +155,8 @@ struct update_request {
   float learning_rate = 0, eps = 0, weight_decay = 0;
   rounding_mode rounding = rounding_mode::nearest;
   std::uint64_t seed = 0;
+  // How the step brings its chunk's table and state rows in (choose_update_fetch).
+  update_fetch fetch = update_fetch::none;
   // Added to the row number stochastic rounding hashes: a shard's first row in the whole table
   // (embag/sharded.hpp), so that a shard rounds as the whole table would.
   std::int64_t hashed_row_offset = 0;
@@ -161,11 +169,18 @@ struct update_tally {
 
 // An update runs over its unique rows a chunk at a time: every gradient of the chunk first (the
 // fused step's dY rows, from cache), then every row's step (table and state rows: random rows of
-// DRAM for a large table, loaded at the chunk's start). Interleaving the two per row left each
+// DRAM for a large table, brought in as update_fetch says). Interleaving the two per row left each
 // row's table reads to wait on their own, whatever the prefetch (fused SGD on R = 1M, D = 128,
 // L = 40: 3.2x backward_sparse's time, 1.8x in chunks). A chunk is the plan's prefetch distance in
 // rows (choose_scatter_prefetch).
 inline std::int64_t update_chunk_rows(const update_request& q) noexcept { return std::max(q.gradient.prefetch_rows, 1); }
+
+// The table and state bytes of one row an update's step reads (and writes).
+inline std::int64_t update_row_bytes(const update_request& q) noexcept {
+  const std::int64_t table_bytes = q.gradient.dim * (q.table_type == dtype::f32 ? 4 : 2);
+  const std::int64_t state_floats = q.kind == optimizer_kind::adagrad ? q.gradient.dim : q.kind == optimizer_kind::rowwise_adagrad ? 1 : 0;
+  return table_bytes + state_floats * std::int64_t{sizeof(float)};
+}
 
 // The scratch floats one block of an update needs, a cache line's multiple: a fused step's chunk
 // of gradient rows, then one row each of decayed gradient, new weights and new state.

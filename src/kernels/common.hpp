@@ -96,7 +96,8 @@ inline std::int64_t index_at(const bag_source& bags, std::int64_t position) noex
 // core keeps in flight together, many rows at once when a loop does nothing else; a software
 // prefetch may be dropped instead (on the Zen 4 guest, prefetches of an update's random DRAM rows,
 // into L1 or L2, at any distance, changed nothing; in a stand-alone loop of the update's shape
-// these loads took a 12.7 ms step to 9.2 ms).
+// these loads took a 12.7 ms step to 9.2 ms). Not on every machine: the update learns which
+// (choose_update_fetch).
 // Every byte loaded is the row's own (a row need not start a line): one every 64, and the last.
 inline void load_row_lines(const void* row, std::int64_t bytes) noexcept {
   const auto* byte = static_cast<const volatile unsigned char*>(row);

@@ -133,7 +133,8 @@ inline bool update_row(const update_request& q, std::int64_t row, const float* g
 }
 
 // Unique rows [unique_begin, unique_end) a chunk at a time (update_chunk_rows): the chunk's table
-// and state rows loaded, its gradients into scratch (fused), then its rows' steps in order.
+// and state rows loaded (or the next chunk's prefetched), its gradients into scratch (fused), then
+// its rows' steps in order.
 template <class Arch, dtype Type, optimizer_kind Kind>
 void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::int64_t unique_end, float* scratch,
                        update_tally& tally) {
@@ -147,20 +148,26 @@ void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::
   if (fused && q.sums_gradient.table == nullptr) prefetch_first_positions(r, unique_begin, positions_end);
   const std::int64_t row_bytes = dim * (Type == dtype::f32 ? 4 : 2);
   const std::int64_t state_bytes = (Kind == optimizer_kind::adagrad ? dim : 1) * std::int64_t{sizeof(float)};
-  // The chunk's table and state rows (a large table's are random rows of DRAM), loaded before its
-  // gradients are gathered, when the plan asks for prefetch (choose_scatter_prefetch: by their
-  // size class, or as the caller forces; a table within L2 needs none): load_row_lines.
-  const auto load_rows = [&](std::int64_t begin, std::int64_t end) {
-    if (r.prefetch == prefetch_level::none) return;
+  // The table and state rows of unique rows [begin, end) (a large table's are random rows of DRAM),
+  // by demand loads (load_row_lines) or by prefetches into L2, as q.fetch says.
+  const auto bring_rows = [&]<bool Prefetch>(std::int64_t begin, std::int64_t end) EMBAG_ALWAYS_INLINE {
+    const auto bring = [](const void* row, std::int64_t bytes) EMBAG_ALWAYS_INLINE {
+      if constexpr (Prefetch) prefetch_row<1>(row, bytes);
+      else load_row_lines(row, bytes);
+    };
     for (std::int64_t u = begin; u < end; ++u) {
       const std::int64_t row = t.unique_rows[u];
-      load_row_lines(q.table + row * q.table_stride * (Type == dtype::f32 ? 4 : 2), row_bytes);
-      if constexpr (Kind != optimizer_kind::sgd) load_row_lines(q.state + row * q.state_stride, state_bytes);
+      bring(q.table + row * q.table_stride * (Type == dtype::f32 ? 4 : 2), row_bytes);
+      if constexpr (Kind != optimizer_kind::sgd) bring(q.state + row * q.state_stride, state_bytes);
     }
   };
+  if (q.fetch == update_fetch::prefetch_next_chunk)
+    bring_rows.template operator()<true>(unique_begin, std::min(unique_begin + chunk, unique_end));
   for (std::int64_t first = unique_begin; first < unique_end; first += chunk) {
     const std::int64_t last = std::min(first + chunk, unique_end);
-    load_rows(first, last);
+    if (q.fetch == update_fetch::demand_loads) bring_rows.template operator()<false>(first, last);
+    else if (q.fetch == update_fetch::prefetch_next_chunk)
+      bring_rows.template operator()<true>(last, std::min(last + chunk, unique_end));
     if (fused && q.sums_gradient.table != nullptr) {
       forward_request chunk_gradients = q.sums_gradient;
       chunk_gradients.out = scratch;
