@@ -151,9 +151,17 @@ TEST_P(EveryIsa, FusedAndUnfusedStepsAreTheReferencesBitForBit) {
 
     trained fused = train_table(c, type, opt.kind, seed);
     opts.execution = on(which, static_cast<int>(g() % 3));
+    // However the steps bring their table and state rows in (choose_update_fetch: as learnt, not
+    // at all, loaded a chunk at a time, or prefetched a chunk ahead), in chunks of 1 to 5 rows or
+    // the plan's.
+    const prefetch_level fetch_levels[] = {prefetch_level::automatic, prefetch_level::none, prefetch_level::l1,
+                                           prefetch_level::l2};
+    opts.execution.prefetch = {fetch_levels[g() % 4], static_cast<int>(g() % 6)};
     const update_summary fused_summary =
         backward_update(fused.view(), c.batch(), opts, grad_output, opt, fused.state_view(), argmax);
-    EXPECT_TRUE(fused == expected) << "fused on " << to_string(which);
+    EXPECT_TRUE(fused == expected) << "fused on " << to_string(which) << ", prefetch level "
+                                   << static_cast<int>(opts.execution.prefetch.level) << ", rows "
+                                   << opts.execution.prefetch.rows;
     EXPECT_TRUE(same_summary(fused_summary, reference_summary));
 
     trained unfused = train_table(c, type, opt.kind, seed);
