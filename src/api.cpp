@@ -302,16 +302,10 @@ void run_updates(std::span<update_request> tables, isa which, const execution& h
     for (std::int64_t t = 0; t < count; ++t) summaries[t] = reference_update(tables[t]);
     return;
   }
-  std::int64_t fetched_bytes = 0;  // the table and state rows the steps bring in
-  for (update_request& q : tables) {
-    choose_scatter_prefetch(q.gradient, how.prefetch);
-    if (q.gradient.prefetch != prefetch_level::none) fetched_bytes += q.gradient.transpose.num_unique * update_row_bytes(q);
-  }
-  int fetch_trial = -1;
-  const update_fetch fetch = choose_update_fetch(how.prefetch, fetched_bytes, fetch_trial);
-  for (update_request& q : tables) q.fetch = q.gradient.prefetch == prefetch_level::none ? update_fetch::none : fetch;
+  for (update_request& q : tables) choose_scatter_prefetch(q.gradient, how.prefetch);
   transpose_tables(
       count, [&](std::int64_t t) { return tables[t].given_gradient == nullptr ? &tables[t].gradient : nullptr; }, how, ws);
+  const update_fetch_trial fetch_trial = choose_update_fetch(tables, how.prefetch);  // by the transposes' unique rows
   for (update_request& q : tables)
     if (q.given_gradient == nullptr && q.gradient.reduce.pool != pooling::max) {
       q.sums_gradient = sums_gradient_as_forward(q.gradient);
@@ -339,13 +333,13 @@ void run_updates(std::span<update_request> tables, isa which, const execution& h
   const kernel_table& k = kernels_of(which);
   float* const scratch = ws.update_scratch.data();
   using clock = std::chrono::steady_clock;
-  const clock::time_point start = fetch_trial >= 0 ? clock::now() : clock::time_point{};
+  const clock::time_point start = fetch_trial.candidate >= 0 ? clock::now() : clock::time_point{};
   run_blocks(std::ssize(blocks), how, [&](std::int64_t i) {
     const table_rows_block& b = blocks[static_cast<std::size_t>(i)];
     k.update_rows(tables[b.table], b.rows.begin, b.rows.end, scratch + i * per_block, ws.update_tallies[static_cast<std::size_t>(i)]);
   });
-  if (fetch_trial >= 0)
-    report_update_fetch_trial(fetch_trial, std::chrono::duration<double>(clock::now() - start).count(), fetched_bytes);
+  if (fetch_trial.candidate >= 0)
+    report_update_fetch_trial(fetch_trial, std::chrono::duration<double>(clock::now() - start).count());
   std::fill(summaries.begin(), summaries.end(), update_summary{});
   for (std::size_t i = 0; i < blocks.size(); ++i) add_tally(summaries[blocks[i].table], ws.update_tallies[i]);
 }

@@ -393,29 +393,52 @@ void report_prefetch_trial(const forward_request& req, double seconds) noexcept 
 
 namespace {
 constexpr update_fetch update_fetch_candidates[] = {update_fetch::demand_loads, update_fetch::prefetch_next_chunk};
-prefetch_trials update_fetch_trials(std::ssize(update_fetch_candidates));
+// One set per optimizer and per gradient source (computed from dY in the step, or read from a
+// given sparse gradient): each does its own work per row it brings in, so each can overlap more or
+// less of the rows' misses.
+constexpr int gradient_sources = 2;
+learnt_prefetch<std::ssize(update_fetch_candidates)> update_fetch_sets[3 * gradient_sources];
+int update_fetch_set_of(const update_request& q) noexcept {
+  return static_cast<int>(q.kind) * gradient_sources + int{q.given_gradient == nullptr};
+}
 }  // namespace
 
-update_fetch choose_update_fetch(const prefetch_setting& asked, std::int64_t bytes, int& trial) {
+update_fetch_trial choose_update_fetch(std::span<update_request> tables, const prefetch_setting& asked) {
   static const prefetch_setting from_environment = prefetch_from_environment();
   const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
-  trial = -1;
+  update_fetch_trial trial;
+  const auto fetch_for_all = [&](update_fetch fetch) {
+    for (update_request& q : tables) q.fetch = q.gradient.prefetch == prefetch_level::none ? update_fetch::none : fetch;
+    return trial;
+  };
   switch (setting.level) {
-    case prefetch_level::none: return update_fetch::none;
-    case prefetch_level::l1: return update_fetch::demand_loads;
+    case prefetch_level::none: return fetch_for_all(update_fetch::none);
+    case prefetch_level::l1: return fetch_for_all(update_fetch::demand_loads);
     case prefetch_level::l2:
-    case prefetch_level::l2_one_pass: return update_fetch::prefetch_next_chunk;
+    case prefetch_level::l2_one_pass: return fetch_for_all(update_fetch::prefetch_next_chunk);
     case prefetch_level::automatic: break;
   }
-  if (bytes < min_trial_bytes) return update_fetch_candidates[std::max(update_fetch_trials.chosen(), 0)];
+  if (tables.empty()) return trial;
+  // A batched call learns in its first table's set, and only when every table shares it.
+  const int set = update_fetch_set_of(tables.front());
+  bool one_set = true;
+  for (const update_request& q : tables) {
+    one_set = one_set && update_fetch_set_of(q) == set;
+    if (q.gradient.prefetch != prefetch_level::none) trial.bytes += q.gradient.transpose.num_unique * update_row_bytes(q);
+  }
+  prefetch_trials& trials = update_fetch_sets[set];
+  if (!one_set || trial.bytes < min_trial_bytes) return fetch_for_all(update_fetch_candidates[std::max(trials.chosen(), 0)]);
   bool on_trial = false;
-  const int candidate = update_fetch_trials.next(on_trial);
-  if (on_trial) trial = candidate;
-  return update_fetch_candidates[candidate];
+  const int candidate = trials.next(on_trial);
+  if (on_trial) {
+    trial.set = set;
+    trial.candidate = candidate;
+  }
+  return fetch_for_all(update_fetch_candidates[candidate]);
 }
 
-void report_update_fetch_trial(int trial, double seconds, std::int64_t bytes) noexcept {
-  if (trial >= 0) update_fetch_trials.report(trial, seconds / static_cast<double>(bytes));
+void report_update_fetch_trial(const update_fetch_trial& trial, double seconds) noexcept {
+  if (trial.candidate >= 0) update_fetch_sets[trial.set].report(trial.candidate, seconds / static_cast<double>(trial.bytes));
 }
 
 namespace {

@@ -121,16 +121,20 @@ void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked)
 // The time of a call choose_prefetch put on trial.
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept;
 
-// How an optimizer's steps bring in the table and state rows they will write, for the tables
-// whose rows choose_scatter_prefetch fetches (update_fetch): demand loads of each chunk's rows, or
-// prefetches into L2 of the next chunk's while this one is worked on. Each won on a machine of
-// this project: on the Zen 4 guest the loads (prefetches there changed nothing), on the Xeon guest
-// the prefetches (fused Adagrad on R = 1M, D = 128, L = 40: 15.6 ms against 18.1). So they are
-// prefetch_trials, one set for every update, unless the caller (or EMBAG_PREFETCH) forces a level:
-// l1 the loads, l2 the prefetches. bytes: what the call's steps read of table and state rows;
-// `trial` is the candidate whose time report_update_fetch_trial takes, -1 when not on trial.
-update_fetch choose_update_fetch(const prefetch_setting& asked, std::int64_t bytes, int& trial);
-void report_update_fetch_trial(int trial, double seconds, std::int64_t bytes) noexcept;
+// How an optimizer's steps bring in the table and state rows they will write (update_request::
+// fetch), for the tables whose rows choose_scatter_prefetch (run first) fetches: demand loads of
+// each chunk's rows, or prefetches into L2 of the next chunk's while this one is worked on. Each
+// won on a machine of this project: on the Zen 4 guest the loads (prefetches there changed
+// nothing), on the Xeon guest the prefetches (fused Adagrad on R = 1M, D = 128, L = 40: 13-17%
+// less time; README, "Training: fused optimizers"). So they are prefetch_trials, a set per optimizer and gradient source, unless the caller
+// (or EMBAG_PREFETCH) forces a level: l1 the loads, l2 the prefetches, none neither. The result
+// names the trial whose time report_update_fetch_trial takes (candidate -1: not on trial).
+struct update_fetch_trial {
+  int set = -1, candidate = -1;
+  std::int64_t bytes = 0;  // the table and state bytes the call's steps bring in
+};
+update_fetch_trial choose_update_fetch(std::span<update_request> tables, const prefetch_setting& asked);
+void report_update_fetch_trial(const update_fetch_trial& trial, double seconds) noexcept;
 
 // A row transpose's memory: its arrays and the sort's. A workspace keeps one for single calls and
 // one per table for a batched call, whose transposes are built at once. Vectors only grow.
