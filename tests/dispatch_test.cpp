@@ -230,6 +230,49 @@ TEST(PrefetchTrials, ElementTypesAreTriedApart) {
   EXPECT_GE(request(dtype::f16).prefetch_trial, 0) << "fp16 took fp32's winner";
 }
 
+// An optimizer's steps learn how to bring in their table and state rows (choose_update_fetch):
+// demand loads of each chunk or prefetches of the next, apart per optimizer and gradient source,
+// only on calls large enough to time, unless a level is forced. Here fused Adagrad reports the
+// prefetches fastest and keeps them once decided, while fused SGD and Adagrad from a given
+// gradient are still on trial.
+TEST(PrefetchTrials, UpdatesLearnHowToBringTheirRowsInPerOptimizer) {
+  const auto update = [](optimizer_kind kind, bool fused, std::int64_t unique_rows) {
+    detail::update_request q;
+    q.kind = kind;
+    q.given_gradient = fused ? nullptr : reinterpret_cast<const float*>(&q);  // only its presence counts
+    q.gradient.dim = 128;
+    q.gradient.prefetch = prefetch_level::l1;  // rows past half of L2 (choose_scatter_prefetch)
+    q.gradient.transpose.num_unique = unique_rows;
+    return q;
+  };
+  const auto choose = [](detail::update_request& q, prefetch_level forced = prefetch_level::automatic) {
+    return detail::choose_update_fetch({&q, 1}, {forced, 0});
+  };
+  bool decided = false;
+  for (int call = 0; call < 4 * detail::prefetch_trials::trials * 2 && !decided; ++call) {
+    detail::update_request q = update(optimizer_kind::adagrad, true, 4096);
+    const detail::update_fetch_trial trial = choose(q);
+    decided = trial.candidate < 0;
+    if (!decided) detail::report_update_fetch_trial(trial, q.fetch == detail::update_fetch::prefetch_next_chunk ? 1e-3 : 2e-3);
+  }
+  ASSERT_TRUE(decided) << "fused Adagrad never decided";
+  detail::update_request adagrad = update(optimizer_kind::adagrad, true, 4096);
+  EXPECT_LT(choose(adagrad).candidate, 0);
+  EXPECT_EQ(adagrad.fetch, detail::update_fetch::prefetch_next_chunk);
+  detail::update_request small = update(optimizer_kind::adagrad, true, 1);
+  EXPECT_LT(choose(small).candidate, 0) << "a step too small to time was on trial";
+  EXPECT_EQ(small.fetch, detail::update_fetch::prefetch_next_chunk) << "a small step took another than the winner";
+  detail::update_request sgd = update(optimizer_kind::sgd, true, 4096), given = update(optimizer_kind::adagrad, false, 4096);
+  EXPECT_GE(choose(sgd).candidate, 0) << "SGD took Adagrad's winner";
+  EXPECT_GE(choose(given).candidate, 0) << "a given gradient's step took the fused step's winner";
+  EXPECT_LT(choose(sgd, prefetch_level::l1).candidate, 0) << "a forced level was on trial";
+  EXPECT_EQ(sgd.fetch, detail::update_fetch::demand_loads);
+  detail::update_request within_l2 = update(optimizer_kind::adagrad, true, 4096);
+  within_l2.gradient.prefetch = prefetch_level::none;
+  choose(within_l2, prefetch_level::l2);
+  EXPECT_EQ(within_l2.fetch, detail::update_fetch::none) << "rows within L2 were fetched";
+}
+
 }  // namespace
 }  // namespace embag
 
