@@ -220,6 +220,12 @@ prefetch_setting prefetch_from_environment() {
   return {};
 }
 
+// What the caller asks for, or else what EMBAG_PREFETCH says.
+const prefetch_setting& asked_or_environment(const prefetch_setting& asked) {
+  static const prefetch_setting from_environment = prefetch_from_environment();
+  return asked.level != prefetch_level::automatic ? asked : from_environment;
+}
+
 // A forced level as the kernels take it: l2_one_pass is l2 without narrow passes.
 prefetch_level kernel_level(prefetch_level forced) noexcept {
   return forced == prefetch_level::l2_one_pass ? prefetch_level::l2 : forced;
@@ -332,13 +338,12 @@ constexpr std::int64_t min_trial_bytes = std::int64_t{1} << 18;
 }  // namespace
 
 void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool may_trial) {
-  static const prefetch_setting from_environment = prefetch_from_environment();
   const std::int64_t l2 = caches().l2 > 0 ? caches().l2 : std::int64_t{1} << 20;
   const std::int64_t llc = caches().llc > 0 ? caches().llc : std::int64_t{32} << 20;
   const std::int64_t row_bytes = req.row_bytes;
   // the table's extent, as validation bounded it (rows * row_stride could overflow)
   const std::int64_t table_bytes = req.rows == 0 ? 0 : (req.rows - 1) * req.row_stride + row_bytes;
-  const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
+  const prefetch_setting& setting = asked_or_environment(asked);
 
   // By size class: a table within half of L2 needs no prefetch; a larger one the fastest of the
   // candidates on this machine (prefetch_trials), learnt per table size class. Skewed indices on a
@@ -373,8 +378,7 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool m
 }
 
 void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked) {
-  static const prefetch_setting from_environment = prefetch_from_environment();
-  const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
+  const prefetch_setting& setting = asked_or_environment(asked);
   const std::int64_t row_bytes = r.dim * static_cast<std::int64_t>(sizeof(float));
   // the gradient rows' size class, as forward's for its table: none within half of L2
   const std::int64_t l2 = caches().l2 > 0 ? caches().l2 : std::int64_t{1} << 20;
@@ -404,8 +408,7 @@ int update_fetch_set_of(const update_request& q) noexcept {
 }  // namespace
 
 update_fetch_trial choose_update_fetch(std::span<update_request> tables, const prefetch_setting& asked) {
-  static const prefetch_setting from_environment = prefetch_from_environment();
-  const prefetch_setting& setting = asked.level != prefetch_level::automatic ? asked : from_environment;
+  const prefetch_setting& setting = asked_or_environment(asked);
   update_fetch_trial trial;
   const auto fetch_for_all = [&](update_fetch fetch) {
     for (update_request& q : tables) q.fetch = q.gradient.prefetch == prefetch_level::none ? update_fetch::none : fetch;

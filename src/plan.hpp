@@ -126,9 +126,10 @@ void report_prefetch_trial(const forward_request& req, double seconds) noexcept;
 // each chunk's rows, or prefetches into L2 of the next chunk's while this one is worked on. Each
 // won on a machine of this project: on the Zen 4 guest the loads (prefetches there changed
 // nothing), on the Xeon guest the prefetches (fused Adagrad on R = 1M, D = 128, L = 40: 13-17%
-// less time; README, "Training: fused optimizers"). So they are prefetch_trials, a set per optimizer and gradient source, unless the caller
-// (or EMBAG_PREFETCH) forces a level: l1 the loads, l2 the prefetches, none neither. The result
-// names the trial whose time report_update_fetch_trial takes (candidate -1: not on trial).
+// less time; README, "Training: fused optimizers"). So they are prefetch_trials, a set per
+// optimizer and gradient source, unless the caller (or EMBAG_PREFETCH) forces a level: l1 the
+// loads, l2 the prefetches, none neither. The result names the trial whose time
+// report_update_fetch_trial takes (candidate -1: not on trial).
 struct update_fetch_trial {
   int set = -1, candidate = -1;
   std::int64_t bytes = 0;  // the table and state bytes the call's steps bring in

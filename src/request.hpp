@@ -132,10 +132,10 @@ struct backward_request {
   int prefetch_rows = 0;
 };
 
-// How an optimizer's step brings in the table and state rows of its next chunk (update_chunk_rows):
-// none (a table within L2); demand loads of the chunk's rows at its start, then its work; or
-// prefetches into L2 of the next chunk's rows while it works on this one. Which of the last two
-// is faster depends on the machine (plan.hpp, choose_update_fetch).
+// How an optimizer's step, a chunk of rows at a time (update_chunk_rows), brings in its table and
+// state rows: not at all (a table within L2); by demand loads of the chunk's rows at its start,
+// then its work; or by prefetches into L2 of the next chunk's rows while it works on this one.
+// Which of the last two is faster depends on the machine (plan.hpp, choose_update_fetch).
 enum class update_fetch : std::uint8_t { none, demand_loads, prefetch_next_chunk };
 
 // An optimizer's step (embag/optim.hpp) on the rows gradient.transpose lists: each row's gradient
