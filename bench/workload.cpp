@@ -163,15 +163,19 @@ roofline_runs::roofline_runs(const workload& w, dtype type, const execution& how
                           how);
 }
 
-prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which, dtype type) {
-  prefetch_setting best{prefetch_level::none, 0};
-  double best_seconds = 1e30;
-  const std::vector<prefetch_setting> sweep = {
+std::span<const prefetch_setting> roofline_prefetch_sweep() {
+  static const prefetch_setting sweep[] = {
       {prefetch_level::none, 0},         {prefetch_level::l1, 4},           {prefetch_level::l1, 8},
       {prefetch_level::l1, 16},          {prefetch_level::l1, 32},          {prefetch_level::l2, 8},
       {prefetch_level::l2, 16},          {prefetch_level::l2, 32},          {prefetch_level::l2, 64},
       {prefetch_level::l2_one_pass, 16}, {prefetch_level::l2_one_pass, 32}, {prefetch_level::l2_one_pass, 64}};
-  for (const prefetch_setting& p : sweep) {
+  return sweep;
+}
+
+prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which, dtype type) {
+  prefetch_setting best{prefetch_level::none, 0};
+  double best_seconds = 1e30;
+  for (const prefetch_setting& p : roofline_prefetch_sweep()) {
     const roofline_runs roofline(w, type, execution_for(which, threads, p));
     int set = 0;
     const double s = median_seconds(9, [&] {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <optional>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -147,6 +148,8 @@ class sequential_roofline {
 // of levels and distances (none; L1 4 to 32 rows ahead; L2 in narrow passes 8 to 64, in one pass 16 to 64); and the sequential-read
 // bandwidth of the fp32 table in bytes/s.
 prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which, dtype type = dtype::f32);
+// The settings that sweep tries.
+std::span<const prefetch_setting> roofline_prefetch_sweep();
 double sequential_read_bytes_per_second(const workload& w, int threads, isa which);
 
 // Classifies the table against this machine's caches: "cache" (< L2), "LLC", or "DRAM" (>= 4 x LLC),
