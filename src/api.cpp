@@ -184,8 +184,7 @@ roofline_call prepare_roofline(const stored_table& t, const bags& batch, matrix_
   if (sum.which == isa::reference)
     throw error(errc::unsupported_isa, "gather_roofline measures the memory system: it needs a SIMD ISA, not reference");
   roofline_call call{sum.req, {}, &kernels_of(sum.which), how};
-  choose_prefetch(call.req, how.prefetch);
-  call.req.prefetch_trial = -1;  // its times are not forward's
+  choose_prefetch(call.req, how.prefetch, /*may_trial=*/false);  // its times are not forward's
   plan_forward_blocks(call.req.bags, pooling::sum, t.dim, threads_for(how), call.plan);
   return call;
 }

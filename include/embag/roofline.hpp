@@ -11,7 +11,8 @@ namespace embag {
 // does), run() then sums each bag's rows into its output row and does nothing else: D a
 // compile-time constant for D in {16, 32, 64, 128, 256} (other widths accumulate in the output
 // row), no check, padding, weight, clip or count per row, the prefetch of `how` at a level fixed
-// per loop (automatic resolves as forward's does; prefetch() says to what; l2 reads rows in passes
+// per loop (automatic resolves as forward's does, to what its trials have decided or else their
+// first candidate, and puts nothing on trial; prefetch() says to what; l2 reads rows in passes
 // of at most 256 bytes and l2_one_pass whole, as forward does). A compressed table's
 // rows are decoded as forward decodes them. run()'s output equals forward's unweighted sum, bit for
 // bit.
