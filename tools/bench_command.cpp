@@ -430,7 +430,7 @@ std::vector<execution> dlrm_ideal_executions(const std::vector<workload>& tables
     for (int set = 0; set < sets; ++set)
       for (std::size_t t = 0; t < tables.size(); ++t)
         by_set[set].emplace_back(tables[t].table_in(type), tables[t].batch(set),
-                                 matrix_view<float>{out + std::ssize(by_set[set]) * dim, bags, dim, cols}, how);
+                                 matrix_view<float>{out + static_cast<std::int64_t>(t) * dim, bags, dim, cols}, how);
     std::vector<std::vector<double>> seconds(tables.size());
     for (int round = 0; round < rounds; ++round)
       for (std::size_t t = 0; t < tables.size(); ++t) {

@@ -41,8 +41,6 @@
 
 namespace embag::detail::EMBAG_ISA_NS {
 
-// Dim: the row length when the path fixes it at compile time (prefetches are then unrolled per
-// cache line), else 0.
 // The count and weights of a weighted bag's non-padding rows, for the divisor of a scaled mode
 // (mean, sqrtn), in a pass of its own before the row loop: a running weight sum in the row loop put
 // two chains of dependent float adds on the weighted sums' critical path, whatever the mode (`perf
@@ -59,6 +57,8 @@ template <class Index>
   return tally;
 }
 
+// Dim: the row length when the path fixes it at compile time (prefetches are then unrolled per
+// cache line), else 0.
 template <class Arch, class Index, dtype Type, prefetch_level Prefetch, std::int64_t Dim = 0>
 struct forward_context {
   using batch = xsimd::batch<float, Arch>;
