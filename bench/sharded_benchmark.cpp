@@ -2,14 +2,15 @@
 // communication they cost. Run it under mpirun on 1, 2, 4, ... ranks:
 //
 //   mpirun -np N build/bench/sharded_benchmark [--scaling weak|strong] [--rows R] [--dim D]
-//          [--length L] [--bags B] [--iterations K] [--bandwidth GBPS]
+//          [--length L] [--bags B] [--iterations K] [--bandwidth GBPS] [--only TEXT]
 //
 // weak:   every rank holds R rows and brings B bags (the table and the batch grow with N);
 // strong: the table has R rows and the ranks share B bags (B / N each).
 // Indices are uniform over the whole table, bags of L. Per operation it prints the step time (the
 // slowest rank's, median of K), lookups per second over all ranks, the time spent inside the
 // all-to-alls, the bytes each lookup sends to other ranks, and a model of the exchange on a
-// cluster: those bytes over a link of GBPS GB/s per rank. Next to them, the ideal loop
+// cluster: those bytes over a link of GBPS GB/s per rank. --only runs the operations whose name
+// contains TEXT (to profile one, e.g. --only partial_sums). Next to them, the ideal loop
 // (embag::gather_roofline, the minimal gather) run by every rank at once on its own shard with a
 // batch of the same size, which shows how this machine's memory system itself scales with N.
 #include <mpi.h>
@@ -64,6 +65,7 @@ struct settings {
   std::int64_t rows = 262144, dim = 128, length = 40, bags = 2048;
   int iterations = 20;
   double bandwidth = 12.5;  // GB/s per rank: 100 Gb/s Ethernet or InfiniBand EDR
+  std::string only;         // empty: every operation
 };
 
 settings parse(int argc, char** argv) {
@@ -77,6 +79,7 @@ settings parse(int argc, char** argv) {
     else if (flag == "--bags") s.bags = std::atoll(value.c_str());
     else if (flag == "--iterations") s.iterations = std::atoi(value.c_str());
     else if (flag == "--bandwidth") s.bandwidth = std::atof(value.c_str());
+    else if (flag == "--only") s.only = value;
     else {
       std::fprintf(stderr, "sharded_benchmark: unknown flag or value: %s %s\n", flag.c_str(), value.c_str());
       std::exit(2);
@@ -166,7 +169,8 @@ int main(int argc, char** argv) {
   }
 
   // Times op (a collective) K times after one warm-up; prints its line.
-  const auto measure = [&](const char* name, auto&& op) {
+  const auto measure = [&](const std::string& name, auto&& op) {
+    if (name.find(s.only) == std::string::npos) return;
     op();
     std::vector<double> steps;
     comm.seconds = 0;
@@ -183,7 +187,7 @@ int main(int argc, char** argv) {
     // the exchange on a cluster: this rank's bytes out (and as many in) over its own link
     const double cluster_ms = per_lookup * static_cast<double>(lookups) / (s.bandwidth * 1e9) * 1e3;
     if (me == 0)
-      std::printf("%-26s %11.3f %14.2f %11.3f %13.1f %14.2f %18.3f\n", name, step * 1e3,
+      std::printf("%-26s %11.3f %14.2f %11.3f %13.1f %14.2f %18.3f\n", name.c_str(), step * 1e3,
                   static_cast<double>(all_lookups) / step / 1e6, comm_ms, per_lookup,
                   ranks == 1 ? 0.0 : per_lookup / minimum_per_lookup, cluster_ms);
   };

@@ -157,6 +157,8 @@ sharded_case draw(std::uint64_t seed, bool forward_only, std::vector<dtype> type
     }
     c.batches.push_back(std::move(b));
   }
+  // a forward's batch is its rank's own: one rank may bring no weights while the others do
+  if (forward_only && weighted && chance(0.3)) c.batches[static_cast<std::size_t>(pick(0, n - 1))].weights.clear();
   c.opts.include_last_offset = include_last;
   return c;
 }
@@ -394,6 +396,22 @@ TEST(Sharded, UpdateIsTheConcatenatedStepBitForBit) {
     std::int64_t updated = actual.rows_updated;
     MPI_Allreduce(MPI_IN_PLACE, &updated, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     EXPECT_EQ(expected.rows_updated, updated);
+  }
+}
+
+// owner() against a scan of the ranges, on splits of 1 to 9 ranks with empty ranks anywhere
+// (repeated boundaries), every row of each: no communicator involved.
+TEST(Sharded, OwnerIsTheRankWhoseRangeHoldsTheRow) {
+  std::mt19937_64 rng(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<std::int64_t> counts(1 + rng() % 9);
+    for (std::int64_t& k : counts) k = rng() % 3 == 0 ? 0 : static_cast<std::int64_t>(rng() % 7);
+    const sharded::row_partition p = sharded::row_partition::from_counts(counts);
+    for (std::int64_t row = 0; row < p.rows(); ++row) {
+      int expected = 0;
+      while (row >= p.first(expected + 1)) ++expected;
+      ASSERT_EQ(p.owner(row), expected) << "row " << row << " of a split into " << counts.size() << " ranks, trial " << trial;
+    }
   }
 }
 

@@ -40,9 +40,28 @@ row_partition row_partition::from_counts(std::span<const std::int64_t> counts) {
   return p;
 }
 
-int row_partition::owner(std::int64_t row) const noexcept {
-  return static_cast<int>(std::upper_bound(first_.begin() + 1, first_.end(), row) - first_.begin()) - 1;
+namespace {
+
+// The rank owning row: how many of the ranks' first rows after rank 0's are <= row. A binary
+// search whose steps are conditional moves, not branches: the calls' rows are random over the
+// ranks, and std::upper_bound's mispredicted branches made the partial-sums forward's bucketing
+// of its indices twice as slow on 2 ranks as on 1.
+int owner_in(std::span<const std::int64_t> boundaries, std::int64_t row) noexcept {
+  const std::int64_t* const after_first = boundaries.data() + 1;
+  std::size_t candidates = boundaries.size() - 2;  // the first rows of ranks 1 .. ranks - 1
+  if (candidates == 0) return 0;
+  const std::int64_t* base = after_first;
+  while (candidates > 1) {
+    const std::size_t half = candidates / 2;
+    base = base[half] <= row ? base + half : base;
+    candidates -= half;
+  }
+  return static_cast<int>(base - after_first) + (*base <= row ? 1 : 0);
 }
+
+}  // namespace
+
+int row_partition::owner(std::int64_t row) const noexcept { return owner_in(first_, row); }
 
 row_partition partition_of_shards(communicator& c, std::int64_t rows_here) {
   const std::vector<std::int64_t> mine(static_cast<std::size_t>(c.size()), rows_here);
@@ -131,15 +150,43 @@ void check_shard_rows(const sharding& s, int rank, std::int64_t rows, const char
 }
 
 // A block of rows for one owner or from one requester: per bag, its number of rows; the rows
-// (in the owner's numbering) and their weights; the requester's bag numbers.
+// (in the owner's numbering) and what each is multiplied by (forward: the per-sample weights;
+// backward: each index's coefficient); the requester's bag numbers; backward's argmax rows for max.
 struct row_block {
-  std::vector<std::int64_t> lengths, rows, bag_of;
-  std::vector<float> weights;
+  std::vector<std::int64_t> lengths, rows, bag_of, argmax;
+  std::vector<float> coefficients;
   void clear() noexcept {
     lengths.clear();
     rows.clear();
     bag_of.clear();
-    weights.clear();
+    argmax.clear();
+    coefficients.clear();
+  }
+};
+
+// What every rank sends an owner for backward: per bag of its batch that references the owner's
+// rows, the bag's indices there (shard rows) with their coefficients, its dY row, and for max its
+// argmax row (shard rows, -1 where another rank's row won). Bags of mode none are single indices.
+// The owner concatenates the blocks in rank order: the bags of one call whose batch is every
+// rank's batch concatenated, restricted to the owner's rows.
+struct owned_bags {
+  std::vector<std::int64_t> lengths, rows, argmax;
+  std::vector<float> coefficients, grad_output;
+  std::vector<std::int64_t> argmax_stand_in;  // what validation is shown for max (see owned_backward)
+  std::vector<std::int64_t> rewritten;        // validation's, unused: the local call has no index policy
+  options opts;
+  std::int64_t dim = 0;
+
+  bags batch() const { return bags::from_lengths(rows, lengths, coefficients); }
+  matrix_view<const float> dy() const {
+    return {grad_output.data(), static_cast<std::int64_t>(lengths.size()), dim, dim};
+  }
+  void clear() noexcept {
+    for (std::vector<std::int64_t>* v : {&lengths, &rows, &argmax, &argmax_stand_in, &rewritten}) v->clear();
+    coefficients.clear();
+    grad_output.clear();
+    opts = {};
+    dim = 0;
   }
 };
 
@@ -150,8 +197,9 @@ struct exchange_buffers {
   std::vector<std::byte> send, received, reply, rows;
   std::vector<std::int64_t> slot_of, row_of_slot, request;
   std::vector<std::int32_t> owner_of;
-  std::vector<row_block> to_owner;  // partial_sums: one per rank
-  row_block from_requester;
+  std::vector<row_block> to_owner;  // one per rank
+  row_block from_requester;         // partial_sums
+  owned_bags owned;                 // backward
   std::vector<float> partials, divisors;
 };
 
@@ -214,6 +262,7 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   std::vector<float>& divisors = kept.divisors;
   divisors.assign(static_cast<std::size_t>(source.num_bags), 1.0f);
   const auto index = [&](std::int64_t j) { return element_at(source.indices, source.index_kind, j); };
+  const std::span<const std::int64_t> boundaries = part.boundaries();
   std::int64_t begin = 0;
   for (std::int64_t b = 0; b < source.num_bags; ++b) {
     const std::int64_t end = detail::end_of_bag(source, b, begin);
@@ -223,7 +272,7 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
       if (row == padding) continue;
       const float w = weighted ? source.weights[j] : 1.0f;
       detail::tally_row(tally, w);
-      const int owner = part.owner(row);
+      const int owner = owner_in(boundaries, row);
       row_block& k = to[static_cast<std::size_t>(owner)];
       if (k.bag_of.empty() || k.bag_of.back() != b) {
         k.bag_of.push_back(b);
@@ -231,7 +280,7 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
       }
       ++k.lengths.back();
       k.rows.push_back(row - part.first(owner));
-      if (weighted) k.weights.push_back(w);
+      if (weighted) k.coefficients.push_back(w);
     }
     if (r.reduce.scaling != detail::bag_scaling::none) divisors[b] = detail::bag_divisor(r.reduce.scaling, weighted, tally);
     begin = end;
@@ -242,55 +291,77 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
     put(send, counts, 3);
     put(send, k.lengths.data(), counts[0]);
     put(send, k.rows.data(), counts[1]);
-    put(send, k.weights.data(), static_cast<std::int64_t>(k.weights.size()));
+    put(send, k.coefficients.data(), static_cast<std::int64_t>(k.coefficients.size()));
   });
   std::vector<std::byte>& received = kept.received;
 
-  // The owner: each rank's bags pooled by the local forward (mode sum; clip as asked).
+  // The owner: every rank's bags, in rank order, pooled by one local forward (mode sum; clip as
+  // asked). A rank that sent no weights gets weights of 1 where another rank sent some: the kernel
+  // multiplies by them, the same arithmetic as no weights.
   options pooled;
   pooled.max_norm = opts.max_norm;
   pooled.norm_type = opts.norm_type;
   pooled.execution = opts.execution;
-  // Grown, never cleared: the forward writes every float of the partials it is given, so only
-  // the growth is zero-filled (a fresh 1-2 MB per call was measurable at 1 rank).
-  std::vector<float>& partials = kept.partials;
-  std::size_t filled = 0;
   row_block& from = kept.from_requester;
+  from.clear();
+  bool any_weights = false;
   const std::byte* at = received.data();
   for (int source_rank = 0; source_rank < ranks; ++source_rank) {
     std::int64_t counts[3];
     std::memcpy(counts, at, sizeof counts);
     at += sizeof counts;
-    from.clear();
     at = take(at, counts[0], from.lengths);
+    const std::size_t rows_before = from.rows.size();
     at = take(at, counts[1], from.rows);
-    if (counts[2] != 0) at = take(at, counts[1], from.weights);
-    const std::size_t first = filled;
-    filled += static_cast<std::size_t>(counts[0] * dim);
-    if (partials.size() < filled) partials.resize(filled);
-    embag::forward(shard, bags::from_lengths(from.rows, from.lengths, from.weights), pooled,
-                   matrix_view<float>{partials.data() + first, counts[0], dim, dim});
+    if (counts[2] != 0) {
+      any_weights = true;
+      from.coefficients.resize(rows_before, 1.0f);
+      at = take(at, counts[1], from.coefficients);
+    }
     bytes_from[source_rank] = counts[0] * dim * std::int64_t{sizeof(float)};
   }
+  if (any_weights) from.coefficients.resize(from.rows.size(), 1.0f);
+  // Grown, never cleared: the forward writes every float of the partials it is given, so only
+  // the growth is zero-filled (a fresh 1-2 MB per call was measurable at 1 rank).
+  std::vector<float>& partials = kept.partials;
+  const auto pooled_bags = static_cast<std::int64_t>(from.lengths.size());
+  const auto filled = static_cast<std::size_t>(pooled_bags * dim);
+  if (partials.size() < filled) partials.resize(filled);
+  embag::forward(shard, bags::from_lengths(from.rows, from.lengths, from.coefficients), pooled,
+                 matrix_view<float>{partials.data(), pooled_bags, dim, dim});
   std::vector<std::byte>& sums = kept.rows;
   std::vector<std::int64_t> sums_bytes;
   c.all_to_all(std::as_bytes(std::span<const float>(partials.data(), filled)), bytes_from, sums, sums_bytes);
 
-  // The requester: zeros, plus each owner's partial in rank order, then the divisor.
-  for (std::int64_t b = 0; b < source.num_bags; ++b) std::fill_n(r.out + b * r.out_stride, dim, 0.0f);
-  std::vector<float> partial(static_cast<std::size_t>(dim));
-  const std::byte* next = sums.data();
+  // The requester, bag by bag (each output row written once, while it is in L1): zeros, plus each
+  // owner's partial in rank order, then the divisor. Owner o's partials are its bag_of's bags in
+  // order, block after block in rank order.
+  const std::size_t row_bytes = static_cast<std::size_t>(dim) * sizeof(float);
+  std::vector<const std::byte*> next_partial(static_cast<std::size_t>(ranks));
+  std::vector<std::size_t> next_bag(static_cast<std::size_t>(ranks), 0);
+  const std::byte* block = sums.data();
   for (int o = 0; o < ranks; ++o) {
-    for (std::int64_t b : to[static_cast<std::size_t>(o)].bag_of) {
-      std::memcpy(partial.data(), next, partial.size() * sizeof(float));
-      next += partial.size() * sizeof(float);
-      float* y = r.out + b * r.out_stride;
-      for (std::int64_t d = 0; d < dim; ++d) y[d] += partial[d];
-    }
+    next_partial[o] = block;
+    block += to[static_cast<std::size_t>(o)].bag_of.size() * row_bytes;
   }
-  if (r.reduce.scaling != detail::bag_scaling::none)
-    for (std::int64_t b = 0; b < source.num_bags; ++b)
-      for (std::int64_t d = 0; d < dim; ++d) r.out[b * r.out_stride + d] = detail::divided(r.out[b * r.out_stride + d], divisors[b]);
+  const bool divide = r.reduce.scaling != detail::bag_scaling::none;
+  for (std::int64_t b = 0; b < source.num_bags; ++b) {
+    float* y = r.out + b * r.out_stride;
+    std::fill_n(y, dim, 0.0f);
+    for (int o = 0; o < ranks; ++o) {
+      const std::vector<std::int64_t>& bags_there = to[static_cast<std::size_t>(o)].bag_of;
+      if (next_bag[o] == bags_there.size() || bags_there[next_bag[o]] != b) continue;
+      for (std::int64_t d = 0; d < dim; ++d) {
+        float partial;  // the received bytes hold no float objects: copied, not cast
+        std::memcpy(&partial, next_partial[o] + d * std::int64_t{sizeof(float)}, sizeof partial);
+        y[d] += partial;
+      }
+      next_partial[o] += row_bytes;
+      ++next_bag[o];
+    }
+    if (divide)
+      for (std::int64_t d = 0; d < dim; ++d) y[d] = detail::divided(y[d], divisors[b]);
+  }
 }
 
 }  // namespace
@@ -400,29 +471,11 @@ void forward(const sharding& s, compressed_table_view shard, const bags& batch, 
 
 namespace {
 
-// What every rank sends an owner for backward: per bag of its batch that references the owner's
-// rows, the bag's indices there (shard rows) with their coefficients, its dY row, and for max its
-// argmax row (shard rows, -1 where another rank's row won). Bags of mode none are single indices.
-// The owner concatenates the blocks in rank order: the bags of one call whose batch is every
-// rank's batch concatenated, restricted to the owner's rows.
-struct owned_bags {
-  std::vector<std::int64_t> lengths, rows, argmax;
-  std::vector<float> coefficients, grad_output;
-  std::vector<std::int64_t> argmax_stand_in;  // what validation is shown for max (see owned_backward)
-  std::vector<std::int64_t> rewritten;        // validation's, unused: the local call has no index policy
-  options opts;
-  std::int64_t dim = 0;
-
-  bags batch() const { return bags::from_lengths(rows, lengths, coefficients); }
-  matrix_view<const float> dy() const {
-    return {grad_output.data(), static_cast<std::int64_t>(lengths.size()), dim, dim};
-  }
-};
-
 // Validates this rank's backward against the whole table (and `check_local`, this rank's own
-// outputs), agrees, and exchanges: returns the bags every rank sent this one.
+// outputs), agrees, and exchanges: returns the bags every rank sent this one (the thread's kept
+// buffers: valid until its next sharded call).
 template <class CheckLocal>
-owned_bags exchange_backward(const sharding& s, const bags& batch, const options& opts,
+owned_bags& exchange_backward(const sharding& s, const bags& batch, const options& opts,
                              matrix_view<const float> grad_output, std::span<const std::int64_t> argmax,
                              CheckLocal&& check_local) {
   communicator& c = communicator_of(s);
@@ -444,11 +497,10 @@ owned_bags exchange_backward(const sharding& s, const bags& batch, const options
   const bool weighted = source.weights != nullptr;
   const bool coefficients = !max && (weighted || r.reduce.scaling != detail::bag_scaling::none);
 
-  struct block {
-    std::vector<std::int64_t> lengths, rows, bag_of, argmax;
-    std::vector<float> coefficients;
-  };
-  std::vector<block> to(static_cast<std::size_t>(ranks));
+  exchange_buffers& kept = buffers();
+  std::vector<row_block>& to = kept.to_owner;
+  to.resize(static_cast<std::size_t>(ranks));
+  for (row_block& k : to) k.clear();
   std::vector<std::int64_t> opened(static_cast<std::size_t>(ranks));  // the last bag opened per owner
   const auto index = [&](std::int64_t j) { return element_at(source.indices, source.index_kind, j); };
   std::int64_t begin = 0;
@@ -467,7 +519,7 @@ owned_bags exchange_backward(const sharding& s, const bags& batch, const options
       const std::int64_t row = index(j);
       if (row == padding) continue;
       const int o = part.owner(row);
-      block& k = to[static_cast<std::size_t>(o)];
+      row_block& k = to[static_cast<std::size_t>(o)];
       if (opened[o] != b) {
         opened[o] = b;
         k.lengths.push_back(0);
@@ -491,9 +543,8 @@ owned_bags exchange_backward(const sharding& s, const bags& batch, const options
 
   // Each block: bag count, index count, whether coefficients follow (a rank without weights has
   // none: its batch may be empty), lengths, rows, coefficients, dY rows, argmax rows.
-  exchange_buffers& kept = buffers();
   exchange_blocks(c, ranks, kept, [&](int o, std::vector<std::byte>& send) {
-    const block& k = to[static_cast<std::size_t>(o)];
+    const row_block& k = to[static_cast<std::size_t>(o)];
     const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()),
                                     coefficients};
     put(send, counts, 3);
@@ -505,7 +556,8 @@ owned_bags exchange_backward(const sharding& s, const bags& batch, const options
   });
   std::vector<std::byte>& received = kept.received;
 
-  owned_bags owned;
+  owned_bags& owned = kept.owned;
+  owned.clear();
   owned.dim = dim;
   const std::byte* at = received.data();
   bool any_coefficients = false;
@@ -563,7 +615,7 @@ auto owned_backward(owned_bags& owned, Validate&& validate) {
 
 void backward_dense(const sharding& s, const bags& batch, const options& opts, matrix_view<const float> grad_output,
                     matrix_view<float> grad_shard, std::span<const std::int64_t> argmax) {
-  owned_bags owned = exchange_backward(s, batch, opts, grad_output, argmax, [&](int rank, std::int64_t dim) {
+  owned_bags& owned = exchange_backward(s, batch, opts, grad_output, argmax, [&](int rank, std::int64_t dim) {
     check_shard_rows(s, rank, grad_shard.rows, "grad_shard");
     detail::validate_output("grad_shard", grad_shard, grad_shard.rows, dim);
   });
@@ -575,7 +627,7 @@ void backward_dense(const sharding& s, const bags& batch, const options& opts, m
 
 void backward_sparse(const sharding& s, const bags& batch, const options& opts, matrix_view<const float> grad_output,
                      sparse_gradient& grad, std::span<const std::int64_t> argmax) {
-  owned_bags owned = exchange_backward(s, batch, opts, grad_output, argmax, [](int, std::int64_t) {});
+  owned_bags& owned = exchange_backward(s, batch, opts, grad_output, argmax, [](int, std::int64_t) {});
   const std::int64_t rows = s.partition.count(s.comm->rank());
   auto call = owned_backward<detail::backward_call>(owned, [&](const bags& b, std::span<const std::int64_t> a, auto& rw) {
     return detail::validate_backward_sparse(rows, b, owned.opts, owned.dy(), a, rw);
@@ -586,7 +638,7 @@ void backward_sparse(const sharding& s, const bags& batch, const options& opts, 
 update_summary backward_update(const sharding& s, trainable_table_view shard, const bags& batch, const options& opts,
                                matrix_view<const float> grad_output, const optimizer& opt, optimizer_state state,
                                std::span<const std::int64_t> argmax) {
-  owned_bags owned = exchange_backward(s, batch, opts, grad_output, argmax, [&](int rank, std::int64_t dim) {
+  owned_bags& owned = exchange_backward(s, batch, opts, grad_output, argmax, [&](int rank, std::int64_t dim) {
     check_shard_rows(s, rank, shard.rows, "shard");
     if (shard.dim != dim)
       throw error(errc::size_mismatch, "shard has dim " + std::to_string(shard.dim) + "; grad_output has " +
