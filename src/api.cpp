@@ -291,9 +291,43 @@ update_summary reference_update(update_request q) {
   return summary;
 }
 
-// Validated updates' steps, summaries[t] table t's. An ISA: every fused table's transpose at once,
-// then one parallel loop over (table, block of unique rows) pairs, each block with its own
-// scratch rows (a cache line apart) and tally, merged per table in row order.
+// Validated updates' plan, before any step: every fused table's transpose at once, the fetch of
+// their rows (put on trial only when may_trial), and the (table, block of unique rows) pairs of
+// one parallel loop, in ws. What the steps and the update's roofline share.
+struct update_plan {
+  update_fetch_trial fetch_trial;
+  std::span<const table_rows_block> blocks;
+  std::int64_t scratch_per_block = 0, widest = 0;  // floats; a row's dim
+};
+update_plan plan_updates(std::span<update_request> tables, const execution& how, bool may_trial, workspace::impl& ws) {
+  const auto count = std::ssize(tables);
+  for (update_request& q : tables) choose_scatter_prefetch(q.gradient, how.prefetch);
+  transpose_tables(
+      count, [&](std::int64_t t) { return tables[t].given_gradient == nullptr ? &tables[t].gradient : nullptr; }, how, ws);
+  update_plan plan;
+  plan.fetch_trial = choose_update_fetch(tables, how.prefetch, may_trial);  // by the transposes' unique rows
+  for (update_request& q : tables)
+    if (q.given_gradient == nullptr && q.gradient.reduce.pool != pooling::max) {
+      q.sums_gradient = sums_gradient_as_forward(q.gradient);
+      choose_prefetch(q.sums_gradient, how.prefetch, false);
+    }
+  const int threads = threads_for(how);
+  plan.blocks = plan_tables(
+      count,
+      [&](std::int64_t t, range_blocks& blocks) {
+        const backward_request& r = tables[t].gradient;
+        plan.scratch_per_block = std::max(plan.scratch_per_block, update_scratch_floats(tables[t]));
+        plan.widest = std::max(plan.widest, r.dim);
+        if (tables[t].given_gradient == nullptr) plan_row_blocks(r.transpose, r.dim, threads, blocks);
+        else plan_even_blocks(r.transpose.num_unique, r.dim, threads, blocks);
+      },
+      ws);
+  return plan;
+}
+
+// Validated updates' steps, summaries[t] table t's. An ISA: the plan (plan_updates), then one
+// parallel loop over its blocks, each with its own scratch rows (a cache line apart) and tally,
+// merged per table in row order.
 void run_updates(std::span<update_request> tables, isa which, const execution& how, std::span<update_summary> summaries,
                  workspace::impl& ws) {
   const auto count = std::ssize(tables);
@@ -301,36 +335,19 @@ void run_updates(std::span<update_request> tables, isa which, const execution& h
     for (std::int64_t t = 0; t < count; ++t) summaries[t] = reference_update(tables[t]);
     return;
   }
-  for (update_request& q : tables) choose_scatter_prefetch(q.gradient, how.prefetch);
-  transpose_tables(
-      count, [&](std::int64_t t) { return tables[t].given_gradient == nullptr ? &tables[t].gradient : nullptr; }, how, ws);
-  const update_fetch_trial fetch_trial = choose_update_fetch(tables, how.prefetch);  // by the transposes' unique rows
-  for (update_request& q : tables)
-    if (q.given_gradient == nullptr && q.gradient.reduce.pool != pooling::max) {
-      q.sums_gradient = sums_gradient_as_forward(q.gradient);
-      choose_prefetch(q.sums_gradient, how.prefetch, false);
-    }
-  const int threads = threads_for(how);
-  std::int64_t per_block = 0, widest = 0;
-  const auto blocks = plan_tables(
-      count,
-      [&](std::int64_t t, range_blocks& plan) {
-        const backward_request& r = tables[t].gradient;
-        per_block = std::max(per_block, update_scratch_floats(tables[t]));
-        widest = std::max(widest, r.dim);
-        if (tables[t].given_gradient == nullptr) plan_row_blocks(r.transpose, r.dim, threads, plan);
-        else plan_even_blocks(r.transpose.num_unique, r.dim, threads, plan);
-      },
-      ws);
+  const update_plan plan = plan_updates(tables, how, /*may_trial=*/true, ws);
+  const std::span<const table_rows_block> blocks = plan.blocks;
+  const std::int64_t per_block = plan.scratch_per_block;
   const auto scratch_floats = static_cast<std::size_t>(per_block) * blocks.size();
   allocating<float>(scratch_floats + blocks.size() * sizeof(update_tally) / sizeof(float),
-                    [&] { return "an update's scratch rows of " + std::to_string(widest); },
+                    [&] { return "an update's scratch rows of " + std::to_string(plan.widest); },
                     [&] {
                       if (ws.update_scratch.size() < scratch_floats) ws.update_scratch.resize(scratch_floats);
                       ws.update_tallies.assign(blocks.size(), update_tally{});
                     });
   const kernel_table& k = kernels_of(which);
   float* const scratch = ws.update_scratch.data();
+  const update_fetch_trial& fetch_trial = plan.fetch_trial;
   using clock = std::chrono::steady_clock;
   const clock::time_point start = fetch_trial.candidate >= 0 ? clock::now() : clock::time_point{};
   run_blocks(std::ssize(blocks), how, [&](std::int64_t i) {
@@ -687,6 +704,42 @@ prefetch_setting gather_roofline::prefetch() const noexcept {
   const bool one_pass = req.prefetch == prefetch_level::l2 && !req.narrow_passes;
   return {one_pass ? prefetch_level::l2_one_pass : req.prefetch, req.prefetch == prefetch_level::none ? 0 : req.prefetch_rows};
 }
+
+// The validated update and its plan (plan_updates), kept with the workspace that holds its
+// transpose and blocks.
+struct update_roofline::impl {
+  workspace scratch;
+  update_call call;
+  std::span<const table_rows_block> blocks;
+  std::uint32_t zero = 0;  // rewrite_update_rows' xor: 0, which the kernels cannot know
+};
+
+update_roofline::update_roofline(trainable_table_view table, const bags& batch, const options& opts,
+                                 matrix_view<const float> grad_output, const optimizer& opt, optimizer_state state,
+                                 std::span<const std::int64_t> argmax)
+    : impl_(std::make_unique<impl>()) {
+  workspace::impl& ws = impl_->scratch.get();
+  impl_->call = validate_backward_update(table, batch, opts, grad_output, opt, state, argmax, ws.rewritten_indices);
+  update_call& call = impl_->call;
+  if (call.which == isa::reference)
+    throw error(errc::unsupported_isa, "update_roofline measures the memory system: it needs a SIMD ISA, not reference");
+  impl_->blocks = plan_updates({&call.req, 1}, call.how, /*may_trial=*/false, ws).blocks;
+}
+
+update_roofline::update_roofline(update_roofline&&) noexcept = default;
+update_roofline& update_roofline::operator=(update_roofline&&) noexcept = default;
+update_roofline::~update_roofline() = default;
+
+void update_roofline::run() const {
+  const impl& c = *impl_;
+  const kernel_table& k = kernels_of(c.call.which);
+  run_blocks(std::ssize(c.blocks), c.call.how, [&](std::int64_t i) {
+    const table_rows_block& b = c.blocks[static_cast<std::size_t>(i)];
+    k.rewrite_update_rows(c.call.req, b.rows.begin, b.rows.end, c.zero);
+  });
+}
+
+std::int64_t update_roofline::rows() const noexcept { return impl_->call.req.gradient.transpose.num_unique; }
 
 void renorm_rows(table_view<float> table, index_span rows, float max_norm, float norm_type) {
   const std::int64_t stride = validate_matrix("table", table.data, table.rows, table.dim, table.row_stride);

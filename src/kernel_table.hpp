@@ -25,6 +25,9 @@ struct kernel_table {
   // The roofline: the minimal unweighted sum of bags [block.bag_begin, block.bag_end), given by
   // offsets of the indices' type, prefetching at the request's resolved level.
   void (*gather_bags)(const forward_request&, const bag_block&);
+  // The update's roofline: unique rows [unique_begin, unique_end)'s table and state rows, read and
+  // written back unchanged (xor zero, a 0 the kernel cannot know), walked as update_rows walks them.
+  void (*rewrite_update_rows)(const update_request&, std::int64_t unique_begin, std::int64_t unique_end, std::uint32_t zero);
   index_extremes (*scan_indices)(const void* indices, index_type kind, std::int64_t n);
   offsets_order (*scan_offsets)(const void* offsets, index_type kind, std::int64_t n, std::int64_t nnz);
 };

@@ -407,7 +407,7 @@ int update_fetch_set_of(const update_request& q) noexcept {
 }
 }  // namespace
 
-update_fetch_trial choose_update_fetch(std::span<update_request> tables, const prefetch_setting& asked) {
+update_fetch_trial choose_update_fetch(std::span<update_request> tables, const prefetch_setting& asked, bool may_trial) {
   const prefetch_setting& setting = asked_or_environment(asked);
   update_fetch_trial trial;
   const auto fetch_for_all = [&](update_fetch fetch) {
@@ -430,7 +430,8 @@ update_fetch_trial choose_update_fetch(std::span<update_request> tables, const p
     if (q.gradient.prefetch != prefetch_level::none) trial.bytes += q.gradient.transpose.num_unique * update_row_bytes(q);
   }
   prefetch_trials& trials = update_fetch_sets[set];
-  if (!one_set || trial.bytes < min_trial_bytes) return fetch_for_all(update_fetch_candidates[std::max(trials.chosen(), 0)]);
+  if (!may_trial || !one_set || trial.bytes < min_trial_bytes)
+    return fetch_for_all(update_fetch_candidates[std::max(trials.chosen(), 0)]);
   bool on_trial = false;
   const int candidate = trials.next(on_trial);
   if (on_trial) {

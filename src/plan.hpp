@@ -129,12 +129,13 @@ void report_prefetch_trial(const forward_request& req, double seconds) noexcept;
 // less time; README, "Training: fused optimizers"). So they are prefetch_trials, a set per
 // optimizer and gradient source, unless the caller (or EMBAG_PREFETCH) forces a level: l1 the
 // loads, l2 the prefetches, none neither. The result names the trial whose time
-// report_update_fetch_trial takes (candidate -1: not on trial).
+// report_update_fetch_trial takes (candidate -1: not on trial). Without may_trial (the update's
+// roofline), automatic is what the trials have decided, or else their first candidate.
 struct update_fetch_trial {
   int set = -1, candidate = -1;
   std::int64_t bytes = 0;  // the table and state bytes the call's steps bring in
 };
-update_fetch_trial choose_update_fetch(std::span<update_request> tables, const prefetch_setting& asked);
+update_fetch_trial choose_update_fetch(std::span<update_request> tables, const prefetch_setting& asked, bool may_trial);
 void report_update_fetch_trial(const update_fetch_trial& trial, double seconds) noexcept;
 
 // A row transpose's memory: its arrays and the sort's. A workspace keeps one for single calls and

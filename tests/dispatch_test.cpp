@@ -245,8 +245,8 @@ TEST(PrefetchTrials, UpdatesLearnHowToBringTheirRowsInPerOptimizer) {
     q.gradient.transpose.num_unique = unique_rows;
     return q;
   };
-  const auto choose = [](detail::update_request& q, prefetch_level forced = prefetch_level::automatic) {
-    return detail::choose_update_fetch({&q, 1}, {forced, 0});
+  const auto choose = [](detail::update_request& q, prefetch_level forced = prefetch_level::automatic, bool may_trial = true) {
+    return detail::choose_update_fetch({&q, 1}, {forced, 0}, may_trial);
   };
   bool decided = false;
   for (int call = 0; call < 4 * detail::prefetch_trials::trials * 2 && !decided; ++call) {
@@ -267,6 +267,13 @@ TEST(PrefetchTrials, UpdatesLearnHowToBringTheirRowsInPerOptimizer) {
   EXPECT_GE(choose(given).candidate, 0) << "a given gradient's step took the fused step's winner";
   EXPECT_LT(choose(sgd, prefetch_level::l1).candidate, 0) << "a forced level was on trial";
   EXPECT_EQ(sgd.fetch, detail::update_fetch::demand_loads);
+  // the update's roofline puts nothing on trial: the winner once decided, else the first candidate
+  detail::update_request roofline_sgd = update(optimizer_kind::sgd, true, 4096);
+  detail::update_request roofline_adagrad = update(optimizer_kind::adagrad, true, 4096);
+  EXPECT_LT(choose(roofline_sgd, prefetch_level::automatic, false).candidate, 0) << "the roofline's SGD was on trial";
+  EXPECT_EQ(roofline_sgd.fetch, detail::update_fetch::demand_loads) << "an undecided set's roofline took another than the first";
+  choose(roofline_adagrad, prefetch_level::automatic, false);
+  EXPECT_EQ(roofline_adagrad.fetch, detail::update_fetch::prefetch_next_chunk) << "the roofline took another than the winner";
   detail::update_request within_l2 = update(optimizer_kind::adagrad, true, 4096);
   within_l2.gradient.prefetch = prefetch_level::none;
   choose(within_l2, prefetch_level::l2);

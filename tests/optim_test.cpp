@@ -1,4 +1,4 @@
-// Fused sparse optimizers (embag/optim.hpp): every ISA's fused step bit for bit the reference's
+// Fused sparse optimizers (embag/optim.hpp) and their roofline (embag/roofline.hpp): every ISA's fused step bit for bit the reference's
 // (the reference's unfused backward, then each optimizer written as its formula), and the unfused
 // ISA path (backward_sparse, then apply_sparse_gradient) too; on f32, f16 and bf16 tables with
 // both roundings; the same bits on 1, 2 and 8 threads; small cases computed by hand; rows that
@@ -21,6 +21,7 @@
 
 #include "embag/optim.hpp"
 #include "embag/quantize.hpp"
+#include "embag/roofline.hpp"
 #include "support/cases.hpp"
 
 namespace embag::test {
@@ -267,6 +268,65 @@ TEST_P(EveryIsa, ABatchedStepIsEachTablesOwnStep) {
     }
     if (HasFailure()) return;
   }
+}
+
+// The update's roofline rewrites the rows a step would update, table and state, and no other: each
+// row on a page of its own, the other rows' pages unreadable (PROT_NONE), it runs, leaves every
+// byte as it was (random bits: NaN patterns and negative zeros too), and counts the step's rows;
+// with a touched row's table or state page read-only, its stores fault.
+TEST_P(EveryIsa, UpdateRooflineRewritesTheStepsRowsUnchangedAndNoOthers) {
+  const isa which = GetParam();
+  if (which == isa::reference) GTEST_SKIP() << "the roofline needs a SIMD ISA";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::int64_t page = sysconf(_SC_PAGESIZE), rows = 9, dim = 37, batches = 3;
+  std::vector<std::int64_t> indices{4, 1, 7, 4, 7, 7}, offsets{0, 2, 3};  // rows 1, 4, 7
+  const std::vector<float> dy(static_cast<std::size_t>(batches * dim), 1.0f);
+  const bags batch = bags::from_offsets(indices, offsets);
+  const auto touched = [](std::int64_t row) { return row == 1 || row == 4 || row == 7; };
+  for (const optimizer_kind kind : all_optimizers)
+    for (const dtype type : {dtype::f32, dtype::f16, dtype::bf16})
+      for (const prefetch_level fetch : {prefetch_level::none, prefetch_level::l1, prefetch_level::l2}) {
+        SCOPED_TRACE(std::string(to_string(kind)) + " on " + std::string(to_string(type)) + ", prefetch level " +
+                     std::to_string(static_cast<int>(fetch)));
+        const std::int64_t bytes = 2 * rows * page;  // a page per table row, then one per state row
+        auto* const pages = static_cast<std::byte*>(mmap(nullptr, static_cast<std::size_t>(bytes), PROT_READ | PROT_WRITE,
+                                                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        ASSERT_NE(pages, MAP_FAILED);
+        std::mt19937 g(static_cast<std::uint32_t>(static_cast<int>(kind) * 10 + static_cast<int>(type)));
+        for (std::int64_t i = 0; i < bytes; ++i) pages[i] = static_cast<std::byte>(g());
+        const std::vector<std::byte> before(pages, pages + bytes);
+        const std::int64_t element_bytes = type == dtype::f32 ? 4 : 2;
+        const trainable_table_view table{pages, rows, dim, page / element_bytes, type};
+        float* const state_rows = reinterpret_cast<float*>(pages + rows * page);
+        const std::int64_t state_cols = kind == optimizer_kind::adagrad ? dim : 1;
+        const optimizer_state state =
+            kind == optimizer_kind::sgd ? optimizer_state{} : optimizer_state{state_rows, rows, state_cols, page / 4};
+        options opts;
+        opts.execution.isa = which;
+        opts.execution.max_threads = 1;
+        opts.execution.prefetch = {fetch, 1};
+        const update_roofline roofline(table, batch, opts, {dy.data(), batches, dim, 0}, {.kind = kind}, state);
+        EXPECT_EQ(roofline.rows(), 3);
+        const auto protect = [&](std::int64_t page_number, int how) {
+          ASSERT_EQ(mprotect(pages + page_number * page, static_cast<std::size_t>(page), how), 0);
+        };
+        for (std::int64_t row = 0; row < rows; ++row)
+          if (!touched(row)) {
+            protect(row, PROT_NONE);
+            protect(rows + row, PROT_NONE);
+          }
+        roofline.run();
+        for (std::int64_t p = 0; p < 2 * rows; ++p) protect(p, PROT_READ | PROT_WRITE);
+        EXPECT_TRUE(std::equal(before.begin(), before.end(), pages)) << "a byte changed";
+        protect(4, PROT_READ);
+        EXPECT_DEATH(roofline.run(), "") << "row 4's table row was not written";
+        protect(4, PROT_READ | PROT_WRITE);
+        if (kind != optimizer_kind::sgd) {
+          protect(rows + 7, PROT_READ);
+          EXPECT_DEATH(roofline.run(), "") << "row 7's state row was not written";
+        }
+        munmap(pages, static_cast<std::size_t>(bytes));
+      }
 }
 
 std::vector<isa> simd_isas() {
@@ -522,6 +582,13 @@ TEST(OptimBadInput, RefusedBeforeAnyWrite) {
   expect(errc::index_out_of_range,
          [&] { backward_update(t, bags::from_offsets(bad_indices, offsets), {}, grad, adagrad, s); },
          "an index past the table");
+  expect(errc::index_out_of_range,
+         [&] { update_roofline(t, bags::from_offsets(bad_indices, offsets), {}, grad, adagrad, s); },
+         "the roofline of a step with an index past the table");
+  options on_reference;
+  on_reference.execution.isa = isa::reference;
+  expect(errc::unsupported_isa, [&] { update_roofline(t, batch, on_reference, grad, adagrad, s); },
+         "the roofline on the reference");
   expect(errc::size_mismatch, [&] { backward_update(t, batch, {}, {dy.data(), 2, 3, 0}, adagrad, s); },
          "dY of the wrong width");
   expect(errc::aliasing, [&] { backward_update(t, batch, {}, {table.data(), 2, 4, 0}, adagrad, s); },

@@ -565,10 +565,11 @@ int run_dlrm_bench(const bench_options& o) {
 }
 
 // The optimizer report: per index distribution (the workload's, or uniform and zipf), thread count
-// and optimizer, a training step three ways, interleaved call by call on rotating index sets:
-// backward_sparse alone (the gradient, no update), the fused step (backward_update) and the
-// unfused one (backward_sparse, then apply_sparse_gradient on its rows). The fused and unfused
-// steps are first checked to leave the same table and state bit for bit.
+// and optimizer, a training step three ways and its roofline, interleaved call by call on rotating
+// index sets: backward_sparse alone (the gradient, no update), the fused step (backward_update),
+// the unfused one (backward_sparse, then apply_sparse_gradient on its rows) and update_roofline
+// (the step's table and state rows read and written back, nothing else: the least any step costs).
+// The fused and unfused steps are first checked to leave the same table and state bit for bit.
 int run_optimizer_bench(const bench_options& o) {
   json_output report(o);
   const isa which = o.isas.back();
@@ -583,11 +584,12 @@ int run_optimizer_bench(const bench_options& o) {
   std::vector<distribution> dists{o.spec.dist};
   if (o.suite) dists = {distribution::uniform, distribution::zipf};
   std::printf("R = %lld, D = %lld, L = %lld%s, B = %lld, %d rotating index sets; the step's time over backward_sparse "
-              "alone (fused/bwd), and the unfused step's over the fused one (unfused/fused)\n",
+              "alone (fused/bwd),\nthe roofline's (roof: the step's rows read and written back, nothing else) over "
+              "backward_sparse's and the step's over it,\nand the unfused step's over the fused one (unfused/fused)\n",
               (long long)o.spec.rows, (long long)o.spec.dim, (long long)o.spec.pooling, o.spec.variable_length ? " (variable)" : "",
               (long long)o.spec.bags, o.spec.index_sets);
-  std::printf("\n%-8s %-7s %-16s %9s %9s %11s %10s %14s\n", "ids", "threads", "optimizer", "bwd ms", "fused ms",
-              "unfused ms", "fused/bwd", "unfused/fused");
+  std::printf("\n%-8s %-7s %-16s %9s %9s %11s %8s %10s %9s %11s %14s\n", "ids", "threads", "optimizer", "bwd ms",
+              "fused ms", "unfused ms", "roof ms", "fused/bwd", "roof/bwd", "fused/roof", "unfused/fused");
   json benchmarks = json::array();
   for (const distribution dist : dists) {
     workload_spec spec = o.spec;
@@ -638,25 +640,31 @@ int run_optimizer_bench(const bench_options& o) {
           if (snapshot() != after_fused)
             throw error(errc::invalid_option, "bench: the fused step differs from backward_sparse + apply_sparse_gradient");
         }
+        std::vector<update_roofline> rooflines;  // one per index set, built (validated, transposed) before timing
+        for (int set = 0; set < spec.index_sets; ++set)
+          rooflines.emplace_back(trained, w.batch(set), opts, grad_output, opt, state_for(kind));
         const std::function<void(int)> variants[] = {
-            [&](int set) { backward_sparse(rows, w.batch(set), opts, grad_output, grad, {}, &scratch); }, fused, unfused};
-        std::vector<double> seconds[3];
+            [&](int set) { backward_sparse(rows, w.batch(set), opts, grad_output, grad, {}, &scratch); }, fused, unfused,
+            [&](int set) { rooflines[static_cast<std::size_t>(set)].run(); }};
+        constexpr int count = std::size(variants);
+        std::vector<double> seconds[count];
         const auto start = std::chrono::steady_clock::now();
-        for (int call = 0; keep_timing(call, start, o.seconds_per_result * 3); ++call)
-          for (int k = 0; k < 3; ++k) {
-            const int variant = (call + k) % 3;
+        for (int call = 0; keep_timing(call, start, o.seconds_per_result * count); ++call)
+          for (int k = 0; k < count; ++k) {
+            const int variant = (call + k) % count;
             const auto t0 = std::chrono::steady_clock::now();
             variants[variant](call % spec.index_sets);
             seconds[variant].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
           }
-        const double backward = median(seconds[0]), step = median(seconds[1]), separate = median(seconds[2]);
+        const double backward = median(seconds[0]), step = median(seconds[1]), separate = median(seconds[2]),
+                     roof = median(seconds[3]);
         const char* ids = dist == distribution::uniform ? "uniform" : "zipf";
-        std::printf("%-8s %-7d %-16s %9.3f %9.3f %11.3f %9.2fx %13.2fx\n", ids, threads,
-                    std::string(to_string(kind)).c_str(), backward * 1e3, step * 1e3, separate * 1e3, step / backward,
-                    separate / step);
+        std::printf("%-8s %-7d %-16s %9.3f %9.3f %11.3f %8.3f %9.2fx %8.2fx %10.2fx %13.2fx\n", ids, threads,
+                    std::string(to_string(kind)).c_str(), backward * 1e3, step * 1e3, separate * 1e3, roof * 1e3,
+                    step / backward, roof / backward, step / roof, separate / step);
         std::fflush(stdout);
         for (const auto& [family, t] : {std::pair{"optim/backward_sparse", backward}, std::pair{"optim/fused", step},
-                                         std::pair{"optim/unfused", separate}}) {
+                                         std::pair{"optim/unfused", separate}, std::pair{"optim/roofline", roof}}) {
           const std::string name = std::string(family) + "/" + std::string(to_string(kind)) + "/" +
                                    std::string(to_string(which)) + "/" + spec.name() + "/threads:" + std::to_string(threads);
           benchmarks.push_back({{"name", name}, {"run_name", name}, {"run_type", "iteration"}, {"iterations", 1},

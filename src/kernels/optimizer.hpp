@@ -132,9 +132,44 @@ inline bool update_row(const update_request& q, std::int64_t row, const float* g
   return true;
 }
 
-// Unique rows [unique_begin, unique_end) a chunk at a time (update_chunk_rows): the chunk's table
-// and state rows loaded (or the next chunk's prefetched), its gradients into scratch (fused), then
-// its rows' steps in order.
+// An update's unique rows [unique_begin, unique_end) a chunk at a time (update_chunk_rows): each
+// chunk's table and state rows brought in as q.fetch says (a large table's are random rows of
+// DRAM), by demand loads (load_row_lines) before its work or by prefetches into L2 a chunk ahead,
+// then work(first, last) on the chunk. The fused step and the update's roofline (roofline.hpp)
+// both walk their rows this way.
+template <class Work>
+[[gnu::always_inline]] inline void for_each_update_chunk(const update_request& q, std::int64_t unique_begin,
+                                                         std::int64_t unique_end, const Work& work) noexcept {
+  const std::int64_t* const unique_rows = q.gradient.transpose.unique_rows;
+  const std::int64_t chunk = update_chunk_rows(q);
+  const std::int64_t element_bytes = q.table_type == dtype::f32 ? 4 : 2;
+  const std::int64_t row_bytes = q.gradient.dim * element_bytes;
+  const std::int64_t state_bytes = (q.kind == optimizer_kind::adagrad ? q.gradient.dim : 1) * std::int64_t{sizeof(float)};
+  const bool stateful = q.state != nullptr;
+  const auto bring_rows = [&]<bool Prefetch>(std::int64_t begin, std::int64_t end) EMBAG_ALWAYS_INLINE {
+    const auto bring = [](const void* row, std::int64_t bytes) EMBAG_ALWAYS_INLINE {
+      if constexpr (Prefetch) prefetch_row<1>(row, bytes);
+      else load_row_lines(row, bytes);
+    };
+    for (std::int64_t u = begin; u < end; ++u) {
+      const std::int64_t row = unique_rows[u];
+      bring(q.table + row * q.table_stride * element_bytes, row_bytes);
+      if (stateful) bring(q.state + row * q.state_stride, state_bytes);
+    }
+  };
+  if (q.fetch == update_fetch::prefetch_next_chunk)
+    bring_rows.template operator()<true>(unique_begin, std::min(unique_begin + chunk, unique_end));
+  for (std::int64_t first = unique_begin; first < unique_end; first += chunk) {
+    const std::int64_t last = std::min(first + chunk, unique_end);
+    if (q.fetch == update_fetch::demand_loads) bring_rows.template operator()<false>(first, last);
+    else if (q.fetch == update_fetch::prefetch_next_chunk)
+      bring_rows.template operator()<true>(last, std::min(last + chunk, unique_end));
+    work(first, last);
+  }
+}
+
+// The step on unique rows [unique_begin, unique_end) a chunk at a time (for_each_update_chunk): the
+// chunk's gradients into scratch (fused), then its rows' steps in order.
 template <class Arch, dtype Type, optimizer_kind Kind>
 void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::int64_t unique_end, float* scratch,
                        update_tally& tally) {
@@ -146,28 +181,7 @@ void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::
   float* const step_scratch = scratch + (fused ? chunk * dim : 0);  // update_row's rows
   const std::int64_t positions_end = fused ? t.segment_begin[unique_end] : 0;
   if (fused && q.sums_gradient.table == nullptr) prefetch_first_positions(r, unique_begin, positions_end);
-  const std::int64_t row_bytes = dim * (Type == dtype::f32 ? 4 : 2);
-  const std::int64_t state_bytes = (Kind == optimizer_kind::adagrad ? dim : 1) * std::int64_t{sizeof(float)};
-  // The table and state rows of unique rows [begin, end) (a large table's are random rows of DRAM),
-  // by demand loads (load_row_lines) or by prefetches into L2, as q.fetch says.
-  const auto bring_rows = [&]<bool Prefetch>(std::int64_t begin, std::int64_t end) EMBAG_ALWAYS_INLINE {
-    const auto bring = [](const void* row, std::int64_t bytes) EMBAG_ALWAYS_INLINE {
-      if constexpr (Prefetch) prefetch_row<1>(row, bytes);
-      else load_row_lines(row, bytes);
-    };
-    for (std::int64_t u = begin; u < end; ++u) {
-      const std::int64_t row = t.unique_rows[u];
-      bring(q.table + row * q.table_stride * (Type == dtype::f32 ? 4 : 2), row_bytes);
-      if constexpr (Kind != optimizer_kind::sgd) bring(q.state + row * q.state_stride, state_bytes);
-    }
-  };
-  if (q.fetch == update_fetch::prefetch_next_chunk)
-    bring_rows.template operator()<true>(unique_begin, std::min(unique_begin + chunk, unique_end));
-  for (std::int64_t first = unique_begin; first < unique_end; first += chunk) {
-    const std::int64_t last = std::min(first + chunk, unique_end);
-    if (q.fetch == update_fetch::demand_loads) bring_rows.template operator()<false>(first, last);
-    else if (q.fetch == update_fetch::prefetch_next_chunk)
-      bring_rows.template operator()<true>(last, std::min(last + chunk, unique_end));
+  for_each_update_chunk(q, unique_begin, unique_end, [&](std::int64_t first, std::int64_t last) EMBAG_ALWAYS_INLINE {
     if (fused && q.sums_gradient.table != nullptr) {
       forward_request chunk_gradients = q.sums_gradient;
       chunk_gradients.out = scratch;
@@ -185,7 +199,7 @@ void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::
         if (tally.not_finite++ == 0) tally.first_not_finite = row;
       }
     }
-  }
+  });
 }
 
 template <class Arch>

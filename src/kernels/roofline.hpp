@@ -1,4 +1,6 @@
-// The roofline: the minimal gather forward is measured against. Per bag, the rows its offsets name
+// The rooflines: the minimal loops forward and the fused update are measured against.
+//
+// The minimal gather. Per bag, the rows its offsets name
 // are summed into registers and stored as the bag's output row, and nothing else happens: D is a
 // compile-time constant for the specialised widths (other widths: forward's column passes, the last
 // batch ending at the row's end), there is no validation (the call was validated
@@ -9,6 +11,7 @@
 #pragma once
 
 #include "kernels/forward.hpp"
+#include "kernels/optimizer.hpp"
 
 namespace embag::detail::EMBAG_ISA_NS {
 
@@ -121,6 +124,41 @@ void gather_bags(const forward_request& req, const bag_block& block) {
     };
     if (req.bags.index_kind == index_type::i32) at_level.template operator()<std::int32_t>();
     else at_level.template operator()<std::int64_t>();
+  });
+}
+
+// The minimal update: the bytes of [row, row + bytes) loaded and stored back unchanged, xor'ed
+// with `zero`, a 0 the compiler cannot see (it comes from the caller), so that neither the loads
+// nor the stores are elided; integer lanes, so that every bit pattern of any element type stays
+// as it was.
+template <class Arch>
+[[gnu::always_inline]] inline void rewrite_bytes(std::byte* row, std::int64_t bytes, std::uint32_t zero) noexcept {
+  using words = xsimd::batch<std::uint32_t, Arch>;
+  constexpr std::int64_t step = words::size * 4;
+  std::int64_t b = 0;
+  for (; b + step <= bytes; b += step) {
+    auto* at = reinterpret_cast<std::uint32_t*>(row + b);
+    (words::load_unaligned(at) ^ words(zero)).store_unaligned(at);
+  }
+  for (; b < bytes; ++b) row[b] ^= static_cast<std::byte>(zero);
+}
+
+// An update's unique rows [unique_begin, unique_end), as its step walks them (for_each_update_chunk:
+// the same chunks, fetch and order), each table row and state row rewritten unchanged and nothing
+// else done: no gradient, arithmetic, check or tally. Any step on these rows moves at least these
+// bytes.
+template <class Arch>
+void rewrite_update_rows(const update_request& q, std::int64_t unique_begin, std::int64_t unique_end, std::uint32_t zero) {
+  const std::int64_t* const unique_rows = q.gradient.transpose.unique_rows;
+  const std::int64_t element_bytes = q.table_type == dtype::f32 ? 4 : 2;
+  const std::int64_t row_bytes = q.gradient.dim * element_bytes;
+  const std::int64_t state_bytes = (q.kind == optimizer_kind::adagrad ? q.gradient.dim : 1) * std::int64_t{sizeof(float)};
+  for_each_update_chunk(q, unique_begin, unique_end, [&](std::int64_t first, std::int64_t last) EMBAG_ALWAYS_INLINE {
+    for (std::int64_t u = first; u < last; ++u) {
+      const std::int64_t row = unique_rows[u];
+      rewrite_bytes<Arch>(q.table + row * q.table_stride * element_bytes, row_bytes, zero);
+      if (q.state != nullptr) rewrite_bytes<Arch>(reinterpret_cast<std::byte*>(q.state + row * q.state_stride), state_bytes, zero);
+    }
   });
 }
 
