@@ -568,7 +568,9 @@ int run_dlrm_bench(const bench_options& o) {
 // and optimizer, a training step three ways and its roofline, interleaved call by call on rotating
 // index sets: backward_sparse alone (the gradient, no update), the fused step (backward_update),
 // the unfused one (backward_sparse, then apply_sparse_gradient on its rows) and update_roofline
-// (the step's table and state rows read and written back, nothing else: the least any step costs).
+// (the step's table and state rows read and written back, nothing else: the least any step costs),
+// the best of four ways to bring the rows in: the step's own, none, the chunk's loads first, the
+// next chunk's prefetches (each way's chunk: EMBAG_PREFETCH in the README).
 // The fused and unfused steps are first checked to leave the same table and state bit for bit.
 int run_optimizer_bench(const bench_options& o) {
   json_output report(o);
@@ -584,12 +586,12 @@ int run_optimizer_bench(const bench_options& o) {
   std::vector<distribution> dists{o.spec.dist};
   if (o.suite) dists = {distribution::uniform, distribution::zipf};
   std::printf("R = %lld, D = %lld, L = %lld%s, B = %lld, %d rotating index sets; the step's time over backward_sparse "
-              "alone (fused/bwd),\nthe roofline's (roof: the step's rows read and written back, nothing else) over "
-              "backward_sparse's and the step's over it,\nand the unfused step's over the fused one (unfused/fused)\n",
+              "alone (fused/bwd),\nthe roofline's (roof: the step's rows read and written back, nothing else, the best "
+              "of four ways to bring them in) over backward_sparse's and the step's over it,\nand the unfused step's over the fused one (unfused/fused)\n",
               (long long)o.spec.rows, (long long)o.spec.dim, (long long)o.spec.pooling, o.spec.variable_length ? " (variable)" : "",
               (long long)o.spec.bags, o.spec.index_sets);
-  std::printf("\n%-8s %-7s %-16s %9s %9s %11s %8s %10s %9s %11s %14s\n", "ids", "threads", "optimizer", "bwd ms",
-              "fused ms", "unfused ms", "roof ms", "fused/bwd", "roof/bwd", "fused/roof", "unfused/fused");
+  std::printf("\n%-8s %-7s %-16s %9s %9s %11s %8s %-9s %10s %9s %11s %14s\n", "ids", "threads", "optimizer", "bwd ms",
+              "fused ms", "unfused ms", "roof ms", "roof via", "fused/bwd", "roof/bwd", "fused/roof", "unfused/fused");
   json benchmarks = json::array();
   for (const distribution dist : dists) {
     workload_spec spec = o.spec;
@@ -640,12 +642,23 @@ int run_optimizer_bench(const bench_options& o) {
           if (snapshot() != after_fused)
             throw error(errc::invalid_option, "bench: the fused step differs from backward_sparse + apply_sparse_gradient");
         }
-        std::vector<update_roofline> rooflines;  // one per index set, built (validated, transposed) before timing
-        for (int set = 0; set < spec.index_sets; ++set)
-          rooflines.emplace_back(trained, w.batch(set), opts, grad_output, opt, state_for(kind));
+        // per way of bringing the rows in, one per index set, built (validated, transposed) before timing
+        constexpr prefetch_level roofline_fetches[] = {prefetch_level::automatic, prefetch_level::none, prefetch_level::l1,
+                                                       prefetch_level::l2};
+        constexpr const char* roofline_fetch_names[] = {"step's", "none", "loads", "prefetch"};
+        std::vector<update_roofline> rooflines[std::size(roofline_fetches)];
+        for (std::size_t f = 0; f < std::size(roofline_fetches); ++f) {
+          options fetching = opts;
+          fetching.execution.prefetch = {roofline_fetches[f], 0};
+          for (int set = 0; set < spec.index_sets; ++set)
+            rooflines[f].emplace_back(trained, w.batch(set), fetching, grad_output, opt, state_for(kind));
+        }
+        const auto roofline = [&](std::size_t f) {
+          return [&, f](int set) { rooflines[f][static_cast<std::size_t>(set)].run(); };
+        };
         const std::function<void(int)> variants[] = {
-            [&](int set) { backward_sparse(rows, w.batch(set), opts, grad_output, grad, {}, &scratch); }, fused, unfused,
-            [&](int set) { rooflines[static_cast<std::size_t>(set)].run(); }};
+            [&](int set) { backward_sparse(rows, w.batch(set), opts, grad_output, grad, {}, &scratch); },
+            fused, unfused, roofline(0), roofline(1), roofline(2), roofline(3)};
         constexpr int count = std::size(variants);
         std::vector<double> seconds[count];
         const auto start = std::chrono::steady_clock::now();
@@ -656,12 +669,15 @@ int run_optimizer_bench(const bench_options& o) {
             variants[variant](call % spec.index_sets);
             seconds[variant].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
           }
-        const double backward = median(seconds[0]), step = median(seconds[1]), separate = median(seconds[2]),
-                     roof = median(seconds[3]);
+        const double backward = median(seconds[0]), step = median(seconds[1]), separate = median(seconds[2]);
+        std::size_t best = 0;
+        for (std::size_t f = 1; f < std::size(roofline_fetches); ++f)
+          if (median(seconds[3 + f]) < median(seconds[3 + best])) best = f;
+        const double roof = median(seconds[3 + best]);
         const char* ids = dist == distribution::uniform ? "uniform" : "zipf";
-        std::printf("%-8s %-7d %-16s %9.3f %9.3f %11.3f %8.3f %9.2fx %8.2fx %10.2fx %13.2fx\n", ids, threads,
+        std::printf("%-8s %-7d %-16s %9.3f %9.3f %11.3f %8.3f %-9s %9.2fx %8.2fx %10.2fx %13.2fx\n", ids, threads,
                     std::string(to_string(kind)).c_str(), backward * 1e3, step * 1e3, separate * 1e3, roof * 1e3,
-                    step / backward, roof / backward, step / roof, separate / step);
+                    roofline_fetch_names[best], step / backward, roof / backward, step / roof, separate / step);
         std::fflush(stdout);
         for (const auto& [family, t] : {std::pair{"optim/backward_sparse", backward}, std::pair{"optim/fused", step},
                                          std::pair{"optim/unfused", separate}, std::pair{"optim/roofline", roof}}) {
