@@ -50,6 +50,14 @@ class counting_communicator final : public sharded::communicator {
     for (int r = 0; r < size(); ++r)
       if (r != rank()) bytes_out += bytes_to[static_cast<std::size_t>(r)];
   }
+  void all_to_all_known(std::span<const std::byte> send, std::span<const std::int64_t> bytes_to,
+                        std::span<const std::int64_t> bytes_from, std::span<std::byte> into) override {
+    const auto t0 = clock_type::now();
+    inner_->all_to_all_known(send, bytes_to, bytes_from, into);
+    seconds += seconds_since(t0);
+    for (int r = 0; r < size(); ++r)
+      if (r != rank()) bytes_out += bytes_to[static_cast<std::size_t>(r)];
+  }
   void all_min(std::span<std::int64_t> values) override { inner_->all_min(values); }
   void broadcast(std::vector<std::byte>& bytes, int root) override { inner_->broadcast(bytes, root); }
 

@@ -175,9 +175,29 @@ std::unique_ptr<sharded::communicator>& comm() {
   return c;
 }
 
-tables make_tables(const sharded_case& c) {
+// The MPI communicator through the interface's pure functions only: the sharded calls then take
+// communicator::all_to_all_known's default (all_to_all, then a copy), as a communicator of the
+// caller's that knows nothing of it would.
+class pure_communicator final : public sharded::communicator {
+ public:
+  int rank() const noexcept override { return comm()->rank(); }
+  int size() const noexcept override { return comm()->size(); }
+  void all_to_all(std::span<const std::byte> send, std::span<const std::int64_t> bytes_to, std::vector<std::byte>& received,
+                  std::vector<std::int64_t>& bytes_from) override {
+    comm()->all_to_all(send, bytes_to, received, bytes_from);
+  }
+  void all_min(std::span<std::int64_t> values) override { comm()->all_min(values); }
+  void broadcast(std::vector<std::byte>& bytes, int root) override { comm()->broadcast(bytes, root); }
+};
+
+sharded::communicator& pure() {
+  static pure_communicator p;
+  return p;
+}
+
+tables make_tables(const sharded_case& c, sharded::communicator& through = *comm()) {
   tables t{quantize(table_view<const float>{c.table.data(), c.rows, c.dim, 0}, c.type), {}, {}};
-  t.sharding = {comm().get(), sharded::row_partition::from_counts(c.counts)};
+  t.sharding = {&through, sharded::row_partition::from_counts(c.counts)};
   // what the ranks of a model split into files learn from their own file's rows
   EXPECT_TRUE(std::ranges::equal(t.sharding.partition.boundaries(),
                                  sharded::partition_of_shards(*comm(), c.counts[static_cast<std::size_t>(my_rank())]).boundaries()));
@@ -196,8 +216,8 @@ TEST(Sharded, ForwardIsTheSingleNodeCallBitForBit) {
   for (int k = 0; k < cases(200); ++k) {
     sharded_case c = draw(1000 + static_cast<std::uint64_t>(k), true,
                           {dtype::f32, dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise});
-    SCOPED_TRACE(c.describe());
-    tables t = make_tables(c);
+    SCOPED_TRACE(c.describe() + (k % 3 == 2 ? " (the default all_to_all_known)" : ""));
+    tables t = make_tables(c, k % 3 == 2 ? pure() : *comm());
     batch_data& mine = c.batches[static_cast<std::size_t>(my_rank())];
     const std::int64_t n = out_rows(c, mine);
     const bool max = c.opts.mode == mode::max;
@@ -396,6 +416,52 @@ TEST(Sharded, UpdateIsTheConcatenatedStepBitForBit) {
     std::int64_t updated = actual.rows_updated;
     MPI_Allreduce(MPI_IN_PLACE, &updated, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     EXPECT_EQ(expected.rows_updated, updated);
+  }
+}
+
+// all_to_all_known, MPI's and the interface's default: rank s sends rank r (s + 1) x (r + 1) bytes
+// of value 16 s + r; each rank, told the sizes, finds every block in rank order from the start of
+// its buffer, and the bytes after them untouched. Told of more than its buffer holds (MPI's), or of
+// other sizes than were sent (the default's), every rank refuses.
+TEST(Sharded, AllToAllKnownDeliversTheToldSizesInPlace) {
+  const int n = ranks(), me = my_rank();
+  for (sharded::communicator* c : {comm().get(), &pure()}) {
+    SCOPED_TRACE(c == comm().get() ? "MPI" : "the default");
+    std::vector<std::byte> send;
+    std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(n)), bytes_from(static_cast<std::size_t>(n));
+    std::int64_t total = 0;
+    for (int r = 0; r < n; ++r) {
+      bytes_to[r] = (me + 1) * (r + 1);
+      send.insert(send.end(), static_cast<std::size_t>(bytes_to[r]), static_cast<std::byte>(16 * me + r));
+      bytes_from[r] = (r + 1) * (me + 1);
+      total += bytes_from[r];
+    }
+    std::vector<std::byte> into(static_cast<std::size_t>(total + 5), std::byte{0xee});
+    c->all_to_all_known(send, bytes_to, bytes_from, into);
+    std::size_t at = 0;
+    for (int r = 0; r < n; ++r)
+      for (std::int64_t i = 0; i < bytes_from[r]; ++i, ++at)
+        ASSERT_EQ(into[at], static_cast<std::byte>(16 * r + me)) << "byte " << i << " from rank " << r;
+    for (; at < into.size(); ++at) EXPECT_EQ(into[at], std::byte{0xee}) << "a byte past the blocks, at " << at;
+    if (c == comm().get()) {  // rank 0's buffer one byte short
+      const std::size_t room = me == 0 ? static_cast<std::size_t>(total - 1) : into.size();
+      try {
+        c->all_to_all_known(send, bytes_to, bytes_from, std::span<std::byte>(into.data(), room));
+        ADD_FAILURE() << "no error";
+      } catch (const error& e) {
+        EXPECT_EQ(e.code(), errc::size_mismatch) << e.what();
+        EXPECT_NE(std::string(e.what()).find("rank 0 was sent more bytes than its buffer holds"), std::string::npos) << e.what();
+      }
+    } else {  // every rank told one byte too many from rank 0
+      std::vector<std::int64_t> wrong = bytes_from;
+      wrong[0] += 1;
+      try {
+        c->all_to_all_known(send, bytes_to, wrong, into);
+        ADD_FAILURE() << "no error";
+      } catch (const error& e) {
+        EXPECT_EQ(e.code(), errc::size_mismatch) << e.what();
+      }
+    }
   }
 }
 

@@ -46,6 +46,13 @@ class communicator {
   // order, and bytes_from[r] by their sizes.
   virtual void all_to_all(std::span<const std::byte> send, std::span<const std::int64_t> bytes_to,
                           std::vector<std::byte>& received, std::vector<std::int64_t>& bytes_from) = 0;
+  // The same exchange when this rank knows what each sends it (bytes_from[r] bytes from rank r, as
+  // rank r's bytes_to says): the blocks written in rank order from the start of `into`, which holds
+  // at least their sum, into memory the caller keeps (no buffer grown and zero-filled per call, no
+  // copy out of it). This default exchanges through all_to_all and copies; errc::size_mismatch,
+  // on this rank, when a rank sent other than bytes_from said. embag/mpi.hpp's receives in place.
+  virtual void all_to_all_known(std::span<const std::byte> send, std::span<const std::int64_t> bytes_to,
+                                std::span<const std::int64_t> bytes_from, std::span<std::byte> into);
   // values[i] = the smallest values[i] over every rank.
   virtual void all_min(std::span<std::int64_t> values) = 0;
   // Every rank's `bytes` replaced by root's.

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <limits>
 #include <string>
 
 namespace embag::sharded {
@@ -21,28 +22,19 @@ class mpi_engine final : public communicator {
 
   void all_to_all(std::span<const std::byte> send, std::span<const std::int64_t> bytes_to, std::vector<std::byte>& received,
                   std::vector<std::int64_t>& bytes_from) override {
-    const auto ranks = static_cast<std::size_t>(size_);
-    bytes_from.assign(ranks, 0);
+    bytes_from.assign(static_cast<std::size_t>(size_), 0);
     MPI_Alltoall(bytes_to.data(), 1, MPI_INT64_T, bytes_from.data(), 1, MPI_INT64_T, comm_);
-    std::vector<int> send_counts(ranks), send_at(ranks), receive_counts(ranks), receive_at(ranks);
-    std::int64_t sent = 0, got = 0;
-    for (std::size_t r = 0; r < ranks; ++r) {
-      send_at[r] = static_cast<int>(sent);
-      receive_at[r] = static_cast<int>(got);
-      sent += bytes_to[r];
-      got += bytes_from[r];
-      send_counts[r] = static_cast<int>(bytes_to[r]);
-      receive_counts[r] = static_cast<int>(bytes_from[r]);
-    }
-    // the int counts and displacements must hold every rank's totals: agreed, so all ranks throw
-    std::int64_t largest = std::max(sent, got);
-    MPI_Allreduce(MPI_IN_PLACE, &largest, 1, MPI_INT64_T, MPI_MAX, comm_);
-    if (largest > INT_MAX)
-      throw error(errc::size_overflow, "an all-to-all of " + std::to_string(largest) +
-                                           " bytes on one rank: MPI counts stop at 2^31 - 1");
-    received.resize(static_cast<std::size_t>(got));
-    MPI_Alltoallv(send.data(), send_counts.data(), send_at.data(), MPI_BYTE, received.data(), receive_counts.data(),
-                  receive_at.data(), MPI_BYTE, comm_);
+    const blocks b = blocks_of(bytes_to, bytes_from);
+    received.resize(static_cast<std::size_t>(b.received));
+    MPI_Alltoallv(send.data(), b.send_counts.data(), b.send_at.data(), MPI_BYTE, received.data(), b.receive_counts.data(),
+                  b.receive_at.data(), MPI_BYTE, comm_);
+  }
+
+  void all_to_all_known(std::span<const std::byte> send, std::span<const std::int64_t> bytes_to,
+                        std::span<const std::int64_t> bytes_from, std::span<std::byte> into) override {
+    const blocks b = blocks_of(bytes_to, bytes_from, static_cast<std::int64_t>(into.size()));
+    MPI_Alltoallv(send.data(), b.send_counts.data(), b.send_at.data(), MPI_BYTE, into.data(), b.receive_counts.data(),
+                  b.receive_at.data(), MPI_BYTE, comm_);
   }
 
   void all_min(std::span<std::int64_t> values) override {
@@ -57,6 +49,38 @@ class mpi_engine final : public communicator {
   }
 
  private:
+  // An all-to-all's int counts and displacements, from its byte counts. They must hold every
+  // rank's totals, and each rank's blocks must fit the room it has for them (all_to_all_known):
+  // agreed, so all ranks throw.
+  struct blocks {
+    std::vector<int> send_counts, send_at, receive_counts, receive_at;
+    std::int64_t received = 0;
+  };
+  blocks blocks_of(std::span<const std::int64_t> bytes_to, std::span<const std::int64_t> bytes_from,
+                   std::int64_t room = std::numeric_limits<std::int64_t>::max()) const {
+    const auto ranks = static_cast<std::size_t>(size_);
+    blocks b{std::vector<int>(ranks), std::vector<int>(ranks), std::vector<int>(ranks), std::vector<int>(ranks), 0};
+    std::int64_t sent = 0;
+    for (std::size_t r = 0; r < ranks; ++r) {
+      b.send_at[r] = static_cast<int>(sent);
+      b.receive_at[r] = static_cast<int>(b.received);
+      sent += bytes_to[r];
+      b.received += bytes_from[r];
+      b.send_counts[r] = static_cast<int>(bytes_to[r]);
+      b.receive_counts[r] = static_cast<int>(bytes_from[r]);
+    }
+    std::int64_t agreed[2] = {std::max(sent, b.received), b.received > room ? rank_ + 1 : 0};  // size, a rank short of room
+    MPI_Allreduce(MPI_IN_PLACE, agreed, 2, MPI_INT64_T, MPI_MAX, comm_);
+    if (agreed[1] > 0)
+      throw error(errc::size_mismatch, "all_to_all_known: rank " + std::to_string(agreed[1] - 1) +
+                                           " was sent more bytes than its buffer holds");
+    const std::int64_t largest = agreed[0];
+    if (largest > INT_MAX)
+      throw error(errc::size_overflow, "an all-to-all of " + std::to_string(largest) +
+                                           " bytes on one rank: MPI counts stop at 2^31 - 1");
+    return b;
+  }
+
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
 };

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -62,6 +63,18 @@ int owner_in(std::span<const std::int64_t> boundaries, std::int64_t row) noexcep
 }  // namespace
 
 int row_partition::owner(std::int64_t row) const noexcept { return owner_in(first_, row); }
+
+void communicator::all_to_all_known(std::span<const std::byte> send, std::span<const std::int64_t> bytes_to,
+                                    std::span<const std::int64_t> bytes_from, std::span<std::byte> into) {
+  std::vector<std::byte> received;
+  std::vector<std::int64_t> sizes;
+  all_to_all(send, bytes_to, received, sizes);
+  if (!std::equal(sizes.begin(), sizes.end(), bytes_from.begin(), bytes_from.end()) || received.size() > into.size())
+    throw error(errc::size_mismatch, "all_to_all_known: rank " + std::to_string(rank()) + " received " +
+                                         std::to_string(received.size()) + " bytes, not the sizes it was told or more than its " +
+                                         std::to_string(into.size()) + "-byte buffer holds");
+  if (!received.empty()) std::memcpy(into.data(), received.data(), received.size());
+}
 
 row_partition partition_of_shards(communicator& c, std::int64_t rows_here) {
   const std::vector<std::int64_t> mine(static_cast<std::size_t>(c.size()), rows_here);
@@ -194,7 +207,7 @@ struct owned_bags {
 // that a thread's calls stop allocating (and faulting in fresh pages, 10 MB of them per call in
 // the benchmark) once they have seen the largest.
 struct exchange_buffers {
-  std::vector<std::byte> send, received, reply, rows;
+  std::vector<std::byte> send, received, reply, rows, sums;
   std::vector<std::int64_t> slot_of, row_of_slot, request;
   std::vector<std::int32_t> owner_of;
   std::vector<row_block> to_owner;  // one per rank
@@ -251,7 +264,7 @@ void put(std::vector<std::byte>& to, const T* values, std::int64_t count) {
 // weighted sum of its rows of the bag, added in rank order, then divided as the mode divides.
 void forward_partial_sums(communicator& c, const row_partition& part, compressed_table_view shard,
                           const detail::forward_request& r, const options& opts) {
-  const int ranks = c.size();
+  const int me = c.rank(), ranks = c.size();
   const detail::bag_source& source = r.bags;
   const std::int64_t dim = r.dim, padding = r.padding_idx;
   const bool weighted = source.weights != nullptr;
@@ -285,7 +298,9 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
     if (r.reduce.scaling != detail::bag_scaling::none) divisors[b] = detail::bag_divisor(r.reduce.scaling, weighted, tally);
     begin = end;
   }
+  // This rank's own block stays here (no MPI copy): the owner pools it after the others'.
   std::vector<std::int64_t> bytes_from = exchange_blocks(c, ranks, kept, [&](int o, std::vector<std::byte>& send) {
+    if (o == me) return;
     const row_block& k = to[static_cast<std::size_t>(o)];
     const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()), weighted};
     put(send, counts, 3);
@@ -295,9 +310,9 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   });
   std::vector<std::byte>& received = kept.received;
 
-  // The owner: every rank's bags, in rank order, pooled by one local forward (mode sum; clip as
-  // asked). A rank that sent no weights gets weights of 1 where another rank sent some: the kernel
-  // multiplies by them, the same arithmetic as no weights.
+  // The owner: every rank's bags, the others' in rank order then its own, pooled by one local
+  // forward (mode sum; clip as asked). A rank that sent no weights gets weights of 1 where another
+  // rank sent some: the kernel multiplies by them, the same arithmetic as no weights.
   options pooled;
   pooled.max_norm = opts.max_norm;
   pooled.norm_type = opts.norm_type;
@@ -307,6 +322,7 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   bool any_weights = false;
   const std::byte* at = received.data();
   for (int source_rank = 0; source_rank < ranks; ++source_rank) {
+    if (source_rank == me) continue;
     std::int64_t counts[3];
     std::memcpy(counts, at, sizeof counts);
     at += sizeof counts;
@@ -318,7 +334,17 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
       from.coefficients.resize(rows_before, 1.0f);
       at = take(at, counts[1], from.coefficients);
     }
-    bytes_from[source_rank] = counts[0] * dim * std::int64_t{sizeof(float)};
+    bytes_from[source_rank] = counts[0] * dim * std::int64_t{sizeof(float)};  // the partial sums sent back
+  }
+  const auto own_first = static_cast<std::int64_t>(from.lengths.size());  // this rank's bags, pooled last
+  const row_block& own = to[static_cast<std::size_t>(me)];
+  from.lengths.insert(from.lengths.end(), own.lengths.begin(), own.lengths.end());
+  const std::size_t rows_before = from.rows.size();
+  from.rows.insert(from.rows.end(), own.rows.begin(), own.rows.end());
+  if (weighted) {
+    any_weights = true;
+    from.coefficients.resize(rows_before, 1.0f);
+    from.coefficients.insert(from.coefficients.end(), own.coefficients.begin(), own.coefficients.end());
   }
   if (any_weights) from.coefficients.resize(from.rows.size(), 1.0f);
   // Grown, never cleared: the forward writes every float of the partials it is given, so only
@@ -329,20 +355,31 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   if (partials.size() < filled) partials.resize(filled);
   embag::forward(shard, bags::from_lengths(from.rows, from.lengths, from.coefficients), pooled,
                  matrix_view<float>{partials.data(), pooled_bags, dim, dim});
-  std::vector<std::byte>& sums = kept.rows;
-  std::vector<std::int64_t> sums_bytes;
-  c.all_to_all(std::as_bytes(std::span<const float>(partials.data(), filled)), bytes_from, sums, sums_bytes);
+  // Each other owner's partials of this rank's bags come back, block after block in rank order
+  // (sizes this rank knows: a row per bag it sent there), into memory kept and grown only.
+  const std::size_t row_bytes = static_cast<std::size_t>(dim) * sizeof(float);
+  std::vector<std::int64_t> sums_bytes(static_cast<std::size_t>(ranks), 0);
+  for (int o = 0; o < ranks; ++o)
+    if (o != me) sums_bytes[o] = static_cast<std::int64_t>(to[static_cast<std::size_t>(o)].bag_of.size() * row_bytes);
+  std::vector<std::byte>& sums = kept.sums;
+  const auto sums_size = static_cast<std::size_t>(std::accumulate(sums_bytes.begin(), sums_bytes.end(), std::int64_t{0}));
+  if (sums.size() < sums_size) sums.resize(sums_size);
+  c.all_to_all_known(std::as_bytes(std::span<const float>(partials.data(), static_cast<std::size_t>(own_first * dim))),
+                     bytes_from, sums_bytes, std::span<std::byte>(sums.data(), sums_size));
 
   // The requester, bag by bag (each output row written once, while it is in L1): zeros, plus each
   // owner's partial in rank order, then the divisor. Owner o's partials are its bag_of's bags in
-  // order, block after block in rank order.
-  const std::size_t row_bytes = static_cast<std::size_t>(dim) * sizeof(float);
+  // order: this rank's own in partials, the others' block after block in sums.
   std::vector<const std::byte*> next_partial(static_cast<std::size_t>(ranks));
   std::vector<std::size_t> next_bag(static_cast<std::size_t>(ranks), 0);
   const std::byte* block = sums.data();
   for (int o = 0; o < ranks; ++o) {
+    if (o == me) {
+      next_partial[o] = reinterpret_cast<const std::byte*>(partials.data() + own_first * dim);
+      continue;
+    }
     next_partial[o] = block;
-    block += to[static_cast<std::size_t>(o)].bag_of.size() * row_bytes;
+    block += static_cast<std::size_t>(sums_bytes[o]);
   }
   const bool divide = r.reduce.scaling != detail::bag_scaling::none;
   for (std::int64_t b = 0; b < source.num_bags; ++b) {
@@ -398,18 +435,21 @@ void forward(const sharding& s, compressed_table_view shard, const bags& batch, 
   const detail::bag_source& source = whole->req.bags;
   const std::int64_t padding = whole->req.padding_idx, nnz = source.nnz;
 
-  // Each non-padding position gets a slot in the rows fetched, owner by owner, in position order.
+  // Each non-padding position gets a slot in the rows fetched, owner by owner, in position order:
+  // the other ranks' rows first, in rank order (as the all-to-all delivers them), then this rank's
+  // own, copied from the shard straight into their slots (no request, reply or MPI copy).
   exchange_buffers& kept = buffers();
   std::vector<std::int32_t>& owner_of = kept.owner_of;
   owner_of.resize(static_cast<std::size_t>(nnz));
-  std::vector<std::int64_t> rows_from(static_cast<std::size_t>(ranks) + 1, 0);
+  const auto place_of = [&](int owner) { return owner < me ? owner : owner > me ? owner - 1 : ranks - 1; };
+  std::vector<std::int64_t> rows_from(static_cast<std::size_t>(ranks) + 1, 0);  // by place
   for (std::int64_t j = 0; j < nnz; ++j) {
     const std::int64_t row = element_at(source.indices, source.index_kind, j);
     owner_of[j] = row == padding ? -1 : part.owner(row);
-    if (row != padding) ++rows_from[static_cast<std::size_t>(owner_of[j]) + 1];
+    if (row != padding) ++rows_from[static_cast<std::size_t>(place_of(owner_of[j])) + 1];
   }
   for (int o = 0; o < ranks; ++o) rows_from[o + 1] += rows_from[o];
-  const std::int64_t fetched = rows_from[ranks];
+  const std::int64_t fetched = rows_from[ranks], remote = rows_from[ranks - 1];  // this rank's slots: [remote, fetched)
   std::vector<std::int64_t> next(rows_from.begin(), rows_from.end() - 1);
   std::vector<std::int64_t>&slot_of = kept.slot_of, &row_of_slot = kept.row_of_slot;
   slot_of.resize(static_cast<std::size_t>(nnz));
@@ -419,39 +459,48 @@ void forward(const sharding& s, compressed_table_view shard, const bags& batch, 
       slot_of[j] = fetched;  // the zero row after the fetched ones, the local call's padding
       continue;
     }
-    const std::int64_t slot = next[owner_of[j]]++;
+    const std::int64_t slot = next[place_of(owner_of[j])]++;
     slot_of[j] = slot;
     row_of_slot[slot] = element_at(source.indices, source.index_kind, j);
   }
 
-  // Requests: shard rows (numbered from the owner's first), then the owners' rows back.
+  // Requests to the other ranks: shard rows (numbered from the owner's first); their rows come back
+  // into the slots, whose sizes this rank knows.
   std::vector<std::int64_t>& request = kept.request;
-  request.resize(static_cast<std::size_t>(fetched));
-  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
+  request.resize(static_cast<std::size_t>(remote));
+  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks), 0), rows_bytes(static_cast<std::size_t>(ranks), 0);
   for (int o = 0; o < ranks; ++o) {
-    for (std::int64_t k = rows_from[o]; k < rows_from[o + 1]; ++k) request[k] = row_of_slot[k] - part.first(o);
-    bytes_to[o] = (rows_from[o + 1] - rows_from[o]) * std::int64_t{sizeof(std::int64_t)};
+    if (o == me) continue;
+    const std::int64_t first = rows_from[place_of(o)], end = rows_from[place_of(o) + 1];
+    for (std::int64_t k = first; k < end; ++k) request[k] = row_of_slot[k] - part.first(o);
+    bytes_to[o] = (end - first) * std::int64_t{sizeof(std::int64_t)};
+    rows_bytes[o] = (end - first) * row_bytes;
   }
   std::vector<std::byte>& asked = kept.received;
   std::vector<std::int64_t> bytes_from;
   c.all_to_all(bytes_of(request), bytes_to, asked, bytes_from);
   const std::size_t asked_rows = asked.size() / sizeof(std::int64_t);
   const std::int64_t stride = shard.row_stride == 0 ? row_bytes : shard.row_stride;
+  const auto copy_row = [&](std::byte* to, std::int64_t shard_row) {
+    std::memcpy(to, shard.data + shard_row * stride, static_cast<std::size_t>(row_bytes));
+  };
   const std::size_t reply_bytes = asked_rows * static_cast<std::size_t>(row_bytes);
   if (kept.reply.size() < reply_bytes) kept.reply.resize(reply_bytes);
   for (std::size_t i = 0; i < asked_rows; ++i) {
     std::int64_t row = 0;  // the blocks are bytes: not aligned for int64
     std::memcpy(&row, asked.data() + i * sizeof row, sizeof row);
-    std::memcpy(kept.reply.data() + i * static_cast<std::size_t>(row_bytes), shard.data + row * stride,
-                static_cast<std::size_t>(row_bytes));
+    copy_row(kept.reply.data() + i * static_cast<std::size_t>(row_bytes), row);
   }
   for (std::int64_t& b : bytes_from) b = b / std::int64_t{sizeof(std::int64_t)} * row_bytes;
+  // Grown, never shrunk: every byte of [0, (fetched + 1) x row_bytes) is written below, so only the
+  // growth is zero-filled.
   std::vector<std::byte>& rows = kept.rows;
-  rows.reserve(static_cast<std::size_t>((fetched + 1) * row_bytes));  // the zero row below stays in place
-  std::vector<std::int64_t> rows_bytes;
-  c.all_to_all(std::span<const std::byte>(kept.reply.data(), reply_bytes), bytes_from, rows, rows_bytes);
-  rows.resize(rows.size() + static_cast<std::size_t>(row_bytes));  // the zero row
-  std::fill(rows.end() - row_bytes, rows.end(), std::byte{0});
+  const auto rows_size = static_cast<std::size_t>((fetched + 1) * row_bytes);
+  if (rows.size() < rows_size) rows.resize(rows_size);
+  c.all_to_all_known(std::span<const std::byte>(kept.reply.data(), reply_bytes), bytes_from, rows_bytes,
+                     std::span<std::byte>(rows.data(), static_cast<std::size_t>(remote * row_bytes)));
+  for (std::int64_t k = remote; k < fetched; ++k) copy_row(rows.data() + k * row_bytes, row_of_slot[k] - part.first(me));
+  std::fill_n(rows.data() + fetched * row_bytes, row_bytes, std::byte{0});  // the zero row
 
   // The local forward on the fetched rows: the same kernel adds the same rows in the same order.
   options local = opts;
