@@ -657,8 +657,9 @@ int run_optimizer_bench(const bench_options& o) {
           return [&, f](int set) { rooflines[f][static_cast<std::size_t>(set)].run(); };
         };
         // The step three ways interleaved, then the rooflines interleaved on their own: timed among
-        // the step's calls, the rooflines' write-backs left backward_sparse 20-40% slower (4.1-4.5
-        // against 5.3-6.3 ms on the Xeon guest, uniform, 1 thread), which flattered fused/bwd.
+        // the step's calls (each roofline dirties every row the step touches), backward_sparse ran
+        // 20-40% slower (5.3-6.3 ms against 4.1-4.5 on the Xeon guest, uniform, 1 thread), which
+        // flattered fused/bwd.
         const auto interleaved = [&](std::span<const std::function<void(int)>> variants, std::vector<double>* seconds) {
           const auto count = static_cast<int>(variants.size());
           const auto start = std::chrono::steady_clock::now();
