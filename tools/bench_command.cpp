@@ -565,12 +565,13 @@ int run_dlrm_bench(const bench_options& o) {
 }
 
 // The optimizer report: per index distribution (the workload's, or uniform and zipf), thread count
-// and optimizer, a training step three ways and its roofline, interleaved call by call on rotating
-// index sets: backward_sparse alone (the gradient, no update), the fused step (backward_update),
-// the unfused one (backward_sparse, then apply_sparse_gradient on its rows) and update_roofline
-// (the step's table and state rows read and written back, nothing else: the least any step costs),
-// the best of four ways to bring the rows in: the step's own, none, the chunk's loads first, the
-// next chunk's prefetches (each way's chunk: EMBAG_PREFETCH in the README).
+// and optimizer, on rotating index sets, a training step three ways interleaved call by call:
+// backward_sparse alone (the gradient, no update), the fused step (backward_update) and the
+// unfused one (backward_sparse, then apply_sparse_gradient on its rows); then, interleaved on
+// their own, update_roofline's four ways to bring the rows in (the step's own, none, the chunk's
+// loads first, the next chunk's prefetches; each way's chunk: EMBAG_PREFETCH in the README), the
+// best of which is the roofline: the step's table and state rows read and written back, nothing
+// else, the least any step costs.
 // The fused and unfused steps are first checked to leave the same table and state bit for bit.
 int run_optimizer_bench(const bench_options& o) {
   json_output report(o);
