@@ -136,8 +136,9 @@ inline bool update_row(const update_request& q, std::int64_t row, const float* g
 // chunk's table and state rows brought in as q.fetch says (a large table's are random rows of
 // DRAM), by demand loads (load_row_lines) before its work or by prefetches into L2 a chunk ahead,
 // then work(first, last) on the chunk. The fused step and the update's roofline (roofline.hpp)
-// both walk their rows this way.
-template <class Work>
+// both walk their rows this way. Stateful: the optimizer keeps state rows (q.state is not null),
+// a template argument so that the per-row loop does not test it.
+template <bool Stateful, class Work>
 [[gnu::always_inline]] inline void for_each_update_chunk(const update_request& q, std::int64_t unique_begin,
                                                          std::int64_t unique_end, const Work& work) noexcept {
   const std::int64_t* const unique_rows = q.gradient.transpose.unique_rows;
@@ -145,7 +146,6 @@ template <class Work>
   const std::int64_t element_bytes = q.table_type == dtype::f32 ? 4 : 2;
   const std::int64_t row_bytes = q.gradient.dim * element_bytes;
   const std::int64_t state_bytes = (q.kind == optimizer_kind::adagrad ? q.gradient.dim : 1) * std::int64_t{sizeof(float)};
-  const bool stateful = q.state != nullptr;
   const auto bring_rows = [&]<bool Prefetch>(std::int64_t begin, std::int64_t end) EMBAG_ALWAYS_INLINE {
     const auto bring = [](const void* row, std::int64_t bytes) EMBAG_ALWAYS_INLINE {
       if constexpr (Prefetch) prefetch_row<1>(row, bytes);
@@ -154,7 +154,7 @@ template <class Work>
     for (std::int64_t u = begin; u < end; ++u) {
       const std::int64_t row = unique_rows[u];
       bring(q.table + row * q.table_stride * element_bytes, row_bytes);
-      if (stateful) bring(q.state + row * q.state_stride, state_bytes);
+      if constexpr (Stateful) bring(q.state + row * q.state_stride, state_bytes);
     }
   };
   if (q.fetch == update_fetch::prefetch_next_chunk)
@@ -181,7 +181,8 @@ void update_rows_typed(const update_request& q, std::int64_t unique_begin, std::
   float* const step_scratch = scratch + (fused ? chunk * dim : 0);  // update_row's rows
   const std::int64_t positions_end = fused ? t.segment_begin[unique_end] : 0;
   if (fused && q.sums_gradient.table == nullptr) prefetch_first_positions(r, unique_begin, positions_end);
-  for_each_update_chunk(q, unique_begin, unique_end, [&](std::int64_t first, std::int64_t last) EMBAG_ALWAYS_INLINE {
+  constexpr bool stateful = Kind != optimizer_kind::sgd;
+  for_each_update_chunk<stateful>(q, unique_begin, unique_end, [&](std::int64_t first, std::int64_t last) EMBAG_ALWAYS_INLINE {
     if (fused && q.sums_gradient.table != nullptr) {
       forward_request chunk_gradients = q.sums_gradient;
       chunk_gradients.out = scratch;

@@ -153,13 +153,18 @@ void rewrite_update_rows(const update_request& q, std::int64_t unique_begin, std
   const std::int64_t element_bytes = q.table_type == dtype::f32 ? 4 : 2;
   const std::int64_t row_bytes = q.gradient.dim * element_bytes;
   const std::int64_t state_bytes = (q.kind == optimizer_kind::adagrad ? q.gradient.dim : 1) * std::int64_t{sizeof(float)};
-  for_each_update_chunk(q, unique_begin, unique_end, [&](std::int64_t first, std::int64_t last) EMBAG_ALWAYS_INLINE {
-    for (std::int64_t u = first; u < last; ++u) {
-      const std::int64_t row = unique_rows[u];
-      rewrite_bytes<Arch>(q.table + row * q.table_stride * element_bytes, row_bytes, zero);
-      if (q.state != nullptr) rewrite_bytes<Arch>(reinterpret_cast<std::byte*>(q.state + row * q.state_stride), state_bytes, zero);
-    }
-  });
+  const auto walk = [&]<bool Stateful>() {
+    for_each_update_chunk<Stateful>(q, unique_begin, unique_end, [&](std::int64_t first, std::int64_t last) EMBAG_ALWAYS_INLINE {
+      for (std::int64_t u = first; u < last; ++u) {
+        const std::int64_t row = unique_rows[u];
+        rewrite_bytes<Arch>(q.table + row * q.table_stride * element_bytes, row_bytes, zero);
+        if constexpr (Stateful)
+          rewrite_bytes<Arch>(reinterpret_cast<std::byte*>(q.state + row * q.state_stride), state_bytes, zero);
+      }
+    });
+  };
+  if (q.state != nullptr) walk.template operator()<true>();
+  else walk.template operator()<false>();
 }
 
 }  // namespace embag::detail::EMBAG_ISA_NS
