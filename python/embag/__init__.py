@@ -160,14 +160,11 @@ def embedding_bag_backward(grad_output, input, num_weights, offsets=None, mode="
     Sparse: (rows, values), the sorted unique rows the call references (int64) and their gradient
     rows (len(rows) x D). Mode 'max' needs the max_indices embedding_bag_forward returned."""
     offsets, length, _ = _bags(input, offsets, per_sample_weights, include_last_offset, "embedding_bag_backward")
-    torch = _torch_of(grad_output, input)
-    if sparse:
-        rows, values = _embag.backward_sparse(num_weights, input, offsets, length, per_sample_weights, mode,
-                                              padding_idx, include_last_offset, scale_grad_by_freq, grad_output,
-                                              max_indices)
-        return (torch.from_numpy(rows), torch.from_numpy(values)) if torch is not None else (rows, values)
+    if sparse:  # tensors when grad_output or input is one
+        return _embag.backward_sparse(num_weights, input, offsets, length, per_sample_weights, mode, padding_idx,
+                                      include_last_offset, scale_grad_by_freq, grad_output, max_indices)
     if grad_weight is None:
-        grad_weight = _zeros(torch, (num_weights, grad_output.shape[1]), "float32")
+        grad_weight = _zeros(_torch_of(grad_output, input), (num_weights, grad_output.shape[1]), "float32")
     _embag.backward_dense(input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
                           scale_grad_by_freq, grad_output, grad_weight, max_indices)
     return grad_weight
@@ -179,13 +176,11 @@ def embedding_backward(grad_output, input, num_weights, padding_idx=None, scale_
     gradient reaches padding_idx. Dense or sparse as embedding_bag_backward."""
     count, length = _flat_lookup(input)
     flat_grad = grad_output.reshape((count, grad_output.shape[-1]))
-    torch = _torch_of(grad_output, input)
     if sparse:
-        rows, values = _embag.backward_sparse(num_weights, input, None, length, None, "none", padding_idx, False,
-                                              scale_grad_by_freq, flat_grad, None)
-        return (torch.from_numpy(rows), torch.from_numpy(values)) if torch is not None else (rows, values)
+        return _embag.backward_sparse(num_weights, input, None, length, None, "none", padding_idx, False,
+                                      scale_grad_by_freq, flat_grad, None)
     if grad_weight is None:
-        grad_weight = _zeros(torch, (num_weights, grad_output.shape[-1]), "float32")
+        grad_weight = _zeros(_torch_of(grad_output, input), (num_weights, grad_output.shape[-1]), "float32")
     _embag.backward_dense(input, None, length, None, "none", padding_idx, False, scale_grad_by_freq, flat_grad,
                           grad_weight, None)
     return grad_weight

@@ -267,9 +267,8 @@ struct torch_objects {
   PyTypeObject* tensor_base = nullptr;  // torch._C._TensorBase: torch.Tensor, nn.Parameter and subclasses
   PyObject* strided = nullptr;          // torch.strided, the only layout with a data pointer and strides
   std::pair<PyObject*, element> dtypes[6]{};  // torch.float32 ... compared by identity
-  // empty CPU tensors of the outputs' dtypes, whose new_empty(shape) is torch.empty(shape, dtype=...)
-  // with one signature to parse instead of torch.empty's several (0.94 against 1.14 us a call)
-  PyObject *float32_template, *int64_template, *new_empty;
+  // torch.from_numpy: outputs are made as NumPy arrays, then shared with a tensor (see allocate)
+  PyObject* from_numpy;
   // attribute names, interned once
   PyObject *data_ptr, *shape, *stride, *dtype, *layout, *is_cpu, *is_neg, *device;
 };
@@ -286,9 +285,7 @@ torch_objects* find_torch(PyTypeObject* tensor_base) {
   int n = 0;
   for (auto [name, e] : dtypes)
     if (py::hasattr(torch, name)) t->dtypes[n++] = {py::object(torch.attr(name)).release().ptr(), e};  // torch 1.13 has no uint16
-  t->float32_template = torch.attr("empty")(0, "dtype"_a = torch.attr("float32")).release().ptr();
-  t->int64_template = torch.attr("empty")(0, "dtype"_a = torch.attr("int64")).release().ptr();
-  t->new_empty = PyUnicode_InternFromString("new_empty");
+  t->from_numpy = py::object(torch.attr("from_numpy")).release().ptr();
   t->data_ptr = PyUnicode_InternFromString("data_ptr");
   t->shape = PyUnicode_InternFromString("shape");
   t->stride = PyUnicode_InternFromString("stride");
@@ -511,6 +508,14 @@ struct compressed {
   embag::compressed_table table;
 };
 
+// torch.from_numpy(array): a tensor sharing a NumPy array's memory (torch is imported: a tensor
+// was read).
+py::object as_torch_tensor(py::object array) {
+  PyObject* tensor = PyObject_CallOneArg(torch_seen->from_numpy, array.ptr());
+  if (tensor == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(tensor);
+}
+
 // The outputs of a forward call, allocated here once the arguments are read and checked: NumPy
 // arrays, or torch tensors when the weight or the input is one (the caller's array type). Each is
 // read back from what this module just made (C-contiguous, writable), without an export.
@@ -526,25 +531,18 @@ new_array allocate(bool as_tensor, std::int64_t rows, std::int64_t cols, element
   a.dims = 2;
   a.shape[0] = rows, a.shape[1] = cols;
   set_contiguous_strides(a);
-  if (as_tensor) {
-    // torch.empty((rows, cols), dtype=...)
-    const torch_objects& torch = *torch_seen;  // set: a tensor was read
-    py::tuple shape = py::make_tuple(rows, cols);
-    PyObject* tensor = PyObject_CallMethodOneArg(type == element::f32 ? torch.float32_template : torch.int64_template,
-                                                 torch.new_empty, shape.ptr());
-    if (tensor == nullptr) throw py::error_already_set();
-    made.object = py::reinterpret_steal<py::object>(tensor);
-    a.data = PyLong_AsVoidPtr(call(made.object, torch.data_ptr).ptr());
-    if (PyErr_Occurred()) throw py::error_already_set();
-  } else if (type == element::f32) {
-    py::array_t<float> array({rows, cols});
-    a.data = array.mutable_data();
-    made.object = std::move(array);
-  } else {
-    py::array_t<std::int64_t> array({rows, cols});
-    a.data = array.mutable_data();
-    made.object = std::move(array);
-  }
+  py::array array = type == element::f32 ? py::array(py::array_t<float>({rows, cols}))
+                                         : py::array(py::array_t<std::int64_t>({rows, cols}));
+  a.data = array.mutable_data();
+  made.object = std::move(array);
+  // A tensor made as a NumPy array, then shared (as_torch_tensor), not by torch.empty: torch
+  // allocates with posix_memalign, and the 1 MB output of an L = 1 call (R = 1M, D = 128, B =
+  // 2,048) freed by Python was not reused by the next call's, which landed a megabyte further on,
+  // so the outputs cycled through more memory than L2 holds and the kernel's stores missed it
+  // (forward on tensors 114 us against 97 on NumPy arrays, 1 thread). NumPy's malloc gets the
+  // freed block back each call. Such a tensor cannot be resize_()d larger (its storage is the
+  // array's); torch's own outputs can.
+  if (as_tensor) made.object = as_torch_tensor(std::move(made.object));
   return made;
 }
 
@@ -663,10 +661,14 @@ py::tuple backward_sparse(std::int64_t num_weights, py::handle indices, py::hand
     embag::backward_sparse(num_weights, b.bags(), opts, matrix_of(dy), *grad, argmax_span, &thread_workspace());
   }
   auto rows = static_cast<py::ssize_t>(grad->rows.size());
-  py::array_t<std::int64_t> row_ids({rows}, {static_cast<py::ssize_t>(sizeof(std::int64_t))}, grad->rows.data(), owner);
-  py::array_t<float> values({rows, static_cast<py::ssize_t>(grad->dim)},
-                            {static_cast<py::ssize_t>(grad->dim * sizeof(float)), static_cast<py::ssize_t>(sizeof(float))},
-                            grad->values.data(), owner);
+  py::object row_ids = py::array_t<std::int64_t>({rows}, {static_cast<py::ssize_t>(sizeof(std::int64_t))}, grad->rows.data(), owner);
+  py::object values = py::array_t<float>({rows, static_cast<py::ssize_t>(grad->dim)},
+                                         {static_cast<py::ssize_t>(grad->dim * sizeof(float)), static_cast<py::ssize_t>(sizeof(float))},
+                                         grad->values.data(), owner);
+  if (b.indices.is_torch_tensor || dy.is_torch_tensor) {  // the caller's array type
+    row_ids = as_torch_tensor(std::move(row_ids));
+    values = as_torch_tensor(std::move(values));
+  }
   return py::make_tuple(row_ids, values);
 }
 

@@ -132,6 +132,50 @@ def test_module_gradients_match_torch(mode, sparse, padding_idx):
         assert torch.equal(ours.weight.grad.coalesce()._indices()[0], rows)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("layout", ["2-D input", "include_last_offset"])
+def test_module_gradients_match_torch_on_each_bag_layout(layout, sparse):
+    # the module takes the bags' layout once, in forward, for both passes
+    g = torch.Generator().manual_seed(9)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    if layout == "2-D input":
+        args, options = (torch.randint(0, ROWS, (4, 3), generator=g),), {}
+    else:
+        args, options = bags(g, include_last_offset=True), {"include_last_offset": True}
+    grads = []
+    for module in (embag.nn.EmbeddingBag, torch.nn.EmbeddingBag):
+        bag = module.from_pretrained(weight, freeze=False, mode="mean", sparse=sparse, **options)
+        out = bag(*args)
+        (out * torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape)).sum().backward()
+        grads.append(bag.weight.grad.to_dense())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_module_gradient_of_empty_fixed_length_bags_is_zero(sparse):
+    # B bags of L = 0 (torch refuses a 2-D input of no columns): no row gets a gradient
+    bag = embag.nn.EmbeddingBag(ROWS, DIM, mode="sum", sparse=sparse)
+    out = bag(torch.zeros((3, 0), dtype=torch.int64))
+    assert torch.equal(out, torch.zeros(3, DIM))
+    out.sum().backward()
+    assert torch.equal(bag.weight.grad.to_dense(), torch.zeros(ROWS, DIM))
+
+
+def test_sparse_gradients_come_back_as_the_callers_array_type():
+    g = torch.Generator().manual_seed(10)
+    indices, offsets = bags(g)
+    grad_output = torch.randn(5, DIM, generator=g)
+    for args in ((grad_output, indices), (grad_output.numpy(), indices), (grad_output, indices.numpy())):
+        rows, values = embag.embedding_bag_backward(args[0], args[1], ROWS, offsets.numpy(), mode="sum", sparse=True)
+        assert type(rows) is torch.Tensor and type(values) is torch.Tensor
+        assert rows.dtype == torch.int64 and values.shape == (len(rows), DIM)
+    rows, values = embag.embedding_bag_backward(grad_output.numpy(), indices.numpy(), ROWS, offsets.numpy(),
+                                                mode="sum", sparse=True)
+    assert type(rows) is np.ndarray and type(values) is np.ndarray
+    rows, values = embag.embedding_backward(grad_output, indices[:5], ROWS, sparse=True)
+    assert type(rows) is torch.Tensor and type(values) is torch.Tensor
+
+
 def test_per_sample_weights_gradient_matches_torch():
     g = torch.Generator().manual_seed(6)
     weight = torch.randn(ROWS, DIM, generator=g)
