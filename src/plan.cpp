@@ -291,11 +291,16 @@ namespace {
 // 32768 --dim 128 --mode sum`: 0.88 ms against 1.39) and 0.44x at D = 32 (`--rows 131072 --dim 32`:
 // 0.37 against 0.84); and a winner learnt on a 1.3 MB table, mostly in L2, lost 2x on a 13 MB one
 // (the FBGEMM harness's R = 10k and 100k, D = 32). The first candidate serves the calls too short
-// to time while no winner is known. No prefetch at all is a candidate within the LLC (and under
-// skew): a table that mostly stays in L2 pays for the prefetches and gains nothing (FBGEMM's
-// harness at R = 10k, D = 32 on a Xeon with 2 MiB of L2: `EMBAG_PREFETCH=none embag bench --rows
-// 10000 --dim 32 --mode sum` 0.160 ms, the l1 / l2 / l2-one-pass candidates 0.169 / 0.192 / 0.191);
-// past the LLC it would only cost its trials. Element types learn apart too: rows of 8-bit codes do
+// to time while no winner is known. No prefetch at all is a candidate in every class: a table
+// that mostly stays in L2 pays for the prefetches and gains nothing (FBGEMM's harness at R = 10k, D
+// = 32 on a Xeon with 2 MiB of L2: `EMBAG_PREFETCH=none embag bench --rows 10000 --dim 32 --mode
+// sum` 0.160 ms, the l1 / l2 / l2-one-pass candidates 0.169 / 0.192 / 0.191), and past the LLC
+// one-index bags read fastest without: their rows are independent loads the out-of-order window
+// keeps in flight by itself, where prefetches only took issue slots and fill buffers (R = 1M, D =
+// 128, `EMBAG_PREFETCH=none|l1:16|l1:8 embag bench --pooling 1 --mode sum --isa avx512`, five runs
+// each: 0.086-0.090 | 0.092-0.100 | 0.093-0.103 ms on 1 thread, 0.038-0.040 | 0.041-0.048 |
+// 0.041-0.048 on 2); on bags of 40 it costs its trials (none 5.2 ms, narrow passes 4.2-4.4).
+// Element types learn apart too: rows of 8-bit codes do
 // more work per byte, and on a 72 MB int8 table (R = 1M, D = 64, 72-byte rows, the row size class
 // of 128-byte fp32 rows) into L1 took 1.9x the time of into L2 in one pass, where on the fp32
 // table of D = 32 that had decided for both the candidates were within 5% (FBGEMM's harness,
@@ -312,12 +317,8 @@ struct learnt_prefetch : prefetch_trials {
 constexpr int element_classes = 4;  // 32, 16, 8 or 4 bits
 // max or not, short bags or not, row size, element size
 constexpr int sets_per_class = 2 * 2 * row_size_classes * element_classes;
-learnt_prefetch<prefetch_candidates> within_llc_sets[past_llc_class * sets_per_class];
-learnt_prefetch<no_prefetch> past_llc_sets[sets_per_class];  // every candidate before no_prefetch
-prefetch_trials& trial_set(int set) noexcept {
-  return set < past_llc_class * sets_per_class ? static_cast<prefetch_trials&>(within_llc_sets[set])
-                                                : past_llc_sets[set - past_llc_class * sets_per_class];
-}
+learnt_prefetch<prefetch_candidates> trial_sets[table_classes * sets_per_class];
+prefetch_trials& trial_set(int set) noexcept { return trial_sets[set]; }
 
 // table_bytes > half_l2; past_llc: past the LLC and read without skew.
 int trial_set_of(const forward_request& req, std::int64_t table_bytes, std::int64_t half_l2, bool past_llc) {
