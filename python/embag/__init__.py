@@ -160,6 +160,14 @@ def embedding_bag_backward(grad_output, input, num_weights, offsets=None, mode="
     Sparse: (rows, values), the sorted unique rows the call references (int64) and their gradient
     rows (len(rows) x D). Mode 'max' needs the max_indices embedding_bag_forward returned."""
     offsets, length, _ = _bags(input, offsets, per_sample_weights, include_last_offset, "embedding_bag_backward")
+    return _bag_backward(grad_output, input, num_weights, offsets, length, mode, per_sample_weights,
+                         include_last_offset, padding_idx, scale_grad_by_freq, max_indices, sparse, grad_weight)
+
+
+def _bag_backward(grad_output, input, num_weights, offsets, length, mode, per_sample_weights, include_last_offset,
+                  padding_idx, scale_grad_by_freq, max_indices, sparse, grad_weight=None):
+    """embedding_bag_backward on bags whose layout _bags has read: (offsets, fixed length) as it
+    returns them (embag.nn's backward keeps them from its forward)."""
     if sparse:  # tensors when grad_output or input is one
         return _embag.backward_sparse(num_weights, input, offsets, length, per_sample_weights, mode, padding_idx,
                                       include_last_offset, scale_grad_by_freq, grad_output, max_indices)

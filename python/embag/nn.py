@@ -89,16 +89,11 @@ class _EmbeddingBagFunction(torch.autograd.Function):
                                         include_last_offset=include_last_offset, padding_idx=padding_idx,
                                         scale_grad_by_freq=scale_grad_by_freq, max_indices=max_indices)
             return None, None, None, grad_per_sample_weights, None
+        grad_weight = embag._bag_backward(grad_output, input, weight.shape[0], bag_offsets, length, mode,
+                                          per_sample_weights, include_last_offset, padding_idx, scale_grad_by_freq,
+                                          max_indices, sparse)
         if sparse:
-            rows, values = embag._embag.backward_sparse(weight.shape[0], input, bag_offsets, length,
-                                                        per_sample_weights, mode, padding_idx, include_last_offset,
-                                                        scale_grad_by_freq, grad_output, max_indices)
-            grad_weight = _sparse_gradient(rows, values, weight.shape)
-        else:
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32)
-            embag._embag.backward_dense(input, bag_offsets, length, per_sample_weights, mode, padding_idx,
-                                        include_last_offset, scale_grad_by_freq, grad_output, grad_weight,
-                                        max_indices)
+            grad_weight = _sparse_gradient(*grad_weight, weight.shape)
         return grad_weight, None, None, grad_per_sample_weights, None
 
 
