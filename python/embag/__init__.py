@@ -17,13 +17,14 @@ import sys
 import numpy as np
 
 from ._embag import (Error, FileError, IndexOutOfRange, InvalidArgument, OutOfMemory, Table, UnsupportedArray,
-                     UpdateSummary, __version__, active_isa, available_isas, force_isa, get_num_threads, set_num_threads)
+                     UpdateSummary, __version__, active_isa, available_isas, force_isa, get_num_threads, set_num_threads,
+                     set_buffer_cache_limit, buffer_cache_bytes)
 from . import _embag
 
 __all__ = ["embedding_bag", "embedding", "embedding_bag_forward", "embedding_bag_backward", "embedding_backward",
            "per_sample_weights_grad", "embedding_bags", "backward_update", "apply_sparse_gradient", "UpdateSummary",
            "quantize", "Table", "available_isas", "active_isa",
-           "force_isa", "set_num_threads", "get_num_threads", "Error", "IndexOutOfRange", "InvalidArgument",
+           "force_isa", "set_num_threads", "get_num_threads", "set_buffer_cache_limit", "buffer_cache_bytes", "Error", "IndexOutOfRange", "InvalidArgument",
            "FileError", "OutOfMemory", "UnsupportedArray"]
 
 
@@ -37,8 +38,10 @@ def _torch_of(*arrays):
     return None
 
 
-def _empty(torch, shape, dtype):
-    return torch.empty(shape, dtype=getattr(torch, dtype)) if torch is not None else np.empty(shape, dtype)
+def _empty(shape, dtype, *like):
+    """A new array for an output, a torch.Tensor when one of like is (the caller's array type), in
+    memory the extension keeps for outputs (see set_buffer_cache_limit)."""
+    return _embag.empty(shape, dtype, like)
 
 
 def _zeros(torch, shape, dtype):
@@ -199,7 +202,7 @@ def per_sample_weights_grad(grad_output, weight, input, per_sample_weights, offs
     """The gradient of embedding_bag with respect to per_sample_weights (input's shape, float32):
     for 'sum', <grad_output[bag(j)], weight[input[j]]>; 0 for padding entries."""
     offsets, length, _ = _bags(input, offsets, per_sample_weights, include_last_offset, "per_sample_weights_grad")
-    grad = _empty(_torch_of(grad_output, input), tuple(input.shape), "float32")
+    grad = _empty(tuple(input.shape), "float32", grad_output, input)
     _embag.per_sample_weights_grad(weight, input, offsets, length, per_sample_weights, mode, padding_idx,
                                    include_last_offset, grad_output, grad.reshape(-1))
     return grad
@@ -259,7 +262,7 @@ def embedding_bags(lookups):
         include_last_offset = lookup.get("include_last_offset", False)
         offsets, length, bags = _bags(input, lookup.get("offsets"), per_sample_weights, include_last_offset,
                                       f"embedding_bags: lookups[{t}]")
-        outs.append(_empty(_torch_of(weight, input), (bags, _dim(weight, f"embedding_bags: lookups[{t}]")), "float32"))
+        outs.append(_empty((bags, _dim(weight, f"embedding_bags: lookups[{t}]")), "float32", weight, input))
         calls.append((weight, input, offsets, length, per_sample_weights, lookup.get("mode", "mean"),
                       lookup.get("padding_idx"), include_last_offset))
     _embag.forward_batched(calls, outs)

@@ -32,6 +32,7 @@
 #include "embag/embag.hpp"
 #include "embag/optim.hpp"
 #include "embag/quantize.hpp"
+#include "released_memory.hpp"
 
 namespace py = pybind11;
 using namespace py::literals;
@@ -516,6 +517,29 @@ py::object as_torch_tensor(py::object array) {
   return py::reinterpret_steal<py::object>(tensor);
 }
 
+// Output blocks Python released (released_memory.hpp says why they are kept).
+embag_python::released_pool<embag_python::output_block>& output_blocks() {
+  static auto* pool = new embag_python::released_pool<embag_python::output_block>;  // never destroyed: capsules may outlive exit
+  return *pool;
+}
+
+// A new C-contiguous array of `shape` and `type` in a kept block (or a new one): a NumPy array, or
+// a torch tensor sharing it (as_torch_tensor) when as_tensor. Such a tensor cannot be resize_()d
+// larger (its storage is the array's); torch's own outputs can.
+py::array new_block_array(const std::vector<py::ssize_t>& shape, const py::dtype& type) {
+  std::size_t bytes = static_cast<std::size_t>(type.itemsize());
+  for (py::ssize_t n : shape) bytes *= static_cast<std::size_t>(n);
+  auto* block = output_blocks().take([&](const embag_python::output_block& b) { return b.suits(bytes); });
+  if (block == nullptr) block = new embag_python::output_block(bytes);
+  py::capsule owner(block, [](void* p) { output_blocks().release(static_cast<embag_python::output_block*>(p)); });
+  return py::array(type, shape, block->data(), owner);
+}
+
+// A new array as the caller's type: shared with a tensor when as_tensor (torch was seen).
+py::object as_callers_type(py::array array, bool as_tensor) {
+  return as_tensor ? as_torch_tensor(std::move(array)) : py::object(std::move(array));
+}
+
 // The outputs of a forward call, allocated here once the arguments are read and checked: NumPy
 // arrays, or torch tensors when the weight or the input is one (the caller's array type). Each is
 // read back from what this module just made (C-contiguous, writable), without an export.
@@ -531,18 +555,9 @@ new_array allocate(bool as_tensor, std::int64_t rows, std::int64_t cols, element
   a.dims = 2;
   a.shape[0] = rows, a.shape[1] = cols;
   set_contiguous_strides(a);
-  py::array array = type == element::f32 ? py::array(py::array_t<float>({rows, cols}))
-                                         : py::array(py::array_t<std::int64_t>({rows, cols}));
+  py::array array = new_block_array({rows, cols}, type == element::f32 ? py::dtype::of<float>() : py::dtype::of<std::int64_t>());
   a.data = array.mutable_data();
-  made.object = std::move(array);
-  // A tensor made as a NumPy array, then shared (as_torch_tensor), not by torch.empty: torch
-  // allocates with posix_memalign, and the 1 MB output of an L = 1 call (R = 1M, D = 128, B =
-  // 2,048) freed by Python was not reused by the next call's, which landed a megabyte further on,
-  // so the outputs cycled through more memory than L2 holds and the kernel's stores missed it
-  // (forward on tensors 0.118 ms against 0.096 on NumPy arrays, 1 thread, `bench/python_bench.py
-  // --parts L1`). NumPy's malloc gets the freed block back each call. Such a tensor cannot be
-  // resize_()d larger (its storage is the array's); torch's own outputs can.
-  if (as_tensor) made.object = as_torch_tensor(std::move(made.object));
+  made.object = as_callers_type(std::move(array), as_tensor);
   return made;
 }
 
@@ -615,32 +630,16 @@ void backward_dense(py::handle indices, py::handle offsets, std::int64_t fixed_l
   embag::backward_dense(b.bags(), opts, matrix_of(dy), matrix_of(dw), argmax_span, &thread_workspace());
 }
 
-// Sparse gradients whose arrays Python released, kept for the next backward_sparse: a training
-// loop drops each step's gradient before the next, which then writes into memory already mapped.
-// Fresh memory cost more than the gradient itself: 20 of 26 ms per call on the default workload
-// (R = 1M, D = 128, B = 2048, L = 40: 40 MB of values), page faults and the kernel zeroing pages.
-// Taken and given back with the GIL held (capsule destructors run with it), so no lock.
-constexpr std::size_t kept_sparse_gradients = 4;
-std::vector<embag::sparse_gradient*>& sparse_gradient_pool() {
-  static auto* pool = new std::vector<embag::sparse_gradient*>;  // never destroyed: capsules may outlive exit
+// Sparse gradients whose arrays Python released (released_memory.hpp): a training loop drops each
+// step's gradient before the next, which then writes into memory already mapped.
+struct kept_gradient {
+  embag::sparse_gradient grad;
+  std::size_t bytes() const { return grad.rows.capacity() * sizeof(std::int64_t) + grad.values.capacity() * sizeof(float); }
+};
+
+embag_python::released_pool<kept_gradient>& sparse_gradients() {
+  static auto* pool = new embag_python::released_pool<kept_gradient>;  // never destroyed: capsules may outlive exit
   return *pool;
-}
-
-embag::sparse_gradient* recycled_sparse_gradient() {
-  auto& pool = sparse_gradient_pool();
-  if (pool.empty()) return new embag::sparse_gradient;
-  embag::sparse_gradient* grad = pool.back();
-  pool.pop_back();
-  return grad;
-}
-
-void recycle(embag::sparse_gradient* grad) {
-  auto& pool = sparse_gradient_pool();
-  if (pool.size() < kept_sparse_gradients) {
-    pool.push_back(grad);
-  } else {
-    delete grad;
-  }
 }
 
 // Returns (rows, values) as NumPy arrays owning the gradient's vectors (not copied).
@@ -654,8 +653,10 @@ py::tuple backward_sparse(std::int64_t num_weights, py::handle indices, py::hand
   std::optional<array_arg> arg = optional_contiguous(argmax, "max_indices", {{element::i64}, 2, false});
   std::span<const std::int64_t> argmax_span;
   if (arg) argmax_span = {static_cast<const std::int64_t*>(arg->data), static_cast<std::size_t>(arg->size())};
-  embag::sparse_gradient* grad = recycled_sparse_gradient();
-  py::capsule owner(grad, [](void* p) { recycle(static_cast<embag::sparse_gradient*>(p)); });
+  kept_gradient* kept = sparse_gradients().take([](const kept_gradient&) { return true; });  // its vectors grow as needed
+  if (kept == nullptr) kept = new kept_gradient;
+  py::capsule owner(kept, [](void* p) { sparse_gradients().release(static_cast<kept_gradient*>(p)); });
+  embag::sparse_gradient* grad = &kept->grad;
   {
     py::gil_scoped_release unlocked;
     embag::backward_sparse(num_weights, b.bags(), opts, matrix_of(dy), *grad, argmax_span, &thread_workspace());
@@ -1077,6 +1078,27 @@ PYBIND11_MODULE(_embag, m) {
             "set_num_threads(" + std::to_string(n) + "): the number of threads must be >= 0 (0: TBB's default)");
     max_threads.store(n, std::memory_order_relaxed);
   }, "threads"_a);
+  // An output the Python layer fills (through the library): a tensor when one of `like` is.
+  m.def("empty", [](const std::vector<py::ssize_t>& shape, const std::string& dtype, py::sequence like) {
+    bool as_tensor = std::any_of(like.begin(), like.end(), [](py::handle a) { return torch_tensor(a) != nullptr; });
+    return as_callers_type(new_block_array(shape, py::dtype(dtype)), as_tensor);
+  }, "shape"_a, "dtype"_a, "like"_a);
+  m.def("set_buffer_cache_limit", [](std::int64_t bytes) {
+    if (bytes < 0)
+      raise(errors().by_code[static_cast<int>(embag::errc::invalid_option)], "invalid_option",
+            "set_buffer_cache_limit(" + std::to_string(bytes) + "): the limit must be >= 0 bytes (0: keep nothing)");
+    embag_python::kept_bytes& cache = embag_python::buffer_cache();
+    std::size_t previous = cache.limit;
+    cache.limit = static_cast<std::size_t>(bytes);
+    output_blocks().trim();
+    sparse_gradients().trim();
+    return previous;
+  }, "bytes"_a,
+  "Bounds the memory of released outputs (forward outputs, sparse gradients) kept for the next calls' "
+  "outputs, which then need no fresh pages; drops what is kept over it; returns the previous limit "
+  "(default 256 MiB; 0 keeps nothing)");
+  m.def("buffer_cache_bytes", [] { return embag_python::buffer_cache().held; },
+        "Bytes of released outputs kept for the next calls (see set_buffer_cache_limit)");
   m.def("get_num_threads", [] {
     int n = max_threads.load(std::memory_order_relaxed);
     return n == 0 ? embag::default_threads() : n;

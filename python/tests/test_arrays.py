@@ -16,9 +16,62 @@ def test_output_is_a_new_array_aliasing_no_input():
     weight = np.ones((10, 8), np.float32)
     indices, offsets = np.array([1, 2, 3]), np.array([0, 1])
     out = embag.embedding_bag(indices, weight, offsets)
-    assert type(out) is np.ndarray and out.flags.c_contiguous and out.flags.owndata
+    assert type(out) is np.ndarray and out.flags.c_contiguous and out.flags.writeable
     for array in (weight, indices, offsets):
         assert not np.shares_memory(out, array)
+
+
+def _address(array):
+    return array.__array_interface__["data"][0]
+
+
+def test_a_released_outputs_memory_serves_the_next_output():
+    """Fresh memory costs page faults (released_memory.hpp): a released output's block is reused even
+    when the process's allocator handed the freed memory to someone else in between."""
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((1000, 128)).astype(np.float32)
+    indices, offsets = rng.integers(0, 1000, 2048), np.arange(2048)
+    out = embag.embedding_bag(indices, weight, offsets, mode="sum")
+    first = _address(out)
+    del out
+    other = np.ones((2048, 128), np.float32)  # what malloc would give the next output
+    again = embag.embedding_bag(indices, weight, offsets, mode="sum")
+    assert _address(again) == first and not np.shares_memory(again, other)
+    np.testing.assert_array_equal(again, embag.embedding_bag(indices, weight, offsets, mode="sum"))
+
+
+def test_an_output_still_seen_through_a_view_is_not_reused():
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((100, 64)).astype(np.float32)
+    indices, offsets = rng.integers(0, 100, 512), np.arange(512)
+    out = embag.embedding_bag(indices, weight, offsets, mode="sum")
+    view, expected = out[1:], out[1:].copy()
+    del out
+    for _ in range(3):
+        other = embag.embedding_bag(indices[::-1].copy(), weight, offsets, mode="sum")
+        assert not np.shares_memory(other, view)
+    np.testing.assert_array_equal(view, expected)
+
+
+def test_the_buffer_cache_keeps_released_outputs_up_to_its_limit():
+    weight = np.ones((100, 64), np.float32)
+    indices, offsets = np.arange(4096) % 100, np.arange(4096)
+    previous = embag.set_buffer_cache_limit(0)
+    try:
+        assert embag.buffer_cache_bytes() == 0
+        embag.embedding_bag(indices, weight, offsets)  # released at once, and not kept
+        assert embag.buffer_cache_bytes() == 0
+        embag.set_buffer_cache_limit(1 << 20)
+        embag.embedding_bag(indices, weight, offsets)  # 4096 x 64 floats: exactly 1 MiB
+        assert embag.buffer_cache_bytes() == 1 << 20
+        embag.embedding_bag(indices[:2048], weight, offsets[:2048])  # served by the kept block
+        assert embag.buffer_cache_bytes() == 1 << 20
+        assert embag.set_buffer_cache_limit(1000) == 1 << 20
+        assert embag.buffer_cache_bytes() == 0  # lowering the limit drops what is over it
+        with pytest.raises(embag.InvalidArgument, match="must be >= 0"):
+            embag.set_buffer_cache_limit(-1)
+    finally:
+        embag.set_buffer_cache_limit(previous)
 
 
 def test_read_only_and_mapped_inputs_are_accepted(tmp_path):

@@ -176,6 +176,32 @@ def test_sparse_gradients_come_back_as_the_callers_array_type():
     assert type(rows) is torch.Tensor and type(values) is torch.Tensor
 
 
+def test_outputs_made_in_kept_memory_are_the_callers_array_type():
+    g = torch.Generator().manual_seed(11)
+    indices, offsets = bags(g)
+    weight, psw = torch.randn(ROWS, DIM, generator=g), torch.rand(len(indices), generator=g)
+    for args in ((indices, weight), (indices.numpy(), weight), (indices, weight.numpy())):
+        (out,) = embag.embedding_bags([{"input": args[0], "weight": args[1], "offsets": offsets, "mode": "sum"}])
+        assert type(out) is torch.Tensor and out.shape == (len(offsets), DIM)
+        grad = embag.per_sample_weights_grad(torch.ones(len(offsets), DIM), args[1], args[0], psw, offsets)
+        assert type(grad) is torch.Tensor and grad.shape == indices.shape
+    (out,) = embag.embedding_bags([{"input": indices.numpy(), "weight": weight.numpy(), "offsets": offsets.numpy()}])
+    assert type(out) is np.ndarray
+
+
+def test_a_tensor_output_still_seen_through_a_view_is_not_reused():
+    g = torch.Generator().manual_seed(12)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    indices, offsets = torch.randint(0, ROWS, (4096,), generator=g), torch.arange(4096)
+    out = embag.embedding_bag(indices, weight, offsets, mode="sum")
+    view, expected = out[1:], out[1:].clone()
+    del out
+    for _ in range(3):
+        other = embag.embedding_bag(indices.flip(0), weight, offsets, mode="sum")
+        assert other.data_ptr() != view.data_ptr() - DIM * 4
+    assert torch.equal(view, expected)
+
+
 def test_per_sample_weights_gradient_matches_torch():
     g = torch.Generator().manual_seed(6)
     weight = torch.randn(ROWS, DIM, generator=g)
