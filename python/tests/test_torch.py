@@ -132,6 +132,62 @@ def test_module_gradients_match_torch(mode, sparse, padding_idx):
         assert torch.equal(ours.weight.grad.coalesce()._indices()[0], rows)
 
 
+@pytest.mark.parametrize("layout", ["offsets", "include_last_offset", "2-D input", "int32", "weights", "mean"])
+def test_one_index_bags_have_torchs_sparse_gradient(layout):
+    """Bags of one index each: the gradient is torch's own (uncoalesced, the input's rows in order,
+    grad_output's rows as values), not embag's sorted unique rows (embag.nn._one_index_bags_gradient)."""
+    g = torch.Generator().manual_seed(13)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    indices = torch.randint(0, ROWS, (12,), generator=g)
+    indices[5] = indices[2]  # a row twice: kept twice, as torch keeps it
+    offsets = torch.arange(12)
+    args, options, forward_options = (indices, offsets), {"mode": "sum"}, {}
+    if layout == "include_last_offset":
+        args, options = (indices, torch.arange(13)), {"mode": "sum", "include_last_offset": True}
+    elif layout == "2-D input":
+        args = (indices.reshape(12, 1),)
+    elif layout == "int32":
+        args = (indices.int(), offsets.int())
+    elif layout == "weights":
+        forward_options = {"per_sample_weights": torch.rand(12, generator=g)}
+    elif layout == "mean":
+        options = {"mode": "mean"}
+    grads = []
+    for module in (embag.nn.EmbeddingBag, torch.nn.EmbeddingBag):
+        bag = module.from_pretrained(weight, freeze=False, sparse=True, **options)
+        out = bag(*args, **forward_options)
+        (out * torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape)).sum().backward()
+        grads.append(bag.weight.grad)
+    ours, theirs = grads
+    assert torch.equal(ours._indices(), theirs._indices())
+    assert torch.equal(ours._indices()[0], indices)
+    torch.testing.assert_close(ours._values(), theirs._values(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("case", ["two indices in a bag", "an empty bag", "padding_idx", "scale_grad_by_freq"])
+def test_other_bags_keep_embags_coalesced_gradient(case):
+    g = torch.Generator().manual_seed(14)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    indices, offsets, options = torch.randint(0, ROWS, (6,), generator=g), torch.arange(6), {}
+    if case == "two indices in a bag":
+        offsets = torch.tensor([0, 1, 3, 4, 5])
+    elif case == "an empty bag":
+        offsets = torch.tensor([0, 1, 1, 2, 3, 4, 5])
+    elif case == "padding_idx":
+        options = {"padding_idx": int(indices[0])}
+    else:
+        options = {"scale_grad_by_freq": True}
+    grads = []
+    for module in (embag.nn.EmbeddingBag, torch.nn.EmbeddingBag):
+        # torch has no sparse gradient scaled by frequency (embag has): its dense one there
+        sparse = module is embag.nn.EmbeddingBag or case != "scale_grad_by_freq"
+        bag = module.from_pretrained(weight, freeze=False, mode="sum", sparse=sparse, **options)
+        bag(indices, offsets).sum().backward()
+        grads.append(bag.weight.grad)
+    assert torch.equal(grads[0]._indices()[0], torch.unique(grads[0]._indices()[0]))
+    torch.testing.assert_close(grads[0].to_dense(), grads[1].to_dense(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("layout", ["2-D input", "include_last_offset"])
 def test_module_gradients_match_torch_on_each_bag_layout(layout, sparse):
