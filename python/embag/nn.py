@@ -33,9 +33,10 @@ def _one_index_bags_gradient(grad_output, input, bag_offsets, length, bags, mode
     bag, the input as it is (uncoalesced: a row may repeat), its values grad_output's rows (times
     the bag's weight). Nothing is summed within such a bag, so coalescing (a sort by row, then
     grad_output's rows gathered in row order) would only shrink the gradient where rows repeat
-    across bags, at the price of that sort: a training step of 2,048 one-index bags (R = 1M, D =
-    128) 0.288 -> 0.267 ms on 1 thread and 0.200 -> 0.149 on 2 (torch's 0.272 and 0.165). None for
-    other bags, and where the library's form is needed (padding_idx, scale_grad_by_freq, weights
+    across bags, at the price of that sort: the training step of `bench/python_bench.py --parts L1`
+    (2,048 one-index bags, R = 1M, D = 128) 0.315 -> 0.291 ms on 1 thread and 0.201 -> 0.181 on 2
+    (torch's 0.271-0.279 and 0.166-0.170). torch makes the same form (its index_select). None for
+    other bags and where the library's form is needed (padding_idx, scale_grad_by_freq, weights
     outside mode sum)."""
     if padding_idx is not None or scale_grad_by_freq or (per_sample_weights is not None and mode != "sum"):
         return None
