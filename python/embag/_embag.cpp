@@ -1,7 +1,8 @@
 // embag._embag: the library's public API (embag.hpp, batched.hpp, quantize.hpp, optim.hpp) on NumPy arrays and
 // CPU PyTorch tensors, without copying either. embag/__init__.py gives it torch's signatures; this
-// file checks arrays, calls the library, and allocates the forward's outputs as the caller's array
-// type (the Python layer allocates the others).
+// file checks arrays, calls the library, and allocates the outputs as the caller's array type in
+// memory released outputs left (released_memory.hpp): the forward's, the sparse gradients, and
+// through empty() the Python layer's others (the zeroed dense gradients excepted: fresh zero pages).
 //
 // Arrays arrive through the buffer protocol (NumPy, memoryview, anything exporting one), as torch
 // tensors (read through their attributes: data_ptr(), shape, stride(), dtype), or through DLPack
