@@ -524,14 +524,27 @@ embag_python::released_pool<embag_python::output_block>& output_blocks() {
   return *pool;
 }
 
-// A new C-contiguous array of `shape` and `type` in a kept block (or a new one): a NumPy array, or
-// a torch tensor sharing it (as_torch_tensor) when as_tensor. Such a tensor cannot be resize_()d
-// larger (its storage is the array's); torch's own outputs can.
+// A new C-contiguous NumPy array of `shape` and `type` in a kept block (or a new one); the block
+// goes back to the pool when the array (and whatever shares it: views, a tensor) is released.
 py::array new_block_array(const std::vector<py::ssize_t>& shape, const py::dtype& type) {
+  const auto refused = [&](embag::errc code, const char* why) {
+    std::string extents;
+    for (py::ssize_t n : shape) extents += (extents.empty() ? "" : ", ") + std::to_string(n);
+    return embag::error(code, "an output of shape (" + extents + ") and dtype " + py::cast<std::string>(type.attr("name")) +
+                                  ": " + why);
+  };
   std::size_t bytes = static_cast<std::size_t>(type.itemsize());
-  for (py::ssize_t n : shape) bytes *= static_cast<std::size_t>(n);
+  for (py::ssize_t n : shape) {
+    if (n < 0) throw refused(embag::errc::invalid_shape, "an extent is negative");
+    if (__builtin_mul_overflow(bytes, static_cast<std::size_t>(n), &bytes) || bytes > static_cast<std::size_t>(PTRDIFF_MAX))
+      throw refused(embag::errc::size_overflow, "its size in bytes overflows");
+  }
   auto* block = output_blocks().take([&](const embag_python::output_block& b) { return b.suits(bytes); });
-  if (block == nullptr) block = new embag_python::output_block(bytes);
+  try {
+    if (block == nullptr) block = new embag_python::output_block(bytes);
+  } catch (const std::bad_alloc&) {
+    throw refused(embag::errc::out_of_memory, "out of memory");
+  }
   py::capsule owner(block, [](void* p) { output_blocks().release(static_cast<embag_python::output_block*>(p)); });
   return py::array(type, shape, block->data(), owner);
 }

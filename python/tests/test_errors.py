@@ -74,3 +74,15 @@ def test_file_errors_are_os_errors(tmp_path):
     with pytest.raises(embag.InvalidArgument, match="garbage.embag") as caught:
         embag.Table.open(str(garbage))
     assert caught.value.code == "bad_file"
+
+
+@pytest.mark.parametrize("shape, error, code, why", [
+    ((1 << 20, 1 << 28), embag.OutOfMemory, "out_of_memory", "out of memory"),
+    ((1 << 40, 1 << 40), embag.InvalidArgument, "size_overflow", "its size in bytes overflows"),
+    ((-1, 3), embag.InvalidArgument, "invalid_shape", "an extent is negative"),
+])
+def test_an_output_that_cannot_be_made_is_an_error_naming_its_shape(shape, error, code, why):
+    # the extension's allocator of outputs (embag.embedding_bags, per_sample_weights_grad ask it)
+    with pytest.raises(error, match=f"an output of shape \\({shape[0]}, {shape[1]}\\) and dtype float32: {why}") as caught:
+        embag._embag.empty(shape, "float32", ())
+    assert caught.value.code == code
