@@ -36,8 +36,8 @@ inline kept_bytes& buffer_cache() {
 // whole cache lines).
 class output_block {
  public:
-  explicit output_block(std::size_t bytes)
-      : capacity_((bytes + 4095) / 4096 * 4096), data_(std::aligned_alloc(64, capacity_ == 0 ? 4096 : capacity_)) {
+  explicit output_block(std::size_t bytes)  // whole pages, at least one
+      : capacity_(bytes == 0 ? 4096 : (bytes + 4095) / 4096 * 4096), data_(std::aligned_alloc(64, capacity_)) {
     if (data_ == nullptr) throw std::bad_alloc();
   }
   output_block(const output_block&) = delete;
