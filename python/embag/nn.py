@@ -40,16 +40,16 @@ def _one_index_bags_gradient(grad_output, input, bag_offsets, length, bags, mode
     outside mode sum)."""
     if padding_idx is not None or scale_grad_by_freq or (per_sample_weights is not None and mode != "sum"):
         return None
-    positions = torch.arange(bags)
     if bag_offsets is None:  # a 2-D input: B bags of `length`
         if length != 1:
             return None
-        rows = input.reshape(-1)
-    else:
+        rows, positions = input.reshape(-1), torch.arange(bags)
+    else:  # offsets 0, 1, ..., B - 1 (and B last, with include_last_offset)
         rows = input
-        if rows.shape[0] != bags or not torch.equal(bag_offsets[:bags], positions.to(bag_offsets.dtype)):
+        if rows.shape[0] != bags:
             return None
-        if include_last_offset and int(bag_offsets[bags]) != bags:
+        positions = torch.arange(bags, dtype=bag_offsets.dtype)
+        if not torch.equal(bag_offsets[:bags], positions) or (include_last_offset and int(bag_offsets[bags]) != bags):
             return None
     # The values: grad_output's rows, each bag's row times its weight, gathered by the library as
     # bags of one index into its rows (embag's threads: a torch copy_ here woke torch's OpenMP
