@@ -161,9 +161,16 @@ class _EmbeddingFunction(torch.autograd.Function):
             ctx.fused_optimizer._update(weight, grad_output.reshape(-1, grad_output.shape[-1]), input.reshape(1, -1),
                                         mode="none", padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq)
             return None, None, None, None, None, None, None, None
+        shape = (rows, grad_output.shape[-1])
+        if sparse:  # each index a bag of its own: torch's form where _one_index_bags_gradient gives it
+            count = input.numel()
+            grad = _one_index_bags_gradient(grad_output.reshape(count, shape[1]), input.reshape(count, 1), None, 1, count,
+                                            "sum", None, False, padding_idx, scale_grad_by_freq, shape)
+            if grad is not None:
+                return grad, None, None, None, None, None, None, None
         grad = embag.embedding_backward(grad_output, input, rows, padding_idx, scale_grad_by_freq, sparse)
         if sparse:
-            grad = _sparse_gradient(grad[0], grad[1], (rows, grad_output.shape[-1]))
+            grad = _sparse_gradient(grad[0], grad[1], shape)
         return grad, None, None, None, None, None, None, None
 
 

@@ -287,6 +287,30 @@ def test_embedding_module_matches_torch():
         torch.testing.assert_close(ours.weight.grad.to_dense(), theirs.weight.grad.to_dense())
 
 
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_embedding_modules_sparse_gradient_is_torchs_without_padding(padding_idx):
+    # each index a bag of its own: without padding_idx, torch's form (the input's rows in order,
+    # a row repeated as often as it is looked up); with it, embag's sorted unique rows
+    g = torch.Generator().manual_seed(15)
+    weight = torch.randn(ROWS, DIM, generator=g)
+    input = torch.randint(0, ROWS, (3, 5), generator=g)
+    input[1, 2] = input[0, 0] = 3
+    grads = []
+    for module in (embag.nn.Embedding, torch.nn.Embedding):
+        embedding = module.from_pretrained(weight, freeze=False, padding_idx=padding_idx, sparse=True)
+        out = embedding(input)
+        (out * torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape)).sum().backward()
+        grads.append(embedding.weight.grad)
+    ours, theirs = grads
+    rows = ours._indices()[0]
+    if padding_idx is None:
+        assert torch.equal(rows, input.reshape(-1)) and torch.equal(ours._indices(), theirs._indices())
+        torch.testing.assert_close(ours._values(), theirs._values(), rtol=1e-6, atol=0)
+    else:
+        assert torch.equal(rows, torch.unique(rows))
+    torch.testing.assert_close(ours.to_dense(), theirs.to_dense(), rtol=1e-6, atol=1e-6)
+
+
 class Model(torch.nn.Module):
     def __init__(self, bag_module, sparse):
         super().__init__()
