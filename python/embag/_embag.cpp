@@ -425,6 +425,8 @@ std::optional<array_arg> optional_contiguous(py::handle object, std::string_view
 // A 2-D f32 table whose rows may be strided (a slice of a wider table): table_view has a row
 // stride, so only the elements within a row must be contiguous.
 void check_rows_in_place(const array_arg& a, std::string_view what) {
+  // no elements, no layout to read (torch gives an empty tensor any strides: (0, 0) after contiguous())
+  if (a.size() == 0) return;
   bool rows_dense = a.shape[1] == 1 || a.strides[1] == 1;
   bool rows_forward = a.shape[0] <= 1 || a.strides[0] >= a.shape[1];
   if (!rows_dense || !rows_forward)

@@ -311,6 +311,19 @@ def test_embedding_modules_sparse_gradient_is_torchs_without_padding(padding_idx
     torch.testing.assert_close(ours.to_dense(), theirs.to_dense(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("module", ["Embedding", "EmbeddingBag"])
+def test_sparse_gradient_of_no_indices_is_empty_as_torchs(module):
+    # autograd hands an empty gradient with strides (0, 0): read as a table of no rows
+    args = (torch.zeros(0, dtype=torch.int64),) * (1 if module == "Embedding" else 2)
+    grads = []
+    for namespace in (embag.nn, torch.nn):
+        layer = getattr(namespace, module)(ROWS, DIM, sparse=True)
+        layer(*args).sum().backward()
+        grads.append(layer.weight.grad)
+    assert grads[0]._indices().shape == grads[1]._indices().shape == (1, 0)
+    assert grads[0]._values().shape == grads[1]._values().shape == (0, DIM)
+
+
 class Model(torch.nn.Module):
     def __init__(self, bag_module, sparse):
         super().__init__()
