@@ -46,7 +46,7 @@ def _one_index_bags_gradient(grad_output, input, bag_offsets, length, bags, mode
         rows, positions = input.reshape(-1), torch.arange(bags)
     else:  # offsets 0, 1, ..., B - 1 (and B last, with include_last_offset)
         rows = input
-        if rows.shape[0] != bags:
+        if rows.shape[0] != bags or not isinstance(bag_offsets, torch.Tensor):
             return None
         positions = torch.arange(bags, dtype=bag_offsets.dtype)
         if not torch.equal(bag_offsets[:bags], positions) or (include_last_offset and int(bag_offsets[bags]) != bags):
