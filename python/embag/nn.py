@@ -38,7 +38,8 @@ def _one_index_bags_gradient(grad_output, input, bag_offsets, length, bags, mode
     (torch's 0.271-0.279 and 0.166-0.170). torch makes the same form (its index_select). None for
     other bags and where the library's form is needed (padding_idx, scale_grad_by_freq, weights
     outside mode sum)."""
-    if padding_idx is not None or scale_grad_by_freq or (per_sample_weights is not None and mode != "sum"):
+    if (padding_idx is not None or scale_grad_by_freq or (per_sample_weights is not None and mode != "sum")
+            or not isinstance(input, torch.Tensor)):
         return None
     if bag_offsets is None:  # a 2-D input: B bags of `length`
         if length != 1:
