@@ -448,13 +448,6 @@ void report_update_fetch_trial(const update_fetch_trial& trial, double seconds) 
 
 namespace {
 
-// Calls f with the indices as a typed pointer, so per-element loops do not branch on the type.
-template <class F>
-void with_indices(const bag_source& bags, F&& f) {
-  if (bags.index_kind == index_type::i32) f(static_cast<const std::int32_t*>(bags.indices));
-  else f(static_cast<const std::int64_t*>(bags.indices));
-}
-
 // Splits [0, n) into `chunks` nearly equal runs; chunk c is [n * c / chunks, n * (c + 1) / chunks).
 // Loops take both ends as locals: a bound recomputed in the loop condition was divided again after
 // every store through an int64 pointer, which may alias the n it reads (half of a histogram pass's

@@ -41,6 +41,13 @@ inline std::int64_t element_at(const void* data, index_type kind, std::int64_t i
   return kind == index_type::i32 ? static_cast<const std::int32_t*>(data)[i] : static_cast<const std::int64_t*>(data)[i];
 }
 
+// Calls f with the indices as a typed pointer, so per-element loops do not branch on the type.
+template <class F>
+void with_indices(const bag_source& bags, F&& f) {
+  if (bags.index_kind == index_type::i32) f(static_cast<const std::int32_t*>(bags.indices));
+  else f(static_cast<const std::int64_t*>(bags.indices));
+}
+
 // The end of bag b given its start, outside the kernels (which have their own per-ISA copy of
 // this rule).
 inline std::int64_t end_of_bag(const bag_source& bags, std::int64_t b, std::int64_t start) noexcept {

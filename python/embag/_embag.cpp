@@ -1101,8 +1101,7 @@ PYBIND11_MODULE(_embag, m) {
   }, "shape"_a, "dtype"_a, "like"_a);
   m.def("set_buffer_cache_limit", [](std::int64_t bytes) {
     if (bytes < 0)
-      raise(errors().by_code[static_cast<int>(embag::errc::invalid_option)], "invalid_option",
-            "set_buffer_cache_limit(" + std::to_string(bytes) + "): the limit must be >= 0 bytes (0: keep nothing)");
+      invalid_option("set_buffer_cache_limit(" + std::to_string(bytes) + "): the limit must be >= 0 bytes (0: keep nothing)");
     embag_python::kept_bytes& cache = embag_python::buffer_cache();
     std::size_t previous = cache.limit;
     cache.limit = static_cast<std::size_t>(bytes);

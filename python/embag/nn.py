@@ -27,8 +27,8 @@ def _sparse_gradient(rows, values, shape):
     return torch._sparse_coo_tensor_unsafe(rows.unsqueeze(0), values, shape)
 
 
-def _one_index_bags_gradient(grad_output, input, bag_offsets, length, bags, mode, per_sample_weights,
-                             include_last_offset, padding_idx, scale_grad_by_freq, shape):
+def _one_index_bags_gradient(grad_output, input, bag_offsets, length, bags, mode, per_sample_weights, padding_idx,
+                             scale_grad_by_freq, shape):
     """When every bag holds exactly one index, the sparse gradient in torch's own form: one row per
     bag, the input as it is (uncoalesced: a row may repeat), its values grad_output's rows (times
     the bag's weight). Nothing is summed within such a bag, so coalescing (a sort by row, then
@@ -45,12 +45,12 @@ def _one_index_bags_gradient(grad_output, input, bag_offsets, length, bags, mode
         if length != 1:
             return None
         rows, positions = input.reshape(-1), torch.arange(bags)
-    else:  # offsets 0, 1, ..., B - 1 (and B last, with include_last_offset)
+    else:  # offsets 0, 1, ..., B - 1 (a last offset, with include_last_offset, is len(input): forward checked it)
         rows = input
         if rows.shape[0] != bags or not isinstance(bag_offsets, torch.Tensor):
             return None
         positions = torch.arange(bags, dtype=bag_offsets.dtype)
-        if not torch.equal(bag_offsets[:bags], positions) or (include_last_offset and int(bag_offsets[bags]) != bags):
+        if not torch.equal(bag_offsets[:bags], positions):
             return None
     # The values: grad_output's rows, each bag's row times its weight, gathered by the library as
     # bags of one index into its rows (embag's threads: a torch copy_ here woke torch's OpenMP
@@ -127,8 +127,7 @@ class _EmbeddingBagFunction(torch.autograd.Function):
             return None, None, None, grad_per_sample_weights, None
         if sparse and mode != "max":
             grad_weight = _one_index_bags_gradient(grad_output, input, bag_offsets, length, grad_output.shape[0], mode,
-                                                   per_sample_weights, include_last_offset, padding_idx,
-                                                   scale_grad_by_freq, weight.shape)
+                                                   per_sample_weights, padding_idx, scale_grad_by_freq, weight.shape)
             if grad_weight is not None:
                 return grad_weight, None, None, grad_per_sample_weights, None
         grad_weight = embag._bag_backward(grad_output, input, weight.shape[0], bag_offsets, length, mode,
@@ -166,7 +165,7 @@ class _EmbeddingFunction(torch.autograd.Function):
         if sparse:  # each index a bag of its own: torch's form where _one_index_bags_gradient gives it
             count = input.numel()
             grad = _one_index_bags_gradient(grad_output.reshape(count, shape[1]), input.reshape(count, 1), None, 1, count,
-                                            "sum", None, False, padding_idx, scale_grad_by_freq, shape)
+                                            "sum", None, padding_idx, scale_grad_by_freq, shape)
             if grad is not None:
                 return grad, None, None, None, None, None, None, None
         grad = embag.embedding_backward(grad_output, input, rows, padding_idx, scale_grad_by_freq, sparse)

@@ -284,11 +284,7 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   owner_of.resize(static_cast<std::size_t>(source.nnz));
   const auto per_rank = [&] { return std::vector<std::int64_t>(static_cast<std::size_t>(ranks), 0); };
   std::vector<std::int64_t> rows_to = per_rank(), bags_to = per_rank(), last_bag(static_cast<std::size_t>(ranks), -1);
-  const auto with_indices = [&](const auto& walk) {
-    if (source.index_kind == index_type::i32) walk(static_cast<const std::int32_t*>(source.indices));
-    else walk(static_cast<const std::int64_t*>(source.indices));
-  };
-  with_indices([&](const auto* indices) {
+  detail::with_indices(source, [&](const auto* indices) {
     std::int64_t begin = 0;
     for (std::int64_t b = 0; b < source.num_bags; ++b) {
       const std::int64_t end = detail::end_of_bag(source, b, begin);
@@ -324,7 +320,7 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
     if (weighted) k.coefficients.resize(static_cast<std::size_t>(rows_to[o]));
     write_at[o] = {k.rows.data(), k.bag_of.data(), k.lengths.data(), k.coefficients.data(), part.first(o)};
   }
-  with_indices([&](const auto* indices) {
+  detail::with_indices(source, [&](const auto* indices) {
     std::int64_t begin = 0;
     for (std::int64_t b = 0; b < source.num_bags; ++b) {
       const std::int64_t end = detail::end_of_bag(source, b, begin);
