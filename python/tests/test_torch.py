@@ -164,7 +164,8 @@ def test_one_index_bags_have_torchs_sparse_gradient(layout):
     torch.testing.assert_close(ours._values(), theirs._values(), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("case", ["two indices in a bag", "an empty bag", "padding_idx", "scale_grad_by_freq"])
+@pytest.mark.parametrize("case", ["two indices in a bag", "an empty bag", "as many bags as indices, one empty",
+                                  "padding_idx", "scale_grad_by_freq"])
 def test_other_bags_keep_embags_coalesced_gradient(case):
     g = torch.Generator().manual_seed(14)
     weight = torch.randn(ROWS, DIM, generator=g)
@@ -173,6 +174,8 @@ def test_other_bags_keep_embags_coalesced_gradient(case):
         offsets = torch.tensor([0, 1, 3, 4, 5])
     elif case == "an empty bag":
         offsets = torch.tensor([0, 1, 1, 2, 3, 4, 5])
+    elif case == "as many bags as indices, one empty":  # and one of two: the count alone would pass them
+        offsets = torch.tensor([0, 1, 1, 3, 4, 5])
     elif case == "padding_idx":
         options = {"padding_idx": int(indices[0])}
     else:
