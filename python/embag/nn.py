@@ -42,11 +42,14 @@ def _one_index_bags_gradient(grad_output, input, bag_offsets, length, mode, per_
     if (padding_idx is not None or scale_grad_by_freq or (per_sample_weights is not None and mode != "sum")
             or not isinstance(input, torch.Tensor)):
         return None
-    rows = input.reshape(-1)  # a 2-D input is B bags of `length`
+    # torch's calls are few here: each costs microseconds in the caches the kernel has just emptied
+    rows = input if input.ndim == 1 else input.reshape(-1)  # a 2-D input is B bags of `length`
     values = embag._embag.one_index_bags_values(grad_output, rows.shape[0], bag_offsets, length, per_sample_weights)
     if values is None:
         return None
-    return torch._sparse_coo_tensor_unsafe(rows.long().unsqueeze(0), values, shape)
+    if rows.dtype is not torch.int64:
+        rows = rows.long()
+    return torch._sparse_coo_tensor_unsafe(rows.unsqueeze(0), values, shape)
 
 
 def _float32_cpu(tensor, what):
@@ -55,12 +58,10 @@ def _float32_cpu(tensor, what):
                                      f"{tensor.device}")
 
 
-def _trainable_weight(module):
-    """A float32 CPU weight, or a 16-bit one that gets no gradient: trained by a fused optimizer
-    (which updates it in 16 bits) or frozen. torch has no 16-bit gradient embag could give it."""
-    weight = module.weight
-    if weight.dtype == torch.float32 and weight.is_cpu:  # the common case first: no torch.device made
-        return
+def _trainable_weight(module, weight):
+    """module's weight: a float32 CPU weight, or a 16-bit one that gets no gradient: trained by a
+    fused optimizer (which updates it in 16 bits) or frozen. torch has no 16-bit gradient embag could
+    give it. The modules' forward check the common case (a float32 CPU weight) before calling this."""
     if weight.dtype in (torch.float16, torch.bfloat16) and weight.device.type == "cpu":
         if module.fused_optimizer is not None or not weight.requires_grad:
             return
@@ -168,8 +169,10 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
     fused_optimizer = None  # the embag.optim optimizer that updates the weight in backward, if any
 
     def forward(self, input, offsets=None, per_sample_weights=None):
-        _trainable_weight(self)
-        return _EmbeddingBagFunction.apply(self.weight, input, offsets, per_sample_weights, self)
+        weight = self.weight  # a parameter: each read goes through torch.nn.Module.__getattr__
+        if weight.dtype is not torch.float32 or not weight.is_cpu:
+            _trainable_weight(self, weight)
+        return _EmbeddingBagFunction.apply(weight, input, offsets, per_sample_weights, self)
 
 
 class Embedding(torch.nn.Embedding):
@@ -178,6 +181,8 @@ class Embedding(torch.nn.Embedding):
     fused_optimizer = None  # as EmbeddingBag's
 
     def forward(self, input):
-        _trainable_weight(self)
-        return _EmbeddingFunction.apply(self.weight, input, self.padding_idx, self.max_norm, self.norm_type,
+        weight = self.weight
+        if weight.dtype is not torch.float32 or not weight.is_cpu:
+            _trainable_weight(self, weight)
+        return _EmbeddingFunction.apply(weight, input, self.padding_idx, self.max_norm, self.norm_type,
                                         self.scale_grad_by_freq, self.sparse, self.fused_optimizer)

@@ -327,6 +327,22 @@ def test_sparse_gradient_of_no_indices_is_empty_as_torchs(module):
     assert grads[0]._values().shape == grads[1]._values().shape == (0, DIM)
 
 
+@pytest.mark.parametrize("module", ["Embedding", "EmbeddingBag"])
+def test_a_modules_weight_must_be_one_embag_can_give_a_gradient(module):
+    args = (torch.tensor([1, 2]),) if module == "Embedding" else (torch.tensor([1, 2]), torch.tensor([0]))
+    layer = getattr(embag.nn, module)(ROWS, DIM)
+    with torch.no_grad():
+        layer.weight.data = layer.weight.data.half()
+    with pytest.raises(embag.UnsupportedArray, match="a torch.float16 weight trains only with an embag.optim optimizer"):
+        layer(*args)
+    layer.weight.requires_grad_(False)  # frozen: read in 16 bits
+    torch.testing.assert_close(layer(*args), getattr(torch.nn, module).from_pretrained(layer.weight.float())(*args),
+                               rtol=1e-3, atol=1e-3)
+    layer.weight.data = layer.weight.data.double()
+    with pytest.raises(embag.UnsupportedArray, match="weight must be a float32 CPU tensor, got torch.float64"):
+        layer(*args)
+
+
 class Model(torch.nn.Module):
     def __init__(self, bag_module, sparse):
         super().__init__()
