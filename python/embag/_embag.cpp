@@ -690,55 +690,27 @@ py::tuple backward_sparse(std::int64_t num_weights, py::handle indices, py::hand
   return py::make_tuple(row_ids, values);
 }
 
-// Whether bag b is index b for every one of `bags` bags (offsets 0, 1, ..., B - 1, or bags of one
-// index each): offsets forward accepted, so they rise from 0, and equal positions only if no bag is
-// empty or longer.
-template <typename Index>
-bool each_bag_is_its_position(const Index* offsets, std::int64_t bags) {
-  for (std::int64_t b = 0; b < bags; ++b)
-    if (offsets[b] != b) return false;
-  return true;
-}
-
-// The values of torch's sparse gradient of bags that each hold one index, bag b being index b:
-// grad_output's rows, each times its bag's weight, in a new array (rows = the input as it is,
-// made by embag.nn); None for other bags. Nothing is summed, so the rows need no sort. The
-// offsets are checked here, a pass that took torch three calls (arange, a slice, equal) and some
-// microseconds of each small training step.
-py::object one_index_bags_values(py::handle grad_output, std::int64_t num_indices, py::handle offsets,
-                                 std::int64_t fixed_length, py::handle weights) {
+// grad_output's rows in a new array: the values of embag.nn.Embedding's sparse gradient in torch's
+// form (one row per index, uncoalesced), copied by the library's threads as bags of one index (a
+// torch copy_ there woke torch's OpenMP threads, whose spinning then held the core embag's second
+// thread wanted: 0.26 ms on 2 threads for 2,048 rows of 128).
+py::object copy_rows(py::handle grad_output) {
   array_arg dy = contiguous(grad_output, "grad_output", {{element::f32}, 2, false});
-  std::int64_t bags = dy.shape[0];
-  if (num_indices != bags) return py::none();
-  if (offsets.is_none()) {
-    if (fixed_length != 1) return py::none();
-  } else {
-    array_arg o = contiguous(offsets, "offsets", index_array);
-    if (o.size() < bags) return py::none();
-    bool each = o.type == element::i32 ? each_bag_is_its_position(static_cast<const std::int32_t*>(o.data), bags)
-                                       : each_bag_is_its_position(static_cast<const std::int64_t*>(o.data), bags);
-    if (!each) return py::none();
-  }
-  // gathered by the library as bags of one index into grad_output's rows: its threads (a torch
-  // copy_ here woke torch's OpenMP threads, whose spinning then held the core embag's second
-  // thread wanted: 0.26 ms on 2 threads)
+  const std::int64_t rows = dy.shape[0];
   thread_local std::vector<std::int64_t> positions;
-  if (static_cast<std::int64_t>(positions.size()) < bags) {
-    positions.resize(static_cast<std::size_t>(bags));
+  if (static_cast<std::int64_t>(positions.size()) < rows) {
+    positions.resize(static_cast<std::size_t>(rows));
     std::iota(positions.begin(), positions.end(), std::int64_t{0});
   }
-  std::optional<array_arg> w = optional_contiguous(weights, "per_sample_weights", {{element::f32}, -1, false});
-  std::span<const float> scale;
-  if (w) scale = {static_cast<const float*>(w->data), static_cast<std::size_t>(w->size())};
-  new_array values = allocate(dy.is_torch_tensor, bags, dy.shape[1], element::f32);
+  new_array copy = allocate(dy.is_torch_tensor, rows, dy.shape[1], element::f32);
   embag::options opts = make_options("sum", std::nullopt, false, false);
-  embag::table_view<const float> rows{static_cast<const float*>(dy.data), dy.shape[0], dy.shape[1], row_stride_of(dy)};
+  embag::table_view<const float> table{static_cast<const float*>(dy.data), rows, dy.shape[1], row_stride_of(dy)};
   {
     py::gil_scoped_release unlocked;
-    embag::forward(rows, embag::bags::fixed(std::span<const std::int64_t>(positions.data(), bags), 1, scale), opts,
-                   matrix_of(values.view), {}, &thread_workspace());
+    embag::forward(table, embag::bags::fixed(std::span<const std::int64_t>(positions.data(), static_cast<std::size_t>(rows)), 1),
+                   opts, matrix_of(copy.view), {}, &thread_workspace());
   }
-  return values.object;
+  return copy.object;
 }
 
 void per_sample_weights_grad(py::handle table, py::handle indices, py::handle offsets, std::int64_t fixed_length,
@@ -1083,8 +1055,7 @@ PYBIND11_MODULE(_embag, m) {
   m.def("backward_sparse", &backward_sparse, "num_weights"_a, "indices"_a, "offsets"_a, "fixed_length"_a,
         "per_sample_weights"_a, "mode"_a, "padding_idx"_a, "include_last_offset"_a, "scale_grad_by_freq"_a,
         "grad_output"_a, "max_indices"_a);
-  m.def("one_index_bags_values", &one_index_bags_values, "grad_output"_a, "num_indices"_a, "offsets"_a, "fixed_length"_a,
-        "per_sample_weights"_a);
+  m.def("copy_rows", &copy_rows, "grad_output"_a);
   m.def("per_sample_weights_grad", &per_sample_weights_grad, "weight"_a, "indices"_a, "offsets"_a, "fixed_length"_a,
         "per_sample_weights"_a, "mode"_a, "padding_idx"_a, "include_last_offset"_a, "grad_output"_a,
         "grad_per_sample_weights"_a);

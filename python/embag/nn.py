@@ -1,10 +1,11 @@
 """embag.nn: torch.nn.EmbeddingBag and torch.nn.Embedding computed by embag.
 
 Each is a subclass of torch's module with its constructor, from_pretrained, parameters, state_dict
-and repr unchanged; only forward differs, running embag's forward and, through a
-torch.autograd.Function, embag's backward: a dense or sparse weight gradient per `sparse=`, the
-per-sample-weights gradient, and max through the argmax forward records. Swapping one into a model
-is one line: `torch.nn.EmbeddingBag(...)` -> `embag.nn.EmbeddingBag(...)`.
+and repr unchanged; only forward differs, running embag's forward and embag's backward: a dense or
+sparse weight gradient per `sparse=`, the per-sample-weights gradient, and max through the argmax
+forward records. Swapping one into a model is one line: `torch.nn.EmbeddingBag(...)` ->
+`embag.nn.EmbeddingBag(...)`. EmbeddingBag runs as a C++ autograd node (embag._torch_nn, built
+where torch's C++ headers are: Debian's libtorch-dev), Embedding through a torch.autograd.Function.
 
 A module an embag.optim optimizer trains (its `fused_optimizer`) gets no weight gradient: its
 backward updates the weight in place (embag.backward_update), as TorchRec's fused optimizers do.
@@ -13,6 +14,11 @@ Such a weight may be float16 or bfloat16.
 import torch
 
 import embag
+
+try:
+    from embag import _torch_nn
+except ImportError:  # embag built without torch's C++ headers
+    _torch_nn = None
 
 __all__ = ["EmbeddingBag", "Embedding"]
 
@@ -24,31 +30,6 @@ def _sparse_gradient(rows, values, shape):
     step). torch's private constructor: what its own sparse embedding backward uses. (Not marked
     coalesced: torch 1.13's AccumulateGrad rebuilds the gradient it keeps with this same
     constructor, which drops the mark.)"""
-    return torch._sparse_coo_tensor_unsafe(rows.unsqueeze(0), values, shape)
-
-
-def _one_index_bags_gradient(grad_output, input, bag_offsets, length, mode, per_sample_weights, padding_idx,
-                             scale_grad_by_freq, shape):
-    """When every bag holds exactly one index, the sparse gradient in torch's own form: one row per
-    bag, the input as it is (uncoalesced: a row may repeat), its values grad_output's rows (times
-    the bag's weight). Nothing is summed within such a bag, so coalescing (a sort by row, then
-    grad_output's rows gathered in row order) would only shrink the gradient where rows repeat
-    across bags, at the price of that sort: the training step of `bench/python_bench.py --parts L1`
-    (2,048 one-index bags, R = 1M, D = 128) 0.315 -> 0.291 ms on 1 thread and 0.201 -> 0.181 on 2
-    (torch's 0.271-0.279 and 0.166-0.170). torch makes the same form (its index_select). None for
-    other bags and where the library's form is needed (padding_idx, scale_grad_by_freq, weights
-    outside mode sum). The extension checks the offsets (offsets[b] == b) and gathers the values in
-    one call: the check in torch (arange, a slice, equal) cost the same step 15 us."""
-    if (padding_idx is not None or scale_grad_by_freq or (per_sample_weights is not None and mode != "sum")
-            or not isinstance(input, torch.Tensor)):
-        return None
-    # torch's calls are few here: each costs microseconds in the caches the kernel has just emptied
-    rows = input if input.ndim == 1 else input.reshape(-1)  # a 2-D input is B bags of `length`
-    values = embag._embag.one_index_bags_values(grad_output, rows.shape[0], bag_offsets, length, per_sample_weights)
-    if values is None:
-        return None
-    if rows.dtype is not torch.int64:
-        rows = rows.long()
     return torch._sparse_coo_tensor_unsafe(rows.unsqueeze(0), values, shape)
 
 
@@ -71,13 +52,9 @@ def _trainable_weight(module, weight):
 
 
 class _EmbeddingBagFunction(torch.autograd.Function):
-    """The module's options come as the module itself, read once in forward; the bags' layout
-    (embag._bags) is taken once for both passes, and each pass calls the extension directly. On
-    calls of a tenth of a millisecond (L = 1, R = 1M, D = 128, B = 2,048) the Python around the
-    calls is the step's margin against torch's C++ autograd node: forward and backward of one bag
-    of one index through the module took 33 us when this Function called embag's public functions
-    with twelve arguments, 29 now, torch's 24 and a bare three-argument Function calling the
-    extension 24; so each Python call and argument here is counted."""
+    """EmbeddingBag where the C++ node does not run it: the weight of an embag.optim optimizer,
+    whose backward updates it in place (no weight gradient), or a frozen 16-bit weight. The
+    module's options come as the module itself, read once in forward."""
 
     @staticmethod
     def forward(ctx, weight, input, offsets, per_sample_weights, module):
@@ -88,43 +65,30 @@ class _EmbeddingBagFunction(torch.autograd.Function):
                                       include_last_offset, module.max_norm, module.norm_type, bags, weight.shape[1],
                                       mode == "max")
         output, max_indices = output if mode == "max" else (output, None)
-        ctx.save_for_backward(weight, input, offsets, bag_offsets, per_sample_weights, max_indices)
-        ctx.options = (length, mode, padding_idx, include_last_offset, module.scale_grad_by_freq, module.sparse,
-                       module.fused_optimizer)
+        ctx.save_for_backward(weight, input, offsets, per_sample_weights, max_indices)
+        ctx.options = (mode, padding_idx, include_last_offset, module.scale_grad_by_freq, module.fused_optimizer)
         return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        weight, input, offsets, bag_offsets, per_sample_weights, max_indices = ctx.saved_tensors
-        length, mode, padding_idx, include_last_offset, scale_grad_by_freq, sparse, fused_optimizer = ctx.options
+        weight, input, offsets, per_sample_weights, max_indices = ctx.saved_tensors
+        mode, padding_idx, include_last_offset, scale_grad_by_freq, fused_optimizer = ctx.options
         # autograd may hand an expanded (stride 0) gradient, as sum() does: the library reads rows
         # in place, so make it contiguous here (B x D, the size of the output, never the table)
         grad_output = grad_output.contiguous()
         grad_per_sample_weights = None
-        # before a fused update: the weights' gradient reads the rows forward read
+        # before the update: the weights' gradient reads the rows forward read
         if ctx.needs_input_grad[3]:
             grad_per_sample_weights = embag.per_sample_weights_grad(grad_output, weight.detach(), input,
                                                                     per_sample_weights, offsets, mode,
                                                                     include_last_offset, padding_idx)
-        if not ctx.needs_input_grad[0] or fused_optimizer is not None:
-            if ctx.needs_input_grad[0]:  # the weight updated in place, no gradient
-                fused_optimizer._update(weight, grad_output, input, offsets=offsets, mode=mode,
-                                        per_sample_weights=per_sample_weights,
-                                        include_last_offset=include_last_offset, padding_idx=padding_idx,
-                                        scale_grad_by_freq=scale_grad_by_freq, max_indices=max_indices)
-            return None, None, None, grad_per_sample_weights, None
-        if sparse and mode != "max":
-            grad_weight = _one_index_bags_gradient(grad_output, input, bag_offsets, length, mode, per_sample_weights,
-                                                   padding_idx, scale_grad_by_freq, weight.shape)
-            if grad_weight is not None:
-                return grad_weight, None, None, grad_per_sample_weights, None
-        grad_weight = embag._bag_backward(grad_output, input, weight.shape[0], bag_offsets, length, mode,
-                                          per_sample_weights, include_last_offset, padding_idx, scale_grad_by_freq,
-                                          max_indices, sparse)
-        if sparse:
-            grad_weight = _sparse_gradient(*grad_weight, weight.shape)
-        return grad_weight, None, None, grad_per_sample_weights, None
+        if ctx.needs_input_grad[0]:  # the weight updated in place, no gradient
+            fused_optimizer._update(weight, grad_output, input, offsets=offsets, mode=mode,
+                                    per_sample_weights=per_sample_weights, include_last_offset=include_last_offset,
+                                    padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq,
+                                    max_indices=max_indices)
+        return None, None, None, grad_per_sample_weights, None
 
 
 class _EmbeddingFunction(torch.autograd.Function):
@@ -151,12 +115,14 @@ class _EmbeddingFunction(torch.autograd.Function):
                                         mode="none", padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq)
             return None, None, None, None, None, None, None, None
         shape = (rows, grad_output.shape[-1])
-        if sparse:  # each index a bag of its own: torch's form where _one_index_bags_gradient gives it
-            count = input.numel()
-            grad = _one_index_bags_gradient(grad_output.reshape(count, shape[1]), input.reshape(count, 1), None, 1,
-                                            "sum", None, padding_idx, scale_grad_by_freq, shape)
-            if grad is not None:
-                return grad, None, None, None, None, None, None, None
+        if sparse and padding_idx is None and not scale_grad_by_freq and isinstance(input, torch.Tensor):
+            # torch's own form: one row per index, the input as it is (uncoalesced: a row may
+            # repeat), the values grad_output's rows. Coalescing (embag's sorted unique rows) would
+            # sort without summing anything but repeats, and took longer than the rest of the
+            # gradient on 2,048 indices (R = 1M, D = 128).
+            values = embag._embag.copy_rows(grad_output.reshape(-1, shape[1]))
+            return (torch._sparse_coo_tensor_unsafe(input.reshape(1, -1).long(), values, shape), None, None, None, None,
+                    None, None, None)
         grad = embag.embedding_backward(grad_output, input, rows, padding_idx, scale_grad_by_freq, sparse)
         if sparse:
             grad = _sparse_gradient(grad[0], grad[1], shape)
@@ -172,6 +138,17 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
         weight = self.weight  # a parameter: each read goes through torch.nn.Module.__getattr__
         if weight.dtype is not torch.float32 or not weight.is_cpu:
             _trainable_weight(self, weight)
+        elif self.fused_optimizer is None:
+            if _torch_nn is None:
+                raise ImportError("embag.nn.EmbeddingBag's gradients need embag._torch_nn, built where torch's C++ "
+                                  "headers are (Debian: libtorch-dev, then rebuild embag); without it the module "
+                                  "trains only through an embag.optim optimizer")
+            include_last_offset = self.include_last_offset
+            bag_offsets, length, bags = embag._bags(input, offsets, per_sample_weights, include_last_offset,
+                                                    "embedding_bag")
+            return _torch_nn.embedding_bag(weight, input, bag_offsets, per_sample_weights, length, bags, self.mode,
+                                           self.padding_idx, include_last_offset, self.max_norm, self.norm_type,
+                                           self.scale_grad_by_freq, self.sparse, embag._embag.get_num_threads())
         return _EmbeddingBagFunction.apply(weight, input, offsets, per_sample_weights, self)
 
 

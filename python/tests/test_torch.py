@@ -327,6 +327,29 @@ def test_sparse_gradient_of_no_indices_is_empty_as_torchs(module):
     assert grads[0]._values().shape == grads[1]._values().shape == (0, DIM)
 
 
+def test_embedding_bag_runs_as_a_cpp_autograd_node():
+    # embag._torch_nn, built where torch's C++ headers are: CI installs them (libtorch-dev) with torch
+    assert embag.nn._torch_nn is not None, "embag was built without torch's C++ headers (libtorch-dev)"
+    bag = embag.nn.EmbeddingBag(ROWS, DIM, mode="sum", sparse=True)
+    out = bag(torch.tensor([1, 2, 3]), torch.tensor([0, 2]))
+    assert "CppNode" in out.grad_fn.name() and "embedding_bag_node" in out.grad_fn.name()
+
+
+def test_the_cpp_nodes_errors_are_embags():
+    bag = embag.nn.EmbeddingBag(ROWS, DIM, mode="sum")
+    with pytest.raises(embag.IndexOutOfRange, match=rf"indices\[1\] = {ROWS} is out of range \[0, {ROWS}\)") as raised:
+        bag(torch.tensor([1, ROWS]), torch.tensor([0]))
+    assert raised.value.code == "index_out_of_range"
+    with pytest.raises(embag.UnsupportedArray, match=r"input \(int64 of shape \(10,\)\) is not C-contiguous"):
+        bag(torch.arange(20)[::2], torch.tensor([0]))
+    with pytest.raises(embag.UnsupportedArray, match=r"per_sample_weights must be float32, got float64 of shape \(2,\)"):
+        bag(torch.tensor([1, 2]), torch.tensor([0]), per_sample_weights=torch.tensor([1.0, 2.0], dtype=torch.float64))
+    with pytest.raises(embag.UnsupportedArray, match=r"input must be int32 or int64, got int16 of shape \(2,\)"):
+        bag(torch.tensor([1, 2], dtype=torch.int16), torch.tensor([0]))
+    with pytest.raises(embag.InvalidArgument, match="mode = 'median' is not one of"):
+        embag.nn.EmbeddingBag(ROWS, DIM, mode="median")(torch.tensor([1, 2]), torch.tensor([0]))
+
+
 @pytest.mark.parametrize("module", ["Embedding", "EmbeddingBag"])
 def test_a_modules_weight_must_be_one_embag_can_give_a_gradient(module):
     args = (torch.tensor([1, 2]),) if module == "Embedding" else (torch.tensor([1, 2]), torch.tensor([0]))
