@@ -3,8 +3,8 @@
 // libtorch-dev). embag._embag reads a torch tensor through its Python attributes and runs the
 // backward from a Python autograd.Function; on calls of a tenth of a millisecond (R = 1M, D = 128,
 // 2,048 bags of one index) that Python, in the caches the kernel has just emptied, was most of
-// what the training step cost beyond torch's own: a C++ node reading at::Tensors took the step
-// 0.227-0.234 ms on 1 thread where the Python Function took 0.268-0.274 and torch 0.286-0.299.
+// what the training step cost beyond torch's own: through this node it took 0.235-0.238 ms on 1
+// thread where the Python Function took 0.260-0.263 and torch 0.268-0.277 (README, "From Python").
 //
 // The module passes its bags as embag/__init__.py's _bags made them (validated shapes: offsets or
 // a fixed length), every option, and embag.get_num_threads(); the library validates the rest and
