@@ -19,6 +19,7 @@
 #include <numeric>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "embag/embag.hpp"
@@ -77,14 +78,20 @@ void check_readable(const at::Tensor& t, const char* what) {
            "Tensor.resolve_neg() to materialise it");
 }
 
+// embag._embag's refusal of an array it would have to copy.
+void refuse_strided(const at::Tensor& t, const char* what) {
+  if (t.is_contiguous()) return;
+  refuse(std::string(what) + " (" + describe(t) + ") is not C-contiguous (strides " + tuple_text(t.strides()) +
+         " in elements): embag reads arrays in place and never copies them silently; pass a contiguous copy "
+         "(numpy.ascontiguousarray, Tensor.contiguous) if a copy is what you want");
+}
+
 // Indices or offsets: int32 or int64, one contiguous block.
 embag::index_span index_array(const at::Tensor& t, const char* what) {
   check_readable(t, what);
   if (t.scalar_type() != at::kInt && t.scalar_type() != at::kLong)
     refuse(std::string(what) + " must be int32 or int64, got " + describe(t));
-  if (!t.is_contiguous())
-    refuse(std::string(what) + " (" + describe(t) + ") is not C-contiguous: embag reads it in place; pass "
-           "Tensor.contiguous() to copy it");
+  refuse_strided(t, what);
   return {t.data_ptr(), t.numel(), t.scalar_type() == at::kInt ? embag::index_type::i32 : embag::index_type::i64};
 }
 
@@ -92,9 +99,7 @@ std::span<const float> float_array(const c10::optional<at::Tensor>& t, const cha
   if (!t) return {};
   check_readable(*t, what);
   if (t->scalar_type() != at::kFloat) refuse(std::string(what) + " must be float32, got " + describe(*t));
-  if (!t->is_contiguous())
-    refuse(std::string(what) + " (" + describe(*t) + ") is not C-contiguous: embag reads it in place; pass "
-           "Tensor.contiguous() to copy it");
+  refuse_strided(*t, what);
   return {t->data_ptr<float>(), static_cast<std::size_t>(t->numel())};
 }
 
@@ -107,7 +112,7 @@ embag::table_view<float> table_of(const at::Tensor& w) {
   if (w.numel() != 0 && (!rows_dense || !rows_forward))
     refuse("weight (" + describe(w) + ") has strides " + tuple_text(w.strides()) +
            " in elements: embag reads a table in place, which needs each row's elements adjacent and rows in "
-           "increasing order (a row stride >= dim); pass Tensor.contiguous() to copy it");
+           "increasing order (a row stride >= dim); pass numpy.ascontiguousarray / Tensor.contiguous() to copy it");
   return {w.data_ptr<float>(), w.size(0), w.size(1), w.size(0) <= 1 ? 0 : w.stride(0)};
 }
 
@@ -187,32 +192,45 @@ embag::options library_options(const std::string& mode, c10::optional<std::int64
   return o;
 }
 
+// embedding_bag's forward into new tensors: the output (bags x dim) and, with_argmax (mode max),
+// the table row each maximum came from (what backward needs; undefined otherwise). max_norm
+// rescales the referenced rows of the weight in place, as torch does.
+std::pair<at::Tensor, at::Tensor> run_forward(const at::Tensor& weight, const at::Tensor& input,
+                                              const c10::optional<at::Tensor>& offsets,
+                                              const c10::optional<at::Tensor>& per_sample_weights, std::int64_t length,
+                                              std::int64_t bags, const std::string& mode,
+                                              c10::optional<std::int64_t> padding_idx, bool include_last_offset,
+                                              c10::optional<double> max_norm, double norm_type, std::int64_t threads,
+                                              bool with_argmax) {
+  embag::options opts = library_options(mode, padding_idx, include_last_offset, false, threads);
+  const embag::table_view<float> table = table_of(weight);
+  const embag::bags batch = bags_of(input, offsets, length, per_sample_weights);
+  at::Tensor out = at::empty({bags, table.dim}, weight.options());
+  at::Tensor argmax;
+  std::span<std::int64_t> argmax_span;
+  if (with_argmax) {
+    argmax = at::empty({bags, table.dim}, at::TensorOptions().dtype(at::kLong));
+    argmax_span = {argmax.data_ptr<std::int64_t>(), static_cast<std::size_t>(argmax.numel())};
+  }
+  if (max_norm) {
+    opts.max_norm = static_cast<float>(*max_norm);
+    opts.norm_type = static_cast<float>(norm_type);
+    opts.max_norm_mode = embag::max_norm_flavour::in_place;  // torch's: the referenced rows rescaled
+  }
+  pybind11::gil_scoped_release unlocked;
+  if (max_norm) embag::forward(table, batch, opts, matrix_of(out), argmax_span, &thread_workspace());
+  else embag::forward(embag::table_view<const float>(table), batch, opts, matrix_of(out), argmax_span, &thread_workspace());
+  return {out, argmax};
+}
+
 struct embedding_bag_node : torch::autograd::Function<embedding_bag_node> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor weight, at::Tensor input, c10::optional<at::Tensor> offsets,
                             c10::optional<at::Tensor> per_sample_weights, std::int64_t length, std::int64_t bags,
                             std::string mode, c10::optional<std::int64_t> padding_idx, bool include_last_offset,
                             c10::optional<double> max_norm, double norm_type, bool scale_grad_by_freq, bool sparse,
                             std::int64_t threads) {
-    embag::options opts = library_options(mode, padding_idx, include_last_offset, scale_grad_by_freq, threads);
-    const embag::table_view<float> table = table_of(weight);
-    const embag::bags batch = bags_of(input, offsets, length, per_sample_weights);
-    at::Tensor out = at::empty({bags, table.dim}, weight.options());
-    at::Tensor argmax;
-    std::span<std::int64_t> argmax_span;
-    if (opts.mode == embag::mode::max) {
-      argmax = at::empty({bags, table.dim}, at::TensorOptions().dtype(at::kLong));
-      argmax_span = {argmax.data_ptr<std::int64_t>(), static_cast<std::size_t>(argmax.numel())};
-    }
-    if (max_norm) {
-      opts.max_norm = static_cast<float>(*max_norm);
-      opts.norm_type = static_cast<float>(norm_type);
-      opts.max_norm_mode = embag::max_norm_flavour::in_place;  // torch's: the referenced rows rescaled
-    }
-    {
-      pybind11::gil_scoped_release unlocked;
-      if (max_norm) embag::forward(table, batch, opts, matrix_of(out), argmax_span, &thread_workspace());
-      else embag::forward(embag::table_view<const float>(table), batch, opts, matrix_of(out), argmax_span, &thread_workspace());
-    }
+    auto [out, argmax] = run_forward(weight, input, offsets, per_sample_weights, length, bags, mode, padding_idx,
+                                     include_last_offset, max_norm, norm_type, threads, mode == "max");
     ctx->save_for_backward({weight, input, offsets.value_or(at::Tensor()), per_sample_weights.value_or(at::Tensor()), argmax});
     ctx->saved_data["length"] = length;
     ctx->saved_data["mode"] = mode;
@@ -303,6 +321,18 @@ at::Tensor embedding_bag(at::Tensor weight, at::Tensor input, c10::optional<at::
 }  // namespace
 
 PYBIND11_MODULE(_torch_nn, m) {
-  m.doc() = "embag.nn.EmbeddingBag as a C++ autograd node over embag's library (use embag.nn, not this module)";
+  m.doc() = "embag on torch tensors read as at::Tensor: embag.nn.EmbeddingBag's C++ autograd node and the functional "
+            "forward's tensor path (use embag and embag.nn, not this module)";
   m.def("embedding_bag", &embedding_bag);
+  // embag.embedding_bag on tensors: out, or (out, max_indices) with_max_indices
+  m.def("forward", [](const at::Tensor& weight, const at::Tensor& input, const c10::optional<at::Tensor>& offsets,
+                      const c10::optional<at::Tensor>& per_sample_weights, std::int64_t length, std::int64_t bags,
+                      const std::string& mode, c10::optional<std::int64_t> padding_idx, bool include_last_offset,
+                      c10::optional<double> max_norm, double norm_type, std::int64_t threads,
+                      bool with_max_indices) -> pybind11::object {
+    auto [out, argmax] = run_forward(weight, input, offsets, per_sample_weights, length, bags, mode, padding_idx,
+                                     include_last_offset, max_norm, norm_type, threads, with_max_indices);
+    if (with_max_indices) return pybind11::make_tuple(out, argmax);
+    return pybind11::cast(out);
+  });
 }

@@ -333,6 +333,9 @@ def test_embedding_bag_runs_as_a_cpp_autograd_node():
     bag = embag.nn.EmbeddingBag(ROWS, DIM, mode="sum", sparse=True)
     out = bag(torch.tensor([1, 2, 3]), torch.tensor([0, 2]))
     assert "CppNode" in out.grad_fn.name() and "embedding_bag_node" in out.grad_fn.name()
+    # the functional API reads tensors through the same module
+    embag.embedding_bag(torch.tensor([1, 2, 3]), bag.weight.detach(), torch.tensor([0, 2]))
+    assert embag._tensor_reader is embag.nn._torch_nn
 
 
 def test_the_cpp_nodes_errors_are_embags():
