@@ -17,8 +17,7 @@ import sys
 import numpy as np
 
 from ._embag import (Error, FileError, IndexOutOfRange, InvalidArgument, OutOfMemory, Table, UnsupportedArray,
-                     UpdateSummary, __version__, active_isa, available_isas, force_isa, get_num_threads, set_num_threads,
-                     set_buffer_cache_limit, buffer_cache_bytes)
+                     UpdateSummary, __version__, active_isa, available_isas, force_isa, get_num_threads, set_num_threads)
 from . import _embag
 
 __all__ = ["embedding_bag", "embedding", "embedding_bag_forward", "embedding_bag_backward", "embedding_backward",
@@ -38,7 +37,23 @@ def _torch_of(*arrays):
     return None
 
 
-_tensor_reader = None  # embag._torch_nn, imported with the first float32 weight tensor (False: not built)
+_torch_ext = None  # embag._torch_nn once loaded (_load_torch_nn); False: embag was built without it
+_buffer_cache_limit = None  # the last set_buffer_cache_limit, for embag._torch_nn when it loads
+
+
+def _load_torch_nn():
+    """embag._torch_nn (torch tensors read as at::Tensors, embag.nn.EmbeddingBag's C++ autograd node),
+    or None where embag was built without torch's C++ headers. Only once torch is imported."""
+    global _torch_ext
+    if _torch_ext is None:
+        try:
+            from . import _torch_nn as module
+            if _buffer_cache_limit is not None:
+                module.set_buffer_cache_limit(_buffer_cache_limit)
+        except ImportError:
+            module = False
+        _torch_ext = module
+    return _torch_ext or None
 
 
 def _torch_reader(weight, input, offsets, per_sample_weights):
@@ -46,19 +61,30 @@ def _torch_reader(weight, input, offsets, per_sample_weights):
     built with torch's C++ headers: it reads them as at::Tensors, where embag._embag reads a tensor
     through its Python attributes (about 10 us of an L = 1 forward, R = 1M, D = 128, 2,048 bags, in
     the caches the kernel has just emptied); else None."""
-    global _tensor_reader
     torch = sys.modules.get("torch")
     if (torch is None or not isinstance(weight, torch.Tensor) or weight.dtype is not torch.float32
             or not isinstance(input, torch.Tensor) or not (offsets is None or isinstance(offsets, torch.Tensor))
             or not (per_sample_weights is None or isinstance(per_sample_weights, torch.Tensor))):
         return None
-    if _tensor_reader is None:
-        try:
-            from . import _torch_nn as module
-        except ImportError:
-            module = False
-        _tensor_reader = module
-    return _tensor_reader or None
+    return _torch_ext if _torch_ext else (None if _torch_ext is False else _load_torch_nn())
+
+
+def set_buffer_cache_limit(bytes):
+    """Bounds the memory of released outputs (forward outputs, sparse gradients) kept for the next
+    calls' outputs, which then need no fresh pages; drops what is kept over it; returns the previous
+    limit (default 256 MiB; 0 keeps nothing). The limit holds for each extension module's memory:
+    embag._embag's, and embag._torch_nn's (tensor outputs read through it, embag.nn's gradients)."""
+    global _buffer_cache_limit
+    previous = _embag.set_buffer_cache_limit(bytes)
+    _buffer_cache_limit = bytes
+    if _torch_ext:
+        _torch_ext.set_buffer_cache_limit(bytes)
+    return previous
+
+
+def buffer_cache_bytes():
+    """Bytes of released outputs kept for the next calls (see set_buffer_cache_limit)."""
+    return _embag.buffer_cache_bytes() + (_torch_ext.buffer_cache_bytes() if _torch_ext else 0)
 
 
 def _empty(shape, dtype, *like):

@@ -14,7 +14,6 @@
 #include <torch/extension.h>
 
 #include <cstdint>
-#include <memory>
 #include <mutex>
 #include <numeric>
 #include <span>
@@ -23,6 +22,7 @@
 #include <vector>
 
 #include "embag/embag.hpp"
+#include "released_memory.hpp"
 
 namespace {
 
@@ -127,34 +127,54 @@ embag::bags bags_of(const at::Tensor& input, const c10::optional<at::Tensor>& of
   return embag::bags::fixed(indices, length, w);
 }
 
-// Sparse gradients whose tensors were freed, kept for the next backward: a training loop drops each
-// step's gradient before the next, which then writes into memory already mapped (fresh memory's
-// page faults cost more than the gradient: 20 of 26 ms on the default workload's 40 MB). Freed
-// from any thread (autograd's, or wherever the last reference goes), hence the lock.
-class kept_gradients {
- public:
-  std::unique_ptr<embag::sparse_gradient> take() {
-    std::lock_guard<std::mutex> hold(lock_);
-    if (kept_.empty()) return std::make_unique<embag::sparse_gradient>();
-    auto grad = std::move(kept_.back());
-    kept_.pop_back();
-    return grad;
-  }
-  void release(embag::sparse_gradient* grad) {
-    std::lock_guard<std::mutex> hold(lock_);
-    if (kept_.size() < kept_at_most) kept_.emplace_back(grad);
-    else delete grad;
-  }
-
- private:
-  static constexpr std::size_t kept_at_most = 4;
-  std::mutex lock_;
-  std::vector<std::unique_ptr<embag::sparse_gradient>> kept_;
+// Memory of outputs whose tensors were freed, kept for the next calls' outputs, as embag._embag
+// keeps its own (released_memory.hpp: fresh memory's page faults cost more than the kernels, and a
+// 1 MB L = 1 output from torch's allocator cycled through more memory than L2 holds: the forward on
+// tensors took 0.115-0.122 ms against 0.098-0.102 in kept memory, NumPy arrays' 0.100-0.108). A
+// tensor's memory comes back when its last reference goes, on whichever thread that is
+// (autograd's engine, or the caller's) and not always with the GIL: one lock for both pools and
+// this module's byte count (embag.set_buffer_cache_limit sets its limit too).
+struct kept_gradient {
+  embag::sparse_gradient grad;
+  std::size_t bytes() const { return grad.rows.capacity() * sizeof(std::int64_t) + grad.values.capacity() * sizeof(float); }
 };
 
-kept_gradients& sparse_gradients() {
-  static auto* kept = new kept_gradients;  // never destroyed: a tensor may outlive the module
-  return *kept;
+struct kept_memory {
+  std::mutex lock;
+  embag_python::released_pool<embag_python::output_block> outputs;
+  embag_python::released_pool<kept_gradient> gradients;
+};
+
+kept_memory& kept() {
+  static auto* memory = new kept_memory;  // never destroyed: a tensor may outlive the module
+  return *memory;
+}
+
+// A new rows x cols float32 tensor in kept memory.
+at::Tensor new_output(std::int64_t rows, std::int64_t cols) {
+  const std::size_t bytes = static_cast<std::size_t>(rows * cols) * sizeof(float);
+  kept_memory& memory = kept();
+  embag_python::output_block* block;
+  {
+    std::lock_guard<std::mutex> hold(memory.lock);
+    block = memory.outputs.take([&](const embag_python::output_block& b) { return b.suits(bytes); });
+  }
+  if (block == nullptr) block = new embag_python::output_block(bytes);
+  return at::from_blob(block->data(), {rows, cols}, [block](void*) {
+    kept_memory& memory = kept();
+    std::lock_guard<std::mutex> hold(memory.lock);
+    memory.outputs.release(block);
+  }, at::TensorOptions().dtype(at::kFloat));
+}
+
+// A sparse gradient whose vectors a freed one left (they only grow).
+kept_gradient* new_gradient() {
+  kept_memory& memory = kept();
+  {
+    std::lock_guard<std::mutex> hold(memory.lock);
+    if (kept_gradient* grad = memory.gradients.take([](const kept_gradient&) { return true; })) return grad;
+  }
+  return new kept_gradient;
 }
 
 embag::workspace& thread_workspace() {
@@ -205,7 +225,7 @@ std::pair<at::Tensor, at::Tensor> run_forward(const at::Tensor& weight, const at
   embag::options opts = library_options(mode, padding_idx, include_last_offset, false, threads);
   const embag::table_view<float> table = table_of(weight);
   const embag::bags batch = bags_of(input, offsets, length, per_sample_weights);
-  at::Tensor out = at::empty({bags, table.dim}, weight.options());
+  at::Tensor out = new_output(bags, table.dim);
   at::Tensor argmax;
   std::span<std::int64_t> argmax_span;
   if (with_argmax) {
@@ -295,15 +315,22 @@ struct embedding_bag_node : torch::autograd::Function<embedding_bag_node> {
       return result;
     }
     // embag's form: the sorted unique rows, values in memory a released gradient left
-    std::unique_ptr<embag::sparse_gradient> grad = sparse_gradients().take();
-    embag::backward_sparse(rows, batch, opts, matrix_of(dy), *grad, argmax_span, &thread_workspace());
-    const auto unique_rows = static_cast<std::int64_t>(grad->rows.size());
+    kept_gradient* kept_grad = new_gradient();
+    embag::sparse_gradient& grad = kept_grad->grad;
+    try {
+      embag::backward_sparse(rows, batch, opts, matrix_of(dy), grad, argmax_span, &thread_workspace());
+    } catch (...) {
+      delete kept_grad;
+      throw;
+    }
+    const auto unique_rows = static_cast<std::int64_t>(grad.rows.size());
     at::Tensor row_ids = at::empty({1, unique_rows}, at::TensorOptions().dtype(at::kLong));
-    std::copy(grad->rows.begin(), grad->rows.end(), row_ids.data_ptr<std::int64_t>());
-    float* values_data = grad->values.data();
-    embag::sparse_gradient* owner = grad.release();
-    at::Tensor values = at::from_blob(values_data, {unique_rows, dim},
-                                      [owner](void*) { sparse_gradients().release(owner); }, dy.options());
+    std::copy(grad.rows.begin(), grad.rows.end(), row_ids.data_ptr<std::int64_t>());
+    at::Tensor values = at::from_blob(grad.values.data(), {unique_rows, dim}, [kept_grad](void*) {
+      kept_memory& memory = kept();
+      std::lock_guard<std::mutex> hold(memory.lock);
+      memory.gradients.release(kept_grad);
+    }, dy.options());
     result[0] = at::_sparse_coo_tensor_unsafe(row_ids, values, {rows, dim});
     return result;
   }
@@ -324,6 +351,18 @@ PYBIND11_MODULE(_torch_nn, m) {
   m.doc() = "embag on torch tensors read as at::Tensor: embag.nn.EmbeddingBag's C++ autograd node and the functional "
             "forward's tensor path (use embag and embag.nn, not this module)";
   m.def("embedding_bag", &embedding_bag);
+  m.def("set_buffer_cache_limit", [](std::size_t bytes) {  // embag.set_buffer_cache_limit's, for this module's memory
+    kept_memory& memory = kept();
+    std::lock_guard<std::mutex> hold(memory.lock);
+    embag_python::buffer_cache().limit = bytes;
+    memory.outputs.trim();
+    memory.gradients.trim();
+  });
+  m.def("buffer_cache_bytes", [] {
+    kept_memory& memory = kept();
+    std::lock_guard<std::mutex> hold(memory.lock);
+    return embag_python::buffer_cache().held;
+  });
   // embag.embedding_bag on tensors: out, or (out, max_indices) with_max_indices
   m.def("forward", [](const at::Tensor& weight, const at::Tensor& input, const c10::optional<at::Tensor>& offsets,
                       const c10::optional<at::Tensor>& per_sample_weights, std::int64_t length, std::int64_t bags,

@@ -15,10 +15,7 @@ import torch
 
 import embag
 
-try:
-    from embag import _torch_nn
-except ImportError:  # embag built without torch's C++ headers
-    _torch_nn = None
+_torch_nn = embag._load_torch_nn()  # None where embag was built without torch's C++ headers
 
 __all__ = ["EmbeddingBag", "Embedding"]
 

@@ -10,9 +10,10 @@
 // released is handed out first: the one most likely still in cache.
 //
 // Everything kept counts against one limit (embag.set_buffer_cache_limit); a release that would
-// pass it drops the oldest items of its pool first. Taken and released with the GIL held (Python
-// runs capsule destructors with it, and every call takes its outputs before releasing it), so no
-// lock.
+// pass it drops the oldest items of its pool first. embag._embag takes and releases with the GIL
+// held (Python runs capsule destructors with it, and every call takes its outputs before releasing
+// it), so no lock there; embag._torch_nn's tensors are freed on any thread, so it locks. Each
+// extension module has its own pools and count (the limit is set in both).
 #pragma once
 
 #include <cstddef>

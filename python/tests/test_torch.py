@@ -335,7 +335,26 @@ def test_embedding_bag_runs_as_a_cpp_autograd_node():
     assert "CppNode" in out.grad_fn.name() and "embedding_bag_node" in out.grad_fn.name()
     # the functional API reads tensors through the same module
     embag.embedding_bag(torch.tensor([1, 2, 3]), bag.weight.detach(), torch.tensor([0, 2]))
-    assert embag._tensor_reader is embag.nn._torch_nn
+    assert embag._torch_ext is embag.nn._torch_nn
+
+
+def test_tensor_outputs_memory_is_kept_under_the_buffer_cache_limit():
+    # embag._torch_nn's outputs (the functional API on tensors, embag.nn's) reuse released memory too
+    weight = torch.randn(ROWS, DIM)
+    indices, offsets = bags(torch.Generator().manual_seed(5))
+    previous = embag.set_buffer_cache_limit(1 << 30)
+    try:
+        out = embag.embedding_bag(indices, weight, offsets)
+        kept, pointer = embag.buffer_cache_bytes(), out.data_ptr()
+        del out
+        assert embag.buffer_cache_bytes() > kept
+        again = embag.embedding_bag(indices, weight, offsets)
+        assert again.data_ptr() == pointer
+        del again
+        embag.set_buffer_cache_limit(0)
+        assert embag.buffer_cache_bytes() == 0
+    finally:
+        embag.set_buffer_cache_limit(previous)
 
 
 def test_the_cpp_nodes_errors_are_embags():
