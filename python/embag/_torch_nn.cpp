@@ -305,7 +305,7 @@ struct embedding_bag_node : torch::autograd::Function<embedding_bag_node> {
         positions.resize(static_cast<std::size_t>(bags));
         std::iota(positions.begin(), positions.end(), std::int64_t{0});
       }
-      at::Tensor values = at::empty({bags, dim}, dy.options());
+      at::Tensor values = new_output(bags, dim);
       embag::options gather = library_options("sum", c10::nullopt, false, false, ctx->saved_data["threads"].toInt());
       embag::forward(embag::table_view<const float>{dy.data_ptr<float>(), bags, dim, 0},
                      embag::bags::fixed(std::span<const std::int64_t>(positions.data(), static_cast<std::size_t>(bags)), 1,
