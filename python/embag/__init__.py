@@ -66,7 +66,7 @@ def _torch_reader(weight, input, offsets, per_sample_weights):
             or not isinstance(input, torch.Tensor) or not (offsets is None or isinstance(offsets, torch.Tensor))
             or not (per_sample_weights is None or isinstance(per_sample_weights, torch.Tensor))):
         return None
-    return _torch_ext if _torch_ext else (None if _torch_ext is False else _load_torch_nn())
+    return _load_torch_nn()
 
 
 def set_buffer_cache_limit(bytes):

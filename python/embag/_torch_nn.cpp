@@ -15,7 +15,6 @@
 
 #include <cstdint>
 #include <mutex>
-#include <numeric>
 #include <span>
 #include <string>
 #include <utility>
@@ -23,6 +22,7 @@
 
 #include "embag/embag.hpp"
 #include "released_memory.hpp"
+#include "scaled_rows.hpp"
 
 namespace {
 
@@ -298,19 +298,12 @@ struct embedding_bag_node : torch::autograd::Function<embedding_bag_node> {
     if (opts.mode != embag::mode::max && !padding_idx && !scale_grad_by_freq && (!weights || opts.mode == embag::mode::sum) &&
         one_index_each(input, offsets, length, bags)) {
       // torch's own form for bags of one index: one row per bag, the input as it is (uncoalesced),
-      // the values grad_output's rows times the bags' weights, gathered by the library as bags of
-      // one index into them. Coalescing would sort without summing anything.
-      thread_local std::vector<std::int64_t> positions;
-      if (static_cast<std::int64_t>(positions.size()) < bags) {
-        positions.resize(static_cast<std::size_t>(bags));
-        std::iota(positions.begin(), positions.end(), std::int64_t{0});
-      }
+      // the values grad_output's rows times the bags' weights (scaled_rows.hpp). Coalescing would
+      // sort without summing anything.
       at::Tensor values = new_output(bags, dim);
-      embag::options gather = library_options("sum", c10::nullopt, false, false, ctx->saved_data["threads"].toInt());
-      embag::forward(embag::table_view<const float>{dy.data_ptr<float>(), bags, dim, 0},
-                     embag::bags::fixed(std::span<const std::int64_t>(positions.data(), static_cast<std::size_t>(bags)), 1,
-                                        batch.per_sample_weights),
-                     gather, matrix_of(values), {}, &thread_workspace());
+      const embag::options sum = library_options("sum", c10::nullopt, false, false, ctx->saved_data["threads"].toInt());
+      embag_python::scaled_rows(dy.data_ptr<float>(), bags, dim, batch.per_sample_weights, matrix_of(values), sum,
+                                &thread_workspace());
       result[0] = at::_sparse_coo_tensor_unsafe(input.reshape({1, -1}).to(at::kLong), values, {rows, dim});
       return result;
     }
