@@ -253,11 +253,16 @@ int prefetch_trials::next(bool& on_trial) noexcept {
   const int decided = chosen();
   on_trial = decided < 0;
   if (!on_trial) return decided;
-  return handed_out_.fetch_add(1, std::memory_order_relaxed) % candidates_;
+  const int call = handed_out_.fetch_add(1, std::memory_order_relaxed);
+  return call < warm_up_calls ? 0 : (call - warm_up_calls) % candidates_;
 }
 
 void prefetch_trials::report(int candidate, double seconds_per_byte) noexcept {
   const std::lock_guard<std::mutex> lock(mutex_);
+  if (warm_up_reports_ < warm_up_calls) {  // the warm-up's (or, with calls on several threads, about them)
+    ++warm_up_reports_;
+    return;
+  }
   if (chosen() >= 0 || reported_[candidate] == trials) return;
   seconds_per_byte_[candidate][reported_[candidate]++] = seconds_per_byte;
   int best = 0;

@@ -77,14 +77,20 @@ void plan_row_ranges(std::int64_t rows, std::int64_t work, int threads, range_bl
 void plan_row_blocks(const row_transpose& t, std::int64_t dim, int threads, range_blocks& out);
 
 // Which of a few prefetch settings reads a class of tables fastest on this machine, learnt from
-// the first calls: next() hands out the candidates in turn until each has been timed `trials`
-// times, then the one whose median time per byte was lowest, for good. The median (not the mean)
-// discards cold first calls and noise, and (not the best) a call whose rows a call just before
-// it had brought into the caches: a max timed right after a sum of the same bags took 0.6x its
-// time alone and won with the slowest candidate (`embag bench --mode sum,max --rows 100000
-// --dim 128`: max 1.89 ms, 1.61 with the sums' winner). Thread-safe.
+// the first calls: after `warm_up_calls` calls on the first candidate, next() hands out the
+// candidates in turn until each has been timed `trials` times, then the one whose median time per
+// byte was lowest, for good. The warm-up's times are not counted: a process's first calls on a table fault
+// its pages in and fill the caches for longer than a few calls (from Python, R = 1M, D = 128, 8
+// sets of 2,048 one-index bags: 150-200 ps a byte over the first 16-20 calls, 80-95 after), and
+// timed, 5 of each candidate's 8 calls were cold: the candidates were judged on DRAM, and the
+// choice differed from process to process. The median (not the mean) discards noise, and (not
+// the best) a call whose rows a call just before it had brought into the caches: a max timed
+// right after a sum of the same bags took 0.6x its time alone and won with the slowest candidate
+// (`embag bench --mode sum,max --rows 100000 --dim 128`: max 1.89 ms, 1.61 with the sums'
+// winner). Thread-safe.
 class prefetch_trials {
  public:
+  static constexpr int warm_up_calls = 32;
   static constexpr int trials = 8;
   static constexpr int max_candidates = 4;
   explicit prefetch_trials(int candidates) noexcept : candidates_(candidates) {}
@@ -100,6 +106,7 @@ class prefetch_trials {
   std::mutex mutex_;
   double seconds_per_byte_[max_candidates][trials] = {};
   int reported_[max_candidates] = {};
+  int warm_up_reports_ = 0;
 };
 
 // Prefetch level and distance for this table and row size: by the table's size class against
