@@ -143,10 +143,24 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
             include_last_offset = self.include_last_offset
             bag_offsets, length, bags = embag._bags(input, offsets, per_sample_weights, include_last_offset,
                                                     "embedding_bag")
-            return _torch_nn.embedding_bag(weight, input, bag_offsets, per_sample_weights, length, bags, self.mode,
-                                           self.padding_idx, include_last_offset, self.max_norm, self.norm_type,
-                                           self.scale_grad_by_freq, self.sparse, embag._embag.get_num_threads())
+            try:
+                return _torch_nn.embedding_bag(weight, input, bag_offsets, per_sample_weights, length, bags, self.mode,
+                                               self.padding_idx, include_last_offset, self.max_norm, self.norm_type,
+                                               self.scale_grad_by_freq, self.sparse, embag._embag.get_num_threads())
+            except TypeError:  # pybind11's list of signatures, where an argument is no tensor
+                _tensors_only("EmbeddingBag", input=input, offsets=offsets, per_sample_weights=per_sample_weights)
+                raise
+        _tensors_only("EmbeddingBag", input=input, offsets=offsets, per_sample_weights=per_sample_weights)
         return _EmbeddingBagFunction.apply(weight, input, offsets, per_sample_weights, self)
+
+
+def _tensors_only(module, **arrays):
+    """A module's arrays are tensors (or None), as torch's modules take them; names the first that is not."""
+    for name, array in arrays.items():
+        if array is not None and not isinstance(array, torch.Tensor):
+            raise TypeError(f"embag.nn.{module}: {name} must be a torch.Tensor, as torch.nn.{module}'s is, not "
+                            f"{type(array).__module__}.{type(array).__qualname__} (the functions of embag take "
+                            f"NumPy arrays)")
 
 
 class Embedding(torch.nn.Embedding):
@@ -158,5 +172,7 @@ class Embedding(torch.nn.Embedding):
         weight = self.weight
         if weight.dtype is not torch.float32 or not weight.is_cpu:
             _trainable_weight(self, weight)
+        if not isinstance(input, torch.Tensor):
+            _tensors_only("Embedding", input=input)
         return _EmbeddingFunction.apply(weight, input, self.padding_idx, self.max_norm, self.norm_type,
                                         self.scale_grad_by_freq, self.sparse, self.fused_optimizer)

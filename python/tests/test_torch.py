@@ -12,6 +12,7 @@ import embag
 
 torch = pytest.importorskip("torch")
 import embag.nn  # noqa: E402
+import embag.optim  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 ROWS, DIM = 40, 16
@@ -370,6 +371,18 @@ def test_the_cpp_nodes_errors_are_embags():
         bag(torch.tensor([1, 2], dtype=torch.int16), torch.tensor([0]))
     with pytest.raises(embag.InvalidArgument, match="mode = 'median' is not one of"):
         embag.nn.EmbeddingBag(ROWS, DIM, mode="median")(torch.tensor([1, 2]), torch.tensor([0]))
+    # torch's module takes tensors only (it fails inside, on `.dim()`): the error names the array
+    for name, args in (("offsets", (torch.tensor([1, 2]), np.array([0]))),
+                       ("input", (np.array([1, 2]), torch.tensor([0]))),
+                       ("per_sample_weights", (torch.tensor([1, 2]), torch.tensor([0]), np.ones(2, np.float32)))):
+        with pytest.raises(TypeError, match=rf"embag.nn.EmbeddingBag: {name} must be a torch.Tensor, .* not numpy.ndarray"):
+            bag(*args)
+    with pytest.raises(TypeError, match=r"embag.nn.Embedding: input must be a torch.Tensor, .* not numpy.ndarray"):
+        embag.nn.Embedding(ROWS, DIM)(np.array([1, 2]))
+    fused = embag.nn.EmbeddingBag(ROWS, DIM, mode="sum")
+    embag.optim.SGD(fused, lr=0.1)  # trained through the Python Function
+    with pytest.raises(TypeError, match=r"embag.nn.EmbeddingBag: offsets must be a torch.Tensor"):
+        fused(torch.tensor([1, 2]), np.array([0]))
 
 
 @pytest.mark.parametrize("module", ["Embedding", "EmbeddingBag"])
