@@ -330,7 +330,9 @@ int trial_set_of(const forward_request& req, std::int64_t table_bytes, std::int6
   const auto halves_of_l2 = static_cast<std::uint64_t>(table_bytes / half_l2);  // >= 1
   const int table_class = past_llc ? past_llc_class : std::min((static_cast<int>(std::bit_width(halves_of_l2)) - 1) / 2, past_llc_class - 1);
   const auto lines = static_cast<std::uint64_t>((req.row_bytes + 63) / 64);
-  const bool short_bags = req.bags.nnz < short_bag_indices * req.bags.num_bags;
+  // a lookup (mode none) writes a row per index, as bags of one index do: one bag of all the
+  // indices (embag.nn.Embedding's) had learnt with the bags of 40
+  const bool short_bags = req.reduce.pool == pooling::lookup || req.bags.nnz < short_bag_indices * req.bags.num_bags;
   const int row_size = std::min(static_cast<int>(std::bit_width(lines - 1)), row_size_classes - 1);
   const bool max = req.reduce.pool == pooling::max;
   const int element = std::countr_zero(static_cast<unsigned>(32 / format_of(req.element_type)->element_bits));  // 0 to 3

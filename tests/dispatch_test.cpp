@@ -378,6 +378,10 @@ TEST(PrefetchTrials, ShortAndLongBagsAreTriedApart) {
   EXPECT_EQ(one.prefetch, prefetch_level::l2);  // the second candidate: into L2 in one pass
   EXPECT_FALSE(one.narrow_passes);
   EXPECT_GE(request(40).prefetch_trial, 0) << "long bags took the one-index calls' winner";
+  // a lookup writes a row per index: its indices, 40 a bag here, learn with the one-index bags
+  const detail::forward_request lookup = chosen_prefetch(4 * caches().llc + 512, 512, 40, {detail::pooling::lookup});
+  EXPECT_EQ(lookup.prefetch_trial, -1) << "a lookup did not take the one-index calls' winner";
+  EXPECT_EQ(lookup.prefetch, prefetch_level::l2);
 }
 
 }  // namespace

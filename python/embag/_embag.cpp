@@ -34,7 +34,6 @@
 #include "embag/optim.hpp"
 #include "embag/quantize.hpp"
 #include "released_memory.hpp"
-#include "scaled_rows.hpp"
 
 namespace py = pybind11;
 using namespace py::literals;
@@ -690,18 +689,6 @@ py::tuple backward_sparse(std::int64_t num_weights, py::handle indices, py::hand
   return py::make_tuple(row_ids, values);
 }
 
-// grad_output's rows in a new array: the values of embag.nn.Embedding's sparse gradient in torch's
-// form (one row per index, uncoalesced; scaled_rows.hpp).
-py::object copy_rows(py::handle grad_output) {
-  array_arg dy = contiguous(grad_output, "grad_output", {{element::f32}, 2, false});
-  new_array copy = allocate(dy.is_torch_tensor, dy.shape[0], dy.shape[1], element::f32);
-  const embag::options sum = make_options("sum", std::nullopt, false, false);
-  py::gil_scoped_release unlocked;
-  embag_python::scaled_rows(static_cast<const float*>(dy.data), dy.shape[0], dy.shape[1], {}, matrix_of(copy.view), sum,
-                            &thread_workspace());
-  return copy.object;
-}
-
 void per_sample_weights_grad(py::handle table, py::handle indices, py::handle offsets, std::int64_t fixed_length,
                              py::handle weights, const std::string& mode, std::optional<std::int64_t> padding_idx,
                              bool include_last_offset, py::handle grad_output, py::handle grad_weights) {
@@ -1044,7 +1031,6 @@ PYBIND11_MODULE(_embag, m) {
   m.def("backward_sparse", &backward_sparse, "num_weights"_a, "indices"_a, "offsets"_a, "fixed_length"_a,
         "per_sample_weights"_a, "mode"_a, "padding_idx"_a, "include_last_offset"_a, "scale_grad_by_freq"_a,
         "grad_output"_a, "max_indices"_a);
-  m.def("copy_rows", &copy_rows, "grad_output"_a);
   m.def("per_sample_weights_grad", &per_sample_weights_grad, "weight"_a, "indices"_a, "offsets"_a, "fixed_length"_a,
         "per_sample_weights"_a, "mode"_a, "padding_idx"_a, "include_last_offset"_a, "grad_output"_a,
         "grad_per_sample_weights"_a);

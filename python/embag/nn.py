@@ -89,6 +89,9 @@ class _EmbeddingBagFunction(torch.autograd.Function):
 
 
 class _EmbeddingFunction(torch.autograd.Function):
+    """Embedding where the C++ node does not run it: the weight of an embag.optim optimizer, a frozen
+    16-bit weight, or every weight where embag was built without embag._torch_nn."""
+
     @staticmethod
     def forward(ctx, weight, input, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, fused_optimizer):
         output = embag.embedding(input, weight.detach(), padding_idx, max_norm, norm_type)
@@ -117,7 +120,7 @@ class _EmbeddingFunction(torch.autograd.Function):
             # repeat), the values grad_output's rows. Coalescing (embag's sorted unique rows) would
             # sort without summing anything but repeats, and took longer than the rest of the
             # gradient on 2,048 indices (R = 1M, D = 128).
-            values = embag._embag.copy_rows(grad_output.reshape(-1, shape[1]))
+            values = grad_output.reshape(-1, shape[1])  # a view, as torch's Embedding gives
             return (torch._sparse_coo_tensor_unsafe(input.reshape(1, -1).long(), values, shape), None, None, None, None,
                     None, None, None)
         grad = embag.embedding_backward(grad_output, input, rows, padding_idx, scale_grad_by_freq, sparse)
@@ -170,9 +173,16 @@ class Embedding(torch.nn.Embedding):
 
     def forward(self, input):
         weight = self.weight
-        if weight.dtype is not torch.float32 or not weight.is_cpu:
-            _trainable_weight(self, weight)
         if not isinstance(input, torch.Tensor):
             _tensors_only("Embedding", input=input)
+        if weight.dtype is not torch.float32 or not weight.is_cpu:
+            _trainable_weight(self, weight)
+        elif self.fused_optimizer is None and _torch_nn is not None:
+            # the C++ node, as EmbeddingBag's: a lookup is mode 'none', one bag of every index
+            count, length = embag._flat_lookup(input)
+            output = _torch_nn.embedding_bag(weight, input, None, None, length, count, "none", self.padding_idx, False,
+                                             self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse,
+                                             embag._embag.get_num_threads())
+            return output.view(tuple(input.shape) + (weight.shape[1],))
         return _EmbeddingFunction.apply(weight, input, self.padding_idx, self.max_norm, self.norm_type,
                                         self.scale_grad_by_freq, self.sparse, self.fused_optimizer)

@@ -339,6 +339,25 @@ def test_embedding_bag_runs_as_a_cpp_autograd_node():
     assert embag._torch_ext is embag.nn._torch_nn
 
 
+def test_embedding_runs_as_the_same_node_and_its_sparse_gradient_is_torchs_form():
+    assert embag.nn._torch_nn is not None, "embag was built without torch's C++ headers (libtorch-dev)"
+    lookup = embag.nn.Embedding(ROWS, DIM, sparse=True)
+    input = torch.tensor([[1, 7], [7, 3]])
+    out = lookup(input)
+    assert out.shape == (2, 2, DIM)
+    assert "embedding_bag_node" in out.grad_fn.next_functions[0][0].name()  # a view of the node's rows
+    grad_output = torch.randn(2, 2, DIM)
+    out.backward(grad_output)
+    # torch's own form: a row per index, uncoalesced, the values grad_output's rows (a view, no copy)
+    grad = lookup.weight.grad
+    assert not grad.is_coalesced()
+    assert torch.equal(grad._indices(), input.reshape(1, -1))
+    assert grad._values().data_ptr() == grad_output.data_ptr()
+    reference = torch.nn.Embedding.from_pretrained(lookup.weight.detach().clone(), freeze=False, sparse=True)
+    reference(input).backward(grad_output)
+    assert torch.equal(grad.to_dense(), reference.weight.grad.to_dense())
+
+
 def test_tensor_outputs_memory_is_kept_under_the_buffer_cache_limit():
     # embag._torch_nn's outputs (the functional API on tensors, embag.nn's) reuse released memory too
     weight = torch.randn(ROWS, DIM)
