@@ -180,6 +180,19 @@ def large(name, rows, dim, bags, pooling, dist, threads, calls, repeats):
 
     best = best_time({label: step(label) for label in modules}, calls, repeats)
     report("train step sum", {"tensors": best["embag"], "torch": best["torch"]})
+    if pooling == 1:  # the same rows as plain lookups: embag.nn.Embedding against torch.nn.Embedding
+        lookups = {label: module.from_pretrained(tw, freeze=False, sparse=True)
+                   for label, module in (("embag", embag.nn.Embedding), ("torch", torch.nn.Embedding))}
+
+        def lookup_step(label):
+            def run(i):
+                lookup = lookups[label]
+                lookup.weight.grad = None
+                lookup(tsets[i % n][0]).backward(tgrad)
+            return loop(run)
+
+        best = best_time({label: lookup_step(label) for label in lookups}, calls, repeats)
+        report("lookup step", {"tensors": best["embag"], "torch": best["torch"]})
     print()
 
 

@@ -178,9 +178,9 @@ class Embedding(torch.nn.Embedding):
         if weight.dtype is not torch.float32 or not weight.is_cpu:
             _trainable_weight(self, weight)
         elif self.fused_optimizer is None and _torch_nn is not None:
-            # the C++ node, as EmbeddingBag's: a lookup is mode 'none', one bag of every index
-            count, length = embag._flat_lookup(input)
-            output = _torch_nn.embedding_bag(weight, input, None, None, length, count, "none", self.padding_idx, False,
+            # the C++ node, as EmbeddingBag's: a lookup is mode 'none', each index a bag of its own
+            count = input.numel()
+            output = _torch_nn.embedding_bag(weight, input, None, None, 1, count, "none", self.padding_idx, False,
                                              self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse,
                                              embag._embag.get_num_threads())
             return output.view(tuple(input.shape) + (weight.shape[1],))
