@@ -91,7 +91,7 @@ namespace {
 
 // A forward's work: rows read plus rows written (for mode none, one per index), times dim.
 std::int64_t forward_work(const bag_source& bags, pooling pool, std::int64_t dim) {
-  return (pool == pooling::lookup ? bags.nnz : bags.nnz + bags.num_bags) * dim;
+  return (pool == pooling::lookup ? 2 * bags.nnz : bags.nnz + bags.num_bags) * dim;
 }
 
 // Cuts the bags (or, for mode none, the indices: each its own "bag", bag_begin == index_begin)
