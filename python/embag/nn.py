@@ -183,6 +183,6 @@ class Embedding(torch.nn.Embedding):
             output = _torch_nn.embedding_bag(weight, input, None, None, 1, count, "none", self.padding_idx, False,
                                              self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse,
                                              embag._embag.get_num_threads())
-            return output.view(tuple(input.shape) + (weight.shape[1],))
+            return output  # of input's shape and dim
         return _EmbeddingFunction.apply(weight, input, self.padding_idx, self.max_norm, self.norm_type,
                                         self.scale_grad_by_freq, self.sparse, self.fused_optimizer)
