@@ -245,9 +245,7 @@ std::pair<at::Tensor, at::Tensor> run_forward(const at::Tensor& weight, const at
                                               c10::optional<std::int64_t> padding_idx, bool include_last_offset,
                                               c10::optional<double> max_norm, double norm_type, std::int64_t threads,
                                               bool with_argmax, c10::optional<at::IntArrayRef> rows_shape = c10::nullopt) {
-  // mode 'none' is embag.nn.Embedding's lookup, which returns the padding row as it is (torch's
-  // Embedding): its padding_idx only keeps that row's gradient
-  embag::options opts = library_options(mode, mode == "none" ? c10::nullopt : padding_idx, include_last_offset, false, threads);
+  embag::options opts = library_options(mode, padding_idx, include_last_offset, false, threads);
   const embag::table_view<float> table = table_of(weight);
   const embag::bags batch = bags_of(input, offsets, length, per_sample_weights);
   std::vector<std::int64_t> sizes = rows_shape ? rows_shape->vec() : std::vector<std::int64_t>{bags};
@@ -276,11 +274,15 @@ struct embedding_bag_node : torch::autograd::Function<embedding_bag_node> {
                             std::string mode, c10::optional<std::int64_t> padding_idx, bool include_last_offset,
                             c10::optional<double> max_norm, double norm_type, bool scale_grad_by_freq, bool sparse,
                             std::int64_t threads) {
-    // a lookup's output has the input's shape and dim: no view node after this one (a view of
-    // its rows added 3 us to the forward of a one-index lookup and 9 to its step's backward)
-    auto [out, argmax] = run_forward(weight, input, offsets, per_sample_weights, length, bags, mode, padding_idx,
+    // Mode 'none' is embag.nn.Embedding's lookup: it returns the padding row as it is (torch's
+    // Embedding), its padding_idx only keeps that row's gradient; and its output has the input's
+    // shape and dim, no view node after this one (a view of its rows added 3 us to the forward of
+    // a one-index lookup and 9 to its step's backward).
+    const bool lookup = mode == "none";
+    auto [out, argmax] = run_forward(weight, input, offsets, per_sample_weights, length, bags, mode,
+                                     lookup ? c10::nullopt : padding_idx,
                                      include_last_offset, max_norm, norm_type, threads, mode == "max",
-                                     mode == "none" ? c10::optional<at::IntArrayRef>(input.sizes()) : c10::nullopt);
+                                     lookup ? c10::optional<at::IntArrayRef>(input.sizes()) : c10::nullopt);
     ctx->save_for_backward({weight, input, offsets.value_or(at::Tensor()), per_sample_weights.value_or(at::Tensor()), argmax});
     ctx->saved_data["length"] = length;
     ctx->saved_data["mode"] = mode;
