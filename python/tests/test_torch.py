@@ -339,6 +339,17 @@ def test_embedding_bag_runs_as_a_cpp_autograd_node():
     assert embag._torch_ext is embag.nn._torch_nn
 
 
+def test_a_lookup_on_tensors_pads_as_on_numpy_arrays():
+    # the functional API's mode 'none' zeroes the padding row on both array types; only the module
+    # Embedding returns it as it is (torch's Embedding), and that is decided in its node
+    weight, indices, offsets = torch.randn(ROWS, DIM), torch.tensor([1, 3, 5]), torch.tensor([0, 1, 2])
+    on_tensors = embag.embedding_bag(indices, weight, offsets, mode="none", padding_idx=3)
+    on_arrays = embag.embedding_bag(indices.numpy(), weight.numpy(), offsets.numpy(), mode="none", padding_idx=3)
+    assert torch.equal(on_tensors, torch.from_numpy(on_arrays))
+    assert not on_tensors[1].any()
+    lookup = embag.nn.Embedding.from_pretrained(weight, padding_idx=3)
+    assert torch.equal(lookup(indices), F.embedding(indices, weight))
+
 def test_embedding_runs_as_the_same_node_and_its_sparse_gradient_is_torchs_form():
     assert embag.nn._torch_nn is not None, "embag was built without torch's C++ headers (libtorch-dev)"
     lookup = embag.nn.Embedding(ROWS, DIM, sparse=True)
