@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 tools/install_missing.sh g++ pkg-config meson ninja-build libxsimd-dev libtbb-dev libgtest-dev libbenchmark-dev libcli11-dev \
   nlohmann-json3-dev libcpp-httplib-dev python3 pybind11-dev python3-dev python3-numpy python3-pytest libopenmpi-dev openmpi-bin
 # embag.nn's EmbeddingBag is a C++ autograd node built against torch's C++ headers: where PyTorch
-# is installed, they come with it (a build directory set up before finds them after `meson setup --reconfigure build`)
-if dpkg-query -W -f='${Status}' python3-torch 2>/dev/null | grep -q "install ok installed"; then
+# is installed, they come with it. A build directory configured before they came is reconfigured,
+# since meson remembers a dependency it did not find.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+if installed python3-torch && ! installed libtorch-dev; then
   tools/install_missing.sh libtorch-dev
+  [ -f build/build.ninja ] && meson setup --reconfigure build
 fi
 
 [ -f build/build.ninja ] || meson setup build --buildtype=release
