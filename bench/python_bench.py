@@ -15,8 +15,9 @@
    gradients (mode sum; "train step", in the tensors and torch columns).
 
 Each figure is the best of 5 runs of a loop of calls (up to 50; about 0.15 s of calls for slow
-variants), after 8 warm-up calls and 20 ms of the variant's own calls; each variant's runs back to
-back (see best_time: torch's OpenMP threads spin after its calls).
+variants), after 96 warm-up calls (embag's prefetch trials), each run after 20 ms of the variant's
+own calls (torch's OpenMP threads spin after its calls); the runs go round the variants in turn
+(see best_time).
 Run from the repository root after building: /usr/bin/python3 bench/python_bench.py [--quick]
 [--parts overhead,L1] [--threads 1] (build/python is put first on sys.path for you)."""
 import argparse
@@ -42,22 +43,36 @@ def timed(run, calls):
     return own if own is not None else time.perf_counter() - start
 
 
-def best_time(variants, calls, repeats, run_seconds=0.15, settle_seconds=0.02):
+def best_time(variants, calls, repeats, run_seconds=0.15, settle_seconds=0.02, warm_up_calls=96,
+              warm_up_seconds=2.0):
     """{name: seconds per call}, the best of `repeats` runs of each variant, a run being up to
     `calls` calls, fewer for a slow variant (about run_seconds a run, at least 3 calls); a variant
-    returning a number timed itself (the C++ loop). Each variant's runs come back to back, after
-    settle_seconds of its own calls: torch's OpenMP threads spin for about 5 ms after each parallel
-    loop, holding the core that embag's TBB worker then waits for (embag's 2-thread calls ran at
-    its 1-thread speed for 5 ms after a torch operation), so a run right after torch's would time
-    torch's threads, not embag's. The README gives that interference's own figures."""
-    best = {}
+    returning a number timed itself (the C++ loop).
+
+    First each variant warms up: warm_up_calls calls (or warm_up_seconds of them), since embag's
+    first calls on a large table try prefetch settings (32 untimed calls, then 8 on each of up to
+    4 candidates) and a run among them would time the trials. Then the runs go round the variants
+    in turn, repeats times, so that a drift of the machine (the 480 MiB LLC's contents, a
+    neighbour's load) falls on every variant alike: runs of one variant back to back had made an
+    L = 1 forward 0.5x or 1.2x torch's from one run of this script to the next. Each run comes after
+    settle_seconds of its variant's own calls: torch's OpenMP threads spin for about 5 ms after
+    each parallel loop, holding the core that embag's TBB worker then waits for (embag's 2-thread
+    calls ran at its 1-thread speed for 5 ms after a torch operation), so a run right after torch's
+    would time torch's threads, not embag's. The README gives that interference's own figures."""
+    counts = {}
     for name, run in variants.items():
-        run(8)  # warm up: embag's first calls on a large table try prefetch settings
-        count = max(3, min(calls, int(run_seconds / (timed(run, 3) / 3))))
-        start = time.perf_counter()
-        while time.perf_counter() - start < settle_seconds:
-            run(count)
-        best[name] = min(timed(run, count) / count for _ in range(repeats))
+        start, done = time.perf_counter(), 0
+        while done < warm_up_calls and time.perf_counter() - start < warm_up_seconds:
+            run(8)
+            done += 8
+        counts[name] = max(3, min(calls, int(run_seconds / (timed(run, 3) / 3))))
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(repeats):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            while time.perf_counter() - start < settle_seconds:
+                run(counts[name])
+            best[name] = min(best[name], timed(run, counts[name]) / counts[name])
     return best
 
 

@@ -93,8 +93,10 @@ def _empty(shape, dtype, *like):
     return _embag.empty(shape, dtype, like)
 
 
-def _zeros(torch, shape, dtype):
-    return torch.zeros(shape, dtype=getattr(torch, dtype)) if torch is not None else np.zeros(shape, dtype)
+def _zeros(shape, dtype, *like):
+    """A new array of zeros, a torch.Tensor when one of like is; a large one (a dense gradient) in
+    fresh zero pages, zeroed by the kernel as its rows are first written (zeroed_memory.hpp)."""
+    return _embag.zeros(shape, dtype, like)
 
 
 def _invalid(code, message):
@@ -137,7 +139,7 @@ def _bags(input, offsets, per_sample_weights, include_last_offset, function):
                                             f"{tuple(per_sample_weights.shape)}, input has shape {shape}")
         bags, length = shape
         if length == 0:  # B empty bags: the library takes no fixed length 0, but offsets all 0
-            return _zeros(_torch_of(input), (bags,), "int64"), 0, bags
+            return _zeros((bags,), "int64", input), 0, bags
         return None, length, bags
     if ndim == 1:
         raise _invalid("invalid_shape", f"{function}: offsets are required when input is 1-D "
@@ -233,7 +235,7 @@ def _bag_backward(grad_output, input, num_weights, offsets, length, mode, per_sa
         return _embag.backward_sparse(num_weights, input, offsets, length, per_sample_weights, mode, padding_idx,
                                       include_last_offset, scale_grad_by_freq, grad_output, max_indices)
     if grad_weight is None:
-        grad_weight = _zeros(_torch_of(grad_output, input), (num_weights, grad_output.shape[1]), "float32")
+        grad_weight = _zeros((num_weights, grad_output.shape[1]), "float32", grad_output, input)
     _embag.backward_dense(input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
                           scale_grad_by_freq, grad_output, grad_weight, max_indices)
     return grad_weight
@@ -249,7 +251,7 @@ def embedding_backward(grad_output, input, num_weights, padding_idx=None, scale_
         return _embag.backward_sparse(num_weights, input, None, length, None, "none", padding_idx, False,
                                       scale_grad_by_freq, flat_grad, None)
     if grad_weight is None:
-        grad_weight = _zeros(_torch_of(grad_output, input), (num_weights, grad_output.shape[-1]), "float32")
+        grad_weight = _zeros((num_weights, grad_output.shape[-1]), "float32", grad_output, input)
     _embag.backward_dense(input, None, length, None, "none", padding_idx, False, scale_grad_by_freq, flat_grad,
                           grad_weight, None)
     return grad_weight

@@ -2,7 +2,8 @@
 // CPU PyTorch tensors, without copying either. embag/__init__.py gives it torch's signatures; this
 // file checks arrays, calls the library, and allocates the outputs as the caller's array type in
 // memory released outputs left (released_memory.hpp): the forward's, the sparse gradients, and
-// through empty() the Python layer's others (the zeroed dense gradients excepted: fresh zero pages).
+// through empty() the Python layer's others; the dense gradients through zeros(), large ones in fresh
+// zero pages (zeroed_memory.hpp).
 //
 // Arrays arrive through the buffer protocol (NumPy, memoryview, anything exporting one), as torch
 // tensors (read through their attributes: data_ptr(), shape, stride(), dtype), or through DLPack
@@ -21,6 +22,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -34,6 +36,7 @@
 #include "embag/optim.hpp"
 #include "embag/quantize.hpp"
 #include "released_memory.hpp"
+#include "zeroed_memory.hpp"
 
 namespace py = pybind11;
 using namespace py::literals;
@@ -526,21 +529,34 @@ embag_python::released_pool<embag_python::output_block>& output_blocks() {
   return *pool;
 }
 
-// A new C-contiguous NumPy array of `shape` and `type` in a kept block (or a new one); the block
-// goes back to the pool when the array (and whatever shares it: views, a tensor) is released.
-py::array new_block_array(const std::vector<py::ssize_t>& shape, const py::dtype& type) {
-  const auto refused = [&](embag::errc code, const char* why) {
-    std::string extents;
-    for (py::ssize_t n : shape) extents += (extents.empty() ? "" : ", ") + std::to_string(n);
-    return embag::error(code, "an output of shape (" + extents + ") and dtype " + py::cast<std::string>(type.attr("name")) +
-                                  ": " + why);
-  };
+// The bytes of an output of `shape` and `type`; refused(code, why) is the error to throw.
+std::size_t output_bytes(const std::vector<py::ssize_t>& shape, const py::dtype& type,
+                         const std::function<embag::error(embag::errc, const char*)>& refused) {
   std::size_t bytes = static_cast<std::size_t>(type.itemsize());
   for (py::ssize_t n : shape) {
     if (n < 0) throw refused(embag::errc::invalid_shape, "an extent is negative");
     if (__builtin_mul_overflow(bytes, static_cast<std::size_t>(n), &bytes) || bytes > static_cast<std::size_t>(PTRDIFF_MAX))
       throw refused(embag::errc::size_overflow, "its size in bytes overflows");
   }
+  return bytes;
+}
+
+// An output's error: "an output of shape (2, 3) and dtype float32: why".
+std::function<embag::error(embag::errc, const char*)> output_refused(const std::vector<py::ssize_t>& shape,
+                                                                    const py::dtype& type) {
+  return [&shape, &type](embag::errc code, const char* why) {
+    std::string extents;
+    for (py::ssize_t n : shape) extents += (extents.empty() ? "" : ", ") + std::to_string(n);
+    return embag::error(code, "an output of shape (" + extents + ") and dtype " + py::cast<std::string>(type.attr("name")) +
+                                  ": " + why);
+  };
+}
+
+// A new C-contiguous NumPy array of `shape` and `type` in a kept block (or a new one); the block
+// goes back to the pool when the array (and whatever shares it: views, a tensor) is released.
+py::array new_block_array(const std::vector<py::ssize_t>& shape, const py::dtype& type) {
+  const auto refused = output_refused(shape, type);
+  const std::size_t bytes = output_bytes(shape, type, refused);
   auto* block = output_blocks().take([&](const embag_python::output_block& b) { return b.suits(bytes); });
   try {
     if (block == nullptr) block = new embag_python::output_block(bytes);
@@ -549,6 +565,34 @@ py::array new_block_array(const std::vector<py::ssize_t>& shape, const py::dtype
   }
   py::capsule owner(block, [](void* p) { output_blocks().release(static_cast<embag_python::output_block*>(p)); });
   return py::array(type, shape, block->data(), owner);
+}
+
+// A new C-contiguous NumPy array of zeros (a dense gradient): fresh zero pages from the kernel
+// when large (zeroed_memory.hpp says why), a kept block zeroed here when not.
+py::array new_zeroed_array(const std::vector<py::ssize_t>& shape, const py::dtype& type) {
+  const auto refused = output_refused(shape, type);
+  const std::size_t bytes = output_bytes(shape, type, refused);
+  if (bytes < embag_python::lazily_zeroed_from) {
+    py::array array = new_block_array(shape, type);
+    if (bytes != 0) std::memset(array.mutable_data(), 0, bytes);
+    return array;
+  }
+  struct mapping {
+    void* data;
+    std::size_t bytes;
+  };
+  mapping* kept = nullptr;
+  try {
+    kept = new mapping{embag_python::map_zeroed(bytes), bytes};
+  } catch (const std::bad_alloc&) {
+    throw refused(embag::errc::out_of_memory, "out of memory");
+  }
+  py::capsule owner(kept, [](void* p) {
+    auto* m = static_cast<mapping*>(p);
+    embag_python::unmap_zeroed(m->data, m->bytes);
+    delete m;
+  });
+  return py::array(type, shape, kept->data, owner);
 }
 
 // A new array as the caller's type: shared with a tensor when as_tensor (torch was seen).
@@ -1098,6 +1142,11 @@ PYBIND11_MODULE(_embag, m) {
   m.def("empty", [](const std::vector<py::ssize_t>& shape, const std::string& dtype, py::sequence like) {
     bool as_tensor = std::any_of(like.begin(), like.end(), [](py::handle a) { return torch_tensor(a) != nullptr; });
     return as_callers_type(new_block_array(shape, py::dtype(dtype)), as_tensor);
+  }, "shape"_a, "dtype"_a, "like"_a);
+  // A dense gradient the Python layer fills: zeros, a tensor when one of `like` is.
+  m.def("zeros", [](const std::vector<py::ssize_t>& shape, const std::string& dtype, py::sequence like) {
+    bool as_tensor = std::any_of(like.begin(), like.end(), [](py::handle a) { return torch_tensor(a) != nullptr; });
+    return as_callers_type(new_zeroed_array(shape, py::dtype(dtype)), as_tensor);
   }, "shape"_a, "dtype"_a, "like"_a);
   m.def("set_buffer_cache_limit", [](std::int64_t bytes) {
     if (bytes < 0)

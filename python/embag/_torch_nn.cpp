@@ -23,6 +23,7 @@
 
 #include "embag/embag.hpp"
 #include "released_memory.hpp"
+#include "zeroed_memory.hpp"
 
 namespace {
 
@@ -152,6 +153,14 @@ struct kept_memory {
 kept_memory& kept() {
   static auto* memory = new kept_memory;  // never destroyed: a tensor may outlive the module
   return *memory;
+}
+
+// A dense gradient of zeros: a large one in fresh zero pages (zeroed_memory.hpp says why).
+at::Tensor zeroed_gradient(std::int64_t rows, std::int64_t dim, const at::TensorOptions& options) {
+  const std::size_t bytes = static_cast<std::size_t>(rows) * static_cast<std::size_t>(dim) * sizeof(float);
+  if (bytes < embag_python::lazily_zeroed_from) return at::zeros({rows, dim}, options);
+  void* data = embag_python::map_zeroed(bytes);  // std::bad_alloc: torch's out-of-memory error
+  return torch::from_blob(data, {rows, dim}, [bytes](void* p) { embag_python::unmap_zeroed(p, bytes); }, options);
 }
 
 // A new float32 tensor of these sizes in kept memory.
@@ -322,7 +331,7 @@ struct embedding_bag_node : torch::autograd::Function<embedding_bag_node> {
     if (!ctx->needs_input_grad(0)) return result;
     const std::int64_t rows = weight.size(0), dim = weight.size(1), bags = matrix_of(dy).rows;
     if (!ctx->saved_data["sparse"].toBool()) {
-      at::Tensor grad = at::zeros({rows, dim}, dy.options());
+      at::Tensor grad = zeroed_gradient(rows, dim, dy.options());
       embag::backward_dense(batch, opts, matrix_of(dy), matrix_of(grad), argmax_span, &thread_workspace());
       result[0] = grad;
       return result;
