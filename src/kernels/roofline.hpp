@@ -20,13 +20,15 @@ struct minimal_gather {
   using batch = xsimd::batch<float, Arch>;
   using reader = row_reader<Arch, Type>;
   static constexpr std::int64_t lanes = batch::size;
-  // As many accumulators as half the registers hold, or in narrow passes forward's narrow group
+  // As many accumulators as forward's unweighted sum keeps (every register where adds read memory,
+  // else half of them), or in narrow passes forward's narrow group
   // (at most 256 bytes of each row per pass: on DRAM tables the faster read on some machines, so
   // a ceiling that lacked it was beaten by forward); wider rows take more passes over the bag, the
   // later ones finding its rows in L1 (or in L2, where the first pass's prefetches put them).
   static constexpr std::int64_t group = [] {
     if constexpr (Narrow) return fixed_dim_forward<Arch, Index, Type, prefetch_level::l2, true, Chunks>::sum_group;
-    else return Chunks < vector_registers<Arch> / 2 ? Chunks : vector_registers<Arch> / 2;
+    else if constexpr (Chunks == 0) return 0;  // any D: forward's column passes
+    else return fixed_dim_forward<Arch, Index, Type, Level, false, Chunks>::plain_sum_group;
   }();
 
   const forward_request& req;
