@@ -22,7 +22,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -529,39 +528,34 @@ embag_python::released_pool<embag_python::output_block>& output_blocks() {
   return *pool;
 }
 
-// The bytes of an output of `shape` and `type`; refused(code, why) is the error to throw.
-std::size_t output_bytes(const std::vector<py::ssize_t>& shape, const py::dtype& type,
-                         const std::function<embag::error(embag::errc, const char*)>& refused) {
-  std::size_t bytes = static_cast<std::size_t>(type.itemsize());
-  for (py::ssize_t n : shape) {
-    if (n < 0) throw refused(embag::errc::invalid_shape, "an extent is negative");
-    if (__builtin_mul_overflow(bytes, static_cast<std::size_t>(n), &bytes) || bytes > static_cast<std::size_t>(PTRDIFF_MAX))
-      throw refused(embag::errc::size_overflow, "its size in bytes overflows");
-  }
-  return bytes;
+// An output's error: "an output of shape (2, 3) and dtype float32: why".
+embag::error output_error(const std::vector<py::ssize_t>& shape, const py::dtype& type, embag::errc code, const char* why) {
+  std::string extents;
+  for (py::ssize_t n : shape) extents += (extents.empty() ? "" : ", ") + std::to_string(n);
+  return embag::error(code, "an output of shape (" + extents + ") and dtype " + py::cast<std::string>(type.attr("name")) +
+                                ": " + why);
 }
 
-// An output's error: "an output of shape (2, 3) and dtype float32: why".
-std::function<embag::error(embag::errc, const char*)> output_refused(const std::vector<py::ssize_t>& shape,
-                                                                    const py::dtype& type) {
-  return [&shape, &type](embag::errc code, const char* why) {
-    std::string extents;
-    for (py::ssize_t n : shape) extents += (extents.empty() ? "" : ", ") + std::to_string(n);
-    return embag::error(code, "an output of shape (" + extents + ") and dtype " + py::cast<std::string>(type.attr("name")) +
-                                  ": " + why);
-  };
+// The bytes of an output of `shape` and `type`, refused when negative or overflowing.
+std::size_t output_bytes(const std::vector<py::ssize_t>& shape, const py::dtype& type) {
+  std::size_t bytes = static_cast<std::size_t>(type.itemsize());
+  for (py::ssize_t n : shape) {
+    if (n < 0) throw output_error(shape, type, embag::errc::invalid_shape, "an extent is negative");
+    if (__builtin_mul_overflow(bytes, static_cast<std::size_t>(n), &bytes) || bytes > static_cast<std::size_t>(PTRDIFF_MAX))
+      throw output_error(shape, type, embag::errc::size_overflow, "its size in bytes overflows");
+  }
+  return bytes;
 }
 
 // A new C-contiguous NumPy array of `shape` and `type` in a kept block (or a new one); the block
 // goes back to the pool when the array (and whatever shares it: views, a tensor) is released.
 py::array new_block_array(const std::vector<py::ssize_t>& shape, const py::dtype& type) {
-  const auto refused = output_refused(shape, type);
-  const std::size_t bytes = output_bytes(shape, type, refused);
+  const std::size_t bytes = output_bytes(shape, type);
   auto* block = output_blocks().take([&](const embag_python::output_block& b) { return b.suits(bytes); });
   try {
     if (block == nullptr) block = new embag_python::output_block(bytes);
   } catch (const std::bad_alloc&) {
-    throw refused(embag::errc::out_of_memory, "out of memory");
+    throw output_error(shape, type, embag::errc::out_of_memory, "out of memory");
   }
   py::capsule owner(block, [](void* p) { output_blocks().release(static_cast<embag_python::output_block*>(p)); });
   return py::array(type, shape, block->data(), owner);
@@ -570,8 +564,7 @@ py::array new_block_array(const std::vector<py::ssize_t>& shape, const py::dtype
 // A new C-contiguous NumPy array of zeros (a dense gradient): fresh zero pages from the kernel
 // when large (zeroed_memory.hpp says why), a kept block zeroed here when not.
 py::array new_zeroed_array(const std::vector<py::ssize_t>& shape, const py::dtype& type) {
-  const auto refused = output_refused(shape, type);
-  const std::size_t bytes = output_bytes(shape, type, refused);
+  const std::size_t bytes = output_bytes(shape, type);
   if (bytes < embag_python::lazily_zeroed_from) {
     py::array array = new_block_array(shape, type);
     if (bytes != 0) std::memset(array.mutable_data(), 0, bytes);
@@ -585,7 +578,7 @@ py::array new_zeroed_array(const std::vector<py::ssize_t>& shape, const py::dtyp
   try {
     kept = new mapping{embag_python::map_zeroed(bytes), bytes};
   } catch (const std::bad_alloc&) {
-    throw refused(embag::errc::out_of_memory, "out of memory");
+    throw output_error(shape, type, embag::errc::out_of_memory, "out of memory");
   }
   py::capsule owner(kept, [](void* p) {
     auto* m = static_cast<mapping*>(p);
@@ -593,6 +586,11 @@ py::array new_zeroed_array(const std::vector<py::ssize_t>& shape, const py::dtyp
     delete m;
   });
   return py::array(type, shape, kept->data, owner);
+}
+
+// Whether any of `like` is a torch tensor: the outputs made for it are tensors too.
+bool any_tensor(const py::sequence& like) {
+  return std::any_of(like.begin(), like.end(), [](py::handle a) { return torch_tensor(a) != nullptr; });
 }
 
 // A new array as the caller's type: shared with a tensor when as_tensor (torch was seen).
@@ -1140,13 +1138,11 @@ PYBIND11_MODULE(_embag, m) {
   }, "threads"_a);
   // An output the Python layer fills (through the library): a tensor when one of `like` is.
   m.def("empty", [](const std::vector<py::ssize_t>& shape, const std::string& dtype, py::sequence like) {
-    bool as_tensor = std::any_of(like.begin(), like.end(), [](py::handle a) { return torch_tensor(a) != nullptr; });
-    return as_callers_type(new_block_array(shape, py::dtype(dtype)), as_tensor);
+    return as_callers_type(new_block_array(shape, py::dtype(dtype)), any_tensor(like));
   }, "shape"_a, "dtype"_a, "like"_a);
   // A dense gradient the Python layer fills: zeros, a tensor when one of `like` is.
   m.def("zeros", [](const std::vector<py::ssize_t>& shape, const std::string& dtype, py::sequence like) {
-    bool as_tensor = std::any_of(like.begin(), like.end(), [](py::handle a) { return torch_tensor(a) != nullptr; });
-    return as_callers_type(new_zeroed_array(shape, py::dtype(dtype)), as_tensor);
+    return as_callers_type(new_zeroed_array(shape, py::dtype(dtype)), any_tensor(like));
   }, "shape"_a, "dtype"_a, "like"_a);
   m.def("set_buffer_cache_limit", [](std::int64_t bytes) {
     if (bytes < 0)

@@ -3,7 +3,7 @@
 // the kernel, which are zero already, advised to be huge.
 //
 // Why: a dense gradient is mostly zeros, and zeroing it cost more than computing it. torch.zeros
-// of R = 1M, D = 128 (512 MB), then 2,048 or 81,920 rows added, took 392-403 ms on the Xeon guest,
+// of R = 1M, D = 128 (512 MB), then 2,048 or 81,920 rows added, took 392-403 ms on a Zen 3 guest,
 // nearly all of it faulting in 131,072 pages of 4 KiB while writing zeros; here the kernel zeroes
 // each 2 MiB page on its first touch (256 faults), 56-89 ms, and an optimizer's read of the whole
 // gradient afterwards cost the same as torch.zeros' (58-67 ms). Without the huge-page advice
@@ -23,16 +23,15 @@
 namespace embag_python {
 
 inline constexpr std::size_t lazily_zeroed_from = std::size_t{4} << 20;  // bytes
+inline constexpr std::size_t huge_page = std::size_t{2} << 20;
 
 // A mapping of fresh zero pages holding at least `bytes`, 2 MiB aligned (a huge page's boundary);
 // its size is zeroed_mapping_bytes(bytes). Throws std::bad_alloc when the kernel refuses.
 inline std::size_t zeroed_mapping_bytes(std::size_t bytes) {
-  constexpr std::size_t huge_page = std::size_t{2} << 20;
   return (bytes + huge_page - 1) / huge_page * huge_page;
 }
 
 inline void* map_zeroed(std::size_t bytes) {
-  constexpr std::size_t huge_page = std::size_t{2} << 20;
   const std::size_t size = zeroed_mapping_bytes(bytes);
   // One huge page more than asked, then the ends trimmed: mmap aligns to 4 KiB only.
   void* mapped = ::mmap(nullptr, size + huge_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
