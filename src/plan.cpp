@@ -295,8 +295,7 @@ namespace {
 // LLC, where L1 had been the fixed choice, narrow passes took 0.63x its time (`embag bench --rows
 // 32768 --dim 128 --mode sum`: 0.88 ms against 1.39) and 0.44x at D = 32 (`--rows 131072 --dim 32`:
 // 0.37 against 0.84); and a winner learnt on a 1.3 MB table, mostly in L2, lost 2x on a 13 MB one
-// (the FBGEMM harness's R = 10k and 100k, D = 32). The first candidate serves the calls too short
-// to time while no winner is known. No prefetch at all is a candidate in every class: a table
+// (the FBGEMM harness's R = 10k and 100k, D = 32). No prefetch at all is a candidate in every class: a table
 // that mostly stays in L2 pays for the prefetches and gains nothing (FBGEMM's harness at R = 10k, D
 // = 32 on a Xeon with 2 MiB of L2: `EMBAG_PREFETCH=none embag bench --rows 10000 --dim 32 --mode
 // sum` 0.160 ms, the l1 / l2 / l2-one-pass candidates 0.169 / 0.192 / 0.191), and past the LLC
@@ -310,7 +309,26 @@ namespace {
 // of 128-byte fp32 rows) into L1 took 1.9x the time of into L2 in one pass, where on the fp32
 // table of D = 32 that had decided for both the candidates were within 5% (FBGEMM's harness,
 // `EMBAG_PREFETCH=l1|l2-one-pass`, `--rows=1000000 --dims=32,64`: 2.37 against 1.26 ms).
-enum prefetch_candidate { l1_one_pass, l2_one_pass, l2_narrow, no_prefetch, prefetch_candidates };
+// How far ahead is learnt with the level (bytes of rows in flight, not rows: a long row needs
+// fewer rows ahead to keep as many misses pending). Into L1 8 KiB ahead, tuned on the Xeon, was
+// the only distance into L1 until the Zen 3 guest (32 KiB L1d, 512 KiB L2), where 4 KiB ahead
+// took 0.93x its time at D = 64 and 0.96x at D = 32 but 1.04x on Zipf ids and 1.05x on bags of 4
+// (`build/bench/prefetch_sweep --dim 64` and `--dim 32`, `--dim 64 --zipf`, `--dim 64 --pooling
+// 4`: l1:16 against l1:32, l1:32 against l1:64); with both candidates FBGEMM's harness found embag
+// behind FBGEMM in 164 of its 252 cells instead of 180, median 0.90x instead of 0.85. Into L2 in
+// one pass read as into L1 at the same distance there. The first candidate serves the calls too
+// short to time while no winner is known.
+struct prefetch_candidate {
+  prefetch_level level;
+  bool narrow;
+  std::int64_t in_flight;
+};
+constexpr prefetch_candidate prefetch_candidates[] = {{prefetch_level::l1, false, 8 * 1024},
+                                                      {prefetch_level::l1, false, 4 * 1024},
+                                                      {prefetch_level::l2, false, 32 * 1024},
+                                                      {prefetch_level::l2, true, 32 * 1024},
+                                                      {prefetch_level::none, false, 0}};
+constexpr int prefetch_candidate_count = std::ssize(prefetch_candidates);
 constexpr int table_classes = 4;
 constexpr int past_llc_class = table_classes - 1;
 constexpr int row_size_classes = 6;
@@ -322,7 +340,7 @@ struct learnt_prefetch : prefetch_trials {
 constexpr int element_classes = 4;  // 32, 16, 8 or 4 bits
 // max or not, short bags or not, row size, element size
 constexpr int sets_per_class = 2 * 2 * row_size_classes * element_classes;
-learnt_prefetch<prefetch_candidates> trial_sets[table_classes * sets_per_class];
+learnt_prefetch<prefetch_candidate_count> trial_sets[table_classes * sets_per_class];
 prefetch_trials& trial_set(int set) noexcept { return trial_sets[set]; }
 
 // table_bytes > half_l2; past_llc: past the LLC and read without skew.
@@ -343,6 +361,11 @@ int trial_set_of(const forward_request& req, std::int64_t table_bytes, std::int6
 // quarter of a MiB from DRAM takes about 10 microseconds here, a thousand times the clock's grain.
 constexpr std::int64_t min_trial_bytes = std::int64_t{1} << 18;
 
+// The rows ahead that keep `in_flight` bytes of rows pending, within 4 and 64.
+int rows_ahead(std::int64_t in_flight, std::int64_t row_bytes) {
+  return static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
+}
+
 }  // namespace
 
 void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool may_trial) {
@@ -356,33 +379,28 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool m
   // By size class: a table within half of L2 needs no prefetch; a larger one the fastest of the
   // candidates on this machine (prefetch_trials), learnt per table size class. Skewed indices on a
   // table past the LLC read mostly hot rows the caches keep: served as the largest class within it.
-  prefetch_level level = table_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
-  bool narrow = false;
+  prefetch_candidate chosen = table_bytes <= l2 / 2 ? prefetch_candidate{prefetch_level::none, false, 0} : prefetch_candidates[0];
   req.prefetch_trial = req.prefetch_trial_set = -1;
-  if (level != prefetch_level::none && setting.level == prefetch_level::automatic) {
+  if (chosen.level != prefetch_level::none && setting.level == prefetch_level::automatic) {
     bool on_trial = false;
     const bool long_enough = may_trial && req.bags.nnz * row_bytes >= min_trial_bytes;
     const int set = trial_set_of(req, table_bytes, l2 / 2, table_bytes > llc && !skewed(req.bags));
     prefetch_trials& trials = trial_set(set);
     const int candidate = long_enough ? trials.next(on_trial) : std::max(trials.chosen(), 0);
-    level = candidate == no_prefetch ? prefetch_level::none
-            : candidate == l1_one_pass ? prefetch_level::l1
-                                       : prefetch_level::l2;
-    narrow = candidate == l2_narrow;
+    chosen = prefetch_candidates[candidate];
     if (on_trial) {
       req.prefetch_trial = candidate;
       req.prefetch_trial_set = set;
     }
   }
   if (setting.level != prefetch_level::automatic) {
-    level = kernel_level(setting.level);
-    narrow = setting.level == prefetch_level::l2;  // a forced l2 reads in narrow passes, as it always did
+    const prefetch_level level = kernel_level(setting.level);
+    // a forced l2 reads in narrow passes, as it always did; the distance is the default's of its level
+    chosen = {level, setting.level == prefetch_level::l2, level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024};
   }
-  // Bytes in flight, not rows: a long row needs fewer rows ahead to keep as many misses pending.
-  const std::int64_t in_flight = level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024;
-  req.prefetch = level;
-  req.prefetch_rows = setting.rows > 0 ? setting.rows : static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
-  req.narrow_passes = narrow;
+  req.prefetch = chosen.level;
+  req.prefetch_rows = setting.rows > 0 ? setting.rows : rows_ahead(chosen.in_flight, row_bytes);
+  req.narrow_passes = chosen.narrow;
 }
 
 void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked) {
@@ -392,9 +410,8 @@ void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked)
   const std::int64_t l2 = caches().l2 > 0 ? caches().l2 : std::int64_t{1} << 20;
   prefetch_level level = r.rows * row_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
   if (setting.level != prefetch_level::automatic) level = kernel_level(setting.level);  // the scatter has no passes
-  const std::int64_t in_flight = level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024;
   r.prefetch = level;
-  r.prefetch_rows = setting.rows > 0 ? setting.rows : static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
+  r.prefetch_rows = setting.rows > 0 ? setting.rows : rows_ahead(level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024, row_bytes);
 }
 
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept {

@@ -92,7 +92,7 @@ class prefetch_trials {
  public:
   static constexpr int warm_up_calls = 32;
   static constexpr int trials = 8;
-  static constexpr int max_candidates = 4;
+  static constexpr int max_candidates = 5;
   explicit prefetch_trials(int candidates) noexcept : candidates_(candidates) {}
   // The candidate (0 to candidates - 1) the next call uses; `on_trial`: report its time.
   int next(bool& on_trial) noexcept;
@@ -112,7 +112,7 @@ class prefetch_trials {
 // Prefetch level and distance for this table and row size: by the table's size class against
 // the caches, or as the caller (or EMBAG_PREFETCH, e.g. "l2:32", "l1:16", "none") forces. For a
 // table past half of L2, prefetching into L2 (32 KiB in flight) in narrow passes, into L2 in one
-// pass, and into L1 (8 KiB in flight) each won on some machine of this project or table class,
+// pass, and into L1 8 KiB or 4 KiB ahead each won on some machine of this project or table class,
 // and within the LLC no prefetch at all (DESIGN.md section 4 and issue 13's measurements): such
 // calls are prefetch_trials among them, learnt apart per table class (within the LLC or skewed;
 // past it), bag length and row size, and req.prefetch_trial names the candidate whose time run_forward reports to
