@@ -323,10 +323,11 @@ struct prefetch_candidate {
   bool narrow;
   std::int64_t in_flight;
 };
-constexpr prefetch_candidate prefetch_candidates[] = {{prefetch_level::l1, false, 8 * 1024},
-                                                      {prefetch_level::l1, false, 4 * 1024},
-                                                      {prefetch_level::l2, false, 32 * 1024},
-                                                      {prefetch_level::l2, true, 32 * 1024},
+constexpr std::int64_t l1_in_flight = 8 * 1024, l2_in_flight = 32 * 1024;  // a forced level's too
+constexpr prefetch_candidate prefetch_candidates[] = {{prefetch_level::l1, false, l1_in_flight},
+                                                      {prefetch_level::l1, false, l1_in_flight / 2},
+                                                      {prefetch_level::l2, false, l2_in_flight},
+                                                      {prefetch_level::l2, true, l2_in_flight},
                                                       {prefetch_level::none, false, 0}};
 constexpr int prefetch_candidate_count = std::ssize(prefetch_candidates);
 constexpr int table_classes = 4;
@@ -366,6 +367,9 @@ int rows_ahead(std::int64_t in_flight, std::int64_t row_bytes) {
   return static_cast<int>(std::clamp<std::int64_t>(in_flight / row_bytes, 4, 64));
 }
 
+// How far ahead a forced level, and the scatter's (never on trial), prefetch.
+std::int64_t default_in_flight(prefetch_level level) { return level == prefetch_level::l2 ? l2_in_flight : l1_in_flight; }
+
 }  // namespace
 
 void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool may_trial) {
@@ -395,8 +399,8 @@ void choose_prefetch(forward_request& req, const prefetch_setting& asked, bool m
   }
   if (setting.level != prefetch_level::automatic) {
     const prefetch_level level = kernel_level(setting.level);
-    // a forced l2 reads in narrow passes, as it always did; the distance is the default's of its level
-    chosen = {level, setting.level == prefetch_level::l2, level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024};
+    // a forced l2 reads in narrow passes, as it always did
+    chosen = {level, setting.level == prefetch_level::l2, default_in_flight(level)};
   }
   req.prefetch = chosen.level;
   req.prefetch_rows = setting.rows > 0 ? setting.rows : rows_ahead(chosen.in_flight, row_bytes);
@@ -411,7 +415,7 @@ void choose_scatter_prefetch(backward_request& r, const prefetch_setting& asked)
   prefetch_level level = r.rows * row_bytes <= l2 / 2 ? prefetch_level::none : prefetch_level::l1;
   if (setting.level != prefetch_level::automatic) level = kernel_level(setting.level);  // the scatter has no passes
   r.prefetch = level;
-  r.prefetch_rows = setting.rows > 0 ? setting.rows : rows_ahead(level == prefetch_level::l2 ? 32 * 1024 : 8 * 1024, row_bytes);
+  r.prefetch_rows = setting.rows > 0 ? setting.rows : rows_ahead(default_in_flight(level), row_bytes);
 }
 
 void report_prefetch_trial(const forward_request& req, double seconds) noexcept {
