@@ -336,6 +336,7 @@ constexpr int row_size_classes = 6;
 constexpr std::int64_t short_bag_indices = 4;
 template <int Candidates>
 struct learnt_prefetch : prefetch_trials {
+  static_assert(Candidates <= max_candidates, "prefetch_trials keeps the times of max_candidates");
   learnt_prefetch() noexcept : prefetch_trials(Candidates) {}
 };
 constexpr int element_classes = 4;  // 32, 16, 8 or 4 bits
