@@ -101,7 +101,7 @@ const workload& get_workload(const workload_spec& spec, dtype type = dtype::f32)
   return *it->second;
 }
 
-// The roofline's best prefetch per (spec, element type, threads): a sweep of 9 settings, found once.
+// The roofline's best prefetch per (spec, element type, threads): roofline_prefetch_sweep(), found once.
 prefetch_setting roofline_prefetch(const workload& w, dtype type, int threads) {
   static std::map<std::tuple<std::string, dtype, int>, prefetch_setting> cache;
   const auto key = std::make_tuple(w.spec.name(), type, threads);

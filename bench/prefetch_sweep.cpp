@@ -3,7 +3,7 @@
 // of a call per setting, against the automatic choice (which learns its own among its candidates in
 // the first rounds: plan.cpp's prefetch trials). What the prefetch candidates and their distances are
 // tuned from: absolute times drift between processes on the shared guests, ratios in one process
-// much less.
+// much less. The forced settings are the roofline's sweep (roofline_prefetch_sweep).
 //
 //   build/bench/prefetch_sweep [--rows R] [--dim D] [--pooling L] [--zipf] [--threads T]
 //                              [--mode sum|mean|max] [--rounds N]
@@ -12,7 +12,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -69,10 +68,8 @@ int main(int argc, char** argv) {
   }
 
   const workload w(spec);
-  std::vector<prefetch_setting> settings{{prefetch_level::automatic, 0}, {prefetch_level::none, 0}};
-  for (int rows : {4, 8, 12, 16, 24, 32, 48, 64}) settings.push_back({prefetch_level::l1, rows});
-  for (int rows : {8, 16, 32, 64}) settings.push_back({prefetch_level::l2_one_pass, rows});
-  for (int rows : {8, 16, 32, 64}) settings.push_back({prefetch_level::l2, rows});
+  std::vector<prefetch_setting> settings{{prefetch_level::automatic, 0}};  // then the roofline's sweep
+  settings.insert(settings.end(), roofline_prefetch_sweep().begin(), roofline_prefetch_sweep().end());
 
   const isa best = available_isas().back();
   call_buffers buffers;

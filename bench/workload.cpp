@@ -164,11 +164,16 @@ roofline_runs::roofline_runs(const workload& w, dtype type, const execution& how
 }
 
 std::span<const prefetch_setting> roofline_prefetch_sweep() {
+  // Every distance forward's prefetch candidates take (plan.cpp: 4 and 8 KiB of rows into L1, 32
+  // KiB into L2; 64 rows into L1 is 8 KiB of 128-byte rows) and those between: a ceiling that
+  // lacked one of forward's own settings could be beaten by forward.
   static const prefetch_setting sweep[] = {
-      {prefetch_level::none, 0},         {prefetch_level::l1, 4},           {prefetch_level::l1, 8},
-      {prefetch_level::l1, 16},          {prefetch_level::l1, 32},          {prefetch_level::l2, 8},
-      {prefetch_level::l2, 16},          {prefetch_level::l2, 32},          {prefetch_level::l2, 64},
-      {prefetch_level::l2_one_pass, 16}, {prefetch_level::l2_one_pass, 32}, {prefetch_level::l2_one_pass, 64}};
+      {prefetch_level::none, 0},        {prefetch_level::l1, 4},           {prefetch_level::l1, 8},
+      {prefetch_level::l1, 12},         {prefetch_level::l1, 16},          {prefetch_level::l1, 24},
+      {prefetch_level::l1, 32},         {prefetch_level::l1, 48},          {prefetch_level::l1, 64},
+      {prefetch_level::l2, 8},          {prefetch_level::l2, 16},          {prefetch_level::l2, 32},
+      {prefetch_level::l2, 64},         {prefetch_level::l2_one_pass, 8},  {prefetch_level::l2_one_pass, 16},
+      {prefetch_level::l2_one_pass, 32}, {prefetch_level::l2_one_pass, 64}};
   return sweep;
 }
 

@@ -145,7 +145,7 @@ class sequential_roofline {
 };
 
 // The roofline's best prefetch on this workload's table in `type` and thread count, from a sweep
-// of levels and distances (none; L1 4 to 32 rows ahead; L2 in narrow passes 8 to 64, in one pass 16 to 64); and the sequential-read
+// of levels and distances (none; L1 4 to 64 rows ahead; L2 in narrow passes and in one pass 8 to 64); and the sequential-read
 // bandwidth of the fp32 table in bytes/s.
 prefetch_setting best_roofline_prefetch(const workload& w, int threads, isa which, dtype type = dtype::f32);
 // The settings that sweep tries.
