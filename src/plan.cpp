@@ -314,10 +314,11 @@ namespace {
 // the only distance into L1 until the Zen 3 guest (32 KiB L1d, 512 KiB L2), where 4 KiB ahead
 // took 0.93x its time at D = 64 and 0.96x at D = 32 but 1.04x on Zipf ids and 1.05x on bags of 4
 // (`build/bench/prefetch_sweep --dim 64` and `--dim 32`, `--dim 64 --zipf`, `--dim 64 --pooling
-// 4`: l1:16 against l1:32; at D = 32 l1:32 against l1:64). FBGEMM's harness (quick grid, the two
-// builds one after the other) moved within its noise: embag behind in 170 of 252 cells against
-// 180, median 0.88x of FBGEMM against 0.86. Into L2 in one pass read as into L1 at the same
-// distance there. The first candidate serves the calls too short to time while no winner is known.
+// 4`: l1:16 against l1:32; at D = 32 l1:32 against l1:64). FBGEMM's harness (`side_by_side.sh
+// FBGEMM quick`, its ideal loop ported to AVX2; the two builds one after the other) moved within
+// its noise: embag behind in 170 of 252 cells against 180, median 0.88x of FBGEMM against 0.86.
+// Into L2 in one pass read as into L1 at the same distance there. The first candidate serves the
+// calls too short to time while no winner is known.
 struct prefetch_candidate {
   prefetch_level level;
   bool narrow;
