@@ -142,7 +142,7 @@ std::vector<isa> simd_isas() {
   return list;
 }
 
-INSTANTIATE_TEST_SUITE_P(Available, ForwardAllocation, ::testing::ValuesIn(simd_isas()),
+INSTANTIATE_TEST_SUITE_P(EveryIsa, ForwardAllocation, ::testing::ValuesIn(simd_isas()),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
 TEST(Allocation, BackwardWithReusedWorkspaceAfterWarmUp) {

@@ -486,7 +486,7 @@ TEST_P(Backward, PerSampleWeightsGradient) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Isa, Backward, ::testing::Combine(::testing::ValuesIn(available_isas()), ::testing::ValuesIn(shapes)),
+INSTANTIATE_TEST_SUITE_P(EveryIsa, Backward, ::testing::Combine(::testing::ValuesIn(available_isas()), ::testing::ValuesIn(shapes)),
                          [](const auto& info) {
                            return std::string(to_string(std::get<0>(info.param))) + "_" + std::get<1>(info.param).name;
                          });

@@ -711,7 +711,7 @@ std::size_t count_of(const std::string& text, const std::string& what) {
 
 // The suite (here its cache class only, briefly): verified first, one summary line per
 // distribution and bag length, then the full table.
-TEST_F(Cli, BenchSuiteOpensWithItsSummary) {
+TEST_F(Cli, BenchSuiteOpensWithItsSummaryOnEveryIsa) {
   const tool_run r = embag("bench --classes cache --threads 1 --seconds 0.005");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("verified: 40 kernel results match the reference bit for bit"), std::string::npos) << r.output;

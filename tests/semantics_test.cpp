@@ -608,7 +608,7 @@ TEST_P(Semantics, RuleBreakingCallsAreErrorsThatWriteNothing) {
   expect_out(run_raw(T, bags::from_offsets(indices, starts), first_row), {{5, -6}, {7.5f, -8.5f}, {3, -4}});
 }
 
-INSTANTIATE_TEST_SUITE_P(Isa, Semantics, ::testing::Combine(::testing::ValuesIn(available_isas()), ::testing::ValuesIn(shapes)),
+INSTANTIATE_TEST_SUITE_P(EveryIsa, Semantics, ::testing::Combine(::testing::ValuesIn(available_isas()), ::testing::ValuesIn(shapes)),
                          [](const auto& info) {
                            return std::string(to_string(std::get<0>(info.param))) + "_" + std::get<1>(info.param).name;
                          });

@@ -68,7 +68,7 @@ TEST_P(Determinism, HandedArenasOfOneAndTwoThreadsGiveTheInlineBits) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Available, Determinism, ::testing::ValuesIn(available_isas()),
+INSTANTIATE_TEST_SUITE_P(EveryIsa, Determinism, ::testing::ValuesIn(available_isas()),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
 // One shared read-only table, a batch per caller thread, and the expected outputs precomputed.

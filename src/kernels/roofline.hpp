@@ -101,12 +101,16 @@ struct minimal_gather {
 template <class Arch, class Index, dtype Type, prefetch_level Level, bool Narrow = false>
 void gather_bags_at(const forward_request& req, const bag_block& block) {
   constexpr std::int64_t lanes = xsimd::batch<float, Arch>::size;
+  // narrow passes where forward's differ from one pass (narrow_passes_differ), as forward reads
+  const auto fixed = [&]<std::int64_t Chunks>() {
+    minimal_gather<Arch, Index, Type, Level, Narrow && narrow_passes_differ<Arch, Index, Type, Chunks>, Chunks>{req}.run(block);
+  };
   switch (req.dim) {
-    case 16: return minimal_gather<Arch, Index, Type, Level, Narrow, 16 / lanes>{req}.run(block);
-    case 32: return minimal_gather<Arch, Index, Type, Level, Narrow, 32 / lanes>{req}.run(block);
-    case 64: return minimal_gather<Arch, Index, Type, Level, Narrow, 64 / lanes>{req}.run(block);
-    case 128: return minimal_gather<Arch, Index, Type, Level, Narrow, 128 / lanes>{req}.run(block);
-    case 256: return minimal_gather<Arch, Index, Type, Level, Narrow, 256 / lanes>{req}.run(block);
+    case 16: return fixed.template operator()<16 / lanes>();
+    case 32: return fixed.template operator()<32 / lanes>();
+    case 64: return fixed.template operator()<64 / lanes>();
+    case 128: return fixed.template operator()<128 / lanes>();
+    case 256: return fixed.template operator()<256 / lanes>();
     default: return minimal_gather<Arch, Index, Type, Level, false, 0>{req}.run(block);  // no passes: the output row accumulates
   }
 }
