@@ -318,7 +318,9 @@ namespace {
 // FBGEMM quick`, its ideal loop ported to AVX2; the two builds one after the other) moved within
 // its noise: embag behind in 170 of 252 cells against 180, median 0.88x of FBGEMM against 0.86.
 // Into L2 in one pass read as into L1 at the same distance there. The first candidate serves the
-// calls too short to time while no winner is known.
+// calls too short to time while no winner is known. Narrow passes run as one pass on the widths
+// where they would group a row's columns the same (the kernels' narrow_passes_differ: every
+// width on SSE2, short rows): that candidate then times the one-pass code a second time.
 struct prefetch_candidate {
   prefetch_level level;
   bool narrow;
