@@ -13,6 +13,13 @@
 // contains TEXT (to profile one, e.g. --only partial_sums). Next to them, the ideal loop
 // (embag::gather_roofline, the minimal gather) run by every rank at once on its own shard with a
 // batch of the same size, which shows how this machine's memory system itself scales with N.
+//
+// Weak scaling on N > 1 ranks also times each operation on one rank, in the same processes,
+// step for step with the N-rank steps: rank 0 alone, a sharding of its own shard over
+// MPI_COMM_SELF, a batch as large over its own rows, while the other ranks wait. The efficiency
+// printed is that one-rank step over the N-rank step (N ranks' lookups per second over N times
+// one rank's): measured in one run, because this machine's speed drifts from one run to the
+// next by more than the difference being measured.
 #include <mpi.h>
 
 #include <algorithm>
@@ -129,6 +136,9 @@ int main(int argc, char** argv) {
   const std::int64_t my_bags = weak ? s.bags : s.bags / ranks;
   const sharded::sharding sharding{&comm, sharded::row_partition::even(table_rows, ranks)};
   const std::int64_t owned = sharding.partition.count(me);
+  const bool alone_too = weak && ranks > 1;  // also time each operation on rank 0 alone
+  counting_communicator self(sharded::mpi_communicator(MPI_COMM_SELF));
+  const sharded::sharding alone{&self, sharded::row_partition::even(owned, 1)};
 
   // This rank's rows (their values do not matter to the timing) and batch.
   table shard(owned, s.dim);
@@ -172,49 +182,64 @@ int main(int argc, char** argv) {
                 s.scaling.c_str(), ranks, static_cast<long long>(table_rows), static_cast<long long>(s.dim),
                 static_cast<double>(owned * s.dim * 4) / (1 << 20), static_cast<long long>(my_bags),
                 static_cast<long long>(s.length), s.iterations);
-    std::printf("%-26s %11s %14s %11s %13s %14s %18s\n", "operation", "step ms", "Mlookups/s", "comm ms", "bytes/lookup",
-                "x minimum", "cluster comm ms");
+    std::printf("%-26s %11s %14s %11s %13s %14s %18s%s\n", "operation", "step ms", "Mlookups/s", "comm ms", "bytes/lookup",
+                "x minimum", "cluster comm ms", alone_too ? "  1-rank ms  efficiency" : "");
   }
 
-  // Times op (a collective) K times after one warm-up; prints its line.
+  // Times op(sharding, batch) (a collective) K times after one warm-up, and with alone_too, step
+  // for step, op(alone, local_batch) on rank 0 only; prints its line.
+  const bags local_batch = bags::from_offsets(local_indices, offsets);
   const auto measure = [&](const std::string& name, auto&& op) {
     if (name.find(s.only) == std::string::npos) return;
-    op();
-    std::vector<double> steps;
+    op(sharding, batch);
+    if (alone_too && me == 0) op(alone, local_batch);
+    std::vector<double> steps, alone_steps;
     comm.seconds = 0;
     comm.bytes_out = 0;
     for (int k = 0; k < s.iterations; ++k) {
       MPI_Barrier(MPI_COMM_WORLD);
       const auto t0 = clock_type::now();
-      op();
+      op(sharding, batch);
       steps.push_back(slowest(seconds_since(t0)));
+      if (!alone_too) continue;
+      MPI_Barrier(MPI_COMM_WORLD);
+      if (me == 0) {
+        const auto t1 = clock_type::now();
+        op(alone, local_batch);
+        alone_steps.push_back(seconds_since(t1));
+      }
     }
     const double step = median(steps);
     const double comm_ms = total(comm.seconds) / ranks / s.iterations * 1e3;
     const double per_lookup = static_cast<double>(total(comm.bytes_out)) / s.iterations / static_cast<double>(all_lookups);
     // the exchange on a cluster: this rank's bytes out (and as many in) over its own link
     const double cluster_ms = per_lookup * static_cast<double>(lookups) / (s.bandwidth * 1e9) * 1e3;
-    if (me == 0)
-      std::printf("%-26s %11.3f %14.2f %11.3f %13.1f %14.2f %18.3f\n", name.c_str(), step * 1e3,
+    if (me == 0) {
+      std::printf("%-26s %11.3f %14.2f %11.3f %13.1f %14.2f %18.3f", name.c_str(), step * 1e3,
                   static_cast<double>(all_lookups) / step / 1e6, comm_ms, per_lookup,
                   ranks == 1 ? 0.0 : per_lookup / minimum_per_lookup, cluster_ms);
+      if (alone_too) std::printf(" %11.3f %11.2f", median(alone_steps) * 1e3, median(alone_steps) / step);
+      std::printf("\n");
+    }
   };
 
   const table_view<const float> rows = std::as_const(shard).view();
-  measure("forward rows (bitwise)", [&] { sharded::forward(sharding, rows, batch, opts, out_view); });
-  measure("forward partial_sums", [&] {
-    sharded::forward(sharding, rows, batch, opts, out_view, {}, sharded::forward_exchange::partial_sums);
+  measure("forward rows (bitwise)", [&](const sharded::sharding& on, const bags& b) { sharded::forward(on, rows, b, opts, out_view); });
+  measure("forward partial_sums", [&](const sharded::sharding& on, const bags& b) {
+    sharded::forward(on, rows, b, opts, out_view, {}, sharded::forward_exchange::partial_sums);
   });
   sparse_gradient grad;
-  measure("backward_sparse", [&] { sharded::backward_sparse(sharding, batch, opts, {dy.data(), my_bags, s.dim, 0}, grad); });
+  const matrix_view<const float> dy_view{dy.data(), my_bags, s.dim, 0};
+  measure("backward_sparse", [&](const sharded::sharding& on, const bags& b) { sharded::backward_sparse(on, b, opts, dy_view, grad); });
   optimizer sgd;
-  measure("backward_update sgd", [&] { sharded::backward_update(sharding, shard.view(), batch, opts, {dy.data(), my_bags, s.dim, 0}, sgd); });
+  measure("backward_update sgd",
+          [&](const sharded::sharding& on, const bags& b) { sharded::backward_update(on, shard.view(), b, opts, dy_view, sgd); });
 
-  // The ideal loop and the local forward, every rank at once on its own shard, a batch as large.
-  const bags local_batch = bags::from_offsets(local_indices, offsets);
+  // The ideal loop and the local forward, every rank at once on its own shard, a batch as large
+  // (alone: rank 0 only, the same call).
   const gather_roofline ideal(rows, local_batch, out_view, opts.execution);
-  measure("ideal loop, local (1/N)", [&] { ideal.run(); });
-  measure("embag::forward, local", [&] { forward(rows, local_batch, opts, out_view); });
+  measure("ideal loop, local (1/N)", [&](const sharded::sharding&, const bags&) { ideal.run(); });
+  measure("embag::forward, local", [&](const sharded::sharding&, const bags&) { forward(rows, local_batch, opts, out_view); });
   if (me == 0)
     std::printf("minimum bytes/lookup (indices out, one partial row back per bag and other owner): %.1f; "
                 "cluster comm: this rank's bytes over %.1f GB/s\n",
