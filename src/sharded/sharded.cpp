@@ -261,29 +261,30 @@ void put(std::vector<std::byte>& to, const T* values, std::int64_t count) {
   std::memcpy(to.data() + old, values, static_cast<std::size_t>(count) * sizeof(T));
 }
 
-// forward_exchange::partial_sums on a validated pooled-sum call: per (bag, owner) the owner's
-// weighted sum of its rows of the bag, added in rank order, then divided as the mode divides.
-void forward_partial_sums(communicator& c, const row_partition& part, compressed_table_view shard,
-                          const detail::forward_request& r, const options& opts) {
-  const int me = c.rank(), ranks = c.size();
-  const detail::bag_source& source = r.bags;
-  const std::int64_t dim = r.dim, padding = r.padding_idx;
+// Splits the bags' indices by owner, padding left out, into kept.to_owner: per owner its rows
+// (numbered from the owner's first row), with `coefficients` each row's coefficient (its weight, or
+// 1, divided by its bag's divisor when `divide`), and the bags with rows there with their numbers
+// of rows, in bag order. Each bag's divisor goes to kept.divisors (1 without scaling). Lookups
+// are bags of one index.
+//
+// Two passes over the indices: each one's owner (-1: padding), counting the rows each owner gets;
+// then, bag by bag, every row written at its owner's cursor, with the bag's count of rows per
+// owner kept apart and written once the bag ends. Counting rows, bags and the last bag seen per
+// owner in the first pass, and each bag's length in place in the second, made every index load
+// and store counters chosen by its owner, a chain through memory that a random owner breaks
+// often: timed inside the partial-sums forward (`sharded_benchmark --scaling weak --only
+// partial_sums`, 81,920 indices, Zen 3), that bucketing took 1.03-1.11 ms on 2 ranks (0.54-0.58
+// on 1), this 0.56-0.62 (0.47-0.50).
+void split_by_owner(const detail::bag_source& source, bool lookup, std::int64_t padding, detail::bag_scaling scaling,
+                    const row_partition& part, bool coefficients, bool divide, exchange_buffers& kept) {
+  const int ranks = part.ranks();
   const bool weighted = source.weights != nullptr;
-  exchange_buffers& kept = buffers();
+  const std::int64_t bags = lookup ? source.nnz : source.num_bags;
   std::vector<row_block>& to = kept.to_owner;
   to.resize(static_cast<std::size_t>(ranks));
   for (row_block& k : to) k.clear();
-  std::vector<float>& divisors = kept.divisors;
-  divisors.assign(static_cast<std::size_t>(source.num_bags), 1.0f);
+  kept.divisors.assign(static_cast<std::size_t>(bags), 1.0f);
   const std::span<const std::int64_t> boundaries = part.boundaries();
-  // Two passes over the indices: each one's owner (-1: padding), counting the rows each owner
-  // gets; then, bag by bag, every row written at its owner's cursor, with the bag's count of rows
-  // per owner kept apart and written once the bag ends. Counting rows, bags and the last bag seen
-  // per owner in the first pass, and each bag's length in place in the second, made every index
-  // load and store counters chosen by its owner, a chain through memory that a random owner
-  // breaks often: timed inside the call (`sharded_benchmark --scaling weak --only partial_sums`,
-  // 81,920 indices, Zen 3), that bucketing took 1.03-1.11 ms on 2 ranks (0.54-0.58 on 1), this
-  // 0.56-0.62 (0.47-0.50).
   std::vector<std::int32_t>& owner_of = kept.owner_of;
   owner_of.resize(static_cast<std::size_t>(source.nnz));
   std::vector<std::int64_t> rows_to(static_cast<std::size_t>(ranks), 0);
@@ -305,10 +306,10 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   for (int o = 0; o < ranks; ++o) {
     row_block& k = to[static_cast<std::size_t>(o)];
     k.rows.resize(static_cast<std::size_t>(rows_to[o]));
-    const auto most_bags = static_cast<std::size_t>(std::min(rows_to[o], source.num_bags));
+    const auto most_bags = static_cast<std::size_t>(std::min(rows_to[o], bags));
     k.bag_of.resize(most_bags);
     k.lengths.resize(most_bags);
-    if (weighted) k.coefficients.resize(static_cast<std::size_t>(rows_to[o]));
+    if (coefficients) k.coefficients.resize(static_cast<std::size_t>(rows_to[o]));
     write_at[o] = {k.rows.data(), k.bag_of.data(), k.lengths.data(), k.coefficients.data(), part.first(o)};
   }
   // The owners of the current bag's rows, each once (an array, not push_back: a call in the loop
@@ -316,18 +317,25 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   std::vector<int> bag_owners(static_cast<std::size_t>(ranks));
   detail::with_indices(source, [&](const auto* indices) {
     std::int64_t begin = 0;
-    for (std::int64_t b = 0; b < source.num_bags; ++b) {
-      const std::int64_t end = detail::end_of_bag(source, b, begin);
-      detail::bag_tally tally;
+    for (std::int64_t b = 0; b < bags; ++b) {
+      const std::int64_t end = lookup ? b + 1 : detail::end_of_bag(source, b, begin);
+      float divisor = 1.0f;
+      if (scaling != detail::bag_scaling::none) {  // as the local calls divide (plan.cpp's row transpose)
+        detail::bag_tally tally;
+        for (std::int64_t j = begin; j < end; ++j)
+          if (owner_of[j] >= 0) detail::tally_row(tally, weighted ? source.weights[j] : 1.0f);
+        divisor = kept.divisors[b] = detail::bag_divisor(scaling, weighted, tally);
+      }
       int touched = 0;
       for (std::int64_t j = begin; j < end; ++j) {
         const int owner = owner_of[j];
         if (owner < 0) continue;
-        const float weight = weighted ? source.weights[j] : 1.0f;
-        detail::tally_row(tally, weight);
         cursor& c = write_at[owner];
         *c.rows++ = indices[j] - c.first_row;
-        if (weighted) *c.coefficients++ = weight;
+        if (coefficients) {
+          const float weight = weighted ? source.weights[j] : 1.0f;
+          *c.coefficients++ = divide ? detail::divided(weight, divisor) : weight;
+        }
         if (c.in_bag++ == 0) bag_owners[touched++] = owner;
       }
       for (int t = 0; t < touched; ++t) {
@@ -336,7 +344,6 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
         *c.lengths++ = c.in_bag;
         c.in_bag = 0;
       }
-      if (r.reduce.scaling != detail::bag_scaling::none) divisors[b] = detail::bag_divisor(r.reduce.scaling, weighted, tally);
       begin = end;
     }
   });
@@ -346,6 +353,20 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
     k.bag_of.resize(bags_there);
     k.lengths.resize(bags_there);
   }
+}
+
+// forward_exchange::partial_sums on a validated pooled-sum call: per (bag, owner) the owner's
+// weighted sum of its rows of the bag, added in rank order, then divided as the mode divides.
+void forward_partial_sums(communicator& c, const row_partition& part, compressed_table_view shard,
+                          const detail::forward_request& r, const options& opts) {
+  const int me = c.rank(), ranks = c.size();
+  const detail::bag_source& source = r.bags;
+  const std::int64_t dim = r.dim, padding = r.padding_idx;
+  const bool weighted = source.weights != nullptr;
+  exchange_buffers& kept = buffers();
+  split_by_owner(source, false, padding, r.reduce.scaling, part, weighted, false, kept);
+  const std::vector<row_block>& to = kept.to_owner;
+  const std::vector<float>& divisors = kept.divisors;
   // This rank's own block stays here (no MPI copy): the owner pools it after the others'.
   std::vector<std::int64_t> bytes_from = exchange_blocks(c, ranks, kept, [&](int o, std::vector<std::byte>& send) {
     if (o == me) return;
@@ -596,48 +617,19 @@ owned_bags& exchange_backward(const sharding& s, const bags& batch, const option
   const bool coefficients = !max && (weighted || r.reduce.scaling != detail::bag_scaling::none);
 
   exchange_buffers& kept = buffers();
+  split_by_owner(source, lookup, padding, r.reduce.scaling, part, coefficients, r.reduce.scaling != detail::bag_scaling::none, kept);
   std::vector<row_block>& to = kept.to_owner;
-  to.resize(static_cast<std::size_t>(ranks));
-  for (row_block& k : to) k.clear();
-  std::vector<std::int64_t> opened(static_cast<std::size_t>(ranks));  // the last bag opened per owner
-  const auto index = [&](std::int64_t j) { return element_at(source.indices, source.index_kind, j); };
-  std::int64_t begin = 0;
-  for (std::int64_t b = 0; b < (lookup ? source.nnz : source.num_bags); ++b) {
-    const std::int64_t end = lookup ? b + 1 : detail::end_of_bag(source, b, begin);
-    // the divisor as the local backward computes it (plan.cpp's row transpose)
-    float divisor = 1.0f;
-    if (r.reduce.scaling != detail::bag_scaling::none) {
-      detail::bag_tally tally;
-      for (std::int64_t j = begin; j < end; ++j)
-        if (index(j) != padding) detail::tally_row(tally, weighted ? source.weights[j] : 1.0f);
-      divisor = detail::bag_divisor(r.reduce.scaling, weighted, tally);
-    }
-    std::fill(opened.begin(), opened.end(), -1);
-    for (std::int64_t j = begin; j < end; ++j) {
-      const std::int64_t row = index(j);
-      if (row == padding) continue;
-      const int o = part.owner(row);
+  if (max)  // per bag and owner, its argmax rows there (shard rows; -1 where another owner's row won)
+    for (int o = 0; o < ranks; ++o) {
       row_block& k = to[static_cast<std::size_t>(o)];
-      if (opened[o] != b) {
-        opened[o] = b;
-        k.lengths.push_back(0);
-        k.bag_of.push_back(b);
-        if (max)
-          for (std::int64_t d = 0; d < dim; ++d) {
-            const std::int64_t winner = r.argmax[b * dim + d];
-            k.argmax.push_back(winner >= 0 && part.owner(winner) == o ? winner - part.first(o) : -1);
-          }
-      }
-      ++k.lengths.back();
-      k.rows.push_back(row - part.first(o));
-      if (coefficients) {
-        float coefficient = weighted ? source.weights[j] : 1.0f;
-        if (r.reduce.scaling != detail::bag_scaling::none) coefficient = detail::divided(coefficient, divisor);
-        k.coefficients.push_back(coefficient);
-      }
+      k.argmax.resize(k.bag_of.size() * static_cast<std::size_t>(dim));
+      std::int64_t* winners = k.argmax.data();
+      for (std::int64_t b : k.bag_of)
+        for (std::int64_t d = 0; d < dim; ++d) {
+          const std::int64_t winner = r.argmax[b * dim + d];
+          *winners++ = winner >= 0 && part.owner(winner) == o ? winner - part.first(o) : -1;
+        }
     }
-    begin = end;
-  }
 
   // Each block: bag count, index count, whether coefficients follow (a rank without weights has
   // none: its batch may be empty), lengths, rows, coefficients, dY rows, argmax rows.
