@@ -3,10 +3,13 @@
 // call, and compares it bit for bit with the single-node call on the whole table (forward: its own
 // batch; backward and update: every rank's batch concatenated in rank order).
 #include <mpi.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <optional>
 #include <random>
 #include <string>
@@ -562,6 +565,71 @@ TEST(Sharded, BadIndexOnOneRankFailsEveryRankAlike) {
                              {dy.data(), 2, c.dim, 0}, opt);
   });
   EXPECT_EQ(shard_before, shard);
+}
+
+// This process's address space limited to its current size plus `more` bytes (RLIMIT_AS), the
+// limit it had put back when the object goes.
+class address_space_limit {
+ public:
+  explicit address_space_limit(std::int64_t more) {
+    getrlimit(RLIMIT_AS, &before_);
+    std::int64_t pages = 0;
+    std::ifstream("/proc/self/statm") >> pages;
+    rlimit limited = before_;
+    limited.rlim_cur = static_cast<rlim_t>(pages * sysconf(_SC_PAGESIZE) + more);
+    setrlimit(RLIMIT_AS, &limited);
+  }
+  address_space_limit(const address_space_limit&) = delete;
+  address_space_limit& operator=(const address_space_limit&) = delete;
+  ~address_space_limit() { setrlimit(RLIMIT_AS, &before_); }
+
+ private:
+  rlimit before_{};
+};
+
+// Memory running out on one rank after the ranks agreed on the call (the last rank's address space
+// too small for what bucketing its indices by owner needs): every rank throws that rank's error
+// before the next exchange, where the others would wait for it forever, and nothing is written.
+TEST(Sharded, OutOfMemoryOnOneRankAfterAgreeingFailsEveryRank) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "the sanitizers reserve address space far past any limit set here";
+#endif
+  const int n = ranks(), me = my_rank();
+  sharded_case c = draw(37, false, {dtype::f32});
+  c.opts = {};
+  tables t = make_tables(c);
+  batch_data mine;  // 4M indices in bags of 2: tens of MB to bucket, a few to validate
+  const std::int64_t indices = std::int64_t{1} << 22;
+  mine.indices.resize(static_cast<std::size_t>(indices));
+  for (std::int64_t j = 0; j < indices; ++j) mine.indices[j] = j % c.rows;
+  mine.lengths.assign(static_cast<std::size_t>(indices / 2), 2);
+  const std::int64_t bags = indices / 2;
+  const embag::bags batch = mine.view();
+  std::vector<float> out(static_cast<std::size_t>(bags * c.dim), -7.0f), dy(out.size(), 1.0f);
+  const std::vector<float> before = out;
+  const std::string expected = "rank " + std::to_string(n - 1) + ": out of memory while bucketing the indices by owner";
+  const auto expect_agreed_failure = [&](auto&& call) {
+    try {
+      std::optional<address_space_limit> limit;
+      if (me == n - 1) limit.emplace(std::int64_t{16} << 20);
+      call();
+      ADD_FAILURE() << "no error";
+    } catch (const error& e) {
+      EXPECT_EQ(e.code(), errc::out_of_memory);
+      EXPECT_EQ(std::string(e.what()), expected);
+    }
+  };
+  const matrix_view<float> y{out.data(), bags, c.dim, 0};
+  expect_agreed_failure([&] { sharded::forward(t.sharding, t.shard, batch, c.opts, y); });
+  expect_agreed_failure([&] {
+    sharded::forward(t.sharding, t.shard, batch, c.opts, y, {}, sharded::forward_exchange::partial_sums);
+  });
+  EXPECT_EQ(before, out);
+  sparse_gradient sparse;
+  sparse.rows = {42};
+  expect_agreed_failure(
+      [&] { sharded::backward_sparse(t.sharding, batch, c.opts, {dy.data(), bags, c.dim, 0}, sparse); });
+  EXPECT_EQ(sparse.rows, std::vector<std::int64_t>{42});
 }
 
 // Ranks that describe the table differently (here its dim) all refuse the call.

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <climits>
 #include <limits>
+#include <new>
 #include <string>
 
 namespace embag::sharded {
@@ -16,23 +17,25 @@ class mpi_engine final : public communicator {
   explicit mpi_engine(MPI_Comm comm) : comm_(comm) {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
+    counts_from_.resize(static_cast<std::size_t>(size_));
   }
   int rank() const noexcept override { return rank_; }
   int size() const noexcept override { return size_; }
 
   void all_to_all(std::span<const std::byte> send, std::span<const std::int64_t> bytes_to, std::vector<std::byte>& received,
                   std::vector<std::int64_t>& bytes_from) override {
-    bytes_from.assign(static_cast<std::size_t>(size_), 0);
-    MPI_Alltoall(bytes_to.data(), 1, MPI_INT64_T, bytes_from.data(), 1, MPI_INT64_T, comm_);
-    const blocks b = blocks_of(bytes_to, bytes_from);
-    received.resize(static_cast<std::size_t>(b.received));
+    MPI_Alltoall(bytes_to.data(), 1, MPI_INT64_T, counts_from_.data(), 1, MPI_INT64_T, comm_);
+    const blocks b = blocks_of(bytes_to, counts_from_, std::numeric_limits<std::int64_t>::max(), [&](std::int64_t bytes) {
+      bytes_from.assign(counts_from_.begin(), counts_from_.end());
+      received.resize(static_cast<std::size_t>(bytes));
+    });
     MPI_Alltoallv(send.data(), b.send_counts.data(), b.send_at.data(), MPI_BYTE, received.data(), b.receive_counts.data(),
                   b.receive_at.data(), MPI_BYTE, comm_);
   }
 
   void all_to_all_known(std::span<const std::byte> send, std::span<const std::int64_t> bytes_to,
                         std::span<const std::int64_t> bytes_from, std::span<std::byte> into) override {
-    const blocks b = blocks_of(bytes_to, bytes_from, static_cast<std::int64_t>(into.size()));
+    const blocks b = blocks_of(bytes_to, bytes_from, static_cast<std::int64_t>(into.size()), [](std::int64_t) {});
     MPI_Alltoallv(send.data(), b.send_counts.data(), b.send_at.data(), MPI_BYTE, into.data(), b.receive_counts.data(),
                   b.receive_at.data(), MPI_BYTE, comm_);
   }
@@ -49,28 +52,41 @@ class mpi_engine final : public communicator {
   }
 
  private:
-  // An all-to-all's int counts and displacements, from its byte counts. They must hold every
-  // rank's totals, and each rank's blocks must fit the room it has for them (all_to_all_known):
-  // agreed, so all ranks throw.
+  // An all-to-all's int counts and displacements, from its byte counts, and room made for what it
+  // receives (make_room(bytes)). They must hold every rank's totals, each rank's blocks must fit
+  // the room it has for them (all_to_all_known), and every rank must have had the memory: agreed,
+  // so all ranks throw, where a rank that threw alone would leave the others in the exchange.
   struct blocks {
     std::vector<int> send_counts, send_at, receive_counts, receive_at;
     std::int64_t received = 0;
   };
-  blocks blocks_of(std::span<const std::int64_t> bytes_to, std::span<const std::int64_t> bytes_from,
-                   std::int64_t room = std::numeric_limits<std::int64_t>::max()) const {
+  template <class MakeRoom>
+  blocks blocks_of(std::span<const std::int64_t> bytes_to, std::span<const std::int64_t> bytes_from, std::int64_t room,
+                   MakeRoom&& make_room) const {
     const auto ranks = static_cast<std::size_t>(size_);
-    blocks b{std::vector<int>(ranks), std::vector<int>(ranks), std::vector<int>(ranks), std::vector<int>(ranks), 0};
+    blocks b;
     std::int64_t sent = 0;
-    for (std::size_t r = 0; r < ranks; ++r) {
-      b.send_at[r] = static_cast<int>(sent);
-      b.receive_at[r] = static_cast<int>(b.received);
-      sent += bytes_to[r];
-      b.received += bytes_from[r];
-      b.send_counts[r] = static_cast<int>(bytes_to[r]);
-      b.receive_counts[r] = static_cast<int>(bytes_from[r]);
+    bool out_of_memory = false;
+    try {
+      b = {std::vector<int>(ranks), std::vector<int>(ranks), std::vector<int>(ranks), std::vector<int>(ranks), 0};
+      for (std::size_t r = 0; r < ranks; ++r) {
+        b.send_at[r] = static_cast<int>(sent);
+        b.receive_at[r] = static_cast<int>(b.received);
+        sent += bytes_to[r];
+        b.received += bytes_from[r];
+        b.send_counts[r] = static_cast<int>(bytes_to[r]);
+        b.receive_counts[r] = static_cast<int>(bytes_from[r]);
+      }
+      if (b.received <= room) make_room(b.received);
+    } catch (const std::bad_alloc&) {
+      out_of_memory = true;
     }
-    std::int64_t agreed[2] = {std::max(sent, b.received), b.received > room ? rank_ + 1 : 0};  // size, a rank short of room
-    MPI_Allreduce(MPI_IN_PLACE, agreed, 2, MPI_INT64_T, MPI_MAX, comm_);
+    // size, a rank short of room, a rank out of memory
+    std::int64_t agreed[3] = {std::max(sent, b.received), b.received > room ? rank_ + 1 : 0, out_of_memory ? rank_ + 1 : 0};
+    MPI_Allreduce(MPI_IN_PLACE, agreed, 3, MPI_INT64_T, MPI_MAX, comm_);
+    if (agreed[2] > 0)
+      throw error(errc::out_of_memory, "all_to_all: rank " + std::to_string(agreed[2] - 1) +
+                                           " ran out of memory for the blocks it receives");
     if (agreed[1] > 0)
       throw error(errc::size_mismatch, "all_to_all_known: rank " + std::to_string(agreed[1] - 1) +
                                            " was sent more bytes than its buffer holds");
@@ -83,6 +99,7 @@ class mpi_engine final : public communicator {
 
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
+  std::vector<std::int64_t> counts_from_;  // all_to_all's counts, received before anything can fail
 };
 
 }  // namespace

@@ -116,17 +116,18 @@ communicator& communicator_of(const sharding& s) {
 }
 
 // Runs this rank's checks, then agrees with every other rank in one reduction: when any rank's
-// checks failed, every rank throws the lowest failing rank's error; when the ranks' fingerprints of
-// what they must share differ, every rank throws that. Nothing is sent before this.
+// checks failed, every rank throws the lowest failing rank's error (memory running out: "out of
+// memory while <doing>"); when the ranks' fingerprints of what they must share differ, every rank
+// throws that. Nothing is sent before this.
 template <class Check>
-void agree(communicator& c, const fingerprint& shared, const char* shared_what, Check&& check) {
+void agree(communicator& c, const fingerprint& shared, const char* shared_what, const char* doing, Check&& check) {
   std::optional<error> failure;
   try {
     check();
   } catch (const error& e) {
     failure = e;
   } catch (const std::bad_alloc&) {
-    failure = error(errc::out_of_memory, "out of memory while validating the call");
+    failure = error(errc::out_of_memory, std::string("out of memory while ") + doing);
   }
   std::int64_t agreed[3] = {failure ? c.rank() : c.size(), shared.value(), -shared.value()};
   c.all_min(agreed);
@@ -148,6 +149,15 @@ void agree(communicator& c, const fingerprint& shared, const char* shared_what, 
   throw error(static_cast<errc>(code), "rank " + std::to_string(first) + ": " +
                                            std::string(reinterpret_cast<const char*>(message.data()) + sizeof code,
                                                        message.size() - sizeof code));
+}
+
+// Runs `phase`, this rank's work between two exchanges, and agrees on how it went before the next
+// exchange: when it failed on any rank (memory running out as its buffers grow), every rank throws
+// that rank's error there, where the others would otherwise wait in the exchange for a rank that
+// has left the call. Costs one reduction of three numbers (microseconds against the exchange).
+template <class Phase>
+void before_exchange(communicator& c, const char* doing, Phase&& phase) {
+  agree(c, fingerprint{}, "nothing", doing, phase);
 }
 
 void check_partition(const sharding& s, int ranks) {
@@ -227,19 +237,18 @@ std::span<const std::byte> bytes_of(const std::vector<T>& v) noexcept {
   return std::as_bytes(std::span<const T>(v));
 }
 
-// One block per rank, written by pack(rank, send) into the thread's send buffer, exchanged in one
-// all-to-all into kept.received; returns the bytes received from each rank.
+// One block per rank, written by pack(rank, send) into the thread's send buffer, for one
+// all-to-all; returns the bytes of each rank's block.
 template <class Pack>
-std::vector<std::int64_t> exchange_blocks(communicator& c, int ranks, exchange_buffers& kept, const Pack& pack) {
+std::vector<std::int64_t> pack_blocks(int ranks, exchange_buffers& kept, const Pack& pack) {
   kept.send.clear();
-  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks)), bytes_from;
+  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
   for (int o = 0; o < ranks; ++o) {
     const std::size_t before = kept.send.size();
     pack(o, kept.send);
     bytes_to[static_cast<std::size_t>(o)] = static_cast<std::int64_t>(kept.send.size() - before);
   }
-  c.all_to_all(kept.send, bytes_to, kept.received, bytes_from);
-  return bytes_from;
+  return bytes_to;
 }
 
 // A received block's values, appended to `to` (copied: blocks are not aligned for T).
@@ -364,20 +373,25 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   const std::int64_t dim = r.dim, padding = r.padding_idx;
   const bool weighted = source.weights != nullptr;
   exchange_buffers& kept = buffers();
-  split_by_owner(source, false, padding, r.reduce.scaling, part, weighted, false, kept);
   const std::vector<row_block>& to = kept.to_owner;
   const std::vector<float>& divisors = kept.divisors;
-  // This rank's own block stays here (no MPI copy): the owner pools it after the others'.
-  std::vector<std::int64_t> bytes_from = exchange_blocks(c, ranks, kept, [&](int o, std::vector<std::byte>& send) {
-    if (o == me) return;
-    const row_block& k = to[static_cast<std::size_t>(o)];
-    const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()), weighted};
-    put(send, counts, 3);
-    put(send, k.lengths.data(), counts[0]);
-    put(send, k.rows.data(), counts[1]);
-    put(send, k.coefficients.data(), static_cast<std::int64_t>(k.coefficients.size()));
+  std::vector<std::int64_t> bytes_to, bytes_from;
+  before_exchange(c, "bucketing the indices by owner", [&] {
+    split_by_owner(source, false, padding, r.reduce.scaling, part, weighted, false, kept);
+    // This rank's own block stays here (no MPI copy): the owner pools it after the others'.
+    bytes_to = pack_blocks(ranks, kept, [&](int o, std::vector<std::byte>& send) {
+      if (o == me) return;
+      const row_block& k = to[static_cast<std::size_t>(o)];
+      const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()),
+                                      weighted};
+      put(send, counts, 3);
+      put(send, k.lengths.data(), counts[0]);
+      put(send, k.rows.data(), counts[1]);
+      put(send, k.coefficients.data(), static_cast<std::int64_t>(k.coefficients.size()));
+    });
   });
-  std::vector<std::byte>& received = kept.received;
+  c.all_to_all(kept.send, bytes_to, kept.received, bytes_from);
+  const std::vector<std::byte>& received = kept.received;
 
   // The owner: every rank's bags, the others' in rank order then its own, pooled by one local
   // forward (mode sum; clip as asked). A rank that sent no weights gets weights of 1 where another
@@ -387,52 +401,56 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   pooled.norm_type = opts.norm_type;
   pooled.execution = opts.execution;
   row_block& from = kept.from_requester;
-  from.clear();
-  bool any_weights = false;
-  const std::byte* at = received.data();
-  for (int source_rank = 0; source_rank < ranks; ++source_rank) {
-    if (source_rank == me) continue;
-    std::int64_t counts[3];
-    std::memcpy(counts, at, sizeof counts);
-    at += sizeof counts;
-    at = take(at, counts[0], from.lengths);
+  std::vector<float>& partials = kept.partials;
+  std::vector<float>& sums = kept.sums;
+  std::int64_t own_first = 0;  // the first of this rank's own bags among those pooled (pooled last)
+  std::vector<std::int64_t> sums_bytes;
+  before_exchange(c, "pooling the rows asked for", [&] {
+    sums_bytes.assign(static_cast<std::size_t>(ranks), 0);
+    from.clear();
+    bool any_weights = false;
+    const std::byte* at = received.data();
+    for (int source_rank = 0; source_rank < ranks; ++source_rank) {
+      if (source_rank == me) continue;
+      std::int64_t counts[3];
+      std::memcpy(counts, at, sizeof counts);
+      at += sizeof counts;
+      at = take(at, counts[0], from.lengths);
+      const std::size_t rows_before = from.rows.size();
+      at = take(at, counts[1], from.rows);
+      if (counts[2] != 0) {
+        any_weights = true;
+        from.coefficients.resize(rows_before, 1.0f);
+        at = take(at, counts[1], from.coefficients);
+      }
+      bytes_from[source_rank] = counts[0] * dim * std::int64_t{sizeof(float)};  // the partial sums sent back
+    }
+    own_first = static_cast<std::int64_t>(from.lengths.size());
+    const row_block& own = to[static_cast<std::size_t>(me)];
+    from.lengths.insert(from.lengths.end(), own.lengths.begin(), own.lengths.end());
     const std::size_t rows_before = from.rows.size();
-    at = take(at, counts[1], from.rows);
-    if (counts[2] != 0) {
+    from.rows.insert(from.rows.end(), own.rows.begin(), own.rows.end());
+    if (weighted) {
       any_weights = true;
       from.coefficients.resize(rows_before, 1.0f);
-      at = take(at, counts[1], from.coefficients);
+      from.coefficients.insert(from.coefficients.end(), own.coefficients.begin(), own.coefficients.end());
     }
-    bytes_from[source_rank] = counts[0] * dim * std::int64_t{sizeof(float)};  // the partial sums sent back
-  }
-  const auto own_first = static_cast<std::int64_t>(from.lengths.size());  // this rank's bags, pooled last
-  const row_block& own = to[static_cast<std::size_t>(me)];
-  from.lengths.insert(from.lengths.end(), own.lengths.begin(), own.lengths.end());
-  const std::size_t rows_before = from.rows.size();
-  from.rows.insert(from.rows.end(), own.rows.begin(), own.rows.end());
-  if (weighted) {
-    any_weights = true;
-    from.coefficients.resize(rows_before, 1.0f);
-    from.coefficients.insert(from.coefficients.end(), own.coefficients.begin(), own.coefficients.end());
-  }
-  if (any_weights) from.coefficients.resize(from.rows.size(), 1.0f);
-  // Grown, never cleared: the forward writes every float of the partials it is given, so only
-  // the growth is zero-filled (a fresh 1-2 MB per call was measurable at 1 rank).
-  std::vector<float>& partials = kept.partials;
-  const auto pooled_bags = static_cast<std::int64_t>(from.lengths.size());
-  const auto filled = static_cast<std::size_t>(pooled_bags * dim);
-  if (partials.size() < filled) partials.resize(filled);
-  embag::forward(shard, bags::from_lengths(from.rows, from.lengths, from.coefficients), pooled,
-                 matrix_view<float>{partials.data(), pooled_bags, dim, dim});
-  // Each other owner's partials of this rank's bags come back, block after block in rank order
-  // (sizes this rank knows: a row per bag it sent there), into memory kept and grown only.
-  const std::size_t row_bytes = static_cast<std::size_t>(dim) * sizeof(float);
-  std::vector<std::int64_t> sums_bytes(static_cast<std::size_t>(ranks), 0);
-  for (int o = 0; o < ranks; ++o)
-    if (o != me) sums_bytes[o] = static_cast<std::int64_t>(to[static_cast<std::size_t>(o)].bag_of.size() * row_bytes);
-  std::vector<float>& sums = kept.sums;
-  const auto sums_size = static_cast<std::size_t>(std::accumulate(sums_bytes.begin(), sums_bytes.end(), std::int64_t{0}));
-  if (sums.size() * sizeof(float) < sums_size) sums.resize(sums_size / sizeof(float));
+    if (any_weights) from.coefficients.resize(from.rows.size(), 1.0f);
+    // Grown, never cleared: the forward writes every float of the partials it is given, so only
+    // the growth is zero-filled (a fresh 1-2 MB per call was measurable at 1 rank).
+    const auto pooled_bags = static_cast<std::int64_t>(from.lengths.size());
+    const auto filled = static_cast<std::size_t>(pooled_bags * dim);
+    if (partials.size() < filled) partials.resize(filled);
+    embag::forward(shard, bags::from_lengths(from.rows, from.lengths, from.coefficients), pooled,
+                   matrix_view<float>{partials.data(), pooled_bags, dim, dim});
+    // Each other owner's partials of this rank's bags come back, block after block in rank order
+    // (sizes this rank knows: a row per bag it sent there), into memory kept and grown only.
+    const std::size_t row_bytes = static_cast<std::size_t>(dim) * sizeof(float);
+    for (int o = 0; o < ranks; ++o)
+      if (o != me) sums_bytes[o] = static_cast<std::int64_t>(to[static_cast<std::size_t>(o)].bag_of.size() * row_bytes);
+    const auto sums_size = static_cast<std::size_t>(std::accumulate(sums_bytes.begin(), sums_bytes.end(), std::int64_t{0}));
+    if (sums.size() * sizeof(float) < sums_size) sums.resize(sums_size / sizeof(float));
+  });
   c.all_to_all_known(std::as_bytes(std::span<const float>(partials.data(), static_cast<std::size_t>(own_first * dim))),
                      bytes_from, sums_bytes, std::as_writable_bytes(std::span<float>(sums.data(), sums.size())));
 
@@ -484,7 +502,7 @@ void forward(const sharding& s, compressed_table_view shard, const bags& batch, 
   const bool partial_sums = exchange == forward_exchange::partial_sums && opts.mode != mode::max && opts.mode != mode::none;
   fingerprint shared = of_partition(part);
   shared.add(shard.dim).add(static_cast<std::int64_t>(shard.element_type)).add(partial_sums);
-  agree(c, shared, "the partition, dim and dtype of the table and the exchange", [&] {
+  agree(c, shared, "the partition, dim and dtype of the table and the exchange", "validating the call", [&] {
     if (exchange > forward_exchange::partial_sums)
       throw error(errc::invalid_option, "exchange = " + std::to_string(static_cast<int>(exchange)) + " is not a forward_exchange");
     check_partition(s, ranks);
@@ -510,42 +528,46 @@ void forward(const sharding& s, compressed_table_view shard, const bags& batch, 
   // own, copied from the shard straight into their slots (no request, reply or MPI copy).
   exchange_buffers& kept = buffers();
   std::vector<std::int32_t>& owner_of = kept.owner_of;
-  owner_of.resize(static_cast<std::size_t>(nnz));
+  std::vector<std::int64_t>&slot_of = kept.slot_of, &row_of_slot = kept.row_of_slot, &request = kept.request;
   const auto place_of = [&](int owner) { return owner < me ? owner : owner > me ? owner - 1 : ranks - 1; };
-  std::vector<std::int64_t> rows_from(static_cast<std::size_t>(ranks) + 1, 0);  // by place
-  for (std::int64_t j = 0; j < nnz; ++j) {
-    const std::int64_t row = element_at(source.indices, source.index_kind, j);
-    owner_of[j] = row == padding ? -1 : part.owner(row);
-    if (row != padding) ++rows_from[static_cast<std::size_t>(place_of(owner_of[j])) + 1];
-  }
-  for (int o = 0; o < ranks; ++o) rows_from[o + 1] += rows_from[o];
-  const std::int64_t fetched = rows_from[ranks], remote = rows_from[ranks - 1];  // this rank's slots: [remote, fetched)
-  std::vector<std::int64_t> next(rows_from.begin(), rows_from.end() - 1);
-  std::vector<std::int64_t>&slot_of = kept.slot_of, &row_of_slot = kept.row_of_slot;
-  slot_of.resize(static_cast<std::size_t>(nnz));
-  row_of_slot.resize(static_cast<std::size_t>(fetched));
-  for (std::int64_t j = 0; j < nnz; ++j) {
-    if (owner_of[j] < 0) {
-      slot_of[j] = fetched;  // the zero row after the fetched ones, the local call's padding
-      continue;
+  std::int64_t fetched = 0, remote = 0;  // this rank's slots: [remote, fetched)
+  std::vector<std::int64_t> bytes_to, rows_bytes;
+  before_exchange(c, "bucketing the indices by owner", [&] {
+    owner_of.resize(static_cast<std::size_t>(nnz));
+    std::vector<std::int64_t> rows_from(static_cast<std::size_t>(ranks) + 1, 0);  // by place
+    for (std::int64_t j = 0; j < nnz; ++j) {
+      const std::int64_t row = element_at(source.indices, source.index_kind, j);
+      owner_of[j] = row == padding ? -1 : part.owner(row);
+      if (row != padding) ++rows_from[static_cast<std::size_t>(place_of(owner_of[j])) + 1];
     }
-    const std::int64_t slot = next[place_of(owner_of[j])]++;
-    slot_of[j] = slot;
-    row_of_slot[slot] = element_at(source.indices, source.index_kind, j);
-  }
-
-  // Requests to the other ranks: shard rows (numbered from the owner's first); their rows come back
-  // into the slots, whose sizes this rank knows.
-  std::vector<std::int64_t>& request = kept.request;
-  request.resize(static_cast<std::size_t>(remote));
-  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks), 0), rows_bytes(static_cast<std::size_t>(ranks), 0);
-  for (int o = 0; o < ranks; ++o) {
-    if (o == me) continue;
-    const std::int64_t first = rows_from[place_of(o)], end = rows_from[place_of(o) + 1];
-    for (std::int64_t k = first; k < end; ++k) request[k] = row_of_slot[k] - part.first(o);
-    bytes_to[o] = (end - first) * std::int64_t{sizeof(std::int64_t)};
-    rows_bytes[o] = (end - first) * row_bytes;
-  }
+    for (int o = 0; o < ranks; ++o) rows_from[o + 1] += rows_from[o];
+    fetched = rows_from[ranks];
+    remote = rows_from[ranks - 1];
+    std::vector<std::int64_t> next(rows_from.begin(), rows_from.end() - 1);
+    slot_of.resize(static_cast<std::size_t>(nnz));
+    row_of_slot.resize(static_cast<std::size_t>(fetched));
+    for (std::int64_t j = 0; j < nnz; ++j) {
+      if (owner_of[j] < 0) {
+        slot_of[j] = fetched;  // the zero row after the fetched ones, the local call's padding
+        continue;
+      }
+      const std::int64_t slot = next[place_of(owner_of[j])]++;
+      slot_of[j] = slot;
+      row_of_slot[slot] = element_at(source.indices, source.index_kind, j);
+    }
+    // Requests to the other ranks: shard rows (numbered from the owner's first); their rows come
+    // back into the slots, whose sizes this rank knows.
+    request.resize(static_cast<std::size_t>(remote));
+    bytes_to.assign(static_cast<std::size_t>(ranks), 0);
+    rows_bytes.assign(static_cast<std::size_t>(ranks), 0);
+    for (int o = 0; o < ranks; ++o) {
+      if (o == me) continue;
+      const std::int64_t first = rows_from[place_of(o)], end = rows_from[place_of(o) + 1];
+      for (std::int64_t k = first; k < end; ++k) request[k] = row_of_slot[k] - part.first(o);
+      bytes_to[o] = (end - first) * std::int64_t{sizeof(std::int64_t)};
+      rows_bytes[o] = (end - first) * row_bytes;
+    }
+  });
   std::vector<std::byte>& asked = kept.received;
   std::vector<std::int64_t> bytes_from;
   c.all_to_all(bytes_of(request), bytes_to, asked, bytes_from);
@@ -555,18 +577,20 @@ void forward(const sharding& s, compressed_table_view shard, const bags& batch, 
     std::memcpy(to, shard.data + shard_row * stride, static_cast<std::size_t>(row_bytes));
   };
   const std::size_t reply_bytes = asked_rows * static_cast<std::size_t>(row_bytes);
-  if (kept.reply.size() < reply_bytes) kept.reply.resize(reply_bytes);
-  for (std::size_t i = 0; i < asked_rows; ++i) {
-    std::int64_t row = 0;  // the blocks are bytes: not aligned for int64
-    std::memcpy(&row, asked.data() + i * sizeof row, sizeof row);
-    copy_row(kept.reply.data() + i * static_cast<std::size_t>(row_bytes), row);
-  }
-  for (std::int64_t& b : bytes_from) b = b / std::int64_t{sizeof(std::int64_t)} * row_bytes;
-  // Grown, never shrunk: every byte of [0, (fetched + 1) x row_bytes) is written below, so only the
-  // growth is zero-filled.
   std::vector<std::byte>& rows = kept.rows;
-  const auto rows_size = static_cast<std::size_t>((fetched + 1) * row_bytes);
-  if (rows.size() < rows_size) rows.resize(rows_size);
+  before_exchange(c, "gathering the rows asked for", [&] {
+    if (kept.reply.size() < reply_bytes) kept.reply.resize(reply_bytes);
+    for (std::size_t i = 0; i < asked_rows; ++i) {
+      std::int64_t row = 0;  // the blocks are bytes: not aligned for int64
+      std::memcpy(&row, asked.data() + i * sizeof row, sizeof row);
+      copy_row(kept.reply.data() + i * static_cast<std::size_t>(row_bytes), row);
+    }
+    for (std::int64_t& b : bytes_from) b = b / std::int64_t{sizeof(std::int64_t)} * row_bytes;
+    // Grown, never shrunk: every byte of [0, (fetched + 1) x row_bytes) is written below, so only
+    // the growth is zero-filled.
+    const auto rows_size = static_cast<std::size_t>((fetched + 1) * row_bytes);
+    if (rows.size() < rows_size) rows.resize(rows_size);
+  });
   c.all_to_all_known(std::span<const std::byte>(kept.reply.data(), reply_bytes), bytes_from, rows_bytes,
                      std::span<std::byte>(rows.data(), static_cast<std::size_t>(remote * row_bytes)));
   for (std::int64_t k = remote; k < fetched; ++k) copy_row(rows.data() + k * row_bytes, row_of_slot[k] - part.first(me));
@@ -604,7 +628,7 @@ owned_bags& exchange_backward(const sharding& s, const bags& batch, const option
   std::optional<detail::backward_call> whole;
   fingerprint shared = of_partition(part);
   shared.add(grad_output.cols).add(static_cast<std::int64_t>(opts.mode)).add(opts.scale_grad_by_freq);
-  agree(c, shared, "the partition, dim, mode and scale_grad_by_freq", [&] {
+  agree(c, shared, "the partition, dim, mode and scale_grad_by_freq", "validating the call", [&] {
     check_partition(s, ranks);
     whole.emplace(detail::validate_backward_sparse(part.rows(), batch, opts, grad_output, argmax, rewritten));
     check_local(me, whole->req.dim);
@@ -617,33 +641,37 @@ owned_bags& exchange_backward(const sharding& s, const bags& batch, const option
   const bool coefficients = !max && (weighted || r.reduce.scaling != detail::bag_scaling::none);
 
   exchange_buffers& kept = buffers();
-  split_by_owner(source, lookup, padding, r.reduce.scaling, part, coefficients, r.reduce.scaling != detail::bag_scaling::none, kept);
-  std::vector<row_block>& to = kept.to_owner;
-  if (max)  // per bag and owner, its argmax rows there (shard rows; -1 where another owner's row won)
-    for (int o = 0; o < ranks; ++o) {
-      row_block& k = to[static_cast<std::size_t>(o)];
-      k.argmax.resize(k.bag_of.size() * static_cast<std::size_t>(dim));
-      std::int64_t* winners = k.argmax.data();
-      for (std::int64_t b : k.bag_of)
-        for (std::int64_t d = 0; d < dim; ++d) {
-          const std::int64_t winner = r.argmax[b * dim + d];
-          *winners++ = winner >= 0 && part.owner(winner) == o ? winner - part.first(o) : -1;
-        }
-    }
-
-  // Each block: bag count, index count, whether coefficients follow (a rank without weights has
-  // none: its batch may be empty), lengths, rows, coefficients, dY rows, argmax rows.
-  exchange_blocks(c, ranks, kept, [&](int o, std::vector<std::byte>& send) {
-    const row_block& k = to[static_cast<std::size_t>(o)];
-    const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()),
-                                    coefficients};
-    put(send, counts, 3);
-    put(send, k.lengths.data(), counts[0]);
-    put(send, k.rows.data(), counts[1]);
-    put(send, k.coefficients.data(), static_cast<std::int64_t>(k.coefficients.size()));
-    for (std::int64_t bag : k.bag_of) put(send, r.grad_output + bag * r.grad_output_stride, dim);
-    put(send, k.argmax.data(), static_cast<std::int64_t>(k.argmax.size()));
+  const std::vector<row_block>& to = kept.to_owner;
+  std::vector<std::int64_t> bytes_to, bytes_from;
+  before_exchange(c, "bucketing the indices by owner", [&] {
+    split_by_owner(source, lookup, padding, r.reduce.scaling, part, coefficients,
+                   r.reduce.scaling != detail::bag_scaling::none, kept);
+    if (max)  // per bag and owner, its argmax rows there (shard rows; -1 where another owner's row won)
+      for (int o = 0; o < ranks; ++o) {
+        row_block& k = kept.to_owner[static_cast<std::size_t>(o)];
+        k.argmax.resize(k.bag_of.size() * static_cast<std::size_t>(dim));
+        std::int64_t* winners = k.argmax.data();
+        for (std::int64_t b : k.bag_of)
+          for (std::int64_t d = 0; d < dim; ++d) {
+            const std::int64_t winner = r.argmax[b * dim + d];
+            *winners++ = winner >= 0 && part.owner(winner) == o ? winner - part.first(o) : -1;
+          }
+      }
+    // Each block: bag count, index count, whether coefficients follow (a rank without weights has
+    // none: its batch may be empty), lengths, rows, coefficients, dY rows, argmax rows.
+    bytes_to = pack_blocks(ranks, kept, [&](int o, std::vector<std::byte>& send) {
+      const row_block& k = to[static_cast<std::size_t>(o)];
+      const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()),
+                                      coefficients};
+      put(send, counts, 3);
+      put(send, k.lengths.data(), counts[0]);
+      put(send, k.rows.data(), counts[1]);
+      put(send, k.coefficients.data(), static_cast<std::int64_t>(k.coefficients.size()));
+      for (std::int64_t bag : k.bag_of) put(send, r.grad_output + bag * r.grad_output_stride, dim);
+      put(send, k.argmax.data(), static_cast<std::int64_t>(k.argmax.size()));
+    });
   });
+  c.all_to_all(kept.send, bytes_to, kept.received, bytes_from);
   std::vector<std::byte>& received = kept.received;
 
   owned_bags& owned = kept.owned;
