@@ -237,19 +237,6 @@ std::span<const std::byte> bytes_of(const std::vector<T>& v) noexcept {
   return std::as_bytes(std::span<const T>(v));
 }
 
-// One block per rank, written by pack(rank, send) into the thread's send buffer, for one
-// all-to-all; returns the bytes of each rank's block.
-template <class Pack>
-std::vector<std::int64_t> pack_blocks(int ranks, exchange_buffers& kept, const Pack& pack) {
-  kept.send.clear();
-  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
-  for (int o = 0; o < ranks; ++o) {
-    const std::size_t before = kept.send.size();
-    pack(o, kept.send);
-    bytes_to[static_cast<std::size_t>(o)] = static_cast<std::int64_t>(kept.send.size() - before);
-  }
-  return bytes_to;
-}
 
 // A received block's values, appended to `to` (copied: blocks are not aligned for T).
 template <class T>
@@ -269,6 +256,32 @@ void put(std::vector<std::byte>& to, const T* values, std::int64_t count) {
   to.resize(old + static_cast<std::size_t>(count) * sizeof(T));
   std::memcpy(to.data() + old, values, static_cast<std::size_t>(count) * sizeof(T));
 }
+
+// One block per rank but `skip` (-1: none), from kept.to_owner, in the thread's send buffer for
+// one all-to-all: bag count, index count, whether coefficients follow (a rank without weights has
+// none: its batch may be empty), lengths, rows, coefficients, then what append(rank, send) adds.
+// Returns each rank's bytes.
+template <class Append>
+std::vector<std::int64_t> pack_blocks(exchange_buffers& kept, int skip, bool coefficients, const Append& append) {
+  const auto ranks = static_cast<int>(kept.to_owner.size());
+  kept.send.clear();
+  std::vector<std::int64_t> bytes_to(static_cast<std::size_t>(ranks));
+  for (int o = 0; o < ranks; ++o) {
+    if (o == skip) continue;
+    const std::size_t before = kept.send.size();
+    const row_block& k = kept.to_owner[static_cast<std::size_t>(o)];
+    const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()),
+                                    coefficients};
+    put(kept.send, counts, 3);
+    put(kept.send, k.lengths.data(), counts[0]);
+    put(kept.send, k.rows.data(), counts[1]);
+    put(kept.send, k.coefficients.data(), static_cast<std::int64_t>(k.coefficients.size()));
+    append(o, kept.send);
+    bytes_to[static_cast<std::size_t>(o)] = static_cast<std::int64_t>(kept.send.size() - before);
+  }
+  return bytes_to;
+}
+
 
 // Splits the bags' indices by owner, padding left out, into kept.to_owner: per owner its rows
 // (numbered from the owner's first row), with `coefficients` each row's coefficient (its weight, or
@@ -379,16 +392,7 @@ void forward_partial_sums(communicator& c, const row_partition& part, compressed
   before_exchange(c, "bucketing the indices by owner", [&] {
     split_by_owner(source, false, padding, r.reduce.scaling, part, weighted, false, kept);
     // This rank's own block stays here (no MPI copy): the owner pools it after the others'.
-    bytes_to = pack_blocks(ranks, kept, [&](int o, std::vector<std::byte>& send) {
-      if (o == me) return;
-      const row_block& k = to[static_cast<std::size_t>(o)];
-      const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()),
-                                      weighted};
-      put(send, counts, 3);
-      put(send, k.lengths.data(), counts[0]);
-      put(send, k.rows.data(), counts[1]);
-      put(send, k.coefficients.data(), static_cast<std::int64_t>(k.coefficients.size()));
-    });
+    bytes_to = pack_blocks(kept, me, weighted, [](int, std::vector<std::byte>&) {});
   });
   c.all_to_all(kept.send, bytes_to, kept.received, bytes_from);
   const std::vector<std::byte>& received = kept.received;
@@ -657,16 +661,9 @@ owned_bags& exchange_backward(const sharding& s, const bags& batch, const option
             *winners++ = winner >= 0 && part.owner(winner) == o ? winner - part.first(o) : -1;
           }
       }
-    // Each block: bag count, index count, whether coefficients follow (a rank without weights has
-    // none: its batch may be empty), lengths, rows, coefficients, dY rows, argmax rows.
-    bytes_to = pack_blocks(ranks, kept, [&](int o, std::vector<std::byte>& send) {
+    // Each block: its rows (pack_blocks), then the bags' dY rows and argmax rows.
+    bytes_to = pack_blocks(kept, -1, coefficients, [&](int o, std::vector<std::byte>& send) {
       const row_block& k = to[static_cast<std::size_t>(o)];
-      const std::int64_t counts[3] = {static_cast<std::int64_t>(k.lengths.size()), static_cast<std::int64_t>(k.rows.size()),
-                                      coefficients};
-      put(send, counts, 3);
-      put(send, k.lengths.data(), counts[0]);
-      put(send, k.rows.data(), counts[1]);
-      put(send, k.coefficients.data(), static_cast<std::int64_t>(k.coefficients.size()));
       for (std::int64_t bag : k.bag_of) put(send, r.grad_output + bag * r.grad_output_stride, dim);
       put(send, k.argmax.data(), static_cast<std::int64_t>(k.argmax.size()));
     });
