@@ -237,7 +237,6 @@ std::span<const std::byte> bytes_of(const std::vector<T>& v) noexcept {
   return std::as_bytes(std::span<const T>(v));
 }
 
-
 // A received block's values, appended to `to` (copied: blocks are not aligned for T).
 template <class T>
 const std::byte* take(const std::byte* from, std::int64_t count, std::vector<T>& to) {
@@ -282,7 +281,6 @@ std::vector<std::int64_t> pack_blocks(exchange_buffers& kept, int skip, bool coe
   return bytes_to;
 }
 
-
 // Splits the bags' indices by owner, padding left out, into kept.to_owner: per owner its rows
 // (numbered from the owner's first row), with `coefficients` each row's coefficient (its weight, or
 // 1, divided by its bag's divisor when `divide`), and the bags with rows there with their numbers
@@ -290,8 +288,8 @@ std::vector<std::int64_t> pack_blocks(exchange_buffers& kept, int skip, bool coe
 // are bags of one index.
 //
 // Two passes over the indices: each one's owner (-1: padding), counting the rows each owner gets;
-// then, bag by bag, every row written at its owner's cursor, with the bag's count of rows per
-// owner kept apart and written once the bag ends. Counting rows, bags and the last bag seen per
+// then, bag by bag, every row written at its owner's cursor, each bag's length there written once
+// the bag ends (where its rows there began, kept at its first one). Counting rows, bags and the last bag seen per
 // owner in the first pass, and each bag's length in place in the second, made every index load
 // and store counters chosen by its owner, a chain through memory that a random owner breaks
 // often: timed inside the partial-sums forward (`sharded_benchmark --scaling weak --only
@@ -318,11 +316,11 @@ void split_by_owner(const detail::bag_source& source, bool lookup, std::int64_t 
       if (owner >= 0) ++rows_to[owner];
     }
   });
-  struct cursor {  // where an owner's next row and bag go, and how many rows the current bag has there
+  struct cursor {  // where an owner's next row and bag go, and where the current bag's rows began there
     std::int64_t *rows, *bag_of, *lengths;
     float* coefficients;
     std::int64_t first_row;
-    std::int32_t in_bag = 0;  // not an int64_t: the rows' stores cannot change it
+    const std::int64_t* bag_first = nullptr;  // null until the current bag has a row there
   };
   std::vector<cursor> write_at(static_cast<std::size_t>(ranks));
   for (int o = 0; o < ranks; ++o) {
@@ -358,13 +356,16 @@ void split_by_owner(const detail::bag_source& source, bool lookup, std::int64_t 
           const float weight = weighted ? source.weights[j] : 1.0f;
           *c.coefficients++ = divide ? detail::divided(weight, divisor) : weight;
         }
-        if (c.in_bag++ == 0) bag_owners[touched++] = owner;
+        if (c.bag_first == nullptr) {
+          c.bag_first = c.rows - 1;
+          bag_owners[touched++] = owner;
+        }
       }
       for (int t = 0; t < touched; ++t) {
         cursor& c = write_at[bag_owners[t]];
         *c.bag_of++ = b;
-        *c.lengths++ = c.in_bag;
-        c.in_bag = 0;
+        *c.lengths++ = c.rows - c.bag_first;
+        c.bag_first = nullptr;
       }
       begin = end;
     }
