@@ -77,7 +77,7 @@ class mpi_engine final : public communicator {
         b.send_counts[r] = static_cast<int>(bytes_to[r]);
         b.receive_counts[r] = static_cast<int>(bytes_from[r]);
       }
-      if (b.received <= room) make_room(b.received);
+      if (b.received <= room && b.received <= INT_MAX) make_room(b.received);  // else refused below, nothing grown
     } catch (const std::bad_alloc&) {
       out_of_memory = true;
     }
