@@ -13,6 +13,12 @@
    autograd runs for F.embedding_bag, which allocates its gradient alike); then a training step's
    forward + backward through embag.nn.EmbeddingBag and torch.nn.EmbeddingBag with sparse
    gradients (mode sum; "train step", in the tensors and torch columns).
+3. Parity with C++ (--parts parity, not in the default parts): the default workload's forward sum
+   on 1 thread, the C++ loop and embag.embedding_bag on NumPy arrays and on tensors timed in
+   pairs, the three one after another in each of 101 rounds, so that each ratio is of calls a
+   few milliseconds apart: the median ratio over the rounds, with the 95% interval of that
+   median (order statistics), which is what "within 2% of C++" can be checked on where a single
+   best-of-5 moves by more than that from run to run.
 
 Each figure is the best of 5 runs of a loop of calls (up to 50; about 0.15 s of calls for slow
 variants), after 96 warm-up calls (embag's prefetch trials), each run after 20 ms of the variant's
@@ -211,6 +217,44 @@ def large(name, rows, dim, bags, pooling, dist, threads, calls, repeats):
     print()
 
 
+def parity(rounds=101, calls=10):
+    """Python's time over the C++ loop's for the default workload's forward sum (1 thread), from
+    rounds of adjacent runs (see the module docstring): the median per-round ratio and the 95%
+    interval of the median, ranks from the binomial(rounds, 1/2) distribution."""
+    weight, sets = workload(1_000_000, 128, 2048, 40, "uniform")
+    tw = torch.from_numpy(weight)
+    tsets = [(torch.from_numpy(i), torch.from_numpy(o)) for i, o in sets]
+    out = np.empty((2048, 128), np.float32)
+    n = len(sets)
+    variants = {
+        "C++": lambda c: _embag._time_forward(weight, sets, "sum", out, c),
+        "NumPy": loop(lambda i: embag.embedding_bag(sets[i % n][0], weight, sets[i % n][1], mode="sum")),
+        "tensors": loop(lambda i: embag.embedding_bag(tsets[i % n][0], tw, tsets[i % n][1], mode="sum")),
+    }
+    embag.set_num_threads(1)
+    for run in variants.values():  # past the prefetch trials
+        run(96)
+    ratios = {"NumPy": [], "tensors": []}
+    for r in range(rounds):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))  # neither side always first
+        seconds = {name: timed(variants[name], calls) / calls for name in order}
+        for name in ratios:
+            ratios[name].append(seconds[name] / seconds["C++"])
+    # the median's 95% interval: ranks k and rounds - 1 - k, k the largest with P(Bin <= k - 1) <= 2.5%
+    from math import comb
+    k, tail = 0, 0.0
+    while tail + comb(rounds, k) / 2**rounds <= 0.025:
+        tail += comb(rounds, k) / 2**rounds
+        k += 1
+    print(f"parity with C++: default workload (R = 1M, D = 128, B = 2048, L = 40), forward sum, 1 thread; "
+          f"{rounds} rounds of {calls} calls per variant")
+    for name, values in ratios.items():
+        values.sort()
+        print(f"  {name:8s} / C++: median {values[rounds // 2]:.4f}, 95% interval of the median "
+              f"[{values[k]:.4f}, {values[rounds - 1 - k]:.4f}]")
+    print()
+
+
 def report(label, best):
     """A row: ms per call of each variant timed, NumPy's time over C++'s, torch's over embag's on
     NumPy arrays and on tensors (what a torch model swapping embag in gets)."""
@@ -226,11 +270,12 @@ def main():
     parser.add_argument("--threads", default="1,2", help="thread counts of the large calls (default 1,2)")
     parser.add_argument("--parts", default="overhead,default,L1,zipf",
                         help="what to time, of overhead (the small call), default, L1 and zipf (the large "
-                             "workloads); default: all")
+                             "workloads) and parity (the large call's Python/C++ ratio in paired rounds); "
+                             "default: all but parity")
     args = parser.parse_args()
     parts = args.parts.split(",")
     workloads = {"default": ("default", 40, "uniform"), "L1": ("L = 1", 1, "uniform"), "zipf": ("Zipf", 40, "zipf")}
-    unknown = set(parts) - set(workloads) - {"overhead"}
+    unknown = set(parts) - set(workloads) - {"overhead", "parity"}
     if unknown:
         parser.error(f"--parts: unknown {sorted(unknown)}")
     calls, repeats = (5, 2) if args.quick else (50, 5)
@@ -238,6 +283,8 @@ def main():
           f"{len(os.sched_getaffinity(0))} CPUs\n")
     if "overhead" in parts:
         overhead(2 if args.quick else 5)
+    if "parity" in parts:
+        parity(21 if args.quick else 101)
     for threads in (int(t) for t in args.threads.split(",")):
         embag.set_num_threads(threads)
         torch.set_num_threads(threads)

@@ -42,18 +42,10 @@ namespace embag::detail::EMBAG_ISA_NS {
   return start;
 }
 
-// Calls body(bag, begin, end) for each bag of the block, in order. With OnesLoop, bags of one index
-// each take a loop of their own, the body inlined with end = begin + 1: no boundary read and no row
-// loop per bag, fewer instructions per lookup and so more lookups in flight (one-hot features). It
-// is a second copy of the body: only the forward sum asks for it (in every kernel it made the
-// kernel sources half again as slow to compile, and CI's sanitizer lanes past their time).
-template <bool OnesLoop = false, class Body>
+// Calls body(bag, begin, end) for each bag of the block, in order.
+template <class Body>
 inline void for_each_bag(const bag_source& bags, const bag_block& block, Body&& body) {
   const std::int64_t last = block.bag_end;  // a local: the body's stores may alias block for all the compiler knows
-  if (OnesLoop && bags.one_index_each) {
-    for (std::int64_t b = block.bag_begin, p = block.index_begin; b < last; ++b, ++p) body(b, p, p + 1);
-    return;
-  }
   std::int64_t start = block.index_begin;
   for (std::int64_t b = block.bag_begin; b < last; ++b) {
     const std::int64_t end = bag_end(bags, b, start);

@@ -84,10 +84,30 @@ struct minimal_gather {
     }
   }
 
+  // A bag of the one index at p: the row is the sum, each batch stored as soon as it is added to
+  // 0, one pass over the row whatever the registers hold (as forward's loop of one-index bags).
+  template <bool Prefetching>
+  [[gnu::always_inline]] void one_index_bag(float* out, std::int64_t p) const noexcept {
+    prefetch<Prefetching>(p);
+    const reader x(row_address(p), req.dim);
+    EMBAG_EACH_BATCH for (std::int64_t k = 0; k < Chunks; ++k) (batch(0.0f) + x.load(k * lanes)).store_unaligned(out + k * lanes);
+  }
+
   // Bags [block.bag_begin, block.bag_end), given by offsets of type Index (the last bag ends at nnz).
   void run(const bag_block& block) const noexcept {
     const Index* offsets = static_cast<const Index*>(req.bags.boundaries);
     const std::int64_t prefetch_end = Level == prefetch_level::none ? 0 : req.bags.nnz - req.prefetch_rows;
+    if constexpr (Chunks != 0) {
+      if (req.bags.one_index_each) {  // bag b is position index_begin + (b - bag_begin)
+        const std::int64_t last = block.bag_end;
+        for (std::int64_t b = block.bag_begin, p = block.index_begin; b < last; ++b, ++p) {
+          float* out = req.out + b * req.out_stride;
+          if (p < prefetch_end) one_index_bag<true>(out, p);
+          else one_index_bag<false>(out, p);
+        }
+        return;
+      }
+    }
     const std::int64_t last = req.bags.num_boundaries - 1;  // the bag that ends at nnz
     for (std::int64_t b = block.bag_begin; b < block.bag_end; ++b) {
       const std::int64_t begin = offsets[b], end = b < last ? offsets[b + 1] : req.bags.nnz;
