@@ -252,18 +252,21 @@ TEST(CompressedForward, F32ViewsAreTheFp32Path) {
 
 // The roofline is the minimal gather: its output is forward's unweighted sum, bit for bit, on every
 // ISA, element type, width (the specialised ones and others), index type and prefetch level, with
-// empty bags, one-index bags and a last bag that ends the stream.
+// empty bags, one-index bags and a last bag that ends the stream; and on a batch whose every bag
+// holds one index (the loop of its own that both take then).
 TEST(Roofline, GatherEqualsForwardSum) {
   std::mt19937_64 rng(7);
+  for (const bool one_index_each : {false, true})
   for (std::int64_t dim : {16, 32, 64, 128, 256, 3, 17, 48, 99, 100, 200}) {
     const std::int64_t rows = 97, num_bags = 23;
     std::vector<std::int64_t> indices, offsets;
     for (std::int64_t b = 0; b < num_bags; ++b) {
       offsets.push_back(static_cast<std::int64_t>(indices.size()));
-      const std::int64_t length = b % 5 == 0 ? 0 : b % 3 == 0 ? 1 : static_cast<std::int64_t>(rng() % 9);
+      const std::int64_t length =
+          one_index_each ? 1 : b % 5 == 0 ? 0 : b % 3 == 0 ? 1 : static_cast<std::int64_t>(rng() % 9);
       for (std::int64_t j = 0; j < length; ++j) indices.push_back(static_cast<std::int64_t>(rng() % rows));
     }
-    indices.push_back(rows - 1);  // the last bag ends the stream
+    if (!one_index_each) indices.push_back(rows - 1);  // the last bag ends the stream
     const call_case c = make_case(rows, dim, indices, offsets);
     const std::vector<std::int32_t> indices32(indices.begin(), indices.end()), offsets32(offsets.begin(), offsets.end());
     for (dtype type : {dtype::f32, dtype::f16, dtype::bf16, dtype::int8_rowwise, dtype::int4_rowwise}) {
@@ -287,6 +290,7 @@ TEST(Roofline, GatherEqualsForwardSum) {
             roofline.run();
             EXPECT_TRUE(same_bits(want, got, num_bags, dim, dim))
                 << to_string(which) << " " << to_string(type) << " D=" << dim << (int32 ? " int32" : " int64")
+                << (one_index_each ? " one index each" : "")
                 << " prefetch level " << static_cast<int>(prefetch.level);
           }
         }
