@@ -34,8 +34,9 @@ struct minimal_gather {
   const forward_request& req;
   // What the loops read, copied out of req, as forward_context copies it: run() works on its own
   // copy of this struct, whose fields then stay in registers, where through req each was loaded
-  // again after every output store (xsimd's stores may alias req for all the compiler knows; the
-  // kernels' loops, which had that fix and the gather not, beat it by up to 5% on lookups).
+  // again after every output store (xsimd's stores may alias req for all the compiler knows: the
+  // kernels' loops, which had that fix and the gather not, beat it on one-index bags and lookups;
+  // README, "Performance": the figures and how far the first driver overstated them).
   const Index* indices = static_cast<const Index*>(req.bags.indices);
   const std::byte* table = req.table;
   std::int64_t row_stride = req.row_stride, row_bytes = req.row_bytes, dim = req.dim;
@@ -95,8 +96,7 @@ struct minimal_gather {
 
   // A bag of the one index at p: its row copied, each batch stored as soon as it is read, one pass
   // over the row whatever the registers hold: the least a one-index bag or a lookup does (forward's
-  // sum adds the row to 0, for the reference's +0 where a row holds -0; the copy it did too had
-  // been beaten by lookups, by up to 4%).
+  // sum adds the row to 0, for the reference's +0 where a row holds -0; a lookup needs no add).
   template <bool Prefetching>
   [[gnu::always_inline]] void one_index_bag(float* out, std::int64_t p) const noexcept {
     prefetch<Prefetching>(p);
@@ -112,7 +112,7 @@ struct minimal_gather {
     if constexpr (Chunks != 0) {
       if (req.bags.one_index_each) {  // bag b is position p = b + to_position
         // the positions with a row to prefetch ahead, then the rest: no test per row, as forward's
-        // lookups (with one, they beat the gather by 10-19% on one-index bags)
+        // lookups read them (a ceiling must not do more per row than the loops it bounds)
         const std::int64_t to_position = block.index_begin - block.bag_begin;
         const std::int64_t end = block.bag_end + to_position;
         const std::int64_t prefetched_end = std::clamp(prefetch_end, block.index_begin, end);
