@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from ._embag import (Error, FileError, IndexOutOfRange, InvalidArgument, OutOfMemory, Table, UnsupportedArray,
-                     UpdateSummary, __version__, active_isa, available_isas, force_isa, get_num_threads, set_num_threads)
+                     UpdateSummary, __version__, active_isa, available_isas, force_isa, get_num_threads)
 from . import _embag
 
 __all__ = ["embedding_bag", "embedding", "embedding_bag_forward", "embedding_bag_backward", "embedding_backward",
@@ -39,6 +39,17 @@ def _torch_of(*arrays):
 
 _torch_ext = None  # embag._torch_nn once loaded (_load_torch_nn); False: embag was built without it
 _buffer_cache_limit = None  # the last set_buffer_cache_limit, for embag._torch_nn when it loads
+# set_num_threads' setting (0: every thread TBB gives the caller), which embag._torch_nn's calls
+# take as an argument: read here, where asking embag._embag cost a call into it (about 10 us of a
+# call that follows a large one, whose caches it found empty)
+_max_threads = 0
+
+
+def set_num_threads(threads):
+    """The most threads each call uses (0, the default: every thread TBB gives the caller)."""
+    global _max_threads
+    _embag.set_num_threads(threads)  # refuses a negative count
+    _max_threads = threads
 
 
 def _load_torch_nn():
@@ -66,7 +77,7 @@ def _torch_reader(weight, input, offsets, per_sample_weights):
             or not isinstance(input, torch.Tensor) or not (offsets is None or isinstance(offsets, torch.Tensor))
             or not (per_sample_weights is None or isinstance(per_sample_weights, torch.Tensor))):
         return None
-    return _load_torch_nn()
+    return _torch_ext or _load_torch_nn()
 
 
 def set_buffer_cache_limit(bytes):
@@ -105,23 +116,25 @@ def _invalid(code, message):
     return error
 
 
-def _shape(array, what, function):
-    """array.shape: a tuple, or a torch.Size (a tuple too; messages print it as tuple(shape))."""
-    try:
-        return array.shape
-    except AttributeError:
-        error = UnsupportedArray(f"{function}: {what} must be a NumPy array or a CPU torch.Tensor (anything with "
-                                 f"the buffer protocol or DLPack), got {type(array).__name__}")
-        error.code = "unsupported_array"
-        raise error from None
+def _not_an_array(array, what, function):
+    """The error for an argument without a shape (array.shape: a tuple, or a torch.Size)."""
+    error = UnsupportedArray(f"{function}: {what} must be a NumPy array or a CPU torch.Tensor (anything with "
+                             f"the buffer protocol or DLPack), got {type(array).__name__}")
+    error.code = "unsupported_array"
+    return error
 
 
-# _bags and _dim run before every call, a few hundred nanoseconds of a 2 us small call: each shape
-# is read once, and the common 1-D input with 1-D offsets takes the first branch.
+# _bags and _dim run before every call, a few hundred nanoseconds of a 2 us small call, and more
+# after a large call, which leaves the interpreter's code and data out of the caches: each shape
+# is read once, without a function call of its own, and the common 1-D input with 1-D offsets
+# takes the first branch.
 def _bags(input, offsets, per_sample_weights, include_last_offset, function):
     """(offsets, fixed bag length, number of bags) of torch's two forms: a 1-D input with offsets, or
     a 2-D input of B bags of L indices (offsets None)."""
-    shape = _shape(input, "input", function)
+    try:
+        shape = input.shape
+    except AttributeError:
+        raise _not_an_array(input, "input", function) from None
     ndim = len(shape)
     if ndim == 1 and offsets is not None:
         offsets_shape = offsets.shape
@@ -151,7 +164,10 @@ def _bags(input, offsets, per_sample_weights, include_last_offset, function):
 def _dim(weight, function):
     if isinstance(weight, Table):
         return weight.dim
-    shape = _shape(weight, "weight", function)
+    try:
+        shape = weight.shape
+    except AttributeError:
+        raise _not_an_array(weight, "weight", function) from None
     if len(shape) != 2:
         raise _invalid("invalid_shape", f"{function}: weight must be 2-D (rows x dim), got shape {tuple(shape)}")
     return shape[1]
@@ -165,7 +181,7 @@ def embedding_bag_forward(input, weight, offsets=None, max_norm=None, norm_type=
     reader = _torch_reader(weight, input, offsets, per_sample_weights)
     if reader is not None:
         output = reader.forward(weight, input, offsets, per_sample_weights, length, bags, mode, padding_idx,
-                                include_last_offset, max_norm, norm_type, _embag.get_num_threads(), mode == "max")
+                                include_last_offset, max_norm, norm_type, _max_threads, mode == "max")
         return output if mode == "max" else (output, None)
     dim = _dim(weight, "embedding_bag")
     if mode != "max":
@@ -189,7 +205,7 @@ def embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2.0, sca
     reader = _torch_reader(weight, input, offsets, per_sample_weights)
     if reader is not None:
         return reader.forward(weight, input, offsets, per_sample_weights, length, bags, mode, padding_idx,
-                              include_last_offset, max_norm, norm_type, _embag.get_num_threads(), False)
+                              include_last_offset, max_norm, norm_type, _max_threads, False)
     # the extension allocates the output (bags x dim, the caller's array type) once the arrays are read
     return _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
                           max_norm, norm_type, bags, _dim(weight, "embedding_bag"), False)

@@ -149,7 +149,7 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
             try:
                 return _torch_nn.embedding_bag(weight, input, bag_offsets, per_sample_weights, length, bags, self.mode,
                                                self.padding_idx, include_last_offset, self.max_norm, self.norm_type,
-                                               self.scale_grad_by_freq, self.sparse, embag._embag.get_num_threads())
+                                               self.scale_grad_by_freq, self.sparse, embag._max_threads)
             except TypeError:  # pybind11's list of signatures, where an argument is no tensor
                 _tensors_only("EmbeddingBag", input=input, offsets=offsets, per_sample_weights=per_sample_weights)
                 raise
@@ -182,7 +182,7 @@ class Embedding(torch.nn.Embedding):
             count = input.numel()
             output = _torch_nn.embedding_bag(weight, input, None, None, 1, count, "none", self.padding_idx, False,
                                              self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse,
-                                             embag._embag.get_num_threads())
+                                             embag._max_threads)
             return output  # of input's shape and dim
         return _EmbeddingFunction.apply(weight, input, self.padding_idx, self.max_norm, self.norm_type,
                                         self.scale_grad_by_freq, self.sparse, self.fused_optimizer)
