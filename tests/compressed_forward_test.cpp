@@ -3,6 +3,7 @@
 // bit pattern of each element type through each ISA's widening; bad calls that write nothing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdlib>
@@ -207,6 +208,66 @@ TEST(CompressedForward, ScalarDecodeIsTheDocumentedLayout) {
       forward(compressed_table_view{r.row, 1, 2, 0, r.type}, bags::fixed(index, 1), opts, {out, 1, 2, 0});
       EXPECT_EQ(out[0], r.first) << to_string(r.type) << " on " << to_string(which);
       EXPECT_EQ(out[1], r.second) << to_string(r.type) << " on " << to_string(which);
+    }
+  }
+}
+
+// A one-index bag's sum (and mean, sqrtn) is 0 + its row, so a -0 element comes out +0, where a
+// lookup copies it; on every ISA and compressed dtype, at the specialised widths (the one-index
+// loop, which adds that 0 to a rowwise bias once per row: rows.hpp, load_plus_zero) and another.
+// The rowwise rows decode to -0 as code 0 times a negative scale, or any code times a -0 scale,
+// plus a -0 bias; and to +0 where either is +0.
+TEST(CompressedForward, OneIndexSumsMakeNegativeZerosPositive) {
+  constexpr std::uint16_t f16_bits[] = {0x8000, 0x0000, 0x3c00, 0xc000};  // -0, +0, 1, -2
+  constexpr std::uint16_t bf16_bits[] = {0x8000, 0x0000, 0x3f80, 0xc000};
+  // (scale, bias) per row, and each row's codes alternating 0 and 3
+  constexpr float int8_scale_bias[][2] = {{-1.0f, -0.0f}, {-0.0f, -0.0f}, {-1.0f, 0.0f}, {0.5f, -0.0f}};
+  constexpr std::uint16_t int4_scale_bias[][2] = {{0xbc00, 0x8000}, {0x8000, 0x8000}, {0xbc00, 0x0000}, {0x3800, 0x8000}};
+  constexpr std::int64_t rows = 4;
+  const std::vector<std::int64_t> indices = {0, 1, 2, 3, 3, 1, 0};
+  const auto bag_count = static_cast<std::int64_t>(indices.size());
+  for (dtype type : compressed_types) {
+    for (std::int64_t dim : {16, 32, 64, 128, 256, 67}) {
+      SCOPED_TRACE(std::string(to_string(type)) + " D=" + std::to_string(dim));
+      const std::int64_t bytes = row_bytes(type, dim);
+      std::vector<std::byte> table(static_cast<std::size_t>(rows * bytes));
+      for (std::int64_t r = 0; r < rows; ++r) {
+        std::byte* row = table.data() + r * bytes;
+        for (std::int64_t d = 0; d < dim; ++d) {
+          const auto code = static_cast<unsigned>(d % 2 == 0 ? 0 : 3);
+          if (type == dtype::f16 || type == dtype::bf16)
+            std::memcpy(row + 2 * d, &(type == dtype::f16 ? f16_bits : bf16_bits)[(r + d) % 4], 2);
+          else if (type == dtype::int8_rowwise)
+            row[d] = std::byte(code);
+          else
+            row[d / 2] |= std::byte(code << (4 * (d % 2)));
+        }
+        if (type == dtype::int8_rowwise) std::memcpy(row + dim, int8_scale_bias[r], 8);
+        if (type == dtype::int4_rowwise) std::memcpy(row + (dim + 1) / 2, int4_scale_bias[r], 4);
+      }
+      const compressed_table_view view{table.data(), rows, dim, 0, type};
+      const std::vector<float> plain = dequantised(view);
+      ASSERT_GT(std::count_if(plain.begin(), plain.end(), [](float v) { return v == 0 && std::signbit(v); }), 0)
+          << "the table holds no -0 to turn";
+      for (const mode m : {mode::sum, mode::mean, mode::sqrtn, mode::none}) {
+        const auto run = [&](auto table_view, isa which) {
+          options opts;
+          opts.mode = m;
+          opts.execution.isa = which;
+          opts.execution.max_threads = 1;
+          std::vector<float> out(static_cast<std::size_t>(bag_count * dim), 7.0f);
+          forward(table_view, bags::fixed(indices, 1), opts, {out.data(), bag_count, dim, 0});
+          return out;
+        };
+        const std::vector<float> want = run(table_view<const float>{plain.data(), rows, dim, 0}, isa::reference);
+        const auto negative_zeros = std::count_if(want.begin(), want.end(), [](float v) { return v == 0 && std::signbit(v); });
+        if (m == mode::none)
+          EXPECT_GT(negative_zeros, 0) << "a lookup copies -0";
+        else
+          EXPECT_EQ(negative_zeros, 0) << "the reference's " << to_string(m) << " of one row is 0 + the row";
+        for (isa which : available_isas())
+          EXPECT_TRUE(same_bits(want, run(view, which), bag_count, dim, dim)) << to_string(m) << " on " << to_string(which);
+      }
     }
   }
 }

@@ -450,9 +450,9 @@ struct fixed_dim_forward {
     const reader x = c.row(index);
     if (c.scaling != bag_scaling::none) {
       const batch divisor(bag_divisor(c.scaling, false, bag_tally{1}));
-      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < Chunks; ++k) divide(batch(0.0f) + x.load(k * lanes), divisor).store_unaligned(out + k * lanes);
+      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < Chunks; ++k) divide(load_plus_zero(x, k * lanes), divisor).store_unaligned(out + k * lanes);
     } else {
-      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < Chunks; ++k) (batch(0.0f) + x.load(k * lanes)).store_unaligned(out + k * lanes);
+      EMBAG_EACH_BATCH for (std::int64_t k = 0; k < Chunks; ++k) load_plus_zero(x, k * lanes).store_unaligned(out + k * lanes);
     }
   }
 
