@@ -12,12 +12,14 @@ and rowwise Adagrad fused with backward, on float32, float16 and bfloat16 tables
 Importing embag needs NumPy only; embag.nn (the torch.nn modules) and embag.optim (their fused
 optimizers) need torch.
 """
-import sys
-
 import numpy as np
 
 from ._embag import (Error, FileError, IndexOutOfRange, InvalidArgument, OutOfMemory, Table, UnsupportedArray,
-                     UpdateSummary, __version__, active_isa, available_isas, force_isa, get_num_threads)
+                     UpdateSummary, __version__, active_isa, available_isas, embedding_bag, embedding_bag_forward,
+                     force_isa, get_num_threads)
+# (offsets, fixed bag length, number of bags) of torch's two forms of bags, a 1-D input with offsets
+# or a 2-D input of B bags of L indices: the rule embedding_bag applies, for the other functions
+from ._embag import bag_layout as _bags
 from . import _embag
 
 __all__ = ["embedding_bag", "embedding", "embedding_bag_forward", "embedding_bag_backward", "embedding_backward",
@@ -25,16 +27,6 @@ __all__ = ["embedding_bag", "embedding", "embedding_bag_forward", "embedding_bag
            "quantize", "Table", "available_isas", "active_isa",
            "force_isa", "set_num_threads", "get_num_threads", "set_buffer_cache_limit", "buffer_cache_bytes", "Error", "IndexOutOfRange", "InvalidArgument",
            "FileError", "OutOfMemory", "UnsupportedArray"]
-
-
-def _torch_of(*arrays):
-    """torch, when one of arrays is a torch.Tensor (only a program that imported torch can pass one)."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        for a in arrays:
-            if isinstance(a, torch.Tensor):
-                return torch
-    return None
 
 
 _torch_ext = None  # embag._torch_nn once loaded (_load_torch_nn); False: embag was built without it
@@ -65,19 +57,6 @@ def _load_torch_nn():
             module = False
         _torch_ext = module
     return _torch_ext or None
-
-
-def _torch_reader(weight, input, offsets, per_sample_weights):
-    """embag._torch_nn, when the call's arrays are all torch tensors (weight float32) and embag was
-    built with torch's C++ headers: it reads them as at::Tensors, where embag._embag reads a tensor
-    through its Python attributes (about 10 us of an L = 1 forward, R = 1M, D = 128, 2,048 bags, in
-    the caches the kernel has just emptied); else None."""
-    torch = sys.modules.get("torch")
-    if (torch is None or not isinstance(weight, torch.Tensor) or weight.dtype is not torch.float32
-            or not isinstance(input, torch.Tensor) or not (offsets is None or isinstance(offsets, torch.Tensor))
-            or not (per_sample_weights is None or isinstance(per_sample_weights, torch.Tensor))):
-        return None
-    return _torch_ext or _load_torch_nn()
 
 
 def set_buffer_cache_limit(bytes):
@@ -124,43 +103,6 @@ def _not_an_array(array, what, function):
     return error
 
 
-# _bags and _dim run before every call, a few hundred nanoseconds of a 2 us small call, and more
-# after a large call, which leaves the interpreter's code and data out of the caches: each shape
-# is read once, without a function call of its own, and the common 1-D input with 1-D offsets
-# takes the first branch.
-def _bags(input, offsets, per_sample_weights, include_last_offset, function):
-    """(offsets, fixed bag length, number of bags) of torch's two forms: a 1-D input with offsets, or
-    a 2-D input of B bags of L indices (offsets None)."""
-    try:
-        shape = input.shape
-    except AttributeError:
-        raise _not_an_array(input, "input", function) from None
-    ndim = len(shape)
-    if ndim == 1 and offsets is not None:
-        offsets_shape = offsets.shape
-        if len(offsets_shape) != 1:
-            raise _invalid("invalid_shape", f"{function}: offsets must be 1-D, got shape {tuple(offsets_shape)}")
-        count = offsets_shape[0]
-        return offsets, 0, count - 1 if include_last_offset and count > 0 else count
-    if ndim == 2:
-        shape = tuple(shape)
-        if offsets is not None:
-            raise _invalid("invalid_shape", f"{function}: offsets must be None when input is 2-D "
-                                            f"(shape {shape}: {shape[0]} bags of {shape[1]} indices)")
-        if per_sample_weights is not None and tuple(per_sample_weights.shape) != shape:
-            raise _invalid("size_mismatch", f"{function}: per_sample_weights has shape "
-                                            f"{tuple(per_sample_weights.shape)}, input has shape {shape}")
-        bags, length = shape
-        if length == 0:  # B empty bags: the library takes no fixed length 0, but offsets all 0
-            return _zeros((bags,), "int64", input), 0, bags
-        return None, length, bags
-    if ndim == 1:
-        raise _invalid("invalid_shape", f"{function}: offsets are required when input is 1-D "
-                                        f"(or pass a 2-D input of bags of equal length)")
-    raise _invalid("invalid_shape", f"{function}: input must be 1-D (with offsets) or 2-D (B x L), got shape "
-                                    f"{tuple(shape)}")
-
-
 def _dim(weight, function):
     if isinstance(weight, Table):
         return weight.dim
@@ -171,44 +113,6 @@ def _dim(weight, function):
     if len(shape) != 2:
         raise _invalid("invalid_shape", f"{function}: weight must be 2-D (rows x dim), got shape {tuple(shape)}")
     return shape[1]
-
-
-def embedding_bag_forward(input, weight, offsets=None, max_norm=None, norm_type=2.0, mode="mean",
-                          per_sample_weights=None, include_last_offset=False, padding_idx=None):
-    """embedding_bag's output and, for mode 'max', the table row each maximum came from (B x D int64,
-    -1 for an empty bag; what embedding_bag_backward needs for max). (output, None) otherwise."""
-    offsets, length, bags = _bags(input, offsets, per_sample_weights, include_last_offset, "embedding_bag")
-    reader = _torch_reader(weight, input, offsets, per_sample_weights)
-    if reader is not None:
-        output = reader.forward(weight, input, offsets, per_sample_weights, length, bags, mode, padding_idx,
-                                include_last_offset, max_norm, norm_type, _max_threads, mode == "max")
-        return output if mode == "max" else (output, None)
-    dim = _dim(weight, "embedding_bag")
-    if mode != "max":
-        return _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx,
-                              include_last_offset, max_norm, norm_type, bags, dim, False), None
-    return _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
-                          max_norm, norm_type, bags, dim, True)
-
-
-def embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, mode="mean",
-                  sparse=False, per_sample_weights=None, include_last_offset=False, padding_idx=None):
-    """torch.nn.functional.embedding_bag: the pooled rows of each bag (B x D float32).
-
-    weight: a 2-D float32 array or tensor (rows may be strided), or an embag.Table (compressed,
-    possibly mapped). input: int32 or int64, 1-D with offsets (B, or B+1 with include_last_offset)
-    or 2-D (B bags of L indices). mode: 'sum', 'mean', 'max', or embag's 'sqrtn'. per_sample_weights
-    (float32, input's shape) with 'sum', and also 'mean' and 'sqrtn' (embag's weighted forms; torch
-    allows only 'sum'). max_norm rescales the referenced rows of weight in place, as torch does.
-    scale_grad_by_freq and sparse only concern the gradient (embag.nn, embedding_bag_backward)."""
-    offsets, length, bags = _bags(input, offsets, per_sample_weights, include_last_offset, "embedding_bag")
-    reader = _torch_reader(weight, input, offsets, per_sample_weights)
-    if reader is not None:
-        return reader.forward(weight, input, offsets, per_sample_weights, length, bags, mode, padding_idx,
-                              include_last_offset, max_norm, norm_type, _max_threads, False)
-    # the extension allocates the output (bags x dim, the caller's array type) once the arrays are read
-    return _embag.forward(weight, input, offsets, length, per_sample_weights, mode, padding_idx, include_last_offset,
-                          max_norm, norm_type, bags, _dim(weight, "embedding_bag"), False)
 
 
 def _flat_lookup(input):
@@ -226,7 +130,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
     returns the row as it is."""
     dim = _dim(weight, "embedding")
     count, length = _flat_lookup(input)
-    out = _embag.forward(weight, input, None, length, None, "none", None, False, max_norm, norm_type, count, dim, False)
+    out = _embag.forward(weight, input, None, length, None, "none", None, False, max_norm, norm_type, count, False)
     return out.reshape(tuple(input.shape) + (dim,))
 
 

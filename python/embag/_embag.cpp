@@ -5,13 +5,17 @@
 // through empty() the Python layer's others; the dense gradients through zeros(), large ones in fresh
 // zero pages (zeroed_memory.hpp).
 //
-// Arrays arrive through the buffer protocol (NumPy, memoryview, anything exporting one), as torch
-// tensors (read through their attributes: data_ptr(), shape, stride(), dtype), or through DLPack
-// (a "dltensor" capsule, or another object with __dlpack__). Every array's layout is checked and a
-// strided one is refused with its name and strides: the library reads the caller's memory in place,
-// so a silent contiguous copy (of what may be a 10 GB table) never happens. The GIL is released for
-// every computation; arrays stay exported or referenced (NumPy cannot resize them, the tensor or
-// DLPack capsule keeps its storage) until the call returns.
+// Arrays arrive as NumPy arrays (read from NumPy's own struct), through the buffer protocol
+// (memoryview, anything exporting one), as torch tensors (read through their attributes:
+// data_ptr(), shape, stride(), dtype), or through DLPack (a "dltensor" capsule, or another object
+// with __dlpack__). Every array's layout is checked and a strided one is refused with its name and
+// strides: the library reads the caller's memory in place, so a silent contiguous copy (of what
+// may be a 10 GB table) never happens. The GIL is released for every computation; arrays stay
+// referenced or exported (NumPy cannot resize them, the tensor or DLPack capsule keeps its
+// storage) until the call returns.
+//
+// embag.embedding_bag and embag.embedding_bag_forward are this module's own functions on CPython's
+// vectorcall protocol (see `vectorcall`); the rest are pybind11's, called by embag/__init__.py.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -90,6 +94,10 @@ error_classes& errors() {
 }
 
 [[noreturn]] void refuse(const std::string& message) { raise(errors().unsupported, unsupported_array, message); }
+
+[[noreturn]] void invalid_option(const std::string& message) {
+  raise(errors().by_code[static_cast<int>(embag::errc::invalid_option)], "invalid_option", message);
+}
 
 // The element types embag reads (the 16-bit ones only as tables an optimizer trains: u16 is a
 // NumPy array holding bfloat16 or float16 bits, NumPy having no bfloat16); any other is named in
@@ -265,6 +273,40 @@ array_arg from_buffer(py::handle object, std::string_view what) {
   return a;
 }
 
+// A NumPy array (or subclass: numpy.memmap) read from its own struct: data, dimensions, strides,
+// dtype and flags, where an export through the buffer protocol has NumPy format a type string and
+// allocate a description of the array for each call (several microseconds of a call that follows a
+// large one). A reference to the array is kept for the call.
+array_arg from_ndarray(py::handle object, std::string_view what) {
+  const auto* array = py::detail::array_proxy(object.ptr());
+  const auto* dtype = py::detail::array_descriptor_proxy(array->descr);
+  check_dims(array->nd, what);
+  array_arg a;
+  const int size = dtype->elsize;
+  if (dtype->byteorder != '>') {  // the library is little-endian only
+    const char kind = dtype->kind;
+    if (kind == 'f' && size == 4) a.type = element::f32;
+    else if (kind == 'i' && size == 4) a.type = element::i32;
+    else if (kind == 'i' && size == 8) a.type = element::i64;
+    else if (kind == 'f' && size == 2) a.type = element::f16;
+    else if (kind == 'u' && size == 2) a.type = element::u16;
+  }
+  if (a.type == element::other) a.other_type = py::str(object.attr("dtype"));
+  a.data = array->data;
+  a.dims = array->nd;
+  for (int d = 0; d < array->nd; ++d) {
+    a.shape[d] = array->dimensions[d];
+    // a stride that is not a whole number of elements cannot be described to the library
+    if (size == 0 || array->strides[d] % size != 0)
+      refuse(std::string(what) + " has a byte stride of " + std::to_string(array->strides[d]) + ", not a multiple of its " +
+             std::to_string(size) + "-byte elements");
+    a.strides[d] = array->strides[d] / size;
+  }
+  a.read_only = (array->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0;
+  a.keeper = py::reinterpret_borrow<py::object>(object);
+  return a;
+}
+
 // What this module reads of torch, looked up once the first torch.Tensor is seen (torch is
 // imported by then and never unloaded, so the objects outlive every use).
 struct torch_objects {
@@ -367,13 +409,20 @@ array_arg from_torch_tensor(py::handle tensor, const torch_objects& torch, std::
   return a;
 }
 
-array_arg borrow(py::handle object, std::string_view what) {
+// "function: what must be a NumPy array ...", for an argument that is no array at all.
+[[noreturn]] void refuse_not_an_array(py::handle object, std::string_view what, std::string_view function) {
+  refuse((function.empty() ? "" : std::string(function) + ": ") + std::string(what) +
+         " must be a NumPy array or a CPU torch.Tensor (anything with the buffer protocol or DLPack), got " +
+         std::string(py::str(py::type::handle_of(object).attr("__name__"))));
+}
+
+array_arg borrow(py::handle object, std::string_view what, std::string_view function = {}) {
   if (PyCapsule_CheckExact(object.ptr())) return from_dlpack_capsule(py::reinterpret_borrow<py::object>(object), what);
+  if (py::detail::npy_api::get().PyArray_Check_(object.ptr())) return from_ndarray(object, what);
   if (PyObject_CheckBuffer(object.ptr())) return from_buffer(object, what);
   if (const torch_objects* torch = torch_tensor(object)) return from_torch_tensor(object, *torch, what);
   if (py::hasattr(object, "__dlpack__")) return from_dlpack_capsule(object.attr("__dlpack__")(), what);
-  refuse(std::string(what) + " must be a NumPy array or a CPU torch.Tensor (anything with the buffer protocol or DLPack), got " +
-         std::string(py::str(py::type::handle_of(object).attr("__name__"))));
+  refuse_not_an_array(object, what, function);
 }
 
 bool c_contiguous(const array_arg& a) {
@@ -399,8 +448,8 @@ struct requirement {
 };
 
 // An array the library reads or writes as one contiguous block.
-array_arg contiguous(py::handle object, std::string_view what, requirement need) {
-  array_arg a = borrow(object, what);
+array_arg contiguous(py::handle object, std::string_view what, requirement need, std::string_view function = {}) {
+  array_arg a = borrow(object, what, function);
   bool type_ok = false;
   for (element e : need.types) type_ok |= a.type == e;
   if (!type_ok) {
@@ -419,9 +468,10 @@ array_arg contiguous(py::handle object, std::string_view what, requirement need)
   return a;
 }
 
-std::optional<array_arg> optional_contiguous(py::handle object, std::string_view what, requirement need) {
+std::optional<array_arg> optional_contiguous(py::handle object, std::string_view what, requirement need,
+                                             std::string_view function = {}) {
   if (object.is_none()) return std::nullopt;
-  return contiguous(object, what, need);
+  return contiguous(object, what, need, function);
 }
 
 // A 2-D f32 table whose rows may be strided (a slice of a wider table): table_view has a row
@@ -513,6 +563,15 @@ embag::workspace& thread_workspace() {
 struct compressed {
   embag::compressed_table table;
 };
+
+// The compressed table `object` is, or null. By its Python type, looked up once: pybind11's
+// isinstance and cast find it in a map keyed by the C++ type's name, which a call that follows a
+// large one finds out of the caches.
+const compressed* compressed_of(py::handle object) {
+  static auto* const type = reinterpret_cast<PyTypeObject*>(py::type::of<compressed>().ptr());
+  if (!PyObject_TypeCheck(object.ptr(), type)) return nullptr;
+  return &object.cast<const compressed&>();
+}
 
 // torch.from_numpy(array): a tensor sharing a NumPy array's memory (torch is imported: a tensor
 // was read).
@@ -621,15 +680,22 @@ new_array allocate(bool as_tensor, std::int64_t rows, std::int64_t cols, element
 
 // embedding_bag's forward into a new rows x cols float32 output (and, with_max_indices, the rows x
 // cols int64 argmax mode max records), returned as out or (out, max_indices).
-py::object forward(py::object table, py::handle indices, py::handle offsets, std::int64_t fixed_length,
-                   py::handle weights, const std::string& mode, std::optional<std::int64_t> padding_idx,
-                   bool include_last_offset, std::optional<float> max_norm, float norm_type, std::int64_t rows,
-                   std::int64_t cols, bool with_max_indices) {
-  bag_args b = take_bags(indices, offsets, fixed_length, weights);
-  embag::options opts = make_options(mode, padding_idx, include_last_offset, false);
+py::object forward_bags(py::handle table, const bag_args& b, embag::options opts, std::optional<float> max_norm,
+                        float norm_type, std::int64_t rows, bool with_max_indices, std::string_view function = {}) {
   opts.max_norm = max_norm;
+  opts.norm_type = norm_type;
+  // torch's max_norm rescales a float32 weight's rows in place; without it the table is only read
+  const bool in_place = max_norm.has_value();
+  const compressed* packed = compressed_of(table);
   std::optional<array_arg> w;  // none: a compressed table
-  if (!py::isinstance<compressed>(table)) w = borrow(table, "weight");
+  bool sixteen_bits = false;  // a float16 or bfloat16 tensor or array (embag.nn's weight, trained in 16 bits by embag.optim)
+  if (packed == nullptr) {
+    w = borrow(table, "weight", function);
+    sixteen_bits = (w->type == element::f16 || w->type == element::bf16) && w->ndim() == 2;
+    if (sixteen_bits) check_rows_in_place(*w, "weight");
+    else f32_table_check(*w, "weight", in_place);
+  }
+  const std::int64_t cols = w ? w->shape[1] : packed->table.dim();
   bool as_tensor = b.indices.is_torch_tensor || (w && w->is_torch_tensor);
   new_array out = allocate(as_tensor, rows, cols, element::f32);
   std::optional<new_array> argmax;
@@ -638,40 +704,333 @@ py::object forward(py::object table, py::handle indices, py::handle offsets, std
     argmax = allocate(as_tensor, rows, cols, element::i64);
     argmax_span = {static_cast<std::int64_t*>(argmax->view.data), static_cast<std::size_t>(argmax->view.size())};
   }
-  auto result = [&] { return with_max_indices ? py::object(py::make_tuple(out.object, argmax->object)) : out.object; };
   embag::matrix_view<float> y = matrix_of(out.view);
-  if (!w) {
-    const compressed& t = table.cast<const compressed&>();
-    py::gil_scoped_release unlocked;
-    embag::forward(t.table.view(), b.bags(), opts, y, argmax_span, &thread_workspace());
-    return result();
-  }
-  if ((w->type == element::f16 || w->type == element::bf16) && w->ndim() == 2) {
-    // a float16 or bfloat16 tensor or array (embag.nn's weight, trained in 16 bits by embag.optim):
-    // read in place as a compressed table of that layout
-    check_rows_in_place(*w, "weight");
-    embag::compressed_table_view view{static_cast<const std::byte*>(w->data), w->shape[0], w->shape[1],
-                                      row_stride_of(*w) * 2,
-                                      w->type == element::f16 ? embag::dtype::f16 : embag::dtype::bf16};
-    py::gil_scoped_release unlocked;
-    embag::forward(view, b.bags(), opts, y, argmax_span, &thread_workspace());
-    return result();
-  }
-  // torch's max_norm rescales the weight's rows in place; without it the table is only read
-  bool in_place = max_norm.has_value();
-  f32_table_check(*w, "weight", in_place);
-  opts.norm_type = norm_type;
-  embag::table_view<float> view{static_cast<float*>(w->data), w->shape[0], w->shape[1], row_stride_of(*w)};
   {
     py::gil_scoped_release unlocked;
-    if (in_place) {
-      opts.max_norm_mode = embag::max_norm_flavour::in_place;
+    if (!w) {
+      embag::forward(packed->table.view(), b.bags(), opts, y, argmax_span, &thread_workspace());
+    } else if (sixteen_bits) {  // read in place as a compressed table of that layout
+      embag::compressed_table_view view{static_cast<const std::byte*>(w->data), w->shape[0], w->shape[1],
+                                        row_stride_of(*w) * 2,
+                                        w->type == element::f16 ? embag::dtype::f16 : embag::dtype::bf16};
       embag::forward(view, b.bags(), opts, y, argmax_span, &thread_workspace());
     } else {
-      embag::forward(embag::table_view<const float>(view), b.bags(), opts, y, argmax_span, &thread_workspace());
+      embag::table_view<float> view{static_cast<float*>(w->data), w->shape[0], w->shape[1], row_stride_of(*w)};
+      if (in_place) {
+        opts.max_norm_mode = embag::max_norm_flavour::in_place;
+        embag::forward(view, b.bags(), opts, y, argmax_span, &thread_workspace());
+      } else {
+        embag::forward(embag::table_view<const float>(view), b.bags(), opts, y, argmax_span, &thread_workspace());
+      }
     }
   }
-  return result();
+  return with_max_indices ? py::object(py::make_tuple(out.object, argmax->object)) : out.object;
+}
+
+py::object forward(py::object table, py::handle indices, py::handle offsets, std::int64_t fixed_length,
+                   py::handle weights, const std::string& mode, std::optional<std::int64_t> padding_idx,
+                   bool include_last_offset, std::optional<float> max_norm, float norm_type, std::int64_t rows,
+                   bool with_max_indices) {
+  return forward_bags(table, take_bags(indices, offsets, fixed_length, weights),
+                      make_options(mode, padding_idx, include_last_offset, false), max_norm, norm_type, rows,
+                      with_max_indices);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bags' layout in torch's two forms, one rule for every function that takes bags.
+
+struct bag_layout {
+  std::int64_t fixed_length = 0;  // 0: the bags are given by offsets
+  std::int64_t bags = 0;
+  bool zero_offsets = false;  // a 2-D B x 0 input: B empty bags, which the library takes as offsets all 0
+};
+
+[[noreturn]] void invalid_shape(const std::string& message) {
+  raise(errors().by_code[static_cast<int>(embag::errc::invalid_shape)], "invalid_shape", message);
+}
+
+// torch's two forms: a 1-D input with offsets (B of them, or B + 1 with include_last_offset), or a
+// 2-D input of B bags of L indices (offsets None; per_sample_weights, if any, of the same shape).
+bag_layout layout_of(std::span<const std::int64_t> input, const std::int64_t* offsets_shape, int offsets_dims,
+                     const std::int64_t* weights_shape, int weights_dims, bool include_last_offset,
+                     std::string_view function) {
+  const std::string f(function);
+  const bool has_offsets = offsets_dims >= 0;
+  if (input.size() == 1 && has_offsets) {
+    if (offsets_dims != 1)
+      invalid_shape(f + ": offsets must be 1-D, got shape " + tuple_text({offsets_shape, std::size_t(offsets_dims)}));
+    const std::int64_t count = offsets_shape[0];
+    return {0, include_last_offset && count > 0 ? count - 1 : count, false};
+  }
+  if (input.size() == 2) {
+    if (has_offsets)
+      invalid_shape(f + ": offsets must be None when input is 2-D (shape " + tuple_text(input) + ": " +
+                    std::to_string(input[0]) + " bags of " + std::to_string(input[1]) + " indices)");
+    if (weights_dims >= 0 && !std::ranges::equal(input, std::span(weights_shape, std::size_t(weights_dims))))
+      raise(errors().by_code[static_cast<int>(embag::errc::size_mismatch)], "size_mismatch",
+            f + ": per_sample_weights has shape " + tuple_text({weights_shape, std::size_t(weights_dims)}) +
+                ", input has shape " + tuple_text(input));
+    return {input[1], input[0], input[1] == 0};
+  }
+  if (input.size() == 1)
+    invalid_shape(f + ": offsets are required when input is 1-D (or pass a 2-D input of bags of equal length)");
+  invalid_shape(f + ": input must be 1-D (with offsets) or 2-D (B x L), got shape " + tuple_text(input));
+}
+
+// An argument's extents as its .shape gives them (NumPy's tuple, torch's torch.Size), where the
+// array itself is not read here (dims -1: None).
+struct shape_attribute {
+  int dims = -1;
+  std::array<std::int64_t, max_dims> extents;
+  std::span<const std::int64_t> span() const { return {extents.data(), static_cast<std::size_t>(std::max(dims, 0))}; }
+};
+
+shape_attribute shape_of(py::handle object, std::string_view what, std::string_view function) {
+  shape_attribute s;
+  if (object.is_none()) return s;
+  static PyObject* const shape_name = PyUnicode_InternFromString("shape");
+  PyObject* shape = PyObject_GetAttr(object.ptr(), shape_name);
+  if (shape == nullptr) {
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) throw py::error_already_set();
+    PyErr_Clear();
+    refuse_not_an_array(object, what, function);
+  }
+  py::object kept = py::reinterpret_steal<py::object>(shape);
+  if (!PyTuple_Check(shape)) refuse(std::string(function) + ": " + std::string(what) + ".shape is not a tuple");
+  check_dims(PyTuple_GET_SIZE(shape), what);
+  s.dims = static_cast<int>(PyTuple_GET_SIZE(shape));
+  read_extents(kept, s.extents, s.dims);
+  if (PyErr_Occurred()) throw py::error_already_set();
+  return s;
+}
+
+// embag._embag.bag_layout, the Python layer's reading of its bags (the backward functions, embag.nn):
+// (offsets, fixed length, number of bags), offsets None for a 2-D input (all zeros when it is B x 0).
+py::tuple bag_layout_of(py::handle input, py::handle offsets, py::handle per_sample_weights, bool include_last_offset,
+                        std::string_view function) {
+  shape_attribute in = shape_of(input, "input", function);
+  if (in.dims < 0) refuse_not_an_array(input, "input", function);
+  shape_attribute off = shape_of(offsets, "offsets", function);
+  shape_attribute psw = in.dims == 2 ? shape_of(per_sample_weights, "per_sample_weights", function) : shape_attribute{};
+  bag_layout l = layout_of(in.span(), off.extents.data(), off.dims, psw.extents.data(), psw.dims, include_last_offset,
+                           function);
+  py::object bag_offsets = py::reinterpret_borrow<py::object>(offsets);
+  if (l.zero_offsets) bag_offsets = as_callers_type(new_zeroed_array({l.bags}, py::dtype::of<std::int64_t>()),
+                                                    torch_tensor(input) != nullptr);
+  else if (l.fixed_length != 0) bag_offsets = py::none();
+  return py::make_tuple(bag_offsets, l.fixed_length, l.bags);
+}
+
+// ---------------------------------------------------------------------------------------------
+// embag.embedding_bag and embag.embedding_bag_forward: functions of this module called through
+// CPython's vectorcall protocol, with torch's signatures. A Python function calling a pybind11
+// one cost 57 us more than the C++ call when it followed a large call, which had left the
+// interpreter's code and data out of the caches (pybind11's keyword table and casters, the Python
+// layer's bytecode); this path, arguments bound here and arrays read once, costs about half that.
+
+// Binds a call's arguments (positional, then keywords by name) to a signature's parameters as
+// Python binds a def's: nullptr where one is not given; Python's own TypeErrors otherwise.
+template <std::size_t N>
+struct parameters {
+  const char* function;
+  std::array<const char*, N> names;
+  std::size_t required;  // the first `required` have no default
+  std::array<PyObject*, N> interned{};
+
+  std::array<PyObject*, N> bind(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    if (interned[0] == nullptr)
+      for (std::size_t i = 0; i < N; ++i) interned[i] = PyUnicode_InternFromString(names[i]);
+    if (nargs > static_cast<Py_ssize_t>(N))
+      throw py::type_error(std::string(function) + "() takes at most " + std::to_string(N) + " arguments (" +
+                           std::to_string(nargs) + " given)");
+    std::array<PyObject*, N> bound{};
+    std::copy(args, args + nargs, bound.begin());
+    const Py_ssize_t keywords = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t k = 0; k < keywords; ++k) {
+      PyObject* key = PyTuple_GET_ITEM(kwnames, k);
+      std::size_t i = 0;  // keywords from source code are interned: found by identity, else by value
+      while (i < N && interned[i] != key) ++i;
+      if (i == N) {
+        i = 0;
+        while (i < N && PyUnicode_Compare(interned[i], key) != 0) ++i;
+      }
+      if (i == N)
+        throw py::type_error(std::string(function) + "() got an unexpected keyword argument '" +
+                             std::string(py::str(key)) + "'");
+      if (bound[i] != nullptr)
+        throw py::type_error(std::string(function) + "() got multiple values for argument '" + names[i] + "'");
+      bound[i] = args[nargs + k];
+    }
+    for (std::size_t i = 0; i < required; ++i)
+      if (bound[i] == nullptr)
+        throw py::type_error(std::string(function) + "() missing required argument '" + names[i] + "'");
+    return bound;
+  }
+};
+
+// What the forward functions read of their arguments, wherever each signature has them.
+struct forward_call {
+  PyObject *input, *weight, *offsets, *max_norm, *norm_type, *mode, *per_sample_weights, *include_last_offset,
+      *padding_idx;
+};
+
+std::string mode_of(PyObject* mode) {
+  if (mode == nullptr) return "mean";
+  Py_ssize_t size = 0;
+  const char* text = PyUnicode_Check(mode) ? PyUnicode_AsUTF8AndSize(mode, &size) : nullptr;
+  if (text == nullptr) {
+    PyErr_Clear();
+    invalid_option("mode = " + std::string(py::repr(mode)) + " is not one of 'sum', 'mean', 'max', 'sqrtn', 'none'");
+  }
+  return {text, static_cast<std::size_t>(size)};
+}
+
+bool is_none(PyObject* object) { return object == nullptr || object == Py_None; }
+
+double float_of(PyObject* object) {
+  double value = PyFloat_AsDouble(object);
+  if (value == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+  return value;
+}
+
+// embag._torch_nn's forward, which reads tensors as at::Tensors (embag/__init__.py loads it, once
+// torch is imported); None where embag was built without torch's C++ headers.
+PyObject* torch_nn_forward() {
+  static PyObject* forward = nullptr;  // never released, as the module
+  if (forward == nullptr) {
+    py::object module = py::module_::import("embag").attr("_load_torch_nn")();
+    forward = (module.is_none() ? py::object(py::none()) : py::object(module.attr("forward"))).release().ptr();
+  }
+  return forward;
+}
+
+// Whether a call goes to embag._torch_nn: its weight a float32 torch.Tensor, its other arrays
+// tensors or None.
+bool all_float32_tensors(const forward_call& a) {
+  const torch_objects* torch = PyObject_CheckBuffer(a.weight) ? nullptr : torch_tensor(a.weight);
+  if (torch == nullptr || !PyObject_TypeCheck(a.input, torch->tensor_base)) return false;
+  for (PyObject* optional : {a.offsets, a.per_sample_weights})
+    if (!is_none(optional) && !PyObject_TypeCheck(optional, torch->tensor_base)) return false;
+  return get(a.weight, torch->dtype).ptr() == torch->dtypes[0].first;  // float32
+}
+
+// embag.embedding_bag (returns_max_indices false: the output) and embag.embedding_bag_forward
+// (true: (output, max_indices), max_indices None unless mode is 'max').
+py::object pooled_forward(const forward_call& a, bool returns_max_indices) {
+  constexpr std::string_view function = "embedding_bag";
+  const std::string mode = mode_of(a.mode);
+  const bool with_max_indices = returns_max_indices && mode == "max";
+  const int last_offset = a.include_last_offset == nullptr ? 0 : PyObject_IsTrue(a.include_last_offset);
+  if (last_offset < 0) throw py::error_already_set();
+  const bool include_last_offset = last_offset == 1;
+  PyObject* offsets = is_none(a.offsets) ? Py_None : a.offsets;
+  PyObject* weights = is_none(a.per_sample_weights) ? Py_None : a.per_sample_weights;
+  PyObject* padding_idx = is_none(a.padding_idx) ? Py_None : a.padding_idx;
+  PyObject* max_norm = is_none(a.max_norm) ? Py_None : a.max_norm;
+  py::object result;
+  if (all_float32_tensors(a) && torch_nn_forward() != Py_None) {
+    py::tuple layout = bag_layout_of(a.input, offsets, weights, include_last_offset, function);
+    py::object norm_type = a.norm_type == nullptr ? py::float_(2.0) : py::reinterpret_borrow<py::object>(a.norm_type);
+    py::str mode_name(mode);
+    py::int_ threads(max_threads.load(std::memory_order_relaxed));
+    PyObject* call[] = {a.weight,          a.input,        layout[0].ptr(),  weights,
+                        layout[1].ptr(),   layout[2].ptr(), mode_name.ptr(), padding_idx,
+                        include_last_offset ? Py_True : Py_False, max_norm, norm_type.ptr(), threads.ptr(),
+                        with_max_indices ? Py_True : Py_False};
+    PyObject* out = PyObject_Vectorcall(torch_nn_forward(), call, std::size(call), nullptr);
+    if (out == nullptr) throw py::error_already_set();
+    result = py::reinterpret_steal<py::object>(out);
+  } else {
+    bag_args b{contiguous(a.input, "input", index_array, function),
+               optional_contiguous(offsets, "offsets", index_array, function),
+               optional_contiguous(weights, "per_sample_weights", {{element::f32}, -1, false}, function)};
+    const bag_layout layout = layout_of(b.indices.shape_span(), b.offsets ? b.offsets->shape.data() : nullptr,
+                                        b.offsets ? b.offsets->dims : -1, b.weights ? b.weights->shape.data() : nullptr,
+                                        b.weights ? b.weights->dims : -1, include_last_offset, function);
+    b.fixed_length = layout.fixed_length;
+    if (layout.zero_offsets)
+      b.offsets = contiguous(new_zeroed_array({layout.bags}, py::dtype::of<std::int64_t>()), "offsets", index_array);
+    std::optional<std::int64_t> padding;
+    if (padding_idx != Py_None) {
+      padding = PyLong_AsLongLong(padding_idx);
+      if (*padding == -1 && PyErr_Occurred()) throw py::error_already_set();
+    }
+    std::optional<float> norm_limit;
+    if (max_norm != Py_None) norm_limit = static_cast<float>(float_of(max_norm));
+    const float norm_type = a.norm_type == nullptr ? 2.0f : static_cast<float>(float_of(a.norm_type));
+    result = forward_bags(a.weight, b, make_options(mode, padding, include_last_offset, false), norm_limit, norm_type,
+                          layout.bags, with_max_indices, function);
+  }
+  if (returns_max_indices && !with_max_indices) return py::make_tuple(result, py::none());
+  return result;
+}
+
+// The docstrings, each opening with the signature inspect.signature and help() read ("--" ends it).
+constexpr const char* embedding_bag_doc =
+    "embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, "
+    "mode='mean', sparse=False, per_sample_weights=None, include_last_offset=False, padding_idx=None)\n--\n\n"
+    "torch.nn.functional.embedding_bag: the pooled rows of each bag (B x D float32).\n\n"
+    "weight: a 2-D float32 array or tensor (rows may be strided), or an embag.Table (compressed,\n"
+    "possibly mapped). input: int32 or int64, 1-D with offsets (B, or B+1 with include_last_offset)\n"
+    "or 2-D (B bags of L indices). mode: 'sum', 'mean', 'max', or embag's 'sqrtn'. per_sample_weights\n"
+    "(float32, input's shape) with 'sum', and also 'mean' and 'sqrtn' (embag's weighted forms; torch\n"
+    "allows only 'sum'). max_norm rescales the referenced rows of weight in place, as torch does.\n"
+    "scale_grad_by_freq and sparse only concern the gradient (embag.nn, embedding_bag_backward).";
+constexpr const char* embedding_bag_forward_doc =
+    "embedding_bag_forward(input, weight, offsets=None, max_norm=None, norm_type=2.0, mode='mean', "
+    "per_sample_weights=None, include_last_offset=False, padding_idx=None)\n--\n\n"
+    "embedding_bag's output and, for mode 'max', the table row each maximum came from (B x D int64,\n"
+    "-1 for an empty bag; what embedding_bag_backward needs for max). (output, None) otherwise.";
+
+parameters<11> embedding_bag_parameters{
+    "embedding_bag",
+    {"input", "weight", "offsets", "max_norm", "norm_type", "scale_grad_by_freq", "mode", "sparse",
+     "per_sample_weights", "include_last_offset", "padding_idx"},
+    2};
+
+// scale_grad_by_freq and sparse only concern the gradient (embag.nn, embedding_bag_backward)
+py::object embedding_bag(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  auto p = embedding_bag_parameters.bind(args, nargs, kwnames);
+  return pooled_forward({p[0], p[1], p[2], p[3], p[4], p[6], p[8], p[9], p[10]}, false);
+}
+
+parameters<9> embedding_bag_forward_parameters{
+    "embedding_bag_forward",
+    {"input", "weight", "offsets", "max_norm", "norm_type", "mode", "per_sample_weights", "include_last_offset",
+     "padding_idx"},
+    2};
+
+py::object embedding_bag_forward(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  auto p = embedding_bag_forward_parameters.bind(args, nargs, kwnames);
+  return pooled_forward({p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]}, true);
+}
+
+void set_python_error(const embag::error& err) noexcept;
+
+// A vectorcall entry point around `body`: its C++ exceptions become Python's, as pybind11's
+// dispatcher makes them.
+template <py::object (*body)(PyObject* const*, Py_ssize_t, PyObject*)>
+PyObject* vectorcall(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+  try {
+    return body(args, nargs, kwnames).release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();
+  } catch (const embag::error& e) {
+    set_python_error(e);
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+template <py::object (*body)(PyObject* const*, Py_ssize_t, PyObject*)>
+PyCFunction as_method() {
+  // the cast METH_FASTCALL | METH_KEYWORDS functions take (through void (*)(), which GCC does not warn about)
+  return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&vectorcall<body>));
 }
 
 void backward_dense(py::handle indices, py::handle offsets, std::int64_t fixed_length, py::handle weights,
@@ -747,10 +1106,6 @@ void per_sample_weights_grad(py::handle table, py::handle indices, py::handle of
 
 // ---------------------------------------------------------------------------------------------
 // Optimizers (embag/optim.hpp): the table and its state updated in place.
-
-[[noreturn]] void invalid_option(const std::string& message) {
-  raise(errors().by_code[static_cast<int>(embag::errc::invalid_option)], "invalid_option", message);
-}
 
 // A table an optimizer writes in place: 2-D float32, float16 or bfloat16 (torch.float16 and
 // torch.bfloat16 tensors, numpy.float16 arrays), rows possibly strided as f32_table's. NumPy has no
@@ -913,8 +1268,8 @@ void forward_batched(py::sequence lookups, py::sequence outs) {
     py::tuple item = lookups[t].cast<py::tuple>();
     std::string where = "tables[" + std::to_string(t) + "]";
     embag::table_lookup call;
-    if (py::isinstance<compressed>(item[0])) {
-      call.table = item[0].cast<const compressed&>().table.view();
+    if (const compressed* packed = compressed_of(item[0])) {
+      call.table = packed->table.view();
     } else {
       const array_arg& w = tables.emplace_back(f32_table(item[0], where + ".weight", false));
       call.table = {static_cast<const std::byte*>(w.data), w.shape[0], w.shape[1],
@@ -1017,6 +1372,19 @@ double time_backward_dense(py::sequence sets, const std::string& mode, py::handl
 
 // embag.Error and its subclasses, created as Python classes so that each can also be the builtin
 // exception it is (IndexError for an index out of range, ValueError for bad arguments).
+// The library's error as the Python exception of its code (IndexOutOfRange, InvalidArgument, ...),
+// its message and `code` attribute: what pybind11's translator and the vectorcall entry points raise.
+void set_python_error(const embag::error& err) noexcept {
+  const auto code = static_cast<int>(err.code());
+  PyObject* cls = (code >= 0 && code < 128 ? errors().by_code[code] : errors().base).ptr();
+  PyObject* exception = PyObject_CallFunction(cls, "s", err.what());
+  PyObject* name = exception == nullptr ? nullptr : PyUnicode_FromStringAndSize(embag::to_string(err.code()).data(),
+                                                                        static_cast<Py_ssize_t>(embag::to_string(err.code()).size()));
+  if (name != nullptr && PyObject_SetAttrString(exception, "code", name) == 0) PyErr_SetObject(cls, exception);
+  Py_XDECREF(name);
+  Py_XDECREF(exception);
+}
+
 void make_error_classes(py::module_& m) {
   py::module_ builtins = py::module_::import("builtins");
   py::object type = builtins.attr("type");
@@ -1048,11 +1416,7 @@ void make_error_classes(py::module_& m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const embag::error& err) {
-      auto code = static_cast<int>(err.code());
-      py::handle cls = code >= 0 && code < 128 ? errors().by_code[code] : errors().base;
-      py::object exception = py::reinterpret_borrow<py::object>(cls)(err.what());
-      exception.attr("code") = std::string(embag::to_string(err.code()));
-      PyErr_SetObject(cls.ptr(), exception.ptr());
+      set_python_error(err);
     }
   });
 }
@@ -1064,9 +1428,22 @@ PYBIND11_MODULE(_embag, m) {
   make_error_classes(m);
   m.attr("__version__") = std::string(embag::version());
 
+  // embag.embedding_bag and embag.embedding_bag_forward themselves (see vectorcall)
+  static PyMethodDef entry_points[] = {
+      {"embedding_bag", as_method<embedding_bag>(), METH_FASTCALL | METH_KEYWORDS, embedding_bag_doc},
+      {"embedding_bag_forward", as_method<embedding_bag_forward>(), METH_FASTCALL | METH_KEYWORDS,
+       embedding_bag_forward_doc},
+  };
+  py::str package("embag");
+  for (PyMethodDef& entry : entry_points) {
+    PyObject* function = PyCFunction_NewEx(&entry, nullptr, package.ptr());
+    if (function == nullptr) throw py::error_already_set();
+    m.add_object(entry.ml_name, py::reinterpret_steal<py::object>(function));
+  }
+  m.def("bag_layout", &bag_layout_of, "input"_a, "offsets"_a, "per_sample_weights"_a, "include_last_offset"_a,
+        "function"_a);
   m.def("forward", &forward, "table"_a, "indices"_a, "offsets"_a, "fixed_length"_a, "per_sample_weights"_a, "mode"_a,
-        "padding_idx"_a, "include_last_offset"_a, "max_norm"_a, "norm_type"_a, "rows"_a, "cols"_a,
-        "with_max_indices"_a);
+        "padding_idx"_a, "include_last_offset"_a, "max_norm"_a, "norm_type"_a, "rows"_a, "with_max_indices"_a);
   m.def("backward_dense", &backward_dense, "indices"_a, "offsets"_a, "fixed_length"_a, "per_sample_weights"_a,
         "mode"_a, "padding_idx"_a, "include_last_offset"_a, "scale_grad_by_freq"_a, "grad_output"_a,
         "grad_weight"_a, "max_indices"_a);

@@ -59,8 +59,7 @@ class _EmbeddingBagFunction(torch.autograd.Function):
         bag_offsets, length, bags = embag._bags(input, offsets, per_sample_weights, include_last_offset,
                                                 "embedding_bag")
         output = embag._embag.forward(weight, input, bag_offsets, length, per_sample_weights, mode, padding_idx,
-                                      include_last_offset, module.max_norm, module.norm_type, bags, weight.shape[1],
-                                      mode == "max")
+                                      include_last_offset, module.max_norm, module.norm_type, bags, mode == "max")
         output, max_indices = output if mode == "max" else (output, None)
         ctx.save_for_backward(weight, input, offsets, per_sample_weights, max_indices)
         ctx.options = (mode, padding_idx, include_last_offset, module.scale_grad_by_freq, module.fused_optimizer)

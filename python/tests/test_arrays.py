@@ -133,9 +133,24 @@ def test_wrong_dtypes_are_named(what, call):
     assert isinstance(caught.value, TypeError) and caught.value.code == "unsupported_array"
 
 
-def test_a_list_is_not_an_array():
-    with pytest.raises(embag.UnsupportedArray, match="embedding_bag: weight must be a NumPy array or a CPU torch.Tensor"):
-        embag.embedding_bag(np.array([1]), [[1.0, 2.0]], np.array([0]))
+@pytest.mark.parametrize("what", ["input", "weight", "offsets"])
+def test_a_list_is_not_an_array(what):
+    arrays = {"input": np.array([1]), "weight": np.ones((4, 4), np.float32), "offsets": np.array([0])}
+    arrays[what] = arrays[what].tolist()
+    with pytest.raises(embag.UnsupportedArray, match=f"embedding_bag: {what} must be a NumPy array or a CPU "
+                                                     f"torch.Tensor .*, got list"):
+        embag.embedding_bag(**arrays)
+
+
+@pytest.mark.parametrize("what", ["input", "weight"])
+def test_big_endian_arrays_are_refused_not_misread(what):
+    # NumPy arrays are read from their own struct (not exported): the byte order must be read too
+    arrays = {"input": np.array([1, 2]), "weight": np.arange(16, dtype=np.float32).reshape(4, 4),
+              "offsets": np.array([0])}
+    arrays[what] = arrays[what].astype(arrays[what].dtype.newbyteorder(">"))
+    with pytest.raises(embag.UnsupportedArray, match=f"^{what} must be .*, got >(f4|i8)") as caught:
+        embag.embedding_bag(mode="sum", **arrays)
+    assert caught.value.code == "unsupported_array"
 
 
 # Run in a child whose data limit (RLIMIT_DATA: heap and private writable mappings, where any copy

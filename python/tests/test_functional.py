@@ -1,6 +1,7 @@
 """The functional API on NumPy arrays (no torch): each result against the NumPy oracle (oracle.py)
 and bit for bit against the library's scalar reference (embag.force_isa('reference'))."""
 import contextlib
+import inspect
 import os
 import sys
 
@@ -188,3 +189,68 @@ def test_sparse_gradients_kept_stay_and_released_ones_are_reused_correctly(rng):
         del rows, values
     np.testing.assert_array_equal(kept_rows, expected_rows)
     np.testing.assert_array_equal(kept_values, expected_values)
+
+
+# embedding_bag and embedding_bag_forward are C functions binding their own arguments (vectorcall):
+# they must bind them as the def with torch's signature would.
+TORCH_SIGNATURE = [("input", None), ("weight", None), ("offsets", None), ("max_norm", None), ("norm_type", 2.0),
+                   ("scale_grad_by_freq", False), ("mode", "mean"), ("sparse", False), ("per_sample_weights", None),
+                   ("include_last_offset", False), ("padding_idx", None)]
+
+
+def test_embedding_bag_has_torchs_signature():
+    parameters = inspect.signature(embag.embedding_bag).parameters
+    assert [(p.name, None if p.default is inspect.Parameter.empty else p.default) for p in parameters.values()] == \
+        TORCH_SIGNATURE
+    assert [p.name for p in parameters.values() if p.default is inspect.Parameter.empty] == ["input", "weight"]
+    forward = inspect.signature(embag.embedding_bag_forward).parameters
+    assert list(forward) == [name for name, _ in TORCH_SIGNATURE if name not in ("scale_grad_by_freq", "sparse")]
+
+
+def test_arguments_bind_by_position_and_by_keyword_alike(rng):
+    weight = table(rng)
+    indices, offsets = one_d_bags(rng, np.int64, True)
+    psw = rng.uniform(0.5, 1.5, indices.size).astype(np.float32)
+    values = dict(input=indices, weight=weight, offsets=offsets, max_norm=None, norm_type=2.0,
+                  scale_grad_by_freq=False, mode="sum", sparse=False, per_sample_weights=psw,
+                  include_last_offset=True, padding_idx=3)
+    expected = oracle.embedding_bag(indices, weight, offsets, "sum", per_sample_weights=psw, include_last_offset=True,
+                                    padding_idx=3)
+    positional = list(values.values())
+    np.testing.assert_allclose(embag.embedding_bag(*positional), expected, rtol=1e-5, atol=1e-6)
+    for split in (2, 5, 9):  # the rest as keywords, in reverse order
+        keywords = dict(reversed(list(values.items())[split:]))
+        np.testing.assert_allclose(embag.embedding_bag(*positional[:split], **keywords), expected, rtol=1e-5,
+                                   atol=1e-6)
+    keywords = {name: values[name] for name in ("input", "weight", "offsets", "mode", "per_sample_weights",
+                                                 "include_last_offset", "padding_idx")}
+    out, max_indices = embag.embedding_bag_forward(**keywords)
+    assert max_indices is None
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda w: embag.embedding_bag(np.array([1]), w, np.array([0]), modes="sum"),
+     r"^embedding_bag\(\) got an unexpected keyword argument 'modes'$"),
+    (lambda w: embag.embedding_bag(np.array([1]), w, np.array([0]), offsets=np.array([0])),
+     r"^embedding_bag\(\) got multiple values for argument 'offsets'$"),
+    (lambda w: embag.embedding_bag(np.array([1]), offsets=np.array([0])),
+     r"^embedding_bag\(\) missing required argument 'weight'$"),
+    (lambda w: embag.embedding_bag(weight=w),
+     r"^embedding_bag\(\) missing required argument 'input'$"),
+    (lambda w: embag.embedding_bag(np.array([1]), w, np.array([0]), None, 2.0, False, "sum", False, None, False,
+                                   None, 7),
+     r"^embedding_bag\(\) takes at most 11 arguments \(12 given\)$"),
+    (lambda w: embag.embedding_bag_forward(np.array([1]), w, np.array([0]), sparse=False),
+     r"^embedding_bag_forward\(\) got an unexpected keyword argument 'sparse'$"),
+])
+def test_misbound_arguments_are_pythons_type_errors(rng, call, message):
+    with pytest.raises(TypeError, match=message) as caught:
+        call(table(rng))
+    assert not isinstance(caught.value, embag.Error)
+
+
+def test_a_mode_that_is_no_string_is_refused(rng):
+    with pytest.raises(embag.InvalidArgument, match=r"mode = 1 is not one of 'sum', 'mean'") as caught:
+        embag.embedding_bag(np.array([1]), table(rng), np.array([0]), mode=1)
+    assert caught.value.code == "invalid_option"

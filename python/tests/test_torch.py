@@ -1,6 +1,7 @@
 """PyTorch: embag's functions on CPU tensors against torch.nn.functional, embag.nn's modules against
 torch.nn's (forward, gradients, a model trained a few SGD steps with each), tensors read in place.
 Skipped where torch is not importable (.ci/run installs Debian's python3-torch so CI runs it)."""
+import inspect
 import os
 import subprocess
 import sys
@@ -29,6 +30,12 @@ def bags(generator, include_last_offset=False):
     indices = torch.randint(0, ROWS, (sum(lengths),), generator=generator)
     offsets = torch.tensor([0] + list(np.cumsum(lengths)[:None if include_last_offset else -1]))
     return indices, offsets
+
+
+def test_functional_signatures_are_torchs():
+    for ours, theirs in ((embag.embedding_bag, F.embedding_bag), (embag.embedding, F.embedding)):
+        assert [(p.name, p.default) for p in inspect.signature(ours).parameters.values()] == \
+            [(p.name, p.default) for p in inspect.signature(theirs).parameters.values()]
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
