@@ -15,7 +15,8 @@
 // storage) until the call returns.
 //
 // embag.embedding_bag and embag.embedding_bag_forward are this module's own functions on CPython's
-// vectorcall protocol (see `vectorcall`); the rest are pybind11's, called by embag/__init__.py.
+// vectorcall protocol (entry_points.hpp says why); the rest are pybind11's, called by
+// embag/__init__.py.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -38,6 +39,7 @@
 #include "embag/embag.hpp"
 #include "embag/optim.hpp"
 #include "embag/quantize.hpp"
+#include "entry_points.hpp"
 #include "released_memory.hpp"
 #include "zeroed_memory.hpp"
 
@@ -140,11 +142,7 @@ element from_dlpack_type(dl_data_type t) {
   return element::other;
 }
 
-std::string tuple_text(std::span<const std::int64_t> values) {
-  std::string text = "(";
-  for (std::size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + std::to_string(values[i]);
-  return text + (values.size() == 1 ? ",)" : ")");
-}
+using embag_python::tuple_text;
 
 // A Py_buffer exported for one call, released with the argument. Moving it copies the struct: the
 // exporter's release reads only `obj` and its own state (a bytes object's shape may point into the
@@ -737,52 +735,17 @@ py::object forward(py::object table, py::handle indices, py::handle offsets, std
 }
 
 // ---------------------------------------------------------------------------------------------
-// The bags' layout in torch's two forms, one rule for every function that takes bags.
-
-struct bag_layout {
-  std::int64_t fixed_length = 0;  // 0: the bags are given by offsets
-  std::int64_t bags = 0;
-  bool zero_offsets = false;  // a 2-D B x 0 input: B empty bags, which the library takes as offsets all 0
-};
-
-[[noreturn]] void invalid_shape(const std::string& message) {
-  raise(errors().by_code[static_cast<int>(embag::errc::invalid_shape)], "invalid_shape", message);
-}
-
-// torch's two forms: a 1-D input with offsets (B of them, or B + 1 with include_last_offset), or a
-// 2-D input of B bags of L indices (offsets None; per_sample_weights, if any, of the same shape).
-bag_layout layout_of(std::span<const std::int64_t> input, const std::int64_t* offsets_shape, int offsets_dims,
-                     const std::int64_t* weights_shape, int weights_dims, bool include_last_offset,
-                     std::string_view function) {
-  const std::string f(function);
-  const bool has_offsets = offsets_dims >= 0;
-  if (input.size() == 1 && has_offsets) {
-    if (offsets_dims != 1)
-      invalid_shape(f + ": offsets must be 1-D, got shape " + tuple_text({offsets_shape, std::size_t(offsets_dims)}));
-    const std::int64_t count = offsets_shape[0];
-    return {0, include_last_offset && count > 0 ? count - 1 : count, false};
-  }
-  if (input.size() == 2) {
-    if (has_offsets)
-      invalid_shape(f + ": offsets must be None when input is 2-D (shape " + tuple_text(input) + ": " +
-                    std::to_string(input[0]) + " bags of " + std::to_string(input[1]) + " indices)");
-    if (weights_dims >= 0 && !std::ranges::equal(input, std::span(weights_shape, std::size_t(weights_dims))))
-      raise(errors().by_code[static_cast<int>(embag::errc::size_mismatch)], "size_mismatch",
-            f + ": per_sample_weights has shape " + tuple_text({weights_shape, std::size_t(weights_dims)}) +
-                ", input has shape " + tuple_text(input));
-    return {input[1], input[0], input[1] == 0};
-  }
-  if (input.size() == 1)
-    invalid_shape(f + ": offsets are required when input is 1-D (or pass a 2-D input of bags of equal length)");
-  invalid_shape(f + ": input must be 1-D (with offsets) or 2-D (B x L), got shape " + tuple_text(input));
-}
+// The bags' layout in torch's two forms (embag_python::layout_of), read from the arrays' shapes.
 
 // An argument's extents as its .shape gives them (NumPy's tuple, torch's torch.Size), where the
 // array itself is not read here (dims -1: None).
 struct shape_attribute {
   int dims = -1;
   std::array<std::int64_t, max_dims> extents;
-  std::span<const std::int64_t> span() const { return {extents.data(), static_cast<std::size_t>(std::max(dims, 0))}; }
+  std::optional<std::span<const std::int64_t>> given() const {
+    if (dims < 0) return std::nullopt;
+    return std::span<const std::int64_t>(extents.data(), static_cast<std::size_t>(dims));
+  }
 };
 
 shape_attribute shape_of(py::handle object, std::string_view what, std::string_view function) {
@@ -812,8 +775,7 @@ py::tuple bag_layout_of(py::handle input, py::handle offsets, py::handle per_sam
   if (in.dims < 0) refuse_not_an_array(input, "input", function);
   shape_attribute off = shape_of(offsets, "offsets", function);
   shape_attribute psw = in.dims == 2 ? shape_of(per_sample_weights, "per_sample_weights", function) : shape_attribute{};
-  bag_layout l = layout_of(in.span(), off.extents.data(), off.dims, psw.extents.data(), psw.dims, include_last_offset,
-                           function);
+  embag_python::bag_layout l = embag_python::layout_of(*in.given(), off.given(), psw.given(), include_last_offset, function);
   py::object bag_offsets = py::reinterpret_borrow<py::object>(offsets);
   if (l.zero_offsets) bag_offsets = as_callers_type(new_zeroed_array({l.bags}, py::dtype::of<std::int64_t>()),
                                                     torch_tensor(input) != nullptr);
@@ -823,10 +785,7 @@ py::tuple bag_layout_of(py::handle input, py::handle offsets, py::handle per_sam
 
 // ---------------------------------------------------------------------------------------------
 // embag.embedding_bag and embag.embedding_bag_forward: functions of this module called through
-// CPython's vectorcall protocol, with torch's signatures. A Python function calling a pybind11
-// one cost 57 us more than the C++ call when it followed a large call, which had left the
-// interpreter's code and data out of the caches (pybind11's keyword table and casters, the Python
-// layer's bytecode); this path, arguments bound here and arrays read once, costs about half that.
+// CPython's vectorcall protocol, with torch's signatures (entry_points.hpp says why).
 
 // Binds a call's arguments (positional, then keywords by name) to a signature's parameters as
 // Python binds a def's: nullptr where one is not given; Python's own TypeErrors otherwise.
@@ -929,14 +888,12 @@ py::object pooled_forward(const forward_call& a, bool returns_max_indices) {
   PyObject* max_norm = is_none(a.max_norm) ? Py_None : a.max_norm;
   py::object result;
   if (all_float32_tensors(a) && torch_nn_forward() != Py_None) {
-    py::tuple layout = bag_layout_of(a.input, offsets, weights, include_last_offset, function);
     py::object norm_type = a.norm_type == nullptr ? py::float_(2.0) : py::reinterpret_borrow<py::object>(a.norm_type);
     py::str mode_name(mode);
     py::int_ threads(max_threads.load(std::memory_order_relaxed));
-    PyObject* call[] = {a.weight,          a.input,        layout[0].ptr(),  weights,
-                        layout[1].ptr(),   layout[2].ptr(), mode_name.ptr(), padding_idx,
-                        include_last_offset ? Py_True : Py_False, max_norm, norm_type.ptr(), threads.ptr(),
-                        with_max_indices ? Py_True : Py_False};
+    PyObject* call[] = {a.weight,   a.input,     offsets,         weights,         mode_name.ptr(),
+                        padding_idx, include_last_offset ? Py_True : Py_False, max_norm, norm_type.ptr(),
+                        threads.ptr(), with_max_indices ? Py_True : Py_False};
     PyObject* out = PyObject_Vectorcall(torch_nn_forward(), call, std::size(call), nullptr);
     if (out == nullptr) throw py::error_already_set();
     result = py::reinterpret_steal<py::object>(out);
@@ -944,9 +901,11 @@ py::object pooled_forward(const forward_call& a, bool returns_max_indices) {
     bag_args b{contiguous(a.input, "input", index_array, function),
                optional_contiguous(offsets, "offsets", index_array, function),
                optional_contiguous(weights, "per_sample_weights", {{element::f32}, -1, false}, function)};
-    const bag_layout layout = layout_of(b.indices.shape_span(), b.offsets ? b.offsets->shape.data() : nullptr,
-                                        b.offsets ? b.offsets->dims : -1, b.weights ? b.weights->shape.data() : nullptr,
-                                        b.weights ? b.weights->dims : -1, include_last_offset, function);
+    auto shape = [](const std::optional<array_arg>& a) {
+      return a ? std::optional(a->shape_span()) : std::nullopt;
+    };
+    const embag_python::bag_layout layout = embag_python::layout_of(b.indices.shape_span(), shape(b.offsets),
+                                                                    shape(b.weights), include_last_offset, function);
     b.fixed_length = layout.fixed_length;
     if (layout.zero_offsets)
       b.offsets = contiguous(new_zeroed_array({layout.bags}, py::dtype::of<std::int64_t>()), "offsets", index_array);
@@ -1003,34 +962,6 @@ parameters<9> embedding_bag_forward_parameters{
 py::object embedding_bag_forward(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   auto p = embedding_bag_forward_parameters.bind(args, nargs, kwnames);
   return pooled_forward({p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]}, true);
-}
-
-void set_python_error(const embag::error& err) noexcept;
-
-// A vectorcall entry point around `body`: its C++ exceptions become Python's, as pybind11's
-// dispatcher makes them.
-template <py::object (*body)(PyObject* const*, Py_ssize_t, PyObject*)>
-PyObject* vectorcall(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
-  try {
-    return body(args, nargs, kwnames).release().ptr();
-  } catch (py::error_already_set& e) {
-    e.restore();
-  } catch (const py::builtin_exception& e) {
-    e.set_error();
-  } catch (const embag::error& e) {
-    set_python_error(e);
-  } catch (const std::bad_alloc&) {
-    PyErr_NoMemory();
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-  }
-  return nullptr;
-}
-
-template <py::object (*body)(PyObject* const*, Py_ssize_t, PyObject*)>
-PyCFunction as_method() {
-  // the cast METH_FASTCALL | METH_KEYWORDS functions take (through void (*)(), which GCC does not warn about)
-  return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&vectorcall<body>));
 }
 
 void backward_dense(py::handle indices, py::handle offsets, std::int64_t fixed_length, py::handle weights,
@@ -1372,19 +1303,6 @@ double time_backward_dense(py::sequence sets, const std::string& mode, py::handl
 
 // embag.Error and its subclasses, created as Python classes so that each can also be the builtin
 // exception it is (IndexError for an index out of range, ValueError for bad arguments).
-// The library's error as the Python exception of its code (IndexOutOfRange, InvalidArgument, ...),
-// its message and `code` attribute: what pybind11's translator and the vectorcall entry points raise.
-void set_python_error(const embag::error& err) noexcept {
-  const auto code = static_cast<int>(err.code());
-  PyObject* cls = (code >= 0 && code < 128 ? errors().by_code[code] : errors().base).ptr();
-  PyObject* exception = PyObject_CallFunction(cls, "s", err.what());
-  PyObject* name = exception == nullptr ? nullptr : PyUnicode_FromStringAndSize(embag::to_string(err.code()).data(),
-                                                                        static_cast<Py_ssize_t>(embag::to_string(err.code()).size()));
-  if (name != nullptr && PyObject_SetAttrString(exception, "code", name) == 0) PyErr_SetObject(cls, exception);
-  Py_XDECREF(name);
-  Py_XDECREF(exception);
-}
-
 void make_error_classes(py::module_& m) {
   py::module_ builtins = py::module_::import("builtins");
   py::object type = builtins.attr("type");
@@ -1416,7 +1334,11 @@ void make_error_classes(py::module_& m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const embag::error& err) {
-      set_python_error(err);
+      auto code = static_cast<int>(err.code());
+      py::handle cls = code >= 0 && code < 128 ? errors().by_code[code] : errors().base;
+      py::object exception = py::reinterpret_borrow<py::object>(cls)(err.what());
+      exception.attr("code") = std::string(embag::to_string(err.code()));
+      PyErr_SetObject(cls.ptr(), exception.ptr());
     }
   });
 }
@@ -1428,18 +1350,13 @@ PYBIND11_MODULE(_embag, m) {
   make_error_classes(m);
   m.attr("__version__") = std::string(embag::version());
 
-  // embag.embedding_bag and embag.embedding_bag_forward themselves (see vectorcall)
+  // embag.embedding_bag and embag.embedding_bag_forward themselves
   static PyMethodDef entry_points[] = {
-      {"embedding_bag", as_method<embedding_bag>(), METH_FASTCALL | METH_KEYWORDS, embedding_bag_doc},
-      {"embedding_bag_forward", as_method<embedding_bag_forward>(), METH_FASTCALL | METH_KEYWORDS,
+      {"embedding_bag", embag_python::as_method<embedding_bag>(), METH_FASTCALL | METH_KEYWORDS, embedding_bag_doc},
+      {"embedding_bag_forward", embag_python::as_method<embedding_bag_forward>(), METH_FASTCALL | METH_KEYWORDS,
        embedding_bag_forward_doc},
   };
-  py::str package("embag");
-  for (PyMethodDef& entry : entry_points) {
-    PyObject* function = PyCFunction_NewEx(&entry, nullptr, package.ptr());
-    if (function == nullptr) throw py::error_already_set();
-    m.add_object(entry.ml_name, py::reinterpret_steal<py::object>(function));
-  }
+  for (PyMethodDef& entry : entry_points) embag_python::add_entry_point(m, entry, "embag");
   m.def("bag_layout", &bag_layout_of, "input"_a, "offsets"_a, "per_sample_weights"_a, "include_last_offset"_a,
         "function"_a);
   m.def("forward", &forward, "table"_a, "indices"_a, "offsets"_a, "fixed_length"_a, "per_sample_weights"_a, "mode"_a,

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "embag/embag.hpp"
+#include "entry_points.hpp"
 #include "released_memory.hpp"
 #include "zeroed_memory.hpp"
 
@@ -43,11 +44,7 @@ using torch::autograd::variable_list;
 
 [[noreturn]] void refuse(const std::string& message) { raise("UnsupportedArray", "unsupported_array", message); }
 
-std::string tuple_text(at::IntArrayRef values) {  // as Python prints a tuple: (13,) or (4, 3)
-  std::string text = "(";
-  for (std::size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + std::to_string(values[i]);
-  return text + (values.size() == 1 ? ",)" : ")");
-}
+std::string tuple_text(at::IntArrayRef values) { return embag_python::tuple_text({values.data(), values.size()}); }
 
 // NumPy's and torch's Python names (embag._embag's messages), not c10's ("Long").
 std::string dtype_name(at::ScalarType type) {
@@ -383,6 +380,60 @@ at::Tensor embedding_bag(at::Tensor weight, at::Tensor input, c10::optional<at::
                                    include_last_offset, max_norm, norm_type, scale_grad_by_freq, sparse, threads);
 }
 
+// embag.embedding_bag and embag.embedding_bag_forward on tensors, called by embag._embag's entry
+// point with its arguments bound (positional: weight, input, offsets, per_sample_weights, mode,
+// padding_idx, include_last_offset, max_norm, norm_type, threads, with_max_indices): out, or (out,
+// max_indices). A vectorcall entry point as theirs (entry_points.hpp), the bags' layout read here
+// from the tensors' sizes.
+pybind11::object functional_forward(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  if (nargs != 11 || kwnames != nullptr) throw pybind11::type_error("embag._torch_nn.forward takes 11 positional arguments");
+  auto tensor = [&](int i, const char* what) -> const at::Tensor& {
+    if (!THPVariable_Check(args[i])) refuse(std::string(what) + " must be a torch.Tensor");
+    return THPVariable_Unpack(args[i]);
+  };
+  auto optional_tensor = [&](int i, const char* what) -> c10::optional<at::Tensor> {
+    if (args[i] == Py_None) return c10::nullopt;
+    return tensor(i, what);
+  };
+  auto checked = [](auto value) {
+    if (PyErr_Occurred()) throw pybind11::error_already_set();
+    return value;
+  };
+  const at::Tensor& weight = tensor(0, "weight");
+  const at::Tensor& input = tensor(1, "input");
+  c10::optional<at::Tensor> offsets = optional_tensor(2, "offsets");
+  const c10::optional<at::Tensor> per_sample_weights = optional_tensor(3, "per_sample_weights");
+  Py_ssize_t mode_size = 0;
+  const char* mode_text = PyUnicode_AsUTF8AndSize(args[4], &mode_size);
+  if (mode_text == nullptr) throw pybind11::error_already_set();
+  const std::string mode(mode_text, static_cast<std::size_t>(mode_size));
+  // engaged first, then reset where None: GCC 12 takes the copy of a never-engaged c10::optional
+  // (run_forward's by-value argument) for a read of uninitialised storage
+  c10::optional<std::int64_t> padding_idx(0);
+  if (args[5] == Py_None) padding_idx.reset();
+  else *padding_idx = checked(PyLong_AsLongLong(args[5]));
+  const bool include_last_offset = args[6] == Py_True;
+  c10::optional<double> max_norm(0.0);
+  if (args[7] == Py_None) max_norm.reset();
+  else *max_norm = checked(PyFloat_AsDouble(args[7]));
+  const double norm_type = checked(PyFloat_AsDouble(args[8]));
+  const std::int64_t threads = checked(PyLong_AsLongLong(args[9]));
+  const bool with_max_indices = args[10] == Py_True;
+
+  auto shape = [](const c10::optional<at::Tensor>& t) {
+    return t ? std::optional(std::span<const std::int64_t>(t->sizes().data(), t->sizes().size())) : std::nullopt;
+  };
+  const embag_python::bag_layout layout =
+      embag_python::layout_of({input.sizes().data(), input.sizes().size()}, shape(offsets),
+                              input.dim() == 2 ? shape(per_sample_weights) : std::nullopt, include_last_offset,
+                              "embedding_bag");
+  if (layout.zero_offsets) offsets = at::zeros({layout.bags}, at::TensorOptions().dtype(at::kLong));
+  auto [out, argmax] = run_forward(weight, input, offsets, per_sample_weights, layout.fixed_length, layout.bags, mode,
+                                   padding_idx, include_last_offset, max_norm, norm_type, threads, with_max_indices);
+  if (with_max_indices) return pybind11::make_tuple(out, argmax);
+  return pybind11::reinterpret_steal<pybind11::object>(THPVariable_Wrap(std::move(out)));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_torch_nn, m) {
@@ -401,15 +452,7 @@ PYBIND11_MODULE(_torch_nn, m) {
     std::lock_guard<std::mutex> hold(memory.lock);
     return embag_python::buffer_cache().held;
   });
-  // embag.embedding_bag on tensors: out, or (out, max_indices) with_max_indices
-  m.def("forward", [](const at::Tensor& weight, const at::Tensor& input, const c10::optional<at::Tensor>& offsets,
-                      const c10::optional<at::Tensor>& per_sample_weights, std::int64_t length, std::int64_t bags,
-                      const std::string& mode, c10::optional<std::int64_t> padding_idx, bool include_last_offset,
-                      c10::optional<double> max_norm, double norm_type, std::int64_t threads,
-                      bool with_max_indices) -> pybind11::object {
-    auto [out, argmax] = run_forward(weight, input, offsets, per_sample_weights, length, bags, mode, padding_idx,
-                                     include_last_offset, max_norm, norm_type, threads, with_max_indices);
-    if (with_max_indices) return pybind11::make_tuple(out, argmax);
-    return pybind11::cast(out);
-  });
+  static PyMethodDef forward_entry{"forward", embag_python::as_method<functional_forward>(), METH_FASTCALL | METH_KEYWORDS,
+                                   "embag.embedding_bag's tensor path (called by embag._embag, not by you)"};
+  embag_python::add_entry_point(m, forward_entry, "embag._torch_nn");
 }
