@@ -863,14 +863,15 @@ PyObject* torch_nn_forward() {
   return forward;
 }
 
-// Whether a call goes to embag._torch_nn: its weight a float32 torch.Tensor, its other arrays
-// tensors or None.
-bool all_float32_tensors(const forward_call& a) {
+// Whether a call may go to embag._torch_nn: its weight and input torch tensors, its offsets and
+// per_sample_weights tensors or None. (The weight's dtype is left to embag._torch_nn, which reads
+// it from the at::Tensor: its Python attribute took 11 us of a call after a large one.)
+bool all_tensors(const forward_call& a) {
   const torch_objects* torch = PyObject_CheckBuffer(a.weight) ? nullptr : torch_tensor(a.weight);
   if (torch == nullptr || !PyObject_TypeCheck(a.input, torch->tensor_base)) return false;
   for (PyObject* optional : {a.offsets, a.per_sample_weights})
     if (!is_none(optional) && !PyObject_TypeCheck(optional, torch->tensor_base)) return false;
-  return get(a.weight, torch->dtype).ptr() == torch->dtypes[0].first;  // float32
+  return true;
 }
 
 // embag.embedding_bag (returns_max_indices false: the output) and embag.embedding_bag_forward
@@ -887,17 +888,19 @@ py::object pooled_forward(const forward_call& a, bool returns_max_indices) {
   PyObject* padding_idx = is_none(a.padding_idx) ? Py_None : a.padding_idx;
   PyObject* max_norm = is_none(a.max_norm) ? Py_None : a.max_norm;
   py::object result;
-  if (all_float32_tensors(a) && torch_nn_forward() != Py_None) {
-    py::object norm_type = a.norm_type == nullptr ? py::float_(2.0) : py::reinterpret_borrow<py::object>(a.norm_type);
-    py::str mode_name(mode);
+  if (all_tensors(a) && torch_nn_forward() != Py_None) {
+    // the defaults as objects made once (arguments are checked above or by embag._torch_nn)
+    static PyObject* const mean = PyUnicode_InternFromString("mean");
+    static PyObject* const two = PyFloat_FromDouble(2.0);
     py::int_ threads(max_threads.load(std::memory_order_relaxed));
-    PyObject* call[] = {a.weight,   a.input,     offsets,         weights,         mode_name.ptr(),
-                        padding_idx, include_last_offset ? Py_True : Py_False, max_norm, norm_type.ptr(),
-                        threads.ptr(), with_max_indices ? Py_True : Py_False};
+    PyObject* call[] = {a.weight,   a.input,     offsets,         weights,         a.mode == nullptr ? mean : a.mode,
+                        padding_idx, include_last_offset ? Py_True : Py_False, max_norm,
+                        a.norm_type == nullptr ? two : a.norm_type, threads.ptr(), with_max_indices ? Py_True : Py_False};
     PyObject* out = PyObject_Vectorcall(torch_nn_forward(), call, std::size(call), nullptr);
     if (out == nullptr) throw py::error_already_set();
-    result = py::reinterpret_steal<py::object>(out);
-  } else {
+    result = py::reinterpret_steal<py::object>(out);  // NotImplemented: a weight not float32, read below
+  }
+  if (!result || result.ptr() == Py_NotImplemented) {
     bag_args b{contiguous(a.input, "input", index_array, function),
                optional_contiguous(offsets, "offsets", index_array, function),
                optional_contiguous(weights, "per_sample_weights", {{element::f32}, -1, false}, function)};

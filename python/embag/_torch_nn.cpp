@@ -383,10 +383,13 @@ at::Tensor embedding_bag(at::Tensor weight, at::Tensor input, c10::optional<at::
 // embag.embedding_bag and embag.embedding_bag_forward on tensors, called by embag._embag's entry
 // point with its arguments bound (positional: weight, input, offsets, per_sample_weights, mode,
 // padding_idx, include_last_offset, max_norm, norm_type, threads, with_max_indices): out, or (out,
-// max_indices). A vectorcall entry point as theirs (entry_points.hpp), the bags' layout read here
-// from the tensors' sizes.
+// max_indices), or NotImplemented where the weight is not float32 (embag._embag reads a 16-bit one
+// itself). A vectorcall entry point as theirs (entry_points.hpp), the bags' layout read here from
+// the tensors' sizes.
 pybind11::object functional_forward(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   if (nargs != 11 || kwnames != nullptr) throw pybind11::type_error("embag._torch_nn.forward takes 11 positional arguments");
+  if (THPVariable_Check(args[0]) && THPVariable_Unpack(args[0]).scalar_type() != at::kFloat)
+    return pybind11::reinterpret_borrow<pybind11::object>(Py_NotImplemented);
   auto tensor = [&](int i, const char* what) -> const at::Tensor& {
     if (!THPVariable_Check(args[i])) refuse(std::string(what) + " must be a torch.Tensor");
     return THPVariable_Unpack(args[i]);

@@ -62,6 +62,18 @@ def test_functional_matches_torch_on_2d_input_weights_and_int32():
     torch.testing.assert_close(embag.embedding(input, weight), F.embedding(input, weight))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_functional_reads_16_bit_weight_tensors(dtype):
+    # embag._torch_nn takes float32 weights only and hands the others back to embag._embag
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(ROWS, DIM, generator=g).to(dtype)
+    indices, offsets = bags(g, False)
+    ours = embag.embedding_bag(indices, weight, offsets, mode="sum")
+    assert isinstance(ours, torch.Tensor) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, F.embedding_bag(indices, weight.float(), offsets, mode="sum"), rtol=1e-6,
+                               atol=1e-5)
+
+
 def test_max_norm_matches_torch_in_place():
     g = torch.Generator().manual_seed(3)
     ours = torch.randn(ROWS, DIM, generator=g) * 4
