@@ -25,6 +25,10 @@
    the 95% interval of that median (order statistics). That is what "within 2% of C++" and
    "faster than torch" can be checked on where a single best-of-5 moves by more than that from
    run to run.
+4. Single calls (--parts calls, not in the default parts): each workload's forward sum on 1 and 2
+   threads, the library's call timed alone inside the extension, embag.embedding_bag on NumPy
+   arrays and on tensors, one call at a time in turns, each call on the next index set: the median
+   ratio of adjacent calls (see single_calls).
 
 Each figure is the best of 5 runs of a loop of calls (up to 50; about 0.15 s of calls for slow
 variants), after 96 warm-up calls (embag's prefetch trials), each run after 20 ms of the variant's
@@ -326,6 +330,57 @@ def parity(name, pooling, dist, threads, rounds=101, round_seconds=0.02):
     print()
 
 
+def single_calls(name, pooling, dist, threads, calls=600):
+    """Python's time over the library's, call by call: each variant's call timed alone (the
+    library's inside the extension, after the interpreter's own work, as a C++ server's call comes
+    after its other work; the Python calls around the whole call), the variants taking turns in a
+    rotating order and every call on the next of the 8 index sets, so that no call finds its own
+    set's rows just read; the median of the ratios of adjacent calls (each Python call over the
+    library's call next to it), with the 95% interval of that median. Intervals come out about a
+    third as wide as the paired rounds' on this noisy machine (each ratio compares calls a few
+    milliseconds apart rather than 20 ms runs)."""
+    weight, sets = workload(1_000_000, 128, 2048, pooling, dist)
+    tw = torch.from_numpy(weight)
+    tsets = [(torch.from_numpy(i), torch.from_numpy(o)) for i, o in sets]
+    out = np.empty((2048, 128), np.float32)
+    n = len(sets)
+    pc = time.perf_counter
+
+    def alone(call):
+        def run(i):
+            start = pc()
+            call(i)
+            return pc() - start
+        return run
+
+    variants = {
+        "C++": lambda i: _embag._time_forward(weight, [sets[i % n]], "sum", out, 1),
+        "NumPy": alone(lambda i: embag.embedding_bag(sets[i % n][0], weight, sets[i % n][1], mode="sum")),
+        "tensors": alone(lambda i: embag.embedding_bag(tsets[i % n][0], tw, tsets[i % n][1], mode="sum")),
+    }
+    embag.set_num_threads(threads)
+    for run in variants.values():  # past the prefetch trials
+        for i in range(96):
+            run(i)
+    names = list(variants)
+    seconds = {name: [] for name in names}
+    next_set = 0
+    for c in range(calls):
+        for variant in names[c % 3:] + names[:c % 3]:
+            seconds[variant].append(variants[variant](next_set))
+            next_set += 1
+    # rank bounds of the median's 95% interval (normal approximation of binomial(calls, 1/2))
+    low, high = int(calls / 2 - 0.98 * calls ** 0.5), int(calls / 2 + 0.98 * calls ** 0.5)
+    print(f"single calls, {name}: R = 1M, D = 128, B = 2048, L = {pooling}, {dist}, forward sum, {threads} "
+          f"thread{'s' if threads > 1 else ''}; {calls} calls per variant, the library's median "
+          f"{sorted(seconds['C++'])[calls // 2] * 1e3:.3f} ms")
+    for label in ("NumPy", "tensors"):
+        ratios = sorted(a / b for a, b in zip(seconds[label], seconds["C++"]))
+        print(f"  {label + ' / C++':20s} median {ratios[calls // 2]:.4f}, 95% interval of the median "
+              f"[{ratios[low]:.4f}, {ratios[high]:.4f}]")
+    print()
+
+
 def report(label, best):
     """A row: ms per call of each variant timed, NumPy's time over C++'s, torch's over embag's on
     NumPy arrays and on tensors (what a torch model swapping embag in gets)."""
@@ -341,12 +396,12 @@ def main():
     parser.add_argument("--threads", default="1,2", help="thread counts of the large calls (default 1,2)")
     parser.add_argument("--parts", default="overhead,default,L1,zipf",
                         help="what to time, of overhead (the small call), default, L1 and zipf (the large "
-                             "workloads) and parity (the large call's Python/C++ ratio in paired rounds); "
-                             "default: all but parity")
+                             "workloads), parity (the large call's Python/C++ ratio in paired rounds) and calls "
+                             "(the same ratio call by call); default: all but parity and calls")
     args = parser.parse_args()
     parts = args.parts.split(",")
     workloads = {"default": ("default", 40, "uniform"), "L1": ("L = 1", 1, "uniform"), "zipf": ("Zipf", 40, "zipf")}
-    unknown = set(parts) - set(workloads) - {"overhead", "parity"}
+    unknown = set(parts) - set(workloads) - {"overhead", "parity", "calls"}
     if unknown:
         parser.error(f"--parts: unknown {sorted(unknown)}")
     calls, repeats = (5, 2) if args.quick else (50, 5)
@@ -358,6 +413,10 @@ def main():
         for threads in (int(t) for t in args.threads.split(",")):
             for name, pooling, dist in workloads.values():
                 parity(name, pooling, dist, threads, rounds=21 if args.quick else 101)
+    if "calls" in parts:
+        for threads in (int(t) for t in args.threads.split(",")):
+            for name, pooling, dist in workloads.values():
+                single_calls(name, pooling, dist, threads, calls=60 if args.quick else 600)
     for threads in (int(t) for t in args.threads.split(",")):
         embag.set_num_threads(threads)
         torch.set_num_threads(threads)
