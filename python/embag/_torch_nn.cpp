@@ -160,7 +160,16 @@ at::Tensor zeroed_gradient(std::int64_t rows, std::int64_t dim, const at::Tensor
   return torch::from_blob(data, {rows, dim}, [bytes](void* p) { embag_python::unmap_zeroed(p, bytes); }, options);
 }
 
-// A new float32 tensor of these sizes in kept memory.
+// An output's memory back to the pool, when its tensor's storage goes (on any thread).
+void release_output(void* block) {
+  kept_memory& memory = kept();
+  std::lock_guard<std::mutex> hold(memory.lock);
+  memory.outputs.release(static_cast<embag_python::output_block*>(block));
+}
+
+// A new float32 tensor of these sizes in kept memory. Made as at::from_blob makes one (a CPU
+// TensorImpl over a storage whose DataPtr frees the memory), without its std::function deleter
+// context and dispatch guard: this runs after every large call, on caches that call emptied.
 at::Tensor new_output(at::IntArrayRef sizes) {
   const std::size_t bytes = static_cast<std::size_t>(c10::multiply_integers(sizes)) * sizeof(float);
   kept_memory& memory = kept();
@@ -170,11 +179,13 @@ at::Tensor new_output(at::IntArrayRef sizes) {
     block = memory.outputs.take([&](const embag_python::output_block& b) { return b.suits(bytes); });
   }
   if (block == nullptr) block = new embag_python::output_block(bytes);
-  return at::from_blob(block->data(), sizes, [block](void*) {
-    kept_memory& memory = kept();
-    std::lock_guard<std::mutex> hold(memory.lock);
-    memory.outputs.release(block);
-  }, at::TensorOptions().dtype(at::kFloat));
+  c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<std::int64_t>(bytes),
+                       c10::DataPtr(block->data(), block, &release_output, c10::Device(c10::kCPU)),
+                       /*allocator=*/nullptr, /*resizable=*/false);
+  at::Tensor out = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                                            caffe2::TypeMeta::Make<float>());
+  out.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
+  return out;
 }
 
 // A sparse gradient whose vectors a freed one left (they only grow).
