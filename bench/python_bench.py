@@ -28,7 +28,7 @@
 4. Single calls (--parts calls, not in the default parts): each workload's forward sum on 1 and 2
    threads, the library's call timed alone inside the extension, embag.embedding_bag on NumPy
    arrays and on tensors, one call at a time in turns, each call on the next index set: the median
-   ratio of adjacent calls (see single_calls).
+   ratio of adjacent calls; then embag on tensors and torch in turns alike (see single_calls).
 
 Each figure is the best of 5 runs of a loop of calls (up to 50; about 0.15 s of calls for slow
 variants), after 96 warm-up calls (embag's prefetch trials), each run after 20 ms of the variant's
@@ -331,14 +331,17 @@ def parity(name, pooling, dist, threads, rounds=101, round_seconds=0.02):
 
 
 def single_calls(name, pooling, dist, threads, calls=600):
-    """Python's time over the library's, call by call: each variant's call timed alone (the
-    library's inside the extension, after the interpreter's own work, as a C++ server's call comes
-    after its other work; the Python calls around the whole call), the variants taking turns in a
-    rotating order and every call on the next of the 8 index sets, so that no call finds its own
-    set's rows just read; the median of the ratios of adjacent calls (each Python call over the
-    library's call next to it), with the 95% interval of that median. Intervals come out about a
-    third as wide as the paired rounds' on this noisy machine (each ratio compares calls a few
-    milliseconds apart rather than 20 ms runs)."""
+    """Call by call, in two sets of turns. First Python's time over the library's: each variant's
+    call timed alone (the library's inside the extension, after the interpreter's own work, as a
+    C++ server's call comes after its other work; the Python calls around the whole call), the
+    variants taking turns in a rotating order and every call on the next of the 8 index sets, so
+    that no call finds its own set's rows just read; the median of the ratios of adjacent calls
+    (each Python call over the library's call next to it), with the 95% interval of that median.
+    Intervals come out about a third as wide as the paired rounds' on this noisy machine (each
+    ratio compares calls a few milliseconds apart rather than 20 ms runs). Then embag on tensors
+    and torch's F.embedding_bag taking turns the same way: a model alternating torch's operations
+    and embag's calls, where each call finds what the other left (on 2 threads, torch's OpenMP
+    threads spinning on the second core after its call: the README's "torch's OpenMP threads")."""
     weight, sets = workload(1_000_000, 128, 2048, pooling, dist)
     tw = torch.from_numpy(weight)
     tsets = [(torch.from_numpy(i), torch.from_numpy(o)) for i, o in sets]
@@ -353,31 +356,44 @@ def single_calls(name, pooling, dist, threads, calls=600):
             return pc() - start
         return run
 
-    variants = {
+    def turns(variants):
+        """{name: seconds of each call}, the variants in rotating turns, each call on the next set."""
+        for run in variants.values():  # past the prefetch trials
+            for i in range(96):
+                run(i)
+        names = list(variants)
+        seconds = {name: [] for name in names}
+        next_set = 0
+        for c in range(calls):
+            for variant in names[c % len(names):] + names[:c % len(names)]:
+                seconds[variant].append(variants[variant](next_set))
+                next_set += 1
+        return seconds
+
+    def ratio(label, seconds, top, bottom):
+        # rank bounds of the median's 95% interval (normal approximation of binomial(calls, 1/2))
+        low, high = int(calls / 2 - 0.98 * calls ** 0.5), int(calls / 2 + 0.98 * calls ** 0.5)
+        ratios = sorted(a / b for a, b in zip(seconds[top], seconds[bottom]))
+        print(f"  {label:20s} median {ratios[calls // 2]:.4f}, 95% interval of the median "
+              f"[{ratios[low]:.4f}, {ratios[high]:.4f}]")
+
+    embag.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    seconds = turns({
         "C++": lambda i: _embag._time_forward(weight, [sets[i % n]], "sum", out, 1),
         "NumPy": alone(lambda i: embag.embedding_bag(sets[i % n][0], weight, sets[i % n][1], mode="sum")),
         "tensors": alone(lambda i: embag.embedding_bag(tsets[i % n][0], tw, tsets[i % n][1], mode="sum")),
-    }
-    embag.set_num_threads(threads)
-    for run in variants.values():  # past the prefetch trials
-        for i in range(96):
-            run(i)
-    names = list(variants)
-    seconds = {name: [] for name in names}
-    next_set = 0
-    for c in range(calls):
-        for variant in names[c % 3:] + names[:c % 3]:
-            seconds[variant].append(variants[variant](next_set))
-            next_set += 1
-    # rank bounds of the median's 95% interval (normal approximation of binomial(calls, 1/2))
-    low, high = int(calls / 2 - 0.98 * calls ** 0.5), int(calls / 2 + 0.98 * calls ** 0.5)
+    })
     print(f"single calls, {name}: R = 1M, D = 128, B = 2048, L = {pooling}, {dist}, forward sum, {threads} "
           f"thread{'s' if threads > 1 else ''}; {calls} calls per variant, the library's median "
           f"{sorted(seconds['C++'])[calls // 2] * 1e3:.3f} ms")
-    for label in ("NumPy", "tensors"):
-        ratios = sorted(a / b for a, b in zip(seconds[label], seconds["C++"]))
-        print(f"  {label + ' / C++':20s} median {ratios[calls // 2]:.4f}, 95% interval of the median "
-              f"[{ratios[low]:.4f}, {ratios[high]:.4f}]")
+    ratio("NumPy / C++", seconds, "NumPy", "C++")
+    ratio("tensors / C++", seconds, "tensors", "C++")
+    seconds = turns({
+        "tensors": alone(lambda i: embag.embedding_bag(tsets[i % n][0], tw, tsets[i % n][1], mode="sum")),
+        "torch": alone(lambda i: F.embedding_bag(tsets[i % n][0], tw, tsets[i % n][1], mode="sum")),
+    })
+    ratio("torch / tensors", seconds, "torch", "tensors")
     print()
 
 
