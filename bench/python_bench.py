@@ -92,6 +92,19 @@ def best_time(variants, calls, repeats, run_seconds=0.15, settle_seconds=0.02, w
     return best
 
 
+def alone(call):
+    """call, timed by itself: the run returns its seconds. A Python call after a large one is timed
+    so, not through loop(): a loop of one call added about 5 us of its own in those caches (the
+    empty call 7.5 us through loop(), 2.1 timed alone)."""
+    pc = time.perf_counter
+
+    def run(*args):
+        start = pc()
+        call(*args)
+        return pc() - start
+    return run
+
+
 def loop(function):
     def run(calls):
         for i in range(calls):
@@ -123,17 +136,6 @@ def overhead(repeats):
     # (the default workload reads 42 MB of rows): the library's code and data, and the
     # interpreter's, come back from DRAM. One call per pass, timed alone; medians of the rounds.
     flush = np.ones(llc_bytes() // 2, np.float32)  # twice the LLC
-    pc = time.perf_counter
-
-    # each Python call timed by itself, not through loop(): a loop of one call added about 5 us of
-    # its own in these caches (the empty call 7.5 us through loop(), 2.1 timed alone)
-    def alone(call):
-        def run():
-            start = pc()
-            call()
-            return pc() - start
-        return run
-
     cold = {
         "C++ forward": lambda: _embag._time_forward(weight, [(indices, offsets)], "sum", out, 1),
         "embag, NumPy": alone(lambda: embag.embedding_bag(indices, weight, offsets, mode="sum")),
@@ -347,15 +349,6 @@ def single_calls(name, pooling, dist, threads, calls=600):
     tsets = [(torch.from_numpy(i), torch.from_numpy(o)) for i, o in sets]
     out = np.empty((2048, 128), np.float32)
     n = len(sets)
-    pc = time.perf_counter
-
-    def alone(call):
-        def run(i):
-            start = pc()
-            call(i)
-            return pc() - start
-        return run
-
     def turns(variants):
         """{name: seconds of each call}, the variants in rotating turns, each call on the next set."""
         for run in variants.values():  # past the prefetch trials

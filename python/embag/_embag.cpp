@@ -246,6 +246,17 @@ array_arg from_dlpack_capsule(py::object capsule, std::string_view what) {
   return a;
 }
 
+// a's strides in elements from strides in bytes (a stride that is not a whole number of elements
+// cannot be described to the library)
+void set_strides_from_bytes(array_arg& a, const py::ssize_t* byte_strides, py::ssize_t itemsize, std::string_view what) {
+  for (int d = 0; d < a.dims; ++d) {
+    if (itemsize == 0 || byte_strides[d] % itemsize != 0)
+      refuse(std::string(what) + " has a byte stride of " + std::to_string(byte_strides[d]) + ", not a multiple of its " +
+             std::to_string(itemsize) + "-byte elements");
+    a.strides[d] = byte_strides[d] / itemsize;
+  }
+}
+
 array_arg from_buffer(py::handle object, std::string_view what) {
   array_arg a;
   if (!a.buffer.take(object.ptr())) throw py::error_already_set();
@@ -257,16 +268,9 @@ array_arg from_buffer(py::handle object, std::string_view what) {
   if (a.type == element::other)
     a.other_type = py::hasattr(object, "dtype") ? std::string(py::str(object.attr("dtype"))) : "format '" + std::string(format) + "'";
   a.dims = view.ndim;
-  for (int d = 0; d < view.ndim; ++d) {
-    a.shape[d] = view.shape != nullptr ? view.shape[d] : view.len / view.itemsize;
-    if (view.strides == nullptr) continue;
-    // a stride that is not a whole number of elements cannot be described to the library
-    if (view.strides[d] % view.itemsize != 0)
-      refuse(std::string(what) + " has a byte stride of " + std::to_string(view.strides[d]) + ", not a multiple of its " +
-             std::to_string(view.itemsize) + "-byte elements");
-    a.strides[d] = view.strides[d] / view.itemsize;
-  }
-  if (view.strides == nullptr) set_contiguous_strides(a);
+  for (int d = 0; d < view.ndim; ++d) a.shape[d] = view.shape != nullptr ? view.shape[d] : view.len / view.itemsize;
+  if (view.strides != nullptr) set_strides_from_bytes(a, view.strides, view.itemsize, what);
+  else set_contiguous_strides(a);
   a.read_only = view.readonly != 0;
   return a;
 }
@@ -280,26 +284,15 @@ array_arg from_ndarray(py::handle object, std::string_view what) {
   const auto* dtype = py::detail::array_descriptor_proxy(array->descr);
   check_dims(array->nd, what);
   array_arg a;
-  const int size = dtype->elsize;
-  if (dtype->byteorder != '>') {  // the library is little-endian only
-    const char kind = dtype->kind;
-    if (kind == 'f' && size == 4) a.type = element::f32;
-    else if (kind == 'i' && size == 4) a.type = element::i32;
-    else if (kind == 'i' && size == 8) a.type = element::i64;
-    else if (kind == 'f' && size == 2) a.type = element::f16;
-    else if (kind == 'u' && size == 2) a.type = element::u16;
-  }
+  // the dtype's character code is the buffer protocol's format character ('f', 'l', 'e', ...);
+  // with its byte order as the prefix, '>' for a byte-swapped array
+  const char format[] = {dtype->byteorder == '>' ? '>' : '=', dtype->type};
+  a.type = from_buffer_format({format, 2}, dtype->elsize);
   if (a.type == element::other) a.other_type = py::str(object.attr("dtype"));
   a.data = array->data;
   a.dims = array->nd;
-  for (int d = 0; d < array->nd; ++d) {
-    a.shape[d] = array->dimensions[d];
-    // a stride that is not a whole number of elements cannot be described to the library
-    if (size == 0 || array->strides[d] % size != 0)
-      refuse(std::string(what) + " has a byte stride of " + std::to_string(array->strides[d]) + ", not a multiple of its " +
-             std::to_string(size) + "-byte elements");
-    a.strides[d] = array->strides[d] / size;
-  }
+  std::copy(array->dimensions, array->dimensions + array->nd, a.shape.begin());
+  set_strides_from_bytes(a, array->strides, dtype->elsize, what);
   a.read_only = (array->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0;
   a.keeper = py::reinterpret_borrow<py::object>(object);
   return a;
@@ -834,7 +827,6 @@ struct forward_call {
 };
 
 std::string mode_of(PyObject* mode) {
-  if (mode == nullptr) return "mean";
   Py_ssize_t size = 0;
   const char* text = PyUnicode_Check(mode) ? PyUnicode_AsUTF8AndSize(mode, &size) : nullptr;
   if (text == nullptr) {
@@ -878,7 +870,12 @@ bool all_tensors(const forward_call& a) {
 // (true: (output, max_indices), max_indices None unless mode is 'max').
 py::object pooled_forward(const forward_call& a, bool returns_max_indices) {
   constexpr std::string_view function = "embedding_bag";
-  const std::string mode = mode_of(a.mode);
+  // torch's defaults of mode and norm_type, as objects made once
+  static PyObject* const mean = PyUnicode_InternFromString("mean");
+  static PyObject* const two = PyFloat_FromDouble(2.0);
+  PyObject* mode_name = a.mode == nullptr ? mean : a.mode;
+  PyObject* norm_type = a.norm_type == nullptr ? two : a.norm_type;
+  const std::string mode = mode_of(mode_name);
   const bool with_max_indices = returns_max_indices && mode == "max";
   const int last_offset = a.include_last_offset == nullptr ? 0 : PyObject_IsTrue(a.include_last_offset);
   if (last_offset < 0) throw py::error_already_set();
@@ -889,13 +886,10 @@ py::object pooled_forward(const forward_call& a, bool returns_max_indices) {
   PyObject* max_norm = is_none(a.max_norm) ? Py_None : a.max_norm;
   py::object result;
   if (all_tensors(a) && torch_nn_forward() != Py_None) {
-    // the defaults as objects made once (arguments are checked above or by embag._torch_nn)
-    static PyObject* const mean = PyUnicode_InternFromString("mean");
-    static PyObject* const two = PyFloat_FromDouble(2.0);
     py::int_ threads(max_threads.load(std::memory_order_relaxed));
-    PyObject* call[] = {a.weight,   a.input,     offsets,         weights,         a.mode == nullptr ? mean : a.mode,
-                        padding_idx, include_last_offset ? Py_True : Py_False, max_norm,
-                        a.norm_type == nullptr ? two : a.norm_type, threads.ptr(), with_max_indices ? Py_True : Py_False};
+    PyObject* call[] = {a.weight,      a.input,       offsets, weights, mode_name, padding_idx,
+                        include_last_offset ? Py_True : Py_False, max_norm, norm_type, threads.ptr(),
+                        with_max_indices ? Py_True : Py_False};
     PyObject* out = PyObject_Vectorcall(torch_nn_forward(), call, std::size(call), nullptr);
     if (out == nullptr) throw py::error_already_set();
     result = py::reinterpret_steal<py::object>(out);  // NotImplemented: a weight not float32, read below
@@ -919,9 +913,8 @@ py::object pooled_forward(const forward_call& a, bool returns_max_indices) {
     }
     std::optional<float> norm_limit;
     if (max_norm != Py_None) norm_limit = static_cast<float>(float_of(max_norm));
-    const float norm_type = a.norm_type == nullptr ? 2.0f : static_cast<float>(float_of(a.norm_type));
-    result = forward_bags(a.weight, b, make_options(mode, padding, include_last_offset, false), norm_limit, norm_type,
-                          layout.bags, with_max_indices, function);
+    result = forward_bags(a.weight, b, make_options(mode, padding, include_last_offset, false), norm_limit,
+                          static_cast<float>(float_of(norm_type)), layout.bags, with_max_indices, function);
   }
   if (returns_max_indices && !with_max_indices) return py::make_tuple(result, py::none());
   return result;
